@@ -1,0 +1,605 @@
+//! The background plane: heartbeat, pull-score failure detection, leader election and permission
+//! management. It runs beside the replication plane (its own fabric connections, possibly its
+//! own core) and talks to it only through [`Shared`].
+//!
+//! Election: the leader is the lowest id considered alive (this replica counts itself alive while
+//! its heartbeat runs). Safety never depends on the election; permissions and Paxos carry it.
+//!
+//! Permissions, owner side: a requester writes a new number into its request record in this
+//! replica's background area. This replica serves one request at a time, lowest requester id
+//! first, and only from the replica it considers leader (so that two would-be leaders do not
+//! steal grants from each other forever). Serving is: stand down its own replication plane if it
+//! leads, revoke the current holder, grant the requester, write an ack with the request number
+//! into the requester's background area. A re-request from the current holder is served the same
+//! way: the revoke fences writes of the holder's previous tenure still in flight.
+//!
+//! Permissions, requester side: when this replica considers itself leader it starts a tenure:
+//! a new request number, written to every peer; it grants itself (revoking the current holder of
+//! its own log); it publishes to the replication plane the tenure and the set of peers that
+//! acked so far. The replication plane proceeds with a majority and takes late grantors in as
+//! they ack. A tenure ends when another replica is considered leader, or when the replication
+//! plane aborts it (a write was denied); then a new request number is used.
+//!
+//! # Invariants
+//! - Single writer per log: `grant(j)` is called only after `revoke` of the previous holder (and
+//!   after this replica's own replication plane stood down if it held its own log).
+//! - Acks are written only for served request numbers; a requester counts an ack only when it
+//!   carries its current request number.
+//! - Every outstanding operation has a deadline; an operation past it resets the connection.
+//! - Scores stay within the detector's clamp; a peer whose region header does not match is never
+//!   considered alive and its requests are never served.
+
+use crate::config::{Config, REPLICAS_MAX};
+use crate::detector::PullScore;
+use crate::fabric::{Completion, Fabric, PostError, ReplicaId, Status};
+use crate::layout::{HeaderError, Layout, HEADER_BYTES, RECORD_BYTES};
+use crate::record;
+use crate::shared::{Lead, Shared, TENURE_MASK};
+use crate::wrid::{Kind, WrId};
+
+/// What this replica knows of a peer's region header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum PeerHeader {
+    /// Not read yet (or the read did not complete).
+    Unknown,
+    /// Same layout version and configuration hash.
+    Verified,
+    /// The peer runs another layout or configuration: it is refused.
+    Mismatch(HeaderError),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Send {
+    Idle,
+    Due,
+    InFlight { posted_at: u64 },
+    Done,
+}
+
+/// A record this replica must deliver to a peer (a request or an ack), retried until it lands.
+#[derive(Clone, Copy, Debug)]
+struct Outgoing {
+    value: u64,
+    send: Send,
+}
+
+impl Outgoing {
+    const IDLE: Outgoing = Outgoing { value: 0, send: Send::Idle };
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    epoch: u16,
+    header: PeerHeader,
+    header_read_at: Option<u64>,
+    score: PullScore,
+    heartbeat_read_at: Option<u64>,
+    next_read_at: u64,
+    served: u64,
+    ack: Outgoing,
+    request: Outgoing,
+}
+
+impl Peer {
+    const NEW: Peer = Peer {
+        epoch: 0,
+        header: PeerHeader::Unknown,
+        header_read_at: None,
+        score: PullScore::unknown(),
+        heartbeat_read_at: None,
+        next_read_at: 0,
+        served: 0,
+        ack: Outgoing::IDLE,
+        request: Outgoing::IDLE,
+    };
+}
+
+/// A snapshot of the background plane, for runtimes and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct BackgroundStatus {
+    /// This replica's heartbeat counter.
+    pub heartbeat: u64,
+    /// True when fate sharing stopped the heartbeat.
+    pub heartbeat_stopped: bool,
+    /// Who this replica considers leader.
+    pub leader: Option<ReplicaId>,
+    /// Who it considers alive (bit per id).
+    pub alive: u8,
+    /// Who may write its log (itself while it leads).
+    pub holder: Option<ReplicaId>,
+    /// Its tenure, while it leads.
+    pub tenure: Option<u32>,
+}
+
+const COMPLETION_BATCH: usize = 16;
+const COMPLETION_BATCHES_MAX: usize = 8;
+
+/// The background plane of one replica.
+pub struct BackgroundPlane<'s> {
+    config: Config,
+    layout: Layout,
+    me: ReplicaId,
+    shared: &'s Shared,
+    started_at: Option<u64>,
+    heartbeat: u64,
+    next_heartbeat_at: u64,
+    heartbeat_stopped: bool,
+    progress_seen: u32,
+    progress_seen_at: u64,
+    peers: [Peer; REPLICAS_MAX as usize],
+    leader: Option<ReplicaId>,
+    holder: Option<ReplicaId>,
+    granting: Option<(ReplicaId, u64)>,
+    request_number: u64,
+    tenure: Option<u32>,
+    acked: u8,
+    completions: [Completion; COMPLETION_BATCH],
+}
+
+impl<'s> BackgroundPlane<'s> {
+    /// The background plane of replica `me`; `config` must be valid (see [`crate::Replica`]).
+    pub(crate) fn new(config: Config, me: ReplicaId, shared: &'s Shared) -> BackgroundPlane<'s> {
+        assert!(config.validate().is_ok());
+        assert!(config.contains(me));
+        BackgroundPlane {
+            config,
+            layout: Layout::new(&config),
+            me,
+            shared,
+            started_at: None,
+            heartbeat: 0,
+            next_heartbeat_at: 0,
+            heartbeat_stopped: false,
+            progress_seen: 0,
+            progress_seen_at: 0,
+            peers: [Peer::NEW; REPLICAS_MAX as usize],
+            leader: None,
+            holder: None,
+            granting: None,
+            request_number: 0,
+            tenure: None,
+            acked: 0,
+            completions: [Completion::EMPTY; COMPLETION_BATCH],
+        }
+    }
+
+    /// Does one bounded round of background work at time `now`.
+    pub fn poll<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        if self.started_at.is_none() {
+            // Peers check this header before they trust anything in the region.
+            fabric.store(0, &Layout::header(&self.config));
+            self.started_at = Some(now);
+            self.progress_seen_at = now;
+        }
+        self.drain_completions(fabric);
+        self.beat(now, fabric);
+        self.probe_peers(now, fabric);
+        self.elect(now);
+        self.lead_or_follow(fabric);
+        self.serve_requests(fabric);
+        self.send_outgoing(now, fabric);
+    }
+
+    /// A snapshot for runtimes and tests.
+    pub fn status(&self) -> BackgroundStatus {
+        let alive = self.alive_mask();
+        BackgroundStatus {
+            heartbeat: self.heartbeat,
+            heartbeat_stopped: self.heartbeat_stopped,
+            leader: self.leader,
+            alive,
+            holder: self.holder,
+            tenure: self.tenure,
+        }
+    }
+
+    /// What this replica knows of `peer`'s region header.
+    pub fn peer_header(&self, peer: ReplicaId) -> PeerHeader {
+        assert!(self.config.contains(peer));
+        if peer == self.me {
+            return PeerHeader::Verified;
+        }
+        self.peers[peer as usize].header
+    }
+
+    /// `peer`'s pull score.
+    pub fn peer_score(&self, peer: ReplicaId) -> PullScore {
+        assert!(self.config.contains(peer) && peer != self.me);
+        self.peers[peer as usize].score
+    }
+
+    fn others(&self) -> impl Iterator<Item = ReplicaId> {
+        let me = self.me;
+        (0..self.config.replica_count).filter(move |&p| p != me)
+    }
+
+    // ---- completions -------------------------------------------------------------------------
+
+    fn drain_completions<F: Fabric>(&mut self, fabric: &mut F) {
+        for _ in 0..COMPLETION_BATCHES_MAX {
+            let count = fabric.poll(&mut self.completions).min(COMPLETION_BATCH);
+            for index in 0..count {
+                let completion = self.completions[index];
+                self.complete(completion, fabric);
+            }
+            if count < COMPLETION_BATCH {
+                break;
+            }
+        }
+    }
+
+    fn complete<F: Fabric>(&mut self, completion: Completion, fabric: &mut F) {
+        let Some(id) = WrId::decode(completion.wr_id) else { return };
+        if !self.config.contains(id.peer) || id.peer == self.me {
+            return;
+        }
+        let peer = &mut self.peers[id.peer as usize];
+        if id.epoch != peer.epoch {
+            return; // From before a reconnect.
+        }
+        let ok = completion.status == Status::Ok;
+        match id.kind {
+            Kind::ReadHeader => {
+                peer.header_read_at = None;
+                if ok {
+                    let mut header = [0u8; HEADER_BYTES as usize];
+                    fabric.load(self.layout.landing_header(id.peer), &mut header);
+                    self.verify_header(id.peer, &header);
+                }
+            }
+            Kind::ReadHeartbeat => {
+                peer.heartbeat_read_at = None;
+                if ok {
+                    let mut bytes = [0u8; RECORD_BYTES as usize];
+                    fabric.load(self.layout.landing_heartbeat(id.peer), &mut bytes);
+                    // A torn read carries no information either way.
+                    if let Some(beat) = record::decode(self.layout.heartbeat(), &bytes) {
+                        peer.score.observe(&self.config.detector, beat);
+                    }
+                } else {
+                    peer.score.miss(&self.config.detector);
+                }
+            }
+            Kind::WriteRequest => Self::finish_send(&mut peer.request, id.tag, ok),
+            Kind::WriteAck => Self::finish_send(&mut peer.ack, id.tag, ok),
+            _ => {} // Not a background-plane id.
+        }
+        if !ok {
+            self.reconnect(id.peer, fabric);
+        }
+    }
+
+    fn finish_send(outgoing: &mut Outgoing, tag: u32, ok: bool) {
+        if !matches!(outgoing.send, Send::InFlight { .. }) || outgoing.value as u32 != tag {
+            return; // A superseded value.
+        }
+        outgoing.send = if ok { Send::Done } else { Send::Due };
+    }
+
+    fn verify_header(&mut self, peer: ReplicaId, header: &[u8]) {
+        let state = &mut self.peers[peer as usize];
+        match Layout::check_header(&self.config, header) {
+            Ok(()) => {
+                if state.header != PeerHeader::Verified {
+                    state.header = PeerHeader::Verified;
+                    state.score = PullScore::verified(&self.config.detector);
+                    info!("peer {} verified", peer);
+                }
+            }
+            Err(error) => {
+                warn!("peer {} refused: {}", peer, error);
+                state.header = PeerHeader::Mismatch(error);
+            }
+        }
+    }
+
+    /// Resets this plane's connection to `peer`; whatever was outstanding on it is forgotten.
+    fn reconnect<F: Fabric>(&mut self, peer: ReplicaId, fabric: &mut F) {
+        let state = &mut self.peers[peer as usize];
+        state.epoch = state.epoch.wrapping_add(1);
+        state.header_read_at = None;
+        state.heartbeat_read_at = None;
+        for outgoing in [&mut state.request, &mut state.ack] {
+            if matches!(outgoing.send, Send::InFlight { .. }) {
+                outgoing.send = Send::Due;
+            }
+        }
+        // Only fails for a peer outside the cluster, which `peer` is not.
+        let reconnected = fabric.reconnect(peer);
+        debug_assert!(reconnected.is_ok());
+    }
+
+    fn post_read<F: Fabric>(
+        &mut self,
+        fabric: &mut F,
+        peer: ReplicaId,
+        kind: Kind,
+        remote: u32,
+        local: u32,
+        len: u32,
+    ) -> bool {
+        let epoch = self.peers[peer as usize].epoch;
+        let id = WrId { kind, peer, epoch, tag: 0 }.encode();
+        match fabric.read(peer, remote, local, len, id) {
+            Ok(()) => true,
+            Err(PostError::Broken) => {
+                self.reconnect(peer, fabric);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    // ---- heartbeat and fate sharing ----------------------------------------------------------
+
+    fn beat<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let progress = self.shared.progress();
+        if progress != self.progress_seen {
+            self.progress_seen = progress;
+            self.progress_seen_at = now;
+        }
+        let stalled = now.saturating_sub(self.progress_seen_at) > self.config.detector.fate_ticks as u64;
+        let stopped = stalled || self.shared.halted() != 0;
+        if stopped != self.heartbeat_stopped {
+            warn!("heartbeat {}", if stopped { "stopped (fate sharing)" } else { "resumed" });
+            self.heartbeat_stopped = stopped;
+        }
+        if !stopped && now >= self.next_heartbeat_at {
+            self.heartbeat += 1;
+            let offset = self.layout.heartbeat();
+            fabric.store(offset, &record::encode(offset, self.heartbeat));
+            self.next_heartbeat_at = now + self.config.detector.heartbeat_period_ticks as u64;
+        }
+    }
+
+    // ---- failure detection -------------------------------------------------------------------
+
+    fn probe_peers<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let detector = self.config.detector;
+        for peer in self.others() {
+            let state = self.peers[peer as usize];
+            if state.header != PeerHeader::Verified {
+                self.probe_header(now, fabric, peer);
+                continue;
+            }
+            if let Some(posted_at) = state.heartbeat_read_at {
+                if now.saturating_sub(posted_at) > detector.read_timeout_ticks as u64 {
+                    self.peers[peer as usize].score.miss(&detector);
+                    self.reconnect(peer, fabric);
+                }
+                continue;
+            }
+            if now >= state.next_read_at {
+                let remote = self.layout.heartbeat();
+                let local = self.layout.landing_heartbeat(peer);
+                if self.post_read(fabric, peer, Kind::ReadHeartbeat, remote, local, RECORD_BYTES) {
+                    let state = &mut self.peers[peer as usize];
+                    state.heartbeat_read_at = Some(now);
+                    state.next_read_at = now + detector.read_period_ticks as u64;
+                }
+            }
+        }
+    }
+
+    fn probe_header<F: Fabric>(&mut self, now: u64, fabric: &mut F, peer: ReplicaId) {
+        let timeout = self.config.detector.read_timeout_ticks as u64;
+        let state = self.peers[peer as usize];
+        if let Some(posted_at) = state.header_read_at {
+            if now.saturating_sub(posted_at) > timeout {
+                self.reconnect(peer, fabric);
+            }
+            return;
+        }
+        if now < state.next_read_at {
+            return;
+        }
+        let local = self.layout.landing_header(peer);
+        if self.post_read(fabric, peer, Kind::ReadHeader, 0, local, HEADER_BYTES) {
+            let state = &mut self.peers[peer as usize];
+            state.header_read_at = Some(now);
+            // A refused peer is asked again only now and then: it may restart with the right
+            // configuration.
+            let wait = match state.header {
+                PeerHeader::Mismatch(_) => timeout,
+                _ => self.config.detector.read_period_ticks as u64,
+            };
+            state.next_read_at = now + wait;
+        }
+    }
+
+    // ---- election ----------------------------------------------------------------------------
+
+    fn alive_mask(&self) -> u8 {
+        let mut alive = if self.heartbeat_stopped { 0 } else { 1 << self.me };
+        for peer in self.others() {
+            let state = &self.peers[peer as usize];
+            if state.header == PeerHeader::Verified && state.score.alive() {
+                alive |= 1 << peer;
+            }
+        }
+        alive
+    }
+
+    fn elect(&mut self, now: u64) {
+        let alive = self.alive_mask();
+        let started_at = self.started_at.unwrap_or(now);
+        let warming_up = now < started_at + self.config.detector.read_timeout_ticks as u64
+            && self.others().any(|p| self.peers[p as usize].header == PeerHeader::Unknown);
+        let leader = if warming_up || alive == 0 { None } else { Some(alive.trailing_zeros() as u8) };
+        if leader != self.leader {
+            info!("leader view: {}", leader);
+            self.leader = leader;
+        }
+        self.shared.set_view(alive, leader);
+    }
+
+    // ---- requester side ----------------------------------------------------------------------
+
+    fn lead_or_follow<F: Fabric>(&mut self, fabric: &mut F) {
+        let want_lead = self.leader == Some(self.me) && self.shared.halted() == 0;
+        if let Some(tenure) = self.tenure {
+            if !want_lead || self.shared.aborted() == tenure {
+                self.end_tenure();
+            }
+        }
+        if want_lead && self.tenure.is_none() && self.granting.is_none() {
+            self.start_tenure(fabric);
+        }
+        if let Some(tenure) = self.tenure {
+            self.collect_acks(tenure, fabric);
+        }
+    }
+
+    fn start_tenure<F: Fabric>(&mut self, fabric: &mut F) {
+        self.request_number += 1;
+        if self.request_number as u32 & TENURE_MASK == 0 {
+            self.request_number += 1;
+        }
+        let tenure = self.request_number as u32 & TENURE_MASK;
+        if let Some(holder) = self.holder {
+            if holder != self.me {
+                fabric.revoke(holder);
+            }
+        }
+        self.holder = Some(self.me);
+        let offset = self.layout.request(self.me);
+        fabric.store(self.layout.outbox_request(), &record::encode(offset, self.request_number));
+        for peer in self.others() {
+            self.peers[peer as usize].request = Outgoing { value: self.request_number, send: Send::Due };
+        }
+        self.acked = 1 << self.me;
+        self.tenure = Some(tenure);
+        self.shared.set_lead(Some(Lead { tenure, confirmed: self.acked }));
+        info!("tenure {} started", tenure);
+    }
+
+    fn end_tenure(&mut self) {
+        info!("tenure {} ended", self.tenure);
+        self.tenure = None;
+        self.acked = 0;
+        for peer in self.others() {
+            self.peers[peer as usize].request = Outgoing::IDLE;
+        }
+        self.shared.set_lead(None);
+    }
+
+    fn collect_acks<F: Fabric>(&mut self, tenure: u32, fabric: &mut F) {
+        let before = self.acked;
+        for peer in self.others() {
+            let offset = self.layout.ack(peer);
+            let mut bytes = [0u8; RECORD_BYTES as usize];
+            fabric.load(offset, &mut bytes);
+            if record::decode(offset, &bytes) == Some(self.request_number) {
+                self.acked |= 1 << peer;
+            }
+        }
+        assert!(self.acked & before == before, "acks are never withdrawn within a tenure");
+        if self.acked != before {
+            self.shared.set_lead(Some(Lead { tenure, confirmed: self.acked }));
+        }
+    }
+
+    // ---- owner side --------------------------------------------------------------------------
+
+    fn serve_requests<F: Fabric>(&mut self, fabric: &mut F) {
+        if let Some((requester, number)) = self.granting {
+            if self.shared.stood_down() {
+                self.granting = None;
+                self.grant(requester, number, fabric);
+            }
+            return;
+        }
+        let Some(leader) = self.leader else { return };
+        if leader == self.me || self.peers[leader as usize].header != PeerHeader::Verified {
+            return;
+        }
+        let offset = self.layout.request(leader);
+        let mut bytes = [0u8; RECORD_BYTES as usize];
+        fabric.load(offset, &mut bytes);
+        let Some(number) = record::decode(offset, &bytes) else { return };
+        if number == self.peers[leader as usize].served {
+            return;
+        }
+        assert!(self.tenure.is_none(), "a replica that leads does not serve others");
+        self.shared.set_lead(None);
+        if self.shared.stood_down() {
+            self.grant(leader, number, fabric);
+        } else {
+            self.granting = Some((leader, number));
+        }
+    }
+
+    /// Revoke-then-grant, then ack. The caller made sure this replica's own replication plane
+    /// no longer writes its log.
+    fn grant<F: Fabric>(&mut self, requester: ReplicaId, number: u64, fabric: &mut F) {
+        assert!(requester != self.me);
+        assert!(self.shared.stood_down());
+        if let Some(holder) = self.holder {
+            // Planted defect: leave the previous leader's write access in place.
+            let skip = cfg!(feature = "bug-skip-revoke") && holder != requester;
+            if holder != self.me && !skip {
+                fabric.revoke(holder);
+            }
+        }
+        fabric.grant(requester);
+        self.holder = Some(requester);
+        let peer = &mut self.peers[requester as usize];
+        peer.served = number;
+        peer.ack = Outgoing { value: number, send: Send::Due };
+        let staged = record::encode(self.layout.ack(self.me), number);
+        fabric.store(self.layout.outbox_ack(requester), &staged);
+        info!("granted log to {} (request {})", requester, number);
+    }
+
+    // ---- delivery of requests and acks -------------------------------------------------------
+
+    fn send_outgoing<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let retry = self.config.permission_retry_ticks as u64;
+        for peer in self.others() {
+            for kind in [Kind::WriteRequest, Kind::WriteAck] {
+                let outgoing = match kind {
+                    Kind::WriteRequest => self.peers[peer as usize].request,
+                    _ => self.peers[peer as usize].ack,
+                };
+                let due = match outgoing.send {
+                    Send::Due => true,
+                    Send::InFlight { posted_at } if now.saturating_sub(posted_at) > retry => {
+                        self.reconnect(peer, fabric);
+                        true
+                    }
+                    _ => false,
+                };
+                if due {
+                    self.post_outgoing(now, fabric, peer, kind, outgoing.value);
+                }
+            }
+        }
+    }
+
+    fn post_outgoing<F: Fabric>(
+        &mut self,
+        now: u64,
+        fabric: &mut F,
+        peer: ReplicaId,
+        kind: Kind,
+        value: u64,
+    ) {
+        let (local, remote) = match kind {
+            Kind::WriteRequest => (self.layout.outbox_request(), self.layout.request(self.me)),
+            _ => (self.layout.outbox_ack(peer), self.layout.ack(self.me)),
+        };
+        let epoch = self.peers[peer as usize].epoch;
+        let id = WrId { kind, peer, epoch, tag: value as u32 }.encode();
+        match fabric.write(peer, local, remote, RECORD_BYTES, id) {
+            Ok(()) => {
+                let state = &mut self.peers[peer as usize];
+                let outgoing = if kind == Kind::WriteRequest { &mut state.request } else { &mut state.ack };
+                outgoing.send = Send::InFlight { posted_at: now };
+            }
+            Err(PostError::Broken) => self.reconnect(peer, fabric),
+            Err(_) => {} // Busy: try again next poll.
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The pull-score failure detector: every replica reads every peer's heartbeat counter; a read
+//! that sees the counter move raises the peer's score, a read that sees it unchanged (or a read
+//! that does not complete in time) lowers it. Scores are clamped; a peer is declared failed when
+//! its score falls below one threshold and alive again when it rises above a higher one.
+//!
+//! Why pull: a slow read only slows down how fast "unchanged" observations accumulate, so
+//! aggressive thresholds do not cause spurious fail-overs the way a late heartbeat message does.
+//!
+//! # Invariants
+//! - `score <= score_max` always.
+//! - `alive` changes only across the hysteresis band: to failed when `score < fail_below`, to
+//!   alive when `score > recover_above`.
+
+use crate::config::DetectorConfig;
+
+/// One peer's pull score.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PullScore {
+    score: u8,
+    alive: bool,
+    last_heartbeat: Option<u64>,
+}
+
+impl PullScore {
+    /// A peer not yet heard from: failed, score 0.
+    pub const fn unknown() -> PullScore {
+        PullScore { score: 0, alive: false, last_heartbeat: None }
+    }
+
+    /// A peer just verified (its region header matched): alive, just above the recovery
+    /// threshold, so a peer that dies right away is detected quickly.
+    pub fn verified(config: &DetectorConfig) -> PullScore {
+        PullScore { score: config.recover_above + 1, alive: true, last_heartbeat: None }
+    }
+
+    /// True when the peer is considered alive.
+    pub const fn alive(&self) -> bool {
+        self.alive
+    }
+
+    /// The current score.
+    pub const fn score(&self) -> u8 {
+        self.score
+    }
+
+    /// A heartbeat read completed and showed `heartbeat`.
+    pub fn observe(&mut self, config: &DetectorConfig, heartbeat: u64) {
+        let changed = self.last_heartbeat != Some(heartbeat);
+        self.last_heartbeat = Some(heartbeat);
+        if changed {
+            self.raise(config);
+        } else {
+            self.lower(config);
+        }
+    }
+
+    /// A heartbeat read did not complete in time: count it as unchanged.
+    pub fn miss(&mut self, config: &DetectorConfig) {
+        self.lower(config);
+    }
+
+    fn raise(&mut self, config: &DetectorConfig) {
+        self.score = (self.score + 1).min(config.score_max);
+        if !self.alive && self.score > config.recover_above {
+            self.alive = true;
+        }
+        assert!(self.score <= config.score_max);
+    }
+
+    fn lower(&mut self, config: &DetectorConfig) {
+        self.score = self.score.saturating_sub(1).min(config.score_max);
+        if self.alive && self.score < config.fail_below {
+            self.alive = false;
+        }
+        assert!(self.score <= config.score_max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hysteresis() {
+        let config = DetectorConfig::paper(10);
+        let mut p = PullScore::verified(&config);
+        assert!(p.alive());
+        let mut beat = 0;
+        for _ in 0..20 {
+            beat += 1;
+            p.observe(&config, beat);
+        }
+        assert_eq!(p.score(), config.score_max);
+        // 15 -> 1 takes 14 unchanged reads; still alive at 2.
+        for _ in 0..13 {
+            p.observe(&config, beat);
+        }
+        assert_eq!(p.score(), 2);
+        assert!(p.alive());
+        p.miss(&config);
+        assert!(!p.alive());
+        // Recovery needs the score above 6, not just above 2.
+        for _ in 0..5 {
+            beat += 1;
+            p.observe(&config, beat);
+        }
+        assert_eq!(p.score(), 6);
+        assert!(!p.alive());
+        beat += 1;
+        p.observe(&config, beat);
+        assert!(p.alive());
+    }
+}

@@ -1,0 +1,291 @@
+//! The region layout: where everything lives in a replica's remote-visible memory. Identical on
+//! every replica because it is computed from the [`Config`] alone.
+//!
+//! ```text
+//! offset 0     region header (64 B): magic, layout version, replica count, config hash, check
+//!              background area, writable by every peer:
+//!                heartbeat record, applied record, permission request[n], permission ack[n]
+//!              log area, writable only by the granted peer:
+//!                min proposal records [2], commit record, then slot_count slots
+//!              scratch area, never written remotely:
+//!                outbox (records staged for remote writes), landing buffers for reads
+//!              (commit record: commit position u64, chain through commit - 1 u64, check u64)
+//! ```
+//!
+//! # Invariants
+//! - Areas do not overlap and appear in the order above; the log area and every slot start on a
+//!   64-byte boundary.
+//! - Every record is 16 bytes at an 8-aligned offset; a record's check covers its own offset, so
+//!   a record copied to another place never validates.
+//! - The whole region fits in `u32` offsets (guaranteed by [`Config::validate`]).
+
+use crate::config::Config;
+use crate::fabric::ReplicaId;
+use crate::hash::Hasher;
+
+/// Bumped whenever the layout or the slot format changes.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Identifies a Mu region.
+pub const REGION_MAGIC: u64 = 0x4D55_5245_4749_4F4E; // "MUREGION"
+/// Bytes of the region header.
+pub const HEADER_BYTES: u32 = 64;
+/// Bytes of one checked record.
+pub const RECORD_BYTES: u32 = 16;
+/// Bytes of the commit record (commit position, chain, check), padded.
+pub const COMMIT_RECORD_BYTES: u32 = 32;
+/// Bytes of the log area's header: two min-proposal records and the commit record, padded.
+pub const LOG_HEADER_BYTES: u32 = 64;
+/// Bytes of both min-proposal records, read together.
+pub const MIN_PROPOSAL_BYTES: u32 = 2 * RECORD_BYTES;
+
+const fn round_up_64(x: u32) -> u32 {
+    (x + 63) & !63
+}
+
+/// Offsets of everything in a region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Layout {
+    /// Replicas in the cluster.
+    pub replica_count: u8,
+    /// Slots in the log.
+    pub slot_count: u32,
+    /// Bytes per slot.
+    pub slot_size: u32,
+    /// Start of the background area.
+    pub background: u32,
+    /// Start of the log area (its header first).
+    pub log: u32,
+    /// Start of slot 0.
+    pub slots: u32,
+    /// Start of the scratch area.
+    pub scratch: u32,
+    /// Start of the outbox inside the scratch area.
+    outbox: u32,
+    /// Start of the read landing buffers inside the scratch area.
+    landing: u32,
+    /// Total bytes.
+    pub region_bytes: u32,
+}
+
+/// The region header of a peer is not what this replica expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum HeaderError {
+    /// Not a Mu region, or the header is torn or unwritten.
+    NotARegion,
+    /// Another layout version (the peer runs other software).
+    LayoutVersion {
+        /// The version found.
+        found: u32,
+    },
+    /// Another cluster configuration.
+    ConfigHash {
+        /// The hash found.
+        found: u64,
+    },
+}
+
+impl Layout {
+    /// The layout of a validated configuration.
+    pub const fn new(config: &Config) -> Layout {
+        let n = config.replica_count as u32;
+        let background = HEADER_BYTES;
+        let background_bytes = round_up_64((2 + 2 * n) * RECORD_BYTES);
+        let log = background + background_bytes;
+        let slots = log + LOG_HEADER_BYTES;
+        let scratch = slots + config.slot_count * config.slot_size;
+        let outbox = scratch;
+        // Outbox: one request, one ack per peer, min proposal, commit record.
+        let outbox_bytes =
+            round_up_64(RECORD_BYTES + n * RECORD_BYTES + MIN_PROPOSAL_BYTES + COMMIT_RECORD_BYTES);
+        let landing = outbox + outbox_bytes;
+        // Landing, per peer: header, heartbeat, applied, min proposals, one slot.
+        let landing_bytes = n * Layout::landing_stride(config.slot_size);
+        Layout {
+            replica_count: config.replica_count,
+            slot_count: config.slot_count,
+            slot_size: config.slot_size,
+            background,
+            log,
+            slots,
+            scratch,
+            outbox,
+            landing,
+            region_bytes: landing + landing_bytes,
+        }
+    }
+
+    const fn landing_stride(slot_size: u32) -> u32 {
+        HEADER_BYTES + 2 * RECORD_BYTES + MIN_PROPOSAL_BYTES + slot_size
+    }
+
+    /// Bytes of the log area: its header and the slots.
+    pub const fn log_bytes(&self) -> u32 {
+        LOG_HEADER_BYTES + self.slot_count * self.slot_size
+    }
+
+    /// True when `[offset, offset + len)` lies inside the log area.
+    pub const fn in_log_area(&self, offset: u32, len: u32) -> bool {
+        offset >= self.log && (offset as u64 + len as u64) <= (self.log + self.log_bytes()) as u64
+    }
+
+    /// True when `[offset, offset + len)` overlaps the log area.
+    pub const fn touches_log_area(&self, offset: u32, len: u32) -> bool {
+        (offset as u64 + len as u64) > self.log as u64 && offset < self.log + self.log_bytes()
+    }
+
+    /// My heartbeat counter.
+    pub const fn heartbeat(&self) -> u32 {
+        self.background
+    }
+    /// My applied position (everything below it is applied here).
+    pub const fn applied(&self) -> u32 {
+        self.background + RECORD_BYTES
+    }
+    /// Where `requester` asks me for permission to write my log.
+    pub const fn request(&self, requester: ReplicaId) -> u32 {
+        self.background + (2 + requester as u32) * RECORD_BYTES
+    }
+    /// Where `owner` acknowledges my permission request.
+    pub const fn ack(&self, owner: ReplicaId) -> u32 {
+        self.background + (2 + self.replica_count as u32 + owner as u32) * RECORD_BYTES
+    }
+    /// Both min-proposal records.
+    pub const fn min_proposal(&self) -> u32 {
+        self.log
+    }
+    /// One of the two min-proposal records.
+    pub const fn min_proposal_record(&self, which: u32) -> u32 {
+        self.log + which * RECORD_BYTES
+    }
+    /// The commit record.
+    pub const fn commit_record(&self) -> u32 {
+        self.log + MIN_PROPOSAL_BYTES
+    }
+    /// The slot that holds `position`.
+    pub const fn slot(&self, position: u64) -> u32 {
+        self.slots + (position % self.slot_count as u64) as u32 * self.slot_size
+    }
+    /// Outbox: my permission request, staged.
+    pub const fn outbox_request(&self) -> u32 {
+        self.outbox
+    }
+    /// Outbox: my ack to `requester`, staged.
+    pub const fn outbox_ack(&self, requester: ReplicaId) -> u32 {
+        self.outbox + (1 + requester as u32) * RECORD_BYTES
+    }
+    /// Outbox: min-proposal record `which` (0 or 1), staged.
+    pub const fn outbox_min_proposal(&self, which: u32) -> u32 {
+        self.outbox + (1 + self.replica_count as u32 + which) * RECORD_BYTES
+    }
+    /// Outbox: the commit record, staged.
+    pub const fn outbox_commit(&self) -> u32 {
+        self.outbox + (3 + self.replica_count as u32) * RECORD_BYTES
+    }
+    const fn landing_of(&self, peer: ReplicaId) -> u32 {
+        self.landing + peer as u32 * Layout::landing_stride(self.slot_size)
+    }
+    /// Landing buffer for `peer`'s region header.
+    pub const fn landing_header(&self, peer: ReplicaId) -> u32 {
+        self.landing_of(peer)
+    }
+    /// Landing buffer for `peer`'s heartbeat.
+    pub const fn landing_heartbeat(&self, peer: ReplicaId) -> u32 {
+        self.landing_of(peer) + HEADER_BYTES
+    }
+    /// Landing buffer for `peer`'s applied position.
+    pub const fn landing_applied(&self, peer: ReplicaId) -> u32 {
+        self.landing_of(peer) + HEADER_BYTES + RECORD_BYTES
+    }
+    /// Landing buffer for `peer`'s min-proposal records.
+    pub const fn landing_min_proposal(&self, peer: ReplicaId) -> u32 {
+        self.landing_of(peer) + HEADER_BYTES + 2 * RECORD_BYTES
+    }
+    /// Landing buffer for one slot of `peer`.
+    pub const fn landing_slot(&self, peer: ReplicaId) -> u32 {
+        self.landing_of(peer) + HEADER_BYTES + 2 * RECORD_BYTES + MIN_PROPOSAL_BYTES
+    }
+
+    /// The region header this configuration expects.
+    pub fn header(config: &Config) -> [u8; HEADER_BYTES as usize] {
+        let mut header = [0u8; HEADER_BYTES as usize];
+        header[0..8].copy_from_slice(&REGION_MAGIC.to_le_bytes());
+        header[8..12].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
+        header[12] = config.replica_count;
+        header[16..24].copy_from_slice(&config.hash().to_le_bytes());
+        let check = Hasher::new(REGION_MAGIC).bytes(&header[0..24]).finish();
+        header[24..32].copy_from_slice(&check.to_le_bytes());
+        header
+    }
+
+    /// Checks a peer's region header against this configuration.
+    pub fn check_header(config: &Config, header: &[u8]) -> Result<(), HeaderError> {
+        if header.len() < 32 {
+            return Err(HeaderError::NotARegion);
+        }
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&header[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        let check = Hasher::new(REGION_MAGIC).bytes(&header[0..24]).finish();
+        if word(0) != REGION_MAGIC || word(24) != check {
+            return Err(HeaderError::NotARegion);
+        }
+        let version = word(8) as u32;
+        if version != LAYOUT_VERSION {
+            return Err(HeaderError::LayoutVersion { found: version });
+        }
+        let hash = word(16);
+        if hash != config.hash() {
+            return Err(HeaderError::ConfigHash { found: hash });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn areas_are_ordered_aligned_and_disjoint() {
+        for n in 1..=7 {
+            let mut config = Config::new(n);
+            config.slot_size = 192;
+            let l = Layout::new(&config);
+            assert!(HEADER_BYTES <= l.background);
+            assert!(l.ack(n - 1) + RECORD_BYTES <= l.log);
+            assert_eq!(l.log % 64, 0);
+            assert_eq!(l.slots % 64, 0);
+            assert_eq!(l.slot(1) - l.slot(0), 192);
+            assert_eq!(l.slot(config.slot_count as u64), l.slot(0));
+            assert_eq!(l.log + l.log_bytes(), l.scratch);
+            assert!(l.outbox_commit() + COMMIT_RECORD_BYTES <= l.landing_header(0));
+            assert!(l.landing_slot(n - 1) + 192 <= l.region_bytes);
+            assert!(l.in_log_area(l.slot(5), 192));
+            assert!(!l.in_log_area(l.heartbeat(), 16));
+            assert!(!l.touches_log_area(l.ack(n - 1), 16));
+            assert!(!l.touches_log_area(l.scratch, 16));
+        }
+    }
+
+    #[test]
+    fn header_mismatches_are_typed() {
+        let config = Config::new(3);
+        let header = Layout::header(&config);
+        assert_eq!(Layout::check_header(&config, &header), Ok(()));
+        let mut other = config;
+        other.slot_count *= 2;
+        assert!(matches!(
+            Layout::check_header(&other, &header),
+            Err(HeaderError::ConfigHash { .. })
+        ));
+        let mut torn = header;
+        torn[3] ^= 1;
+        assert_eq!(Layout::check_header(&config, &torn), Err(HeaderError::NotARegion));
+        assert_eq!(Layout::check_header(&config, &[0u8; 64]), Err(HeaderError::NotARegion));
+        assert_eq!(Layout::check_header(&config, &[0u8; 3]), Err(HeaderError::NotARegion));
+    }
+}

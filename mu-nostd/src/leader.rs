@@ -1,0 +1,927 @@
+//! The leader's replicator: one tenure at a time, from the permission grant to the fast path.
+//!
+//! A tenure goes through these phases (each with a deadline in ticks; missing it aborts the
+//! tenure and the background plane asks for permissions again):
+//!
+//! 1. `Survey`: read the applied position of every confirmed follower; wait for a majority.
+//! 2. `CatchUpSelf`: if a follower is ahead, read the decided slots this replica lacks from the
+//!    most advanced one (bulk, at most two reads), check that they chain, apply them.
+//! 3. Followers become active members: each gets, in at most two writes, every slot from its
+//!    applied position to the leader's write position (bulk catch-up). Late grantors go through
+//!    the same path whenever their ack arrives.
+//! 4. `ReadMinProposal`, `WriteMinProposal`: read both min-proposal records of a majority, pick
+//!    a ballot above all of them (unique: `round * 8 + id`), write it over the older record.
+//! 5. `ReadSlot` / `Adopting`: read the slot at the first undecided position from the prepared
+//!    members; if any holds a value, adopt the one with the highest ballot (rewritten under this
+//!    ballot), wait until it is decided, and repeat at the next position.
+//! 6. `Streaming` (the fast path, no more prepare until the tenure ends): every poll encodes
+//!    queued commands into the leader's own log and posts, per member, one write of everything
+//!    not yet sent. A position is decided when a majority (leader included) holds it; the
+//!    leader applies it and reports the command's ticket if the decided command is its own.
+//!
+//! Recycling: the leader writes position `p` only when every replica considered alive has
+//! applied `p - slot_count` (it reads their published applied positions every
+//! `recycle_period_ticks`); a replica considered failed does not hold the log back.
+//!
+//! # Invariants
+//! - `applied <= next`, `next - applied < ACK_WINDOW`; `acks[p % ACK_WINDOW]` describes `p` only
+//!   for `applied <= p < next`, and always includes the leader itself.
+//! - A position is written with a ballot only after that ballot was written to a majority's
+//!   min-proposal records (unless the tenure adopted nothing and went straight to the fast path
+//!   with the ballot it prepared).
+//! - A member is sent positions in increasing order; its acks count only for positions this
+//!   tenure wrote to it.
+//! - Any `Denied` completion of this tenure aborts it: another leader was granted.
+
+use crate::config::{Config, REPLICAS_MAX};
+use crate::fabric::{Fabric, PostError, ReplicaId, Status};
+use crate::layout::{COMMIT_RECORD_BYTES, MIN_PROPOSAL_BYTES, RECORD_BYTES};
+use crate::record;
+use crate::replication::{encode_commit, ReplicationPlane, COMPLETION_BATCH, HALT_LAPPED};
+use crate::slot::{self, origin, SlotError, SlotHeader, SLOT_HEADER_BYTES};
+use crate::state_machine::StateMachine;
+use crate::wrid::{Kind, WrId};
+
+/// Positions the leader may have written but not yet decided, plus one.
+pub(crate) const ACK_WINDOW: usize = 128;
+/// Operations outstanding per connection that the plane keeps track of.
+const PENDING_MAX: usize = 96;
+const COMPLETION_BATCHES_MAX: usize = 8;
+const TAG_SURVEY: u32 = 0;
+const TAG_RECYCLE: u32 = 1;
+
+/// An operation posted on the replication plane, waiting for its completion.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pending {
+    kind: Kind,
+    tenure: u32,
+    tag: u32,
+    start: u64,
+    end: u64,
+    posted_at: u64,
+}
+
+impl Pending {
+    const NONE: Pending =
+        Pending { kind: Kind::WriteLog, tenure: 0, tag: 0, start: 0, end: 0, posted_at: 0 };
+}
+
+/// This plane's connection to one peer: its epoch and the operations outstanding on it, in the
+/// order posted (which is the order they complete in).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Connection {
+    epoch: u16,
+    broken: bool,
+    pending: [Pending; PENDING_MAX],
+    head: usize,
+    len: usize,
+}
+
+impl Connection {
+    pub(crate) const NEW: Connection =
+        Connection { epoch: 0, broken: false, pending: [Pending::NONE; PENDING_MAX], head: 0, len: 0 };
+
+    fn push(&mut self, pending: Pending) {
+        assert!(self.len < PENDING_MAX);
+        self.pending[(self.head + self.len) % PENDING_MAX] = pending;
+        self.len += 1;
+    }
+
+    fn pop(&mut self) -> Option<Pending> {
+        if self.len == 0 {
+            return None;
+        }
+        let front = self.pending[self.head];
+        self.head = (self.head + 1) % PENDING_MAX;
+        self.len -= 1;
+        Some(front)
+    }
+
+    fn front(&self) -> Option<Pending> {
+        (self.len > 0).then(|| self.pending[self.head])
+    }
+
+    fn holds_tenure(&self, tenure: u32) -> bool {
+        (0..self.len).any(|i| self.pending[(self.head + i) % PENDING_MAX].tenure == tenure)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MemberState {
+    Absent,
+    Joining,
+    Surveying,
+    Surveyed { applied: u64 },
+    Active,
+    Lost { retry_at: u64 },
+    Lapped,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Member {
+    state: MemberState,
+    sent: u64,
+    min_record: u32,
+    recycle_read: bool,
+}
+
+impl Member {
+    const NEW: Member = Member { state: MemberState::Absent, sent: 0, min_record: 0, recycle_read: false };
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Survey,
+    CatchUpSelf { upto: u64, reads_left: u8 },
+    ReadMinProposal,
+    WriteMinProposal,
+    ReadSlot { position: u64 },
+    Adopting { position: u64 },
+    Streaming,
+}
+
+/// The state of one tenure.
+pub(crate) struct Leader {
+    pub(crate) tenure: u32,
+    phase: Phase,
+    deadline: u64,
+    ballot: u64,
+    ballot_floor: u64,
+    members: [Member; REPLICAS_MAX as usize],
+    replies: u8,
+    prepared: u8,
+    next: u64,
+    next_chain: u64,
+    acks: [u8; ACK_WINDOW],
+    applied_of: [u64; REPLICAS_MAX as usize],
+    recycle_at: u64,
+    commit_sent: u64,
+    commit_inflight: u8,
+}
+
+impl Leader {
+    pub(crate) fn new(tenure: u32, now: u64, applied: u64, chain: u64, config: &Config) -> Leader {
+        Leader {
+            tenure,
+            phase: Phase::Survey,
+            deadline: now + config.op_timeout_ticks as u64,
+            ballot: 0,
+            ballot_floor: 0,
+            members: [Member::NEW; REPLICAS_MAX as usize],
+            replies: 0,
+            prepared: 0,
+            next: applied,
+            next_chain: chain,
+            acks: [0; ACK_WINDOW],
+            applied_of: [0; REPLICAS_MAX as usize],
+            recycle_at: now,
+            commit_sent: applied,
+            commit_inflight: 0,
+        }
+    }
+
+    pub(crate) fn fast_path(&self) -> bool {
+        self.phase == Phase::Streaming
+    }
+
+    /// True once members may be sent log writes (this replica's log is up to date).
+    fn members_open(&self) -> bool {
+        !matches!(self.phase, Phase::Survey | Phase::CatchUpSelf { .. })
+    }
+}
+
+fn count(mask: u8) -> u8 {
+    mask.count_ones() as u8
+}
+
+impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane<'_, SLOT, ENTRY, QUEUE> {
+    fn quorum_with(&self, replies: u8) -> bool {
+        1 + count(replies) >= self.config.quorum()
+    }
+
+    fn others(&self) -> impl Iterator<Item = ReplicaId> {
+        let me = self.me;
+        (0..self.config.replica_count).filter(move |&p| p != me)
+    }
+
+    fn leader_mut(&mut self) -> &mut Leader {
+        self.leader.as_mut().expect("leading")
+    }
+
+    /// One round of leader work.
+    pub(crate) fn lead<F: Fabric, S: StateMachine>(&mut self, now: u64, fabric: &mut F, sm: &mut S) {
+        self.drain_completions(now, fabric, sm);
+        self.expire_operations(now, fabric);
+        if self.leader.is_none() {
+            return;
+        }
+        self.admit_members(now, fabric);
+        self.step_phase(now, fabric, sm);
+        let Some(leader) = &self.leader else { return };
+        if !leader.members_open() {
+            return;
+        }
+        if leader.fast_path() {
+            self.propose(fabric);
+        }
+        self.post_log_writes(now, fabric);
+        self.advance_commit(fabric, sm);
+        self.post_commit_record(now, fabric);
+        self.read_applied_positions(now, fabric);
+    }
+
+    // ---- connections -------------------------------------------------------------------------
+
+    pub(crate) fn drain_completions<F: Fabric, S: StateMachine>(
+        &mut self,
+        now: u64,
+        fabric: &mut F,
+        sm: &mut S,
+    ) {
+        for _ in 0..COMPLETION_BATCHES_MAX {
+            let n = fabric.poll(&mut self.completions).min(COMPLETION_BATCH);
+            for index in 0..n {
+                let completion = self.completions[index];
+                let Some(id) = WrId::decode(completion.wr_id) else { continue };
+                if !self.config.contains(id.peer) || id.peer == self.me {
+                    continue;
+                }
+                let connection = &mut self.connections[id.peer as usize];
+                if id.epoch != connection.epoch {
+                    continue; // From before a reconnect.
+                }
+                let Some(pending) = connection.pop() else { continue };
+                assert_eq!(pending.kind, id.kind, "completions arrive in the order posted");
+                if completion.status != Status::Ok {
+                    connection.broken = true;
+                }
+                if self.leader.as_ref().is_some_and(|l| l.tenure == pending.tenure) {
+                    self.complete(now, id.peer, pending, completion.status, fabric, sm);
+                }
+            }
+            if n < COMPLETION_BATCH {
+                break;
+            }
+        }
+    }
+
+    fn reconnect<F: Fabric>(&mut self, peer: ReplicaId, fabric: &mut F) {
+        let connection = &mut self.connections[peer as usize];
+        connection.epoch = connection.epoch.wrapping_add(1);
+        connection.head = 0;
+        connection.len = 0;
+        connection.broken = false;
+        let reconnected = fabric.reconnect(peer);
+        debug_assert!(reconnected.is_ok());
+    }
+
+    /// Posts an operation for the current tenure; false when it could not be posted now.
+    #[allow(clippy::too_many_arguments)]
+    fn post<F: Fabric>(
+        &mut self,
+        now: u64,
+        fabric: &mut F,
+        peer: ReplicaId,
+        kind: Kind,
+        tag: u32,
+        range: (u64, u64),
+        local: u32,
+        remote: u32,
+        len: u32,
+    ) -> bool {
+        if self.connections[peer as usize].broken {
+            self.reconnect(peer, fabric);
+        }
+        let tenure = self.leader.as_ref().map_or(0, |l| l.tenure);
+        let connection = &mut self.connections[peer as usize];
+        if connection.len == PENDING_MAX {
+            return false;
+        }
+        let id = WrId { kind, peer, epoch: connection.epoch, tag }.encode();
+        let write = matches!(kind, Kind::WriteLog | Kind::WriteMinProposal | Kind::WriteCommit);
+        let posted = if write {
+            fabric.write(peer, local, remote, len, id)
+        } else {
+            fabric.read(peer, remote, local, len, id)
+        };
+        match posted {
+            Ok(()) => {
+                let (start, end) = range;
+                connection.push(Pending { kind, tenure, tag, start, end, posted_at: now });
+                true
+            }
+            Err(PostError::Broken) => {
+                connection.broken = true;
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// An operation past its deadline resets its connection; a member that had work of this
+    /// tenure outstanding there is lost (and rejoins later).
+    fn expire_operations<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let timeout = self.config.op_timeout_ticks as u64;
+        for peer in self.others() {
+            let connection = &self.connections[peer as usize];
+            let Some(front) = connection.front() else { continue };
+            if now.saturating_sub(front.posted_at) <= timeout {
+                continue;
+            }
+            let tenure = self.leader.as_ref().map_or(0, |l| l.tenure);
+            let ours = tenure != 0 && connection.holds_tenure(tenure);
+            self.reconnect(peer, fabric);
+            if ours {
+                self.lose_member(now, peer);
+            }
+        }
+    }
+
+    // ---- membership --------------------------------------------------------------------------
+
+    fn lose_member(&mut self, now: u64, peer: ReplicaId) {
+        let retry = self.config.permission_retry_ticks as u64;
+        let Some(leader) = &mut self.leader else { return };
+        if let Phase::CatchUpSelf { .. } = leader.phase {
+            // The catch-up source went away: start over with a new tenure.
+            self.abort();
+            return;
+        }
+        let member = &mut leader.members[peer as usize];
+        if member.state != MemberState::Lapped {
+            member.state = MemberState::Lost { retry_at: now + retry };
+        }
+        member.recycle_read = false;
+        leader.commit_inflight &= !(1 << peer);
+        self.connections[peer as usize].broken = true;
+    }
+
+    /// Confirmed followers (and lost ones, after a pause) are asked for their applied position.
+    fn admit_members<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let confirmed = self.shared.lead().map_or(0, |l| l.confirmed);
+        for peer in self.others() {
+            let state = self.leader_mut().members[peer as usize].state;
+            let wants_survey = match state {
+                MemberState::Absent => confirmed & (1 << peer) != 0,
+                MemberState::Joining => true,
+                MemberState::Lost { retry_at } => now >= retry_at,
+                _ => false,
+            };
+            if !wants_survey {
+                continue;
+            }
+            let (local, remote) = (self.layout.landing_applied(peer), self.layout.applied());
+            let posted =
+                self.post(now, fabric, peer, Kind::ReadApplied, TAG_SURVEY, (0, 0), local, remote, RECORD_BYTES);
+            self.leader_mut().members[peer as usize].state =
+                if posted { MemberState::Surveying } else { MemberState::Joining };
+        }
+        if self.leader_mut().members_open() {
+            self.activate_surveyed();
+        }
+    }
+
+    /// Surveyed members become active: they will be sent everything from their applied position.
+    fn activate_surveyed(&mut self) {
+        let slot_count = self.config.slot_count as u64;
+        let leader = self.leader.as_mut().expect("leading");
+        for member in leader.members.iter_mut() {
+            let MemberState::Surveyed { applied } = member.state else { continue };
+            let from = applied.min(leader.next);
+            if leader.next - from >= slot_count {
+                // Its missing positions were recycled here too: it needs a state transfer.
+                member.state = MemberState::Lapped;
+                continue;
+            }
+            member.sent = from;
+            member.state = MemberState::Active;
+        }
+    }
+
+    fn active_members(&self) -> u8 {
+        let leader = self.leader.as_ref().expect("leading");
+        let mut mask = 0;
+        for peer in self.others() {
+            if leader.members[peer as usize].state == MemberState::Active {
+                mask |= 1 << peer;
+            }
+        }
+        mask
+    }
+
+    // ---- completions -------------------------------------------------------------------------
+
+    fn complete<F: Fabric, S: StateMachine>(
+        &mut self,
+        now: u64,
+        peer: ReplicaId,
+        pending: Pending,
+        status: Status,
+        fabric: &mut F,
+        sm: &mut S,
+    ) {
+        let ok = status == Status::Ok;
+        if status == Status::Denied {
+            // Someone revoked this leader: another replica was granted.
+            self.abort();
+            return;
+        }
+        let bit = 1u8 << peer;
+        match pending.kind {
+            Kind::ReadApplied => self.complete_applied_read(now, peer, pending.tag, ok, fabric),
+            Kind::ReadLog => {
+                let leader = self.leader_mut();
+                match (&mut leader.phase, ok) {
+                    (Phase::CatchUpSelf { reads_left, .. }, true) => *reads_left -= 1,
+                    _ => self.abort(),
+                }
+            }
+            Kind::WriteLog if ok => self.ack_range(peer, pending.start, pending.end),
+            Kind::ReadMinProposal if ok => self.complete_min_proposal_read(peer, fabric),
+            Kind::WriteMinProposal if ok => self.leader_mut().prepared |= bit,
+            Kind::ReadSlot if ok => {
+                let leader = self.leader_mut();
+                if leader.phase == (Phase::ReadSlot { position: pending.start }) {
+                    leader.replies |= bit;
+                }
+            }
+            Kind::WriteCommit if ok => self.leader_mut().commit_inflight &= !bit,
+            _ => self.lose_member(now, peer),
+        }
+        let _ = sm;
+    }
+
+    fn complete_applied_read<F: Fabric>(&mut self, now: u64, peer: ReplicaId, tag: u32, ok: bool, fabric: &mut F) {
+        let mut bytes = [0u8; RECORD_BYTES as usize];
+        fabric.load(self.layout.landing_applied(peer), &mut bytes);
+        let value = if ok { record::decode(self.layout.applied(), &bytes) } else { None };
+        let leader = self.leader_mut();
+        let member = &mut leader.members[peer as usize];
+        if tag == TAG_RECYCLE {
+            member.recycle_read = false;
+        }
+        if let Some(applied) = value {
+            leader.applied_of[peer as usize] = leader.applied_of[peer as usize].max(applied);
+        }
+        if tag != TAG_SURVEY || member.state != MemberState::Surveying {
+            return;
+        }
+        match (ok, value) {
+            (true, Some(applied)) => member.state = MemberState::Surveyed { applied },
+            (true, None) => member.state = MemberState::Joining, // Torn: read again.
+            _ => self.lose_member(now, peer),
+        }
+    }
+
+    fn ack_range(&mut self, peer: ReplicaId, start: u64, end: u64) {
+        let applied = self.applied;
+        let leader = self.leader_mut();
+        let from = start.max(applied);
+        let to = end.min(leader.next);
+        for position in from..to {
+            leader.acks[(position % ACK_WINDOW as u64) as usize] |= 1 << peer;
+        }
+    }
+
+    fn complete_min_proposal_read<F: Fabric>(&mut self, peer: ReplicaId, fabric: &mut F) {
+        let mut bytes = [0u8; MIN_PROPOSAL_BYTES as usize];
+        fabric.load(self.layout.landing_min_proposal(peer), &mut bytes);
+        let (value, older) = self.min_proposal_of(&bytes);
+        let leader = self.leader_mut();
+        leader.ballot_floor = leader.ballot_floor.max(value);
+        leader.members[peer as usize].min_record = older;
+        if leader.phase == Phase::ReadMinProposal {
+            leader.replies |= 1 << peer;
+        }
+    }
+
+    /// The highest valid min proposal of a pair of records, and which record to overwrite (the
+    /// invalid or lower one, so that a torn write never destroys the highest value).
+    fn min_proposal_of(&self, bytes: &[u8; MIN_PROPOSAL_BYTES as usize]) -> (u64, u32) {
+        let r = RECORD_BYTES as usize;
+        let first = record::decode(self.layout.min_proposal_record(0), &bytes[..r]);
+        let second = record::decode(self.layout.min_proposal_record(1), &bytes[r..]);
+        match (first, second) {
+            (Some(a), Some(b)) => (a.max(b), if a <= b { 0 } else { 1 }),
+            (Some(a), None) => (a, 1),
+            (None, Some(b)) => (b, 0),
+            (None, None) => (0, 0),
+        }
+    }
+
+    // ---- phases ------------------------------------------------------------------------------
+
+    fn step_phase<F: Fabric, S: StateMachine>(&mut self, now: u64, fabric: &mut F, sm: &mut S) {
+        let leader = self.leader.as_ref().expect("leading");
+        let (phase, deadline, replies, prepared) = (leader.phase, leader.deadline, leader.replies, leader.prepared);
+        let late = now > deadline;
+        match phase {
+            Phase::Survey => self.step_survey(now, fabric, late),
+            Phase::CatchUpSelf { upto, reads_left } => {
+                if reads_left == 0 {
+                    self.finish_catch_up(now, upto, fabric, sm);
+                } else if late {
+                    self.abort();
+                }
+            }
+            Phase::ReadMinProposal if self.quorum_with(replies) => self.write_min_proposal(now, fabric),
+            Phase::WriteMinProposal if self.quorum_with(prepared) => {
+                let next = self.leader_mut().next;
+                self.read_slot(now, next, fabric);
+            }
+            Phase::ReadSlot { position } if self.quorum_with(replies) => {
+                self.choose_value(now, position, fabric);
+            }
+            Phase::Adopting { position } if self.applied > position => {
+                let next = self.leader_mut().next;
+                self.read_slot(now, next, fabric);
+            }
+            Phase::Streaming => {}
+            _ if late => self.abort(),
+            _ => {}
+        }
+    }
+
+    fn step_survey<F: Fabric>(&mut self, now: u64, fabric: &mut F, late: bool) {
+        let leader = self.leader.as_ref().expect("leading");
+        let mut surveyed = 0u8;
+        let mut best: Option<(u64, ReplicaId)> = None;
+        for peer in self.others() {
+            if let MemberState::Surveyed { applied } = leader.members[peer as usize].state {
+                surveyed |= 1 << peer;
+                if best.is_none_or(|(a, _)| applied > a) {
+                    best = Some((applied, peer));
+                }
+            }
+        }
+        if !self.quorum_with(surveyed) {
+            if late {
+                self.abort();
+            }
+            return;
+        }
+        match best {
+            Some((upto, source)) if upto > self.applied => self.catch_up_self(now, upto, source, fabric),
+            _ => self.open_members(now, fabric),
+        }
+    }
+
+    /// Reads the decided slots `[applied, upto)` from `source` straight into this log.
+    fn catch_up_self<F: Fabric>(&mut self, now: u64, upto: u64, source: ReplicaId, fabric: &mut F) {
+        let slot_count = self.config.slot_count as u64;
+        if upto - self.applied > slot_count {
+            // The positions this replica lacks were recycled everywhere.
+            self.halt(HALT_LAPPED);
+            return;
+        }
+        let mut reads = 0u8;
+        for (start, end) in ring_pieces(self.applied, upto, slot_count) {
+            let offset = self.layout.slot(start);
+            let len = (end - start) as u32 * self.config.slot_size;
+            if !self.post(now, fabric, source, Kind::ReadLog, 0, (start, end), offset, offset, len) {
+                self.abort();
+                return;
+            }
+            reads += 1;
+        }
+        info!("catching up {} slots from {}", upto - self.applied, source);
+        let deadline = now + self.config.op_timeout_ticks as u64;
+        let leader = self.leader_mut();
+        leader.phase = Phase::CatchUpSelf { upto, reads_left: reads };
+        leader.deadline = deadline;
+    }
+
+    fn finish_catch_up<F: Fabric, S: StateMachine>(&mut self, now: u64, upto: u64, fabric: &mut F, sm: &mut S) {
+        while self.applied < upto {
+            match self.open_local(fabric, self.applied) {
+                Ok((header, chain)) if header.chain_prev == self.applied_chain => {
+                    self.apply_slot(header, chain, sm);
+                }
+                _ => {
+                    // Torn or unchained: the source changed under the read. Try again later.
+                    self.abort();
+                    return;
+                }
+            }
+        }
+        let (applied, chain) = (self.applied, self.applied_chain);
+        let leader = self.leader_mut();
+        leader.next = applied;
+        leader.next_chain = chain;
+        leader.commit_sent = applied;
+        self.open_members(now, fabric);
+    }
+
+    /// This replica's log is up to date: members may be synced, and the prepare starts.
+    fn open_members<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let deadline = now + self.config.op_timeout_ticks as u64;
+        let leader = self.leader_mut();
+        leader.phase = Phase::ReadMinProposal;
+        leader.deadline = deadline;
+        leader.replies = 0;
+        self.activate_surveyed();
+        if cfg!(feature = "bug-skip-prepare") {
+            // Planted defect: no prepare after a leader change.
+            let ballot = self.next_ballot(0, fabric);
+            let leader = self.leader_mut();
+            leader.ballot = ballot;
+            leader.phase = Phase::Streaming;
+            return;
+        }
+        for peer in self.others() {
+            if self.active_members() & (1 << peer) == 0 {
+                continue;
+            }
+            let (local, remote) = (self.layout.landing_min_proposal(peer), self.layout.min_proposal());
+            if !self.post(now, fabric, peer, Kind::ReadMinProposal, 0, (0, 0), local, remote, MIN_PROPOSAL_BYTES) {
+                self.lose_member(now, peer);
+            }
+        }
+    }
+
+    /// This replica's own min-proposal records: the highest value and which record is older.
+    fn own_min_proposal<F: Fabric>(&self, fabric: &mut F) -> (u64, u32) {
+        let mut bytes = [0u8; MIN_PROPOSAL_BYTES as usize];
+        fabric.load(self.layout.min_proposal(), &mut bytes);
+        self.min_proposal_of(&bytes)
+    }
+
+    /// A ballot above `floor`, above every ballot this replica promised, unique to this replica.
+    fn next_ballot<F: Fabric>(&self, floor: u64, fabric: &mut F) -> u64 {
+        let (own, _) = self.own_min_proposal(fabric);
+        let highest = floor.max(own).max(self.leader.as_ref().map_or(0, |l| l.ballot));
+        let ballot = (highest / 8 + 1) * 8 + self.me as u64;
+        assert!(ballot > highest && ballot % 8 == self.me as u64);
+        ballot
+    }
+
+    /// Promises the new ballot locally and to every member that answered the read.
+    fn write_min_proposal<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let floor = self.leader_mut().ballot_floor;
+        let ballot = self.next_ballot(floor, fabric);
+        let (_, own_older) = self.own_min_proposal(fabric);
+        let own_offset = self.layout.min_proposal_record(own_older);
+        fabric.store(own_offset, &record::encode(own_offset, ballot));
+        for which in 0..2 {
+            let remote = self.layout.min_proposal_record(which);
+            fabric.store(self.layout.outbox_min_proposal(which), &record::encode(remote, ballot));
+        }
+        let deadline = now + self.config.op_timeout_ticks as u64;
+        let leader = self.leader_mut();
+        let replies = leader.replies;
+        leader.ballot = ballot;
+        leader.phase = Phase::WriteMinProposal;
+        leader.deadline = deadline;
+        leader.prepared = 0;
+        info!("tenure {} ballot {}", leader.tenure, ballot);
+        for peer in self.others() {
+            if replies & (1 << peer) == 0 {
+                continue;
+            }
+            let which = self.leader_mut().members[peer as usize].min_record;
+            let local = self.layout.outbox_min_proposal(which);
+            let remote = self.layout.min_proposal_record(which);
+            if !self.post(now, fabric, peer, Kind::WriteMinProposal, 0, (0, 0), local, remote, RECORD_BYTES) {
+                self.lose_member(now, peer);
+            }
+        }
+    }
+
+    /// Reads the slot at `position` from every prepared member.
+    fn read_slot<F: Fabric>(&mut self, now: u64, position: u64, fabric: &mut F) {
+        let deadline = now + self.config.op_timeout_ticks as u64;
+        let leader = self.leader_mut();
+        assert_eq!(position, leader.next, "the prepare reads where the leader writes next");
+        leader.phase = Phase::ReadSlot { position };
+        leader.deadline = deadline;
+        leader.replies = 0;
+        let prepared = leader.prepared;
+        for peer in self.others() {
+            if prepared & (1 << peer) == 0 || self.active_members() & (1 << peer) == 0 {
+                continue;
+            }
+            let local = self.layout.landing_slot(peer);
+            let remote = self.layout.slot(position);
+            let (tag, size) = (position as u32, self.config.slot_size);
+            if !self.post(now, fabric, peer, Kind::ReadSlot, tag, (position, position + 1), local, remote, size) {
+                self.lose_member(now, peer);
+            }
+        }
+    }
+
+    /// Picks the value with the highest ballot among the slots read (this replica's own
+    /// included) and adopts it; with none, the tenure moves to the fast path.
+    fn choose_value<F: Fabric>(&mut self, now: u64, position: u64, fabric: &mut F) {
+        let size = self.config.slot_size as usize;
+        let mut best: Option<(u64, Option<ReplicaId>)> = None;
+        if let Ok((header, _)) = self.open_local(fabric, position) {
+            best = Some((header.ballot, None));
+        }
+        let replies = self.leader_mut().replies;
+        for peer in self.others() {
+            if replies & (1 << peer) == 0 {
+                continue;
+            }
+            fabric.load(self.layout.landing_slot(peer), &mut self.slot[..size]);
+            match slot::open(&self.slot[..size], position) {
+                Ok((header, _)) if best.is_none_or(|(b, _)| header.ballot > b) => {
+                    best = Some((header.ballot, Some(peer)));
+                }
+                Err(SlotError::Stale { found }) if found > position => {
+                    // A member recycled a position this leader has not applied: start over.
+                    self.abort();
+                    return;
+                }
+                _ => {}
+            }
+        }
+        match best {
+            None => {
+                info!("tenure {} on the fast path at {}", self.leader_mut().tenure, position);
+                self.leader_mut().phase = Phase::Streaming;
+            }
+            Some((_, source)) => self.adopt(now, position, source, fabric),
+        }
+    }
+
+    /// Rewrites the chosen value under this tenure's ballot into the own log; members get it
+    /// through the ordinary log writes.
+    fn adopt<F: Fabric>(&mut self, now: u64, position: u64, source: Option<ReplicaId>, fabric: &mut F) {
+        let size = self.config.slot_size as usize;
+        let from = match source {
+            Some(peer) => self.layout.landing_slot(peer),
+            None => self.layout.slot(position),
+        };
+        fabric.load(from, &mut self.slot[..size]);
+        let Ok((header, _)) = slot::open(&self.slot[..size], position) else {
+            self.abort(); // Changed under us; cannot happen while this replica holds the grants.
+            return;
+        };
+        let (applied, capacity) = (self.applied, self.config.slot_payload_bytes());
+        let deadline = now + self.config.op_timeout_ticks as u64;
+        let leader = self.leader.as_mut().expect("leading");
+        let adopted = SlotHeader { ballot: leader.ballot, commit: applied, chain_prev: leader.next_chain, ..header };
+        let payload_end = SLOT_HEADER_BYTES as usize + header.frag_len(capacity) as usize;
+        let mut sealed = [0u8; SLOT_HEADER_BYTES as usize];
+        let chain = adopted.seal(&self.slot[SLOT_HEADER_BYTES as usize..payload_end], &mut sealed);
+        self.slot[..SLOT_HEADER_BYTES as usize].copy_from_slice(&sealed);
+        fabric.store(self.layout.slot(position), &self.slot[..size]);
+        leader.next = position + 1;
+        leader.next_chain = chain;
+        leader.acks[(position % ACK_WINDOW as u64) as usize] = 1 << self.me;
+        leader.phase = Phase::Adopting { position };
+        leader.deadline = deadline;
+        debug!("adopted position {} (ballot {})", position, header.ballot);
+    }
+
+    // ---- fast path ---------------------------------------------------------------------------
+
+    /// The first position that may not be written yet: one lap past the least applied position
+    /// among this replica and the replicas considered alive.
+    fn recycle_limit(&self) -> u64 {
+        let leader = self.leader.as_ref().expect("leading");
+        let alive = self.shared.alive();
+        let mut least = self.applied;
+        for peer in self.others() {
+            if alive & (1 << peer) != 0 {
+                least = least.min(leader.applied_of[peer as usize]);
+            }
+        }
+        least + self.config.slot_count as u64
+    }
+
+    /// Encodes queued commands into the own log, as far as the pipeline and recycling allow.
+    fn propose<F: Fabric>(&mut self, fabric: &mut F) {
+        let limit = self.recycle_limit();
+        let capacity = self.config.slot_payload_bytes() as usize;
+        let depth = self.config.pipeline_depth as u64;
+        let (me, applied) = (self.me, self.applied);
+        let leader = self.leader.as_mut().expect("leading");
+        while leader.next - applied < depth {
+            let Some((sequence, command)) = self.queue.next_to_propose() else { break };
+            let frag_count = command.len().div_ceil(capacity);
+            if leader.next + frag_count as u64 > limit {
+                break; // Recycling: wait until the slowest alive replica applied more.
+            }
+            for (index, chunk) in command.chunks(capacity).enumerate() {
+                let position = leader.next;
+                let header = SlotHeader {
+                    position,
+                    ballot: leader.ballot,
+                    commit: applied,
+                    chain_prev: leader.next_chain,
+                    origin: origin(me, sequence),
+                    entry_len: command.len() as u32,
+                    frag_index: index as u16,
+                    frag_count: frag_count as u16,
+                };
+                let mut sealed = [0u8; SLOT_HEADER_BYTES as usize];
+                leader.next_chain = header.seal(chunk, &mut sealed);
+                let offset = self.layout.slot(position);
+                fabric.store(offset, &sealed);
+                fabric.store(offset + SLOT_HEADER_BYTES, chunk);
+                leader.acks[(position % ACK_WINDOW as u64) as usize] = 1 << me;
+                leader.next += 1;
+            }
+            assert!(((leader.next - applied) as usize) < ACK_WINDOW);
+            self.queue.mark_proposed(sequence);
+        }
+    }
+
+    /// Sends every active member what it has not been sent, in at most two writes each.
+    fn post_log_writes<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let slot_count = self.config.slot_count as u64;
+        let next = self.leader_mut().next;
+        for peer in self.others() {
+            if self.active_members() & (1 << peer) == 0 {
+                continue;
+            }
+            let sent = self.leader_mut().members[peer as usize].sent;
+            for (start, end) in ring_pieces(sent, next, slot_count) {
+                let offset = self.layout.slot(start);
+                let len = (end - start) as u32 * self.config.slot_size;
+                if !self.post(now, fabric, peer, Kind::WriteLog, start as u32, (start, end), offset, offset, len) {
+                    break;
+                }
+                self.leader_mut().members[peer as usize].sent = end;
+            }
+        }
+    }
+
+    /// Applies every position a majority holds, in order.
+    fn advance_commit<F: Fabric, S: StateMachine>(&mut self, fabric: &mut F, sm: &mut S) {
+        loop {
+            let leader = self.leader.as_ref().expect("leading");
+            if self.applied >= leader.next {
+                return;
+            }
+            let votes = leader.acks[(self.applied % ACK_WINDOW as u64) as usize];
+            assert!(votes & (1 << self.me) != 0, "the leader holds what it sends");
+            if count(votes) < self.config.quorum() {
+                return;
+            }
+            let position = self.applied;
+            let (header, chain) = self.open_local(fabric, position).expect("the own log holds what the leader wrote");
+            assert_eq!(header.chain_prev, self.applied_chain, "the own log chains");
+            self.apply_slot(header, chain, sm);
+            if self.leader.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// When the leader is idle, followers learn the last commit point from the commit record
+    /// (otherwise they would lag one command behind until the next one).
+    fn post_commit_record<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let leader = self.leader.as_ref().expect("leading");
+        let idle = leader.fast_path() && self.applied == leader.next && self.queue.next_to_propose().is_none();
+        if !idle || leader.commit_sent >= self.applied || leader.commit_inflight != 0 {
+            return;
+        }
+        let offset = self.layout.commit_record();
+        let staged = encode_commit(offset, self.applied, self.applied_chain);
+        fabric.store(self.layout.outbox_commit(), &staged);
+        let applied = self.applied;
+        for peer in self.others() {
+            let member = self.leader_mut().members[peer as usize];
+            if member.state != MemberState::Active || member.sent < applied {
+                continue;
+            }
+            let local = self.layout.outbox_commit();
+            if self.post(now, fabric, peer, Kind::WriteCommit, 0, (0, 0), local, offset, COMMIT_RECORD_BYTES) {
+                self.leader_mut().commit_inflight |= 1 << peer;
+            }
+        }
+        self.leader_mut().commit_sent = applied;
+    }
+
+    /// Every `recycle_period_ticks`, reads the applied position of every replica considered
+    /// alive.
+    fn read_applied_positions<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let period = self.config.recycle_period_ticks as u64;
+        if now < self.leader_mut().recycle_at {
+            return;
+        }
+        self.leader_mut().recycle_at = now + period;
+        let alive = self.shared.alive();
+        for peer in self.others() {
+            if alive & (1 << peer) == 0 || self.leader_mut().members[peer as usize].recycle_read {
+                continue;
+            }
+            let (local, remote) = (self.layout.landing_applied(peer), self.layout.applied());
+            if self.post(now, fabric, peer, Kind::ReadApplied, TAG_RECYCLE, (0, 0), local, remote, RECORD_BYTES) {
+                self.leader_mut().members[peer as usize].recycle_read = true;
+            }
+        }
+    }
+}
+
+/// Splits the positions `[start, end)` of a ring of `slot_count` slots into at most two
+/// contiguous pieces.
+fn ring_pieces(start: u64, end: u64, slot_count: u64) -> impl Iterator<Item = (u64, u64)> {
+    assert!(start <= end && end - start <= slot_count);
+    let boundary = start - start % slot_count + slot_count;
+    let first = (start, end.min(boundary));
+    let second = (boundary, end);
+    [first, second].into_iter().filter(|(a, b)| a < b)
+}

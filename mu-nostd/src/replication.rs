@@ -1,0 +1,394 @@
+//! The replication plane: the follower's replayer and the leader's replicator (in `leader`).
+//!
+//! Follower: the replayer polls its own log. A slot at the next position to apply is taken only
+//! when it opens (checksum, position) and its `chain_prev` equals the chain of everything applied
+//! so far; a position is applied only below a commit point carried by a slot that chains back to
+//! the applied prefix (or by the commit record, which carries the chain digest it vouches for).
+//! So a torn slot, a slot of an earlier lap and an undecided value of an earlier leader are never
+//! applied. A valid slot of a *later* lap at the next position means the leader recycled past
+//! this replica: it halts (it needs a state transfer) and stops its heartbeat.
+//!
+//! # Invariants
+//! - `applied` only grows; `applied_chain` is the chain digest through `applied - 1`.
+//! - Every replica applies the same command at the same position (agreement), because every
+//!   applied slot chains to the same decided prefix.
+//! - A command submitted here is reported `committed` only when the command itself (its origin)
+//!   is applied, never when another value was decided in its place.
+//! - Work per poll is bounded: scans and applies stop after a fixed number of slots; completions
+//!   are drained in bounded batches.
+
+use crate::config::{Config, REPLICAS_MAX};
+use crate::fabric::{Completion, Fabric, ReplicaId};
+use crate::hash::Hasher;
+use crate::layout::{Layout, COMMIT_RECORD_BYTES};
+use crate::leader::{Connection, Leader};
+use crate::queue::RequestQueue;
+use crate::record;
+use crate::shared::Shared;
+use crate::slot::{self, SlotError, SlotHeader, CHAIN_GENESIS, SLOT_HEADER_BYTES};
+use crate::state_machine::{StateMachine, Ticket};
+
+/// Why the replication plane stopped for good.
+pub const HALT_LAPPED: u32 = 1;
+
+/// Why a command was not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum SubmitError {
+    /// This replica does not lead; `leader` is who it considers leader.
+    NotLeader {
+        /// The replica to try instead, if known.
+        leader: Option<ReplicaId>,
+    },
+    /// Empty commands are not accepted.
+    Empty,
+    /// The command is longer than the largest entry.
+    TooLarge {
+        /// Its length.
+        len: u32,
+        /// The most accepted.
+        max: u32,
+    },
+    /// The queue is full; poll and try again.
+    Busy,
+    /// This replica halted (its log was lapped) and no longer takes part.
+    Halted,
+}
+
+/// A snapshot of the replication plane, for runtimes and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ReplicationStatus {
+    /// Positions below this are applied here.
+    pub applied: u64,
+    /// The tenure this replica leads in, if it does.
+    pub leading: Option<u32>,
+    /// True once the leader finished its prepare and replicates on the fast path.
+    pub fast_path: bool,
+    /// Commands waiting in the leader's queue.
+    pub queued: u32,
+    /// Nonzero when halted ([`HALT_LAPPED`]).
+    pub halted: u32,
+}
+
+/// Reassembles commands that span several slots.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Assembly {
+    active: bool,
+    origin: u64,
+    entry_len: u32,
+    next_frag: u16,
+    filled: u32,
+}
+
+const COMMIT_DOMAIN: u64 = 0x434F_4D4D_4954;
+pub(crate) const COMPLETION_BATCH: usize = 16;
+
+/// Encodes the commit record: everything below `commit` is decided, and the chain through
+/// `commit - 1` is `chain`.
+pub(crate) fn encode_commit(offset: u32, commit: u64, chain: u64) -> [u8; COMMIT_RECORD_BYTES as usize] {
+    let mut bytes = [0u8; COMMIT_RECORD_BYTES as usize];
+    let check = Hasher::new(COMMIT_DOMAIN).word(offset as u64).word(commit).word(chain).finish();
+    bytes[0..8].copy_from_slice(&commit.to_le_bytes());
+    bytes[8..16].copy_from_slice(&chain.to_le_bytes());
+    bytes[16..24].copy_from_slice(&check.to_le_bytes());
+    bytes
+}
+
+fn decode_commit(offset: u32, bytes: &[u8; COMMIT_RECORD_BYTES as usize]) -> Option<(u64, u64)> {
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+    let (commit, chain, check) = (word(0), word(8), word(16));
+    let expected = Hasher::new(COMMIT_DOMAIN).word(offset as u64).word(commit).word(chain).finish();
+    (check == expected).then_some((commit, chain))
+}
+
+/// The replication plane of one replica.
+///
+/// `SLOT` bounds the slot size, `ENTRY` the command size (and the response buffer), `QUEUE` the
+/// bytes of commands the leader may hold undecided.
+pub struct ReplicationPlane<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize> {
+    pub(crate) config: Config,
+    pub(crate) layout: Layout,
+    pub(crate) me: ReplicaId,
+    pub(crate) shared: &'s Shared,
+    pub(crate) applied: u64,
+    pub(crate) applied_chain: u64,
+    commit_known: u64,
+    assembly: Assembly,
+    entry: [u8; ENTRY],
+    pub(crate) slot: [u8; SLOT],
+    response: [u8; ENTRY],
+    pub(crate) queue: RequestQueue<QUEUE>,
+    pub(crate) connections: [Connection; REPLICAS_MAX as usize],
+    pub(crate) leader: Option<Leader>,
+    pub(crate) spent_tenure: u32,
+    halted: u32,
+    published_applied: Option<u64>,
+    pub(crate) completions: [Completion; COMPLETION_BATCH],
+}
+
+impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
+    ReplicationPlane<'s, SLOT, ENTRY, QUEUE>
+{
+    /// The replication plane of replica `me`; the caller validated the configuration and checked
+    /// it against the buffer sizes (see [`crate::Replica`]).
+    pub(crate) fn new(config: Config, me: ReplicaId, shared: &'s Shared) -> Self {
+        assert!(config.validate().is_ok());
+        assert!(config.slot_size as usize <= SLOT);
+        assert!(config.entry_bytes_max() as usize <= ENTRY);
+        ReplicationPlane {
+            config,
+            layout: Layout::new(&config),
+            me,
+            shared,
+            applied: 0,
+            applied_chain: CHAIN_GENESIS,
+            commit_known: 0,
+            assembly: Assembly::default(),
+            entry: [0; ENTRY],
+            slot: [0; SLOT],
+            response: [0; ENTRY],
+            queue: RequestQueue::new(),
+            connections: [Connection::NEW; REPLICAS_MAX as usize],
+            leader: None,
+            spent_tenure: 0,
+            halted: 0,
+            published_applied: None,
+            completions: [Completion::EMPTY; COMPLETION_BATCH],
+        }
+    }
+
+    /// Does one bounded round of replication work at time `now`.
+    pub fn poll<F: Fabric, S: StateMachine>(&mut self, now: u64, fabric: &mut F, sm: &mut S) {
+        self.shared.tick_progress();
+        if self.halted != 0 {
+            return;
+        }
+        self.follow_role(now, fabric, sm);
+        if self.leader.is_some() {
+            self.lead(now, fabric, sm);
+        } else {
+            self.drain_completions(now, fabric, sm);
+            self.replay(fabric, sm);
+        }
+        self.publish_applied(fabric);
+    }
+
+    /// Queues a command for replication; only the leader accepts commands.
+    pub fn submit(&mut self, command: &[u8]) -> Result<Ticket, SubmitError> {
+        if self.halted != 0 {
+            return Err(SubmitError::Halted);
+        }
+        if self.leader.is_none() {
+            return Err(SubmitError::NotLeader { leader: self.shared.leader() });
+        }
+        if command.is_empty() {
+            return Err(SubmitError::Empty);
+        }
+        let max = self.config.entry_bytes_max();
+        if command.len() as u64 > max as u64 {
+            return Err(SubmitError::TooLarge { len: command.len().min(u32::MAX as usize) as u32, max });
+        }
+        self.queue.push(command).ok_or(SubmitError::Busy)
+    }
+
+    /// A snapshot for runtimes and tests.
+    pub fn status(&self) -> ReplicationStatus {
+        ReplicationStatus {
+            applied: self.applied,
+            leading: self.leader.as_ref().map(|l| l.tenure),
+            fast_path: self.leader.as_ref().is_some_and(|l| l.fast_path()),
+            queued: self.queue.len() as u32,
+            halted: self.halted,
+        }
+    }
+
+    /// Takes up or gives up leadership as the background plane says.
+    fn follow_role<F: Fabric, S: StateMachine>(&mut self, now: u64, fabric: &mut F, sm: &mut S) {
+        let lead = self.shared.lead();
+        if let Some(leader) = &self.leader {
+            if lead.map(|l| l.tenure) == Some(leader.tenure) {
+                return;
+            }
+            info!("tenure {} over", leader.tenure);
+            self.leader = None;
+            self.shared.stop_acting();
+            if lead.is_none() {
+                self.queue.drain(|ticket| sm.dropped(ticket));
+            }
+        }
+        let Some(lead) = lead else { return };
+        if lead.tenure == self.spent_tenure || !self.shared.start_acting(lead.tenure) {
+            return;
+        }
+        info!("leading in tenure {} from position {}", lead.tenure, self.applied);
+        self.queue.restart_proposals();
+        self.leader = Some(Leader::new(lead.tenure, now, self.applied, self.applied_chain, &self.config));
+        let _ = fabric;
+    }
+
+    /// Gives up the current tenure: the background plane will ask for permissions again.
+    pub(crate) fn abort(&mut self) {
+        let Some(leader) = self.leader.take() else { return };
+        warn!("tenure {} aborted", leader.tenure);
+        self.spent_tenure = leader.tenure;
+        self.shared.stop_acting();
+        self.shared.abort(leader.tenure);
+    }
+
+    pub(crate) fn halt(&mut self, reason: u32) {
+        warn!("replication halted: {}", reason);
+        if self.leader.is_some() {
+            self.abort();
+        }
+        self.halted = reason;
+        self.shared.halt(reason);
+    }
+
+    fn publish_applied<F: Fabric>(&mut self, fabric: &mut F) {
+        if self.published_applied == Some(self.applied) {
+            return;
+        }
+        let offset = self.layout.applied();
+        fabric.store(offset, &record::encode(offset, self.applied));
+        self.published_applied = Some(self.applied);
+    }
+
+    /// Loads the slot of `position` from this replica's own log into the scratch slot.
+    pub(crate) fn open_local<F: Fabric>(
+        &mut self,
+        fabric: &mut F,
+        position: u64,
+    ) -> Result<(SlotHeader, u64), SlotError> {
+        let size = self.config.slot_size as usize;
+        fabric.load(self.layout.slot(position), &mut self.slot[..size]);
+        slot::open(&self.slot[..size], position)
+    }
+
+    // ---- follower ----------------------------------------------------------------------------
+
+    fn scan_bound(&self) -> u32 {
+        self.config.pipeline_depth as u32 + self.config.entry_slots_max as u32 + 2
+    }
+
+    /// Finds how far the log is decided and chained, then applies up to there.
+    fn replay<F: Fabric, S: StateMachine>(&mut self, fabric: &mut F, sm: &mut S) {
+        let mut position = self.applied;
+        let mut chain = self.applied_chain;
+        for _ in 0..self.scan_bound() {
+            match self.open_local(fabric, position) {
+                Ok((header, next_chain)) if header.chain_prev == chain => {
+                    // A writer's commit point never exceeds the position it wrote.
+                    self.commit_known = self.commit_known.max(header.commit.min(position));
+                    chain = next_chain;
+                    position += 1;
+                }
+                Err(SlotError::Stale { found }) if found > position => {
+                    self.halt(HALT_LAPPED);
+                    return;
+                }
+                _ => break,
+            }
+        }
+        self.read_commit_record(fabric, position, chain);
+        let decided_end = self.commit_known.min(position);
+        while self.applied < decided_end {
+            match self.open_local(fabric, self.applied) {
+                Ok((header, next_chain)) if header.chain_prev == self.applied_chain => {
+                    self.apply_slot(header, next_chain, sm);
+                }
+                // Rewritten since the scan (by the leader, with the same decided value): retry.
+                _ => break,
+            }
+        }
+    }
+
+    /// The commit record vouches for positions below its commit point when this replica's
+    /// chain through `commit - 1` is the one it carries.
+    fn read_commit_record<F: Fabric>(&mut self, fabric: &mut F, scanned_end: u64, chain: u64) {
+        let offset = self.layout.commit_record();
+        let mut bytes = [0u8; COMMIT_RECORD_BYTES as usize];
+        fabric.load(offset, &mut bytes);
+        if let Some((commit, commit_chain)) = decode_commit(offset, &bytes) {
+            if commit == scanned_end && commit_chain == chain {
+                self.commit_known = self.commit_known.max(commit);
+            }
+        }
+    }
+
+    /// Applies the slot in the scratch buffer (already opened and chained) at `applied`.
+    pub(crate) fn apply_slot<S: StateMachine>(&mut self, header: SlotHeader, chain: u64, sm: &mut S) {
+        assert_eq!(header.position, self.applied);
+        assert_eq!(header.chain_prev, self.applied_chain);
+        let capacity = self.config.slot_payload_bytes();
+        let frag_len = header.frag_len(capacity) as usize;
+        let start = SLOT_HEADER_BYTES as usize;
+        let single = header.frag_count == 1;
+        if single {
+            self.assembly.active = false;
+            let command = &self.slot[start..start + frag_len];
+            deliver(sm, &mut self.queue, &mut self.response, self.me, header.position, header.origin, command);
+        } else if self.assemble(header, frag_len) {
+            let command = &self.entry[..header.entry_len as usize];
+            deliver(sm, &mut self.queue, &mut self.response, self.me, header.position, header.origin, command);
+        }
+        self.applied += 1;
+        self.applied_chain = chain;
+    }
+
+    /// Adds a fragment; true when it completed its command. Fragments out of sequence (a
+    /// command cut short by a leader change) are dropped the same way on every replica, because
+    /// every replica applies the same decided slots.
+    fn assemble(&mut self, header: SlotHeader, frag_len: usize) -> bool {
+        let fits = header.entry_len as usize <= ENTRY
+            && header.frag_count <= self.config.entry_slots_max;
+        if header.frag_index == 0 {
+            self.assembly = Assembly {
+                active: fits,
+                origin: header.origin,
+                entry_len: header.entry_len,
+                next_frag: 0,
+                filled: 0,
+            };
+        }
+        let a = &mut self.assembly;
+        let in_sequence = a.active
+            && a.origin == header.origin
+            && a.entry_len == header.entry_len
+            && a.next_frag == header.frag_index;
+        if !in_sequence {
+            a.active = false;
+            return false;
+        }
+        let from = a.filled as usize;
+        let start = SLOT_HEADER_BYTES as usize;
+        self.entry[from..from + frag_len].copy_from_slice(&self.slot[start..start + frag_len]);
+        a.filled += frag_len as u32;
+        a.next_frag += 1;
+        if a.next_frag < header.frag_count {
+            return false;
+        }
+        assert_eq!(a.filled, header.entry_len);
+        a.active = false;
+        true
+    }
+}
+
+/// Applies a complete command and, when this replica submitted it, reports its ticket.
+fn deliver<S: StateMachine, const QUEUE: usize>(
+    sm: &mut S,
+    queue: &mut RequestQueue<QUEUE>,
+    response: &mut [u8],
+    me: ReplicaId,
+    position: u64,
+    origin: u64,
+    command: &[u8],
+) {
+    let len = sm.apply(position, command, response).min(response.len());
+    let proposer = (origin >> 56) as u8;
+    let sequence = origin & ((1 << 56) - 1);
+    if proposer == me && queue.mark_decided(sequence) {
+        sm.committed(sequence, position, &response[..len]);
+        queue.pop_decided();
+    }
+}
