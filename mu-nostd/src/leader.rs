@@ -21,7 +21,9 @@
 //!
 //! Recycling: the leader writes position `p` only when every replica considered alive has
 //! applied `p - slot_count` (it reads their published applied positions every
-//! `recycle_period_ticks`); a replica considered failed does not hold the log back.
+//! `recycle_period_ticks`); a replica considered failed does not hold the log back. A replica
+//! that comes back more than a lap behind is sent the current window, finds a later lap at its
+//! next position and halts (it needs a state transfer); it does not hold the log back either.
 //!
 //! # Invariants
 //! - `applied <= next`, `next - applied < ACK_WINDOW`; `acks[p % ACK_WINDOW]` describes `p` only
@@ -100,10 +102,6 @@ impl Connection {
     fn front(&self) -> Option<Pending> {
         (self.len > 0).then(|| self.pending[self.head])
     }
-
-    fn holds_tenure(&self, tenure: u32) -> bool {
-        (0..self.len).any(|i| self.pending[(self.head + i) % PENDING_MAX].tenure == tenure)
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,19 +112,23 @@ enum MemberState {
     Surveyed { applied: u64 },
     Active,
     Lost { retry_at: u64 },
-    Lapped,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Member {
     state: MemberState,
+    /// Behind by more than a lap: it is sent the current window only, so that it finds a later
+    /// lap at its next position and halts; it does not hold recycling back.
+    lapped: bool,
     sent: u64,
+    /// The commit point last written to its commit record.
+    commit_sent: u64,
     min_record: u32,
     recycle_read: bool,
 }
 
 impl Member {
-    const NEW: Member = Member { state: MemberState::Absent, sent: 0, min_record: 0, recycle_read: false };
+    const NEW: Member = Member { state: MemberState::Absent, lapped: false, sent: 0, commit_sent: 0, min_record: 0, recycle_read: false };
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,11 +157,53 @@ pub(crate) struct Leader {
     acks: [u8; ACK_WINDOW],
     applied_of: [u64; REPLICAS_MAX as usize],
     recycle_at: u64,
-    commit_sent: u64,
     commit_inflight: u8,
+    /// When the first undecided position last moved (or nothing was undecided).
+    progress_at: u64,
+}
+
+/// What the leader knows of one peer in the current tenure.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct MemberStatus {
+    /// The peer receives log writes in this tenure.
+    pub active: bool,
+    /// More than a lap behind: it is sent the current window only and will halt.
+    pub lapped: bool,
+    /// Positions below this were posted to it.
+    pub sent: u64,
+    /// Its applied position, as last read.
+    pub applied: u64,
+}
+
+/// The leader's view of its tenure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct LeaderStatus {
+    /// The tenure.
+    pub tenure: u32,
+    /// Its ballot (0 before the prepare chose one).
+    pub ballot: u64,
+    /// The next position it writes.
+    pub next: u64,
+    /// Per peer (this replica's own entry is unused).
+    pub members: [MemberStatus; REPLICAS_MAX as usize],
 }
 
 impl Leader {
+    pub(crate) fn status(&self) -> LeaderStatus {
+        let mut members = [MemberStatus::default(); REPLICAS_MAX as usize];
+        for (status, (member, applied)) in members.iter_mut().zip(self.members.iter().zip(self.applied_of)) {
+            *status = MemberStatus {
+                active: member.state == MemberState::Active,
+                lapped: member.lapped,
+                sent: member.sent,
+                applied,
+            };
+        }
+        LeaderStatus { tenure: self.tenure, ballot: self.ballot, next: self.next, members }
+    }
+
     pub(crate) fn new(tenure: u32, now: u64, applied: u64, chain: u64, config: &Config) -> Leader {
         Leader {
             tenure,
@@ -175,8 +219,8 @@ impl Leader {
             acks: [0; ACK_WINDOW],
             applied_of: [0; REPLICAS_MAX as usize],
             recycle_at: now,
-            commit_sent: applied,
             commit_inflight: 0,
+            progress_at: now,
         }
     }
 
@@ -225,7 +269,13 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             self.propose(fabric);
         }
         self.post_log_writes(now, fabric);
-        self.advance_commit(fabric, sm);
+        self.advance_commit(now, fabric, sm);
+        if self.stalled(now) {
+            // No majority took a position in time: the grants may be gone without a write
+            // having been refused yet. Ask again.
+            self.abort();
+            return;
+        }
         self.post_commit_record(now, fabric);
         self.read_applied_positions(now, fabric);
     }
@@ -265,14 +315,33 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         }
     }
 
-    fn reconnect<F: Fabric>(&mut self, peer: ReplicaId, fabric: &mut F) {
+    /// Resets the connection to `peer`: what was outstanding on it is dropped, so a member of
+    /// this tenure must be synced again from its applied position.
+    fn reset_connection<F: Fabric>(&mut self, now: u64, peer: ReplicaId, fabric: &mut F) {
         let connection = &mut self.connections[peer as usize];
+        let tenure = self.leader.as_ref().map_or(0, |l| l.tenure);
+        let dropped_catch_up = (0..connection.len).any(|i| {
+            let pending = connection.pending[(connection.head + i) % PENDING_MAX];
+            pending.tenure == tenure && pending.kind == Kind::ReadLog
+        });
         connection.epoch = connection.epoch.wrapping_add(1);
         connection.head = 0;
         connection.len = 0;
         connection.broken = false;
         let reconnected = fabric.reconnect(peer);
         debug_assert!(reconnected.is_ok());
+        if dropped_catch_up {
+            self.abort(); // The catch-up source went away: start over with a new tenure.
+            return;
+        }
+        let retry_at = now + self.config.permission_retry_ticks as u64;
+        let Some(leader) = &mut self.leader else { return };
+        let member = &mut leader.members[peer as usize];
+        if !matches!(member.state, MemberState::Absent | MemberState::Lost { .. }) {
+            member.state = MemberState::Lost { retry_at };
+        }
+        member.recycle_read = false;
+        leader.commit_inflight &= !(1 << peer);
     }
 
     /// Posts an operation for the current tenure; false when it could not be posted now.
@@ -290,7 +359,11 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         len: u32,
     ) -> bool {
         if self.connections[peer as usize].broken {
-            self.reconnect(peer, fabric);
+            let state = self.leader.as_ref().map(|l| l.members[peer as usize].state);
+            self.reset_connection(now, peer, fabric);
+            if self.leader.is_none() || self.leader.as_ref().map(|l| l.members[peer as usize].state) != state {
+                return false; // The reset changed what this post was for.
+            }
         }
         let tenure = self.leader.as_ref().map_or(0, |l| l.tenure);
         let connection = &mut self.connections[peer as usize];
@@ -328,33 +401,14 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             if now.saturating_sub(front.posted_at) <= timeout {
                 continue;
             }
-            let tenure = self.leader.as_ref().map_or(0, |l| l.tenure);
-            let ours = tenure != 0 && connection.holds_tenure(tenure);
-            self.reconnect(peer, fabric);
-            if ours {
-                self.lose_member(now, peer);
+            self.reset_connection(now, peer, fabric);
+            if self.leader.is_none() {
+                return;
             }
         }
     }
 
     // ---- membership --------------------------------------------------------------------------
-
-    fn lose_member(&mut self, now: u64, peer: ReplicaId) {
-        let retry = self.config.permission_retry_ticks as u64;
-        let Some(leader) = &mut self.leader else { return };
-        if let Phase::CatchUpSelf { .. } = leader.phase {
-            // The catch-up source went away: start over with a new tenure.
-            self.abort();
-            return;
-        }
-        let member = &mut leader.members[peer as usize];
-        if member.state != MemberState::Lapped {
-            member.state = MemberState::Lost { retry_at: now + retry };
-        }
-        member.recycle_read = false;
-        leader.commit_inflight &= !(1 << peer);
-        self.connections[peer as usize].broken = true;
-    }
 
     /// Confirmed followers (and lost ones, after a pause) are asked for their applied position.
     fn admit_members<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
@@ -384,16 +438,24 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
     /// Surveyed members become active: they will be sent everything from their applied position.
     fn activate_surveyed(&mut self) {
         let slot_count = self.config.slot_count as u64;
+        let own_applied = self.applied;
         let leader = self.leader.as_mut().expect("leading");
+        let streaming = leader.fast_path();
         for member in leader.members.iter_mut() {
             let MemberState::Surveyed { applied } = member.state else { continue };
-            let from = applied.min(leader.next);
-            if leader.next - from >= slot_count {
-                // Its missing positions were recycled here too: it needs a state transfer.
-                member.state = MemberState::Lapped;
-                continue;
+            if streaming && applied > own_applied {
+                // Positions this leader has not decided were decided without it: another leader
+                // holds the grants, this tenure is over.
+                self.abort();
+                return;
             }
-            member.sent = from;
+            let from = applied.min(leader.next);
+            // Its missing positions were recycled here too: it needs a state transfer. Sending
+            // it the current window lets it see that and halt.
+            // The own log holds positions [next - slot_count, next).
+            member.lapped = leader.next - from > slot_count;
+            member.sent = if member.lapped { leader.next - slot_count } else { from };
+            member.commit_sent = 0; // A reset may have dropped the last commit record write.
             member.state = MemberState::Active;
         }
     }
@@ -446,7 +508,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
                 }
             }
             Kind::WriteCommit if ok => self.leader_mut().commit_inflight &= !bit,
-            _ => self.lose_member(now, peer),
+            _ => self.reset_connection(now, peer, fabric),
         }
         let _ = sm;
     }
@@ -469,7 +531,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         match (ok, value) {
             (true, Some(applied)) => member.state = MemberState::Surveyed { applied },
             (true, None) => member.state = MemberState::Joining, // Torn: read again.
-            _ => self.lose_member(now, peer),
+            _ => self.reset_connection(now, peer, fabric),
         }
     }
 
@@ -597,6 +659,11 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
                 Ok((header, chain)) if header.chain_prev == self.applied_chain => {
                     self.apply_slot(header, chain, sm);
                 }
+                Err(SlotError::Stale { found }) if found > self.applied => {
+                    // The source's log was recycled past what this replica lacks.
+                    self.halt(HALT_LAPPED);
+                    return;
+                }
                 _ => {
                     // Torn or unchained: the source changed under the read. Try again later.
                     self.abort();
@@ -608,7 +675,6 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         let leader = self.leader_mut();
         leader.next = applied;
         leader.next_chain = chain;
-        leader.commit_sent = applied;
         self.open_members(now, fabric);
     }
 
@@ -634,7 +700,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             }
             let (local, remote) = (self.layout.landing_min_proposal(peer), self.layout.min_proposal());
             if !self.post(now, fabric, peer, Kind::ReadMinProposal, 0, (0, 0), local, remote, MIN_PROPOSAL_BYTES) {
-                self.lose_member(now, peer);
+                self.reset_connection(now, peer, fabric);
             }
         }
     }
@@ -682,7 +748,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             let local = self.layout.outbox_min_proposal(which);
             let remote = self.layout.min_proposal_record(which);
             if !self.post(now, fabric, peer, Kind::WriteMinProposal, 0, (0, 0), local, remote, RECORD_BYTES) {
-                self.lose_member(now, peer);
+                self.reset_connection(now, peer, fabric);
             }
         }
     }
@@ -704,7 +770,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             let remote = self.layout.slot(position);
             let (tag, size) = (position as u32, self.config.slot_size);
             if !self.post(now, fabric, peer, Kind::ReadSlot, tag, (position, position + 1), local, remote, size) {
-                self.lose_member(now, peer);
+                self.reset_connection(now, peer, fabric);
             }
         }
     }
@@ -783,7 +849,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         let alive = self.shared.alive();
         let mut least = self.applied;
         for peer in self.others() {
-            if alive & (1 << peer) != 0 {
+            if alive & (1 << peer) != 0 && !leader.members[peer as usize].lapped {
                 least = least.min(leader.applied_of[peer as usize]);
             }
         }
@@ -836,7 +902,16 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             if self.active_members() & (1 << peer) == 0 {
                 continue;
             }
-            let sent = self.leader_mut().members[peer as usize].sent;
+            let leader = self.leader_mut();
+            // A member may hold more than it was sent (it was ahead when surveyed).
+            let needed = leader.members[peer as usize].sent.max(leader.applied_of[peer as usize]);
+            let member = &mut leader.members[peer as usize];
+            if next.saturating_sub(needed) > slot_count {
+                // Considered failed, it did not hold recycling back and fell a lap behind.
+                member.lapped = true;
+                member.sent = next - slot_count;
+            }
+            let sent = member.sent;
             for (start, end) in ring_pieces(sent, next, slot_count) {
                 let offset = self.layout.slot(start);
                 let len = (end - start) as u32 * self.config.slot_size;
@@ -848,11 +923,18 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         }
     }
 
+    /// True when a written position waited longer than `op_timeout_ticks` for a majority.
+    fn stalled(&self, now: u64) -> bool {
+        let leader = self.leader.as_ref().expect("leading");
+        leader.fast_path() && now.saturating_sub(leader.progress_at) > self.config.op_timeout_ticks as u64
+    }
+
     /// Applies every position a majority holds, in order.
-    fn advance_commit<F: Fabric, S: StateMachine>(&mut self, fabric: &mut F, sm: &mut S) {
+    fn advance_commit<F: Fabric, S: StateMachine>(&mut self, now: u64, fabric: &mut F, sm: &mut S) {
         loop {
-            let leader = self.leader.as_ref().expect("leading");
+            let leader = self.leader.as_mut().expect("leading");
             if self.applied >= leader.next {
+                leader.progress_at = now;
                 return;
             }
             let votes = leader.acks[(self.applied % ACK_WINDOW as u64) as usize];
@@ -864,9 +946,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             let (header, chain) = self.open_local(fabric, position).expect("the own log holds what the leader wrote");
             assert_eq!(header.chain_prev, self.applied_chain, "the own log chains");
             self.apply_slot(header, chain, sm);
-            if self.leader.is_none() {
-                return;
-            }
+            self.leader_mut().progress_at = now;
         }
     }
 
@@ -875,24 +955,32 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
     fn post_commit_record<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let leader = self.leader.as_ref().expect("leading");
         let idle = leader.fast_path() && self.applied == leader.next && self.queue.next_to_propose().is_none();
-        if !idle || leader.commit_sent >= self.applied || leader.commit_inflight != 0 {
+        if !idle {
             return;
         }
-        let offset = self.layout.commit_record();
-        let staged = encode_commit(offset, self.applied, self.applied_chain);
-        fabric.store(self.layout.outbox_commit(), &staged);
         let applied = self.applied;
+        let offset = self.layout.commit_record();
+        let mut staged = false;
         for peer in self.others() {
-            let member = self.leader_mut().members[peer as usize];
-            if member.state != MemberState::Active || member.sent < applied {
+            let leader = self.leader_mut();
+            let member = leader.members[peer as usize];
+            let in_flight = leader.commit_inflight & (1 << peer) != 0;
+            if member.state != MemberState::Active || member.sent < applied || member.commit_sent >= applied || in_flight {
                 continue;
+            }
+            if !staged {
+                // Staged once per commit point; nothing of an older one is in flight to anyone
+                // who still needs this one.
+                fabric.store(self.layout.outbox_commit(), &encode_commit(offset, applied, self.applied_chain));
+                staged = true;
             }
             let local = self.layout.outbox_commit();
             if self.post(now, fabric, peer, Kind::WriteCommit, 0, (0, 0), local, offset, COMMIT_RECORD_BYTES) {
-                self.leader_mut().commit_inflight |= 1 << peer;
+                let leader = self.leader_mut();
+                leader.commit_inflight |= 1 << peer;
+                leader.members[peer as usize].commit_sent = applied;
             }
         }
-        self.leader_mut().commit_sent = applied;
     }
 
     /// Every `recycle_period_ticks`, reads the applied position of every replica considered

@@ -66,6 +66,7 @@ pub use background::{BackgroundPlane, BackgroundStatus, PeerHeader};
 pub use config::{Config, ConfigError, DetectorConfig};
 pub use fabric::{Completion, Fabric, PostError, ReplicaId, Status};
 pub use layout::Layout;
+pub use leader::{LeaderStatus, MemberStatus};
 pub use queue::REQUESTS_MAX;
 pub use replica::{planes, Replica, ReplicaError};
 pub use replication::{ReplicationPlane, ReplicationStatus, SubmitError, HALT_LAPPED};

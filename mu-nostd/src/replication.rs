@@ -21,7 +21,7 @@ use crate::config::{Config, REPLICAS_MAX};
 use crate::fabric::{Completion, Fabric, ReplicaId};
 use crate::hash::Hasher;
 use crate::layout::{Layout, COMMIT_RECORD_BYTES};
-use crate::leader::{Connection, Leader};
+use crate::leader::{Connection, Leader, LeaderStatus};
 use crate::queue::RequestQueue;
 use crate::record;
 use crate::shared::Shared;
@@ -162,6 +162,8 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     pub fn poll<F: Fabric, S: StateMachine>(&mut self, now: u64, fabric: &mut F, sm: &mut S) {
         self.shared.tick_progress();
         if self.halted != 0 {
+            // Whatever it queued as leader will never be decided through this replica.
+            self.queue.drain(|ticket| sm.dropped(ticket));
             return;
         }
         self.follow_role(now, fabric, sm);
@@ -190,6 +192,11 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             return Err(SubmitError::TooLarge { len: command.len().min(u32::MAX as usize) as u32, max });
         }
         self.queue.push(command).ok_or(SubmitError::Busy)
+    }
+
+    /// The leader's view of its tenure, while it leads.
+    pub fn leader_status(&self) -> Option<LeaderStatus> {
+        self.leader.as_ref().map(Leader::status)
     }
 
     /// A snapshot for runtimes and tests.

@@ -1,0 +1,167 @@
+//! The simulator's command line.
+//!
+//! ```text
+//! sim --seeds N [--start S]        run seeds S..S+N on every core; exit 1 on a violation
+//! sim --seed S [--trace]           run one seed; print its report (and its trace)
+//! sim ... --expect-violation       for planted defects: exit 0 only if some seed is caught
+//! ```
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use mu_tests::cluster::{self, Report};
+
+struct Args {
+    seeds: Option<u64>,
+    start: u64,
+    seed: Option<u64>,
+    trace: bool,
+    expect_violation: bool,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args { seeds: None, start: 0, seed: None, trace: false, expect_violation: false };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut number = |name: &str| -> Result<u64, String> {
+            let value = it.next().ok_or(format!("{name} needs a number"))?;
+            value.parse().map_err(|_| format!("{name}: not a number: {value}"))
+        };
+        match arg.as_str() {
+            "--seeds" => args.seeds = Some(number("--seeds")?),
+            "--start" => args.start = number("--start")?,
+            "--seed" => args.seed = Some(number("--seed")?),
+            "--trace" => args.trace = true,
+            "--expect-violation" => args.expect_violation = true,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument: {other}")),
+        }
+    }
+    if args.seeds.is_none() == args.seed.is_none() {
+        return Err("give exactly one of --seeds N or --seed S".to_string());
+    }
+    Ok(args)
+}
+
+fn describe(report: &Report) -> String {
+    format!(
+        "seed {}: {} replicas, {} committed, {} decided, {} tenures, {} crashes, {} pauses, {} halts",
+        report.seed,
+        report.replicas,
+        report.committed,
+        report.decided,
+        report.tenures,
+        report.crashes,
+        report.pauses,
+        report.halts
+    )
+}
+
+fn print_violation(report: &Report) {
+    if let Some(v) = &report.violation {
+        println!("VIOLATION seed {} at tick {}: {}: {}", report.seed, v.tick, v.invariant, v.detail);
+        println!("replay: cargo run --release -p mu-tests --bin sim -- --seed {} --trace", report.seed);
+    }
+}
+
+fn run_one(seed: u64, trace: bool, expect: bool) -> ExitCode {
+    let (report, trace_text) = cluster::run(seed, trace);
+    if let Some(text) = trace_text {
+        print!("{text}");
+    }
+    println!("{}", describe(&report));
+    print_violation(&report);
+    match (report.violation.is_some(), expect) {
+        (false, false) | (true, true) => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}
+
+fn run_many(start: u64, count: u64, expect: bool) -> ExitCode {
+    let began = Instant::now();
+    let next = AtomicU64::new(start);
+    let done = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let first: Mutex<Option<Report>> = Mutex::new(None);
+    let totals = Mutex::new((0usize, 0u32, 0u32));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= start + count {
+                    return;
+                }
+                let (report, _) = cluster::run(seed, false);
+                {
+                    let mut t = totals.lock().unwrap();
+                    t.0 += report.committed;
+                    t.1 += report.tenures;
+                    t.2 += report.crashes;
+                }
+                if report.violation.is_some() {
+                    let mut f = first.lock().unwrap();
+                    if f.as_ref().is_none_or(|r| r.seed > report.seed) {
+                        *f = Some(report);
+                    }
+                    stop.store(true, Ordering::Relaxed);
+                }
+                let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if finished % 500 == 0 {
+                    let rate = finished as f64 / began.elapsed().as_secs_f64();
+                    eprintln!("  {finished}/{count} seeds, {rate:.1} seeds/s");
+                }
+            });
+        }
+    });
+    let finished = done.load(Ordering::Relaxed);
+    let elapsed = began.elapsed().as_secs_f64();
+    let (committed, tenures, crashes) = *totals.lock().unwrap();
+    println!(
+        "{finished} seeds in {elapsed:.1} s ({:.1} seeds/s, {threads} threads): {committed} commands committed, {tenures} tenures, {crashes} crashes",
+        finished as f64 / elapsed
+    );
+    let first = first.lock().unwrap().take();
+    match (&first, expect) {
+        (Some(report), true) => {
+            println!("caught as expected:");
+            print_violation(report);
+            ExitCode::SUCCESS
+        }
+        (Some(report), false) => {
+            print_violation(report);
+            ExitCode::FAILURE
+        }
+        (None, true) => {
+            println!("NOT CAUGHT: no seed found a violation");
+            ExitCode::FAILURE
+        }
+        (None, false) => {
+            println!("all seeds clean");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(args) => args,
+        Err(message) => {
+            if !message.is_empty() {
+                eprintln!("sim: {message}");
+            }
+            eprintln!("usage: sim --seeds N [--start S] [--expect-violation] | sim --seed S [--trace]");
+            return ExitCode::from(2);
+        }
+    };
+    match (args.seed, args.seeds) {
+        (Some(seed), _) => run_one(seed, args.trace, args.expect_violation),
+        (None, Some(count)) => run_many(args.start, count, args.expect_violation),
+        (None, None) => unreachable!("checked by parse"),
+    }
+}

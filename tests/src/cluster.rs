@@ -1,0 +1,631 @@
+//! One simulated run: a seeded cluster of replicas over the adversarial [`World`], clients with
+//! sequential histories, a fault schedule, and the invariants checked at every tick.
+//!
+//! A run has three phases: faults (crashes, pauses, partitions, on top of the world's constant
+//! delays, torn pieces, lost completions), then healing and settling, then a liveness window in
+//! which every command must commit within a bound; clients then stop and the replicas must
+//! converge.
+//!
+//! # Invariants checked
+//! - agreement: every replica applies exactly the same sequence of (position, command);
+//! - validity: only commands a client submitted are applied, and none is malformed;
+//! - no loss: a command acknowledged to a client is at its position in that sequence (agreement
+//!   then makes every replica that applies the position apply it);
+//! - single writer: no log area takes a landed write from a peer its owner did not grant alone
+//!   (checked by the world on every landed piece);
+//! - no assertion of the core fires (a panic is a violation, with its message);
+//! - only replicas of the faulty set halt (a lapped replica is a failed one);
+//! - liveness: after healing, every command commits within a bound, and at the end all running
+//!   replicas have applied the same prefix and hold the same state;
+//! - linearizability of the client histories against the key-value model.
+//!
+//! The faulty set has at most `n - majority` replicas: crashes, pauses and partitions only ever
+//! touch them, so a majority is always correct and liveness can be demanded.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::panic::{self, AssertUnwindSafe};
+
+use mu_nostd::{Config, DetectorConfig, Layout, Replica, Shared, SubmitError};
+
+use crate::history::{self, History};
+use crate::kv::{self, Kv, Outcome};
+use crate::rng::Rng;
+use crate::world::{Faults, Plane, World};
+
+/// The replica type the simulator runs (slots up to 256 B, commands up to 1 KiB).
+pub type SimReplica<'s> = Replica<'s, 256, 1024, 8192>;
+
+/// Everything a seed decides before the run starts.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// The cluster configuration.
+    pub config: Config,
+    /// The world's constant adversity.
+    pub faults: Faults,
+    /// Replicas that may crash, pause or be partitioned.
+    pub faulty: Vec<u8>,
+    /// Ticks of the fault phase.
+    pub fault_ticks: u64,
+    /// Ticks allowed for fail-over and catch-up after healing.
+    pub settle_ticks: u64,
+    /// Ticks of the liveness window.
+    pub live_ticks: u64,
+    /// Ticks at the end with no new commands, for convergence.
+    pub drain_ticks: u64,
+    /// Concurrent clients.
+    pub clients: u32,
+    /// Per mille chance per tick of a crash, pause or partition in the fault phase.
+    pub fault_per_mille: u32,
+}
+
+impl Scenario {
+    /// The scenario of `seed`.
+    pub fn generate(seed: u64) -> Scenario {
+        let mut rng = Rng::new(seed ^ 0x5CE4_A410);
+        let counts = [1u8, 2, 3, 3, 3, 3, 4, 5, 5, 6, 7];
+        let n = counts[rng.below(counts.len() as u64) as usize];
+        let mut config = Config::new(n);
+        config.slot_size = [64, 128, 128, 192][rng.below(4) as usize];
+        let payload = config.slot_payload_bytes() as usize;
+        // Commands of up to ~96 bytes; enough fragments for the largest.
+        let frags_needed = 96usize.div_ceil(payload) as u16;
+        config.entry_slots_max = frags_needed + rng.below(2) as u16;
+        config.pipeline_depth = 1 + rng.below(4) as u16;
+        let slot_min = (4 * config.entry_slots_max.max(config.pipeline_depth) as u32).max(16);
+        config.slot_count = [slot_min, slot_min * 2, 64.max(slot_min), 256][rng.below(4) as usize];
+        config.detector = DetectorConfig::paper(10);
+        config.op_timeout_ticks = 120;
+        config.permission_retry_ticks = 60;
+        config.recycle_period_ticks = 10;
+        assert!(config.validate().is_ok(), "{config:?}");
+        let quorum = config.quorum();
+        let budget = n - quorum;
+        let mut faulty = Vec::new();
+        if budget > 0 {
+            let size = 1 + rng.below(budget as u64) as u8;
+            // Often the initial leader, so that fail-over is exercised.
+            if rng.chance(2, 3) {
+                faulty.push(0);
+            }
+            while (faulty.len() as u8) < size {
+                let r = rng.below(n as u64) as u8;
+                if !faulty.contains(&r) {
+                    faulty.push(r);
+                }
+            }
+        }
+        let faults = if rng.chance(1, 5) { Faults::gentle() } else { Faults::default() };
+        Scenario {
+            config,
+            faults,
+            faulty,
+            fault_ticks: 1500 + rng.below(1500),
+            settle_ticks: 1500,
+            live_ticks: 1200,
+            drain_ticks: 600,
+            clients: 1 + rng.below(4) as u32,
+            fault_per_mille: 2 + rng.below(6) as u32,
+        }
+    }
+
+    fn total_ticks(&self) -> u64 {
+        self.fault_ticks + self.settle_ticks + self.live_ticks + self.drain_ticks
+    }
+}
+
+/// A broken invariant.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    /// Which invariant.
+    pub invariant: &'static str,
+    /// What was seen.
+    pub detail: String,
+    /// When.
+    pub tick: u64,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// Replicas.
+    pub replicas: u8,
+    /// Commands acknowledged to clients.
+    pub committed: usize,
+    /// Commands in the agreed log.
+    pub decided: usize,
+    /// Leader tenures started.
+    pub tenures: u32,
+    /// Replicas crashed.
+    pub crashes: u32,
+    /// Pauses.
+    pub pauses: u32,
+    /// Replicas that halted (lapped).
+    pub halts: u32,
+    /// The first broken invariant, if any.
+    pub violation: Option<Violation>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Life {
+    Running,
+    Paused { until: u64 },
+    Crashed,
+}
+
+struct Node<'s> {
+    replica: SimReplica<'s>,
+    kv: Kv,
+    life: Life,
+    checked: usize,
+    last_status: Option<StatusKey>,
+}
+
+/// What the trace reports when it changes: roles, views, grants (not positions).
+type StatusKey = (Option<u8>, u8, Option<u8>, Option<u32>, Option<u32>, bool, bool, u32);
+
+#[derive(Clone, Copy, Debug)]
+struct Wait {
+    replica: u8,
+    ticket: u64,
+    op: usize,
+    since: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Client {
+    id: u32,
+    seq: u32,
+    target: u8,
+    waiting: Option<Wait>,
+    next_at: u64,
+}
+
+/// Ticks a client waits for an answer before it gives the command up as unknown.
+const CLIENT_TIMEOUT_TICKS: u64 = 800;
+/// Ticks within which a command submitted in the liveness window must commit.
+const LIVENESS_BOUND_TICKS: u64 = 1000;
+
+struct Sim<'s> {
+    scenario: Scenario,
+    world: World,
+    nodes: Vec<Node<'s>>,
+    clients: Vec<Client>,
+    history: History,
+    submitted: HashSet<Vec<u8>>,
+    agreed: Vec<(u64, Vec<u8>)>,
+    rng: Rng,
+    tick: u64,
+    trace: Option<String>,
+    report: Report,
+}
+
+/// Runs seed `seed`; with `trace`, returns the readable trace too.
+pub fn run(seed: u64, trace: bool) -> (Report, Option<String>) {
+    let scenario = Scenario::generate(seed);
+    let n = scenario.config.replica_count;
+    let shared: Vec<Shared> = (0..n).map(|_| Shared::new()).collect();
+    let mut trace_out = None;
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut sim = Sim::new(seed, scenario, &shared, trace);
+        sim.run_all();
+        (sim.report, sim.trace)
+    }));
+    match outcome {
+        Ok((report, trace)) => {
+            trace_out = trace;
+            (report, trace_out)
+        }
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic".to_string());
+            let report = Report {
+                seed,
+                replicas: n,
+                violation: Some(Violation { invariant: "core assertion", detail: message, tick: 0 }),
+                ..Report::default()
+            };
+            (report, trace_out)
+        }
+    }
+}
+
+impl<'s> Sim<'s> {
+    fn new(seed: u64, scenario: Scenario, shared: &'s [Shared], trace: bool) -> Sim<'s> {
+        let config = scenario.config;
+        let layout = Layout::new(&config);
+        let world = World::new(layout, config.replica_count, scenario.faults, seed);
+        let nodes = (0..config.replica_count)
+            .map(|id| Node {
+                replica: SimReplica::new(config, id, &shared[id as usize]).expect("valid scenario"),
+                kv: Kv::new(),
+                life: Life::Running,
+                checked: 0,
+                last_status: None,
+            })
+            .collect();
+        let clients = (0..scenario.clients)
+            .map(|id| Client { id, seq: 0, target: 0, waiting: None, next_at: 0 })
+            .collect();
+        let mut sim = Sim {
+            report: Report { seed, replicas: config.replica_count, ..Report::default() },
+            scenario,
+            world,
+            nodes,
+            clients,
+            history: History::new(),
+            submitted: HashSet::new(),
+            agreed: Vec::new(),
+            rng: Rng::new(seed),
+            tick: 0,
+            trace: trace.then(String::new),
+        };
+        let s = sim.scenario.clone();
+        sim.note(format_args!(
+            "seed {seed}: {} replicas, slots {} x {} B, entry <= {} slots, pipeline {}, faulty {:?}, {} clients, fault phase {} ticks, {:?}",
+            config.replica_count,
+            config.slot_count,
+            config.slot_size,
+            config.entry_slots_max,
+            config.pipeline_depth,
+            s.faulty,
+            s.clients,
+            s.fault_ticks,
+            s.faults,
+        ));
+        sim
+    }
+
+    fn note(&mut self, line: std::fmt::Arguments<'_>) {
+        if let Some(trace) = &mut self.trace {
+            let _ = writeln!(trace, "[{:>6}] {}", self.tick, line);
+        }
+    }
+
+    fn fail(&mut self, invariant: &'static str, detail: String) {
+        if self.report.violation.is_none() {
+            self.note(format_args!("VIOLATION {invariant}: {detail}"));
+            self.report.violation = Some(Violation { invariant, detail, tick: self.tick });
+        }
+    }
+
+    fn run_all(&mut self) {
+        let total = self.scenario.total_ticks();
+        let heal_at = self.scenario.fault_ticks;
+        while self.tick < total && self.report.violation.is_none() {
+            self.world.advance(self.tick);
+            if self.tick < heal_at {
+                self.inject_faults();
+            } else if self.tick == heal_at {
+                self.heal();
+            }
+            self.resume_paused();
+            if self.tick < total - self.scenario.drain_ticks {
+                self.submit_commands();
+            }
+            self.poll_replicas();
+            self.check_tick();
+            self.tick += 1;
+        }
+        if self.report.violation.is_none() {
+            self.check_end();
+        }
+        self.report.decided = self.agreed.len();
+    }
+
+    // ---- faults ------------------------------------------------------------------------------
+
+    fn inject_faults(&mut self) {
+        if self.scenario.faulty.is_empty() || !self.rng.chance(self.scenario.fault_per_mille, 1000) {
+            return;
+        }
+        let victim = self.scenario.faulty[self.rng.below(self.scenario.faulty.len() as u64) as usize];
+        if self.nodes[victim as usize].life == Life::Crashed {
+            return;
+        }
+        match self.rng.below(10) {
+            0 => {
+                self.nodes[victim as usize].life = Life::Crashed;
+                self.world.crash(victim);
+                self.report.crashes += 1;
+                self.note(format_args!("fault: crash replica {victim}"));
+            }
+            1..=5 => {
+                let until = self.tick + 20 + self.rng.below(600);
+                if self.nodes[victim as usize].life == Life::Running {
+                    self.nodes[victim as usize].life = Life::Paused { until };
+                    self.report.pauses += 1;
+                    self.note(format_args!("fault: pause replica {victim} until {until}"));
+                }
+            }
+            _ => {
+                // Cut the victim off from everyone (or reconnect it); a partition never separates
+                // two correct replicas, so the correct majority stays connected.
+                let reachable = self.rng.chance(1, 3);
+                let n = self.scenario.config.replica_count;
+                for other in (0..n).filter(|&o| o != victim) {
+                    self.world.set_reachable(victim, other, reachable);
+                }
+                let what = if reachable { "reconnect" } else { "isolate" };
+                self.note(format_args!("fault: {what} replica {victim}"));
+            }
+        }
+    }
+
+    fn heal(&mut self) {
+        self.world.heal();
+        for node in &mut self.nodes {
+            if let Life::Paused { .. } = node.life {
+                node.life = Life::Paused { until: self.tick };
+            }
+        }
+        self.note(format_args!("heal: partitions repaired, paused replicas resume"));
+    }
+
+    fn resume_paused(&mut self) {
+        for id in 0..self.nodes.len() {
+            if let Life::Paused { until } = self.nodes[id].life {
+                if until <= self.tick {
+                    self.nodes[id].life = Life::Running;
+                    self.note(format_args!("replica {id} resumes"));
+                }
+            }
+        }
+    }
+
+    // ---- clients -----------------------------------------------------------------------------
+
+    fn submit_commands(&mut self) {
+        for index in 0..self.clients.len() {
+            let client = self.clients[index];
+            if let Some(wait) = client.waiting {
+                if self.tick - wait.since > CLIENT_TIMEOUT_TICKS {
+                    self.history.complete_unknown(wait.op);
+                    self.clients[index].waiting = None;
+                }
+                continue;
+            }
+            if self.tick >= client.next_at {
+                self.submit_one(index);
+            }
+        }
+    }
+
+    fn next_command(&mut self, client: Client) -> Vec<u8> {
+        let max = self.scenario.config.entry_bytes_max() as usize;
+        let key = self.rng.below(4) as u8;
+        let pad = if self.rng.chance(1, 3) { self.rng.range(0, 96.min(max) as u64) as usize } else { 0 };
+        if self.rng.chance(2, 3) {
+            let value = ((client.id as u64) << 32) | client.seq as u64;
+            kv::encode_put(client.id, client.seq, key, value, pad)
+        } else {
+            kv::encode_get(client.id, client.seq, key, pad)
+        }
+    }
+
+    fn submit_one(&mut self, index: usize) {
+        let client = self.clients[index];
+        let n = self.scenario.config.replica_count;
+        let target = client.target;
+        if self.nodes[target as usize].life != Life::Running {
+            self.clients[index].target = self.rng.below(n as u64) as u8;
+            self.clients[index].next_at = self.tick + 5;
+            return;
+        }
+        let command = self.next_command(client);
+        match self.nodes[target as usize].replica.replication.submit(&command) {
+            Ok(ticket) => {
+                let op = self.history.invoke(client.id, client.seq, command.clone(), self.tick);
+                self.submitted.insert(command);
+                let wait = Wait { replica: target, ticket, op, since: self.tick };
+                let c = &mut self.clients[index];
+                c.waiting = Some(wait);
+                c.seq += 1;
+            }
+            Err(SubmitError::NotLeader { leader: Some(leader) }) if leader != target => {
+                self.clients[index].target = leader;
+                self.clients[index].next_at = self.tick + 1;
+            }
+            Err(SubmitError::NotLeader { .. }) | Err(SubmitError::Busy) | Err(SubmitError::Halted) => {
+                self.clients[index].target = self.rng.below(n as u64) as u8;
+                self.clients[index].next_at = self.tick + 10;
+            }
+            Err(error) => self.fail("client", format!("valid command refused: {error:?}")),
+        }
+    }
+
+    fn deliver_outcomes(&mut self, replica: u8) {
+        let outcomes = self.nodes[replica as usize].kv.take_outcomes();
+        for outcome in outcomes {
+            let ticket = match outcome {
+                Outcome::Committed { ticket, .. } | Outcome::Dropped { ticket } => ticket,
+            };
+            let Some(index) = self.clients.iter().position(|c| {
+                c.waiting.is_some_and(|w| w.replica == replica && w.ticket == ticket)
+            }) else {
+                continue; // The client gave up on it already.
+            };
+            let wait = self.clients[index].waiting.take().expect("waiting");
+            match outcome {
+                Outcome::Committed { position, response, .. } => {
+                    self.history.complete_ok(wait.op, position, response, self.tick);
+                    self.report.committed += 1;
+                    if self.tick >= self.liveness_from() && self.tick - wait.since > LIVENESS_BOUND_TICKS {
+                        let waited = self.tick - wait.since;
+                        self.fail("liveness", format!("a command took {waited} ticks to commit"));
+                    }
+                }
+                Outcome::Dropped { .. } => self.history.complete_unknown(wait.op),
+            }
+        }
+    }
+
+    fn liveness_from(&self) -> u64 {
+        self.scenario.fault_ticks + self.scenario.settle_ticks
+    }
+
+    // ---- replicas ----------------------------------------------------------------------------
+
+    fn poll_replicas(&mut self) {
+        let n = self.nodes.len();
+        let start = self.rng.below(n as u64) as usize;
+        for k in 0..n {
+            let id = (start + k) % n;
+            if self.nodes[id].life != Life::Running {
+                continue;
+            }
+            let background_first = self.rng.chance(1, 2);
+            let (tick, me) = (self.tick, id as u8);
+            let node = &mut self.nodes[id];
+            if background_first {
+                node.replica.background.poll(tick, &mut self.world.fabric(me, Plane::Background));
+            }
+            node.replica.replication.poll(tick, &mut self.world.fabric(me, Plane::Replication), &mut node.kv);
+            if !background_first {
+                node.replica.background.poll(tick, &mut self.world.fabric(me, Plane::Background));
+            }
+            self.deliver_outcomes(me);
+        }
+    }
+
+    fn check_tick(&mut self) {
+        for violation in self.world.take_violations() {
+            self.fail("single writer", violation);
+        }
+        for id in 0..self.nodes.len() {
+            self.check_applies(id);
+            self.trace_status(id);
+        }
+    }
+
+    /// Agreement and validity for what replica `id` applied since the last check.
+    fn check_applies(&mut self, id: usize) {
+        let node = &self.nodes[id];
+        let applied = node.kv.applied();
+        let mut problems = Vec::new();
+        for (index, (position, command)) in applied.iter().enumerate().skip(node.checked) {
+            match self.agreed.get(index) {
+                Some((p, c)) if p == position && c == command => {}
+                Some((p, _)) => problems.push((
+                    "agreement",
+                    format!("replica {id} applied entry #{index} at position {position}, another replica applied a different command at position {p}"),
+                )),
+                None => {
+                    if !self.submitted.contains(command) || kv::decode(command).is_none() {
+                        problems.push((
+                            "validity",
+                            format!("replica {id} applied a command no client submitted at position {position}"),
+                        ));
+                    }
+                    self.agreed.push((*position, command.clone()));
+                }
+            }
+        }
+        self.nodes[id].checked = applied.len();
+        if self.nodes[id].kv.malformed() > 0 {
+            problems.push(("validity", format!("replica {id} applied a malformed command")));
+        }
+        for (invariant, detail) in problems {
+            self.fail(invariant, detail);
+        }
+    }
+
+    fn trace_status(&mut self, id: usize) {
+        let bg = self.nodes[id].replica.background.status();
+        let rp = self.nodes[id].replica.replication.status();
+        if rp.halted != 0 && !self.scenario.faulty.contains(&(id as u8)) {
+            let leaders: Vec<_> =
+                self.nodes.iter().filter_map(|n| n.replica.replication.leader_status()).collect();
+            let layout = Layout::new(&self.scenario.config);
+            let at = layout.slot(rp.applied) as usize;
+            let region = self.world.region(id as u8);
+            let word = |k: usize| u64::from_le_bytes(region[at + 8 * k..at + 8 * k + 8].try_into().unwrap());
+            let slot = format!("slot at {}: position {} ballot {} commit {}", rp.applied, word(1), word(2), word(3));
+            self.fail("halt", format!("correct replica {id} halted (lapped); {slot}; leaders: {leaders:?}"));
+        }
+        let key: StatusKey =
+            (bg.leader, bg.alive, bg.holder, bg.tenure, rp.leading, rp.fast_path, bg.heartbeat_stopped, rp.halted);
+        let last = self.nodes[id].last_status;
+        if last == Some(key) {
+            return;
+        }
+        if rp.leading.is_some() && last.is_none_or(|k| k.4 != rp.leading) {
+            self.report.tenures += 1;
+        }
+        self.nodes[id].last_status = Some(key);
+        self.note(format_args!(
+            "replica {id}: view leader {:?} alive {:07b} holder {:?} tenure {:?} | leading {:?} fast path {} applied {} queued {}{}{}",
+            bg.leader,
+            bg.alive,
+            bg.holder,
+            bg.tenure,
+            rp.leading,
+            rp.fast_path,
+            rp.applied,
+            rp.queued,
+            if bg.heartbeat_stopped { " HEARTBEAT STOPPED" } else { "" },
+            if rp.halted != 0 { " HALTED (lapped)" } else { "" },
+        ));
+    }
+
+    // ---- the end -----------------------------------------------------------------------------
+
+    fn check_end(&mut self) {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&id| {
+                self.nodes[id].life == Life::Running && self.nodes[id].replica.replication.status().halted == 0
+            })
+            .collect();
+        self.report.halts = self.nodes.iter().filter(|n| n.replica.replication.status().halted != 0).count() as u32;
+        let live_from = self.liveness_from();
+        for client in self.clients.clone() {
+            if let Some(wait) = client.waiting {
+                if wait.since >= live_from && self.tick - wait.since > LIVENESS_BOUND_TICKS {
+                    let waited = self.tick - wait.since;
+                    self.fail("liveness", format!("client {} waited {waited} ticks without an answer", client.id));
+                }
+            }
+        }
+        let committed_late = self.history.ops().iter().any(|op| {
+            op.invoked_at >= live_from && matches!(op.outcome, history::OpOutcome::Ok { .. })
+        });
+        if !committed_late {
+            let leaders: Vec<_> =
+                self.nodes.iter().filter_map(|n| n.replica.replication.leader_status()).collect();
+            self.fail("liveness", format!("nothing committed after the cluster healed; leaders: {leaders:?}"));
+        }
+        let positions: Vec<(usize, u64, u64)> = running
+            .iter()
+            .map(|&id| (id, self.nodes[id].replica.replication.status().applied, self.nodes[id].kv.digest()))
+            .collect();
+        if let Some(&(_, applied, digest)) = positions.first() {
+            if positions.iter().any(|&(_, a, d)| a != applied || d != digest) {
+                let leaders: Vec<_> =
+                    self.nodes.iter().filter_map(|n| n.replica.replication.leader_status()).collect();
+                let layout = Layout::new(&self.scenario.config);
+                for &(id, a, _) in &positions {
+                    let region = self.world.region(id as u8);
+                    let word = |at: usize| u64::from_le_bytes(region[at..at + 8].try_into().unwrap());
+                    let c = layout.commit_record() as usize;
+                    eprintln!("DBG replica {id} applied {a} commit record ({}, {:x}, {:x})", word(c), word(c + 8), word(c + 16));
+                    for p in a..a + 3 {
+                        let at = layout.slot(p) as usize;
+                        eprintln!("DBG   slot {p}: pos {} ballot {} commit {} chain_prev {:x}", word(at + 8), word(at + 16), word(at + 24), word(at + 32));
+                    }
+                }
+                self.fail(
+                    "convergence",
+                    format!("running replicas differ at the end (id, applied, digest): {positions:?}; leaders: {leaders:?}"),
+                );
+            }
+        }
+        if let Err(problem) = history::check(&self.history, &self.agreed) {
+            self.fail("linearizability", problem);
+        }
+    }
+}
