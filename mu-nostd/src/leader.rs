@@ -19,9 +19,10 @@
 //!    not yet sent. A position is decided when a majority (leader included) holds it; the
 //!    leader applies it and reports the command's ticket if the decided command is its own.
 //!
-//! Recycling: the leader writes position `p` only when every replica considered alive has
-//! applied `p - slot_count` (it reads their published applied positions every
-//! `recycle_period_ticks`); a replica considered failed does not hold the log back. A replica
+//! Recycling: the leader writes position `p` only when every replica showing a sign of life (a
+//! moving heartbeat, or a rising applied position) has applied `p - slot_count` (it reads their
+//! published applied positions every `recycle_period_ticks`); a failed replica does not hold the
+//! log back. A replica
 //! that comes back more than a lap behind is sent the current window, finds a later lap at its
 //! next position and halts (it needs a state transfer); it does not hold the log back either.
 //!
@@ -156,10 +157,14 @@ pub(crate) struct Leader {
     next_chain: u64,
     acks: [u8; ACK_WINDOW],
     applied_of: [u64; REPLICAS_MAX as usize],
+    /// When each peer's applied position was last seen to rise.
+    applied_moved_at: [u64; REPLICAS_MAX as usize],
     recycle_at: u64,
     commit_inflight: u8,
     /// When the first undecided position last moved (or nothing was undecided).
     progress_at: u64,
+    /// The tenure must end; `lead` aborts it between steps.
+    doomed: bool,
 }
 
 /// What the leader knows of one peer in the current tenure.
@@ -218,9 +223,11 @@ impl Leader {
             next_chain: chain,
             acks: [0; ACK_WINDOW],
             applied_of: [0; REPLICAS_MAX as usize],
+            applied_moved_at: [now; REPLICAS_MAX as usize],
             recycle_at: now,
             commit_inflight: 0,
             progress_at: now,
+            doomed: false,
         }
     }
 
@@ -252,32 +259,56 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         self.leader.as_mut().expect("leading")
     }
 
+    /// Marks the tenure for abortion; `lead` ends it before the next step.
+    pub(crate) fn doom(&mut self) {
+        if let Some(leader) = &mut self.leader {
+            leader.doomed = true;
+        }
+    }
+
+    /// Aborts a doomed tenure; true when the tenure goes on.
+    fn carry_on(&mut self) -> bool {
+        match &self.leader {
+            Some(leader) if leader.doomed => {
+                self.abort();
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
     /// One round of leader work.
     pub(crate) fn lead<F: Fabric, S: StateMachine>(&mut self, now: u64, fabric: &mut F, sm: &mut S) {
         self.drain_completions(now, fabric, sm);
         self.expire_operations(now, fabric);
-        if self.leader.is_none() {
+        if !self.carry_on() {
             return;
         }
         self.admit_members(now, fabric);
-        self.step_phase(now, fabric, sm);
-        let Some(leader) = &self.leader else { return };
-        if !leader.members_open() {
+        if !self.carry_on() {
             return;
         }
-        if leader.fast_path() {
-            self.propose(fabric);
+        self.step_phase(now, fabric, sm);
+        if !self.carry_on() || !self.leader_mut().members_open() {
+            return;
+        }
+        if self.leader_mut().fast_path() {
+            self.propose(now, fabric);
         }
         self.post_log_writes(now, fabric);
         self.advance_commit(now, fabric, sm);
         if self.stalled(now) {
             // No majority took a position in time: the grants may be gone without a write
             // having been refused yet. Ask again.
-            self.abort();
+            self.doom();
+        }
+        if !self.carry_on() {
             return;
         }
         self.post_commit_record(now, fabric);
         self.read_applied_positions(now, fabric);
+        self.carry_on();
     }
 
     // ---- connections -------------------------------------------------------------------------
@@ -331,7 +362,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         let reconnected = fabric.reconnect(peer);
         debug_assert!(reconnected.is_ok());
         if dropped_catch_up {
-            self.abort(); // The catch-up source went away: start over with a new tenure.
+            self.doom(); // The catch-up source went away: start over with a new tenure.
             return;
         }
         let retry_at = now + self.config.permission_retry_ticks as u64;
@@ -361,7 +392,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         if self.connections[peer as usize].broken {
             let state = self.leader.as_ref().map(|l| l.members[peer as usize].state);
             self.reset_connection(now, peer, fabric);
-            if self.leader.is_none() || self.leader.as_ref().map(|l| l.members[peer as usize].state) != state {
+            if self.leader.as_ref().map(|l| l.members[peer as usize].state) != state {
                 return false; // The reset changed what this post was for.
             }
         }
@@ -402,9 +433,6 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
                 continue;
             }
             self.reset_connection(now, peer, fabric);
-            if self.leader.is_none() {
-                return;
-            }
         }
     }
 
@@ -446,7 +474,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             if streaming && applied > own_applied {
                 // Positions this leader has not decided were decided without it: another leader
                 // holds the grants, this tenure is over.
-                self.abort();
+                self.doom();
                 return;
             }
             let from = applied.min(leader.next);
@@ -485,7 +513,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         let ok = status == Status::Ok;
         if status == Status::Denied {
             // Someone revoked this leader: another replica was granted.
-            self.abort();
+            self.doom();
             return;
         }
         let bit = 1u8 << peer;
@@ -495,7 +523,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
                 let leader = self.leader_mut();
                 match (&mut leader.phase, ok) {
                     (Phase::CatchUpSelf { reads_left, .. }, true) => *reads_left -= 1,
-                    _ => self.abort(),
+                    _ => self.doom(),
                 }
             }
             Kind::WriteLog if ok => self.ack_range(peer, pending.start, pending.end),
@@ -523,7 +551,10 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             member.recycle_read = false;
         }
         if let Some(applied) = value {
-            leader.applied_of[peer as usize] = leader.applied_of[peer as usize].max(applied);
+            if applied > leader.applied_of[peer as usize] {
+                leader.applied_of[peer as usize] = applied;
+                leader.applied_moved_at[peer as usize] = now;
+            }
         }
         if tag != TAG_SURVEY || member.state != MemberState::Surveying {
             return;
@@ -583,7 +614,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
                 if reads_left == 0 {
                     self.finish_catch_up(now, upto, fabric, sm);
                 } else if late {
-                    self.abort();
+                    self.doom();
                 }
             }
             Phase::ReadMinProposal if self.quorum_with(replies) => self.write_min_proposal(now, fabric),
@@ -599,7 +630,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
                 self.read_slot(now, next, fabric);
             }
             Phase::Streaming => {}
-            _ if late => self.abort(),
+            _ if late => self.doom(),
             _ => {}
         }
     }
@@ -618,7 +649,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         }
         if !self.quorum_with(surveyed) {
             if late {
-                self.abort();
+                self.doom();
             }
             return;
         }
@@ -641,7 +672,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             let offset = self.layout.slot(start);
             let len = (end - start) as u32 * self.config.slot_size;
             if !self.post(now, fabric, source, Kind::ReadLog, 0, (start, end), offset, offset, len) {
-                self.abort();
+                self.doom();
                 return;
             }
             reads += 1;
@@ -666,7 +697,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
                 }
                 _ => {
                     // Torn or unchained: the source changed under the read. Try again later.
-                    self.abort();
+                    self.doom();
                     return;
                 }
             }
@@ -795,7 +826,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
                 }
                 Err(SlotError::Stale { found }) if found > position => {
                     // A member recycled a position this leader has not applied: start over.
-                    self.abort();
+                    self.doom();
                     return;
                 }
                 _ => {}
@@ -820,7 +851,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         };
         fabric.load(from, &mut self.slot[..size]);
         let Ok((header, _)) = slot::open(&self.slot[..size], position) else {
-            self.abort(); // Changed under us; cannot happen while this replica holds the grants.
+            self.doom(); // Changed under us; cannot happen while this replica holds the grants.
             return;
         };
         let (applied, capacity) = (self.applied, self.config.slot_payload_bytes());
@@ -843,22 +874,28 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
     // ---- fast path ---------------------------------------------------------------------------
 
     /// The first position that may not be written yet: one lap past the least applied position
-    /// among this replica and the replicas considered alive.
-    fn recycle_limit(&self) -> u64 {
+    /// among this replica and every replica that shows a sign of life: a heartbeat the failure
+    /// detector sees moving, or an applied position that rose within `op_timeout_ticks` (a
+    /// replica not verified yet, or suspected wrongly, but applying what it is sent). A lapped
+    /// replica never holds the log back.
+    fn recycle_limit(&self, now: u64) -> u64 {
         let leader = self.leader.as_ref().expect("leading");
         let alive = self.shared.alive();
+        let recent = self.config.op_timeout_ticks as u64;
         let mut least = self.applied;
         for peer in self.others() {
-            if alive & (1 << peer) != 0 && !leader.members[peer as usize].lapped {
-                least = least.min(leader.applied_of[peer as usize]);
+            let p = peer as usize;
+            let applying = now.saturating_sub(leader.applied_moved_at[p]) <= recent;
+            if (alive & (1 << peer) != 0 || applying) && !leader.members[p].lapped {
+                least = least.min(leader.applied_of[p]);
             }
         }
         least + self.config.slot_count as u64
     }
 
     /// Encodes queued commands into the own log, as far as the pipeline and recycling allow.
-    fn propose<F: Fabric>(&mut self, fabric: &mut F) {
-        let limit = self.recycle_limit();
+    fn propose<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let limit = self.recycle_limit(now);
         let capacity = self.config.slot_payload_bytes() as usize;
         let depth = self.config.pipeline_depth as u64;
         let (me, applied) = (self.me, self.applied);
@@ -984,7 +1021,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
     }
 
     /// Every `recycle_period_ticks`, reads the applied position of every replica considered
-    /// alive.
+    /// alive and of every active member.
     fn read_applied_positions<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let period = self.config.recycle_period_ticks as u64;
         if now < self.leader_mut().recycle_at {
@@ -992,8 +1029,10 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         }
         self.leader_mut().recycle_at = now + period;
         let alive = self.shared.alive();
+        let active = self.active_members();
         for peer in self.others() {
-            if alive & (1 << peer) == 0 || self.leader_mut().members[peer as usize].recycle_read {
+            let wanted = (alive | active) & (1 << peer) != 0;
+            if !wanted || self.leader_mut().members[peer as usize].recycle_read {
                 continue;
             }
             let (local, remote) = (self.layout.landing_applied(peer), self.layout.applied());

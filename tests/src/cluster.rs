@@ -359,6 +359,7 @@ impl<'s> Sim<'s> {
 
     fn heal(&mut self) {
         self.world.heal();
+        self.world.stop_losing_completions();
         for node in &mut self.nodes {
             if let Life::Paused { .. } = node.life {
                 node.life = Life::Paused { until: self.tick };
@@ -494,6 +495,28 @@ impl<'s> Sim<'s> {
     }
 
     fn check_tick(&mut self) {
+        if self.trace.is_some() && self.tick % 100 == 0 {
+            for id in 0..self.nodes.len() {
+                if let Some(status) = self.nodes[id].replica.replication.leader_status() {
+                    let members: Vec<String> = (0..self.nodes.len())
+                        .filter(|&m| m != id)
+                        .map(|m| {
+                            let s = status.members[m];
+                            let state = if s.lapped { "lapped" } else if s.active { "active" } else { "-" };
+                            format!("{m}:{state} sent {} applied {}", s.sent, s.applied)
+                        })
+                        .collect();
+                    let line = format!(
+                        "leader {id} tenure {} ballot {} next {}: {}",
+                        status.tenure,
+                        status.ballot,
+                        status.next,
+                        members.join(", ")
+                    );
+                    self.note(format_args!("{line}"));
+                }
+            }
+        }
         for violation in self.world.take_violations() {
             self.fail("single writer", violation);
         }

@@ -386,6 +386,12 @@ impl World {
         }
     }
 
+    /// Stops losing completions from now on (faults stop; delays and torn pieces go on, they are
+    /// how the fabric behaves, not faults).
+    pub fn stop_losing_completions(&mut self) {
+        self.faults.lost_completion_per_mille = 0;
+    }
+
     /// Restores every link.
     pub fn heal(&mut self) {
         self.reachable.iter_mut().for_each(|r| *r = true);
