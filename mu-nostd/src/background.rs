@@ -54,7 +54,7 @@ enum Send {
     Idle,
     Due,
     InFlight { posted_at: u64 },
-    Done,
+    Done { at: u64 },
 }
 
 /// A record this replica must deliver to a peer (a request or an ack), retried until it lands.
@@ -65,7 +65,10 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    const IDLE: Outgoing = Outgoing { value: 0, send: Send::Idle };
+    const IDLE: Outgoing = Outgoing {
+        value: 0,
+        send: Send::Idle,
+    };
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -74,9 +77,14 @@ struct Peer {
     header: PeerHeader,
     header_read_at: Option<u64>,
     score: PullScore,
+    /// When a read last showed the heartbeat moving.
+    beat_moved_at: Option<u64>,
     heartbeat_read_at: Option<u64>,
     next_read_at: u64,
+    /// The request number this replica last served for the peer.
     served: u64,
+    /// The last request record value seen from the peer (number and attempt).
+    seen: u64,
     ack: Outgoing,
     request: Outgoing,
 }
@@ -87,9 +95,11 @@ impl Peer {
         header: PeerHeader::Unknown,
         header_read_at: None,
         score: PullScore::unknown(),
+        beat_moved_at: None,
         heartbeat_read_at: None,
         next_read_at: 0,
         served: 0,
+        seen: 0,
         ack: Outgoing::IDLE,
         request: Outgoing::IDLE,
     };
@@ -133,6 +143,8 @@ pub struct BackgroundPlane<'s> {
     holder: Option<ReplicaId>,
     granting: Option<(ReplicaId, u64)>,
     request_number: u64,
+    /// Bumped when a request is posted again, so that the owner notices and acks again.
+    request_attempt: u8,
     tenure: Option<u32>,
     acked: u8,
     completions: [Completion; COMPLETION_BATCH],
@@ -159,6 +171,7 @@ impl<'s> BackgroundPlane<'s> {
             holder: None,
             granting: None,
             request_number: 0,
+            request_attempt: 0,
             tenure: None,
             acked: 0,
             completions: [Completion::EMPTY; COMPLETION_BATCH],
@@ -173,11 +186,11 @@ impl<'s> BackgroundPlane<'s> {
             self.started_at = Some(now);
             self.progress_seen_at = now;
         }
-        self.drain_completions(fabric);
+        self.drain_completions(now, fabric);
         self.beat(now, fabric);
         self.probe_peers(now, fabric);
         self.elect(now);
-        self.lead_or_follow(fabric);
+        self.lead_or_follow(now, fabric);
         self.serve_requests(fabric);
         self.send_outgoing(now, fabric);
     }
@@ -217,12 +230,12 @@ impl<'s> BackgroundPlane<'s> {
 
     // ---- completions -------------------------------------------------------------------------
 
-    fn drain_completions<F: Fabric>(&mut self, fabric: &mut F) {
+    fn drain_completions<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         for _ in 0..COMPLETION_BATCHES_MAX {
             let count = fabric.poll(&mut self.completions).min(COMPLETION_BATCH);
             for index in 0..count {
                 let completion = self.completions[index];
-                self.complete(completion, fabric);
+                self.complete(now, completion, fabric);
             }
             if count < COMPLETION_BATCH {
                 break;
@@ -230,8 +243,10 @@ impl<'s> BackgroundPlane<'s> {
         }
     }
 
-    fn complete<F: Fabric>(&mut self, completion: Completion, fabric: &mut F) {
-        let Some(id) = WrId::decode(completion.wr_id) else { return };
+    fn complete<F: Fabric>(&mut self, now: u64, completion: Completion, fabric: &mut F) {
+        let Some(id) = WrId::decode(completion.wr_id) else {
+            return;
+        };
         if !self.config.contains(id.peer) || id.peer == self.me {
             return;
         }
@@ -256,14 +271,18 @@ impl<'s> BackgroundPlane<'s> {
                     fabric.load(self.layout.landing_heartbeat(id.peer), &mut bytes);
                     // A torn read carries no information either way.
                     if let Some(beat) = record::decode(self.layout.heartbeat(), &bytes) {
+                        let before = peer.score.last_heartbeat();
                         peer.score.observe(&self.config.detector, beat);
+                        if before.is_some_and(|b| b != beat) {
+                            peer.beat_moved_at = Some(now);
+                        }
                     }
                 } else {
                     peer.score.miss(&self.config.detector);
                 }
             }
-            Kind::WriteRequest => Self::finish_send(&mut peer.request, id.tag, ok),
-            Kind::WriteAck => Self::finish_send(&mut peer.ack, id.tag, ok),
+            Kind::WriteRequest => Self::finish_send(&mut peer.request, id.tag, ok, now),
+            Kind::WriteAck => Self::finish_send(&mut peer.ack, id.tag, ok, now),
             _ => {} // Not a background-plane id.
         }
         if !ok {
@@ -271,11 +290,15 @@ impl<'s> BackgroundPlane<'s> {
         }
     }
 
-    fn finish_send(outgoing: &mut Outgoing, tag: u32, ok: bool) {
+    fn finish_send(outgoing: &mut Outgoing, tag: u32, ok: bool, now: u64) {
         if !matches!(outgoing.send, Send::InFlight { .. }) || outgoing.value as u32 != tag {
             return; // A superseded value.
         }
-        outgoing.send = if ok { Send::Done } else { Send::Due };
+        outgoing.send = if ok {
+            Send::Done { at: now }
+        } else {
+            Send::Due
+        };
     }
 
     fn verify_header(&mut self, peer: ReplicaId, header: &[u8]) {
@@ -321,7 +344,13 @@ impl<'s> BackgroundPlane<'s> {
         len: u32,
     ) -> bool {
         let epoch = self.peers[peer as usize].epoch;
-        let id = WrId { kind, peer, epoch, tag: 0 }.encode();
+        let id = WrId {
+            kind,
+            peer,
+            epoch,
+            tag: 0,
+        }
+        .encode();
         match fabric.read(peer, remote, local, len, id) {
             Ok(()) => true,
             Err(PostError::Broken) => {
@@ -340,10 +369,18 @@ impl<'s> BackgroundPlane<'s> {
             self.progress_seen = progress;
             self.progress_seen_at = now;
         }
-        let stalled = now.saturating_sub(self.progress_seen_at) > self.config.detector.fate_ticks as u64;
+        let stalled =
+            now.saturating_sub(self.progress_seen_at) > self.config.detector.fate_ticks as u64;
         let stopped = stalled || self.shared.halted() != 0;
         if stopped != self.heartbeat_stopped {
-            warn!("heartbeat {}", if stopped { "stopped (fate sharing)" } else { "resumed" });
+            warn!(
+                "heartbeat {}",
+                if stopped {
+                    "stopped (fate sharing)"
+                } else {
+                    "resumed"
+                }
+            );
             self.heartbeat_stopped = stopped;
         }
         if !stopped && now >= self.next_heartbeat_at {
@@ -374,7 +411,14 @@ impl<'s> BackgroundPlane<'s> {
             if now >= state.next_read_at {
                 let remote = self.layout.heartbeat();
                 let local = self.layout.landing_heartbeat(peer);
-                if self.post_read(fabric, peer, Kind::ReadHeartbeat, remote, local, RECORD_BYTES) {
+                if self.post_read(
+                    fabric,
+                    peer,
+                    Kind::ReadHeartbeat,
+                    remote,
+                    local,
+                    RECORD_BYTES,
+                ) {
                     let state = &mut self.peers[peer as usize];
                     state.heartbeat_read_at = Some(now);
                     state.next_read_at = now + detector.read_period_ticks as u64;
@@ -412,7 +456,11 @@ impl<'s> BackgroundPlane<'s> {
     // ---- election ----------------------------------------------------------------------------
 
     fn alive_mask(&self) -> u8 {
-        let mut alive = if self.heartbeat_stopped { 0 } else { 1 << self.me };
+        let mut alive = if self.heartbeat_stopped {
+            0
+        } else {
+            1 << self.me
+        };
         for peer in self.others() {
             let state = &self.peers[peer as usize];
             if state.header == PeerHeader::Verified && state.score.alive() {
@@ -426,18 +474,32 @@ impl<'s> BackgroundPlane<'s> {
         let alive = self.alive_mask();
         let started_at = self.started_at.unwrap_or(now);
         let warming_up = now < started_at + self.config.detector.read_timeout_ticks as u64
-            && self.others().any(|p| self.peers[p as usize].header == PeerHeader::Unknown);
-        let leader = if warming_up || alive == 0 { None } else { Some(alive.trailing_zeros() as u8) };
+            && self
+                .others()
+                .any(|p| self.peers[p as usize].header == PeerHeader::Unknown);
+        let leader = if warming_up || alive == 0 {
+            None
+        } else {
+            Some(alive.trailing_zeros() as u8)
+        };
         if leader != self.leader {
             info!("leader view: {}", leader);
             self.leader = leader;
         }
-        self.shared.set_view(alive, leader);
+        let recent = self.config.detector.read_timeout_ticks as u64;
+        let mut lively = alive & (1 << self.me);
+        for peer in self.others() {
+            let moved_at = self.peers[peer as usize].beat_moved_at;
+            if moved_at.is_some_and(|at| now.saturating_sub(at) <= recent) {
+                lively |= 1 << peer;
+            }
+        }
+        self.shared.set_view(alive, lively, leader);
     }
 
     // ---- requester side ----------------------------------------------------------------------
 
-    fn lead_or_follow<F: Fabric>(&mut self, fabric: &mut F) {
+    fn lead_or_follow<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let want_lead = self.leader == Some(self.me) && self.shared.halted() == 0;
         if let Some(tenure) = self.tenure {
             if !want_lead || self.shared.aborted() == tenure {
@@ -449,6 +511,7 @@ impl<'s> BackgroundPlane<'s> {
         }
         if let Some(tenure) = self.tenure {
             self.collect_acks(tenure, fabric);
+            self.ask_again(now, fabric);
         }
     }
 
@@ -464,15 +527,66 @@ impl<'s> BackgroundPlane<'s> {
             }
         }
         self.holder = Some(self.me);
-        let offset = self.layout.request(self.me);
-        fabric.store(self.layout.outbox_request(), &record::encode(offset, self.request_number));
+        self.request_attempt = 0;
+        self.stage_request(fabric);
         for peer in self.others() {
-            self.peers[peer as usize].request = Outgoing { value: self.request_number, send: Send::Due };
+            self.peers[peer as usize].request = Outgoing {
+                value: self.request_value(),
+                send: Send::Due,
+            };
         }
         self.acked = 1 << self.me;
         self.tenure = Some(tenure);
-        self.shared.set_lead(Some(Lead { tenure, confirmed: self.acked }));
+        self.shared.set_lead(Some(Lead {
+            tenure,
+            confirmed: self.acked,
+        }));
         info!("tenure {} started", tenure);
+    }
+
+    /// The request record: the request number and the attempt.
+    fn request_value(&self) -> u64 {
+        (self.request_number << 8) | self.request_attempt as u64
+    }
+
+    fn stage_request<F: Fabric>(&self, fabric: &mut F) {
+        let offset = self.layout.request(self.me);
+        fabric.store(
+            self.layout.outbox_request(),
+            &record::encode(offset, self.request_value()),
+        );
+    }
+
+    /// A peer that took the request but did not ack within `permission_retry_ticks` (its ack
+    /// was lost or damaged, or it serves someone else for now) is asked again, with a new
+    /// attempt number so that it acks again if it already served this request.
+    fn ask_again<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let retry = self.config.permission_retry_ticks as u64;
+        let stale = |p: &Peer| matches!(p.request.send, Send::Done { at } if now.saturating_sub(at) > retry);
+        let waiting = self
+            .others()
+            .filter(|&p| self.acked & (1 << p) == 0 && stale(&self.peers[p as usize]));
+        let mut waiting_mask = 0u8;
+        for peer in waiting {
+            waiting_mask |= 1 << peer;
+        }
+        if waiting_mask == 0 {
+            return;
+        }
+        self.request_attempt = self.request_attempt.wrapping_add(1);
+        self.stage_request(fabric);
+        let value = self.request_value();
+        for peer in self.others() {
+            let request = &mut self.peers[peer as usize].request;
+            if waiting_mask & (1 << peer) != 0 {
+                *request = Outgoing {
+                    value,
+                    send: Send::Due,
+                };
+            } else if request.send == Send::Due {
+                request.value = value;
+            }
+        }
     }
 
     fn end_tenure(&mut self) {
@@ -495,9 +609,15 @@ impl<'s> BackgroundPlane<'s> {
                 self.acked |= 1 << peer;
             }
         }
-        assert!(self.acked & before == before, "acks are never withdrawn within a tenure");
+        assert!(
+            self.acked & before == before,
+            "acks are never withdrawn within a tenure"
+        );
         if self.acked != before {
-            self.shared.set_lead(Some(Lead { tenure, confirmed: self.acked }));
+            self.shared.set_lead(Some(Lead {
+                tenure,
+                confirmed: self.acked,
+            }));
         }
     }
 
@@ -518,11 +638,24 @@ impl<'s> BackgroundPlane<'s> {
         let offset = self.layout.request(leader);
         let mut bytes = [0u8; RECORD_BYTES as usize];
         fabric.load(offset, &mut bytes);
-        let Some(number) = record::decode(offset, &bytes) else { return };
-        if number == self.peers[leader as usize].served {
+        let Some(value) = record::decode(offset, &bytes) else {
+            return;
+        };
+        let number = value >> 8;
+        let peer = &mut self.peers[leader as usize];
+        if value == peer.seen {
             return;
         }
-        assert!(self.tenure.is_none(), "a replica that leads does not serve others");
+        peer.seen = value;
+        if number == peer.served && self.holder == Some(leader) {
+            // Asked again for what it holds: its ack went missing. Ack again.
+            peer.ack.send = Send::Due;
+            return;
+        }
+        assert!(
+            self.tenure.is_none(),
+            "a replica that leads does not serve others"
+        );
         self.shared.set_lead(None);
         if self.shared.stood_down() {
             self.grant(leader, number, fabric);
@@ -547,7 +680,10 @@ impl<'s> BackgroundPlane<'s> {
         self.holder = Some(requester);
         let peer = &mut self.peers[requester as usize];
         peer.served = number;
-        peer.ack = Outgoing { value: number, send: Send::Due };
+        peer.ack = Outgoing {
+            value: number,
+            send: Send::Due,
+        };
         let staged = record::encode(self.layout.ack(self.me), number);
         fabric.store(self.layout.outbox_ack(requester), &staged);
         info!("granted log to {} (request {})", requester, number);
@@ -591,11 +727,21 @@ impl<'s> BackgroundPlane<'s> {
             _ => (self.layout.outbox_ack(peer), self.layout.ack(self.me)),
         };
         let epoch = self.peers[peer as usize].epoch;
-        let id = WrId { kind, peer, epoch, tag: value as u32 }.encode();
+        let id = WrId {
+            kind,
+            peer,
+            epoch,
+            tag: value as u32,
+        }
+        .encode();
         match fabric.write(peer, local, remote, RECORD_BYTES, id) {
             Ok(()) => {
                 let state = &mut self.peers[peer as usize];
-                let outgoing = if kind == Kind::WriteRequest { &mut state.request } else { &mut state.ack };
+                let outgoing = if kind == Kind::WriteRequest {
+                    &mut state.request
+                } else {
+                    &mut state.ack
+                };
                 outgoing.send = Send::InFlight { posted_at: now };
             }
             Err(PostError::Broken) => self.reconnect(peer, fabric),

@@ -94,7 +94,11 @@ impl DetectorConfig {
     /// The paper's scores (0..=15, failed below 2, alive above 6) with periods in ticks.
     pub const fn paper(read_period_ticks: u32) -> DetectorConfig {
         DetectorConfig {
-            heartbeat_period_ticks: if read_period_ticks / 2 == 0 { 1 } else { read_period_ticks / 2 },
+            heartbeat_period_ticks: if read_period_ticks / 2 == 0 {
+                1
+            } else {
+                read_period_ticks / 2
+            },
             read_period_ticks,
             read_timeout_ticks: read_period_ticks.saturating_mul(4),
             score_max: 15,
@@ -105,8 +109,16 @@ impl DetectorConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        check(self.heartbeat_period_ticks > 0, "detector.heartbeat_period_ticks", "must be > 0")?;
-        check(self.read_period_ticks > 0, "detector.read_period_ticks", "must be > 0")?;
+        check(
+            self.heartbeat_period_ticks > 0,
+            "detector.heartbeat_period_ticks",
+            "must be > 0",
+        )?;
+        check(
+            self.read_period_ticks > 0,
+            "detector.read_period_ticks",
+            "must be > 0",
+        )?;
         check(
             self.read_timeout_ticks >= self.read_period_ticks,
             "detector.read_timeout_ticks",
@@ -119,7 +131,11 @@ impl DetectorConfig {
             "detector.fail_below",
             "must be <= recover_above (hysteresis)",
         )?;
-        check(self.recover_above < self.score_max, "detector.recover_above", "must be < score_max")?;
+        check(
+            self.recover_above < self.score_max,
+            "detector.recover_above",
+            "must be < score_max",
+        )?;
         check(
             self.fate_ticks > self.heartbeat_period_ticks,
             "detector.fate_ticks",
@@ -146,38 +162,78 @@ impl Config {
 
     /// Checks every field; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check(self.replica_count >= 1, "replica_count", "must be at least 1")?;
-        check(self.replica_count <= REPLICAS_MAX, "replica_count", "must be at most 7")?;
+        check(
+            self.replica_count >= 1,
+            "replica_count",
+            "must be at least 1",
+        )?;
+        check(
+            self.replica_count <= REPLICAS_MAX,
+            "replica_count",
+            "must be at most 7",
+        )?;
         check(self.slot_count >= 8, "slot_count", "must be at least 8")?;
-        check(self.slot_count <= SLOT_COUNT_MAX, "slot_count", "must be at most 2^24")?;
-        check(self.slot_size % 64 == 0, "slot_size", "must be a multiple of 64")?;
+        check(
+            self.slot_count <= SLOT_COUNT_MAX,
+            "slot_count",
+            "must be at most 2^24",
+        )?;
+        check(
+            self.slot_size % 64 == 0,
+            "slot_size",
+            "must be a multiple of 64",
+        )?;
         check(
             self.slot_size >= SLOT_HEADER_BYTES + 8,
             "slot_size",
             "must hold the slot header and 8 payload bytes",
         )?;
-        check(self.slot_size <= SLOT_BYTES_MAX, "slot_size", "must be at most 64 KiB")?;
+        check(
+            self.slot_size <= SLOT_BYTES_MAX,
+            "slot_size",
+            "must be at most 64 KiB",
+        )?;
         check(
             (self.slot_count as u64) * (self.slot_size as u64) <= (u32::MAX / 2) as u64,
             "slot_count",
             "slot_count * slot_size must stay below 2 GiB",
         )?;
-        check(self.entry_slots_max >= 1, "entry_slots_max", "must be at least 1")?;
+        check(
+            self.entry_slots_max >= 1,
+            "entry_slots_max",
+            "must be at least 1",
+        )?;
         check(
             (self.entry_slots_max as u32) * 4 <= self.slot_count,
             "entry_slots_max",
             "must be at most a quarter of slot_count",
         )?;
-        check(self.pipeline_depth >= 1, "pipeline_depth", "must be at least 1")?;
-        check(self.pipeline_depth <= PIPELINE_DEPTH_MAX, "pipeline_depth", "must be at most 64")?;
+        check(
+            self.pipeline_depth >= 1,
+            "pipeline_depth",
+            "must be at least 1",
+        )?;
+        check(
+            self.pipeline_depth <= PIPELINE_DEPTH_MAX,
+            "pipeline_depth",
+            "must be at most 64",
+        )?;
         check(
             (self.pipeline_depth as u32) * 4 <= self.slot_count,
             "pipeline_depth",
             "must be at most a quarter of slot_count",
         )?;
         check(self.op_timeout_ticks > 0, "op_timeout_ticks", "must be > 0")?;
-        check(self.permission_retry_ticks > 0, "permission_retry_ticks", "must be > 0")?;
-        check(self.recycle_period_ticks > 0, "recycle_period_ticks", "must be > 0")?;
+        check(
+            self.permission_retry_ticks > 0,
+            "permission_retry_ticks",
+            "must be > 0",
+        )?;
+        check(
+            self.recycle_period_ticks > 0,
+            "recycle_period_ticks",
+            "must be > 0",
+        )?;
         self.detector.validate()
     }
 
@@ -220,7 +276,11 @@ impl Config {
             .word(d.heartbeat_period_ticks as u64)
             .word(d.read_period_ticks as u64)
             .word(d.read_timeout_ticks as u64)
-            .word(((d.score_max as u64) << 16) | ((d.fail_below as u64) << 8) | d.recover_above as u64)
+            .word(
+                ((d.score_max as u64) << 16)
+                    | ((d.fail_below as u64) << 8)
+                    | d.recover_above as u64,
+            )
             .word(d.fate_ticks as u64)
             .finish()
     }

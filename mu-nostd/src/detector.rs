@@ -25,13 +25,21 @@ pub struct PullScore {
 impl PullScore {
     /// A peer not yet heard from: failed, score 0.
     pub const fn unknown() -> PullScore {
-        PullScore { score: 0, alive: false, last_heartbeat: None }
+        PullScore {
+            score: 0,
+            alive: false,
+            last_heartbeat: None,
+        }
     }
 
     /// A peer just verified (its region header matched): alive, just above the recovery
     /// threshold, so a peer that dies right away is detected quickly.
     pub fn verified(config: &DetectorConfig) -> PullScore {
-        PullScore { score: config.recover_above + 1, alive: true, last_heartbeat: None }
+        PullScore {
+            score: config.recover_above + 1,
+            alive: true,
+            last_heartbeat: None,
+        }
     }
 
     /// True when the peer is considered alive.
@@ -42,6 +50,11 @@ impl PullScore {
     /// The current score.
     pub const fn score(&self) -> u8 {
         self.score
+    }
+
+    /// The heartbeat value the last successful read showed.
+    pub const fn last_heartbeat(&self) -> Option<u64> {
+        self.last_heartbeat
     }
 
     /// A heartbeat read completed and showed `heartbeat`.

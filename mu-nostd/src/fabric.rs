@@ -51,7 +51,10 @@ pub struct Completion {
 
 impl Completion {
     /// A placeholder for completion buffers.
-    pub const EMPTY: Completion = Completion { wr_id: 0, status: Status::Failed };
+    pub const EMPTY: Completion = Completion {
+        wr_id: 0,
+        status: Status::Failed,
+    };
 }
 
 /// Why an operation could not be posted. Posting never blocks and never allocates.

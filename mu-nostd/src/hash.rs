@@ -21,7 +21,9 @@ pub struct Hasher {
 impl Hasher {
     /// Starts a hash in a domain, so that equal bytes in different roles hash differently.
     pub const fn new(domain: u64) -> Hasher {
-        Hasher { state: domain ^ 0x6A09_E667_F3BC_C908 }
+        Hasher {
+            state: domain ^ 0x6A09_E667_F3BC_C908,
+        }
     }
 
     /// Mixes in one word.
@@ -77,7 +79,13 @@ mod tests {
 
     #[test]
     fn domain_and_length_matter() {
-        assert_ne!(Hasher::new(1).bytes(b"ab").finish(), Hasher::new(2).bytes(b"ab").finish());
-        assert_ne!(Hasher::new(1).bytes(b"ab").finish(), Hasher::new(1).bytes(b"ab\0").finish());
+        assert_ne!(
+            Hasher::new(1).bytes(b"ab").finish(),
+            Hasher::new(2).bytes(b"ab").finish()
+        );
+        assert_ne!(
+            Hasher::new(1).bytes(b"ab").finish(),
+            Hasher::new(1).bytes(b"ab\0").finish()
+        );
     }
 }

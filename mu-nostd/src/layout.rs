@@ -284,8 +284,17 @@ mod tests {
         ));
         let mut torn = header;
         torn[3] ^= 1;
-        assert_eq!(Layout::check_header(&config, &torn), Err(HeaderError::NotARegion));
-        assert_eq!(Layout::check_header(&config, &[0u8; 64]), Err(HeaderError::NotARegion));
-        assert_eq!(Layout::check_header(&config, &[0u8; 3]), Err(HeaderError::NotARegion));
+        assert_eq!(
+            Layout::check_header(&config, &torn),
+            Err(HeaderError::NotARegion)
+        );
+        assert_eq!(
+            Layout::check_header(&config, &[0u8; 64]),
+            Err(HeaderError::NotARegion)
+        );
+        assert_eq!(
+            Layout::check_header(&config, &[0u8; 3]),
+            Err(HeaderError::NotARegion)
+        );
     }
 }

@@ -65,8 +65,14 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    const NONE: Pending =
-        Pending { kind: Kind::WriteLog, tenure: 0, tag: 0, start: 0, end: 0, posted_at: 0 };
+    const NONE: Pending = Pending {
+        kind: Kind::WriteLog,
+        tenure: 0,
+        tag: 0,
+        start: 0,
+        end: 0,
+        posted_at: 0,
+    };
 }
 
 /// This plane's connection to one peer: its epoch and the operations outstanding on it, in the
@@ -81,8 +87,13 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) const NEW: Connection =
-        Connection { epoch: 0, broken: false, pending: [Pending::NONE; PENDING_MAX], head: 0, len: 0 };
+    pub(crate) const NEW: Connection = Connection {
+        epoch: 0,
+        broken: false,
+        pending: [Pending::NONE; PENDING_MAX],
+        head: 0,
+        len: 0,
+    };
 
     fn push(&mut self, pending: Pending) {
         assert!(self.len < PENDING_MAX);
@@ -129,7 +140,14 @@ struct Member {
 }
 
 impl Member {
-    const NEW: Member = Member { state: MemberState::Absent, lapped: false, sent: 0, commit_sent: 0, min_record: 0, recycle_read: false };
+    const NEW: Member = Member {
+        state: MemberState::Absent,
+        lapped: false,
+        sent: 0,
+        commit_sent: 0,
+        min_record: 0,
+        recycle_read: false,
+    };
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,7 +216,10 @@ pub struct LeaderStatus {
 impl Leader {
     pub(crate) fn status(&self) -> LeaderStatus {
         let mut members = [MemberStatus::default(); REPLICAS_MAX as usize];
-        for (status, (member, applied)) in members.iter_mut().zip(self.members.iter().zip(self.applied_of)) {
+        for (status, (member, applied)) in members
+            .iter_mut()
+            .zip(self.members.iter().zip(self.applied_of))
+        {
             *status = MemberStatus {
                 active: member.state == MemberState::Active,
                 lapped: member.lapped,
@@ -206,7 +227,12 @@ impl Leader {
                 applied,
             };
         }
-        LeaderStatus { tenure: self.tenure, ballot: self.ballot, next: self.next, members }
+        LeaderStatus {
+            tenure: self.tenure,
+            ballot: self.ballot,
+            next: self.next,
+            members,
+        }
     }
 
     pub(crate) fn new(tenure: u32, now: u64, applied: u64, chain: u64, config: &Config) -> Leader {
@@ -245,7 +271,9 @@ fn count(mask: u8) -> u8 {
     mask.count_ones() as u8
 }
 
-impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane<'_, SLOT, ENTRY, QUEUE> {
+impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
+    ReplicationPlane<'_, SLOT, ENTRY, QUEUE>
+{
     fn quorum_with(&self, replies: u8) -> bool {
         1 + count(replies) >= self.config.quorum()
     }
@@ -279,7 +307,12 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
     }
 
     /// One round of leader work.
-    pub(crate) fn lead<F: Fabric, S: StateMachine>(&mut self, now: u64, fabric: &mut F, sm: &mut S) {
+    pub(crate) fn lead<F: Fabric, S: StateMachine>(
+        &mut self,
+        now: u64,
+        fabric: &mut F,
+        sm: &mut S,
+    ) {
         self.drain_completions(now, fabric, sm);
         self.expire_operations(now, fabric);
         if !self.carry_on() {
@@ -323,7 +356,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             let n = fabric.poll(&mut self.completions).min(COMPLETION_BATCH);
             for index in 0..n {
                 let completion = self.completions[index];
-                let Some(id) = WrId::decode(completion.wr_id) else { continue };
+                let Some(id) = WrId::decode(completion.wr_id) else {
+                    continue;
+                };
                 if !self.config.contains(id.peer) || id.peer == self.me {
                     continue;
                 }
@@ -331,12 +366,21 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
                 if id.epoch != connection.epoch {
                     continue; // From before a reconnect.
                 }
-                let Some(pending) = connection.pop() else { continue };
-                assert_eq!(pending.kind, id.kind, "completions arrive in the order posted");
+                let Some(pending) = connection.pop() else {
+                    continue;
+                };
+                assert_eq!(
+                    pending.kind, id.kind,
+                    "completions arrive in the order posted"
+                );
                 if completion.status != Status::Ok {
                     connection.broken = true;
                 }
-                if self.leader.as_ref().is_some_and(|l| l.tenure == pending.tenure) {
+                if self
+                    .leader
+                    .as_ref()
+                    .is_some_and(|l| l.tenure == pending.tenure)
+                {
                     self.complete(now, id.peer, pending, completion.status, fabric, sm);
                 }
             }
@@ -366,7 +410,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             return;
         }
         let retry_at = now + self.config.permission_retry_ticks as u64;
-        let Some(leader) = &mut self.leader else { return };
+        let Some(leader) = &mut self.leader else {
+            return;
+        };
         let member = &mut leader.members[peer as usize];
         if !matches!(member.state, MemberState::Absent | MemberState::Lost { .. }) {
             member.state = MemberState::Lost { retry_at };
@@ -401,8 +447,17 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         if connection.len == PENDING_MAX {
             return false;
         }
-        let id = WrId { kind, peer, epoch: connection.epoch, tag }.encode();
-        let write = matches!(kind, Kind::WriteLog | Kind::WriteMinProposal | Kind::WriteCommit);
+        let id = WrId {
+            kind,
+            peer,
+            epoch: connection.epoch,
+            tag,
+        }
+        .encode();
+        let write = matches!(
+            kind,
+            Kind::WriteLog | Kind::WriteMinProposal | Kind::WriteCommit
+        );
         let posted = if write {
             fabric.write(peer, local, remote, len, id)
         } else {
@@ -411,7 +466,14 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         match posted {
             Ok(()) => {
                 let (start, end) = range;
-                connection.push(Pending { kind, tenure, tag, start, end, posted_at: now });
+                connection.push(Pending {
+                    kind,
+                    tenure,
+                    tag,
+                    start,
+                    end,
+                    posted_at: now,
+                });
                 true
             }
             Err(PostError::Broken) => {
@@ -428,7 +490,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         let timeout = self.config.op_timeout_ticks as u64;
         for peer in self.others() {
             let connection = &self.connections[peer as usize];
-            let Some(front) = connection.front() else { continue };
+            let Some(front) = connection.front() else {
+                continue;
+            };
             if now.saturating_sub(front.posted_at) <= timeout {
                 continue;
             }
@@ -453,10 +517,22 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
                 continue;
             }
             let (local, remote) = (self.layout.landing_applied(peer), self.layout.applied());
-            let posted =
-                self.post(now, fabric, peer, Kind::ReadApplied, TAG_SURVEY, (0, 0), local, remote, RECORD_BYTES);
-            self.leader_mut().members[peer as usize].state =
-                if posted { MemberState::Surveying } else { MemberState::Joining };
+            let posted = self.post(
+                now,
+                fabric,
+                peer,
+                Kind::ReadApplied,
+                TAG_SURVEY,
+                (0, 0),
+                local,
+                remote,
+                RECORD_BYTES,
+            );
+            self.leader_mut().members[peer as usize].state = if posted {
+                MemberState::Surveying
+            } else {
+                MemberState::Joining
+            };
         }
         if self.leader_mut().members_open() {
             self.activate_surveyed();
@@ -470,7 +546,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         let leader = self.leader.as_mut().expect("leading");
         let streaming = leader.fast_path();
         for member in leader.members.iter_mut() {
-            let MemberState::Surveyed { applied } = member.state else { continue };
+            let MemberState::Surveyed { applied } = member.state else {
+                continue;
+            };
             if streaming && applied > own_applied {
                 // Positions this leader has not decided were decided without it: another leader
                 // holds the grants, this tenure is over.
@@ -482,7 +560,11 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             // it the current window lets it see that and halt.
             // The own log holds positions [next - slot_count, next).
             member.lapped = leader.next - from > slot_count;
-            member.sent = if member.lapped { leader.next - slot_count } else { from };
+            member.sent = if member.lapped {
+                leader.next - slot_count
+            } else {
+                from
+            };
             member.commit_sent = 0; // A reset may have dropped the last commit record write.
             member.state = MemberState::Active;
         }
@@ -531,7 +613,11 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             Kind::WriteMinProposal if ok => self.leader_mut().prepared |= bit,
             Kind::ReadSlot if ok => {
                 let leader = self.leader_mut();
-                if leader.phase == (Phase::ReadSlot { position: pending.start }) {
+                if leader.phase
+                    == (Phase::ReadSlot {
+                        position: pending.start,
+                    })
+                {
                     leader.replies |= bit;
                 }
             }
@@ -541,10 +627,21 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         let _ = sm;
     }
 
-    fn complete_applied_read<F: Fabric>(&mut self, now: u64, peer: ReplicaId, tag: u32, ok: bool, fabric: &mut F) {
+    fn complete_applied_read<F: Fabric>(
+        &mut self,
+        now: u64,
+        peer: ReplicaId,
+        tag: u32,
+        ok: bool,
+        fabric: &mut F,
+    ) {
         let mut bytes = [0u8; RECORD_BYTES as usize];
         fabric.load(self.layout.landing_applied(peer), &mut bytes);
-        let value = if ok { record::decode(self.layout.applied(), &bytes) } else { None };
+        let value = if ok {
+            record::decode(self.layout.applied(), &bytes)
+        } else {
+            None
+        };
         let leader = self.leader_mut();
         let member = &mut leader.members[peer as usize];
         if tag == TAG_RECYCLE {
@@ -606,7 +703,12 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
 
     fn step_phase<F: Fabric, S: StateMachine>(&mut self, now: u64, fabric: &mut F, sm: &mut S) {
         let leader = self.leader.as_ref().expect("leading");
-        let (phase, deadline, replies, prepared) = (leader.phase, leader.deadline, leader.replies, leader.prepared);
+        let (phase, deadline, replies, prepared) = (
+            leader.phase,
+            leader.deadline,
+            leader.replies,
+            leader.prepared,
+        );
         let late = now > deadline;
         match phase {
             Phase::Survey => self.step_survey(now, fabric, late),
@@ -617,7 +719,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
                     self.doom();
                 }
             }
-            Phase::ReadMinProposal if self.quorum_with(replies) => self.write_min_proposal(now, fabric),
+            Phase::ReadMinProposal if self.quorum_with(replies) => {
+                self.write_min_proposal(now, fabric)
+            }
             Phase::WriteMinProposal if self.quorum_with(prepared) => {
                 let next = self.leader_mut().next;
                 self.read_slot(now, next, fabric);
@@ -654,7 +758,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             return;
         }
         match best {
-            Some((upto, source)) if upto > self.applied => self.catch_up_self(now, upto, source, fabric),
+            Some((upto, source)) if upto > self.applied => {
+                self.catch_up_self(now, upto, source, fabric)
+            }
             _ => self.open_members(now, fabric),
         }
     }
@@ -671,7 +777,17 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         for (start, end) in ring_pieces(self.applied, upto, slot_count) {
             let offset = self.layout.slot(start);
             let len = (end - start) as u32 * self.config.slot_size;
-            if !self.post(now, fabric, source, Kind::ReadLog, 0, (start, end), offset, offset, len) {
+            if !self.post(
+                now,
+                fabric,
+                source,
+                Kind::ReadLog,
+                0,
+                (start, end),
+                offset,
+                offset,
+                len,
+            ) {
                 self.doom();
                 return;
             }
@@ -680,11 +796,20 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         info!("catching up {} slots from {}", upto - self.applied, source);
         let deadline = now + self.config.op_timeout_ticks as u64;
         let leader = self.leader_mut();
-        leader.phase = Phase::CatchUpSelf { upto, reads_left: reads };
+        leader.phase = Phase::CatchUpSelf {
+            upto,
+            reads_left: reads,
+        };
         leader.deadline = deadline;
     }
 
-    fn finish_catch_up<F: Fabric, S: StateMachine>(&mut self, now: u64, upto: u64, fabric: &mut F, sm: &mut S) {
+    fn finish_catch_up<F: Fabric, S: StateMachine>(
+        &mut self,
+        now: u64,
+        upto: u64,
+        fabric: &mut F,
+        sm: &mut S,
+    ) {
         while self.applied < upto {
             match self.open_local(fabric, self.applied) {
                 Ok((header, chain)) if header.chain_prev == self.applied_chain => {
@@ -729,8 +854,21 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             if self.active_members() & (1 << peer) == 0 {
                 continue;
             }
-            let (local, remote) = (self.layout.landing_min_proposal(peer), self.layout.min_proposal());
-            if !self.post(now, fabric, peer, Kind::ReadMinProposal, 0, (0, 0), local, remote, MIN_PROPOSAL_BYTES) {
+            let (local, remote) = (
+                self.layout.landing_min_proposal(peer),
+                self.layout.min_proposal(),
+            );
+            if !self.post(
+                now,
+                fabric,
+                peer,
+                Kind::ReadMinProposal,
+                0,
+                (0, 0),
+                local,
+                remote,
+                MIN_PROPOSAL_BYTES,
+            ) {
                 self.reset_connection(now, peer, fabric);
             }
         }
@@ -746,7 +884,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
     /// A ballot above `floor`, above every ballot this replica promised, unique to this replica.
     fn next_ballot<F: Fabric>(&self, floor: u64, fabric: &mut F) -> u64 {
         let (own, _) = self.own_min_proposal(fabric);
-        let highest = floor.max(own).max(self.leader.as_ref().map_or(0, |l| l.ballot));
+        let highest = floor
+            .max(own)
+            .max(self.leader.as_ref().map_or(0, |l| l.ballot));
         let ballot = (highest / 8 + 1) * 8 + self.me as u64;
         assert!(ballot > highest && ballot % 8 == self.me as u64);
         ballot
@@ -761,7 +901,10 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         fabric.store(own_offset, &record::encode(own_offset, ballot));
         for which in 0..2 {
             let remote = self.layout.min_proposal_record(which);
-            fabric.store(self.layout.outbox_min_proposal(which), &record::encode(remote, ballot));
+            fabric.store(
+                self.layout.outbox_min_proposal(which),
+                &record::encode(remote, ballot),
+            );
         }
         let deadline = now + self.config.op_timeout_ticks as u64;
         let leader = self.leader_mut();
@@ -778,7 +921,17 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             let which = self.leader_mut().members[peer as usize].min_record;
             let local = self.layout.outbox_min_proposal(which);
             let remote = self.layout.min_proposal_record(which);
-            if !self.post(now, fabric, peer, Kind::WriteMinProposal, 0, (0, 0), local, remote, RECORD_BYTES) {
+            if !self.post(
+                now,
+                fabric,
+                peer,
+                Kind::WriteMinProposal,
+                0,
+                (0, 0),
+                local,
+                remote,
+                RECORD_BYTES,
+            ) {
                 self.reset_connection(now, peer, fabric);
             }
         }
@@ -788,7 +941,10 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
     fn read_slot<F: Fabric>(&mut self, now: u64, position: u64, fabric: &mut F) {
         let deadline = now + self.config.op_timeout_ticks as u64;
         let leader = self.leader_mut();
-        assert_eq!(position, leader.next, "the prepare reads where the leader writes next");
+        assert_eq!(
+            position, leader.next,
+            "the prepare reads where the leader writes next"
+        );
         leader.phase = Phase::ReadSlot { position };
         leader.deadline = deadline;
         leader.replies = 0;
@@ -800,7 +956,17 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             let local = self.layout.landing_slot(peer);
             let remote = self.layout.slot(position);
             let (tag, size) = (position as u32, self.config.slot_size);
-            if !self.post(now, fabric, peer, Kind::ReadSlot, tag, (position, position + 1), local, remote, size) {
+            if !self.post(
+                now,
+                fabric,
+                peer,
+                Kind::ReadSlot,
+                tag,
+                (position, position + 1),
+                local,
+                remote,
+                size,
+            ) {
                 self.reset_connection(now, peer, fabric);
             }
         }
@@ -834,7 +1000,11 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         }
         match best {
             None => {
-                info!("tenure {} on the fast path at {}", self.leader_mut().tenure, position);
+                info!(
+                    "tenure {} on the fast path at {}",
+                    self.leader_mut().tenure,
+                    position
+                );
                 self.leader_mut().phase = Phase::Streaming;
             }
             Some((_, source)) => self.adopt(now, position, source, fabric),
@@ -843,7 +1013,13 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
 
     /// Rewrites the chosen value under this tenure's ballot into the own log; members get it
     /// through the ordinary log writes.
-    fn adopt<F: Fabric>(&mut self, now: u64, position: u64, source: Option<ReplicaId>, fabric: &mut F) {
+    fn adopt<F: Fabric>(
+        &mut self,
+        now: u64,
+        position: u64,
+        source: Option<ReplicaId>,
+        fabric: &mut F,
+    ) {
         let size = self.config.slot_size as usize;
         let from = match source {
             Some(peer) => self.layout.landing_slot(peer),
@@ -857,10 +1033,18 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         let (applied, capacity) = (self.applied, self.config.slot_payload_bytes());
         let deadline = now + self.config.op_timeout_ticks as u64;
         let leader = self.leader.as_mut().expect("leading");
-        let adopted = SlotHeader { ballot: leader.ballot, commit: applied, chain_prev: leader.next_chain, ..header };
+        let adopted = SlotHeader {
+            ballot: leader.ballot,
+            commit: applied,
+            chain_prev: leader.next_chain,
+            ..header
+        };
         let payload_end = SLOT_HEADER_BYTES as usize + header.frag_len(capacity) as usize;
         let mut sealed = [0u8; SLOT_HEADER_BYTES as usize];
-        let chain = adopted.seal(&self.slot[SLOT_HEADER_BYTES as usize..payload_end], &mut sealed);
+        let chain = adopted.seal(
+            &self.slot[SLOT_HEADER_BYTES as usize..payload_end],
+            &mut sealed,
+        );
         self.slot[..SLOT_HEADER_BYTES as usize].copy_from_slice(&sealed);
         fabric.store(self.layout.slot(position), &self.slot[..size]);
         leader.next = position + 1;
@@ -874,13 +1058,13 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
     // ---- fast path ---------------------------------------------------------------------------
 
     /// The first position that may not be written yet: one lap past the least applied position
-    /// among this replica and every replica that shows a sign of life: a heartbeat the failure
-    /// detector sees moving, or an applied position that rose within `op_timeout_ticks` (a
-    /// replica not verified yet, or suspected wrongly, but applying what it is sent). A lapped
+    /// among this replica and every replica that shows a sign of life: considered alive, a
+    /// heartbeat seen moving within the read timeout (a leader back from a partition still
+    /// rates everyone low), or an applied position that rose within `op_timeout_ticks`. A lapped
     /// replica never holds the log back.
     fn recycle_limit(&self, now: u64) -> u64 {
         let leader = self.leader.as_ref().expect("leading");
-        let alive = self.shared.alive();
+        let alive = self.shared.alive() | self.shared.lively();
         let recent = self.config.op_timeout_ticks as u64;
         let mut least = self.applied;
         for peer in self.others() {
@@ -901,7 +1085,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
         let (me, applied) = (self.me, self.applied);
         let leader = self.leader.as_mut().expect("leading");
         while leader.next - applied < depth {
-            let Some((sequence, command)) = self.queue.next_to_propose() else { break };
+            let Some((sequence, command)) = self.queue.next_to_propose() else {
+                break;
+            };
             let frag_count = command.len().div_ceil(capacity);
             if leader.next + frag_count as u64 > limit {
                 break; // Recycling: wait until the slowest alive replica applied more.
@@ -934,14 +1120,26 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
     /// Sends every active member what it has not been sent, in at most two writes each.
     fn post_log_writes<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let slot_count = self.config.slot_count as u64;
+        let patience = self.config.op_timeout_ticks as u64;
         let next = self.leader_mut().next;
         for peer in self.others() {
             if self.active_members() & (1 << peer) == 0 {
                 continue;
             }
             let leader = self.leader_mut();
+            let p = peer as usize;
+            let stuck = now.saturating_sub(leader.applied_moved_at[p]) > patience;
+            if stuck && leader.applied_of[p] < leader.members[p].sent && !leader.members[p].lapped {
+                // It holds what it was sent but does not apply it: a slot there was damaged.
+                // Send everything from its applied position again.
+                leader.members[p].sent = leader.applied_of[p].max(next.saturating_sub(slot_count));
+                leader.members[p].commit_sent = 0;
+                leader.applied_moved_at[p] = now;
+            }
             // A member may hold more than it was sent (it was ahead when surveyed).
-            let needed = leader.members[peer as usize].sent.max(leader.applied_of[peer as usize]);
+            let needed = leader.members[peer as usize]
+                .sent
+                .max(leader.applied_of[peer as usize]);
             let member = &mut leader.members[peer as usize];
             if next.saturating_sub(needed) > slot_count {
                 // Considered failed, it did not hold recycling back and fell a lap behind.
@@ -952,7 +1150,17 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             for (start, end) in ring_pieces(sent, next, slot_count) {
                 let offset = self.layout.slot(start);
                 let len = (end - start) as u32 * self.config.slot_size;
-                if !self.post(now, fabric, peer, Kind::WriteLog, start as u32, (start, end), offset, offset, len) {
+                if !self.post(
+                    now,
+                    fabric,
+                    peer,
+                    Kind::WriteLog,
+                    start as u32,
+                    (start, end),
+                    offset,
+                    offset,
+                    len,
+                ) {
                     break;
                 }
                 self.leader_mut().members[peer as usize].sent = end;
@@ -963,7 +1171,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
     /// True when a written position waited longer than `op_timeout_ticks` for a majority.
     fn stalled(&self, now: u64) -> bool {
         let leader = self.leader.as_ref().expect("leading");
-        leader.fast_path() && now.saturating_sub(leader.progress_at) > self.config.op_timeout_ticks as u64
+        leader.fast_path()
+            && now.saturating_sub(leader.progress_at) > self.config.op_timeout_ticks as u64
     }
 
     /// Applies every position a majority holds, in order.
@@ -975,12 +1184,17 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
                 return;
             }
             let votes = leader.acks[(self.applied % ACK_WINDOW as u64) as usize];
-            assert!(votes & (1 << self.me) != 0, "the leader holds what it sends");
+            assert!(
+                votes & (1 << self.me) != 0,
+                "the leader holds what it sends"
+            );
             if count(votes) < self.config.quorum() {
                 return;
             }
             let position = self.applied;
-            let (header, chain) = self.open_local(fabric, position).expect("the own log holds what the leader wrote");
+            let (header, chain) = self
+                .open_local(fabric, position)
+                .expect("the own log holds what the leader wrote");
             assert_eq!(header.chain_prev, self.applied_chain, "the own log chains");
             self.apply_slot(header, chain, sm);
             self.leader_mut().progress_at = now;
@@ -991,7 +1205,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
     /// (otherwise they would lag one command behind until the next one).
     fn post_commit_record<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let leader = self.leader.as_ref().expect("leading");
-        let idle = leader.fast_path() && self.applied == leader.next && self.queue.next_to_propose().is_none();
+        let idle = leader.fast_path()
+            && self.applied == leader.next
+            && self.queue.next_to_propose().is_none();
         if !idle {
             return;
         }
@@ -1002,17 +1218,34 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             let leader = self.leader_mut();
             let member = leader.members[peer as usize];
             let in_flight = leader.commit_inflight & (1 << peer) != 0;
-            if member.state != MemberState::Active || member.sent < applied || member.commit_sent >= applied || in_flight {
+            if member.state != MemberState::Active
+                || member.sent < applied
+                || member.commit_sent >= applied
+                || in_flight
+            {
                 continue;
             }
             if !staged {
                 // Staged once per commit point; nothing of an older one is in flight to anyone
                 // who still needs this one.
-                fabric.store(self.layout.outbox_commit(), &encode_commit(offset, applied, self.applied_chain));
+                fabric.store(
+                    self.layout.outbox_commit(),
+                    &encode_commit(offset, applied, self.applied_chain),
+                );
                 staged = true;
             }
             let local = self.layout.outbox_commit();
-            if self.post(now, fabric, peer, Kind::WriteCommit, 0, (0, 0), local, offset, COMMIT_RECORD_BYTES) {
+            if self.post(
+                now,
+                fabric,
+                peer,
+                Kind::WriteCommit,
+                0,
+                (0, 0),
+                local,
+                offset,
+                COMMIT_RECORD_BYTES,
+            ) {
                 let leader = self.leader_mut();
                 leader.commit_inflight |= 1 << peer;
                 leader.members[peer as usize].commit_sent = applied;
@@ -1028,7 +1261,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
             return;
         }
         self.leader_mut().recycle_at = now + period;
-        let alive = self.shared.alive();
+        let alive = self.shared.alive() | self.shared.lively();
         let active = self.active_members();
         for peer in self.others() {
             let wanted = (alive | active) & (1 << peer) != 0;
@@ -1036,7 +1269,17 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> ReplicationPlane
                 continue;
             }
             let (local, remote) = (self.layout.landing_applied(peer), self.layout.applied());
-            if self.post(now, fabric, peer, Kind::ReadApplied, TAG_RECYCLE, (0, 0), local, remote, RECORD_BYTES) {
+            if self.post(
+                now,
+                fabric,
+                peer,
+                Kind::ReadApplied,
+                TAG_RECYCLE,
+                (0, 0),
+                local,
+                remote,
+                RECORD_BYTES,
+            ) {
                 self.leader_mut().members[peer as usize].recycle_read = true;
             }
         }

@@ -38,7 +38,12 @@ impl<const BYTES: usize> RequestQueue<BYTES> {
     pub const fn new() -> Self {
         RequestQueue {
             bytes: [0; BYTES],
-            entries: [Entry { sequence: 0, start: 0, len: 0, decided: false }; REQUESTS_MAX],
+            entries: [Entry {
+                sequence: 0,
+                start: 0,
+                len: 0,
+                decided: false,
+            }; REQUESTS_MAX],
             head: 0,
             count: 0,
             proposed: 0,
@@ -86,8 +91,12 @@ impl<const BYTES: usize> RequestQueue<BYTES> {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         let index = self.index(self.count);
-        self.entries[index] =
-            Entry { sequence, start: start as u32, len: payload.len() as u32, decided: false };
+        self.entries[index] = Entry {
+            sequence,
+            start: start as u32,
+            len: payload.len() as u32,
+            decided: false,
+        };
         self.count += 1;
         assert!(self.count <= REQUESTS_MAX);
         Some(sequence)
@@ -176,7 +185,10 @@ mod tests {
         let a = q.push(&[1; 20]).unwrap();
         let b = q.push(&[2; 20]).unwrap();
         let c = q.push(&[3; 20]).unwrap();
-        assert!(q.push(&[4; 20]).is_none(), "64 bytes hold three 20-byte payloads");
+        assert!(
+            q.push(&[4; 20]).is_none(),
+            "64 bytes hold three 20-byte payloads"
+        );
         assert_eq!(q.next_to_propose().unwrap().0, a);
         q.mark_proposed(a);
         q.mark_proposed(b);
@@ -209,7 +221,9 @@ mod tests {
         let mut live: [(u64, u8, usize); REQUESTS_MAX] = [(0, 0, 0); REQUESTS_MAX];
         let mut n = 0;
         for round in 0..2000u32 {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let len = 1 + (seed >> 40) as usize % 50;
             let fill = round as u8;
             if let Some(seq) = q.push(&[fill; 64][..len]) {

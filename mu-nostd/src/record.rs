@@ -13,7 +13,10 @@ use crate::layout::RECORD_BYTES;
 const RECORD_DOMAIN: u64 = 0x5245_434F_5244; // "RECORD"
 
 fn check(offset: u32, value: u64) -> u64 {
-    Hasher::new(RECORD_DOMAIN).word(offset as u64).word(value).finish()
+    Hasher::new(RECORD_DOMAIN)
+        .word(offset as u64)
+        .word(value)
+        .finish()
 }
 
 /// Encodes `value` as the record that lives at `offset`.

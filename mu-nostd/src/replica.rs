@@ -55,10 +55,16 @@ impl core::fmt::Display for ReplicaError {
                 write!(f, "replica id {id} is not in a cluster of {replica_count}")
             }
             ReplicaError::SlotTooLarge { slot_size, max } => {
-                write!(f, "slot_size {slot_size} exceeds the slot buffer of {max} bytes")
+                write!(
+                    f,
+                    "slot_size {slot_size} exceeds the slot buffer of {max} bytes"
+                )
             }
             ReplicaError::EntryTooLarge { entry_bytes, max } => {
-                write!(f, "largest command {entry_bytes} B exceeds the entry buffer of {max} bytes")
+                write!(
+                    f,
+                    "largest command {entry_bytes} B exceeds the entry buffer of {max} bytes"
+                )
             }
         }
     }
@@ -71,13 +77,25 @@ pub fn planes<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>(
     config: Config,
     me: ReplicaId,
     shared: &'s Shared,
-) -> Result<(ReplicationPlane<'s, SLOT, ENTRY, QUEUE>, BackgroundPlane<'s>), ReplicaError> {
+) -> Result<
+    (
+        ReplicationPlane<'s, SLOT, ENTRY, QUEUE>,
+        BackgroundPlane<'s>,
+    ),
+    ReplicaError,
+> {
     config.validate()?;
     if !config.contains(me) {
-        return Err(ReplicaError::NoSuchReplica { id: me, replica_count: config.replica_count });
+        return Err(ReplicaError::NoSuchReplica {
+            id: me,
+            replica_count: config.replica_count,
+        });
     }
     if config.slot_size as usize > SLOT {
-        return Err(ReplicaError::SlotTooLarge { slot_size: config.slot_size, max: SLOT as u32 });
+        return Err(ReplicaError::SlotTooLarge {
+            slot_size: config.slot_size,
+            max: SLOT as u32,
+        });
     }
     if config.entry_bytes_max() as usize > ENTRY {
         return Err(ReplicaError::EntryTooLarge {
@@ -85,22 +103,35 @@ pub fn planes<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>(
             max: ENTRY.min(u32::MAX as usize) as u32,
         });
     }
-    Ok((ReplicationPlane::new(config, me, shared), BackgroundPlane::new(config, me, shared)))
+    Ok((
+        ReplicationPlane::new(config, me, shared),
+        BackgroundPlane::new(config, me, shared),
+    ))
 }
 
 /// Both planes of one replica, polled from one loop (firmware, tests, single-core hosts).
-pub struct Replica<'s, const SLOT: usize = 256, const ENTRY: usize = 2048, const QUEUE: usize = 8192> {
+pub struct Replica<
+    's,
+    const SLOT: usize = 256,
+    const ENTRY: usize = 2048,
+    const QUEUE: usize = 8192,
+> {
     /// The replication plane.
     pub replication: ReplicationPlane<'s, SLOT, ENTRY, QUEUE>,
     /// The background plane.
     pub background: BackgroundPlane<'s>,
 }
 
-impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Replica<'s, SLOT, ENTRY, QUEUE> {
+impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
+    Replica<'s, SLOT, ENTRY, QUEUE>
+{
     /// Builds replica `me` of the cluster `config`.
     pub fn new(config: Config, me: ReplicaId, shared: &'s Shared) -> Result<Self, ReplicaError> {
         let (replication, background) = planes(config, me, shared)?;
-        Ok(Replica { replication, background })
+        Ok(Replica {
+            replication,
+            background,
+        })
     }
 
     /// Polls the background plane then the replication plane; each plane has its own fabric
@@ -128,7 +159,10 @@ mod tests {
         assert!(Replica::<256, 2048, 1024>::new(config, 2, &shared).is_ok());
         assert_eq!(
             Replica::<256, 2048, 1024>::new(config, 3, &shared).err(),
-            Some(ReplicaError::NoSuchReplica { id: 3, replica_count: 3 })
+            Some(ReplicaError::NoSuchReplica {
+                id: 3,
+                replica_count: 3
+            })
         );
         assert!(matches!(
             Replica::<64, 2048, 1024>::new(config, 0, &shared).err(),
@@ -142,7 +176,10 @@ mod tests {
         zero.replica_count = 0;
         assert!(matches!(
             Replica::<256, 2048, 1024>::new(zero, 0, &shared).err(),
-            Some(ReplicaError::Config(ConfigError { field: "replica_count", .. }))
+            Some(ReplicaError::Config(ConfigError {
+                field: "replica_count",
+                ..
+            }))
         ));
         let mut eight = config;
         eight.replica_count = 8;

@@ -86,9 +86,17 @@ pub(crate) const COMPLETION_BATCH: usize = 16;
 
 /// Encodes the commit record: everything below `commit` is decided, and the chain through
 /// `commit - 1` is `chain`.
-pub(crate) fn encode_commit(offset: u32, commit: u64, chain: u64) -> [u8; COMMIT_RECORD_BYTES as usize] {
+pub(crate) fn encode_commit(
+    offset: u32,
+    commit: u64,
+    chain: u64,
+) -> [u8; COMMIT_RECORD_BYTES as usize] {
     let mut bytes = [0u8; COMMIT_RECORD_BYTES as usize];
-    let check = Hasher::new(COMMIT_DOMAIN).word(offset as u64).word(commit).word(chain).finish();
+    let check = Hasher::new(COMMIT_DOMAIN)
+        .word(offset as u64)
+        .word(commit)
+        .word(chain)
+        .finish();
     bytes[0..8].copy_from_slice(&commit.to_le_bytes());
     bytes[8..16].copy_from_slice(&chain.to_le_bytes());
     bytes[16..24].copy_from_slice(&check.to_le_bytes());
@@ -98,7 +106,11 @@ pub(crate) fn encode_commit(offset: u32, commit: u64, chain: u64) -> [u8; COMMIT
 fn decode_commit(offset: u32, bytes: &[u8; COMMIT_RECORD_BYTES as usize]) -> Option<(u64, u64)> {
     let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
     let (commit, chain, check) = (word(0), word(8), word(16));
-    let expected = Hasher::new(COMMIT_DOMAIN).word(offset as u64).word(commit).word(chain).finish();
+    let expected = Hasher::new(COMMIT_DOMAIN)
+        .word(offset as u64)
+        .word(commit)
+        .word(chain)
+        .finish();
     (check == expected).then_some((commit, chain))
 }
 
@@ -124,6 +136,7 @@ pub struct ReplicationPlane<'s, const SLOT: usize, const ENTRY: usize, const QUE
     pub(crate) spent_tenure: u32,
     halted: u32,
     published_applied: Option<u64>,
+    publish_at: u64,
     pub(crate) completions: [Completion; COMPLETION_BATCH],
 }
 
@@ -154,6 +167,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             spent_tenure: 0,
             halted: 0,
             published_applied: None,
+            publish_at: 0,
             completions: [Completion::EMPTY; COMPLETION_BATCH],
         }
     }
@@ -173,7 +187,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             self.drain_completions(now, fabric, sm);
             self.replay(fabric, sm);
         }
-        self.publish_applied(fabric);
+        self.publish_applied(now, fabric);
     }
 
     /// Queues a command for replication; only the leader accepts commands.
@@ -182,14 +196,19 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             return Err(SubmitError::Halted);
         }
         if self.leader.is_none() {
-            return Err(SubmitError::NotLeader { leader: self.shared.leader() });
+            return Err(SubmitError::NotLeader {
+                leader: self.shared.leader(),
+            });
         }
         if command.is_empty() {
             return Err(SubmitError::Empty);
         }
         let max = self.config.entry_bytes_max();
         if command.len() as u64 > max as u64 {
-            return Err(SubmitError::TooLarge { len: command.len().min(u32::MAX as usize) as u32, max });
+            return Err(SubmitError::TooLarge {
+                len: command.len().min(u32::MAX as usize) as u32,
+                max,
+            });
         }
         self.queue.push(command).ok_or(SubmitError::Busy)
     }
@@ -228,15 +247,26 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         if lead.tenure == self.spent_tenure || !self.shared.start_acting(lead.tenure) {
             return;
         }
-        info!("leading in tenure {} from position {}", lead.tenure, self.applied);
+        info!(
+            "leading in tenure {} from position {}",
+            lead.tenure, self.applied
+        );
         self.queue.restart_proposals();
-        self.leader = Some(Leader::new(lead.tenure, now, self.applied, self.applied_chain, &self.config));
+        self.leader = Some(Leader::new(
+            lead.tenure,
+            now,
+            self.applied,
+            self.applied_chain,
+            &self.config,
+        ));
         let _ = fabric;
     }
 
     /// Gives up the current tenure: the background plane will ask for permissions again.
     pub(crate) fn abort(&mut self) {
-        let Some(leader) = self.leader.take() else { return };
+        let Some(leader) = self.leader.take() else {
+            return;
+        };
         warn!("tenure {} aborted", leader.tenure);
         self.spent_tenure = leader.tenure;
         self.shared.stop_acting();
@@ -252,13 +282,16 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         self.shared.halt(reason);
     }
 
-    fn publish_applied<F: Fabric>(&mut self, fabric: &mut F) {
-        if self.published_applied == Some(self.applied) {
+    /// Publishes the applied position when it changes, and every `recycle_period_ticks` anyway
+    /// (a damaged record heals).
+    fn publish_applied<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        if self.published_applied == Some(self.applied) && now < self.publish_at {
             return;
         }
         let offset = self.layout.applied();
         fabric.store(offset, &record::encode(offset, self.applied));
         self.published_applied = Some(self.applied);
+        self.publish_at = now + self.config.recycle_period_ticks as u64;
     }
 
     /// Loads the slot of `position` from this replica's own log into the scratch slot.
@@ -324,7 +357,12 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     }
 
     /// Applies the slot in the scratch buffer (already opened and chained) at `applied`.
-    pub(crate) fn apply_slot<S: StateMachine>(&mut self, header: SlotHeader, chain: u64, sm: &mut S) {
+    pub(crate) fn apply_slot<S: StateMachine>(
+        &mut self,
+        header: SlotHeader,
+        chain: u64,
+        sm: &mut S,
+    ) {
         assert_eq!(header.position, self.applied);
         assert_eq!(header.chain_prev, self.applied_chain);
         let capacity = self.config.slot_payload_bytes();
@@ -334,10 +372,26 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         if single {
             self.assembly.active = false;
             let command = &self.slot[start..start + frag_len];
-            deliver(sm, &mut self.queue, &mut self.response, self.me, header.position, header.origin, command);
+            deliver(
+                sm,
+                &mut self.queue,
+                &mut self.response,
+                self.me,
+                header.position,
+                header.origin,
+                command,
+            );
         } else if self.assemble(header, frag_len) {
             let command = &self.entry[..header.entry_len as usize];
-            deliver(sm, &mut self.queue, &mut self.response, self.me, header.position, header.origin, command);
+            deliver(
+                sm,
+                &mut self.queue,
+                &mut self.response,
+                self.me,
+                header.position,
+                header.origin,
+                command,
+            );
         }
         self.applied += 1;
         self.applied_chain = chain;
@@ -347,8 +401,8 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// command cut short by a leader change) are dropped the same way on every replica, because
     /// every replica applies the same decided slots.
     fn assemble(&mut self, header: SlotHeader, frag_len: usize) -> bool {
-        let fits = header.entry_len as usize <= ENTRY
-            && header.frag_count <= self.config.entry_slots_max;
+        let fits =
+            header.entry_len as usize <= ENTRY && header.frag_count <= self.config.entry_slots_max;
         if header.frag_index == 0 {
             self.assembly = Assembly {
                 active: fits,

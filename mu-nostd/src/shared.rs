@@ -23,6 +23,7 @@ pub struct Shared {
     acting: AtomicU32,
     aborted: AtomicU32,
     alive: AtomicU32,
+    lively: AtomicU32,
     leader: AtomicU32,
     progress: AtomicU32,
     halted: AtomicU32,
@@ -46,6 +47,7 @@ impl Shared {
             acting: AtomicU32::new(0),
             aborted: AtomicU32::new(0),
             alive: AtomicU32::new(0),
+            lively: AtomicU32::new(0),
             leader: AtomicU32::new(0),
             progress: AtomicU32::new(0),
             halted: AtomicU32::new(0),
@@ -70,7 +72,10 @@ impl Shared {
         if word == 0 {
             return None;
         }
-        Some(Lead { tenure: word >> 8, confirmed: word as u8 })
+        Some(Lead {
+            tenure: word >> 8,
+            confirmed: word as u8,
+        })
     }
 
     /// Replication: start acting as leader of `tenure`. True when the background plane still
@@ -112,15 +117,24 @@ impl Shared {
         self.aborted.load(SeqCst)
     }
 
-    /// Background: the detector's view of who is alive, and of the leader.
-    pub(crate) fn set_view(&self, alive: u8, leader: Option<u8>) {
+    /// Background: the detector's view of who is alive, who showed a moving heartbeat within
+    /// the read timeout, and of the leader.
+    pub(crate) fn set_view(&self, alive: u8, lively: u8, leader: Option<u8>) {
         self.alive.store(alive as u32, SeqCst);
-        self.leader.store(leader.map_or(0, |l| l as u32 + 1), SeqCst);
+        self.lively.store(lively as u32, SeqCst);
+        self.leader
+            .store(leader.map_or(0, |l| l as u32 + 1), SeqCst);
     }
 
     /// Replicas the failure detector considers alive (bit per id).
     pub fn alive(&self) -> u8 {
         self.alive.load(SeqCst) as u8
+    }
+
+    /// Replicas whose heartbeat was seen moving within the detector's read timeout (bit per id):
+    /// a sign of life that does not wait for the hysteresis.
+    pub fn lively(&self) -> u8 {
+        self.lively.load(SeqCst) as u8
     }
 
     /// The replica this one considers leader (lowest id alive).

@@ -89,7 +89,9 @@ impl SlotHeader {
     /// Bytes of payload this fragment carries, given the slot's payload capacity.
     pub fn frag_len(&self, capacity: u32) -> u32 {
         let before = self.frag_index as u64 * capacity as u64;
-        (self.entry_len as u64).saturating_sub(before).min(capacity as u64) as u32
+        (self.entry_len as u64)
+            .saturating_sub(before)
+            .min(capacity as u64) as u32
     }
 
     fn well_formed(&self, capacity: u32) -> bool {
@@ -116,7 +118,11 @@ impl SlotHeader {
     }
 
     fn checksum(&self, chain: u64) -> u64 {
-        Hasher::new(SUM_DOMAIN).word(chain).word(self.ballot).word(self.commit).finish()
+        Hasher::new(SUM_DOMAIN)
+            .word(chain)
+            .word(self.ballot)
+            .word(self.commit)
+            .finish()
     }
 
     /// Writes the header, checksum included, for `payload`; returns the chain digest.
@@ -172,7 +178,9 @@ pub fn open(slot: &[u8], position: u64) -> Result<(SlotHeader, u64), SlotError> 
         return Err(SlotError::Torn);
     }
     if header.position != position {
-        return Err(SlotError::Stale { found: header.position });
+        return Err(SlotError::Stale {
+            found: header.position,
+        });
     }
     Ok((header, chain))
 }
@@ -211,7 +219,10 @@ mod tests {
     fn rejects_empty_torn_stale_and_malformed() {
         let (slot, _) = sealed(77, b"set x 1", 128);
         assert_eq!(open(&[0u8; 128], 77), Err(SlotError::Empty));
-        assert_eq!(open(&slot[..128], 77 + 64), Err(SlotError::Stale { found: 77 }));
+        assert_eq!(
+            open(&slot[..128], 77 + 64),
+            Err(SlotError::Stale { found: 77 })
+        );
         for byte in 0..(SLOT_HEADER_BYTES as usize + 7) {
             let mut torn = slot;
             torn[byte] ^= 0x01;
@@ -228,7 +239,11 @@ mod tests {
     #[test]
     fn chain_ignores_ballot_and_commit() {
         let (_, a) = sealed(3, b"v", 128);
-        let b = SlotHeader { ballot: 100, commit: 0, ..a };
+        let b = SlotHeader {
+            ballot: 100,
+            commit: 0,
+            ..a
+        };
         assert_eq!(a.chain(b"v"), b.chain(b"v"));
         assert_ne!(a.chain(b"v"), a.chain(b"w"));
     }

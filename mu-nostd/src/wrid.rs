@@ -63,7 +63,12 @@ impl WrId {
     pub fn decode(id: u64) -> Option<WrId> {
         let kind_byte = (id >> 56) as u8;
         let kind = *KINDS.iter().find(|k| **k as u8 == kind_byte)?;
-        Some(WrId { kind, peer: (id >> 48) as u8, epoch: (id >> 32) as u16, tag: id as u32 })
+        Some(WrId {
+            kind,
+            peer: (id >> 48) as u8,
+            epoch: (id >> 32) as u16,
+            tag: id as u32,
+        })
     }
 }
 
@@ -74,7 +79,12 @@ mod tests {
     #[test]
     fn round_trip_and_foreign_ids() {
         for kind in KINDS {
-            let id = WrId { kind, peer: 6, epoch: 0xBEEF, tag: 0xDEAD_BEEF };
+            let id = WrId {
+                kind,
+                peer: 6,
+                epoch: 0xBEEF,
+                tag: 0xDEAD_BEEF,
+            };
             assert_eq!(WrId::decode(id.encode()), Some(id));
         }
         assert_eq!(WrId::decode(0), None);

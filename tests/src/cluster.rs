@@ -57,6 +57,28 @@ pub struct Scenario {
     pub clients: u32,
     /// Per mille chance per tick of a crash, pause or partition in the fault phase.
     pub fault_per_mille: u32,
+    /// Per mille chance per tick, in the fault phase, of garbage written over soft state: a
+    /// record of any replica's background area (heartbeat, applied, requests, acks) or its
+    /// commit record. (Garbage over accepted slots or promises would be memory corruption of an
+    /// acceptor, outside the crash-fault model; torn slots come from the world itself.)
+    pub corrupt_per_mille: u32,
+    /// Fill every region with random bytes before the replicas start (no zeroed memory).
+    pub garbage_start: bool,
+    /// Faults at fixed ticks, on top of the random ones.
+    pub events: Vec<(u64, Event)>,
+}
+
+/// A scripted fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Crash-stop a replica.
+    Crash(u8),
+    /// Stop polling a replica for this many ticks.
+    Pause(u8, u64),
+    /// Cut a replica off from every other one.
+    Isolate(u8),
+    /// Reconnect a replica to every other one.
+    Reconnect(u8),
 }
 
 impl Scenario {
@@ -95,7 +117,11 @@ impl Scenario {
                 }
             }
         }
-        let faults = if rng.chance(1, 5) { Faults::gentle() } else { Faults::default() };
+        let faults = if rng.chance(1, 5) {
+            Faults::gentle()
+        } else {
+            Faults::default()
+        };
         Scenario {
             config,
             faults,
@@ -106,6 +132,41 @@ impl Scenario {
             drain_ticks: 600,
             clients: 1 + rng.below(4) as u32,
             fault_per_mille: 2 + rng.below(6) as u32,
+            corrupt_per_mille: if rng.chance(1, 4) {
+                1 + rng.below(5) as u32
+            } else {
+                0
+            },
+            garbage_start: rng.chance(1, 4),
+            events: Vec::new(),
+        }
+    }
+
+    /// A quiet scenario: `n` replicas, no random faults, gentle world; tests add what they need.
+    pub fn quiet(n: u8, slot_count: u32) -> Scenario {
+        let mut config = Config::new(n);
+        config.slot_count = slot_count;
+        config.slot_size = 128;
+        config.entry_slots_max = 2;
+        config.pipeline_depth = 2;
+        config.detector = DetectorConfig::paper(10);
+        config.op_timeout_ticks = 120;
+        config.permission_retry_ticks = 60;
+        config.recycle_period_ticks = 10;
+        assert!(config.validate().is_ok());
+        Scenario {
+            config,
+            faults: Faults::gentle(),
+            faulty: Vec::new(),
+            fault_ticks: 2000,
+            settle_ticks: 1500,
+            live_ticks: 1200,
+            drain_ticks: 600,
+            clients: 2,
+            fault_per_mille: 0,
+            corrupt_per_mille: 0,
+            garbage_start: false,
+            events: Vec::new(),
         }
     }
 
@@ -164,7 +225,16 @@ struct Node<'s> {
 }
 
 /// What the trace reports when it changes: roles, views, grants (not positions).
-type StatusKey = (Option<u8>, u8, Option<u8>, Option<u32>, Option<u32>, bool, bool, u32);
+type StatusKey = (
+    Option<u8>,
+    u8,
+    Option<u8>,
+    Option<u32>,
+    Option<u32>,
+    bool,
+    bool,
+    u32,
+);
 
 #[derive(Clone, Copy, Debug)]
 struct Wait {
@@ -204,7 +274,11 @@ struct Sim<'s> {
 
 /// Runs seed `seed`; with `trace`, returns the readable trace too.
 pub fn run(seed: u64, trace: bool) -> (Report, Option<String>) {
-    let scenario = Scenario::generate(seed);
+    run_scenario(seed, Scenario::generate(seed), trace)
+}
+
+/// Runs `scenario` with the randomness of `seed`.
+pub fn run_scenario(seed: u64, scenario: Scenario, trace: bool) -> (Report, Option<String>) {
     let n = scenario.config.replica_count;
     let shared: Vec<Shared> = (0..n).map(|_| Shared::new()).collect();
     let mut trace_out = None;
@@ -227,7 +301,11 @@ pub fn run(seed: u64, trace: bool) -> (Report, Option<String>) {
             let report = Report {
                 seed,
                 replicas: n,
-                violation: Some(Violation { invariant: "core assertion", detail: message, tick: 0 }),
+                violation: Some(Violation {
+                    invariant: "core assertion",
+                    detail: message,
+                    tick: 0,
+                }),
                 ..Report::default()
             };
             (report, trace_out)
@@ -250,10 +328,20 @@ impl<'s> Sim<'s> {
             })
             .collect();
         let clients = (0..scenario.clients)
-            .map(|id| Client { id, seq: 0, target: 0, waiting: None, next_at: 0 })
+            .map(|id| Client {
+                id,
+                seq: 0,
+                target: 0,
+                waiting: None,
+                next_at: 0,
+            })
             .collect();
         let mut sim = Sim {
-            report: Report { seed, replicas: config.replica_count, ..Report::default() },
+            report: Report {
+                seed,
+                replicas: config.replica_count,
+                ..Report::default()
+            },
             scenario,
             world,
             nodes,
@@ -265,9 +353,18 @@ impl<'s> Sim<'s> {
             tick: 0,
             trace: trace.then(String::new),
         };
+        if sim.scenario.garbage_start {
+            for id in 0..config.replica_count {
+                let mut bytes = vec![0u8; layout.region_bytes as usize];
+                for b in &mut bytes {
+                    *b = sim.rng.next_u64() as u8;
+                }
+                sim.world.region_mut(id).copy_from_slice(&bytes);
+            }
+        }
         let s = sim.scenario.clone();
         sim.note(format_args!(
-            "seed {seed}: {} replicas, slots {} x {} B, entry <= {} slots, pipeline {}, faulty {:?}, {} clients, fault phase {} ticks, {:?}",
+            "seed {seed}: {} replicas, slots {} x {} B, entry <= {} slots, pipeline {}, faulty {:?}, {} clients, fault phase {} ticks, corruption {}/1000, garbage start {}, {:?}",
             config.replica_count,
             config.slot_count,
             config.slot_size,
@@ -276,6 +373,8 @@ impl<'s> Sim<'s> {
             s.faulty,
             s.clients,
             s.fault_ticks,
+            s.corrupt_per_mille,
+            s.garbage_start,
             s.faults,
         ));
         sim
@@ -290,7 +389,11 @@ impl<'s> Sim<'s> {
     fn fail(&mut self, invariant: &'static str, detail: String) {
         if self.report.violation.is_none() {
             self.note(format_args!("VIOLATION {invariant}: {detail}"));
-            self.report.violation = Some(Violation { invariant, detail, tick: self.tick });
+            self.report.violation = Some(Violation {
+                invariant,
+                detail,
+                tick: self.tick,
+            });
         }
     }
 
@@ -299,8 +402,10 @@ impl<'s> Sim<'s> {
         let heal_at = self.scenario.fault_ticks;
         while self.tick < total && self.report.violation.is_none() {
             self.world.advance(self.tick);
+            self.play_events();
             if self.tick < heal_at {
                 self.inject_faults();
+                self.inject_corruption();
             } else if self.tick == heal_at {
                 self.heal();
             }
@@ -321,10 +426,12 @@ impl<'s> Sim<'s> {
     // ---- faults ------------------------------------------------------------------------------
 
     fn inject_faults(&mut self) {
-        if self.scenario.faulty.is_empty() || !self.rng.chance(self.scenario.fault_per_mille, 1000) {
+        if self.scenario.faulty.is_empty() || !self.rng.chance(self.scenario.fault_per_mille, 1000)
+        {
             return;
         }
-        let victim = self.scenario.faulty[self.rng.below(self.scenario.faulty.len() as u64) as usize];
+        let victim =
+            self.scenario.faulty[self.rng.below(self.scenario.faulty.len() as u64) as usize];
         if self.nodes[victim as usize].life == Life::Crashed {
             return;
         }
@@ -357,6 +464,65 @@ impl<'s> Sim<'s> {
         }
     }
 
+    fn play_events(&mut self) {
+        let due: Vec<Event> = self
+            .scenario
+            .events
+            .iter()
+            .filter(|(tick, _)| *tick == self.tick)
+            .map(|&(_, e)| e)
+            .collect();
+        for event in due {
+            self.note(format_args!("scripted: {event:?}"));
+            let n = self.scenario.config.replica_count;
+            match event {
+                Event::Crash(r) => {
+                    self.nodes[r as usize].life = Life::Crashed;
+                    self.world.crash(r);
+                    self.report.crashes += 1;
+                }
+                Event::Pause(r, ticks) => {
+                    self.nodes[r as usize].life = Life::Paused {
+                        until: self.tick + ticks,
+                    };
+                    self.report.pauses += 1;
+                }
+                Event::Isolate(r) | Event::Reconnect(r) => {
+                    let reachable = matches!(event, Event::Reconnect(_));
+                    for other in (0..n).filter(|&o| o != r) {
+                        self.world.set_reachable(r, other, reachable);
+                    }
+                }
+            }
+        }
+    }
+
+    fn inject_corruption(&mut self) {
+        if !self.rng.chance(self.scenario.corrupt_per_mille, 1000) {
+            return;
+        }
+        let layout = Layout::new(&self.scenario.config);
+        let n = self.scenario.config.replica_count;
+        let victim = self.rng.below(n as u64) as u8;
+        let (start, len) = if self.rng.chance(3, 4) {
+            (layout.background, layout.log - layout.background)
+        } else {
+            (
+                layout.commit_record(),
+                mu_nostd::layout::COMMIT_RECORD_BYTES,
+            )
+        };
+        let at = start as u64 + self.rng.below(len as u64);
+        let bytes = 1 + self.rng.below(24) as usize;
+        let end = (at as usize + bytes).min((start + len) as usize);
+        let mut garbage = vec![0u8; end - at as usize];
+        for b in &mut garbage {
+            *b = self.rng.next_u64() as u8;
+        }
+        self.world.region_mut(victim)[at as usize..end].copy_from_slice(&garbage);
+        self.note(format_args!("corrupt: replica {victim} bytes {at}..{end}"));
+    }
+
     fn heal(&mut self) {
         self.world.heal();
         self.world.stop_losing_completions();
@@ -365,7 +531,9 @@ impl<'s> Sim<'s> {
                 node.life = Life::Paused { until: self.tick };
             }
         }
-        self.note(format_args!("heal: partitions repaired, paused replicas resume"));
+        self.note(format_args!(
+            "heal: partitions repaired, paused replicas resume"
+        ));
     }
 
     fn resume_paused(&mut self) {
@@ -400,7 +568,11 @@ impl<'s> Sim<'s> {
     fn next_command(&mut self, client: Client) -> Vec<u8> {
         let max = self.scenario.config.entry_bytes_max() as usize;
         let key = self.rng.below(4) as u8;
-        let pad = if self.rng.chance(1, 3) { self.rng.range(0, 96.min(max) as u64) as usize } else { 0 };
+        let pad = if self.rng.chance(1, 3) {
+            self.rng.range(0, 96.min(max) as u64) as usize
+        } else {
+            0
+        };
         if self.rng.chance(2, 3) {
             let value = ((client.id as u64) << 32) | client.seq as u64;
             kv::encode_put(client.id, client.seq, key, value, pad)
@@ -419,20 +591,35 @@ impl<'s> Sim<'s> {
             return;
         }
         let command = self.next_command(client);
-        match self.nodes[target as usize].replica.replication.submit(&command) {
+        match self.nodes[target as usize]
+            .replica
+            .replication
+            .submit(&command)
+        {
             Ok(ticket) => {
-                let op = self.history.invoke(client.id, client.seq, command.clone(), self.tick);
+                let op = self
+                    .history
+                    .invoke(client.id, client.seq, command.clone(), self.tick);
                 self.submitted.insert(command);
-                let wait = Wait { replica: target, ticket, op, since: self.tick };
+                let wait = Wait {
+                    replica: target,
+                    ticket,
+                    op,
+                    since: self.tick,
+                };
                 let c = &mut self.clients[index];
                 c.waiting = Some(wait);
                 c.seq += 1;
             }
-            Err(SubmitError::NotLeader { leader: Some(leader) }) if leader != target => {
+            Err(SubmitError::NotLeader {
+                leader: Some(leader),
+            }) if leader != target => {
                 self.clients[index].target = leader;
                 self.clients[index].next_at = self.tick + 1;
             }
-            Err(SubmitError::NotLeader { .. }) | Err(SubmitError::Busy) | Err(SubmitError::Halted) => {
+            Err(SubmitError::NotLeader { .. })
+            | Err(SubmitError::Busy)
+            | Err(SubmitError::Halted) => {
                 self.clients[index].target = self.rng.below(n as u64) as u8;
                 self.clients[index].next_at = self.tick + 10;
             }
@@ -447,18 +634,27 @@ impl<'s> Sim<'s> {
                 Outcome::Committed { ticket, .. } | Outcome::Dropped { ticket } => ticket,
             };
             let Some(index) = self.clients.iter().position(|c| {
-                c.waiting.is_some_and(|w| w.replica == replica && w.ticket == ticket)
+                c.waiting
+                    .is_some_and(|w| w.replica == replica && w.ticket == ticket)
             }) else {
                 continue; // The client gave up on it already.
             };
             let wait = self.clients[index].waiting.take().expect("waiting");
             match outcome {
-                Outcome::Committed { position, response, .. } => {
-                    self.history.complete_ok(wait.op, position, response, self.tick);
+                Outcome::Committed {
+                    position, response, ..
+                } => {
+                    self.history
+                        .complete_ok(wait.op, position, response, self.tick);
                     self.report.committed += 1;
-                    if self.tick >= self.liveness_from() && self.tick - wait.since > LIVENESS_BOUND_TICKS {
+                    if self.tick >= self.liveness_from()
+                        && self.tick - wait.since > LIVENESS_BOUND_TICKS
+                    {
                         let waited = self.tick - wait.since;
-                        self.fail("liveness", format!("a command took {waited} ticks to commit"));
+                        self.fail(
+                            "liveness",
+                            format!("a command took {waited} ticks to commit"),
+                        );
                     }
                 }
                 Outcome::Dropped { .. } => self.history.complete_unknown(wait.op),
@@ -484,11 +680,19 @@ impl<'s> Sim<'s> {
             let (tick, me) = (self.tick, id as u8);
             let node = &mut self.nodes[id];
             if background_first {
-                node.replica.background.poll(tick, &mut self.world.fabric(me, Plane::Background));
+                node.replica
+                    .background
+                    .poll(tick, &mut self.world.fabric(me, Plane::Background));
             }
-            node.replica.replication.poll(tick, &mut self.world.fabric(me, Plane::Replication), &mut node.kv);
+            node.replica.replication.poll(
+                tick,
+                &mut self.world.fabric(me, Plane::Replication),
+                &mut node.kv,
+            );
             if !background_first {
-                node.replica.background.poll(tick, &mut self.world.fabric(me, Plane::Background));
+                node.replica
+                    .background
+                    .poll(tick, &mut self.world.fabric(me, Plane::Background));
             }
             self.deliver_outcomes(me);
         }
@@ -502,7 +706,13 @@ impl<'s> Sim<'s> {
                         .filter(|&m| m != id)
                         .map(|m| {
                             let s = status.members[m];
-                            let state = if s.lapped { "lapped" } else if s.active { "active" } else { "-" };
+                            let state = if s.lapped {
+                                "lapped"
+                            } else if s.active {
+                                "active"
+                            } else {
+                                "-"
+                            };
                             format!("{m}:{state} sent {} applied {}", s.sent, s.applied)
                         })
                         .collect();
@@ -551,7 +761,10 @@ impl<'s> Sim<'s> {
         }
         self.nodes[id].checked = applied.len();
         if self.nodes[id].kv.malformed() > 0 {
-            problems.push(("validity", format!("replica {id} applied a malformed command")));
+            problems.push((
+                "validity",
+                format!("replica {id} applied a malformed command"),
+            ));
         }
         for (invariant, detail) in problems {
             self.fail(invariant, detail);
@@ -562,17 +775,39 @@ impl<'s> Sim<'s> {
         let bg = self.nodes[id].replica.background.status();
         let rp = self.nodes[id].replica.replication.status();
         if rp.halted != 0 && !self.scenario.faulty.contains(&(id as u8)) {
-            let leaders: Vec<_> =
-                self.nodes.iter().filter_map(|n| n.replica.replication.leader_status()).collect();
+            let leaders: Vec<_> = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.replica.replication.leader_status())
+                .collect();
             let layout = Layout::new(&self.scenario.config);
             let at = layout.slot(rp.applied) as usize;
             let region = self.world.region(id as u8);
-            let word = |k: usize| u64::from_le_bytes(region[at + 8 * k..at + 8 * k + 8].try_into().unwrap());
-            let slot = format!("slot at {}: position {} ballot {} commit {}", rp.applied, word(1), word(2), word(3));
-            self.fail("halt", format!("correct replica {id} halted (lapped); {slot}; leaders: {leaders:?}"));
+            let word = |k: usize| {
+                u64::from_le_bytes(region[at + 8 * k..at + 8 * k + 8].try_into().unwrap())
+            };
+            let slot = format!(
+                "slot at {}: position {} ballot {} commit {}",
+                rp.applied,
+                word(1),
+                word(2),
+                word(3)
+            );
+            self.fail(
+                "halt",
+                format!("correct replica {id} halted (lapped); {slot}; leaders: {leaders:?}"),
+            );
         }
-        let key: StatusKey =
-            (bg.leader, bg.alive, bg.holder, bg.tenure, rp.leading, rp.fast_path, bg.heartbeat_stopped, rp.halted);
+        let key: StatusKey = (
+            bg.leader,
+            bg.alive,
+            bg.holder,
+            bg.tenure,
+            rp.leading,
+            rp.fast_path,
+            bg.heartbeat_stopped,
+            rp.halted,
+        );
         let last = self.nodes[id].last_status;
         if last == Some(key) {
             return;
@@ -601,16 +836,27 @@ impl<'s> Sim<'s> {
     fn check_end(&mut self) {
         let running: Vec<usize> = (0..self.nodes.len())
             .filter(|&id| {
-                self.nodes[id].life == Life::Running && self.nodes[id].replica.replication.status().halted == 0
+                self.nodes[id].life == Life::Running
+                    && self.nodes[id].replica.replication.status().halted == 0
             })
             .collect();
-        self.report.halts = self.nodes.iter().filter(|n| n.replica.replication.status().halted != 0).count() as u32;
+        self.report.halts = self
+            .nodes
+            .iter()
+            .filter(|n| n.replica.replication.status().halted != 0)
+            .count() as u32;
         let live_from = self.liveness_from();
         for client in self.clients.clone() {
             if let Some(wait) = client.waiting {
                 if wait.since >= live_from && self.tick - wait.since > LIVENESS_BOUND_TICKS {
                     let waited = self.tick - wait.since;
-                    self.fail("liveness", format!("client {} waited {waited} ticks without an answer", client.id));
+                    self.fail(
+                        "liveness",
+                        format!(
+                            "client {} waited {waited} ticks without an answer",
+                            client.id
+                        ),
+                    );
                 }
             }
         }
@@ -618,27 +864,57 @@ impl<'s> Sim<'s> {
             op.invoked_at >= live_from && matches!(op.outcome, history::OpOutcome::Ok { .. })
         });
         if !committed_late {
-            let leaders: Vec<_> =
-                self.nodes.iter().filter_map(|n| n.replica.replication.leader_status()).collect();
-            self.fail("liveness", format!("nothing committed after the cluster healed; leaders: {leaders:?}"));
+            let leaders: Vec<_> = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.replica.replication.leader_status())
+                .collect();
+            self.fail(
+                "liveness",
+                format!("nothing committed after the cluster healed; leaders: {leaders:?}"),
+            );
         }
         let positions: Vec<(usize, u64, u64)> = running
             .iter()
-            .map(|&id| (id, self.nodes[id].replica.replication.status().applied, self.nodes[id].kv.digest()))
+            .map(|&id| {
+                (
+                    id,
+                    self.nodes[id].replica.replication.status().applied,
+                    self.nodes[id].kv.digest(),
+                )
+            })
             .collect();
         if let Some(&(_, applied, digest)) = positions.first() {
-            if positions.iter().any(|&(_, a, d)| a != applied || d != digest) {
-                let leaders: Vec<_> =
-                    self.nodes.iter().filter_map(|n| n.replica.replication.leader_status()).collect();
+            if positions
+                .iter()
+                .any(|&(_, a, d)| a != applied || d != digest)
+            {
+                let leaders: Vec<_> = self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.replica.replication.leader_status())
+                    .collect();
                 let layout = Layout::new(&self.scenario.config);
                 for &(id, a, _) in &positions {
                     let region = self.world.region(id as u8);
-                    let word = |at: usize| u64::from_le_bytes(region[at..at + 8].try_into().unwrap());
+                    let word =
+                        |at: usize| u64::from_le_bytes(region[at..at + 8].try_into().unwrap());
                     let c = layout.commit_record() as usize;
-                    eprintln!("DBG replica {id} applied {a} commit record ({}, {:x}, {:x})", word(c), word(c + 8), word(c + 16));
+                    eprintln!(
+                        "DBG replica {id} applied {a} commit record ({}, {:x}, {:x})",
+                        word(c),
+                        word(c + 8),
+                        word(c + 16)
+                    );
                     for p in a..a + 3 {
                         let at = layout.slot(p) as usize;
-                        eprintln!("DBG   slot {p}: pos {} ballot {} commit {} chain_prev {:x}", word(at + 8), word(at + 16), word(at + 24), word(at + 32));
+                        eprintln!(
+                            "DBG   slot {p}: pos {} ballot {} commit {} chain_prev {:x}",
+                            word(at + 8),
+                            word(at + 16),
+                            word(at + 24),
+                            word(at + 32)
+                        );
                     }
                 }
                 self.fail(

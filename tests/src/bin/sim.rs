@@ -22,12 +22,20 @@ struct Args {
 }
 
 fn parse() -> Result<Args, String> {
-    let mut args = Args { seeds: None, start: 0, seed: None, trace: false, expect_violation: false };
+    let mut args = Args {
+        seeds: None,
+        start: 0,
+        seed: None,
+        trace: false,
+        expect_violation: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut number = |name: &str| -> Result<u64, String> {
             let value = it.next().ok_or(format!("{name} needs a number"))?;
-            value.parse().map_err(|_| format!("{name}: not a number: {value}"))
+            value
+                .parse()
+                .map_err(|_| format!("{name}: not a number: {value}"))
         };
         match arg.as_str() {
             "--seeds" => args.seeds = Some(number("--seeds")?),
@@ -61,8 +69,14 @@ fn describe(report: &Report) -> String {
 
 fn print_violation(report: &Report) {
     if let Some(v) = &report.violation {
-        println!("VIOLATION seed {} at tick {}: {}: {}", report.seed, v.tick, v.invariant, v.detail);
-        println!("replay: cargo run --release -p mu-tests --bin sim -- --seed {} --trace", report.seed);
+        println!(
+            "VIOLATION seed {} at tick {}: {}: {}",
+            report.seed, v.tick, v.invariant, v.detail
+        );
+        println!(
+            "replay: cargo run --release -p mu-tests --bin sim -- --seed {} --trace",
+            report.seed
+        );
     }
 }
 
@@ -155,7 +169,9 @@ fn main() -> ExitCode {
             if !message.is_empty() {
                 eprintln!("sim: {message}");
             }
-            eprintln!("usage: sim --seeds N [--start S] [--expect-violation] | sim --seed S [--trace]");
+            eprintln!(
+                "usage: sim --seeds N [--start S] [--expect-violation] | sim --seed S [--trace]"
+            );
             return ExitCode::from(2);
         }
     };
