@@ -535,39 +535,53 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             };
         }
         if self.leader_mut().members_open() {
-            self.activate_surveyed();
+            self.activate_surveyed(fabric);
         }
     }
 
     /// Surveyed members become active: they will be sent everything from their applied position.
-    fn activate_surveyed(&mut self) {
+    fn activate_surveyed<F: Fabric>(&mut self, fabric: &mut F) {
         let slot_count = self.config.slot_count as u64;
-        let own_applied = self.applied;
-        let leader = self.leader.as_mut().expect("leading");
-        let streaming = leader.fast_path();
-        for member in leader.members.iter_mut() {
-            let MemberState::Surveyed { applied } = member.state else {
+        for peer in self.others() {
+            let leader = self.leader.as_ref().expect("leading");
+            let (state, next) = (leader.members[peer as usize].state, leader.next);
+            let MemberState::Surveyed { applied } = state else {
                 continue;
             };
-            if streaming && applied > own_applied {
+            if leader.fast_path() && applied > self.applied {
                 // Positions this leader has not decided were decided without it: another leader
                 // holds the grants, this tenure is over.
                 self.doom();
                 return;
             }
-            let from = applied.min(leader.next);
-            // Its missing positions were recycled here too: it needs a state transfer. Sending
-            // it the current window lets it see that and halt.
-            // The own log holds positions [next - slot_count, next).
-            member.lapped = leader.next - from > slot_count;
-            member.sent = if member.lapped {
-                leader.next - slot_count
+            let from = applied.min(next);
+            // It needs [from, next): if the own log no longer holds all of it, the member needs
+            // a state transfer. Sending it the current window lets it see a later lap and halt.
+            let lapped = !self.log_holds(fabric, from, next);
+            let member = &mut self.leader_mut().members[peer as usize];
+            member.lapped = lapped;
+            member.sent = if lapped {
+                next.saturating_sub(slot_count)
             } else {
                 from
             };
             member.commit_sent = 0; // A reset may have dropped the last commit record write.
             member.state = MemberState::Active;
         }
+    }
+
+    /// True when the own log holds every position of `[from, to)`. Not only `[to - slot_count,
+    /// to)` may be missing: a tenure that proposed past its commit point (and then lost its
+    /// grants) overwrote older slots with positions that were never decided.
+    fn log_holds<F: Fabric>(&self, fabric: &mut F, from: u64, to: u64) -> bool {
+        if to - from > self.config.slot_count as u64 {
+            return false;
+        }
+        (from..to).all(|position| {
+            let mut field = [0u8; 8];
+            fabric.load(self.layout.slot(position) + 8, &mut field);
+            u64::from_le_bytes(field) == position
+        })
     }
 
     fn active_members(&self) -> u8 {
@@ -841,7 +855,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         leader.phase = Phase::ReadMinProposal;
         leader.deadline = deadline;
         leader.replies = 0;
-        self.activate_surveyed();
+        self.activate_surveyed(fabric);
         if cfg!(feature = "bug-skip-prepare") {
             // Planted defect: no prepare after a leader change.
             let ballot = self.next_ballot(0, fabric);
@@ -1077,8 +1091,21 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         least + self.config.slot_count as u64
     }
 
-    /// Encodes queued commands into the own log, as far as the pipeline and recycling allow.
+    /// Encodes queued commands into the own log, as far as the pipeline and recycling allow,
+    /// and only while a majority of members takes writes: proposing without one decides
+    /// nothing and overwrites slots of the own log that a lagging replica may still need.
     fn propose<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let leader = self.leader.as_ref().expect("leading");
+        let mut takers = 0u8;
+        for peer in self.others() {
+            let member = leader.members[peer as usize];
+            if member.state == MemberState::Active && !member.lapped {
+                takers |= 1 << peer;
+            }
+        }
+        if !self.quorum_with(takers) {
+            return;
+        }
         let limit = self.recycle_limit(now);
         let capacity = self.config.slot_payload_bytes() as usize;
         let depth = self.config.pipeline_depth as u64;
@@ -1120,34 +1147,34 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// Sends every active member what it has not been sent, in at most two writes each.
     fn post_log_writes<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let slot_count = self.config.slot_count as u64;
-        let patience = self.config.op_timeout_ticks as u64;
         let next = self.leader_mut().next;
         for peer in self.others() {
             if self.active_members() & (1 << peer) == 0 {
                 continue;
             }
+            self.resync_if_stuck(now, peer, fabric);
             let leader = self.leader_mut();
-            let p = peer as usize;
-            let stuck = now.saturating_sub(leader.applied_moved_at[p]) > patience;
-            if stuck && leader.applied_of[p] < leader.members[p].sent && !leader.members[p].lapped {
-                // It holds what it was sent but does not apply it: a slot there was damaged.
-                // Send everything from its applied position again.
-                leader.members[p].sent = leader.applied_of[p].max(next.saturating_sub(slot_count));
-                leader.members[p].commit_sent = 0;
-                leader.applied_moved_at[p] = now;
-            }
-            // A member may hold more than it was sent (it was ahead when surveyed).
-            let needed = leader.members[peer as usize]
-                .sent
-                .max(leader.applied_of[peer as usize]);
+            let applied = leader.applied_of[peer as usize];
             let member = &mut leader.members[peer as usize];
-            if next.saturating_sub(needed) > slot_count {
-                // Considered failed, it did not hold recycling back and fell a lap behind.
+            if !member.lapped && next > applied + slot_count {
+                // It shows no sign of life, did not hold recycling back, and now needs a
+                // position this log no longer holds.
                 member.lapped = true;
                 member.sent = next - slot_count;
             }
-            let sent = member.sent;
-            for (start, end) in ring_pieces(sent, next, slot_count) {
+            // Never overwrite a position a member has not applied yet (unless it is lapped).
+            let end = if member.lapped {
+                next
+            } else {
+                next.min(applied + slot_count)
+            };
+            // More than a lap unsent only happens to a member that was ahead (it holds what it
+            // was not sent: end <= applied + slot_count).
+            let sent = member.sent.max(end.saturating_sub(slot_count));
+            if sent >= end {
+                continue;
+            }
+            for (start, end) in ring_pieces(sent, end, slot_count) {
                 let offset = self.layout.slot(start);
                 let len = (end - start) as u32 * self.config.slot_size;
                 if !self.post(
@@ -1173,6 +1200,32 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         let leader = self.leader.as_ref().expect("leading");
         leader.fast_path()
             && now.saturating_sub(leader.progress_at) > self.config.op_timeout_ticks as u64
+    }
+
+    /// A member that holds what it was sent but does not apply it for `op_timeout_ticks` lost a
+    /// slot (damaged, or a write dropped by a reset): send everything from its applied position
+    /// again, if this log still holds it.
+    fn resync_if_stuck<F: Fabric>(&mut self, now: u64, peer: ReplicaId, fabric: &mut F) {
+        let patience = self.config.op_timeout_ticks as u64;
+        let slot_count = self.config.slot_count as u64;
+        let leader = self.leader.as_ref().expect("leading");
+        let p = peer as usize;
+        let (applied, member, next) = (leader.applied_of[p], leader.members[p], leader.next);
+        let stuck = now.saturating_sub(leader.applied_moved_at[p]) > patience;
+        if !stuck || member.lapped || applied >= member.sent {
+            return;
+        }
+        let holds = self.log_holds(fabric, applied, next);
+        let leader = self.leader_mut();
+        let member = &mut leader.members[p];
+        member.lapped = !holds;
+        member.sent = if holds {
+            applied
+        } else {
+            next.saturating_sub(slot_count)
+        };
+        member.commit_sent = 0;
+        leader.applied_moved_at[p] = now;
     }
 
     /// Applies every position a majority holds, in order.

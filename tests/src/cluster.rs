@@ -205,6 +205,8 @@ pub struct Report {
     pub pauses: u32,
     /// Replicas that halted (lapped).
     pub halts: u32,
+    /// The highest applied position of any replica at the end (how far the log went).
+    pub max_applied: u64,
     /// The first broken invariant, if any.
     pub violation: Option<Violation>,
 }
@@ -845,6 +847,12 @@ impl<'s> Sim<'s> {
             .iter()
             .filter(|n| n.replica.replication.status().halted != 0)
             .count() as u32;
+        self.report.max_applied = self
+            .nodes
+            .iter()
+            .map(|n| n.replica.replication.status().applied)
+            .max()
+            .unwrap_or(0);
         let live_from = self.liveness_from();
         for client in self.clients.clone() {
             if let Some(wait) = client.waiting {
@@ -894,29 +902,6 @@ impl<'s> Sim<'s> {
                     .iter()
                     .filter_map(|n| n.replica.replication.leader_status())
                     .collect();
-                let layout = Layout::new(&self.scenario.config);
-                for &(id, a, _) in &positions {
-                    let region = self.world.region(id as u8);
-                    let word =
-                        |at: usize| u64::from_le_bytes(region[at..at + 8].try_into().unwrap());
-                    let c = layout.commit_record() as usize;
-                    eprintln!(
-                        "DBG replica {id} applied {a} commit record ({}, {:x}, {:x})",
-                        word(c),
-                        word(c + 8),
-                        word(c + 16)
-                    );
-                    for p in a..a + 3 {
-                        let at = layout.slot(p) as usize;
-                        eprintln!(
-                            "DBG   slot {p}: pos {} ballot {} commit {} chain_prev {:x}",
-                            word(at + 8),
-                            word(at + 16),
-                            word(at + 24),
-                            word(at + 32)
-                        );
-                    }
-                }
                 self.fail(
                     "convergence",
                     format!("running replicas differ at the end (id, applied, digest): {positions:?}; leaders: {leaders:?}"),

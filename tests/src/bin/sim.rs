@@ -67,6 +67,21 @@ fn describe(report: &Report) -> String {
     )
 }
 
+/// The `--features` a replay needs: the planted defect this binary was built with, if any.
+fn planted_features() -> &'static str {
+    if cfg!(feature = "bug-skip-revoke") {
+        " --features bug-skip-revoke"
+    } else if cfg!(feature = "bug-skip-prepare") {
+        " --features bug-skip-prepare"
+    } else if cfg!(feature = "bug-small-quorum") {
+        " --features bug-small-quorum"
+    } else if cfg!(feature = "bug-no-checksum") {
+        " --features bug-no-checksum"
+    } else {
+        ""
+    }
+}
+
 fn print_violation(report: &Report) {
     if let Some(v) = &report.violation {
         println!(
@@ -74,7 +89,8 @@ fn print_violation(report: &Report) {
             report.seed, v.tick, v.invariant, v.detail
         );
         println!(
-            "replay: cargo run --release -p mu-tests --bin sim -- --seed {} --trace",
+            "replay: cargo run --release -p mu-tests{} --bin sim -- --seed {} --trace",
+            planted_features(),
             report.seed
         );
     }

@@ -1,0 +1,91 @@
+//! Whole-cluster properties in the simulator: seeds in bulk, every cluster size, recycling far
+//! past the log's capacity with a dead replica, corruption of soft state.
+
+use mu_tests::cluster::{self, Event, Report, Scenario};
+use mu_tests::world::Faults;
+
+fn assert_clean(report: &Report) {
+    if let Some(v) = &report.violation {
+        panic!(
+            "seed {} tick {}: {}: {}",
+            report.seed, v.tick, v.invariant, v.detail
+        );
+    }
+}
+
+#[test]
+fn random_seeds_are_clean() {
+    // The CI runs thousands more through the `sim` binary; this keeps `cargo test` meaningful.
+    for seed in 0..150 {
+        let (report, _) = cluster::run(seed, false);
+        assert_clean(&report);
+        assert!(report.committed > 0, "seed {seed} committed nothing");
+    }
+}
+
+#[test]
+fn every_cluster_size_survives_its_fault_budget() {
+    for n in 1..=7u8 {
+        let mut scenario = Scenario::quiet(n, 64);
+        scenario.faults = Faults::default();
+        let quorum = n / 2 + 1;
+        // Crash the initial leader and as many others as a majority allows, one by one.
+        let budget = n - quorum;
+        scenario.faulty = (0..budget).collect();
+        scenario.events = (0..budget)
+            .map(|r| (400 + 300 * r as u64, Event::Crash(r)))
+            .collect();
+        let (report, _) = cluster::run_scenario(1000 + n as u64, scenario, false);
+        assert_clean(&report);
+        assert_eq!(report.crashes, budget as u32);
+        assert!(
+            report.committed > 100,
+            "n = {n}: only {} commands",
+            report.committed
+        );
+    }
+}
+
+#[test]
+fn recycling_runs_ten_laps_with_a_dead_replica() {
+    let slot_count = 16;
+    let mut scenario = Scenario::quiet(3, slot_count);
+    scenario.faulty = vec![2];
+    scenario.events = vec![(200, Event::Crash(2))];
+    scenario.clients = 3;
+    let (report, _) = cluster::run_scenario(7, scenario, false);
+    assert_clean(&report);
+    assert!(
+        report.max_applied >= 10 * slot_count as u64,
+        "the log went {} positions, fewer than 10 laps of {slot_count}",
+        report.max_applied
+    );
+}
+
+#[test]
+fn paused_old_leader_wakes_up_and_is_fenced() {
+    let mut scenario = Scenario::quiet(3, 32);
+    scenario.faults = Faults::default();
+    scenario.faulty = vec![0];
+    // Replica 0 leads, is paused long enough for a fail-over, then resumes mid-tenure.
+    scenario.events = vec![(300, Event::Pause(0, 700))];
+    let (report, _) = cluster::run_scenario(11, scenario, false);
+    assert_clean(&report);
+    assert!(
+        report.tenures >= 3,
+        "expected a fail-over and a take-back, saw {} tenures",
+        report.tenures
+    );
+}
+
+#[test]
+fn garbage_in_soft_state_and_unzeroed_memory_are_harmless() {
+    for seed in 0..20 {
+        let mut scenario = Scenario::quiet(3 + (seed % 3) as u8, 32);
+        scenario.faults = Faults::default();
+        scenario.corrupt_per_mille = 20;
+        scenario.garbage_start = true;
+        let (report, _) = cluster::run_scenario(seed, scenario, false);
+        assert_clean(&report);
+    }
+}
