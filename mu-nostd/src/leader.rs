@@ -114,6 +114,20 @@ impl Connection {
     fn front(&self) -> Option<Pending> {
         (self.len > 0).then(|| self.pending[self.head])
     }
+
+    fn holds(&self, kind: Kind) -> bool {
+        (0..self.len).any(|i| self.pending[(self.head + i) % PENDING_MAX].kind == kind)
+    }
+
+    /// Drops whatever is outstanding: after `Fabric::reconnect` none of it lands any more.
+    fn drop_outstanding<F: Fabric>(&mut self, peer: ReplicaId, fabric: &mut F) {
+        self.epoch = self.epoch.wrapping_add(1);
+        self.head = 0;
+        self.len = 0;
+        self.broken = false;
+        let reconnected = fabric.reconnect(peer);
+        debug_assert!(reconnected.is_ok());
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -294,11 +308,22 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
     }
 
+    /// Before this replica stops acting as leader (and so may grant its log to a peer), no read
+    /// of a peer's log may still land in its own log: drop the connections that carry one.
+    pub(crate) fn fence_own_log<F: Fabric>(&mut self, fabric: &mut F) {
+        for peer in self.others() {
+            let connection = &mut self.connections[peer as usize];
+            if connection.holds(Kind::ReadLog) {
+                connection.drop_outstanding(peer, fabric);
+            }
+        }
+    }
+
     /// Aborts a doomed tenure; true when the tenure goes on.
-    fn carry_on(&mut self) -> bool {
+    fn carry_on<F: Fabric>(&mut self, fabric: &mut F) -> bool {
         match &self.leader {
             Some(leader) if leader.doomed => {
-                self.abort();
+                self.abort(fabric);
                 false
             }
             Some(_) => true,
@@ -315,15 +340,15 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     ) {
         self.drain_completions(now, fabric, sm);
         self.expire_operations(now, fabric);
-        if !self.carry_on() {
+        if !self.carry_on(fabric) {
             return;
         }
         self.admit_members(now, fabric);
-        if !self.carry_on() {
+        if !self.carry_on(fabric) {
             return;
         }
         self.step_phase(now, fabric, sm);
-        if !self.carry_on() || !self.leader_mut().members_open() {
+        if !self.carry_on(fabric) || !self.leader_mut().members_open() {
             return;
         }
         if self.leader_mut().fast_path() {
@@ -336,12 +361,12 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             // having been refused yet. Ask again.
             self.doom();
         }
-        if !self.carry_on() {
+        if !self.carry_on(fabric) {
             return;
         }
         self.post_commit_record(now, fabric);
         self.read_applied_positions(now, fabric);
-        self.carry_on();
+        self.carry_on(fabric);
     }
 
     // ---- connections -------------------------------------------------------------------------
@@ -399,12 +424,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             let pending = connection.pending[(connection.head + i) % PENDING_MAX];
             pending.tenure == tenure && pending.kind == Kind::ReadLog
         });
-        connection.epoch = connection.epoch.wrapping_add(1);
-        connection.head = 0;
-        connection.len = 0;
-        connection.broken = false;
-        let reconnected = fabric.reconnect(peer);
-        debug_assert!(reconnected.is_ok());
+        connection.drop_outstanding(peer, fabric);
         if dropped_catch_up {
             self.doom(); // The catch-up source went away: start over with a new tenure.
             return;
@@ -784,7 +804,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         let slot_count = self.config.slot_count as u64;
         if upto - self.applied > slot_count {
             // The positions this replica lacks were recycled everywhere.
-            self.halt(HALT_LAPPED);
+            self.halt(HALT_LAPPED, fabric);
             return;
         }
         let mut reads = 0u8;
@@ -831,7 +851,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 }
                 Err(SlotError::Stale { found }) if found > self.applied => {
                     // The source's log was recycled past what this replica lacks.
-                    self.halt(HALT_LAPPED);
+                    self.halt(HALT_LAPPED, fabric);
                     return;
                 }
                 _ => {

@@ -62,6 +62,9 @@ pub mod slot;
 pub mod state_machine;
 mod wrid;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use background::{BackgroundPlane, BackgroundStatus, PeerHeader};
 pub use config::{Config, ConfigError, DetectorConfig};
 pub use fabric::{Completion, Fabric, PostError, ReplicaId, Status};

@@ -103,6 +103,11 @@ pub(crate) fn encode_commit(
     bytes
 }
 
+#[cfg(test)]
+pub(crate) fn decode_commit_for_tests(offset: u32, bytes: &[u8]) -> Option<(u64, u64)> {
+    decode_commit(offset, bytes.try_into().ok()?)
+}
+
 fn decode_commit(offset: u32, bytes: &[u8; COMMIT_RECORD_BYTES as usize]) -> Option<(u64, u64)> {
     let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
     let (commit, chain, check) = (word(0), word(8), word(16));
@@ -237,8 +242,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 return;
             }
             info!("tenure {} over", leader.tenure);
-            self.leader = None;
-            self.shared.stop_acting();
+            self.stand_down(fabric);
             if lead.is_none() {
                 self.queue.drain(|ticket| sm.dropped(ticket));
             }
@@ -259,25 +263,30 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             self.applied_chain,
             &self.config,
         ));
-        let _ = fabric;
+    }
+
+    /// Stops acting as leader. Only then may the background plane grant this replica's log to
+    /// a peer, so nothing this plane posted may land in its own log afterwards.
+    fn stand_down<F: Fabric>(&mut self, fabric: &mut F) -> Option<u32> {
+        let leader = self.leader.take()?;
+        self.fence_own_log(fabric);
+        self.shared.stop_acting();
+        Some(leader.tenure)
     }
 
     /// Gives up the current tenure: the background plane will ask for permissions again.
-    pub(crate) fn abort(&mut self) {
-        let Some(leader) = self.leader.take() else {
+    pub(crate) fn abort<F: Fabric>(&mut self, fabric: &mut F) {
+        let Some(tenure) = self.stand_down(fabric) else {
             return;
         };
-        warn!("tenure {} aborted", leader.tenure);
-        self.spent_tenure = leader.tenure;
-        self.shared.stop_acting();
-        self.shared.abort(leader.tenure);
+        warn!("tenure {} aborted", tenure);
+        self.spent_tenure = tenure;
+        self.shared.abort(tenure);
     }
 
-    pub(crate) fn halt(&mut self, reason: u32) {
+    pub(crate) fn halt<F: Fabric>(&mut self, reason: u32, fabric: &mut F) {
         warn!("replication halted: {}", reason);
-        if self.leader.is_some() {
-            self.abort();
-        }
+        self.abort(fabric);
         self.halted = reason;
         self.shared.halt(reason);
     }
@@ -324,7 +333,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                     position += 1;
                 }
                 Err(SlotError::Stale { found }) if found > position => {
-                    self.halt(HALT_LAPPED);
+                    self.halt(HALT_LAPPED, fabric);
                     return;
                 }
                 _ => break,

@@ -32,8 +32,8 @@ pub const SLOT_HEADER_BYTES: u32 = 56;
 /// Chain digest before position 0.
 pub const CHAIN_GENESIS: u64 = 0x4D75_4745_4E45_5349; // "MuGENESI"
 
-const CHAIN_DOMAIN: u64 = 0x4348_4149_4E;
-const SUM_DOMAIN: u64 = 0x5355_4D;
+const CHAIN_DOMAIN: u64 = 0x0043_4841_494E; // "CHAIN"
+const SUM_DOMAIN: u64 = 0x0053_554D; // "SUM"
 
 /// The decoded header of a slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
