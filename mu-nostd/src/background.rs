@@ -6,12 +6,12 @@
 //! its heartbeat runs). Safety never depends on the election; permissions and Paxos carry it.
 //!
 //! Permissions, owner side: a requester writes a new number into its request record in this
-//! replica's background area. This replica serves one request at a time, lowest requester id
-//! first, and only from the replica it considers leader (so that two would-be leaders do not
-//! steal grants from each other forever). Serving is: stand down its own replication plane if it
-//! leads, revoke the current holder, grant the requester, write an ack with the request number
-//! into the requester's background area. A re-request from the current holder is served the same
-//! way: the revoke fences writes of the holder's previous tenure still in flight.
+//! replica's background area. This replica serves one request at a time, and only from the
+//! replica it considers leader (so that two would-be leaders do not steal grants from each other
+//! forever). Serving is: stand down its own replication plane if it leads, revoke the current
+//! holder, revoke the requester too (fencing any write of its earlier tenures still in flight),
+//! grant the requester, write an ack with the request number into the requester's background
+//! area.
 //!
 //! Permissions, requester side: when this replica considers itself leader it starts a tenure:
 //! a new request number, written to every peer; it grants itself (revoking the current holder of
@@ -672,10 +672,13 @@ impl<'s> BackgroundPlane<'s> {
         if let Some(holder) = self.holder {
             // Planted defect: leave the previous leader's write access in place.
             let skip = cfg!(feature = "bug-skip-revoke") && holder != requester;
-            if holder != self.me && !skip {
+            if holder != self.me && holder != requester && !skip {
                 fabric.revoke(holder);
             }
         }
+        // Revoking the requester itself first fences any write it posted before this grant (a
+        // write of an earlier tenure still in flight would otherwise land once granted).
+        fabric.revoke(requester);
         fabric.grant(requester);
         self.holder = Some(requester);
         let peer = &mut self.peers[requester as usize];

@@ -92,7 +92,10 @@ fn commit_records_round_trip_and_reject_flips() {
     for _ in 0..2_000 {
         let (offset, commit, chain) = (64 * (rng.next() % 100) as u32, rng.next(), rng.next());
         let mut bytes = encode_commit(offset, commit, chain);
-        assert_eq!(decode_commit_for_tests(offset, &bytes), Some((commit, chain)));
+        assert_eq!(
+            decode_commit_for_tests(offset, &bytes),
+            Some((commit, chain))
+        );
         let at = (rng.next() % 24) as usize;
         bytes[at] ^= 1 << (rng.next() % 8);
         assert_eq!(decode_commit_for_tests(offset, &bytes), None);

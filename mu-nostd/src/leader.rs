@@ -115,10 +115,6 @@ impl Connection {
         (self.len > 0).then(|| self.pending[self.head])
     }
 
-    fn holds(&self, kind: Kind) -> bool {
-        (0..self.len).any(|i| self.pending[(self.head + i) % PENDING_MAX].kind == kind)
-    }
-
     /// Drops whatever is outstanding: after `Fabric::reconnect` none of it lands any more.
     fn drop_outstanding<F: Fabric>(&mut self, peer: ReplicaId, fabric: &mut F) {
         self.epoch = self.epoch.wrapping_add(1);
@@ -223,6 +219,9 @@ pub struct LeaderStatus {
     pub ballot: u64,
     /// The next position it writes.
     pub next: u64,
+    /// Where the tenure is: survey, catch-up, min-proposal read or write, slot read, adopting,
+    /// streaming (the fast path).
+    pub phase: &'static str,
     /// Per peer (this replica's own entry is unused).
     pub members: [MemberStatus; REPLICAS_MAX as usize],
 }
@@ -241,10 +240,20 @@ impl Leader {
                 applied,
             };
         }
+        let phase = match self.phase {
+            Phase::Survey => "survey",
+            Phase::CatchUpSelf { .. } => "catch-up",
+            Phase::ReadMinProposal => "read min proposal",
+            Phase::WriteMinProposal => "write min proposal",
+            Phase::ReadSlot { .. } => "read slot",
+            Phase::Adopting { .. } => "adopting",
+            Phase::Streaming => "streaming",
+        };
         LeaderStatus {
             tenure: self.tenure,
             ballot: self.ballot,
             next: self.next,
+            phase,
             members,
         }
     }
@@ -308,12 +317,14 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
     }
 
-    /// Before this replica stops acting as leader (and so may grant its log to a peer), no read
-    /// of a peer's log may still land in its own log: drop the connections that carry one.
-    pub(crate) fn fence_own_log<F: Fabric>(&mut self, fabric: &mut F) {
+    /// A tenure's operations never outlive it: when this replica stops acting as leader, every
+    /// connection with work outstanding is dropped, so that no write of the tenure lands in a
+    /// peer's log later (a peer that grants this replica again would let it in), and no read
+    /// lands in the own log after the background plane may have granted it to a peer.
+    pub(crate) fn fence_tenure<F: Fabric>(&mut self, fabric: &mut F) {
         for peer in self.others() {
             let connection = &mut self.connections[peer as usize];
-            if connection.holds(Kind::ReadLog) {
+            if connection.front().is_some() {
                 connection.drop_outstanding(peer, fabric);
             }
         }

@@ -265,11 +265,11 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         ));
     }
 
-    /// Stops acting as leader. Only then may the background plane grant this replica's log to
-    /// a peer, so nothing this plane posted may land in its own log afterwards.
+    /// Stops acting as leader: nothing the tenure posted lands after this (see `fence_tenure`);
+    /// only then may the background plane grant this replica's log to a peer.
     fn stand_down<F: Fabric>(&mut self, fabric: &mut F) -> Option<u32> {
         let leader = self.leader.take()?;
-        self.fence_own_log(fabric);
+        self.fence_tenure(fabric);
         self.shared.stop_acting();
         Some(leader.tenure)
     }

@@ -701,7 +701,11 @@ impl<'s> Sim<'s> {
     }
 
     fn check_tick(&mut self) {
-        if self.trace.is_some() && self.tick % 100 == 0 {
+        let every = std::env::var("MU_SIM_TRACE_EVERY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100);
+        if self.trace.is_some() && self.tick % every == 0 {
             for id in 0..self.nodes.len() {
                 if let Some(status) = self.nodes[id].replica.replication.leader_status() {
                     let members: Vec<String> = (0..self.nodes.len())
@@ -719,10 +723,11 @@ impl<'s> Sim<'s> {
                         })
                         .collect();
                     let line = format!(
-                        "leader {id} tenure {} ballot {} next {}: {}",
+                        "leader {id} tenure {} ballot {} next {} {}: {}",
                         status.tenure,
                         status.ballot,
                         status.next,
+                        status.phase,
                         members.join(", ")
                     );
                     self.note(format_args!("{line}"));
@@ -746,10 +751,30 @@ impl<'s> Sim<'s> {
         for (index, (position, command)) in applied.iter().enumerate().skip(node.checked) {
             match self.agreed.get(index) {
                 Some((p, c)) if p == position && c == command => {}
-                Some((p, _)) => problems.push((
-                    "agreement",
-                    format!("replica {id} applied entry #{index} at position {position}, another replica applied a different command at position {p}"),
-                )),
+                Some((p, _)) => {
+                    let layout = Layout::new(&self.scenario.config);
+                    let mut slots = String::new();
+                    for r in 0..self.nodes.len() {
+                        let region = self.world.region(r as u8);
+                        let at = layout.slot(*position) as usize;
+                        let w = |k: usize| {
+                            u64::from_le_bytes(
+                                region[at + 8 * k..at + 8 * k + 8].try_into().unwrap(),
+                            )
+                        };
+                        slots.push_str(&format!(
+                            " [replica {r}: position {} ballot {} commit {} origin {:x}]",
+                            w(1),
+                            w(2),
+                            w(3),
+                            w(5)
+                        ));
+                    }
+                    problems.push((
+                        "agreement",
+                        format!("replica {id} applied entry #{index} at position {position}, another replica applied a different command at position {p};{slots}"),
+                    ))
+                }
                 None => {
                     if !self.submitted.contains(command) || kv::decode(command).is_none() {
                         problems.push((
