@@ -124,6 +124,8 @@ pub struct BackgroundStatus {
 }
 
 const COMPLETION_BATCH: usize = 16;
+const ZERO_CHUNK_BYTES: usize = 256;
+const ZERO_CHUNKS_PER_POLL: u32 = 256;
 const COMPLETION_BATCHES_MAX: usize = 8;
 
 /// The background plane of one replica.
@@ -133,6 +135,8 @@ pub struct BackgroundPlane<'s> {
     me: ReplicaId,
     shared: &'s Shared,
     started_at: Option<u64>,
+    /// Bytes of the log area zeroed so far (see `initialise_log`).
+    zeroed: u32,
     heartbeat: u64,
     next_heartbeat_at: u64,
     heartbeat_stopped: bool,
@@ -161,6 +165,7 @@ impl<'s> BackgroundPlane<'s> {
             me,
             shared,
             started_at: None,
+            zeroed: 0,
             heartbeat: 0,
             next_heartbeat_at: 0,
             heartbeat_stopped: false,
@@ -181,6 +186,9 @@ impl<'s> BackgroundPlane<'s> {
     /// Does one bounded round of background work at time `now`.
     pub fn poll<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         if self.started_at.is_none() {
+            if !self.initialise_log(fabric) {
+                return;
+            }
             // Peers check this header before they trust anything in the region.
             fabric.store(0, &Layout::header(&self.config));
             self.started_at = Some(now);
@@ -193,6 +201,25 @@ impl<'s> BackgroundPlane<'s> {
         self.lead_or_follow(now, fabric);
         self.serve_requests(fabric);
         self.send_outgoing(now, fabric);
+    }
+
+    /// Zeroes the log area, a bounded chunk per poll, before the region header is published:
+    /// a prepare must tell "nothing was written here" (zeros) from "a write was torn here"
+    /// (garbage), and memory handed over by a runtime may hold anything. True when done.
+    fn initialise_log<F: Fabric>(&mut self, fabric: &mut F) -> bool {
+        let end = self.layout.log + self.layout.log_bytes();
+        let zeros = [0u8; ZERO_CHUNK_BYTES];
+        let mut offset = self.layout.log + self.zeroed;
+        for _ in 0..ZERO_CHUNKS_PER_POLL {
+            if offset >= end {
+                return true;
+            }
+            let len = (end - offset).min(ZERO_CHUNK_BYTES as u32);
+            fabric.store(offset, &zeros[..len as usize]);
+            offset += len;
+            self.zeroed += len;
+        }
+        offset >= end
     }
 
     /// A snapshot for runtimes and tests.

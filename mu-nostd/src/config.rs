@@ -19,6 +19,8 @@ pub const SLOT_BYTES_MAX: u32 = 64 * 1024;
 pub const SLOT_COUNT_MAX: u32 = 1 << 24;
 /// Most pipelined (written but undecided) slots on the leader's fast path.
 pub const PIPELINE_DEPTH_MAX: u16 = 64;
+/// Most slots one command may span.
+pub const ENTRY_SLOTS_MAX: u16 = 64;
 
 /// Parameters of the pull-score failure detector, in ticks of the runtime's clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,6 +205,12 @@ impl Config {
             "entry_slots_max",
             "must be at least 1",
         )?;
+        // The leader tracks at most pipeline_depth - 1 + entry_slots_max undecided positions.
+        check(
+            self.entry_slots_max <= ENTRY_SLOTS_MAX,
+            "entry_slots_max",
+            "must be at most 64",
+        )?;
         check(
             (self.entry_slots_max as u32) * 4 <= self.slot_count,
             "entry_slots_max",
@@ -321,6 +329,18 @@ mod tests {
         let mut c = Config::new(3);
         c.pipeline_depth = 0;
         assert_eq!(c.validate().unwrap_err().field, "pipeline_depth");
+        let mut c = Config::new(3);
+        c.slot_size = 64;
+        c.slot_count = 512;
+        c.entry_slots_max = 128;
+        assert_eq!(c.validate().unwrap_err().field, "entry_slots_max");
+        let mut c = Config::new(3);
+        c.detector.score_max = 255;
+        c.detector.recover_above = 254;
+        assert!(
+            c.validate().is_ok(),
+            "a saturating score handles the top of the range"
+        );
     }
 
     #[test]

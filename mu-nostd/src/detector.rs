@@ -74,7 +74,7 @@ impl PullScore {
     }
 
     fn raise(&mut self, config: &DetectorConfig) {
-        self.score = (self.score + 1).min(config.score_max);
+        self.score = self.score.saturating_add(1).min(config.score_max);
         if !self.alive && self.score > config.recover_above {
             self.alive = true;
         }

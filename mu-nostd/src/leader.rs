@@ -47,10 +47,16 @@ use crate::wrid::{Kind, WrId};
 
 /// Positions the leader may have written but not yet decided, plus one.
 pub(crate) const ACK_WINDOW: usize = 128;
+const _: () = assert!(
+    (crate::config::PIPELINE_DEPTH_MAX as usize - 1 + crate::config::ENTRY_SLOTS_MAX as usize)
+        < ACK_WINDOW
+);
 /// Operations outstanding per connection that the plane keeps track of.
 const PENDING_MAX: usize = 96;
 const COMPLETION_BATCHES_MAX: usize = 8;
 const TAG_SURVEY: u32 = 0;
+/// Slots a bulk catch-up applies per poll.
+const CATCH_UP_APPLY_BATCH: u64 = 256;
 const TAG_RECYCLE: u32 = 1;
 
 /// An operation posted on the replication plane, waiting for its completion.
@@ -131,9 +137,15 @@ enum MemberState {
     Absent,
     Joining,
     Surveying,
-    Surveyed { applied: u64 },
+    Surveyed {
+        applied: u64,
+    },
+    /// Joined after the prepare was posted: its min-proposal records are being read.
+    Checking,
     Active,
-    Lost { retry_at: u64 },
+    Lost {
+        retry_at: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -287,6 +299,30 @@ impl Leader {
     /// True once members may be sent log writes (this replica's log is up to date).
     fn members_open(&self) -> bool {
         !matches!(self.phase, Phase::Survey | Phase::CatchUpSelf { .. })
+    }
+}
+
+/// What one replica's copy of the slot at the prepare position says.
+enum SlotAnswer {
+    /// A value accepted under this ballot.
+    Value(u64),
+    /// Nothing was accepted there (never written, or an older lap).
+    Nothing,
+    /// Torn or malformed: taken as nothing accepted (see `choose_value`).
+    Unknown,
+    /// A later lap: that replica recycled past this position.
+    Ahead,
+}
+
+impl SlotAnswer {
+    fn of(opened: Result<(SlotHeader, u64), SlotError>, position: u64) -> SlotAnswer {
+        match opened {
+            Ok((header, _)) => SlotAnswer::Value(header.ballot),
+            Err(SlotError::Empty) => SlotAnswer::Nothing,
+            Err(SlotError::Stale { found }) if found < position => SlotAnswer::Nothing,
+            Err(SlotError::Stale { .. }) => SlotAnswer::Ahead,
+            Err(SlotError::Torn | SlotError::Malformed) => SlotAnswer::Unknown,
+        }
     }
 }
 
@@ -566,12 +602,15 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             };
         }
         if self.leader_mut().members_open() {
-            self.activate_surveyed(fabric);
+            self.activate_surveyed(now, fabric, true);
         }
     }
 
     /// Surveyed members become active: they will be sent everything from their applied position.
-    fn activate_surveyed<F: Fabric>(&mut self, fabric: &mut F) {
+    /// A member that joins after the prepare was posted (`late`) is checked first: its
+    /// min-proposal records must not hold a ballot above this tenure's, or a newer leader has
+    /// prepared there and may have decided values this tenure never saw.
+    fn activate_surveyed<F: Fabric>(&mut self, now: u64, fabric: &mut F, late: bool) {
         let slot_count = self.config.slot_count as u64;
         for peer in self.others() {
             let leader = self.leader.as_ref().expect("leading");
@@ -597,7 +636,29 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 from
             };
             member.commit_sent = 0; // A reset may have dropped the last commit record write.
-            member.state = MemberState::Active;
+            if !late {
+                member.state = MemberState::Active;
+                continue;
+            }
+            let (local, remote) = (
+                self.layout.landing_min_proposal(peer),
+                self.layout.min_proposal(),
+            );
+            let range = (0, 0);
+            let len = MIN_PROPOSAL_BYTES;
+            if self.post(
+                now,
+                fabric,
+                peer,
+                Kind::ReadMinProposal,
+                0,
+                range,
+                local,
+                remote,
+                len,
+            ) {
+                self.leader_mut().members[peer as usize].state = MemberState::Checking;
+            }
         }
     }
 
@@ -725,9 +786,19 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         let leader = self.leader_mut();
         leader.ballot_floor = leader.ballot_floor.max(value);
         leader.members[peer as usize].min_record = older;
-        if leader.phase == Phase::ReadMinProposal {
+        let preparing = leader.phase == Phase::ReadMinProposal;
+        if preparing {
             leader.replies |= 1 << peer;
         }
+        if leader.members[peer as usize].state != MemberState::Checking {
+            return;
+        }
+        if !preparing && value > leader.ballot {
+            // A newer leader prepared on this member's log after this tenure's prepare.
+            self.doom();
+            return;
+        }
+        leader.members[peer as usize].state = MemberState::Active;
     }
 
     /// The highest valid min proposal of a pair of records, and which record to overwrite (the
@@ -771,9 +842,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 let next = self.leader_mut().next;
                 self.read_slot(now, next, fabric);
             }
-            Phase::ReadSlot { position } if self.quorum_with(replies) => {
-                self.choose_value(now, position, fabric);
-            }
+            Phase::ReadSlot { position } => self.choose_value(now, position, late, fabric),
             Phase::Adopting { position } if self.applied > position => {
                 let next = self.leader_mut().next;
                 self.read_slot(now, next, fabric);
@@ -855,7 +924,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         fabric: &mut F,
         sm: &mut S,
     ) {
-        while self.applied < upto {
+        // Bounded work per poll: a lap of catch-up is applied over several polls.
+        let batch_end = upto.min(self.applied + CATCH_UP_APPLY_BATCH);
+        while self.applied < batch_end {
             match self.open_local(fabric, self.applied) {
                 Ok((header, chain)) if header.chain_prev == self.applied_chain => {
                     self.apply_slot(header, chain, sm);
@@ -872,6 +943,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 }
             }
         }
+        if self.applied < upto {
+            return; // More next poll.
+        }
         let (applied, chain) = (self.applied, self.applied_chain);
         let leader = self.leader_mut();
         leader.next = applied;
@@ -886,10 +960,10 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         leader.phase = Phase::ReadMinProposal;
         leader.deadline = deadline;
         leader.replies = 0;
-        self.activate_surveyed(fabric);
+        self.activate_surveyed(now, fabric, false);
         if cfg!(feature = "bug-skip-prepare") {
             // Planted defect: no prepare after a leader change.
-            let ballot = self.next_ballot(0, fabric);
+            let ballot = self.next_ballot(0, fabric).unwrap_or(0);
             let leader = self.leader_mut();
             leader.ballot = ballot;
             leader.phase = Phase::Streaming;
@@ -927,20 +1001,27 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     }
 
     /// A ballot above `floor`, above every ballot this replica promised, unique to this replica.
-    fn next_ballot<F: Fabric>(&self, floor: u64, fabric: &mut F) -> u64 {
+    /// `None` only if a peer published a promise at the very top of the ballot space, which
+    /// no correct replica does; the tenure then ends instead of panicking.
+    fn next_ballot<F: Fabric>(&self, floor: u64, fabric: &mut F) -> Option<u64> {
         let (own, _) = self.own_min_proposal(fabric);
         let highest = floor
             .max(own)
             .max(self.leader.as_ref().map_or(0, |l| l.ballot));
-        let ballot = (highest / 8 + 1) * 8 + self.me as u64;
+        let ballot = (highest / 8 + 1)
+            .checked_mul(8)?
+            .checked_add(self.me as u64)?;
         assert!(ballot > highest && ballot % 8 == self.me as u64);
-        ballot
+        Some(ballot)
     }
 
     /// Promises the new ballot locally and to every member that answered the read.
     fn write_min_proposal<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let floor = self.leader_mut().ballot_floor;
-        let ballot = self.next_ballot(floor, fabric);
+        let Some(ballot) = self.next_ballot(floor, fabric) else {
+            self.doom();
+            return;
+        };
         let (_, own_older) = self.own_min_proposal(fabric);
         let own_offset = self.layout.min_proposal_record(own_older);
         fabric.store(own_offset, &record::encode(own_offset, ballot));
@@ -1019,11 +1100,25 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 
     /// Picks the value with the highest ballot among the slots read (this replica's own
     /// included) and adopts it; with none, the tenure moves to the fast path.
-    fn choose_value<F: Fabric>(&mut self, now: u64, position: u64, fabric: &mut F) {
+    ///
+    /// A torn copy counts as "nothing accepted". A leader that crashes in the middle of a write
+    /// leaves exactly such copies, and waiting for them to heal would stall the simplest
+    /// fail-over forever. The residual risk: a decided value is lost if interrupted *rewrites*
+    /// (adoption or catch-up writes of that same value, each cut by a revoke) tear its copies on
+    /// a whole quorum before any leader reads one intact. Closing it needs rewrites that cannot
+    /// destroy a copy (a separately recorded ballot per slot); see the crate's limitations.
+    fn choose_value<F: Fabric>(&mut self, now: u64, position: u64, late: bool, fabric: &mut F) {
         let size = self.config.slot_size as usize;
         let mut best: Option<(u64, Option<ReplicaId>)> = None;
-        if let Ok((header, _)) = self.open_local(fabric, position) {
-            best = Some((header.ballot, None));
+        let mut known = 0u8;
+        let own = self.open_local(fabric, position);
+        match SlotAnswer::of(own, position) {
+            SlotAnswer::Value(ballot) => {
+                best = Some((ballot, None));
+                known += 1;
+            }
+            SlotAnswer::Nothing | SlotAnswer::Unknown => known += 1,
+            SlotAnswer::Ahead => {}
         }
         let replies = self.leader_mut().replies;
         for peer in self.others() {
@@ -1031,17 +1126,26 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 continue;
             }
             fabric.load(self.layout.landing_slot(peer), &mut self.slot[..size]);
-            match slot::open(&self.slot[..size], position) {
-                Ok((header, _)) if best.is_none_or(|(b, _)| header.ballot > b) => {
-                    best = Some((header.ballot, Some(peer)));
+            match SlotAnswer::of(slot::open(&self.slot[..size], position), position) {
+                SlotAnswer::Value(ballot) => {
+                    known += 1;
+                    if best.is_none_or(|(b, _)| ballot > b) {
+                        best = Some((ballot, Some(peer)));
+                    }
                 }
-                Err(SlotError::Stale { found }) if found > position => {
+                SlotAnswer::Nothing | SlotAnswer::Unknown => known += 1,
+                SlotAnswer::Ahead => {
                     // A member recycled a position this leader has not applied: start over.
                     self.doom();
                     return;
                 }
-                _ => {}
             }
+        }
+        if known < self.config.quorum() {
+            if late {
+                self.doom();
+            }
+            return;
         }
         match best {
             None => {
@@ -1119,7 +1223,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 least = least.min(leader.applied_of[p]);
             }
         }
-        least + self.config.slot_count as u64
+        least.saturating_add(self.config.slot_count as u64)
     }
 
     /// Encodes queued commands into the own log, as far as the pipeline and recycling allow,
@@ -1187,7 +1291,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             let leader = self.leader_mut();
             let applied = leader.applied_of[peer as usize];
             let member = &mut leader.members[peer as usize];
-            if !member.lapped && next > applied + slot_count {
+            if !member.lapped && next > applied.saturating_add(slot_count) {
                 // It shows no sign of life, did not hold recycling back, and now needs a
                 // position this log no longer holds.
                 member.lapped = true;
@@ -1197,7 +1301,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             let end = if member.lapped {
                 next
             } else {
-                next.min(applied + slot_count)
+                next.min(applied.saturating_add(slot_count))
             };
             // More than a lap unsent only happens to a member that was ahead (it holds what it
             // was not sent: end <= applied + slot_count).
@@ -1226,7 +1330,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
     }
 
-    /// True when a written position waited longer than `op_timeout_ticks` for a majority.
+    /// True when a written position waited longer than `op_timeout_ticks` for a majority, or a
+    /// queued command waited that long to be proposed.
     fn stalled(&self, now: u64) -> bool {
         let leader = self.leader.as_ref().expect("leading");
         leader.fast_path()
@@ -1264,7 +1369,12 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         loop {
             let leader = self.leader.as_mut().expect("leading");
             if self.applied >= leader.next {
-                leader.progress_at = now;
+                // Nothing undecided. Idle only if nothing waits to be proposed either: queued
+                // commands that cannot be proposed (no majority of members, recycling held back)
+                // count as a stall, which ends the tenure and surveys everyone again.
+                if self.queue.next_to_propose().is_none() {
+                    leader.progress_at = now;
+                }
                 return;
             }
             let votes = leader.acks[(self.applied % ACK_WINDOW as u64) as usize];
