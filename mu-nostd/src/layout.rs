@@ -4,7 +4,8 @@
 //! ```text
 //! offset 0     region header (64 B): magic, layout version, replica count, config hash, check
 //!              background area, writable by every peer:
-//!                heartbeat record, applied record, permission request[n], permission ack[n]
+//!                heartbeat record, applied record, permission request[n], permission ack[n],
+//!                lap notice
 //!              log area, writable only by the granted peer:
 //!                min proposal records [2], commit record, then slot_count slots
 //!              scratch area, never written remotely:
@@ -91,14 +92,19 @@ impl Layout {
     pub const fn new(config: &Config) -> Layout {
         let n = config.replica_count as u32;
         let background = HEADER_BYTES;
-        let background_bytes = round_up_64((2 + 2 * n) * RECORD_BYTES);
+        let background_bytes = round_up_64((3 + 2 * n) * RECORD_BYTES);
         let log = background + background_bytes;
         let slots = log + LOG_HEADER_BYTES;
         let scratch = slots + config.slot_count * config.slot_size;
         let outbox = scratch;
         // Outbox: one request, one ack per peer, min proposal, commit record.
-        let outbox_bytes =
-            round_up_64(RECORD_BYTES + n * RECORD_BYTES + MIN_PROPOSAL_BYTES + COMMIT_RECORD_BYTES);
+        let outbox_bytes = round_up_64(
+            RECORD_BYTES
+                + n * RECORD_BYTES
+                + MIN_PROPOSAL_BYTES
+                + COMMIT_RECORD_BYTES
+                + RECORD_BYTES,
+        );
         let landing = outbox + outbox_bytes;
         // Landing, per peer: header, heartbeat, applied, min proposals, one slot.
         let landing_bytes = n * Layout::landing_stride(config.slot_size);
@@ -151,6 +157,11 @@ impl Layout {
     pub const fn ack(&self, owner: ReplicaId) -> u32 {
         self.background + (2 + self.replica_count as u32 + owner as u32) * RECORD_BYTES
     }
+    /// Where a leader tells this replica it was lapped: the leader's next position, which this
+    /// replica can no longer reach from the leader's log.
+    pub const fn lap_notice(&self) -> u32 {
+        self.background + (2 + 2 * self.replica_count as u32) * RECORD_BYTES
+    }
     /// Both min-proposal records.
     pub const fn min_proposal(&self) -> u32 {
         self.log
@@ -182,6 +193,10 @@ impl Layout {
     /// Outbox: the commit record, staged.
     pub const fn outbox_commit(&self) -> u32 {
         self.outbox + (3 + self.replica_count as u32) * RECORD_BYTES
+    }
+    /// Outbox: a lap notice, staged.
+    pub const fn outbox_lap_notice(&self) -> u32 {
+        self.outbox_commit() + COMMIT_RECORD_BYTES
     }
     const fn landing_of(&self, peer: ReplicaId) -> u32 {
         self.landing + peer as u32 * Layout::landing_stride(self.slot_size)
@@ -256,13 +271,15 @@ mod tests {
             config.slot_size = 192;
             let l = Layout::new(&config);
             assert!(HEADER_BYTES <= l.background);
-            assert!(l.ack(n - 1) + RECORD_BYTES <= l.log);
+            assert!(l.ack(n - 1) + RECORD_BYTES <= l.lap_notice());
+            assert!(l.lap_notice() + RECORD_BYTES <= l.log);
             assert_eq!(l.log % 64, 0);
             assert_eq!(l.slots % 64, 0);
             assert_eq!(l.slot(1) - l.slot(0), 192);
             assert_eq!(l.slot(config.slot_count as u64), l.slot(0));
             assert_eq!(l.log + l.log_bytes(), l.scratch);
-            assert!(l.outbox_commit() + COMMIT_RECORD_BYTES <= l.landing_header(0));
+            assert!(l.outbox_commit() + COMMIT_RECORD_BYTES <= l.outbox_lap_notice());
+            assert!(l.outbox_lap_notice() + RECORD_BYTES <= l.landing_header(0));
             assert!(l.landing_slot(n - 1) + 192 <= l.region_bytes);
             assert!(l.in_log_area(l.slot(5), 192));
             assert!(!l.in_log_area(l.heartbeat(), 16));

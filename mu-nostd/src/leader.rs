@@ -22,9 +22,10 @@
 //! Recycling: the leader writes position `p` only when every replica showing a sign of life (a
 //! moving heartbeat, or a rising applied position) has applied `p - slot_count` (it reads their
 //! published applied positions every `recycle_period_ticks`); a failed replica does not hold the
-//! log back. A replica
-//! that comes back more than a lap behind is sent the current window, finds a later lap at its
-//! next position and halts (it needs a state transfer); it does not hold the log back either.
+//! log back. A replica that comes back more than a lap behind gets no log writes (writing older
+//! positions over its slots could destroy values a newer leader decided there) but a lap notice
+//! in its background area, and halts (it needs a state transfer); it does not hold the log back
+//! either.
 //!
 //! # Invariants
 //! - `applied <= next`, `next - applied < ACK_WINDOW`; `acks[p % ACK_WINDOW]` describes `p` only
@@ -151,9 +152,13 @@ enum MemberState {
 #[derive(Clone, Copy, Debug)]
 struct Member {
     state: MemberState,
-    /// Behind by more than a lap: it is sent the current window only, so that it finds a later
-    /// lap at its next position and halts; it does not hold recycling back.
+    /// Behind by more than a lap (this log no longer holds what it needs). It gets no log
+    /// writes (writing older positions over its slots could destroy values a newer leader
+    /// decided there), only a lap notice in its background area, after which it halts. It does
+    /// not hold recycling back.
     lapped: bool,
+    /// When to (re)send the lap notice.
+    notice_at: u64,
     sent: u64,
     /// The commit point last written to its commit record.
     commit_sent: u64,
@@ -165,6 +170,7 @@ impl Member {
     const NEW: Member = Member {
         state: MemberState::Absent,
         lapped: false,
+        notice_at: 0,
         sent: 0,
         commit_sent: 0,
         min_record: 0,
@@ -385,7 +391,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         fabric: &mut F,
         sm: &mut S,
     ) {
-        self.drain_completions(now, fabric, sm);
+        self.drain_completions(now, fabric);
         self.expire_operations(now, fabric);
         if !self.carry_on(fabric) {
             return;
@@ -418,12 +424,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 
     // ---- connections -------------------------------------------------------------------------
 
-    pub(crate) fn drain_completions<F: Fabric, S: StateMachine>(
-        &mut self,
-        now: u64,
-        fabric: &mut F,
-        sm: &mut S,
-    ) {
+    pub(crate) fn drain_completions<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         for _ in 0..COMPLETION_BATCHES_MAX {
             let n = fabric.poll(&mut self.completions).min(COMPLETION_BATCH);
             for index in 0..n {
@@ -453,7 +454,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                     .as_ref()
                     .is_some_and(|l| l.tenure == pending.tenure)
                 {
-                    self.complete(now, id.peer, pending, completion.status, fabric, sm);
+                    self.complete(now, id.peer, pending, completion.status, fabric);
                 }
             }
             if n < COMPLETION_BATCH {
@@ -521,11 +522,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             tag,
         }
         .encode();
-        let write = matches!(
-            kind,
-            Kind::WriteLog | Kind::WriteMinProposal | Kind::WriteCommit
-        );
-        let posted = if write {
+        let posted = if kind.is_write() {
             fabric.write(peer, local, remote, len, id)
         } else {
             fabric.read(peer, remote, local, len, id)
@@ -611,7 +608,6 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// min-proposal records must not hold a ballot above this tenure's, or a newer leader has
     /// prepared there and may have decided values this tenure never saw.
     fn activate_surveyed<F: Fabric>(&mut self, now: u64, fabric: &mut F, late: bool) {
-        let slot_count = self.config.slot_count as u64;
         for peer in self.others() {
             let leader = self.leader.as_ref().expect("leading");
             let (state, next) = (leader.members[peer as usize].state, leader.next);
@@ -626,15 +622,11 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             }
             let from = applied.min(next);
             // It needs [from, next): if the own log no longer holds all of it, the member needs
-            // a state transfer. Sending it the current window lets it see a later lap and halt.
+            // a state transfer.
             let lapped = !self.log_holds(fabric, from, next);
             let member = &mut self.leader_mut().members[peer as usize];
             member.lapped = lapped;
-            member.sent = if lapped {
-                next.saturating_sub(slot_count)
-            } else {
-                from
-            };
+            member.sent = from;
             member.commit_sent = 0; // A reset may have dropped the last commit record write.
             if !late {
                 member.state = MemberState::Active;
@@ -689,14 +681,13 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 
     // ---- completions -------------------------------------------------------------------------
 
-    fn complete<F: Fabric, S: StateMachine>(
+    fn complete<F: Fabric>(
         &mut self,
         now: u64,
         peer: ReplicaId,
         pending: Pending,
         status: Status,
         fabric: &mut F,
-        sm: &mut S,
     ) {
         let ok = status == Status::Ok;
         if status == Status::Denied {
@@ -728,9 +719,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 }
             }
             Kind::WriteCommit if ok => self.leader_mut().commit_inflight &= !bit,
+            Kind::WriteLapNotice if ok => {}
             _ => self.reset_connection(now, peer, fabric),
         }
-        let _ = sm;
     }
 
     fn complete_applied_read<F: Fabric>(
@@ -1295,14 +1286,13 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 // It shows no sign of life, did not hold recycling back, and now needs a
                 // position this log no longer holds.
                 member.lapped = true;
-                member.sent = next - slot_count;
             }
-            // Never overwrite a position a member has not applied yet (unless it is lapped).
-            let end = if member.lapped {
-                next
-            } else {
-                next.min(applied.saturating_add(slot_count))
-            };
+            if member.lapped {
+                self.post_lap_notice(now, peer, fabric);
+                continue;
+            }
+            // Never overwrite a position a member has not applied yet.
+            let end = next.min(applied.saturating_add(slot_count));
             // More than a lap unsent only happens to a member that was ahead (it holds what it
             // was not sent: end <= applied + slot_count).
             let sent = member.sent.max(end.saturating_sub(slot_count));
@@ -1330,6 +1320,33 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
     }
 
+    /// Tells a lapped member, in its background area (never its log), how far this log is; it
+    /// halts when that is more than a lap past what it applied. Sent again every
+    /// `recycle_period_ticks` while it stays a member: a lost or torn notice heals.
+    fn post_lap_notice<F: Fabric>(&mut self, now: u64, peer: ReplicaId, fabric: &mut F) {
+        let leader = self.leader.as_ref().expect("leading");
+        if now < leader.members[peer as usize].notice_at {
+            return;
+        }
+        let (next, remote) = (leader.next, self.layout.lap_notice());
+        let local = self.layout.outbox_lap_notice();
+        fabric.store(local, &record::encode(remote, next));
+        if self.post(
+            now,
+            fabric,
+            peer,
+            Kind::WriteLapNotice,
+            0,
+            (0, 0),
+            local,
+            remote,
+            RECORD_BYTES,
+        ) {
+            let period = self.config.recycle_period_ticks as u64;
+            self.leader_mut().members[peer as usize].notice_at = now + period;
+        }
+    }
+
     /// True when a written position waited longer than `op_timeout_ticks` for a majority, or a
     /// queued command waited that long to be proposed.
     fn stalled(&self, now: u64) -> bool {
@@ -1343,7 +1360,6 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// again, if this log still holds it.
     fn resync_if_stuck<F: Fabric>(&mut self, now: u64, peer: ReplicaId, fabric: &mut F) {
         let patience = self.config.op_timeout_ticks as u64;
-        let slot_count = self.config.slot_count as u64;
         let leader = self.leader.as_ref().expect("leading");
         let p = peer as usize;
         let (applied, member, next) = (leader.applied_of[p], leader.members[p], leader.next);
@@ -1355,11 +1371,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         let leader = self.leader_mut();
         let member = &mut leader.members[p];
         member.lapped = !holds;
-        member.sent = if holds {
-            applied
-        } else {
-            next.saturating_sub(slot_count)
-        };
+        if holds {
+            member.sent = applied;
+        }
         member.commit_sent = 0;
         leader.applied_moved_at[p] = now;
     }

@@ -189,7 +189,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         if self.leader.is_some() {
             self.lead(now, fabric, sm);
         } else {
-            self.drain_completions(now, fabric, sm);
+            self.drain_completions(now, fabric);
             self.replay(fabric, sm);
         }
         self.publish_applied(now, fabric);
@@ -322,6 +322,10 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 
     /// Finds how far the log is decided and chained, then applies up to there.
     fn replay<F: Fabric, S: StateMachine>(&mut self, fabric: &mut F, sm: &mut S) {
+        if self.lapped_by_notice(fabric) {
+            self.halt(HALT_LAPPED, fabric);
+            return;
+        }
         let mut position = self.applied;
         let mut chain = self.applied_chain;
         for _ in 0..self.scan_bound() {
@@ -352,6 +356,16 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
     }
 
+    /// A leader left a lap notice more than a lap past what this replica applied: nobody will
+    /// send it the positions it lacks.
+    fn lapped_by_notice<F: Fabric>(&self, fabric: &mut F) -> bool {
+        let offset = self.layout.lap_notice();
+        let mut bytes = [0u8; crate::layout::RECORD_BYTES as usize];
+        fabric.load(offset, &mut bytes);
+        record::decode(offset, &bytes)
+            .is_some_and(|next| next > self.applied.saturating_add(self.config.slot_count as u64))
+    }
+
     /// The commit record vouches for positions below its commit point when this replica's
     /// chain through `commit - 1` is the one it carries.
     fn read_commit_record<F: Fabric>(&mut self, fabric: &mut F, scanned_end: u64, chain: u64) {
@@ -378,27 +392,26 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         let frag_len = header.frag_len(capacity) as usize;
         let start = SLOT_HEADER_BYTES as usize;
         let single = header.frag_count == 1;
-        if single {
+        let complete = if single {
             self.assembly.active = false;
-            let command = &self.slot[start..start + frag_len];
+            true
+        } else {
+            self.assemble(header, frag_len)
+        };
+        if complete {
+            let command = if single {
+                &self.slot[start..start + frag_len]
+            } else {
+                &self.entry[..header.entry_len as usize]
+            };
+            let (position, origin) = (header.position, header.origin);
             deliver(
                 sm,
                 &mut self.queue,
                 &mut self.response,
                 self.me,
-                header.position,
-                header.origin,
-                command,
-            );
-        } else if self.assemble(header, frag_len) {
-            let command = &self.entry[..header.entry_len as usize];
-            deliver(
-                sm,
-                &mut self.queue,
-                &mut self.response,
-                self.me,
-                header.position,
-                header.origin,
+                position,
+                origin,
                 command,
             );
         }

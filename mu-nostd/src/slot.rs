@@ -189,7 +189,7 @@ pub fn open(slot: &[u8], position: u64) -> Result<(SlotHeader, u64), SlotError> 
 mod tests {
     use super::*;
 
-    fn sealed(position: u64, payload: &[u8], slot_size: usize) -> ([u8; 256], SlotHeader) {
+    fn sealed(position: u64, payload: &[u8]) -> ([u8; 256], SlotHeader) {
         let header = SlotHeader {
             position,
             ballot: 9,
@@ -203,13 +203,12 @@ mod tests {
         let mut slot = [0u8; 256];
         header.seal(payload, &mut slot);
         slot[SLOT_HEADER_BYTES as usize..][..payload.len()].copy_from_slice(payload);
-        let _ = slot_size;
         (slot, header)
     }
 
     #[test]
     fn round_trip() {
-        let (slot, header) = sealed(77, b"set x 1", 128);
+        let (slot, header) = sealed(77, b"set x 1");
         let (opened, chain) = open(&slot[..128], 77).unwrap();
         assert_eq!(opened, header);
         assert_eq!(chain, header.chain(b"set x 1"));
@@ -217,7 +216,7 @@ mod tests {
 
     #[test]
     fn rejects_empty_torn_stale_and_malformed() {
-        let (slot, _) = sealed(77, b"set x 1", 128);
+        let (slot, _) = sealed(77, b"set x 1");
         assert_eq!(open(&[0u8; 128], 77), Err(SlotError::Empty));
         assert_eq!(
             open(&slot[..128], 77 + 64),
@@ -238,7 +237,7 @@ mod tests {
 
     #[test]
     fn chain_ignores_ballot_and_commit() {
-        let (_, a) = sealed(3, b"v", 128);
+        let (_, a) = sealed(3, b"v");
         let b = SlotHeader {
             ballot: 100,
             commit: 0,

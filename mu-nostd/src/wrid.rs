@@ -27,9 +27,30 @@ pub(crate) enum Kind {
     WriteMinProposal,
     ReadSlot,
     WriteCommit,
+    WriteLapNotice,
 }
 
-const KINDS: [Kind; 11] = [
+impl Kind {
+    /// True for writes (exhaustive on purpose: a new kind must say what it is).
+    pub fn is_write(self) -> bool {
+        match self {
+            Kind::WriteRequest
+            | Kind::WriteAck
+            | Kind::WriteLog
+            | Kind::WriteMinProposal
+            | Kind::WriteCommit
+            | Kind::WriteLapNotice => true,
+            Kind::ReadHeader
+            | Kind::ReadHeartbeat
+            | Kind::ReadApplied
+            | Kind::ReadLog
+            | Kind::ReadMinProposal
+            | Kind::ReadSlot => false,
+        }
+    }
+}
+
+const KINDS: [Kind; 12] = [
     Kind::ReadHeader,
     Kind::ReadHeartbeat,
     Kind::WriteRequest,
@@ -41,6 +62,7 @@ const KINDS: [Kind; 11] = [
     Kind::WriteMinProposal,
     Kind::ReadSlot,
     Kind::WriteCommit,
+    Kind::WriteLapNotice,
 ];
 
 /// A decoded work-request id.

@@ -662,6 +662,7 @@ impl<'s> Sim<'s> {
                 Outcome::Committed {
                     position, response, ..
                 } => {
+                    self.check_no_loss(wait.op, position);
                     self.history
                         .complete_ok(wait.op, position, response, self.tick);
                     self.report.committed += 1;
@@ -677,6 +678,24 @@ impl<'s> Sim<'s> {
                 }
                 Outcome::Dropped { .. } => self.history.complete_unknown(wait.op),
             }
+        }
+    }
+
+    /// No loss, at the moment a client hears "committed": the agreed log (what every replica
+    /// applies, checked by `check_applies`) holds exactly that command at that position.
+    fn check_no_loss(&mut self, op: usize, position: u64) {
+        let command = &self.history.ops()[op].command;
+        let found = self
+            .agreed
+            .binary_search_by_key(&position, |(p, _)| *p)
+            .ok()
+            .map(|index| &self.agreed[index].1);
+        if found != Some(command) {
+            let client = self.history.ops()[op].client;
+            self.fail(
+                "no loss",
+                format!("client {client} was told position {position}, which the agreed log does not hold with its command"),
+            );
         }
     }
 
@@ -712,6 +731,7 @@ impl<'s> Sim<'s> {
                     .background
                     .poll(tick, &mut self.world.fabric(me, Plane::Background));
             }
+            self.check_applies(id);
             self.deliver_outcomes(me);
         }
     }
@@ -786,9 +806,15 @@ impl<'s> Sim<'s> {
                             w(5)
                         ));
                     }
+                    let describe = |c: &[u8]| match kv::decode(c) {
+                        Some(cmd) => format!("client {} seq {}", cmd.client(), cmd.seq()),
+                        None => "malformed".to_string(),
+                    };
+                    let mine = describe(command);
+                    let agreed = describe(&self.agreed[index].1);
                     problems.push((
                         "agreement",
-                        format!("replica {id} applied entry #{index} at position {position}, another replica applied a different command at position {p};{slots}"),
+                        format!("replica {id} applied entry #{index} at position {position} ({mine}), the agreed entry #{index} is at position {p} ({agreed});{slots}"),
                     ))
                 }
                 None => {

@@ -89,3 +89,15 @@ fn garbage_in_soft_state_and_unzeroed_memory_are_harmless() {
         assert_clean(&report);
     }
 }
+
+#[test]
+fn a_seed_replays_identically() {
+    for seed in [3, 14026, 17250] {
+        let (first, first_trace) = cluster::run(seed, true);
+        let (second, second_trace) = cluster::run(seed, true);
+        assert_eq!(first_trace, second_trace, "seed {seed}: traces differ");
+        assert_eq!(first.committed, second.committed);
+        assert_eq!(first.max_applied, second.max_applied);
+        assert!(first_trace.expect("traced").lines().count() > 10);
+    }
+}
