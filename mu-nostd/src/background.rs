@@ -79,6 +79,8 @@ struct Peer {
     score: PullScore,
     /// When a read last showed the heartbeat moving.
     beat_moved_at: Option<u64>,
+    /// When a read last returned a readable heartbeat record.
+    readable_at: Option<u64>,
     heartbeat_read_at: Option<u64>,
     next_read_at: u64,
     /// The request number this replica last served for the peer.
@@ -96,6 +98,7 @@ impl Peer {
         header_read_at: None,
         score: PullScore::unknown(),
         beat_moved_at: None,
+        readable_at: None,
         heartbeat_read_at: None,
         next_read_at: 0,
         served: 0,
@@ -125,6 +128,8 @@ pub struct BackgroundStatus {
 
 const COMPLETION_BATCH: usize = 16;
 const ZERO_CHUNK_BYTES: usize = 256;
+/// Read timeouts a peer's heartbeat may stay unreadable (torn) before reads count as misses.
+const UNREADABLE_TIMEOUTS: u64 = 4;
 const ZERO_CHUNKS_PER_POLL: u32 = 256;
 const COMPLETION_BATCHES_MAX: usize = 8;
 
@@ -296,12 +301,25 @@ impl<'s> BackgroundPlane<'s> {
                 if ok {
                     let mut bytes = [0u8; RECORD_BYTES as usize];
                     fabric.load(self.layout.landing_heartbeat(id.peer), &mut bytes);
-                    // A torn read carries no information either way.
-                    if let Some(beat) = record::decode(self.layout.heartbeat(), &bytes) {
-                        let before = peer.score.last_heartbeat();
-                        peer.score.observe(&self.config.detector, beat);
-                        if before.is_some_and(|b| b != beat) {
-                            peer.beat_moved_at = Some(now);
+                    match record::decode(self.layout.heartbeat(), &bytes) {
+                        Some(beat) => {
+                            peer.readable_at = Some(now);
+                            let before = peer.score.last_heartbeat();
+                            peer.score.observe(&self.config.detector, beat);
+                            if before.is_some_and(|b| b != beat) {
+                                peer.beat_moved_at = Some(now);
+                            }
+                        }
+                        // A read torn by a live peer's store says nothing; but a heartbeat that
+                        // stays unreadable for several read timeouts (a dead peer's damaged
+                        // record) counts as unchanged, or it would keep that peer alive forever.
+                        None => {
+                            let grace = UNREADABLE_TIMEOUTS
+                                * self.config.detector.read_timeout_ticks as u64;
+                            let since = now.saturating_sub(peer.readable_at.unwrap_or(0));
+                            if since > grace {
+                                peer.score.miss(&self.config.detector);
+                            }
                         }
                     }
                 } else {
