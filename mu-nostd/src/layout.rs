@@ -157,8 +157,8 @@ impl Layout {
     pub const fn ack(&self, owner: ReplicaId) -> u32 {
         self.background + (2 + self.replica_count as u32 + owner as u32) * RECORD_BYTES
     }
-    /// Where a leader tells this replica it was lapped: the leader's next position, which this
-    /// replica can no longer reach from the leader's log.
+    /// Where a leader tells this replica it was lapped: the lowest position the leader's log
+    /// can still send; above this replica's applied position, it halts.
     pub const fn lap_notice(&self) -> u32 {
         self.background + (2 + 2 * self.replica_count as u32) * RECORD_BYTES
     }

@@ -1320,17 +1320,27 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
     }
 
-    /// Tells a lapped member, in its background area (never its log), how far this log is; it
-    /// halts when that is more than a lap past what it applied. Sent again every
-    /// `recycle_period_ticks` while it stays a member: a lost or torn notice heals.
+    /// Tells a lapped member, in its background area (never its log), the lowest position
+    /// from which this log can still send every position up to `next`; the member halts when
+    /// that is above what it applied. Sent again every `recycle_period_ticks` while it stays a
+    /// member: a lost or torn notice heals.
     fn post_lap_notice<F: Fabric>(&mut self, now: u64, peer: ReplicaId, fabric: &mut F) {
         let leader = self.leader.as_ref().expect("leading");
         if now < leader.members[peer as usize].notice_at {
             return;
         }
-        let (next, remote) = (leader.next, self.layout.lap_notice());
+        let floor = self.oldest_held(fabric);
+        let applied = leader.applied_of[peer as usize];
+        if applied >= floor {
+            // Its applied position was stale: this log can serve it after all.
+            let member = &mut self.leader_mut().members[peer as usize];
+            member.lapped = false;
+            member.sent = applied;
+            return;
+        }
+        let remote = self.layout.lap_notice();
         let local = self.layout.outbox_lap_notice();
-        fabric.store(local, &record::encode(remote, next));
+        fabric.store(local, &record::encode(remote, floor));
         if self.post(
             now,
             fabric,
@@ -1345,6 +1355,19 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             let period = self.config.recycle_period_ticks as u64;
             self.leader_mut().members[peer as usize].notice_at = now + period;
         }
+    }
+
+    /// The lowest position `q` such that the own log holds every position of `[q, next)`.
+    fn oldest_held<F: Fabric>(&self, fabric: &mut F) -> u64 {
+        let next = self.leader.as_ref().expect("leading").next;
+        let mut floor = next;
+        while floor > 0 && next - floor < self.config.slot_count as u64 {
+            if !self.log_holds(fabric, floor - 1, floor) {
+                break;
+            }
+            floor -= 1;
+        }
+        floor
     }
 
     /// True when a written position waited longer than `op_timeout_ticks` for a majority, or a

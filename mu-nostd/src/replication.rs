@@ -356,14 +356,13 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
     }
 
-    /// A leader left a lap notice more than a lap past what this replica applied: nobody will
-    /// send it the positions it lacks.
+    /// A leader left a lap notice: the lowest position it can still send is above what this
+    /// replica applied, so nobody will send it the positions it lacks.
     fn lapped_by_notice<F: Fabric>(&self, fabric: &mut F) -> bool {
         let offset = self.layout.lap_notice();
         let mut bytes = [0u8; crate::layout::RECORD_BYTES as usize];
         fabric.load(offset, &mut bytes);
-        record::decode(offset, &bytes)
-            .is_some_and(|next| next > self.applied.saturating_add(self.config.slot_count as u64))
+        record::decode(offset, &bytes).is_some_and(|floor| floor > self.applied)
     }
 
     /// The commit record vouches for positions below its commit point when this replica's
