@@ -614,9 +614,12 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             let MemberState::Surveyed { applied } = state else {
                 continue;
             };
-            if leader.fast_path() && applied > self.applied {
-                // Positions this leader has not decided were decided without it: another leader
-                // holds the grants, this tenure is over.
+            if applied > self.applied {
+                // It applied positions this leader has not: they are decided. While streaming,
+                // another leader holds the grants; while preparing, this tenure would rewrite
+                // (adopt) positions a member already applied, and a revoke tearing such a rewrite
+                // destroys a copy that a lagging replica may need. Either way: a new tenure, whose
+                // survey catches up from this member.
                 self.doom();
                 return;
             }
@@ -657,15 +660,13 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// True when the own log holds every position of `[from, to)`. Not only `[to - slot_count,
     /// to)` may be missing: a tenure that proposed past its commit point (and then lost its
     /// grants) overwrote older slots with positions that were never decided.
-    fn log_holds<F: Fabric>(&self, fabric: &mut F, from: u64, to: u64) -> bool {
+    fn log_holds<F: Fabric>(&mut self, fabric: &mut F, from: u64, to: u64) -> bool {
         if to - from > self.config.slot_count as u64 {
             return false;
         }
-        (from..to).all(|position| {
-            let mut field = [0u8; 8];
-            fabric.load(self.layout.slot(position) + 8, &mut field);
-            u64::from_le_bytes(field) == position
-        })
+        // The whole slot must open: a torn copy in the own log must never be shipped as if it
+        // were the value.
+        (from..to).all(|position| self.open_local(fabric, position).is_ok())
     }
 
     fn active_members(&self) -> u8 {
@@ -1329,8 +1330,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         if now < leader.members[peer as usize].notice_at {
             return;
         }
-        let floor = self.oldest_held(fabric);
         let applied = leader.applied_of[peer as usize];
+        let floor = self.oldest_held(fabric);
         if applied >= floor {
             // Its applied position was stale: this log can serve it after all.
             let member = &mut self.leader_mut().members[peer as usize];
@@ -1358,7 +1359,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     }
 
     /// The lowest position `q` such that the own log holds every position of `[q, next)`.
-    fn oldest_held<F: Fabric>(&self, fabric: &mut F) -> u64 {
+    fn oldest_held<F: Fabric>(&mut self, fabric: &mut F) -> u64 {
         let next = self.leader.as_ref().expect("leading").next;
         let mut floor = next;
         while floor > 0 && next - floor < self.config.slot_count as u64 {
@@ -1399,6 +1400,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
         member.commit_sent = 0;
         leader.applied_moved_at[p] = now;
+        // A repair under way is progress: give it a timeout before calling the tenure stalled.
+        leader.progress_at = now;
     }
 
     /// Applies every position a majority holds, in order.

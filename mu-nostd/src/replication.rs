@@ -61,6 +61,9 @@ pub enum SubmitError {
 pub struct ReplicationStatus {
     /// Positions below this are applied here.
     pub applied: u64,
+    /// Chain digest of every slot applied (through `applied - 1`): two replicas with the same
+    /// `applied` hold the same log prefix exactly when these are equal.
+    pub applied_chain: u64,
     /// The tenure this replica leads in, if it does.
     pub leading: Option<u32>,
     /// True once the leader finished its prepare and replicates on the fast path.
@@ -227,6 +230,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     pub fn status(&self) -> ReplicationStatus {
         ReplicationStatus {
             applied: self.applied,
+            applied_chain: self.applied_chain,
             leading: self.leader.as_ref().map(|l| l.tenure),
             fast_path: self.leader.as_ref().is_some_and(|l| l.fast_path()),
             queued: self.queue.len() as u32,

@@ -274,6 +274,9 @@ struct Sim<'s> {
     history: History,
     submitted: HashSet<Vec<u8>>,
     agreed: Vec<(u64, Vec<u8>)>,
+    /// Chain digest of the applied prefix, by applied position: slot-level agreement (a
+    /// fragment of a command that never completes is applied too, but is no command).
+    chains: std::collections::HashMap<u64, u64>,
     rng: Rng,
     tick: u64,
     trace: Option<String>,
@@ -357,6 +360,7 @@ impl<'s> Sim<'s> {
             history: History::new(),
             submitted: HashSet::new(),
             agreed: Vec::new(),
+            chains: std::collections::HashMap::new(),
             rng: Rng::new(seed),
             tick: 0,
             trace: trace.then(String::new),
@@ -775,7 +779,24 @@ impl<'s> Sim<'s> {
         }
         for id in 0..self.nodes.len() {
             self.check_applies(id);
+            self.check_chain(id);
             self.trace_status(id);
+        }
+    }
+
+    /// Slot-level agreement: every replica that applied up to a position holds the same chain.
+    fn check_chain(&mut self, id: usize) {
+        let status = self.nodes[id].replica.replication.status();
+        let chain = *self
+            .chains
+            .entry(status.applied)
+            .or_insert(status.applied_chain);
+        if chain != status.applied_chain {
+            let applied = status.applied;
+            self.fail(
+                "agreement",
+                format!("replica {id} applied a different log prefix through position {applied} (chain digests differ)"),
+            );
         }
     }
 

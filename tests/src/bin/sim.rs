@@ -5,6 +5,9 @@
 //! sim --seed S [--trace]           run one seed; print its report (and its trace)
 //! sim ... --expect-violation       for planted defects: exit 0 only if some seed is caught
 //! ```
+//!
+//! With `--trace`, the environment variable `MU_SIM_TRACE_EVERY=N` prints each leader's member
+//! table every N ticks (default 100).
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
