@@ -669,6 +669,11 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         (from..to).all(|position| self.open_local(fabric, position).is_ok())
     }
 
+    fn is_active(&self, peer: ReplicaId) -> bool {
+        let leader = self.leader.as_ref().expect("leading");
+        leader.members[peer as usize].state == MemberState::Active
+    }
+
     fn active_members(&self) -> u8 {
         let leader = self.leader.as_ref().expect("leading");
         let mut mask = 0;
@@ -962,7 +967,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             return;
         }
         for peer in self.others() {
-            if self.active_members() & (1 << peer) == 0 {
+            if !self.is_active(peer) {
                 continue;
             }
             let (local, remote) = (
@@ -1068,7 +1073,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         leader.replies = 0;
         let prepared = leader.prepared;
         for peer in self.others() {
-            if prepared & (1 << peer) == 0 || self.active_members() & (1 << peer) == 0 {
+            if prepared & (1 << peer) == 0 || !self.is_active(peer) {
                 continue;
             }
             let local = self.layout.landing_slot(peer);
@@ -1276,7 +1281,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         let slot_count = self.config.slot_count as u64;
         let next = self.leader_mut().next;
         for peer in self.others() {
-            if self.active_members() & (1 << peer) == 0 {
+            if !self.is_active(peer) {
                 continue;
             }
             self.resync_if_stuck(now, peer, fabric);

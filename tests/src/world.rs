@@ -808,6 +808,28 @@ impl SimFabric<'_> {
     }
 }
 
+impl SimFabric<'_> {
+    fn post(
+        &mut self,
+        kind: Kind,
+        peer: ReplicaId,
+        local: u32,
+        remote: u32,
+        len: u32,
+        wr_id: u64,
+    ) -> Result<(), PostError> {
+        let request = Request {
+            kind,
+            peer,
+            local,
+            remote,
+            len,
+            wr_id,
+        };
+        self.world.post(self.me, self.plane, request)
+    }
+}
+
 impl Fabric for SimFabric<'_> {
     fn write(
         &mut self,
@@ -817,16 +839,7 @@ impl Fabric for SimFabric<'_> {
         len: u32,
         wr_id: u64,
     ) -> Result<(), PostError> {
-        let (local, remote) = (local_offset, remote_offset);
-        let request = Request {
-            kind: Kind::Write,
-            peer,
-            local,
-            remote,
-            len,
-            wr_id,
-        };
-        self.world.post(self.me, self.plane, request)
+        self.post(Kind::Write, peer, local_offset, remote_offset, len, wr_id)
     }
 
     fn read(
@@ -837,16 +850,7 @@ impl Fabric for SimFabric<'_> {
         len: u32,
         wr_id: u64,
     ) -> Result<(), PostError> {
-        let (local, remote) = (local_offset, remote_offset);
-        let request = Request {
-            kind: Kind::Read,
-            peer,
-            local,
-            remote,
-            len,
-            wr_id,
-        };
-        self.world.post(self.me, self.plane, request)
+        self.post(Kind::Read, peer, local_offset, remote_offset, len, wr_id)
     }
 
     fn poll(&mut self, completions: &mut [Completion]) -> usize {
