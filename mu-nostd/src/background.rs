@@ -188,6 +188,16 @@ impl<'s> BackgroundPlane<'s> {
         }
     }
 
+    /// Numbers this plane's permission requests from `incarnation`'s own range, so that owners
+    /// never take a restarted replica's new request for one its earlier life made. Call it once,
+    /// before the first `poll`.
+    pub fn begin_incarnation(&mut self, incarnation: u32) {
+        assert!(self.started_at.is_none() && self.request_number == 0);
+        // Request numbers are 56 bits (the record keeps a byte for the attempt); tenures are the
+        // low 24 bits, so each incarnation starts a fresh block of 2^24 tenures.
+        self.request_number = (incarnation as u64) << 24;
+    }
+
     /// Does one bounded round of background work at time `now`.
     pub fn poll<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         if self.started_at.is_none() {

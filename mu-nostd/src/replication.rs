@@ -180,6 +180,15 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
     }
 
+    /// Numbers this plane's commands from `incarnation`'s own range, so that a replica process
+    /// restarted with a fresh region never reuses the origin of a command its earlier life
+    /// proposed (a decided old command would otherwise be reported committed for a new one).
+    /// Call it once, before the first `submit`; the runtime keeps `incarnation` rising across
+    /// restarts.
+    pub fn begin_incarnation(&mut self, incarnation: u32) {
+        self.queue.start_sequences_at(crate::slot::incarnation_base(incarnation));
+    }
+
     /// Does one bounded round of replication work at time `now`.
     pub fn poll<F: Fabric, S: StateMachine>(&mut self, now: u64, fabric: &mut F, sm: &mut S) {
         self.shared.tick_progress();

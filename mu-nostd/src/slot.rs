@@ -80,6 +80,18 @@ fn word(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(w)
 }
 
+/// Request sequences are 56 bits wide (the proposer id takes the top byte of the origin).
+pub const SEQUENCE_LIMIT: u64 = 1 << 56;
+/// Sequences an incarnation of a replica process may use before it reaches the next one's range.
+pub const SEQUENCES_PER_INCARNATION: u64 = 1 << 32;
+
+/// The first request sequence of `incarnation` (see
+/// [`crate::ReplicationPlane::begin_incarnation`]); incarnations wrap after 2^24.
+pub const fn incarnation_base(incarnation: u32) -> u64 {
+    let slot = (incarnation as u64) % (SEQUENCE_LIMIT / SEQUENCES_PER_INCARNATION);
+    slot * SEQUENCES_PER_INCARNATION + 1
+}
+
 /// The origin word for `proposer`'s request `sequence`.
 pub const fn origin(proposer: u8, sequence: u64) -> u64 {
     ((proposer as u64) << 56) | (sequence & ((1 << 56) - 1))

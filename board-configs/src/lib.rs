@@ -1,0 +1,284 @@
+//! Mu deployment descriptions: one TOML file describes a cluster (the part every replica shares)
+//! and, for each replica, the host it runs on: a Linux process or a firmware board.
+//!
+//! The Linux runtime reads the file at start time (`mu replica --config FILE --id N`); a firmware
+//! build script can read the same file at build time, so this is a plain `std` library with no
+//! dependencies beyond `toml` and `serde`.
+//!
+//! # Schema
+//!
+//! ```toml
+//! [cluster]
+//! name = "shm-3"             # [A-Za-z0-9_-], 1 to 32 characters
+//! replicas = 3               # 1..=7; the replica ids are 0..replicas
+//! tick_ns = 1000             # length of one core tick in ns, 1..=1_000_000_000
+//! slot_count = 65536         # slots in the circular log
+//! slot_size = 256            # bytes per slot, header included; a multiple of 64
+//! entry_slots_max = 8        # most slots one command may span
+//! pipeline_depth = 16        # most written-but-undecided slots in flight
+//! op_timeout_ticks = 2000    # a replication operation outstanding this long aborts
+//! permission_retry_ticks = 1000  # a permission request or ack unanswered this long is resent
+//! recycle_period_ticks = 100 # how often the leader reads applied positions to recycle the log
+//!
+//! [cluster.detector]
+//! read_period_ticks = 5      # how often each peer's heartbeat is read
+//! # Optional; each defaults to the value of mu_nostd::DetectorConfig::paper(read_period_ticks):
+//! # heartbeat_period_ticks, read_timeout_ticks, score_max, fail_below, recover_above, fate_ticks
+//!
+//! [[replica]]                # one per replica, each id of 0..replicas exactly once
+//! id = 0
+//! [replica.linux]            # a Linux process ...
+//! fabric = "shm"             # "shm" (one host) or "verbs" (RDMA)
+//! shm_dir = "/dev/shm/mu-shm-3"  # shm only, absolute; default "/dev/shm/mu-<cluster.name>"
+//! replication_core = 0       # optional CPU (0..=1023) for the replication plane; absent = unpinned
+//! background_core = 1        # optional CPU for the background plane
+//! polling = "shared"         # "busy" (spin, needs two distinct cores) or "shared" (default)
+//! realtime_priority = 0      # optional; 0 = normal scheduling, 1..=99 = SCHED_FIFO priority
+//! # verbs only, and then all required:
+//! # device = "rxe0", port = 1 (1..=255), gid_index = 1 (0..=255), address = "10.0.2.15:7470"
+//!
+//! [[replica]]
+//! id = 1
+//! [replica.firmware]         # ... or a firmware board (exactly one of the two)
+//! board = "qemu-virt-a53"    # free text, not empty
+//! ram_base = 0x40000000
+//! ram_size = 0x08000000
+//! window_base = 0x10000000000  # the shared window (ivshmem BAR) the fabric lives in
+//! window_size = 0x400000     # must hold every replica's region, each rounded up to 4 KiB
+//! ```
+//!
+//! Every `cluster` key is required except the detector overrides; unknown keys are errors. The
+//! cluster values must also pass [`mu_nostd::Config::validate`].
+//!
+//! # Errors
+//!
+//! A [`ConfigFileError`] names the file, the 1-based line and column, and the field as a dotted
+//! path written the way the file spells it: `cluster.slot_size`, `cluster.detector.fate_ticks`,
+//! `replica[1].linux.polling` (the index is the position in the file), `replica[0].id`. It
+//! displays as `FILE:LINE:COLUMN: FIELD: REASON`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod read;
+mod tree;
+mod write;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A whole deployment: the cluster and every replica's host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deployment {
+    /// The file it was read from, as given to [`parse`] or [`load`]; empty when built in code.
+    pub file: String,
+    /// What every replica shares.
+    pub cluster: Cluster,
+    /// One per replica, sorted by id, so that `replicas[i].id == i`.
+    pub replicas: Vec<ReplicaSpec>,
+}
+
+/// The part of a deployment every replica shares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// The cluster's name, `[A-Za-z0-9_-]{1,32}`.
+    pub name: String,
+    /// Length of one core tick in nanoseconds; every `*_ticks` value is in these.
+    pub tick_ns: u64,
+    /// The core configuration, validated.
+    pub config: mu_nostd::Config,
+}
+
+/// One replica: its id and the host it runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaSpec {
+    /// The replica id, `0..replicas`.
+    pub id: u8,
+    /// Where and how it runs.
+    pub host: Host,
+}
+
+/// The host a replica runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Host {
+    /// A process of the Linux runtime (`[replica.linux]`).
+    Linux(LinuxHost),
+    /// A firmware image on a board (`[replica.firmware]`).
+    Firmware(FirmwareHost),
+}
+
+/// How a Linux replica runs (`[replica.linux]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinuxHost {
+    /// The fabric its regions live on.
+    pub fabric: FabricSpec,
+    /// The CPU the replication plane is pinned to; `None` = not pinned.
+    pub replication_core: Option<usize>,
+    /// The CPU the background plane is pinned to; `None` = not pinned.
+    pub background_core: Option<usize>,
+    /// How the planes wait for work.
+    pub polling: Polling,
+    /// `SCHED_FIFO` priority `1..=99`; `None` for normal scheduling (0 or absent in the file).
+    pub realtime_priority: Option<u8>,
+}
+
+/// The fabric of a Linux replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FabricSpec {
+    /// Shared memory on one host: every region is a file in `dir`.
+    Shm {
+        /// An absolute directory, usually under `/dev/shm`.
+        dir: PathBuf,
+    },
+    /// RDMA verbs.
+    Verbs {
+        /// The RDMA device, e.g. `rxe0`.
+        device: String,
+        /// The device port, `1..=255`.
+        port: u8,
+        /// The GID table index.
+        gid_index: u8,
+        /// The `IP:port` this replica listens on to exchange connection details.
+        address: String,
+    },
+}
+
+/// How a Linux replica's planes wait for work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Polling {
+    /// Spin without yielding: lowest latency, one whole core per plane.
+    Busy,
+    /// Yield between empty polls, so the planes can share cores with other work.
+    Shared,
+}
+
+/// A firmware replica's board (`[replica.firmware]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirmwareHost {
+    /// The board's name, free text.
+    pub board: String,
+    /// Start of the board's RAM.
+    pub ram_base: u64,
+    /// Bytes of RAM.
+    pub ram_size: u64,
+    /// Start of the shared window (e.g. an ivshmem BAR) the fabric lives in.
+    pub window_base: u64,
+    /// Bytes of the shared window; it holds every replica's region, each rounded up to 4 KiB.
+    pub window_size: u64,
+}
+
+/// A deployment file that cannot be used: where, which field, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigFileError {
+    /// The file, as given to [`parse`] or [`load`].
+    pub file: String,
+    /// 1-based line of the problem; `None` only when the file could not be read.
+    pub line: Option<usize>,
+    /// 1-based column (in characters) of the problem; `None` exactly when `line` is.
+    pub column: Option<usize>,
+    /// The dotted field, e.g. `replica[1].linux.polling`; empty for TOML syntax and read errors.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigFileError {
+    /// `FILE:LINE:COLUMN: FIELD: REASON`, leaving out the parts that are unknown or empty.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for ConfigFileError {}
+
+/// Reads and parses a deployment file.
+///
+/// A file that cannot be read gives an error without a line and with an empty field; a file that
+/// is not UTF-8 gives the line of the first bad byte.
+pub fn load(path: &Path) -> Result<Deployment, ConfigFileError> {
+    let file = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| ConfigFileError {
+        file: file.clone(),
+        line: None,
+        column: None,
+        field: String::new(),
+        reason: format!("cannot read: {e}"),
+    })?;
+    match std::str::from_utf8(&bytes) {
+        Ok(source) => parse(source, &file),
+        Err(e) => {
+            let good = String::from_utf8_lossy(&bytes[..e.valid_up_to()]);
+            Err(read::Reader::new(&good, &file).error(e.valid_up_to(), "", "not valid UTF-8"))
+        }
+    }
+}
+
+/// Parses a deployment from `source`; `file` names it in errors.
+pub fn parse(source: &str, file: &str) -> Result<Deployment, ConfigFileError> {
+    read::deployment(source, file)
+}
+
+impl Deployment {
+    /// The replica with this id.
+    pub fn replica(&self, id: u8) -> Option<&ReplicaSpec> {
+        self.replicas.iter().find(|r| r.id == id)
+    }
+
+    /// The deployment as a file of the schema above; [`parse`] gives back an equal deployment
+    /// (a non-UTF-8 shm directory excepted: it is written lossily).
+    pub fn to_toml(&self) -> String {
+        write::deployment(self)
+    }
+
+    /// A Linux deployment whose replicas share memory on this host, all with `dir` and
+    /// `polling`; `cores[i]` is `(replication_core, background_core)` of replica `i`, and
+    /// replicas past the end of `cores` are not pinned. Nothing is validated here: write it out
+    /// with [`Deployment::to_toml`] and [`parse`] it to check it.
+    pub fn shm_linux(
+        name: &str,
+        config: mu_nostd::Config,
+        tick_ns: u64,
+        dir: PathBuf,
+        polling: Polling,
+        cores: &[(Option<usize>, Option<usize>)],
+    ) -> Deployment {
+        let replicas = (0..config.replica_count)
+            .map(|id| {
+                let (replication_core, background_core) =
+                    cores.get(id as usize).copied().unwrap_or((None, None));
+                ReplicaSpec {
+                    id,
+                    host: Host::Linux(LinuxHost {
+                        fabric: FabricSpec::Shm { dir: dir.clone() },
+                        replication_core,
+                        background_core,
+                        polling,
+                        realtime_priority: None,
+                    }),
+                }
+            })
+            .collect();
+        Deployment {
+            file: String::new(),
+            cluster: Cluster {
+                name: name.to_owned(),
+                tick_ns,
+                config,
+            },
+            replicas,
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! # runtime-linux: Mu on Linux
+//!
+//! Hosts the `mu-nostd` core on Linux: the shared-memory fabric ([`shm`]), the planes on pinned
+//! busy-polling threads ([`node`]), and the `mu` command.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`shm`] | the shared-memory fabric: region files, permissions with fencing, completions |
+//! | [`mem`] | mapped shared memory and atomic byte copies |
+//! | [`procfs`] | process liveness for fencing; isolated cores |
+//! | [`node`] | one replica: region, client port, planes on pinned threads, polling modes |
+//! | [`port`] | a replica's client port: request and response rings, status, journal |
+//! | [`kv`] | the replicated key-value store of the demo and the tests |
+//! | [`clock`] | ticks from `CLOCK_MONOTONIC`; the TSC for latency figures |
+
+pub mod mem;
+pub mod procfs;
+pub mod shm;
+pub mod clock;
+pub mod kv;
+pub mod node;
+pub mod port;

@@ -1,0 +1,151 @@
+//! Memory that other processes change under our feet: a mapped shared-memory file, and byte
+//! copies in and out of it.
+//!
+//! Every access to mapped bytes goes through relaxed atomics, never through Rust references to
+//! plain bytes, because other processes write them at any time (a plain `memcpy` over them would
+//! be a data race). Relaxed is enough: the core checks every slot and record it reads, and the
+//! fabric orders what it must with `SeqCst` accesses to its control words.
+//!
+//! # Invariants
+//! - A `Mapping` is valid for `len` bytes from `base` until it is dropped; `len` is a multiple of
+//!   the page size.
+//! - Copies stay inside the bounds the caller checked; the `unsafe` here is confined to pointer
+//!   arithmetic inside those bounds and to `mmap`/`munmap`.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+/// A shared, writable mapping of a whole file.
+pub struct Mapping {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; every access to it is atomic (see the module doc).
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps the first `len` bytes of `file`, shared and writable, populated up front so that the
+    /// hot path takes no page faults.
+    pub fn map(file: &File, len: usize) -> io::Result<Mapping> {
+        assert!(len > 0 && len % page_size() == 0);
+        // SAFETY: a fresh mapping of a file we hold open; the kernel picks the address.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = NonNull::new(base.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
+        Ok(Mapping { base, len })
+    }
+
+    /// Bytes mapped.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The 64-bit word at byte `offset` (8-aligned).
+    pub fn word(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset % 8 == 0 && offset + 8 <= self.len);
+        // SAFETY: in bounds and aligned (the mapping is page-aligned); lives as long as `self`.
+        unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(offset).cast::<u64>()) }
+    }
+
+    /// Pointer to byte `offset`, for [`copy`]; the caller keeps within `len`.
+    pub fn at(&self, offset: usize) -> *mut u8 {
+        assert!(offset <= self.len);
+        // SAFETY: in bounds (checked above).
+        unsafe { self.base.as_ptr().add(offset) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what `map` mapped; no reference into it outlives `self`.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The system's page size.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096)
+}
+
+/// Copies `len` bytes from `src` to `dst` with relaxed atomic accesses: words when both are
+/// equally aligned, bytes otherwise.
+///
+/// # Safety
+/// Both ranges must be valid for `len` bytes (mapped memory, or a local buffer nobody else
+/// touches meanwhile).
+pub unsafe fn copy(src: *const u8, dst: *mut u8, len: usize) {
+    let mut i = 0;
+    if (src as usize) % 8 == (dst as usize) % 8 {
+        while i < len && (src as usize + i) % 8 != 0 {
+            copy_byte(src, dst, i);
+            i += 1;
+        }
+        while i + 8 <= len {
+            // SAFETY: in bounds (caller) and 8-aligned (loop above).
+            let (s, d) = unsafe {
+                (
+                    AtomicU64::from_ptr(src.add(i) as *mut u64),
+                    AtomicU64::from_ptr(dst.add(i).cast::<u64>()),
+                )
+            };
+            d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
+            i += 8;
+        }
+    }
+    while i < len {
+        copy_byte(src, dst, i);
+        i += 1;
+    }
+}
+
+fn copy_byte(src: *const u8, dst: *mut u8, i: usize) {
+    // SAFETY: `copy`'s caller guarantees both ranges; `i` is inside them.
+    let (s, d) = unsafe {
+        (
+            AtomicU8::from_ptr(src.add(i) as *mut u8),
+            AtomicU8::from_ptr(dst.add(i)),
+        )
+    };
+    d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_every_alignment_and_length() {
+        let src: Vec<u8> = (0..200u8).collect();
+        for from in 0..9 {
+            for to in 0..9 {
+                for len in [0, 1, 7, 8, 9, 63, 64, 65, 150] {
+                    let mut dst = vec![0xEEu8; 200];
+                    // SAFETY: both ranges are inside the local vectors.
+                    unsafe { copy(src.as_ptr().add(from), dst.as_mut_ptr().add(to), len) };
+                    assert_eq!(&dst[to..to + len], &src[from..from + len]);
+                    assert!(dst[..to].iter().all(|&b| b == 0xEE));
+                    assert!(dst[to + len..].iter().all(|&b| b == 0xEE));
+                }
+            }
+        }
+    }
+}

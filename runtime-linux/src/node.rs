@@ -1,0 +1,463 @@
+//! One replica process: its region, its client port, and the two planes on their own threads,
+//! pinned to cores, with memory locked and optional real-time priority.
+//!
+//! The thread bodies are loops over [`ReplicationLoop::step`] and [`BackgroundLoop::step`]; tests
+//! call the same steps directly (the counting-allocator test drives three replicas from one
+//! thread that way).
+//!
+//! Polling modes: `busy` never yields (one isolated core per plane); `shared` yields every
+//! [`YIELD_EVERY`] polls, so that more busy threads than cores still all make progress.
+//!
+//! # Invariants
+//! - After start-up, a step allocates nothing on the heap (fixed tables, preallocated
+//!   histogram, rings in shared memory); the counting-allocator test checks it.
+//! - A ticket stays in the ticket table from `submit` until `committed` or `dropped`; the core
+//!   keeps at most `REQUESTS_MAX` of them, so `ticket % REQUESTS_MAX` never collides.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use board_configs::Polling;
+use hdrhistogram::Histogram;
+use mu_nostd::{
+    planes, BackgroundPlane, Config, ReplicaError, ReplicaId, ReplicationPlane, Shared,
+    StateMachine, SubmitError, Ticket, REQUESTS_MAX,
+};
+
+use crate::clock::{cycles_end, cycles_start, monotonic_ns, Ticker};
+use crate::kv::{self, Kv};
+use crate::port::{Outcome, Port, Response, Stat, COMMAND_MAX};
+use crate::procfs::IsolatedCores;
+use crate::shm::{OwnRegion, Previous, RegionDir, ShmError, ShmFabric};
+
+/// Largest slot the Linux runtime supports.
+pub const SLOT_MAX: usize = 4096;
+/// Largest command the Linux runtime supports.
+pub const ENTRY_MAX: usize = 64 * 1024;
+/// Bytes of commands the leader may hold undecided.
+pub const QUEUE_BYTES: usize = 256 * 1024;
+/// In `shared` polling mode, a thread yields once every this many polls.
+pub const YIELD_EVERY: u32 = 16;
+/// Keys the replicated store holds.
+pub const KV_CAPACITY: usize = 4096;
+/// Client commands a replication step takes from the port at most.
+const INTAKE_PER_STEP: usize = 8;
+
+/// The replication plane as this runtime builds it.
+pub type Replication<'s> = ReplicationPlane<'s, SLOT_MAX, ENTRY_MAX, QUEUE_BYTES>;
+
+/// Where and how one replica runs.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    /// The replica id.
+    pub id: ReplicaId,
+    /// The cluster configuration.
+    pub config: Config,
+    /// Nanoseconds per core tick.
+    pub tick_ns: u64,
+    /// The cluster's shared-memory directory.
+    pub dir: PathBuf,
+    /// Polling mode.
+    pub polling: Polling,
+    /// Core for the replication plane's thread.
+    pub replication_core: Option<usize>,
+    /// Core for the background plane's thread.
+    pub background_core: Option<usize>,
+    /// SCHED_FIFO priority for both threads.
+    pub realtime_priority: Option<u8>,
+}
+
+/// Why a replica could not start.
+#[derive(Debug)]
+pub enum NodeError {
+    /// The region or port files.
+    Shm(ShmError),
+    /// The core refused the configuration.
+    Replica(ReplicaError),
+    /// The client port.
+    Port(std::io::Error),
+}
+
+impl std::fmt::Display for NodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeError::Shm(e) => write!(f, "{e}"),
+            NodeError::Replica(e) => write!(f, "{e}"),
+            NodeError::Port(e) => write!(f, "client port: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+/// A ticket's client request.
+#[derive(Clone, Copy, Default)]
+struct Waiting {
+    ticket: Ticket,
+    seq: u64,
+    submitted: u64,
+}
+
+/// The application as the replication plane sees it: the store, the journal and client
+/// responses through the port, and the leader's propose-to-commit latency.
+pub struct App<'p> {
+    kv: Kv,
+    port: &'p Port,
+    waiting: [Waiting; REQUESTS_MAX],
+    latency: Histogram<u64>,
+}
+
+impl<'p> App<'p> {
+    /// An empty store answering through `port`.
+    pub fn new(port: &'p Port) -> App<'p> {
+        App {
+            kv: Kv::new(KV_CAPACITY),
+            port,
+            waiting: [Waiting::default(); REQUESTS_MAX],
+            latency: Histogram::new_with_bounds(1, 1 << 40, 3).expect("static bounds"),
+        }
+    }
+
+    /// Propose-to-commit latency of this replica's commands while it led, in cycles.
+    pub fn latency(&self) -> &Histogram<u64> {
+        &self.latency
+    }
+
+    fn respond(&mut self, ticket: Ticket, outcome: Outcome, position: u64, answer: u64) {
+        let waiting = self.waiting[ticket as usize % REQUESTS_MAX];
+        assert_eq!(waiting.ticket, ticket, "a ticket stays until answered");
+        if outcome == Outcome::Committed {
+            let cycles = cycles_end().saturating_sub(waiting.submitted);
+            self.latency.saturating_record(cycles.max(1));
+            self.port
+                .set(Stat::Committed, self.port.get(Stat::Committed) + 1);
+        }
+        self.port.push_response(Response {
+            seq: waiting.seq,
+            outcome,
+            position,
+            commit_ns: monotonic_ns(),
+            answer,
+        });
+    }
+}
+
+impl StateMachine for App<'_> {
+    fn apply(&mut self, position: u64, command: &[u8], response: &mut [u8]) -> usize {
+        let (answer, _) = self.kv.apply(command);
+        self.port
+            .journal(position, kv::command_id(command).unwrap_or(u64::MAX));
+        response[..8].copy_from_slice(&answer.to_le_bytes());
+        8
+    }
+
+    fn committed(&mut self, ticket: Ticket, position: u64, response: &[u8]) {
+        let answer = u64::from_le_bytes(response[..8].try_into().unwrap_or([0; 8]));
+        self.respond(ticket, Outcome::Committed, position, answer);
+    }
+
+    fn dropped(&mut self, ticket: Ticket) {
+        self.respond(ticket, Outcome::Dropped, 0, 0);
+    }
+}
+
+/// What the replication thread does, one step at a time.
+pub struct ReplicationLoop<'s, 'p> {
+    plane: Box<Replication<'s>>,
+    fabric: ShmFabric,
+    app: App<'p>,
+    ticker: Ticker,
+    shared: &'s Shared,
+    command: Box<[u8; COMMAND_MAX]>,
+    published: [u64; 5],
+    digest_applied: u64,
+}
+
+impl<'s, 'p> ReplicationLoop<'s, 'p> {
+    /// The loop over a built plane.
+    pub fn new(
+        plane: Box<Replication<'s>>,
+        fabric: ShmFabric,
+        app: App<'p>,
+        ticker: Ticker,
+        shared: &'s Shared,
+    ) -> Self {
+        ReplicationLoop {
+            plane,
+            fabric,
+            app,
+            ticker,
+            shared,
+            command: Box::new([0; COMMAND_MAX]),
+            published: [u64::MAX; 5],
+            digest_applied: u64::MAX,
+        }
+    }
+
+    /// One poll of the plane, then client intake and status.
+    pub fn step(&mut self) {
+        let now = self.ticker.now();
+        self.plane.poll(now, &mut self.fabric, &mut self.app);
+        self.take_commands();
+        self.publish();
+    }
+
+    /// The application (its latency histogram).
+    pub fn app(&self) -> &App<'p> {
+        &self.app
+    }
+
+    fn take_commands(&mut self) {
+        let port = self.app.port;
+        for _ in 0..INTAKE_PER_STEP {
+            if !port.can_respond() {
+                return;
+            }
+            let Some((seq, len)) = port.peek_request(&mut self.command) else {
+                return;
+            };
+            let submitted = cycles_start();
+            let outcome = match self.plane.submit(&self.command[..len]) {
+                Ok(ticket) => {
+                    let slot = &mut self.app.waiting[ticket as usize % REQUESTS_MAX];
+                    *slot = Waiting {
+                        ticket,
+                        seq,
+                        submitted,
+                    };
+                    None
+                }
+                Err(SubmitError::Busy) => return, // Left in the ring for the next step.
+                Err(SubmitError::NotLeader { leader }) => {
+                    Some((Outcome::NotLeader, leader.map_or(0, |l| l as u64 + 1)))
+                }
+                Err(_) => Some((Outcome::Rejected, 0)),
+            };
+            port.pop_request();
+            if let Some((outcome, position)) = outcome {
+                port.push_response(Response {
+                    seq,
+                    outcome,
+                    position,
+                    commit_ns: monotonic_ns(),
+                    answer: 0,
+                });
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let status = self.plane.status();
+        let port = self.app.port;
+        let leading = status.leading.map_or(0, |t| t as u64 + 1);
+        if leading != 0 && leading != self.published[0] {
+            port.set(Stat::Tenures, port.get(Stat::Tenures) + 1);
+        }
+        let values = [
+            leading,
+            status.fast_path as u64,
+            status.applied,
+            status.halted as u64,
+            self.shared.leader().map_or(0, |l| l as u64 + 1),
+        ];
+        let stats = [
+            Stat::Leading,
+            Stat::FastPath,
+            Stat::Applied,
+            Stat::Halted,
+            Stat::LeaderView,
+        ];
+        for (i, stat) in stats.into_iter().enumerate() {
+            if values[i] != self.published[i] {
+                port.set(stat, values[i]);
+                self.published[i] = values[i];
+            }
+        }
+        if status.applied != self.digest_applied {
+            port.publish_digest(self.app.kv.digest(), status.applied);
+            self.digest_applied = status.applied;
+        }
+        let dump = port.get(Stat::DumpRequest);
+        if dump != port.get(Stat::Dumped) {
+            self.dump_latency(dump);
+        }
+    }
+
+    /// Writes the latency histogram for a client that asked (not on the hot path).
+    fn dump_latency(&mut self, request: u64) {
+        let path = latency_path(self.fabric.dir(), self.fabric.me());
+        let mut bytes = Vec::new();
+        use hdrhistogram::serialization::Serializer;
+        let serialized = hdrhistogram::serialization::V2Serializer::new()
+            .serialize(&self.app.latency, &mut bytes)
+            .is_ok();
+        if serialized && std::fs::write(&path, &bytes).is_ok() {
+            self.app.port.set(Stat::Dumped, request);
+        }
+    }
+}
+
+/// Where replica `id` writes its latency histogram when asked.
+pub fn latency_path(dir: &Path, id: ReplicaId) -> PathBuf {
+    dir.join(format!("latency-{id}.hist"))
+}
+
+/// What the background thread does, one step at a time.
+pub struct BackgroundLoop<'s> {
+    plane: BackgroundPlane<'s>,
+    fabric: ShmFabric,
+    ticker: Ticker,
+}
+
+impl<'s> BackgroundLoop<'s> {
+    /// The loop over a built plane.
+    pub fn new(plane: BackgroundPlane<'s>, fabric: ShmFabric, ticker: Ticker) -> Self {
+        BackgroundLoop {
+            plane,
+            fabric,
+            ticker,
+        }
+    }
+
+    /// One poll of the plane.
+    pub fn step(&mut self) {
+        let now = self.ticker.now();
+        self.plane.poll(now, &mut self.fabric);
+    }
+}
+
+/// A replica's files and planes, built but not yet running.
+pub struct Parts {
+    /// The region (shared by both planes' fabrics).
+    pub own: Arc<OwnRegion>,
+    /// The region directory.
+    pub dir: RegionDir,
+    /// The client port.
+    pub port: Port,
+}
+
+impl Parts {
+    /// Creates the region and the port of `spec`'s replica.
+    pub fn create(spec: &NodeSpec) -> Result<Parts, NodeError> {
+        let dir = RegionDir::open(&spec.dir).map_err(NodeError::Shm)?;
+        let own = OwnRegion::create(&dir, spec.id, &spec.config).map_err(NodeError::Shm)?;
+        if let Previous::Reclaimed { pid, incarnation } = own.previous() {
+            eprintln!(
+                "replica {}: reclaimed {} left by pid {pid} (incarnation {incarnation}, no longer \
+                 running); starting incarnation {}",
+                spec.id,
+                own.path().display(),
+                own.incarnation()
+            );
+        }
+        let port = Port::create(dir.path(), spec.id, own.incarnation()).map_err(NodeError::Port)?;
+        Ok(Parts {
+            own: Arc::new(own),
+            dir,
+            port,
+        })
+    }
+
+    /// Builds both loops over `shared`.
+    pub fn loops<'s, 'p>(
+        &'p self,
+        spec: &NodeSpec,
+        shared: &'s Shared,
+    ) -> Result<(ReplicationLoop<'s, 'p>, BackgroundLoop<'s>), NodeError> {
+        let (replication, mut background) =
+            planes::<SLOT_MAX, ENTRY_MAX, QUEUE_BYTES>(spec.config, spec.id, shared)
+                .map_err(NodeError::Replica)?;
+        let mut replication = Box::new(replication);
+        let incarnation = self.own.incarnation() as u32;
+        replication.begin_incarnation(incarnation);
+        background.begin_incarnation(incarnation);
+        let fabric = || ShmFabric::new(self.dir.clone(), spec.config, self.own.clone());
+        let ticker = Ticker::new(spec.tick_ns);
+        Ok((
+            ReplicationLoop::new(replication, fabric(), App::new(&self.port), ticker, shared),
+            BackgroundLoop::new(background, fabric(), ticker),
+        ))
+    }
+}
+
+/// Runs replica `spec` until `stop` is set: both planes on their own threads.
+pub fn run(spec: &NodeSpec, stop: &AtomicBool) -> Result<(), NodeError> {
+    let parts = Parts::create(spec)?;
+    eprintln!(
+        "replica {}: pid {}, incarnation {}, {} polling; {}",
+        spec.id,
+        std::process::id(),
+        parts.own.incarnation(),
+        match spec.polling {
+            Polling::Busy => "busy",
+            Polling::Shared => "shared",
+        },
+        IsolatedCores::detect().describe()
+    );
+    lock_memory(spec.id);
+    let shared = Shared::new();
+    let (mut replication, mut background) = parts.loops(spec, &shared)?;
+    parts.port.set(Stat::Ready, 1);
+    std::thread::scope(|scope| {
+        let polling = spec.polling;
+        let priority = spec.realtime_priority;
+        let id = spec.id;
+        let (rc, bc) = (spec.replication_core, spec.background_core);
+        scope.spawn(move || {
+            place_thread(id, "replication", rc, priority);
+            spin(stop, polling, || replication.step());
+        });
+        scope.spawn(move || {
+            place_thread(id, "background", bc, priority);
+            spin(stop, polling, || background.step());
+        });
+    });
+    Ok(())
+}
+
+/// Calls `step` until `stop`, idling as the polling mode says.
+fn spin(stop: &AtomicBool, polling: Polling, mut step: impl FnMut()) {
+    let mut polls = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        step();
+        polls = polls.wrapping_add(1);
+        match polling {
+            Polling::Busy => std::hint::spin_loop(),
+            Polling::Shared if polls % YIELD_EVERY == 0 => std::thread::yield_now(),
+            Polling::Shared => std::hint::spin_loop(),
+        }
+    }
+}
+
+/// Locks current and future memory so that the hot path takes no page faults.
+fn lock_memory(id: ReplicaId) {
+    use nix::sys::mman::{mlockall, MlockAllFlags};
+    if let Err(e) = mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE) {
+        eprintln!(
+            "replica {id}: mlockall failed ({e}); running unlocked (raise `ulimit -l` or grant \
+             CAP_IPC_LOCK)"
+        );
+    }
+}
+
+/// Pins the calling thread and sets its scheduling class, saying what did not work.
+fn place_thread(id: ReplicaId, plane: &str, core: Option<usize>, priority: Option<u8>) {
+    if let Some(core) = core {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+            eprintln!("replica {id}: cannot pin the {plane} plane to core {core}");
+        }
+    }
+    if let Some(priority) = priority {
+        let param = libc::sched_param {
+            sched_priority: priority as i32,
+        };
+        // SAFETY: sets the calling thread's policy; `param` lives across the call.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+            eprintln!(
+                "replica {id}: SCHED_FIFO {priority} for the {plane} plane failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}

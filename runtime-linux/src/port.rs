@@ -1,0 +1,349 @@
+//! A replica's client port: a shared-memory file through which a client process submits
+//! commands to the replica and hears their outcome, and where the replica publishes its status
+//! (role, applied position, state digest) and a journal of the command id applied at each
+//! position. `mu demo`, the process tests and the fail-over benchmark are clients.
+//!
+//! Rings are single-producer single-consumer: one client per port. Counters only rise; an
+//! entry is written before the counter that publishes it (`Release`/`Acquire`).
+//!
+//! # Invariants
+//! - `head <= tail <= head + RING` for both rings.
+//! - The replica owns the file; it creates a fresh one (renamed into place) at every start, so a
+//!   client re-attaches after a restart (the incarnation word tells it).
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+
+use crate::mem::{copy, Mapping};
+
+/// Requests the ring holds.
+pub const REQUESTS: u64 = 32;
+/// Responses the ring holds.
+pub const RESPONSES: u64 = 256;
+/// Largest command a client may send through the port.
+pub const COMMAND_MAX: usize = 4096 + 64;
+/// Positions the journal remembers (it wraps).
+pub const JOURNAL_POSITIONS: u64 = 1 << 20;
+
+const MAGIC: u64 = u64::from_le_bytes(*b"MUPORT01");
+const REQUEST_BYTES: usize = 16 + COMMAND_MAX;
+const RESPONSE_BYTES: usize = 64;
+const REQ_TAIL: usize = 4096;
+const REQ_HEAD: usize = 4096 + 64;
+const REQ_ENTRIES: usize = 4096 + 128;
+const RESP_TAIL: usize = REQ_ENTRIES + REQUESTS as usize * REQUEST_BYTES;
+const RESP_HEAD: usize = RESP_TAIL + 64;
+const RESP_ENTRIES: usize = RESP_HEAD + 64;
+const JOURNAL: usize = (RESP_ENTRIES + RESPONSES as usize * RESPONSE_BYTES).next_multiple_of(4096);
+const FILE_BYTES: usize = JOURNAL + JOURNAL_POSITIONS as usize * 8;
+
+/// Status words the replica publishes (byte offsets in the first page).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Stat {
+    /// The replica process id.
+    Pid = 8,
+    /// The replica's incarnation (rises at every restart).
+    Incarnation = 16,
+    /// 1 once the replica serves its port.
+    Ready = 24,
+    /// The tenure it leads plus one, 0 when it does not lead.
+    Leading = 32,
+    /// 1 while it leads on the fast path.
+    FastPath = 40,
+    /// Positions below this are applied.
+    Applied = 48,
+    /// Commands committed for clients of this port.
+    Committed = 56,
+    /// Nonzero when the replication plane halted.
+    Halted = 64,
+    /// Who it considers leader, plus one; 0 when nobody.
+    LeaderView = 72,
+    /// Tenures it started.
+    Tenures = 80,
+    /// Set by the client: write the latency histogram to the dump file, then set `Dumped`.
+    DumpRequest = 88,
+    /// The last dump request served.
+    Dumped = 96,
+    /// Seqlock for the digest pair below (odd while being written).
+    DigestSeq = 104,
+    /// The state digest ...
+    Digest = 112,
+    /// ... at this applied position.
+    DigestApplied = 120,
+}
+
+/// Outcome of a client command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Decided at `position` and applied; the state machine answered `answer`.
+    Committed,
+    /// This replica does not lead; `position` carries who it thinks leads plus one (0: nobody).
+    NotLeader,
+    /// The replica stopped leading before the command was decided through it: unknown outcome.
+    Dropped,
+    /// Refused (empty, too large, halted replica).
+    Rejected,
+}
+
+impl Outcome {
+    fn code(self) -> u64 {
+        self as u64 + 1
+    }
+    fn from_code(code: u64) -> Option<Outcome> {
+        [
+            Outcome::Committed,
+            Outcome::NotLeader,
+            Outcome::Dropped,
+            Outcome::Rejected,
+        ]
+        .get(code.checked_sub(1)? as usize)
+        .copied()
+    }
+}
+
+/// One response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// The client's sequence number of the request.
+    pub seq: u64,
+    /// What happened.
+    pub outcome: Outcome,
+    /// The position it was decided at (or the leader hint).
+    pub position: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds when the leader applied it.
+    pub commit_ns: u64,
+    /// The state machine's answer word.
+    pub answer: u64,
+}
+
+/// The port file, from either side.
+pub struct Port {
+    mapping: Mapping,
+    path: PathBuf,
+}
+
+impl Port {
+    /// The port file of replica `id` in `dir`.
+    pub fn path(dir: &Path, id: u8) -> PathBuf {
+        dir.join(format!("client-{id}.port"))
+    }
+
+    /// Replica side: a fresh port, renamed into place.
+    pub fn create(dir: &Path, id: u8, incarnation: u64) -> io::Result<Port> {
+        let path = Port::path(dir, id);
+        let staging = dir.join(format!("client-{id}.port.new-{}", std::process::id()));
+        let _ = fs::remove_file(&staging);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&staging)?;
+        file.set_len(FILE_BYTES as u64)?;
+        let mapping = Mapping::map(&file, FILE_BYTES)?;
+        let port = Port { mapping, path };
+        port.set(Stat::Pid, std::process::id() as u64);
+        port.set(Stat::Incarnation, incarnation);
+        port.mapping.word(0).store(MAGIC, SeqCst);
+        fs::rename(&staging, &port.path)?;
+        Ok(port)
+    }
+
+    /// Client side: attaches to replica `id`'s current port.
+    pub fn attach(dir: &Path, id: u8) -> io::Result<Port> {
+        let path = Port::path(dir, id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        if file.metadata()?.len() != FILE_BYTES as u64 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a port file"));
+        }
+        let mapping = Mapping::map(&file, FILE_BYTES)?;
+        if mapping.word(0).load(SeqCst) != MAGIC {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "port not ready"));
+        }
+        Ok(Port { mapping, path })
+    }
+
+    /// Reads a status word.
+    pub fn get(&self, stat: Stat) -> u64 {
+        self.mapping.word(stat as usize).load(Acquire)
+    }
+
+    /// Writes a status word.
+    pub fn set(&self, stat: Stat, value: u64) {
+        self.mapping.word(stat as usize).store(value, Release);
+    }
+
+    /// Publishes the state digest at an applied position (replica side).
+    pub fn publish_digest(&self, digest: u64, applied: u64) {
+        let seq = self.mapping.word(Stat::DigestSeq as usize);
+        let s = seq.load(Relaxed);
+        seq.store(s + 1, SeqCst);
+        self.set(Stat::Digest, digest);
+        self.set(Stat::DigestApplied, applied);
+        seq.store(s + 2, SeqCst);
+    }
+
+    /// The last published (digest, applied position) pair, read consistently (client side).
+    pub fn digest(&self) -> (u64, u64) {
+        let seq = self.mapping.word(Stat::DigestSeq as usize);
+        loop {
+            let before = seq.load(SeqCst);
+            let pair = (self.get(Stat::Digest), self.get(Stat::DigestApplied));
+            if before % 2 == 0 && seq.load(SeqCst) == before {
+                return pair;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Records the id of the command applied at `position` (replica side).
+    pub fn journal(&self, position: u64, id: u64) {
+        let at = JOURNAL + (position % JOURNAL_POSITIONS) as usize * 8;
+        self.mapping.word(at).store(id, Relaxed);
+    }
+
+    /// The id of the command applied at `position`, if the journal still holds that position.
+    pub fn journal_at(&self, position: u64) -> u64 {
+        let at = JOURNAL + (position % JOURNAL_POSITIONS) as usize * 8;
+        self.mapping.word(at).load(Relaxed)
+    }
+
+    /// Client side: queues a command; false when the ring is full or the command too long.
+    pub fn push_request(&self, seq: u64, command: &[u8]) -> bool {
+        let (tail, head) = (self.mapping.word(REQ_TAIL), self.mapping.word(REQ_HEAD));
+        let t = tail.load(Relaxed);
+        if command.len() > COMMAND_MAX || t - head.load(Acquire) >= REQUESTS {
+            return false;
+        }
+        let entry = REQ_ENTRIES + (t % REQUESTS) as usize * REQUEST_BYTES;
+        self.mapping.word(entry).store(seq, Relaxed);
+        self.mapping.word(entry + 8).store(command.len() as u64, Relaxed);
+        // SAFETY: the entry holds COMMAND_MAX bytes (checked above) inside the mapping.
+        unsafe { copy(command.as_ptr(), self.mapping.at(entry + 16), command.len()) };
+        tail.store(t + 1, Release);
+        true
+    }
+
+    /// Replica side: the oldest queued command, copied into `buf`, without taking it.
+    pub fn peek_request(&self, buf: &mut [u8; COMMAND_MAX]) -> Option<(u64, usize)> {
+        let (tail, head) = (self.mapping.word(REQ_TAIL), self.mapping.word(REQ_HEAD));
+        let h = head.load(Relaxed);
+        if tail.load(Acquire) == h {
+            return None;
+        }
+        let entry = REQ_ENTRIES + (h % REQUESTS) as usize * REQUEST_BYTES;
+        let seq = self.mapping.word(entry).load(Relaxed);
+        let len = (self.mapping.word(entry + 8).load(Relaxed) as usize).min(COMMAND_MAX);
+        // SAFETY: `len <= COMMAND_MAX`, inside the entry and inside `buf`.
+        unsafe { copy(self.mapping.at(entry + 16), buf.as_mut_ptr(), len) };
+        Some((seq, len))
+    }
+
+    /// Replica side: takes the command `peek_request` returned.
+    pub fn pop_request(&self) {
+        let head = self.mapping.word(REQ_HEAD);
+        head.store(head.load(Relaxed) + 1, Release);
+    }
+
+    /// Replica side: room for a response?
+    pub fn can_respond(&self) -> bool {
+        let (tail, head) = (self.mapping.word(RESP_TAIL), self.mapping.word(RESP_HEAD));
+        tail.load(Relaxed) - head.load(Acquire) < RESPONSES
+    }
+
+    /// Replica side: publishes a response; false when the ring is full (the client stopped
+    /// reading), and then the response is lost.
+    pub fn push_response(&self, response: Response) -> bool {
+        if !self.can_respond() {
+            return false;
+        }
+        let tail = self.mapping.word(RESP_TAIL);
+        let t = tail.load(Relaxed);
+        let entry = RESP_ENTRIES + (t % RESPONSES) as usize * RESPONSE_BYTES;
+        let words = [
+            response.seq,
+            response.outcome.code(),
+            response.position,
+            response.commit_ns,
+            response.answer,
+        ];
+        for (i, word) in words.into_iter().enumerate() {
+            self.mapping.word(entry + 8 * i).store(word, Relaxed);
+        }
+        tail.store(t + 1, Release);
+        true
+    }
+
+    /// Client side: the next response, if any.
+    pub fn take_response(&self) -> Option<Response> {
+        let (tail, head) = (self.mapping.word(RESP_TAIL), self.mapping.word(RESP_HEAD));
+        let h = head.load(Relaxed);
+        if tail.load(Acquire) == h {
+            return None;
+        }
+        let entry = RESP_ENTRIES + (h % RESPONSES) as usize * RESPONSE_BYTES;
+        let word = |i: usize| self.mapping.word(entry + 8 * i).load(Relaxed);
+        let response = Response {
+            seq: word(0),
+            outcome: Outcome::from_code(word(1)).unwrap_or(Outcome::Rejected),
+            position: word(2),
+            commit_ns: word(3),
+            answer: word(4),
+        };
+        head.store(h + 1, Release);
+        Some(response)
+    }
+
+    /// Client side: requests queued but not yet taken by the replica.
+    pub fn requests_waiting(&self) -> u64 {
+        self.mapping.word(REQ_TAIL).load(Relaxed) - self.mapping.word(REQ_HEAD).load(Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rings_carry_requests_and_responses_in_order() {
+        let dir = std::env::temp_dir().join(format!("mu-port-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let server = Port::create(&dir, 0, 7).unwrap();
+        let client = Port::attach(&dir, 0).unwrap();
+        assert_eq!(client.get(Stat::Incarnation), 7);
+        for seq in 0..REQUESTS {
+            assert!(client.push_request(seq, &[seq as u8; 100]));
+        }
+        assert!(!client.push_request(99, b"x"), "ring full");
+        let mut buf = [0u8; COMMAND_MAX];
+        for seq in 0..REQUESTS {
+            assert_eq!(server.peek_request(&mut buf), Some((seq, 100)));
+            assert_eq!(buf[99], seq as u8);
+            server.pop_request();
+            let response = Response {
+                seq,
+                outcome: Outcome::Committed,
+                position: seq * 2,
+                commit_ns: 5,
+                answer: 1,
+            };
+            assert!(server.push_response(response));
+            assert_eq!(client.take_response(), Some(response));
+        }
+        assert_eq!(server.peek_request(&mut buf), None);
+        server.publish_digest(0xABCD, 42);
+        assert_eq!(client.digest(), (0xABCD, 42));
+        server.journal(JOURNAL_POSITIONS + 3, 77);
+        assert_eq!(client.journal_at(3), 77);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

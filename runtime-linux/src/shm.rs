@@ -1,0 +1,762 @@
+//! The shared-memory fabric: every replica's region is a file in a shared-memory directory that
+//! every replica process maps. A "one-sided write" is a copy done by the writer's CPU straight
+//! into the peer's mapping; a read is the reverse. Replicas may be processes or threads.
+//!
+//! Files, per replica `N` of a cluster directory (created `0700`, refused if another user owns
+//! it):
+//! - `replica-N.lock`: held with `flock` by the one live process of replica `N`; the kernel drops
+//!   it when that process dies, which is how a crashed run is told from a running one.
+//! - `replica-N.region`: a control page, then the region the core lays out. Created `0600`,
+//!   refused if owned by another user or open to others. A new process of replica `N` never
+//!   reuses a region file: it retires the old one (fencing its writers, below), then creates a
+//!   fresh zeroed file and renames it into place. Peers notice through the old file's
+//!   incarnation word and map the new file when they reconnect.
+//!
+//! The control page holds, besides identity words, one line per writer: the owner's permission
+//! for that writer (`gate`), and the writer's in-flight marker (its incarnation while it copies
+//! into the region, 0 otherwise) with the writer's pid and start time.
+//!
+//! Permissions. A writer sets its in-flight marker, checks the gate (for a write that touches
+//! the log area) and the region's incarnation, copies, then clears the marker; all marker, gate
+//! and incarnation accesses are `SeqCst`. `revoke` closes the gate, then waits until the
+//! writer's marker is clear, so once it returns no write of that writer lands in the log area,
+//! even one already under way (Dekker: either the writer sees the closed gate, or the owner sees
+//! the marker and waits). A marker left by a writer that died (or by an earlier incarnation) is
+//! cleared, so a killed writer never blocks a revoke. A writer that is *stopped* (SIGSTOP, a
+//! debugger) in the middle of a copy would finish that copy whenever it is resumed, possibly long
+//! after the revoke; the only way to fence it in shared memory is to kill it, which `revoke`
+//! does (and says so on stderr). An RDMA NIC needs no such step: it checks permissions itself.
+//!
+//! # Invariants
+//! - At most one live process per replica id (the lock file), and it writes only its own
+//!   writer line of each peer's control page.
+//! - A write that touches a peer's log area copies only while its marker is set and after it saw
+//!   the gate open; `revoke` returns only when the marker is clear.
+//! - Work is executed when posted: nothing is outstanding after `reconnect`, completions come
+//!   back in the order posted, at most `OUTSTANDING_MAX` per peer wait to be polled.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mu_nostd::config::REPLICAS_MAX;
+use mu_nostd::{Completion, Config, Fabric, Layout, PostError, ReplicaId, Status};
+
+use crate::mem::{copy, page_size, Mapping};
+use crate::procfs::{self, Liveness};
+
+/// Bytes before the region in a region file.
+pub const CONTROL_BYTES: usize = 4096;
+/// Completions a plane may leave unpolled per peer before posting fails with `Busy`.
+pub const OUTSTANDING_MAX: usize = 128;
+
+const MAGIC: u64 = u64::from_le_bytes(*b"MUSHMCTL");
+const VERSION: u64 = 1;
+/// The incarnation word of a file whose owner replaced it.
+const RETIRED: u64 = u64::MAX;
+
+// Control page words (byte offsets).
+const C_MAGIC: usize = 0;
+const C_VERSION: usize = 8;
+const C_CONFIG_HASH: usize = 16;
+const C_REGION_BYTES: usize = 24;
+const C_INCARNATION: usize = 32;
+const C_OWNER_PID: usize = 40;
+const C_OWNER_START: usize = 48;
+/// Where a clean exit keeps the incarnation when it retires the file.
+const C_LAST_INCARNATION: usize = 56;
+
+// Writer line words (byte offsets inside a line); line `w` starts at `64 * (1 + w)`.
+const L_GATE: usize = 0;
+const L_INFLIGHT: usize = 8;
+const L_PID: usize = 16;
+const L_START: usize = 24;
+const L_INCARNATION: usize = 32;
+
+const GATE_OPEN: u64 = 1;
+const GATE_CLOSED: u64 = 0;
+
+fn line(writer: ReplicaId, word: usize) -> usize {
+    64 * (1 + writer as usize) + word
+}
+
+/// Why a shared-memory region could not be set up or reached.
+#[derive(Debug)]
+pub enum ShmError {
+    /// A system call on a path failed.
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// The error.
+        error: io::Error,
+    },
+    /// A file or directory belongs to another user.
+    NotOwned {
+        /// The path.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
+    /// A file or directory is open to other users.
+    TooOpen {
+        /// The path.
+        path: PathBuf,
+        /// Its mode bits.
+        mode: u32,
+    },
+    /// Another live process is this replica already.
+    AlreadyRunning {
+        /// The replica id.
+        id: ReplicaId,
+        /// Its lock file.
+        lock: PathBuf,
+    },
+}
+
+impl std::fmt::Display for ShmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShmError::Io {
+                path,
+                action,
+                error,
+            } => write!(f, "{}: cannot {action}: {error}", path.display()),
+            ShmError::NotOwned { path, uid } => write!(
+                f,
+                "{}: owned by uid {uid}, not by this user (uid {}): refusing to use it",
+                path.display(),
+                current_uid()
+            ),
+            ShmError::TooOpen { path, mode } => write!(
+                f,
+                "{}: mode {mode:o} lets other users in; it must be 0600 (files) or 0700 (directory)",
+                path.display()
+            ),
+            ShmError::AlreadyRunning { id, lock } => write!(
+                f,
+                "replica {id} is already running (another process holds {})",
+                lock.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ShmError {}
+
+fn io_error<'p>(path: &'p Path, action: &'static str) -> impl FnOnce(io::Error) -> ShmError + 'p {
+    move |error| ShmError::Io {
+        path: path.to_path_buf(),
+        action,
+        error,
+    }
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Refuses a file or directory another user owns or can reach.
+fn check_owner(path: &Path, meta: &fs::Metadata, allowed_mode: u32) -> Result<(), ShmError> {
+    if meta.uid() != current_uid() {
+        return Err(ShmError::NotOwned {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & !allowed_mode != 0 {
+        return Err(ShmError::TooOpen {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// The bytes of a region file for `config`: the control page, then the region rounded up to
+/// whole pages.
+pub fn file_bytes(config: &Config) -> usize {
+    let page = page_size().max(CONTROL_BYTES);
+    let region = Layout::new(config).region_bytes as usize;
+    CONTROL_BYTES + region.div_ceil(page) * page
+}
+
+/// A cluster's directory of region files.
+#[derive(Clone, Debug)]
+pub struct RegionDir {
+    path: PathBuf,
+}
+
+impl RegionDir {
+    /// Opens the directory, creating it `0700` if needed; refuses one another user owns or can
+    /// write.
+    pub fn open(path: &Path) -> Result<RegionDir, ShmError> {
+        match fs::DirBuilder::new().mode(0o700).create(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_error(path, "create the directory")(e)),
+        }
+        let meta = fs::symlink_metadata(path).map_err(io_error(path, "stat the directory"))?;
+        if !meta.is_dir() {
+            return Err(ShmError::Io {
+                path: path.to_path_buf(),
+                action: "use it as the region directory",
+                error: io::Error::new(io::ErrorKind::InvalidInput, "not a directory"),
+            });
+        }
+        check_owner(path, &meta, 0o700)?;
+        Ok(RegionDir {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The region file of replica `id`.
+    pub fn region_path(&self, id: ReplicaId) -> PathBuf {
+        self.path.join(format!("replica-{id}.region"))
+    }
+
+    fn lock_path(&self, id: ReplicaId) -> PathBuf {
+        self.path.join(format!("replica-{id}.lock"))
+    }
+}
+
+/// What starting a region found on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Previous {
+    /// No earlier region file.
+    Fresh,
+    /// A region file of an earlier process of this replica (crashed or ended), now retired.
+    Reclaimed {
+        /// The process that owned it.
+        pid: u32,
+        /// Its incarnation.
+        incarnation: u64,
+    },
+}
+
+/// This replica's own region: the lock that makes this process its one owner, and the mapping.
+pub struct OwnRegion {
+    id: ReplicaId,
+    path: PathBuf,
+    mapping: Mapping,
+    incarnation: u64,
+    previous: Previous,
+    _lock: File,
+    _file: File,
+}
+
+impl OwnRegion {
+    /// Becomes replica `id`: takes its lock, retires any region file an earlier process left
+    /// (fencing that file's writers), and publishes a fresh zeroed one.
+    pub fn create(dir: &RegionDir, id: ReplicaId, config: &Config) -> Result<OwnRegion, ShmError> {
+        assert!(config.validate().is_ok() && config.contains(id));
+        let lock_path = dir.lock_path(id);
+        let lock = open_private(&lock_path, true)?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(ShmError::AlreadyRunning {
+                    id,
+                    lock: lock_path,
+                });
+            }
+            return Err(io_error(&lock_path, "lock")(error));
+        }
+        let path = dir.region_path(id);
+        let (previous, last_incarnation) = retire(&path, id)?;
+        let incarnation = next_incarnation(last_incarnation);
+        let bytes = file_bytes(config);
+        let staging = dir
+            .path
+            .join(format!("replica-{id}.region.new-{}", std::process::id()));
+        let _ = fs::remove_file(&staging);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&staging)
+            .map_err(io_error(&staging, "create"))?;
+        file.set_len(bytes as u64)
+            .map_err(io_error(&staging, "size"))?;
+        let mapping = Mapping::map(&file, bytes).map_err(io_error(&staging, "map"))?;
+        mapping.word(C_VERSION).store(VERSION, SeqCst);
+        mapping.word(C_CONFIG_HASH).store(config.hash(), SeqCst);
+        mapping
+            .word(C_REGION_BYTES)
+            .store(Layout::new(config).region_bytes as u64, SeqCst);
+        mapping
+            .word(C_OWNER_PID)
+            .store(std::process::id() as u64, SeqCst);
+        mapping
+            .word(C_OWNER_START)
+            .store(procfs::own_start_time(), SeqCst);
+        mapping.word(C_INCARNATION).store(incarnation, SeqCst);
+        // Peers trust nothing in a file before the magic; it goes last.
+        mapping.word(C_MAGIC).store(MAGIC, SeqCst);
+        fs::rename(&staging, &path).map_err(io_error(&path, "publish (rename)"))?;
+        Ok(OwnRegion {
+            id,
+            path,
+            mapping,
+            incarnation,
+            previous,
+            _lock: lock,
+            _file: file,
+        })
+    }
+
+    /// This process's incarnation of the replica: it rises with every restart.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// What was found on disk at start.
+    pub fn previous(&self) -> Previous {
+        self.previous
+    }
+
+    /// The region file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn gate(&self, writer: ReplicaId) -> &AtomicU64 {
+        self.mapping.word(line(writer, L_GATE))
+    }
+
+    /// Opens the log area to `writer`.
+    pub fn grant(&self, writer: ReplicaId) {
+        self.gate(writer).store(GATE_OPEN, SeqCst);
+    }
+
+    /// Closes the log area to `writer` and waits until no copy of it is under way.
+    pub fn revoke(&self, writer: ReplicaId) {
+        self.gate(writer).store(GATE_CLOSED, SeqCst);
+        fence_writer(&self.mapping, writer, self.id);
+    }
+
+    fn region(&self, offset: u32) -> *mut u8 {
+        self.mapping.at(CONTROL_BYTES + offset as usize)
+    }
+}
+
+impl Drop for OwnRegion {
+    fn drop(&mut self) {
+        // A clean exit retires the file too, so that peers stop writing into it.
+        self.mapping
+            .word(C_LAST_INCARNATION)
+            .store(self.incarnation, SeqCst);
+        self.mapping.word(C_INCARNATION).store(RETIRED, SeqCst);
+        for writer in 0..REPLICAS_MAX {
+            if writer != self.id {
+                self.gate(writer).store(GATE_CLOSED, SeqCst);
+            }
+        }
+    }
+}
+
+fn open_private(path: &Path, create: bool) -> Result<File, ShmError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io_error(path, "open"))?;
+    let meta = file.metadata().map_err(io_error(path, "stat"))?;
+    check_owner(path, &meta, 0o600)?;
+    Ok(file)
+}
+
+/// Retires the region file an earlier process of this replica left, if any: marks it retired,
+/// closes every gate and waits out (or fences) the writers still copying into it. Returns what
+/// was found and its incarnation.
+fn retire(path: &Path, id: ReplicaId) -> Result<(Previous, u64), ShmError> {
+    let file = match open_private(path, false) {
+        Ok(file) => file,
+        Err(ShmError::Io { error, .. }) if error.kind() == io::ErrorKind::NotFound => {
+            return Ok((Previous::Fresh, 0));
+        }
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata().map_err(io_error(path, "stat"))?.len() as usize;
+    if len < CONTROL_BYTES || len % page_size() != 0 {
+        // Not one of ours in a usable state: nobody can be writing through it meaningfully.
+        return Ok((Previous::Reclaimed { pid: 0, incarnation: 0 }, 0));
+    }
+    let old = Mapping::map(&file, len).map_err(io_error(path, "map"))?;
+    if old.word(C_MAGIC).load(SeqCst) != MAGIC {
+        return Ok((Previous::Reclaimed { pid: 0, incarnation: 0 }, 0));
+    }
+    let incarnation = old.word(C_INCARNATION).swap(RETIRED, SeqCst);
+    let incarnation = if incarnation == RETIRED {
+        old.word(C_LAST_INCARNATION).load(SeqCst) // Retired by a clean exit.
+    } else {
+        incarnation
+    };
+    for writer in 0..REPLICAS_MAX {
+        old.word(line(writer, L_GATE)).store(GATE_CLOSED, SeqCst);
+        if writer != id {
+            fence_writer(&old, writer, id);
+        }
+    }
+    let pid = old.word(C_OWNER_PID).load(SeqCst) as u32;
+    Ok((Previous::Reclaimed { pid, incarnation }, incarnation))
+}
+
+/// Incarnations rise across restarts even when a file was deleted in between: never below the
+/// clock's seconds.
+fn next_incarnation(last: u64) -> u64 {
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    (last + 1).max(seconds).min(u32::MAX as u64)
+}
+
+/// Waits until `writer` has no copy under way into the region of `mapping` (whose owner is
+/// `owner`). A marker of a dead writer or of an earlier incarnation is cleared; a writer stopped
+/// in the middle of a copy is killed, the only way to fence it.
+fn fence_writer(mapping: &Mapping, writer: ReplicaId, owner: ReplicaId) {
+    let inflight = mapping.word(line(writer, L_INFLIGHT));
+    let mut spins = 0u32;
+    loop {
+        let marker = inflight.load(SeqCst);
+        if marker == 0 {
+            return;
+        }
+        spins += 1;
+        if spins < 1000 {
+            std::hint::spin_loop();
+            continue;
+        }
+        let current = mapping.word(line(writer, L_INCARNATION)).load(SeqCst);
+        let pid = mapping.word(line(writer, L_PID)).load(SeqCst) as u32;
+        let start = mapping.word(line(writer, L_START)).load(SeqCst);
+        if marker != current {
+            // Left by an earlier process of that replica, which is gone (one live process per
+            // id): nothing more of it will land.
+            let _ = inflight.compare_exchange(marker, 0, SeqCst, SeqCst);
+            continue;
+        }
+        if pid == std::process::id() {
+            std::thread::yield_now(); // A thread of ours: it finishes its copy.
+            continue;
+        }
+        match procfs::liveness(pid, start) {
+            Liveness::Running => std::thread::yield_now(),
+            Liveness::Dead => {
+                let _ = inflight.compare_exchange(marker, 0, SeqCst, SeqCst);
+            }
+            Liveness::Stopped => {
+                eprintln!(
+                    "replica {owner}: replica {writer} (pid {pid}) is stopped in the middle of a \
+                     write into this log after losing its permission; killing it to fence the \
+                     write (shared memory cannot refuse a resumed copy)"
+                );
+                // SAFETY: kill(2) on a pid whose start time we just checked.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// A peer's region as one plane of this replica sees it.
+struct Peer {
+    mapping: Option<Mapping>,
+    incarnation: u64,
+    broken: bool,
+    waiting: usize,
+    refusal: Option<String>,
+}
+
+impl Peer {
+    const fn new() -> Peer {
+        Peer {
+            mapping: None,
+            incarnation: 0,
+            broken: false,
+            waiting: 0,
+            refusal: None,
+        }
+    }
+}
+
+/// One plane's fabric over shared memory. Each plane gets its own (own connections, own
+/// completion queue); both share the replica's [`OwnRegion`].
+pub struct ShmFabric {
+    me: ReplicaId,
+    config: Config,
+    layout: Layout,
+    dir: RegionDir,
+    own: Arc<OwnRegion>,
+    peers: [Peer; REPLICAS_MAX as usize],
+    completions: VecDeque<(ReplicaId, Completion)>,
+}
+
+impl ShmFabric {
+    /// A plane's fabric for replica `own`'s process.
+    pub fn new(dir: RegionDir, config: Config, own: Arc<OwnRegion>) -> ShmFabric {
+        ShmFabric {
+            me: own.id,
+            config,
+            layout: Layout::new(&config),
+            dir,
+            own,
+            peers: [const { Peer::new() }; REPLICAS_MAX as usize],
+            completions: VecDeque::with_capacity(OUTSTANDING_MAX * REPLICAS_MAX as usize),
+        }
+    }
+
+    /// The cluster directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The replica this fabric belongs to.
+    pub fn me(&self) -> ReplicaId {
+        self.me
+    }
+
+    /// Why `peer` was last refused (another configuration, a file of another user), if it was.
+    pub fn refusal(&self, peer: ReplicaId) -> Option<&str> {
+        self.peers.get(peer as usize)?.refusal.as_deref()
+    }
+
+    fn check_peer(&self, peer: ReplicaId) -> Result<(), PostError> {
+        if !self.config.contains(peer) || peer == self.me {
+            return Err(PostError::NoSuchPeer);
+        }
+        let state = &self.peers[peer as usize];
+        if state.broken {
+            return Err(PostError::Broken);
+        }
+        if state.waiting >= OUTSTANDING_MAX {
+            return Err(PostError::Busy);
+        }
+        Ok(())
+    }
+
+    fn in_region(&self, offset: u32, len: u32) -> bool {
+        offset as u64 + len as u64 <= self.layout.region_bytes as u64
+    }
+
+    /// Maps `peer`'s current region file, checking that it is a region of this cluster.
+    fn connect(&mut self, peer: ReplicaId) -> Result<(), String> {
+        let path = self.dir.region_path(peer);
+        let file = open_private(&path, false).map_err(|e| e.to_string())?;
+        let len = file.metadata().map_err(|e| e.to_string())?.len() as usize;
+        if len < CONTROL_BYTES || len % page_size() != 0 {
+            return Err(format!("{}: not a region file", path.display()));
+        }
+        let mapping = Mapping::map(&file, len).map_err(|e| e.to_string())?;
+        if mapping.word(C_MAGIC).load(SeqCst) != MAGIC
+            || mapping.word(C_VERSION).load(SeqCst) != VERSION
+        {
+            return Err(format!("{}: not a region file of this version", path.display()));
+        }
+        let (theirs, ours) = (mapping.word(C_CONFIG_HASH).load(SeqCst), self.config.hash());
+        if theirs != ours {
+            return Err(format!(
+                "replica {peer} runs another cluster configuration (config hash {theirs:016x}, \
+                 ours {ours:016x}): check that every replica uses the same [cluster] section"
+            ));
+        }
+        let region = mapping.word(C_REGION_BYTES).load(SeqCst) as usize;
+        if region != self.layout.region_bytes as usize || CONTROL_BYTES + region > len {
+            return Err(format!("{}: region size does not match", path.display()));
+        }
+        let incarnation = mapping.word(C_INCARNATION).load(SeqCst);
+        if incarnation == RETIRED {
+            return Err(format!("replica {peer} is not running"));
+        }
+        // Tell the owner who writes through this line, for its fencing.
+        let me = self.me;
+        mapping
+            .word(line(me, L_PID))
+            .store(std::process::id() as u64, SeqCst);
+        mapping
+            .word(line(me, L_START))
+            .store(procfs::own_start_time(), SeqCst);
+        mapping
+            .word(line(me, L_INCARNATION))
+            .store(self.own.incarnation, SeqCst);
+        let state = &mut self.peers[peer as usize];
+        state.mapping = Some(mapping);
+        state.incarnation = incarnation;
+        Ok(())
+    }
+
+    /// The peer's mapping if it is still the incarnation this connection was made to.
+    fn live_mapping(&mut self, peer: ReplicaId) -> Option<&Mapping> {
+        if self.peers[peer as usize].mapping.is_none() {
+            let outcome = self.connect(peer);
+            let state = &mut self.peers[peer as usize];
+            match outcome {
+                Ok(()) => state.refusal = None,
+                Err(reason) => {
+                    if state.refusal.as_deref() != Some(&reason) && !reason.contains("No such file")
+                    {
+                        eprintln!("replica {}: cannot reach replica {peer}: {reason}", self.me);
+                    }
+                    state.refusal = Some(reason);
+                    return None;
+                }
+            }
+        }
+        let state = &self.peers[peer as usize];
+        let mapping = state.mapping.as_ref()?;
+        (mapping.word(C_INCARNATION).load(SeqCst) == state.incarnation).then_some(mapping)
+    }
+
+    fn complete(&mut self, peer: ReplicaId, wr_id: u64, status: Status) {
+        let state = &mut self.peers[peer as usize];
+        if status != Status::Ok {
+            state.broken = true;
+        }
+        state.waiting += 1;
+        assert!(state.waiting <= OUTSTANDING_MAX);
+        assert!(self.completions.len() < self.completions.capacity());
+        self.completions.push_back((peer, Completion { wr_id, status }));
+    }
+
+    /// Copies into `peer`'s region under the in-flight marker; the gate is checked for writes
+    /// that touch the log area.
+    fn copy_to_peer(&mut self, peer: ReplicaId, local: u32, remote: u32, len: u32) -> Status {
+        let gated = self.layout.touches_log_area(remote, len);
+        let (me, incarnation) = (self.me, self.own.incarnation);
+        let src = self.own.region(local);
+        let Some(mapping) = self.live_mapping(peer) else {
+            return Status::Failed;
+        };
+        let expected = mapping.word(C_INCARNATION).load(SeqCst);
+        let inflight = mapping.word(line(me, L_INFLIGHT));
+        inflight.store(incarnation, SeqCst);
+        let status = if mapping.word(C_INCARNATION).load(SeqCst) != expected {
+            Status::Failed // Retired while we looked: the peer restarted.
+        } else if gated && mapping.word(line(me, L_GATE)).load(SeqCst) != GATE_OPEN {
+            Status::Denied
+        } else {
+            let dst = mapping.at(CONTROL_BYTES + remote as usize);
+            // SAFETY: both ranges were checked against the region size, which both mappings
+            // hold in full (checked at connect).
+            unsafe { copy(src, dst, len as usize) };
+            Status::Ok
+        };
+        inflight.store(0, SeqCst);
+        status
+    }
+}
+
+impl Fabric for ShmFabric {
+    fn write(
+        &mut self,
+        peer: ReplicaId,
+        local_offset: u32,
+        remote_offset: u32,
+        len: u32,
+        wr_id: u64,
+    ) -> Result<(), PostError> {
+        self.check_peer(peer)?;
+        if !self.in_region(local_offset, len) || !self.in_region(remote_offset, len) {
+            return Err(PostError::OutOfBounds);
+        }
+        let status = self.copy_to_peer(peer, local_offset, remote_offset, len);
+        self.complete(peer, wr_id, status);
+        Ok(())
+    }
+
+    fn read(
+        &mut self,
+        peer: ReplicaId,
+        remote_offset: u32,
+        local_offset: u32,
+        len: u32,
+        wr_id: u64,
+    ) -> Result<(), PostError> {
+        self.check_peer(peer)?;
+        if !self.in_region(local_offset, len) || !self.in_region(remote_offset, len) {
+            return Err(PostError::OutOfBounds);
+        }
+        let dst = self.own.region(local_offset);
+        let status = match self.live_mapping(peer) {
+            Some(mapping) => {
+                let src = mapping.at(CONTROL_BYTES + remote_offset as usize);
+                // SAFETY: as in `copy_to_peer`.
+                unsafe { copy(src, dst, len as usize) };
+                Status::Ok
+            }
+            None => Status::Failed,
+        };
+        self.complete(peer, wr_id, status);
+        Ok(())
+    }
+
+    fn poll(&mut self, completions: &mut [Completion]) -> usize {
+        let mut n = 0;
+        while n < completions.len() {
+            let Some((peer, completion)) = self.completions.pop_front() else {
+                break;
+            };
+            self.peers[peer as usize].waiting -= 1;
+            completions[n] = completion;
+            n += 1;
+        }
+        n
+    }
+
+    fn grant(&mut self, peer: ReplicaId) {
+        if self.config.contains(peer) && peer != self.me {
+            self.own.grant(peer);
+        }
+    }
+
+    fn revoke(&mut self, peer: ReplicaId) {
+        if self.config.contains(peer) && peer != self.me {
+            self.own.revoke(peer);
+        }
+    }
+
+    fn reconnect(&mut self, peer: ReplicaId) -> Result<(), PostError> {
+        if !self.config.contains(peer) || peer == self.me {
+            return Err(PostError::NoSuchPeer);
+        }
+        self.completions.retain(|&(p, _)| p != peer);
+        let state = &mut self.peers[peer as usize];
+        state.waiting = 0;
+        state.broken = false;
+        // Remap on the next post: the peer may have restarted with a new file.
+        state.mapping = None;
+        Ok(())
+    }
+
+    fn load(&self, offset: u32, buf: &mut [u8]) {
+        assert!(self.in_region(offset, buf.len() as u32));
+        // SAFETY: in bounds of our own region (checked); `buf` is ours alone.
+        unsafe { copy(self.own.region(offset), buf.as_mut_ptr(), buf.len()) };
+    }
+
+    fn store(&mut self, offset: u32, bytes: &[u8]) {
+        assert!(self.in_region(offset, bytes.len() as u32));
+        // SAFETY: as in `load`.
+        unsafe { copy(bytes.as_ptr(), self.own.region(offset), bytes.len()) };
+    }
+}
