@@ -3,7 +3,7 @@
 //!
 //! The Linux runtime reads the file at start time (`mu replica --config FILE --id N`); a firmware
 //! build script can read the same file at build time, so this is a plain `std` library with no
-//! dependencies beyond `toml` and `serde`.
+//! dependencies beyond `toml_edit`.
 //!
 //! # Schema
 //!

@@ -212,7 +212,7 @@ pub(crate) fn deployment(source: &str, file: &str) -> Result<Deployment> {
         if !lines.is_empty() {
             return r.error(at, "", &lines.join(": "));
         }
-        // toml gives no message for a truncated value or a stray control character.
+        // toml_edit gives no message for a truncated value or a stray control character.
         match source.get(at..).and_then(|rest| rest.chars().next()) {
             None => r.error(at, "", "unexpected end of file"),
             Some(c) => r.error(at, "", &format!("unexpected character {c:?}")),

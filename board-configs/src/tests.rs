@@ -241,8 +241,8 @@ replica = [
 
 #[test]
 fn spans_are_found() {
-    // Guards the private span protocol `tree` relies on: without it every error falls back to
-    // the start of a table and this line would be 12.
+    // Guards the spans `tree` copies from toml_edit: without them every error falls back to the
+    // start of a table and this line would be 12.
     expect(
         &edit(13, "read_period_ticks = \"5\""),
         "cluster.detector.read_period_ticks",
@@ -794,4 +794,60 @@ fn fuzzed_files_never_panic_and_errors_have_lines() {
     }
     // Both outcomes must be common, or the mutations test nothing.
     assert!(ok > 200 && failed > 1000, "ok {ok}, failed {failed}");
+}
+
+#[test]
+fn dotted_keys_and_inline_tables_point_at_line_and_column() {
+    let source = r#"cluster = { name = "t", replicas = 2, tick_ns = 1000, slot_count = 1024, slot_size = 128, entry_slots_max = 8, pipeline_depth = 8, op_timeout_ticks = 2000, permission_retry_ticks = 1000, recycle_period_ticks = 100, detector.read_period_ticks = 5 }
+[[replica]]
+id = 0
+linux.fabric = "shm"
+[[replica]]
+id = 1
+linux = { fabric = "shm", polling = "shared" }
+"#;
+    parse(source, "t.toml").unwrap();
+    let at = |e: &ConfigFileError| (e.field.clone(), e.line, e.column);
+    // A value under a dotted key.
+    let e = err(&source.replace("linux.fabric = \"shm\"", "linux.fabric = 3"));
+    assert_eq!(
+        at(&e),
+        ("replica[0].linux.fabric".into(), Some(4), Some(16)),
+        "{e}"
+    );
+    // An unknown dotted key: the error is at its last part.
+    let e = err(&source.replace("linux.fabric", "linux.fabric = \"shm\"\nlinux.fab"));
+    assert_eq!(
+        at(&e),
+        ("replica[0].linux.fab".into(), Some(5), Some(7)),
+        "{e}"
+    );
+    // A value and an unknown key inside an inline table.
+    let e = err(&source.replace("\"shared\"", "\"spin\""));
+    assert_eq!(
+        at(&e),
+        ("replica[1].linux.polling".into(), Some(7), Some(37)),
+        "{e}"
+    );
+    let e = err(&source.replace("polling", "poll"));
+    assert_eq!(
+        at(&e),
+        ("replica[1].linux.poll".into(), Some(7), Some(27)),
+        "{e}"
+    );
+    // A dotted key inside an inline table, far along its line.
+    let e = err(&source.replace("read_period_ticks = 5", "read_period_ticks = -5"));
+    let column = source.find("= 5 }").unwrap() + 3;
+    assert_eq!(
+        at(&e),
+        (
+            "cluster.detector.read_period_ticks".into(),
+            Some(1),
+            Some(column)
+        ),
+        "{e}"
+    );
+    // An inline table that is not a table.
+    let e = err(&source.replace("linux = {", "linux = 4 #{"));
+    assert_eq!(at(&e), ("replica[1].linux".into(), Some(7), Some(9)), "{e}");
 }

@@ -4,9 +4,9 @@ use crate::{Deployment, FabricSpec, Host, Polling};
 use mu_nostd::DetectorConfig;
 use std::fmt::Write as _;
 
-/// A TOML string literal, escaped by toml itself.
+/// A TOML string literal, escaped by toml_edit itself.
 fn quote(s: &str) -> String {
-    toml::Value::String(s.to_owned()).to_string()
+    toml_edit::Value::from(s).to_string()
 }
 
 pub(crate) fn deployment(d: &Deployment) -> String {

@@ -209,6 +209,8 @@ pub(crate) struct Leader {
     commit_inflight: u8,
     /// When the first undecided position last moved (or nothing was undecided).
     progress_at: u64,
+    /// When the tenure started.
+    started_at: u64,
     /// The tenure must end; `lead` aborts it between steps.
     doomed: bool,
 }
@@ -290,10 +292,13 @@ impl Leader {
             next_chain: chain,
             acks: [0; ACK_WINDOW],
             applied_of: [0; REPLICAS_MAX as usize],
-            applied_moved_at: [now; REPLICAS_MAX as usize],
+            // No sign of life before one is seen: a peer this tenure cannot read (crashed) must
+            // not hold the log back for `op_timeout_ticks` after every fail-over.
+            applied_moved_at: [0; REPLICAS_MAX as usize],
             recycle_at: now,
             commit_inflight: 0,
             progress_at: now,
+            started_at: now,
             doomed: false,
         }
     }
@@ -1392,7 +1397,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         let leader = self.leader.as_ref().expect("leading");
         let p = peer as usize;
         let (applied, member, next) = (leader.applied_of[p], leader.members[p], leader.next);
-        let stuck = now.saturating_sub(leader.applied_moved_at[p]) > patience;
+        let since = leader.applied_moved_at[p].max(leader.started_at);
+        let stuck = now.saturating_sub(since) > patience;
         if !stuck || member.lapped || applied >= member.sent {
             return;
         }

@@ -11,12 +11,16 @@
 //! | [`node`] | one replica: region, client port, planes on pinned threads, polling modes |
 //! | [`port`] | a replica's client port: request and response rings, status, journal |
 //! | [`kv`] | the replicated key-value store of the demo and the tests |
+//! | [`cluster`] | replica processes on one host and a client that drives and checks them |
+//! | [`demo`] | `mu demo` and `mu failover` |
 //! | [`clock`] | ticks from `CLOCK_MONOTONIC`; the TSC for latency figures |
 
 pub mod mem;
 pub mod procfs;
 pub mod shm;
 pub mod clock;
+pub mod cluster;
+pub mod demo;
 pub mod kv;
 pub mod node;
 pub mod port;

@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 /// A shared, writable mapping of a whole file.
 pub struct Mapping {
@@ -62,6 +62,13 @@ impl Mapping {
         assert!(offset % 8 == 0 && offset + 8 <= self.len);
         // SAFETY: in bounds and aligned (the mapping is page-aligned); lives as long as `self`.
         unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(offset).cast::<u64>()) }
+    }
+
+    /// The 32-bit word at byte `offset` (4-aligned).
+    pub fn word32(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset % 4 == 0 && offset + 4 <= self.len);
+        // SAFETY: in bounds and aligned; lives as long as `self`.
+        unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(offset).cast::<u32>()) }
     }
 
     /// Pointer to byte `offset`, for [`copy`]; the caller keeps within `len`.

@@ -17,6 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use board_configs::Polling;
 use hdrhistogram::Histogram;
@@ -172,6 +173,8 @@ pub struct ReplicationLoop<'s, 'p> {
     command: Box<[u8; COMMAND_MAX]>,
     published: [u64; 5],
     digest_applied: u64,
+    /// While a tenure prepares: where it is, for the log line if it ends there.
+    preparing: Option<mu_nostd::LeaderStatus>,
 }
 
 impl<'s, 'p> ReplicationLoop<'s, 'p> {
@@ -192,15 +195,18 @@ impl<'s, 'p> ReplicationLoop<'s, 'p> {
             command: Box::new([0; COMMAND_MAX]),
             published: [u64::MAX; 5],
             digest_applied: u64::MAX,
+            preparing: None,
         }
     }
 
-    /// One poll of the plane, then client intake and status.
-    pub fn step(&mut self) {
+    /// One poll of the plane, then client intake and status. Returns whether this replica
+    /// leads: only the leader's replication plane is on the commit path.
+    pub fn step(&mut self) -> bool {
         let now = self.ticker.now();
         self.plane.poll(now, &mut self.fabric, &mut self.app);
         self.take_commands();
         self.publish();
+        self.published[0] != 0
     }
 
     /// The application (its latency histogram).
@@ -250,9 +256,15 @@ impl<'s, 'p> ReplicationLoop<'s, 'p> {
     fn publish(&mut self) {
         let status = self.plane.status();
         let port = self.app.port;
+        if status.leading.is_some() && !status.fast_path {
+            self.preparing = self.plane.leader_status();
+        }
         let leading = status.leading.map_or(0, |t| t as u64 + 1);
-        if leading != 0 && leading != self.published[0] {
-            port.set(Stat::Tenures, port.get(Stat::Tenures) + 1);
+        if leading != self.published[0] {
+            self.log_role(status.leading, status.applied);
+            if leading != 0 {
+                port.set(Stat::Tenures, port.get(Stat::Tenures) + 1);
+            }
         }
         let values = [
             leading,
@@ -284,6 +296,38 @@ impl<'s, 'p> ReplicationLoop<'s, 'p> {
         }
     }
 
+    /// Role changes are rare and worth a line in the replica's log.
+    fn log_role(&mut self, tenure: Option<u32>, applied: u64) {
+        let me = self.fabric.me();
+        let at = monotonic_ns() as f64 / 1e6;
+        let view = self.shared.leader();
+        if let Some(last) = self.preparing.take() {
+            if tenure.is_none_or(|t| t != last.tenure) && self.published[1] == 0 {
+                let members: Vec<String> = (0..self.fabric.replica_count())
+                    .filter(|&p| p != me)
+                    .map(|p| {
+                        let m = last.members[p as usize];
+                        format!("{p}: active {} sent {} applied {}", m.active, m.sent, m.applied)
+                    })
+                    .collect();
+                eprintln!(
+                    "[{at:.3} ms] replica {me}: tenure {} ended while preparing, in phase {} \
+                     (next {}; {})",
+                    last.tenure,
+                    last.phase,
+                    last.next,
+                    members.join(", ")
+                );
+            }
+        }
+        match tenure {
+            Some(t) => eprintln!("[{at:.3} ms] replica {me}: leading in tenure {t} from position {applied}"),
+            None => eprintln!(
+                "[{at:.3} ms] replica {me}: not leading (applied {applied}, considers {view:?} leader)"
+            ),
+        }
+    }
+
     /// Writes the latency histogram for a client that asked (not on the hot path).
     fn dump_latency(&mut self, request: u64) {
         let path = latency_path(self.fabric.dir(), self.fabric.me());
@@ -308,6 +352,7 @@ pub struct BackgroundLoop<'s> {
     plane: BackgroundPlane<'s>,
     fabric: ShmFabric,
     ticker: Ticker,
+    seen: (Option<ReplicaId>, u8, Option<ReplicaId>),
 }
 
 impl<'s> BackgroundLoop<'s> {
@@ -317,6 +362,7 @@ impl<'s> BackgroundLoop<'s> {
             plane,
             fabric,
             ticker,
+            seen: (None, 0, None),
         }
     }
 
@@ -324,6 +370,19 @@ impl<'s> BackgroundLoop<'s> {
     pub fn step(&mut self) {
         let now = self.ticker.now();
         self.plane.poll(now, &mut self.fabric);
+        let status = self.plane.status();
+        let seen = (status.leader, status.alive, status.holder);
+        if seen != self.seen {
+            self.seen = seen;
+            eprintln!(
+                "[{:.3} ms] replica {}: considers {:?} leader, alive {:#09b}, log writable by {:?}",
+                monotonic_ns() as f64 / 1e6,
+                self.fabric.me(),
+                status.leader,
+                status.alive,
+                status.holder
+            );
+        }
     }
 }
 
@@ -404,31 +463,67 @@ pub fn run(spec: &NodeSpec, stop: &AtomicBool) -> Result<(), NodeError> {
         let priority = spec.realtime_priority;
         let id = spec.id;
         let (rc, bc) = (spec.replication_core, spec.background_core);
+        let read_period_ns = spec.config.detector.read_period_ticks as u64 * spec.tick_ns;
+        let background_rest = Duration::from_nanos((read_period_ns / 4).clamp(10_000, 250_000));
         scope.spawn(move || {
             place_thread(id, "replication", rc, priority);
-            spin(stop, polling, || replication.step());
+            spin(stop, polling, || {
+                if replication.step() {
+                    Pace::Spin
+                } else {
+                    Pace::Rest(FOLLOWER_REST)
+                }
+            });
         });
         scope.spawn(move || {
             place_thread(id, "background", bc, priority);
-            spin(stop, polling, || background.step());
+            spin(stop, polling, || {
+                background.step();
+                Pace::Rest(background_rest)
+            });
         });
     });
     Ok(())
 }
 
 /// Calls `step` until `stop`, idling as the polling mode says.
-fn spin(stop: &AtomicBool, polling: Polling, mut step: impl FnMut()) {
+///
+/// In `busy` mode every thread spins. In `shared` mode only the leader's replication plane
+/// spins (yielding now and then): it is the only one on the commit path, since followers are
+/// written to without their CPU. Follower replication planes and background planes sleep
+/// between polls, which leaves the cores to the threads that need them; without that, on a
+/// host with fewer cores than threads, a background plane starved for a few scheduler slices
+/// misses heartbeats and deposes a healthy leader.
+fn spin(stop: &AtomicBool, polling: Polling, mut step: impl FnMut() -> Pace) {
+    if polling == Polling::Shared {
+        // Sleeps end when asked, not up to 50 µs later.
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+    }
     let mut polls = 0u32;
     while !stop.load(Ordering::Relaxed) {
-        step();
+        let pace = step();
         polls = polls.wrapping_add(1);
-        match polling {
-            Polling::Busy => std::hint::spin_loop(),
-            Polling::Shared if polls % YIELD_EVERY == 0 => std::thread::yield_now(),
-            Polling::Shared => std::hint::spin_loop(),
+        match (polling, pace) {
+            (Polling::Busy, _) => std::hint::spin_loop(),
+            (Polling::Shared, Pace::Rest(rest)) => std::thread::sleep(rest),
+            (Polling::Shared, Pace::Spin) if polls % YIELD_EVERY == 0 => std::thread::yield_now(),
+            (Polling::Shared, Pace::Spin) => std::hint::spin_loop(),
         }
     }
 }
+
+/// What a thread does between polls in `shared` mode.
+#[derive(Clone, Copy)]
+enum Pace {
+    Spin,
+    Rest(Duration),
+}
+
+/// How long a follower's replication plane sleeps between polls in `shared` mode: it only
+/// applies what the leader already wrote into its log, so this delays its applied position,
+/// never a commit.
+const FOLLOWER_REST: Duration = Duration::from_micros(50);
 
 /// Locks current and future memory so that the hot path takes no page faults.
 fn lock_memory(id: ReplicaId) {

@@ -12,6 +12,15 @@
 //!   fresh zeroed file and renames it into place. Peers notice through the old file's
 //!   incarnation word and map the new file when they reconnect.
 //!
+//! A dead owner's memory must not count: an RDMA NIC stops acking writes to a process the moment
+//! the kernel tears down its memory registrations, and the core counts a write completion as
+//! that replica holding the bytes. The owner's first thread therefore holds a robust,
+//! process-shared mutex in the control page; when that thread dies (SIGKILL included) the kernel
+//! sets `FUTEX_OWNER_DIED` in the mutex's futex word, and every read or write to that region
+//! fails from then on. (The futex word is the first field of glibc's `pthread_mutex_t`, part of
+//! glibc's stable ABI; only glibc targets are supported.) The thread that creates an
+//! [`OwnRegion`] must therefore outlive it.
+//!
 //! The control page holds, besides identity words, one line per writer: the owner's permission
 //! for that writer (`gate`), and the writer's in-flight marker (its incarnation while it copies
 //! into the region, 0 otherwise) with the writer's pid and start time.
@@ -71,6 +80,15 @@ const C_OWNER_PID: usize = 40;
 const C_OWNER_START: usize = 48;
 /// Where a clean exit keeps the incarnation when it retires the file.
 const C_LAST_INCARNATION: usize = 56;
+
+/// The owner's robust mutex (see the module doc); 64 bytes are reserved for it.
+const C_OWNER_MUTEX: usize = 2048;
+const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
+const FUTEX_TID_MASK: u32 = 0x3FFF_FFFF;
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+compile_error!("the shared-memory fabric reads glibc's robust mutex futex word: Linux with glibc only");
+const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= 64);
 
 // Writer line words (byte offsets inside a line); line `w` starts at `64 * (1 + w)`.
 const L_GATE: usize = 0;
@@ -308,6 +326,7 @@ impl OwnRegion {
             .word(C_OWNER_START)
             .store(procfs::own_start_time(), SeqCst);
         mapping.word(C_INCARNATION).store(incarnation, SeqCst);
+        hold_owner_mutex(&mapping).map_err(io_error(&staging, "lock the owner mutex"))?;
         // Peers trust nothing in a file before the magic; it goes last.
         mapping.word(C_MAGIC).store(MAGIC, SeqCst);
         fs::rename(&staging, &path).map_err(io_error(&path, "publish (rename)"))?;
@@ -370,6 +389,38 @@ impl Drop for OwnRegion {
             }
         }
     }
+}
+
+/// Initialises the owner mutex of a fresh control page and locks it for the calling thread, for
+/// good: the kernel marks it when the thread dies.
+fn hold_owner_mutex(mapping: &Mapping) -> io::Result<()> {
+    let mutex = mapping.at(C_OWNER_MUTEX).cast::<libc::pthread_mutex_t>();
+    let check = |code: libc::c_int| match code {
+        0 => Ok(()),
+        code => Err(io::Error::from_raw_os_error(code)),
+    };
+    // SAFETY: `attr` is initialised before use and destroyed after; `mutex` points at 64
+    // reserved, aligned, zeroed bytes of a fresh mapping that nobody else uses yet.
+    unsafe {
+        let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+        check(libc::pthread_mutexattr_init(&mut attr))?;
+        check(libc::pthread_mutexattr_setpshared(
+            &mut attr,
+            libc::PTHREAD_PROCESS_SHARED,
+        ))?;
+        check(libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST))?;
+        let initialised = check(libc::pthread_mutex_init(mutex, &attr));
+        libc::pthread_mutexattr_destroy(&mut attr);
+        initialised?;
+        check(libc::pthread_mutex_lock(mutex))
+    }
+}
+
+/// Whether the owner of the region mapped by `mapping` is alive (its mutex held, not marked by
+/// the kernel as left by a dead thread).
+fn owner_alive(mapping: &Mapping) -> bool {
+    let word = mapping.word32(C_OWNER_MUTEX).load(SeqCst);
+    word & FUTEX_TID_MASK != 0 && word & FUTEX_OWNER_DIED == 0
 }
 
 fn open_private(path: &Path, create: bool) -> Result<File, ShmError> {
@@ -531,6 +582,11 @@ impl ShmFabric {
         self.dir.path()
     }
 
+    /// Replicas in the cluster.
+    pub fn replica_count(&self) -> u8 {
+        self.config.replica_count
+    }
+
     /// The replica this fabric belongs to.
     pub fn me(&self) -> ReplicaId {
         self.me
@@ -559,7 +615,9 @@ impl ShmFabric {
         offset as u64 + len as u64 <= self.layout.region_bytes as u64
     }
 
-    /// Maps `peer`'s current region file, checking that it is a region of this cluster.
+    /// Maps `peer`'s current region file, checking that it is a region of this cluster whose
+    /// owner runs. The control page is checked first, so that probing a dead peer (every read
+    /// period, by the failure detector) never maps and populates its whole region.
     fn connect(&mut self, peer: ReplicaId) -> Result<(), String> {
         let path = self.dir.region_path(peer);
         let file = open_private(&path, false).map_err(|e| e.to_string())?;
@@ -567,27 +625,29 @@ impl ShmFabric {
         if len < CONTROL_BYTES || len % page_size() != 0 {
             return Err(format!("{}: not a region file", path.display()));
         }
-        let mapping = Mapping::map(&file, len).map_err(|e| e.to_string())?;
-        if mapping.word(C_MAGIC).load(SeqCst) != MAGIC
-            || mapping.word(C_VERSION).load(SeqCst) != VERSION
+        let control = Mapping::map(&file, CONTROL_BYTES).map_err(|e| e.to_string())?;
+        if control.word(C_MAGIC).load(SeqCst) != MAGIC
+            || control.word(C_VERSION).load(SeqCst) != VERSION
         {
             return Err(format!("{}: not a region file of this version", path.display()));
         }
-        let (theirs, ours) = (mapping.word(C_CONFIG_HASH).load(SeqCst), self.config.hash());
+        let (theirs, ours) = (control.word(C_CONFIG_HASH).load(SeqCst), self.config.hash());
         if theirs != ours {
             return Err(format!(
                 "replica {peer} runs another cluster configuration (config hash {theirs:016x}, \
                  ours {ours:016x}): check that every replica uses the same [cluster] section"
             ));
         }
-        let region = mapping.word(C_REGION_BYTES).load(SeqCst) as usize;
+        let region = control.word(C_REGION_BYTES).load(SeqCst) as usize;
         if region != self.layout.region_bytes as usize || CONTROL_BYTES + region > len {
             return Err(format!("{}: region size does not match", path.display()));
         }
-        let incarnation = mapping.word(C_INCARNATION).load(SeqCst);
-        if incarnation == RETIRED {
+        let incarnation = control.word(C_INCARNATION).load(SeqCst);
+        if incarnation == RETIRED || !owner_alive(&control) {
             return Err(format!("replica {peer} is not running"));
         }
+        drop(control);
+        let mapping = Mapping::map(&file, len).map_err(|e| e.to_string())?;
         // Tell the owner who writes through this line, for its fencing.
         let me = self.me;
         mapping
@@ -605,9 +665,15 @@ impl ShmFabric {
         Ok(())
     }
 
-    /// The peer's mapping if it is still the incarnation this connection was made to.
+    /// The peer's mapping if its owner runs the incarnation this connection was made to; a
+    /// peer that restarted (a new file) is mapped anew.
     fn live_mapping(&mut self, peer: ReplicaId) -> Option<&Mapping> {
-        if self.peers[peer as usize].mapping.is_none() {
+        let state = &self.peers[peer as usize];
+        let replaced = state
+            .mapping
+            .as_ref()
+            .is_none_or(|m| m.word(C_INCARNATION).load(SeqCst) != state.incarnation);
+        if replaced {
             let outcome = self.connect(peer);
             let state = &mut self.peers[peer as usize];
             match outcome {
@@ -622,9 +688,8 @@ impl ShmFabric {
                 }
             }
         }
-        let state = &self.peers[peer as usize];
-        let mapping = state.mapping.as_ref()?;
-        (mapping.word(C_INCARNATION).load(SeqCst) == state.incarnation).then_some(mapping)
+        let mapping = self.peers[peer as usize].mapping.as_ref()?;
+        owner_alive(mapping).then_some(mapping)
     }
 
     fn complete(&mut self, peer: ReplicaId, wr_id: u64, status: Status) {
@@ -743,8 +808,7 @@ impl Fabric for ShmFabric {
         let state = &mut self.peers[peer as usize];
         state.waiting = 0;
         state.broken = false;
-        // Remap on the next post: the peer may have restarted with a new file.
-        state.mapping = None;
+        // The mapping stays: the next post remaps only if the peer restarted with a new file.
         Ok(())
     }
 

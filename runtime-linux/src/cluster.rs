@@ -1,0 +1,498 @@
+//! A cluster of real replica processes on one host, and a client that drives it: what `mu demo`,
+//! the process fault tests and the fail-over benchmark are made of.
+//!
+//! Each replica is a `mu replica --config FILE --id N` child process over the shared-memory
+//! fabric. The client talks to every replica through its client port (one client per cluster),
+//! keeps a window of commands in flight at the leader, re-sends what comes back uncommitted, and
+//! records every command reported committed with its position. [`Cluster::verify`] then checks,
+//! on every live replica, that each of those commands is in the journal at its position (nothing
+//! committed is lost) and that the state digests are identical.
+//!
+//! # Invariants
+//! - A replica id has at most one child process at a time; a killed child is reaped before it is
+//!   replaced.
+//! - The client never has more than `window` commands in flight, and each in-flight command is
+//!   tracked by the port it went to, so a killed leader's commands are re-sent elsewhere.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use board_configs::Deployment;
+use hdrhistogram::Histogram;
+
+use crate::clock::monotonic_ns;
+use crate::kv;
+use crate::port::{Outcome, Port, Stat, JOURNAL_POSITIONS};
+
+/// A failure of the harness or of a check, with what was seen.
+#[derive(Debug)]
+pub struct ClusterError(pub String);
+
+impl std::fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ClusterError {}
+
+fn fail<T>(message: impl Into<String>) -> Result<T, ClusterError> {
+    Err(ClusterError(message.into()))
+}
+
+/// The replica processes of one deployment.
+pub struct Cluster {
+    exe: PathBuf,
+    dir: PathBuf,
+    config_path: PathBuf,
+    replicas: u8,
+    children: Vec<Option<Child>>,
+    ports: Vec<Option<Port>>,
+    incarnations: Vec<u64>,
+}
+
+impl Cluster {
+    /// Writes `deployment` to `<shm dir>/cluster.toml` and starts every replica with `exe`.
+    pub fn start(exe: &Path, deployment: &Deployment) -> Result<Cluster, ClusterError> {
+        let dir = match deployment.replicas.first().map(|r| &r.host) {
+            Some(board_configs::Host::Linux(host)) => match &host.fabric {
+                board_configs::FabricSpec::Shm { dir } => dir.clone(),
+                _ => return fail("the cluster harness runs shared-memory deployments"),
+            },
+            _ => return fail("the cluster harness runs Linux deployments"),
+        };
+        crate::shm::RegionDir::open(&dir).map_err(|e| ClusterError(e.to_string()))?;
+        let config_path = dir.join("cluster.toml");
+        fs::write(&config_path, deployment.to_toml())
+            .map_err(|e| ClusterError(format!("{}: {e}", config_path.display())))?;
+        let replicas = deployment.cluster.config.replica_count;
+        let mut cluster = Cluster {
+            exe: exe.to_path_buf(),
+            dir,
+            config_path,
+            replicas,
+            children: (0..replicas).map(|_| None).collect(),
+            ports: (0..replicas).map(|_| None).collect(),
+            incarnations: vec![0; replicas as usize],
+        };
+        for id in 0..replicas {
+            cluster.spawn(id)?;
+        }
+        Ok(cluster)
+    }
+
+    /// The cluster's shared-memory directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Replicas in the cluster.
+    pub fn replicas(&self) -> u8 {
+        self.replicas
+    }
+
+    /// Starts (or restarts) replica `id` and waits until its port serves.
+    pub fn spawn(&mut self, id: u8) -> Result<(), ClusterError> {
+        assert!(self.children[id as usize].is_none(), "one process per id");
+        let log = self.dir.join(format!("replica-{id}.log"));
+        let log_file = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| ClusterError(format!("{}: {e}", log.display())))?;
+        let child = Command::new(&self.exe)
+            .arg("replica")
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--id")
+            .arg(id.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| ClusterError(format!("cannot start {}: {e}", self.exe.display())))?;
+        let pid = child.id() as u64;
+        self.children[id as usize] = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(port) = Port::attach(&self.dir, id) {
+                if port.get(Stat::Pid) == pid && port.get(Stat::Ready) == 1 {
+                    self.incarnations[id as usize] = port.get(Stat::Incarnation);
+                    self.ports[id as usize] = Some(port);
+                    return Ok(());
+                }
+            }
+            if let Some(status) = self.children[id as usize]
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.children[id as usize] = None;
+                return fail(format!(
+                    "replica {id} exited at start ({status}):\n{}",
+                    self.log_tail(id)
+                ));
+            }
+            if Instant::now() > deadline {
+                return fail(format!("replica {id} did not start:\n{}", self.log_tail(id)));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// The last lines replica `id` wrote to its log.
+    pub fn log_tail(&self, id: u8) -> String {
+        let text = fs::read_to_string(self.dir.join(format!("replica-{id}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// The process id of replica `id`, while it runs.
+    pub fn pid(&self, id: u8) -> Option<u32> {
+        self.children[id as usize].as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` to replica `id`; returns `CLOCK_MONOTONIC` ns just before it was sent.
+    pub fn signal(&self, id: u8, signal: i32) -> Option<u64> {
+        let pid = self.pid(id)?;
+        let at = monotonic_ns();
+        // SAFETY: kill(2) on our own, not yet reaped child.
+        unsafe { libc::kill(pid as i32, signal) };
+        Some(at)
+    }
+
+    /// SIGKILLs replica `id` and reaps it; returns the time of the kill.
+    pub fn kill(&mut self, id: u8) -> Option<u64> {
+        let at = self.signal(id, libc::SIGKILL)?;
+        if let Some(mut child) = self.children[id as usize].take() {
+            let _ = child.wait();
+        }
+        self.ports[id as usize] = None;
+        Some(at)
+    }
+
+    /// Whether replica `id`'s process is still there (not reaped, not exited).
+    pub fn running(&mut self, id: u8) -> bool {
+        match self.children[id as usize].as_mut() {
+            Some(child) => match child.try_wait() {
+                Ok(None) => true,
+                _ => {
+                    self.children[id as usize] = None;
+                    self.ports[id as usize] = None;
+                    false
+                }
+            },
+            None => false,
+        }
+    }
+
+    /// Replica `id`'s port, while it runs.
+    pub fn port(&self, id: u8) -> Option<&Port> {
+        self.ports[id as usize].as_ref()
+    }
+
+    /// Live replica ids.
+    pub fn live(&self) -> Vec<u8> {
+        (0..self.replicas)
+            .filter(|&id| self.ports[id as usize].is_some())
+            .collect()
+    }
+
+    /// The replica that leads on the fast path, if exactly one says so.
+    pub fn leader(&self) -> Option<u8> {
+        let leaders: Vec<u8> = self
+            .live()
+            .into_iter()
+            .filter(|&id| self.port(id).is_some_and(|p| p.get(Stat::FastPath) == 1))
+            .collect();
+        (leaders.len() == 1).then(|| leaders[0])
+    }
+
+    /// Waits up to `limit` for a leader on the fast path.
+    pub fn await_leader(&self, limit: Duration) -> Result<u8, ClusterError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(leader) = self.leader() {
+                return Ok(leader);
+            }
+            if Instant::now() > deadline {
+                return fail(format!("no leader within {limit:?}: {}", self.describe()));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// One line per replica: role and progress.
+    pub fn describe(&self) -> String {
+        (0..self.replicas)
+            .map(|id| match self.port(id) {
+                Some(p) => format!(
+                    "replica {id}: leading {} fast {} applied {} view {} tenures {} halted {}",
+                    p.get(Stat::Leading),
+                    p.get(Stat::FastPath),
+                    p.get(Stat::Applied),
+                    p.get(Stat::LeaderView),
+                    p.get(Stat::Tenures),
+                    p.get(Stat::Halted)
+                ),
+                None => format!("replica {id}: down"),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Asks replica `id` for its propose-to-commit histogram (in cycles).
+    pub fn latency(&self, id: u8) -> Result<Histogram<u64>, ClusterError> {
+        let port = self
+            .port(id)
+            .ok_or_else(|| ClusterError(format!("replica {id} is down")))?;
+        let request = port.get(Stat::DumpRequest) + 1;
+        port.set(Stat::DumpRequest, request);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while port.get(Stat::Dumped) != request {
+            if Instant::now() > deadline {
+                return fail(format!("replica {id} did not write its latency histogram"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let bytes = fs::read(crate::node::latency_path(&self.dir, id))
+            .map_err(|e| ClusterError(e.to_string()))?;
+        hdrhistogram::serialization::Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .map_err(|e| ClusterError(format!("latency histogram: {e:?}")))
+    }
+
+    /// Waits until every live replica applied the same prefix, then checks that their state
+    /// digests agree and that every command in `committed` is in every live replica's journal
+    /// at its position. Returns the digest and the applied position.
+    pub fn verify(&self, committed: &[(u64, u64)], limit: Duration) -> Result<(u64, u64), ClusterError> {
+        let live = self.live();
+        if live.is_empty() {
+            return fail("no live replica to verify");
+        }
+        let deadline = Instant::now() + limit;
+        let highest = committed.iter().map(|&(p, _)| p + 1).max().unwrap_or(0);
+        let (digest, applied) = loop {
+            let pairs: Vec<(u64, u64)> = live
+                .iter()
+                .map(|&id| self.port(id).map_or((0, 0), Port::digest))
+                .collect();
+            let settled = pairs.iter().all(|p| p.1 == pairs[0].1 && p.1 >= highest);
+            if settled {
+                if pairs.iter().any(|p| p.0 != pairs[0].0) {
+                    return fail(format!(
+                        "replicas {live:?} applied {} commands each but their states differ: {pairs:x?}",
+                        pairs[0].1
+                    ));
+                }
+                break pairs[0];
+            }
+            if Instant::now() > deadline {
+                return fail(format!(
+                    "replicas did not converge (need position {highest}): {pairs:?}; {}",
+                    self.describe()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        for &id in &live {
+            let port = self.port(id).expect("live");
+            for &(position, command) in committed {
+                if position + JOURNAL_POSITIONS <= applied {
+                    continue; // The journal wrapped past it.
+                }
+                let found = port.journal_at(position);
+                if found != command {
+                    return fail(format!(
+                        "lost: command {command:#x} was reported committed at position {position}, \
+                         but replica {id} applied {found:#x} there"
+                    ));
+                }
+            }
+        }
+        Ok((digest, applied))
+    }
+
+    /// Stops every replica (SIGTERM, then SIGKILL after a grace period) and removes the
+    /// directory.
+    /// Set `MU_KEEP_FILES=1` to keep the directory (replica logs, region files) for a look.
+    pub fn shutdown(mut self) {
+        self.stop_all();
+        if std::env::var_os("MU_KEEP_FILES").is_some() {
+            eprintln!("kept {}", self.dir.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for id in 0..self.replicas {
+            self.signal(id, libc::SIGCONT);
+            self.signal(id, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for id in 0..self.replicas {
+            if let Some(mut child) = self.children[id as usize].take() {
+                while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            self.ports[id as usize] = None;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+/// A command the client sent and has not heard back about.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    replica: u8,
+    seq: u64,
+    id: u64,
+    sent_ns: u64,
+}
+
+/// What the client saw.
+pub struct Client {
+    client_id: u64,
+    payload: Vec<u8>,
+    keys: u64,
+    window: usize,
+    next: u64,
+    in_flight: Vec<InFlight>,
+    resend: Vec<u64>,
+    /// Commands reported committed: (position, command id).
+    pub committed: Vec<(u64, u64)>,
+    /// Client round trips (send to committed response), in ns.
+    pub round_trip: Histogram<u64>,
+    /// Responses other than committed (not leader, dropped, rejected).
+    pub retries: u64,
+    /// The first commit at or after `watch_after` and who made it.
+    pub first_commit_after: Option<(u8, u64)>,
+    watch_after: u64,
+    command: Vec<u8>,
+}
+
+impl Client {
+    /// A client sending puts of `payload` bytes (command bytes, header included) over `keys`
+    /// keys, with at most `window` in flight.
+    pub fn new(client_id: u16, payload: usize, keys: u64, window: usize) -> Client {
+        let value = payload.saturating_sub(kv::HEADER_BYTES).min(kv::VALUE_MAX);
+        Client {
+            client_id: client_id as u64,
+            payload: (0..value).map(|i| i as u8).collect(),
+            keys: keys.max(1),
+            window: window.max(1),
+            next: 0,
+            in_flight: Vec::new(),
+            resend: Vec::new(),
+            committed: Vec::new(),
+            round_trip: Histogram::new_with_bounds(1, 1 << 40, 3).expect("static bounds"),
+            retries: 0,
+            first_commit_after: None,
+            watch_after: u64::MAX,
+            command: vec![0; kv::HEADER_BYTES + kv::VALUE_MAX],
+        }
+    }
+
+    /// Records the first commit made after `at` (`CLOCK_MONOTONIC` ns) by a replica other than
+    /// `except`: the fail-over measurement.
+    pub fn watch_from(&mut self, at: u64) {
+        self.watch_after = at;
+        self.first_commit_after = None;
+    }
+
+    /// Commands reported committed so far.
+    pub fn committed_count(&self) -> u64 {
+        self.committed.len() as u64
+    }
+
+    /// One round: collect responses, then fill the window at the leader (or, with no known
+    /// leader, probe every live replica with one command each so that a new leader is used the
+    /// moment it leads).
+    pub fn pump(&mut self, cluster: &Cluster) {
+        self.collect(cluster);
+        let leader = cluster.leader();
+        let targets: Vec<u8> = match leader {
+            Some(l) => vec![l],
+            None => cluster.live(),
+        };
+        for target in targets {
+            let Some(port) = cluster.port(target) else { continue };
+            let limit = if leader.is_some() { self.window } else { 1 };
+            while self.in_flight.iter().filter(|f| f.replica == target).count() < limit
+                && self.in_flight.len() < self.window.max(cluster.replicas() as usize)
+            {
+                let id = self.resend.pop().unwrap_or_else(|| {
+                    self.next += 1;
+                    self.client_id << 48 | self.next
+                });
+                let key = id % self.keys;
+                let len = kv::encode_put(&mut self.command, key, id, &self.payload);
+                let seq = id; // Sequence numbers are command ids: unique per client.
+                if !port.push_request(seq, &self.command[..len]) {
+                    self.resend.push(id);
+                    break;
+                }
+                self.in_flight.push(InFlight {
+                    replica: target,
+                    seq,
+                    id,
+                    sent_ns: monotonic_ns(),
+                });
+            }
+        }
+    }
+
+    fn collect(&mut self, cluster: &Cluster) {
+        // Commands sent to a replica that went away never come back: send them again.
+        let live = cluster.live();
+        let (gone, kept): (Vec<InFlight>, Vec<InFlight>) = self
+            .in_flight
+            .drain(..)
+            .partition(|f| !live.contains(&f.replica));
+        self.in_flight = kept;
+        self.resend.extend(gone.iter().map(|f| f.id));
+        for id in live {
+            let Some(port) = cluster.port(id) else { continue };
+            while let Some(response) = port.take_response() {
+                let Some(index) = self
+                    .in_flight
+                    .iter()
+                    .position(|f| f.replica == id && f.seq == response.seq)
+                else {
+                    continue;
+                };
+                let flight = self.in_flight.swap_remove(index);
+                if response.outcome == Outcome::Committed {
+                    self.committed.push((response.position, flight.id));
+                    let rtt = monotonic_ns().saturating_sub(flight.sent_ns);
+                    self.round_trip.saturating_record(rtt.max(1));
+                    if response.commit_ns >= self.watch_after && self.first_commit_after.is_none() {
+                        self.first_commit_after = Some((id, response.commit_ns));
+                    }
+                } else {
+                    self.retries += 1;
+                    self.resend.push(flight.id);
+                }
+            }
+        }
+    }
+
+    /// Waits until nothing is in flight (or `limit` passes), collecting responses.
+    pub fn drain(&mut self, cluster: &Cluster, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.in_flight.is_empty() && Instant::now() < deadline {
+            self.collect(cluster);
+            std::thread::yield_now();
+        }
+    }
+}
