@@ -223,16 +223,45 @@ impl Cluster {
         }
     }
 
+    /// Waits up to `limit` until the cluster is settled: one leader on the fast path, every live
+    /// replica considering it leader and every live replica alive, and every live replica
+    /// caught up with the leader's applied position.
+    pub fn await_settled(&self, limit: Duration) -> Result<u8, ClusterError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(leader) = self.leader() {
+                let live = self.live();
+                let mask = live.iter().fold(0u64, |m, &id| m | 1 << id);
+                let applied = self.port(leader).map_or(0, |p| p.get(Stat::Applied));
+                let settled = live.iter().all(|&id| {
+                    self.port(id).is_some_and(|p| {
+                        p.get(Stat::LeaderView) == leader as u64 + 1
+                            && p.get(Stat::Alive) & mask == mask
+                            && p.get(Stat::Applied) >= applied
+                    })
+                });
+                if settled {
+                    return Ok(leader);
+                }
+            }
+            if Instant::now() > deadline {
+                return fail(format!("not settled within {limit:?}: {}", self.describe()));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
     /// One line per replica: role and progress.
     pub fn describe(&self) -> String {
         (0..self.replicas)
             .map(|id| match self.port(id) {
                 Some(p) => format!(
-                    "replica {id}: leading {} fast {} applied {} view {} tenures {} halted {}",
+                    "replica {id}: leading {} fast {} applied {} view {} alive {:#b} tenures {} halted {}",
                     p.get(Stat::Leading),
                     p.get(Stat::FastPath),
                     p.get(Stat::Applied),
                     p.get(Stat::LeaderView),
+                    p.get(Stat::Alive),
                     p.get(Stat::Tenures),
                     p.get(Stat::Halted)
                 ),

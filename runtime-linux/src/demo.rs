@@ -52,14 +52,16 @@ const SLOT_SIZE: u32 = 256;
 /// restarted replica catches up from position 0 (there is no state transfer).
 const ROUND_COMMANDS: u64 = 400;
 
-/// The cluster configuration the demo and the benchmark use. With `shared` polling more
-/// threads than cores share the machine, so heartbeats stall for scheduler time slices: the
-/// detector reads every 1 ms there (about 15 ms to declare a leader failed) so that a stalled
-/// but live leader is not deposed; on isolated cores (`busy`) it reads every 20 µs.
+/// The cluster configuration the demo and the benchmark use. On isolated cores (`busy`) the
+/// detector reads every 20 µs and fate sharing stops a replica whose replication plane missed
+/// 12 read periods. With `shared` polling the spinning threads (the leader's replication plane,
+/// the client) may outnumber the cores, and a runnable thread can wait a scheduler time slice
+/// (milliseconds) for a core: reads every 200 µs, and fate sharing only after 20 ms, so that a
+/// live leader that was merely descheduled is not deposed.
 pub fn cluster_config(replicas: u8, payload: usize, polling: Polling, read_period_us: Option<u32>) -> Config {
     let read_period = read_period_us.unwrap_or(match polling {
         Polling::Busy => 20,
-        Polling::Shared => 1000,
+        Polling::Shared => 200,
     });
     let mut config = Config::new(replicas);
     config.slot_count = 1 << 16;
@@ -71,7 +73,10 @@ pub fn cluster_config(replicas: u8, payload: usize, polling: Polling, read_perio
     config.permission_retry_ticks = 2_000;
     config.recycle_period_ticks = 500;
     config.detector = DetectorConfig::paper(read_period);
-    config.detector.fate_ticks = read_period.saturating_mul(12);
+    config.detector.fate_ticks = match polling {
+        Polling::Busy => read_period.saturating_mul(12),
+        Polling::Shared => read_period.saturating_mul(12).max(20_000),
+    };
     config
 }
 
@@ -144,7 +149,7 @@ fn run_demo(
     started: Instant,
 ) -> Result<(), String> {
     let leader = cluster
-        .await_leader(Duration::from_secs(20))
+        .await_settled(Duration::from_secs(20))
         .map_err(|e| e.to_string())?;
     println!(
         "leader: replica {leader} (pid {}), on the fast path {:.1} ms after start",
@@ -287,12 +292,13 @@ fn run_failover(cluster: &mut Cluster, options: &FailoverOptions) -> Result<(), 
     let mut client = Client::new(2, 64, 1024, 1);
     let mut times = Histogram::<u64>::new_with_bounds(1, 1 << 40, 3).expect("static bounds");
     for round in 0..options.rounds {
-        let leader = cluster.await_leader(Duration::from_secs(20)).map_err(|e| e.to_string())?;
+        let leader = cluster.await_settled(Duration::from_secs(20)).map_err(|e| e.to_string())?;
         let target = client.committed_count() + ROUND_COMMANDS;
         while client.committed_count() < target {
             client.pump(cluster);
         }
         let killed_at = cluster.kill(leader).ok_or("leader gone")?;
+        eprintln!("[{:.3} ms] killed replica {leader}", killed_at as f64 / 1e6);
         client.watch_from(killed_at);
         let deadline = Instant::now() + Duration::from_secs(20);
         while client.first_commit_after.is_none() {

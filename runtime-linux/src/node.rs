@@ -171,7 +171,7 @@ pub struct ReplicationLoop<'s, 'p> {
     ticker: Ticker,
     shared: &'s Shared,
     command: Box<[u8; COMMAND_MAX]>,
-    published: [u64; 5],
+    published: [u64; 6],
     digest_applied: u64,
     /// While a tenure prepares: where it is, for the log line if it ends there.
     preparing: Option<mu_nostd::LeaderStatus>,
@@ -193,7 +193,7 @@ impl<'s, 'p> ReplicationLoop<'s, 'p> {
             ticker,
             shared,
             command: Box::new([0; COMMAND_MAX]),
-            published: [u64::MAX; 5],
+            published: [u64::MAX; 6],
             digest_applied: u64::MAX,
             preparing: None,
         }
@@ -272,6 +272,7 @@ impl<'s, 'p> ReplicationLoop<'s, 'p> {
             status.applied,
             status.halted as u64,
             self.shared.leader().map_or(0, |l| l as u64 + 1),
+            self.shared.alive() as u64,
         ];
         let stats = [
             Stat::Leading,
@@ -279,7 +280,17 @@ impl<'s, 'p> ReplicationLoop<'s, 'p> {
             Stat::Applied,
             Stat::Halted,
             Stat::LeaderView,
+            Stat::Alive,
         ];
+        if values[1] == 1 && self.published[1] != 1 {
+            eprintln!(
+                "[{:.3} ms] replica {}: on the fast path in tenure {} at position {}",
+                monotonic_ns() as f64 / 1e6,
+                self.fabric.me(),
+                leading - 1,
+                status.applied
+            );
+        }
         for (i, stat) in stats.into_iter().enumerate() {
             if values[i] != self.published[i] {
                 port.set(stat, values[i]);

@@ -74,6 +74,8 @@ pub enum Stat {
     Digest = 112,
     /// ... at this applied position.
     DigestApplied = 120,
+    /// Who it considers alive (bit per id).
+    Alive = 128,
 }
 
 /// Outcome of a client command.
