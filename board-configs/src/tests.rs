@@ -115,7 +115,8 @@ fn shm_3_examples_say_what_they_mean() {
     config.op_timeout_ticks = 20_000;
     config.permission_retry_ticks = 2000;
     config.recycle_period_ticks = 500;
-    config.detector = mu_nostd::DetectorConfig::paper(20);
+    config.detector = mu_nostd::DetectorConfig::paper(200);
+    config.detector.fate_ticks = 20_000;
     let expected = Deployment::shm_linux(
         "shm-3",
         config,
@@ -126,6 +127,7 @@ fn shm_3_examples_say_what_they_mean() {
     );
     assert_eq!(plain.cluster, expected.cluster);
     assert_eq!(plain.replicas, expected.replicas);
+    config.detector = mu_nostd::DetectorConfig::paper(20);
     let cores = [(Some(2), Some(3)), (Some(4), Some(5)), (Some(6), Some(7))];
     let expected = Deployment::shm_linux(
         "shm-3-pinned",

@@ -145,7 +145,7 @@ impl Cluster {
     pub fn log_tail(&self, id: u8) -> String {
         let text = fs::read_to_string(self.dir.join(format!("replica-{id}.log"))).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     /// The process id of replica `id`, while it runs.
@@ -199,14 +199,27 @@ impl Cluster {
             .collect()
     }
 
-    /// The replica that leads on the fast path, if exactly one says so.
+    /// The replica that leads on the fast path. When more than one says so (a stopped old
+    /// leader's port still shows what it showed when it stopped), the one most live replicas
+    /// consider leader.
     pub fn leader(&self) -> Option<u8> {
-        let leaders: Vec<u8> = self
-            .live()
-            .into_iter()
-            .filter(|&id| self.port(id).is_some_and(|p| p.get(Stat::FastPath) == 1))
+        let live = self.live();
+        let votes = |id: u8| {
+            live.iter()
+                .filter(|&&v| self.port(v).is_some_and(|p| p.get(Stat::LeaderView) == id as u64 + 1))
+                .count()
+        };
+        let mut leaders: Vec<(usize, u8)> = live
+            .iter()
+            .filter(|&&id| self.port(id).is_some_and(|p| p.get(Stat::FastPath) == 1))
+            .map(|&id| (votes(id), id))
             .collect();
-        (leaders.len() == 1).then(|| leaders[0])
+        leaders.sort_unstable();
+        match leaders.as_slice() {
+            [] => None,
+            [(_, only)] => Some(*only),
+            [.., (second, _), (best, id)] => (best > second).then_some(*id),
+        }
     }
 
     /// Waits up to `limit` for a leader on the fast path.
@@ -458,7 +471,7 @@ impl Client {
             let Some(port) = cluster.port(target) else { continue };
             let limit = if leader.is_some() { self.window } else { 1 };
             while self.in_flight.iter().filter(|f| f.replica == target).count() < limit
-                && self.in_flight.len() < self.window.max(cluster.replicas() as usize)
+                && self.in_flight.len() < self.window * cluster.replicas() as usize
             {
                 let id = self.resend.pop().unwrap_or_else(|| {
                     self.next += 1;

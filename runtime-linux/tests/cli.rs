@@ -1,0 +1,147 @@
+//! The `mu` command as a user meets it: config errors name the file, the line and the field;
+//! replicas started with different cluster configurations refuse each other with a clear
+//! message; a second process for the same replica is refused; a replica started from the
+//! example file of `board-configs/` runs.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn mu() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mu"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(format!("/dev/shm/mu-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The example cluster file with its shared-memory directory moved to `dir`.
+fn example_in(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../board-configs/shm-3.toml");
+    let text = std::fs::read_to_string(example).unwrap();
+    let text = text.replace(
+        "fabric = \"shm\"",
+        &format!("fabric = \"shm\"\nshm_dir = \"{}\"", dir.join("regions").display()),
+    );
+    let path = dir.join(format!("cluster-{}.toml", std::process::id()));
+    std::fs::write(&path, edit(text)).unwrap();
+    path
+}
+
+fn replica(config: &Path, id: u8) -> Command {
+    let mut command = mu();
+    command
+        .args(["replica", "--config"])
+        .arg(config)
+        .args(["--id", &id.to_string()]);
+    command
+}
+
+fn run(mut command: Command) -> Output {
+    command.output().unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Waits until the child's stderr contains `needle`, then kills it; returns what it wrote.
+fn wait_for(mut child: Child, needle: &str) -> String {
+    let mut pipe = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = String::new();
+    while !seen.contains(needle) && Instant::now() < deadline {
+        if let Ok(bytes) = rx.recv_timeout(Duration::from_millis(50)) {
+            seen.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    seen
+}
+
+#[test]
+fn config_errors_name_file_line_and_field() {
+    let dir = scratch("errors");
+    let config = example_in(&dir, |t| t.replace("slot_size = 256", "slot_size = 100"));
+    let line = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("slot_size"))
+        .unwrap()
+        + 1;
+    let output = run(replica(&config, 0));
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    let expected = format!("{}:{line}:", config.display());
+    assert!(message.contains(&expected), "{message}");
+    assert!(message.contains("cluster.slot_size"), "{message}");
+    assert!(message.contains("multiple of 64"), "{message}");
+
+    let config = example_in(&dir, |t| t.replace("polling = \"shared\"", "polling = \"fast\""));
+    let message = stderr(&run(replica(&config, 1)));
+    assert!(message.contains("replica[0].linux.polling"), "{message}");
+
+    let config = example_in(&dir, |t| t);
+    let message = stderr(&run(replica(&config, 5)));
+    assert!(message.contains("replica 5 is not in this cluster"), "{message}");
+    let message = stderr(&run(replica(Path::new("/nonexistent/cluster.toml"), 0)));
+    assert!(message.contains("/nonexistent/cluster.toml"), "{message}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn replicas_with_different_configurations_refuse_each_other() {
+    let dir = scratch("mismatch");
+    let a = example_in(&dir, |t| t);
+    let b = dir.join("other.toml");
+    std::fs::write(
+        &b,
+        std::fs::read_to_string(&a)
+            .unwrap()
+            .replace("slot_count = 65536", "slot_count = 32768"),
+    )
+    .unwrap();
+    let first = replica(&a, 0).stderr(Stdio::piped()).spawn().unwrap();
+    let second = replica(&b, 1).stderr(Stdio::piped()).spawn().unwrap();
+    let needle = "runs another cluster configuration";
+    let seen_by_second = wait_for(second, needle);
+    let seen_by_first = wait_for(first, needle);
+    assert!(seen_by_second.contains(needle), "{seen_by_second}");
+    assert!(seen_by_first.contains(needle), "{seen_by_first}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_replica_runs_once_and_reclaims_what_a_killed_one_left() {
+    let dir = scratch("once");
+    let config = example_in(&dir, |t| t);
+    let mut first = replica(&config, 2).stderr(Stdio::null()).spawn().unwrap();
+    let port = dir.join("regions").join("client-2.port");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !port.exists() {
+        assert!(Instant::now() < deadline, "replica 2 did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let message = stderr(&run(replica(&config, 2)));
+    assert!(message.contains("replica 2 is already running"), "{message}");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let again = replica(&config, 2).stderr(Stdio::piped()).spawn().unwrap();
+    let seen = wait_for(again, "left by pid");
+    assert!(seen.contains("reclaimed") && seen.contains("left by pid"), "{seen}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
