@@ -53,7 +53,10 @@ impl<const BYTES: usize> RequestQueue<BYTES> {
 
     /// Numbers the next command `first`; only before anything was queued.
     pub fn start_sequences_at(&mut self, first: u64) {
-        assert!(self.count == 0 && self.next_sequence == 1, "sequences already in use");
+        assert!(
+            self.count == 0 && self.next_sequence == 1,
+            "sequences already in use"
+        );
         assert!((1..crate::slot::SEQUENCE_LIMIT).contains(&first));
         self.next_sequence = first;
     }

@@ -186,7 +186,8 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// Call it once, before the first `submit`; the runtime keeps `incarnation` rising across
     /// restarts.
     pub fn begin_incarnation(&mut self, incarnation: u32) {
-        self.queue.start_sequences_at(crate::slot::incarnation_base(incarnation));
+        self.queue
+            .start_sequences_at(crate::slot::incarnation_base(incarnation));
     }
 
     /// Does one bounded round of replication work at time `now`.

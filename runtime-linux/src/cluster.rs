@@ -135,7 +135,10 @@ impl Cluster {
                 ));
             }
             if Instant::now() > deadline {
-                return fail(format!("replica {id} did not start:\n{}", self.log_tail(id)));
+                return fail(format!(
+                    "replica {id} did not start:\n{}",
+                    self.log_tail(id)
+                ));
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -143,7 +146,8 @@ impl Cluster {
 
     /// The last lines replica `id` wrote to its log.
     pub fn log_tail(&self, id: u8) -> String {
-        let text = fs::read_to_string(self.dir.join(format!("replica-{id}.log"))).unwrap_or_default();
+        let text =
+            fs::read_to_string(self.dir.join(format!("replica-{id}.log"))).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
@@ -206,7 +210,10 @@ impl Cluster {
         let live = self.live();
         let votes = |id: u8| {
             live.iter()
-                .filter(|&&v| self.port(v).is_some_and(|p| p.get(Stat::LeaderView) == id as u64 + 1))
+                .filter(|&&v| {
+                    self.port(v)
+                        .is_some_and(|p| p.get(Stat::LeaderView) == id as u64 + 1)
+                })
                 .count()
         };
         let mut leaders: Vec<(usize, u8)> = live
@@ -308,7 +315,11 @@ impl Cluster {
     /// Waits until every live replica applied the same prefix, then checks that their state
     /// digests agree and that every command in `committed` is in every live replica's journal
     /// at its position. Returns the digest and the applied position.
-    pub fn verify(&self, committed: &[(u64, u64)], limit: Duration) -> Result<(u64, u64), ClusterError> {
+    pub fn verify(
+        &self,
+        committed: &[(u64, u64)],
+        limit: Duration,
+    ) -> Result<(u64, u64), ClusterError> {
         let live = self.live();
         if live.is_empty() {
             return fail("no live replica to verify");
@@ -468,9 +479,16 @@ impl Client {
             None => cluster.live(),
         };
         for target in targets {
-            let Some(port) = cluster.port(target) else { continue };
+            let Some(port) = cluster.port(target) else {
+                continue;
+            };
             let limit = if leader.is_some() { self.window } else { 1 };
-            while self.in_flight.iter().filter(|f| f.replica == target).count() < limit
+            while self
+                .in_flight
+                .iter()
+                .filter(|f| f.replica == target)
+                .count()
+                < limit
                 && self.in_flight.len() < self.window * cluster.replicas() as usize
             {
                 let id = self.resend.pop().unwrap_or_else(|| {
@@ -504,7 +522,9 @@ impl Client {
         self.in_flight = kept;
         self.resend.extend(gone.iter().map(|f| f.id));
         for id in live {
-            let Some(port) = cluster.port(id) else { continue };
+            let Some(port) = cluster.port(id) else {
+                continue;
+            };
             while let Some(response) = port.take_response() {
                 let Some(index) = self
                     .in_flight

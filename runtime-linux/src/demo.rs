@@ -58,7 +58,12 @@ const ROUND_COMMANDS: u64 = 400;
 /// the client) may outnumber the cores, and a runnable thread can wait a scheduler time slice
 /// (milliseconds) for a core: reads every 200 µs, and fate sharing only after 20 ms, so that a
 /// live leader that was merely descheduled is not deposed.
-pub fn cluster_config(replicas: u8, payload: usize, polling: Polling, read_period_us: Option<u32>) -> Config {
+pub fn cluster_config(
+    replicas: u8,
+    payload: usize,
+    polling: Polling,
+    read_period_us: Option<u32>,
+) -> Config {
     let read_period = read_period_us.unwrap_or(match polling {
         Polling::Busy => 20,
         Polling::Shared => 200,
@@ -128,6 +133,16 @@ pub fn demo(options: &DemoOptions) -> Result<(), String> {
         cores(),
         config.detector.read_period_ticks as u64 * TICK_NS / 1000
     );
+    println!(
+        "cores: {}; {}",
+        match options.pin_from {
+            Some(first) => format!(
+                "replica i's planes pinned to cores {first}+2i and {first}+2i+1"
+            ),
+            None => "planes not pinned".to_string(),
+        },
+        crate::procfs::IsolatedCores::detect().describe()
+    );
     let tsc_hz = cycles_per_second();
     let started = Instant::now();
     let mut cluster = Cluster::start(&exe, &deployment).map_err(|e| e.to_string())?;
@@ -166,7 +181,11 @@ fn run_demo(
         if Instant::now() >= next_report {
             let count = client.committed_count();
             let applied: Vec<String> = (0..cluster.replicas())
-                .map(|id| cluster.port(id).map_or("-".into(), |p| p.get(Stat::Applied).to_string()))
+                .map(|id| {
+                    cluster
+                        .port(id)
+                        .map_or("-".into(), |p| p.get(Stat::Applied).to_string())
+                })
                 .collect();
             println!(
                 "[{:5.1} s] committed {:>9}  ({:>7.0}/s)  leader {}  applied {}",
@@ -188,8 +207,18 @@ fn run_demo(
     let changes = tenures(cluster) - tenures_before;
     let leader = cluster.leader().unwrap_or(leader);
     let latency = cluster.latency(leader).map_err(|e| e.to_string())?;
-    print_latency("replication latency (leader: submit -> commit)", &latency, tsc_hz, true);
-    print_latency("client round trip (port -> leader -> port)", &client.round_trip, tsc_hz, false);
+    print_latency(
+        "replication latency (leader: submit -> commit)",
+        &latency,
+        tsc_hz,
+        true,
+    );
+    print_latency(
+        "client round trip (port -> leader -> port)",
+        &client.round_trip,
+        tsc_hz,
+        false,
+    );
     println!(
         "throughput: {:.0} commands/s ({} commands in {:.1} s, window {})",
         client.committed_count() as f64 / steady_s,
@@ -207,7 +236,10 @@ fn run_demo(
     while client.first_commit_after.is_none() {
         client.pump(cluster);
         if Instant::now() > deadline {
-            return Err(format!("no new leader committed within 20 s: {}", cluster.describe()));
+            return Err(format!(
+                "no new leader committed within 20 s: {}",
+                cluster.describe()
+            ));
         }
         if options.polling == Polling::Shared {
             std::thread::yield_now();
@@ -263,7 +295,12 @@ fn print_latency(title: &str, histogram: &Histogram<u64>, tsc_hz: f64, in_cycles
 
 /// Runs `mu failover`.
 pub fn failover(options: &FailoverOptions) -> Result<(), String> {
-    let config = cluster_config(options.replicas, 64, options.polling, options.read_period_us);
+    let config = cluster_config(
+        options.replicas,
+        64,
+        options.polling,
+        options.read_period_us,
+    );
     let name = format!("failover-{}", std::process::id());
     let deployment = deployment(&name, config, options.polling, options.pin_from);
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -292,7 +329,9 @@ fn run_failover(cluster: &mut Cluster, options: &FailoverOptions) -> Result<(), 
     let mut client = Client::new(2, 64, 1024, 1);
     let mut times = Histogram::<u64>::new_with_bounds(1, 1 << 40, 3).expect("static bounds");
     for round in 0..options.rounds {
-        let leader = cluster.await_settled(Duration::from_secs(20)).map_err(|e| e.to_string())?;
+        let leader = cluster
+            .await_settled(Duration::from_secs(20))
+            .map_err(|e| e.to_string())?;
         let target = client.committed_count() + ROUND_COMMANDS;
         while client.committed_count() < target {
             client.pump(cluster);
@@ -304,7 +343,10 @@ fn run_failover(cluster: &mut Cluster, options: &FailoverOptions) -> Result<(), 
         while client.first_commit_after.is_none() {
             client.pump(cluster);
             if Instant::now() > deadline {
-                return Err(format!("round {round}: no commit after the kill: {}", cluster.describe()));
+                return Err(format!(
+                    "round {round}: no commit after the kill: {}",
+                    cluster.describe()
+                ));
             }
         }
         let (new_leader, at) = client.first_commit_after.expect("checked");
@@ -321,9 +363,15 @@ fn run_failover(cluster: &mut Cluster, options: &FailoverOptions) -> Result<(), 
         );
         cluster.spawn(leader).map_err(|e| e.to_string())?;
     }
-    println!("fail-over time (SIGKILL -> first commit by the new leader), {} rounds:", times.len());
+    println!(
+        "fail-over time (SIGKILL -> first commit by the new leader), {} rounds:",
+        times.len()
+    );
     for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
-        println!("  {label:>4} {:>10.1} µs", times.value_at_quantile(q) as f64 / 1e3);
+        println!(
+            "  {label:>4} {:>10.1} µs",
+            times.value_at_quantile(q) as f64 / 1e3
+        );
     }
     println!("  max  {:>10.1} µs", times.max() as f64 / 1e3);
     Ok(())

@@ -28,7 +28,7 @@ pub const VALUE_MAX: usize = 4096;
 pub const FULL: u64 = u64::MAX;
 /// Answer to a command that does not decode.
 pub const MALFORMED: u64 = u64::MAX - 1;
-const ENTRY_DOMAIN: u64 = 0x4B56_454E_5452_59;
+const ENTRY_DOMAIN: u64 = 0x004B_5645_4E54_5259;
 
 /// Encodes a put of `value` (at most [`VALUE_MAX`] bytes) into `out`; returns the length.
 pub fn encode_put(out: &mut [u8], key: u64, id: u64, value: &[u8]) -> usize {
@@ -52,7 +52,8 @@ pub fn encode_get(out: &mut [u8], key: u64, id: u64) -> usize {
 /// The command id of an encoded command, if it decodes.
 pub fn command_id(command: &[u8]) -> Option<u64> {
     let id = command.get(9..17)?;
-    let valid = matches!(command[0], TAG_PUT | TAG_GET) && command.len() <= HEADER_BYTES + VALUE_MAX;
+    let valid =
+        matches!(command[0], TAG_PUT | TAG_GET) && command.len() <= HEADER_BYTES + VALUE_MAX;
     valid.then(|| u64::from_le_bytes(id.try_into().unwrap_or([0; 8])))
 }
 

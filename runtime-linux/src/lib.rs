@@ -15,12 +15,12 @@
 //! | [`demo`] | `mu demo` and `mu failover` |
 //! | [`clock`] | ticks from `CLOCK_MONOTONIC`; the TSC for latency figures |
 
-pub mod mem;
-pub mod procfs;
-pub mod shm;
 pub mod clock;
 pub mod cluster;
 pub mod demo;
 pub mod kv;
+pub mod mem;
 pub mod node;
 pub mod port;
+pub mod procfs;
+pub mod shm;

@@ -52,11 +52,6 @@ impl Mapping {
         Ok(Mapping { base, len })
     }
 
-    /// Bytes mapped.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
     /// The 64-bit word at byte `offset` (8-aligned).
     pub fn word(&self, offset: usize) -> &AtomicU64 {
         assert!(offset % 8 == 0 && offset + 8 <= self.len);

@@ -318,7 +318,10 @@ impl<'s, 'p> ReplicationLoop<'s, 'p> {
                     .filter(|&p| p != me)
                     .map(|p| {
                         let m = last.members[p as usize];
-                        format!("{p}: active {} sent {} applied {}", m.active, m.sent, m.applied)
+                        format!(
+                            "{p}: active {} sent {} applied {}",
+                            m.active, m.sent, m.applied
+                        )
                     })
                     .collect();
                 eprintln!(

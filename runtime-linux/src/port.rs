@@ -165,7 +165,10 @@ impl Port {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)?;
         if file.metadata()?.len() != FILE_BYTES as u64 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a port file"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a port file",
+            ));
         }
         let mapping = Mapping::map(&file, FILE_BYTES)?;
         if mapping.word(0).load(SeqCst) != MAGIC {
@@ -228,7 +231,9 @@ impl Port {
         }
         let entry = REQ_ENTRIES + (t % REQUESTS) as usize * REQUEST_BYTES;
         self.mapping.word(entry).store(seq, Relaxed);
-        self.mapping.word(entry + 8).store(command.len() as u64, Relaxed);
+        self.mapping
+            .word(entry + 8)
+            .store(command.len() as u64, Relaxed);
         // SAFETY: the entry holds COMMAND_MAX bytes (checked above) inside the mapping.
         unsafe { copy(command.as_ptr(), self.mapping.at(entry + 16), command.len()) };
         tail.store(t + 1, Release);

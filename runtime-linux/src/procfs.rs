@@ -130,7 +130,10 @@ mod tests {
 
     #[test]
     fn cpu_lists_round_trip() {
-        assert_eq!(parse_cpu_list("2-5,8,10-11"), Some(vec![2, 3, 4, 5, 8, 10, 11]));
+        assert_eq!(
+            parse_cpu_list("2-5,8,10-11"),
+            Some(vec![2, 3, 4, 5, 8, 10, 11])
+        );
         assert_eq!(parse_cpu_list(""), Some(vec![]));
         assert_eq!(parse_cpu_list("5-2"), None);
         assert_eq!(parse_cpu_list("x"), None);
@@ -142,7 +145,10 @@ mod tests {
         let me = std::process::id();
         assert_eq!(liveness(me, own_start_time()), Liveness::Running);
         assert_eq!(liveness(me, own_start_time() + 1), Liveness::Dead);
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = child.id();
         let start = stat(pid).unwrap().1;
         // SAFETY: plain syscalls on our own child.

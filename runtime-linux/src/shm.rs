@@ -87,7 +87,9 @@ const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
 const FUTEX_TID_MASK: u32 = 0x3FFF_FFFF;
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-compile_error!("the shared-memory fabric reads glibc's robust mutex futex word: Linux with glibc only");
+compile_error!(
+    "the shared-memory fabric reads glibc's robust mutex futex word: Linux with glibc only"
+);
 const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= 64);
 
 // Writer line words (byte offsets inside a line); line `w` starts at `64 * (1 + w)`.
@@ -408,7 +410,10 @@ fn hold_owner_mutex(mapping: &Mapping) -> io::Result<()> {
             &mut attr,
             libc::PTHREAD_PROCESS_SHARED,
         ))?;
-        check(libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST))?;
+        check(libc::pthread_mutexattr_setrobust(
+            &mut attr,
+            libc::PTHREAD_MUTEX_ROBUST,
+        ))?;
         let initialised = check(libc::pthread_mutex_init(mutex, &attr));
         libc::pthread_mutexattr_destroy(&mut attr);
         initialised?;
@@ -451,11 +456,23 @@ fn retire(path: &Path, id: ReplicaId) -> Result<(Previous, u64), ShmError> {
     let len = file.metadata().map_err(io_error(path, "stat"))?.len() as usize;
     if len < CONTROL_BYTES || len % page_size() != 0 {
         // Not one of ours in a usable state: nobody can be writing through it meaningfully.
-        return Ok((Previous::Reclaimed { pid: 0, incarnation: 0 }, 0));
+        return Ok((
+            Previous::Reclaimed {
+                pid: 0,
+                incarnation: 0,
+            },
+            0,
+        ));
     }
     let old = Mapping::map(&file, len).map_err(io_error(path, "map"))?;
     if old.word(C_MAGIC).load(SeqCst) != MAGIC {
-        return Ok((Previous::Reclaimed { pid: 0, incarnation: 0 }, 0));
+        return Ok((
+            Previous::Reclaimed {
+                pid: 0,
+                incarnation: 0,
+            },
+            0,
+        ));
     }
     let incarnation = old.word(C_INCARNATION).swap(RETIRED, SeqCst);
     let incarnation = if incarnation == RETIRED {
@@ -629,7 +646,10 @@ impl ShmFabric {
         if control.word(C_MAGIC).load(SeqCst) != MAGIC
             || control.word(C_VERSION).load(SeqCst) != VERSION
         {
-            return Err(format!("{}: not a region file of this version", path.display()));
+            return Err(format!(
+                "{}: not a region file of this version",
+                path.display()
+            ));
         }
         let (theirs, ours) = (control.word(C_CONFIG_HASH).load(SeqCst), self.config.hash());
         if theirs != ours {
@@ -700,7 +720,8 @@ impl ShmFabric {
         state.waiting += 1;
         assert!(state.waiting <= OUTSTANDING_MAX);
         assert!(self.completions.len() < self.completions.capacity());
-        self.completions.push_back((peer, Completion { wr_id, status }));
+        self.completions
+            .push_back((peer, Completion { wr_id, status }));
     }
 
     /// Copies into `peer`'s region under the in-flight marker; the gate is checked for writes

@@ -25,7 +25,10 @@ fn example_in(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
     let text = std::fs::read_to_string(example).unwrap();
     let text = text.replace(
         "fabric = \"shm\"",
-        &format!("fabric = \"shm\"\nshm_dir = \"{}\"", dir.join("regions").display()),
+        &format!(
+            "fabric = \"shm\"\nshm_dir = \"{}\"",
+            dir.join("regions").display()
+        ),
     );
     let path = dir.join(format!("cluster-{}.toml", std::process::id()));
     std::fs::write(&path, edit(text)).unwrap();
@@ -91,13 +94,18 @@ fn config_errors_name_file_line_and_field() {
     assert!(message.contains("cluster.slot_size"), "{message}");
     assert!(message.contains("multiple of 64"), "{message}");
 
-    let config = example_in(&dir, |t| t.replace("polling = \"shared\"", "polling = \"fast\""));
+    let config = example_in(&dir, |t| {
+        t.replace("polling = \"shared\"", "polling = \"fast\"")
+    });
     let message = stderr(&run(replica(&config, 1)));
     assert!(message.contains("replica[0].linux.polling"), "{message}");
 
     let config = example_in(&dir, |t| t);
     let message = stderr(&run(replica(&config, 5)));
-    assert!(message.contains("replica 5 is not in this cluster"), "{message}");
+    assert!(
+        message.contains("replica 5 is not in this cluster"),
+        "{message}"
+    );
     let message = stderr(&run(replica(Path::new("/nonexistent/cluster.toml"), 0)));
     assert!(message.contains("/nonexistent/cluster.toml"), "{message}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -137,11 +145,17 @@ fn a_replica_runs_once_and_reclaims_what_a_killed_one_left() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let message = stderr(&run(replica(&config, 2)));
-    assert!(message.contains("replica 2 is already running"), "{message}");
+    assert!(
+        message.contains("replica 2 is already running"),
+        "{message}"
+    );
     first.kill().unwrap();
     first.wait().unwrap();
     let again = replica(&config, 2).stderr(Stdio::piped()).spawn().unwrap();
     let seen = wait_for(again, "left by pid");
-    assert!(seen.contains("reclaimed") && seen.contains("left by pid"), "{seen}");
+    assert!(
+        seen.contains("reclaimed") && seen.contains("left by pid"),
+        "{seen}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -21,7 +21,10 @@ const SETTLE: Duration = Duration::from_secs(30);
 
 fn mu_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
     let mu = dir.join("mu");
     assert!(
         mu.exists(),
@@ -78,7 +81,11 @@ fn leader_killed_again_and_again_loses_nothing() {
         let deadline = Instant::now() + SETTLE;
         while client.first_commit_after.is_none() {
             client.pump(&cluster);
-            assert!(Instant::now() < deadline, "round {round}: no new leader: {}", cluster.describe());
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no new leader: {}",
+                cluster.describe()
+            );
         }
         let (new_leader, _) = client.first_commit_after.expect("checked");
         assert_ne!(new_leader, leader);
@@ -114,10 +121,17 @@ fn stopped_leader_resumed_after_a_new_leader_overwrites_nothing() {
         while client.first_commit_after.is_none_or(|(id, _)| id == leader) {
             client.watch_from(stopped_at);
             client.pump(&cluster);
-            if client.first_commit_after.is_some_and(|(id, _)| id != leader) {
+            if client
+                .first_commit_after
+                .is_some_and(|(id, _)| id != leader)
+            {
                 break;
             }
-            assert!(Instant::now() < deadline, "round {round}: no new leader: {}", cluster.describe());
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no new leader: {}",
+                cluster.describe()
+            );
         }
         commit(&mut client, &cluster, 150);
         cluster.signal(leader, libc::SIGCONT);
@@ -125,7 +139,10 @@ fn stopped_leader_resumed_after_a_new_leader_overwrites_nothing() {
         commit(&mut client, &cluster, 150);
         client.drain(&cluster, SETTLE);
         if std::env::var_os("MU_TEST_VERBOSE").is_some() {
-            eprintln!("--- round {round}: old leader {leader} ---\n{}", cluster.log_tail(leader));
+            eprintln!(
+                "--- round {round}: old leader {leader} ---\n{}",
+                cluster.log_tail(leader)
+            );
         }
         if !cluster.running(leader) {
             // Stopped in the middle of a copy into a log it lost: fenced by killing it.

@@ -11,7 +11,11 @@ use runtime_linux::demo::{self, DemoOptions, FailoverOptions};
 use runtime_linux::node::{self, NodeSpec};
 
 #[derive(Parser)]
-#[command(name = "mu", version, about = "Mu: microsecond consensus over one-sided writes")]
+#[command(
+    name = "mu",
+    version,
+    about = "Mu: microsecond consensus over one-sided writes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Action,
