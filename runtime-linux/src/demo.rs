@@ -136,9 +136,8 @@ pub fn demo(options: &DemoOptions) -> Result<(), String> {
     println!(
         "cores: {}; {}",
         match options.pin_from {
-            Some(first) => format!(
-                "replica i's planes pinned to cores {first}+2i and {first}+2i+1"
-            ),
+            Some(first) =>
+                format!("replica i's planes pinned to cores {first}+2i and {first}+2i+1"),
             None => "planes not pinned".to_string(),
         },
         crate::procfs::IsolatedCores::detect().describe()
