@@ -142,6 +142,15 @@ pub fn demo(options: &DemoOptions) -> Result<(), String> {
         },
         crate::procfs::IsolatedCores::detect().describe()
     );
+    let spinning = 2 * options.replicas as usize + 1;
+    if options.polling == Polling::Busy && cores() < spinning {
+        println!(
+            "warning: busy polling spins {spinning} threads (two per replica, and the client) on \
+             {} cores: threads wait for time slices, heartbeats stall and healthy leaders get \
+             deposed; use --polling shared here",
+            cores()
+        );
+    }
     let tsc_hz = cycles_per_second();
     let started = Instant::now();
     let mut cluster = Cluster::start(&exe, &deployment).map_err(|e| e.to_string())?;
@@ -227,6 +236,31 @@ fn run_demo(
     );
     println!("leader changes during the steady run: {changes}");
 
+    if cluster.replicas() == 1 {
+        println!("one replica: nothing to fail over to, so the leader is not killed");
+    } else {
+        fail_over(cluster, &mut client, leader, options.polling)?;
+    }
+    client.drain(cluster, Duration::from_secs(5));
+    let (digest, applied) = cluster
+        .verify(&client.committed, Duration::from_secs(20))
+        .map_err(|e| e.to_string())?;
+    println!(
+        "agreement: replicas {:?} hold identical state, digest {digest:016x} after {applied} \
+         positions; all {} commands reported committed are in every journal",
+        cluster.live(),
+        client.committed_count()
+    );
+    Ok(())
+}
+
+/// Kills the leader while the client keeps sending, and reports when the new leader committed.
+fn fail_over(
+    cluster: &mut Cluster,
+    client: &mut Client,
+    leader: u8,
+    polling: Polling,
+) -> Result<(), String> {
     let pid = cluster.pid(leader).unwrap_or(0);
     println!("killing the leader, replica {leader} (pid {pid}), with SIGKILL");
     let killed_at = cluster.kill(leader).ok_or("the leader is gone already")?;
@@ -240,7 +274,7 @@ fn run_demo(
                 cluster.describe()
             ));
         }
-        if options.polling == Polling::Shared {
+        if polling == Polling::Shared {
             std::thread::yield_now();
         }
     }
@@ -253,16 +287,6 @@ fn run_demo(
     while more.elapsed() < Duration::from_millis(300) {
         client.pump(cluster);
     }
-    client.drain(cluster, Duration::from_secs(5));
-    let (digest, applied) = cluster
-        .verify(&client.committed, Duration::from_secs(20))
-        .map_err(|e| e.to_string())?;
-    println!(
-        "agreement: replicas {:?} hold identical state, digest {digest:016x} after {applied} \
-         positions; all {} commands reported committed are in every journal",
-        cluster.live(),
-        client.committed_count()
-    );
     Ok(())
 }
 

@@ -1187,8 +1187,9 @@ fn dead_owner_fails_posts() {
     drop(owner);
 }
 
-/// The module doc: "when that thread dies, peers treat the replica as dead". The owner thread
-/// of a region ends while the region itself lives on: posts to it complete `Failed`.
+/// The module doc: "when that thread dies, peers treat the replica as dead". One thread creates
+/// the regions of replicas 1 and 2 and ends while both regions live on: posts to either complete
+/// `Failed`.
 #[test]
 fn owner_thread_exit_counts_as_death() {
     let tmp = TestDir::new("ownerthread");
@@ -1198,14 +1199,24 @@ fn owner_thread_exit_counts_as_death() {
     let r0 = Arc::new(OwnRegion::create(&dir, 0, &config).unwrap());
     let mut f0 = fabric(&dir, config, &r0);
     let d = dir.clone();
-    let r1 = thread::spawn(move || OwnRegion::create(&d, 1, &config).unwrap())
-        .join()
-        .unwrap();
-    f0.write(1, layout.scratch, layout.background, 8, 1)
-        .unwrap();
-    assert_eq!(one(&mut f0).status, Status::Failed);
+    let (r1, r2) = thread::spawn(move || {
+        let r1 = OwnRegion::create(&d, 1, &config).unwrap();
+        let r2 = OwnRegion::create(&d, 2, &config).unwrap();
+        (r1, r2)
+    })
+    .join()
+    .unwrap();
+    for peer in [1, 2] {
+        f0.write(peer, layout.scratch, layout.background, 8, peer as u64)
+            .unwrap();
+        assert_eq!(
+            one(&mut f0).status,
+            Status::Failed,
+            "replica {peer}, whose owner thread ended"
+        );
+    }
     drop(f0);
-    drop((r0, r1));
+    drop((r0, r1, r2));
 }
 
 /// The module doc: "when that thread dies, peers treat the replica as dead", and memory safety:
