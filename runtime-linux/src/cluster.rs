@@ -404,6 +404,58 @@ impl Drop for Cluster {
     }
 }
 
+/// A fail-over as the client saw it.
+#[derive(Clone, Copy, Debug)]
+pub struct FailOver {
+    /// The replica killed.
+    pub killed: u8,
+    /// `CLOCK_MONOTONIC` ns just before the SIGKILL.
+    pub killed_at: u64,
+    /// The replica that committed first afterwards.
+    pub new_leader: u8,
+    /// When it applied that command.
+    pub committed_at: u64,
+}
+
+impl FailOver {
+    /// From the kill to the first commit of the new leader, in ns.
+    pub fn nanos(&self) -> u64 {
+        self.committed_at.saturating_sub(self.killed_at)
+    }
+}
+
+/// SIGKILLs `leader` while `client` keeps sending, and waits up to `limit` for the first command
+/// another replica commits.
+pub fn kill_leader(
+    cluster: &mut Cluster,
+    client: &mut Client,
+    leader: u8,
+    limit: Duration,
+) -> Result<FailOver, ClusterError> {
+    let killed_at = cluster
+        .kill(leader)
+        .ok_or_else(|| ClusterError(format!("replica {leader} is not running")))?;
+    client.watch_from(killed_at);
+    let deadline = Instant::now() + limit;
+    loop {
+        client.pump(cluster);
+        if let Some((new_leader, committed_at)) = client.first_commit_after {
+            return Ok(FailOver {
+                killed: leader,
+                killed_at,
+                new_leader,
+                committed_at,
+            });
+        }
+        if Instant::now() > deadline {
+            return fail(format!(
+                "nothing committed within {limit:?} after replica {leader} was killed: {}",
+                cluster.describe()
+            ));
+        }
+    }
+}
+
 /// A command the client sent and has not heard back about.
 #[derive(Clone, Copy, Debug)]
 struct InFlight {

@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use mu_nostd::{Config, DetectorConfig};
 
 use crate::clock::cycles_per_second;
-use crate::cluster::{Client, Cluster};
+use crate::cluster::{kill_leader, Client, Cluster};
 use crate::kv;
 use crate::port::Stat;
 
@@ -239,7 +239,7 @@ fn run_demo(
     if cluster.replicas() == 1 {
         println!("one replica: nothing to fail over to, so the leader is not killed");
     } else {
-        fail_over(cluster, &mut client, leader, options.polling)?;
+        fail_over(cluster, &mut client, leader)?;
     }
     client.drain(cluster, Duration::from_secs(5));
     let (digest, applied) = cluster
@@ -255,33 +255,15 @@ fn run_demo(
 }
 
 /// Kills the leader while the client keeps sending, and reports when the new leader committed.
-fn fail_over(
-    cluster: &mut Cluster,
-    client: &mut Client,
-    leader: u8,
-    polling: Polling,
-) -> Result<(), String> {
+fn fail_over(cluster: &mut Cluster, client: &mut Client, leader: u8) -> Result<(), String> {
     let pid = cluster.pid(leader).unwrap_or(0);
     println!("killing the leader, replica {leader} (pid {pid}), with SIGKILL");
-    let killed_at = cluster.kill(leader).ok_or("the leader is gone already")?;
-    client.watch_from(killed_at);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.first_commit_after.is_none() {
-        client.pump(cluster);
-        if Instant::now() > deadline {
-            return Err(format!(
-                "no new leader committed within 20 s: {}",
-                cluster.describe()
-            ));
-        }
-        if polling == Polling::Shared {
-            std::thread::yield_now();
-        }
-    }
-    let (new_leader, at) = client.first_commit_after.expect("checked");
+    let fail_over =
+        kill_leader(cluster, client, leader, Duration::from_secs(20)).map_err(|e| e.to_string())?;
     println!(
-        "fail-over: replica {new_leader} committed its first command {:.1} µs after the kill",
-        at.saturating_sub(killed_at) as f64 / 1e3
+        "fail-over: replica {} committed its first command {:.1} µs after the kill",
+        fail_over.new_leader,
+        fail_over.nanos() as f64 / 1e3
     );
     let more = Instant::now();
     while more.elapsed() < Duration::from_millis(300) {
@@ -359,21 +341,9 @@ fn run_failover(cluster: &mut Cluster, options: &FailoverOptions) -> Result<(), 
         while client.committed_count() < target {
             client.pump(cluster);
         }
-        let killed_at = cluster.kill(leader).ok_or("leader gone")?;
-        eprintln!("[{:.3} ms] killed replica {leader}", killed_at as f64 / 1e6);
-        client.watch_from(killed_at);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while client.first_commit_after.is_none() {
-            client.pump(cluster);
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "round {round}: no commit after the kill: {}",
-                    cluster.describe()
-                ));
-            }
-        }
-        let (new_leader, at) = client.first_commit_after.expect("checked");
-        let took = at.saturating_sub(killed_at);
+        let fail_over = kill_leader(cluster, &mut client, leader, Duration::from_secs(20))
+            .map_err(|e| format!("round {round}: {e}"))?;
+        let (new_leader, took) = (fail_over.new_leader, fail_over.nanos());
         times.saturating_record(took.max(1));
         client.drain(cluster, Duration::from_secs(5));
         let (digest, applied) = cluster

@@ -138,15 +138,7 @@ impl Port {
     pub fn create(dir: &Path, id: u8, incarnation: u64) -> io::Result<Port> {
         let path = Port::path(dir, id);
         let staging = dir.join(format!("client-{id}.port.new-{}", std::process::id()));
-        let _ = fs::remove_file(&staging);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&staging)?;
-        file.set_len(FILE_BYTES as u64)?;
+        let file = crate::shm::create_staged(&staging, FILE_BYTES)?;
         let mapping = Mapping::map(&file, FILE_BYTES)?;
         let port = Port { mapping, path };
         port.set(Stat::Pid, std::process::id() as u64);

@@ -304,17 +304,7 @@ impl OwnRegion {
         let staging = dir
             .path
             .join(format!("replica-{id}.region.new-{}", std::process::id()));
-        let _ = fs::remove_file(&staging);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&staging)
-            .map_err(io_error(&staging, "create"))?;
-        file.set_len(bytes as u64)
-            .map_err(io_error(&staging, "size"))?;
+        let file = create_staged(&staging, bytes).map_err(io_error(&staging, "create"))?;
         let mapping = Mapping::map(&file, bytes).map_err(io_error(&staging, "map"))?;
         mapping.word(C_VERSION).store(VERSION, SeqCst);
         mapping.word(C_CONFIG_HASH).store(config.hash(), SeqCst);
@@ -426,6 +416,21 @@ fn hold_owner_mutex(mapping: &Mapping) -> io::Result<()> {
 fn owner_alive(mapping: &Mapping) -> bool {
     let word = mapping.word32(C_OWNER_MUTEX).load(SeqCst);
     word & FUTEX_TID_MASK != 0 && word & FUTEX_OWNER_DIED == 0
+}
+
+/// Creates a fresh, zeroed `0600` file of `len` bytes at `staging` (replacing a leftover one of
+/// this process), to be renamed into place once initialised: readers never see it half made.
+pub fn create_staged(staging: &Path, len: usize) -> io::Result<File> {
+    let _ = fs::remove_file(staging);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(staging)?;
+    file.set_len(len as u64)?;
+    Ok(file)
 }
 
 fn open_private(path: &Path, create: bool) -> Result<File, ShmError> {

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use board_configs::{Deployment, Polling};
-use runtime_linux::cluster::{Client, Cluster};
+use runtime_linux::cluster::{kill_leader, Client, Cluster};
 use runtime_linux::demo::cluster_config;
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -76,18 +76,9 @@ fn leader_killed_again_and_again_loses_nothing() {
     for round in 0..rounds {
         let leader = cluster.await_settled(SETTLE).expect("settles");
         commit(&mut client, &cluster, 150);
-        let killed_at = cluster.kill(leader).expect("leader runs");
-        client.watch_from(killed_at);
-        let deadline = Instant::now() + SETTLE;
-        while client.first_commit_after.is_none() {
-            client.pump(&cluster);
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: no new leader: {}",
-                cluster.describe()
-            );
-        }
-        let (new_leader, _) = client.first_commit_after.expect("checked");
+        let fail_over = kill_leader(&mut cluster, &mut client, leader, SETTLE)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let new_leader = fail_over.new_leader;
         assert_ne!(new_leader, leader);
         commit(&mut client, &cluster, 50);
         client.drain(&cluster, SETTLE);
