@@ -30,7 +30,7 @@ use crate::clock::{cycles_end, cycles_start, monotonic_ns, Ticker};
 use crate::kv::{self, Kv};
 use crate::port::{Outcome, Port, Response, Stat, COMMAND_MAX};
 use crate::procfs::IsolatedCores;
-use crate::shm::{OwnRegion, Previous, RegionDir, ShmError, ShmFabric};
+use crate::shm::{Lane, OwnRegion, Previous, RegionDir, ShmError, ShmFabric};
 
 /// Largest slot the Linux runtime supports.
 pub const SLOT_MAX: usize = 4096;
@@ -445,11 +445,17 @@ impl Parts {
         let incarnation = self.own.incarnation() as u32;
         replication.begin_incarnation(incarnation);
         background.begin_incarnation(incarnation);
-        let fabric = || ShmFabric::new(self.dir.clone(), spec.config, self.own.clone());
+        let fabric = |lane| ShmFabric::new(self.dir.clone(), spec.config, self.own.clone(), lane);
         let ticker = Ticker::new(spec.tick_ns);
         Ok((
-            ReplicationLoop::new(replication, fabric(), App::new(&self.port), ticker, shared),
-            BackgroundLoop::new(background, fabric(), ticker),
+            ReplicationLoop::new(
+                replication,
+                fabric(Lane::Replication),
+                App::new(&self.port),
+                ticker,
+                shared,
+            ),
+            BackgroundLoop::new(background, fabric(Lane::Background), ticker),
         ))
     }
 }

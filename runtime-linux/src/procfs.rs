@@ -43,6 +43,29 @@ pub fn liveness(pid: u32, start: u64) -> Liveness {
     }
 }
 
+/// Like [`liveness`], for the thread `tid` of the process: a debugger may stop one thread and
+/// leave the others running, and the main thread may end before the others. The process's start
+/// time still names it; the thread's own state decides. A thread that no longer exists is dead.
+pub fn thread_liveness(pid: u32, start: u64, tid: u32) -> Liveness {
+    if tid == 0 {
+        return liveness(pid, start);
+    }
+    if stat(pid).is_none_or(|(_, started)| started != start) {
+        return Liveness::Dead;
+    }
+    let state = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+        .ok()
+        .and_then(|text| {
+            let rest = &text[text.rfind(')')? + 1..];
+            rest.split_whitespace().next()?.chars().next()
+        });
+    match state {
+        None | Some('Z' | 'X' | 'x') => Liveness::Dead,
+        Some('T' | 't') => Liveness::Stopped,
+        Some(_) => Liveness::Running,
+    }
+}
+
 /// Cores the kernel keeps the scheduler (`isolcpus`) or the tick (`nohz_full`) away from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IsolatedCores {

@@ -18,12 +18,13 @@
 //! process-shared mutex in the control page; when that thread dies (SIGKILL included) the kernel
 //! sets `FUTEX_OWNER_DIED` in the mutex's futex word, and every read or write to that region
 //! fails from then on. (The futex word is the first field of glibc's `pthread_mutex_t`, part of
-//! glibc's stable ABI; only glibc targets are supported.) The thread that creates an
-//! [`OwnRegion`] must therefore outlive it.
+//! glibc's stable ABI; only glibc targets are supported.) The mutex is held by a small thread of
+//! its own for the region's lifetime, released when the region is dropped.
 //!
 //! The control page holds, besides identity words, one line per writer: the owner's permission
-//! for that writer (`gate`), and the writer's in-flight marker (its incarnation while it copies
-//! into the region, 0 otherwise) with the writer's pid and start time.
+//! for that writer (`gate`), the writer's pid, start time and incarnation, and per plane of the
+//! writer an in-flight marker (its incarnation while it copies into the region, 0 otherwise)
+//! with the id of the thread copying.
 //!
 //! Permissions. A writer sets its in-flight marker, checks the gate (for a write that touches
 //! the log area) and the region's incarnation, copies, then clears the marker; all marker, gate
@@ -50,7 +51,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -94,16 +95,67 @@ const _: () = assert!(std::mem::size_of::<libc::pthread_mutex_t>() <= 64);
 
 // Writer line words (byte offsets inside a line); line `w` starts at `64 * (1 + w)`.
 const L_GATE: usize = 0;
-const L_INFLIGHT: usize = 8;
-const L_PID: usize = 16;
-const L_START: usize = 24;
-const L_INCARNATION: usize = 32;
+const L_PID: usize = 8;
+const L_START: usize = 16;
+const L_INCARNATION: usize = 24;
+/// Per lane (plane) of the writer: its in-flight marker, then the id of the thread copying.
+const L_LANES: usize = 32;
+const LANE_BYTES: usize = 16;
+const LANES: usize = 2;
+const _: () = assert!(L_LANES + LANES * LANE_BYTES <= 64);
 
 const GATE_OPEN: u64 = 1;
 const GATE_CLOSED: u64 = 0;
 
 fn line(writer: ReplicaId, word: usize) -> usize {
     64 * (1 + writer as usize) + word
+}
+
+fn inflight(writer: ReplicaId, lane: Lane) -> usize {
+    line(writer, L_LANES + lane as usize * LANE_BYTES)
+}
+
+fn copier(writer: ReplicaId, lane: Lane) -> usize {
+    inflight(writer, lane) + 8
+}
+
+/// Which plane of a replica a fabric serves: each plane's thread has its own in-flight marker
+/// in every peer's control page, so that one plane finishing a copy never clears the mark of a
+/// copy the other plane has under way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// The replication plane.
+    Replication = 0,
+    /// The background plane.
+    Background = 1,
+}
+
+/// What a region file's control page says about one writer, for diagnostics and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriterLine {
+    /// Whether the owner's gate is open to it.
+    pub granted: bool,
+    /// The writer's process id, as it recorded when it connected.
+    pub pid: u32,
+    /// Per lane: whether a copy is under way.
+    pub in_flight: [bool; LANES],
+}
+
+/// Reads `writer`'s line in the region file at `path`.
+pub fn inspect_writer(path: &Path, writer: ReplicaId) -> io::Result<WriterLine> {
+    assert!(writer < REPLICAS_MAX);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let control = Mapping::map(&file, CONTROL_BYTES)?;
+    let lane = |lane: Lane| control.word(inflight(writer, lane)).load(SeqCst) != 0;
+    Ok(WriterLine {
+        granted: control.word(line(writer, L_GATE)).load(SeqCst) == GATE_OPEN,
+        pid: control.word(line(writer, L_PID)).load(SeqCst) as u32,
+        in_flight: [lane(Lane::Replication), lane(Lane::Background)],
+    })
 }
 
 /// Why a shared-memory region could not be set up or reached.
@@ -275,6 +327,7 @@ pub struct OwnRegion {
     mapping: Mapping,
     incarnation: u64,
     previous: Previous,
+    keeper: Option<OwnerKeeper>,
     _lock: File,
     _file: File,
 }
@@ -318,7 +371,8 @@ impl OwnRegion {
             .word(C_OWNER_START)
             .store(procfs::own_start_time(), SeqCst);
         mapping.word(C_INCARNATION).store(incarnation, SeqCst);
-        hold_owner_mutex(&mapping).map_err(io_error(&staging, "lock the owner mutex"))?;
+        let keeper =
+            OwnerKeeper::start(&mapping).map_err(io_error(&staging, "lock the owner mutex"))?;
         // Peers trust nothing in a file before the magic; it goes last.
         mapping.word(C_MAGIC).store(MAGIC, SeqCst);
         fs::rename(&staging, &path).map_err(io_error(&path, "publish (rename)"))?;
@@ -328,6 +382,7 @@ impl OwnRegion {
             mapping,
             incarnation,
             previous,
+            keeper: Some(keeper),
             _lock: lock,
             _file: file,
         })
@@ -360,7 +415,8 @@ impl OwnRegion {
     /// Closes the log area to `writer` and waits until no copy of it is under way.
     pub fn revoke(&self, writer: ReplicaId) {
         self.gate(writer).store(GATE_CLOSED, SeqCst);
-        fence_writer(&self.mapping, writer, self.id);
+        fence_writer(&self.mapping, writer, self.id, Lane::Replication);
+        fence_writer(&self.mapping, writer, self.id, Lane::Background);
     }
 
     fn region(&self, offset: u32) -> *mut u8 {
@@ -380,34 +436,75 @@ impl Drop for OwnRegion {
                 self.gate(writer).store(GATE_CLOSED, SeqCst);
             }
         }
+        // Before the mapping goes: the keeper unlocks the mutex inside it.
+        if let Some(keeper) = self.keeper.take() {
+            keeper.release();
+        }
     }
 }
 
-/// Initialises the owner mutex of a fresh control page and locks it for the calling thread, for
-/// good: the kernel marks it when the thread dies.
-fn hold_owner_mutex(mapping: &Mapping) -> io::Result<()> {
-    let mutex = mapping.at(C_OWNER_MUTEX).cast::<libc::pthread_mutex_t>();
-    let check = |code: libc::c_int| match code {
+/// The thread that holds the owner mutex of a region for as long as the region lives: the
+/// kernel marks the mutex when the process dies. A thread of its own, so that no other thread's
+/// robust-mutex list ever points into a mapping that is gone.
+struct OwnerKeeper {
+    release: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl OwnerKeeper {
+    /// Initialises the owner mutex of a fresh control page and has a new thread lock it.
+    fn start(mapping: &Mapping) -> io::Result<OwnerKeeper> {
+        let mutex = mapping.at(C_OWNER_MUTEX).cast::<libc::pthread_mutex_t>();
+        // SAFETY: `attr` is initialised before use and destroyed after; `mutex` points at 64
+        // reserved, aligned, zeroed bytes of a fresh mapping that nobody else uses yet.
+        unsafe {
+            let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+            check(libc::pthread_mutexattr_init(&mut attr))?;
+            check(libc::pthread_mutexattr_setpshared(
+                &mut attr,
+                libc::PTHREAD_PROCESS_SHARED,
+            ))?;
+            check(libc::pthread_mutexattr_setrobust(
+                &mut attr,
+                libc::PTHREAD_MUTEX_ROBUST,
+            ))?;
+            let initialised = check(libc::pthread_mutex_init(mutex, &attr));
+            libc::pthread_mutexattr_destroy(&mut attr);
+            initialised?;
+        }
+        let address = mutex as usize;
+        let (locked_tx, locked_rx) = std::sync::mpsc::sync_channel(1);
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("mu-region-owner".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let mutex = address as *mut libc::pthread_mutex_t;
+                // SAFETY: the mapping outlives this thread: `OwnRegion::drop` joins it first.
+                let code = unsafe { libc::pthread_mutex_lock(mutex) };
+                let _ = locked_tx.send(code);
+                if code == 0 {
+                    let _ = released.recv(); // Until the region is dropped.
+                                             // SAFETY: as above; this thread holds the lock.
+                    unsafe { libc::pthread_mutex_unlock(mutex) };
+                }
+            })?;
+        let code = locked_rx.recv().unwrap_or(libc::EOWNERDEAD);
+        check(code)?;
+        Ok(OwnerKeeper { release, thread })
+    }
+
+    /// Unlocks the mutex (peers then see the owner gone) and waits for the thread to end.
+    fn release(self) {
+        let _ = self.release.send(());
+        let _ = self.thread.join();
+    }
+}
+
+fn check(code: libc::c_int) -> io::Result<()> {
+    match code {
         0 => Ok(()),
         code => Err(io::Error::from_raw_os_error(code)),
-    };
-    // SAFETY: `attr` is initialised before use and destroyed after; `mutex` points at 64
-    // reserved, aligned, zeroed bytes of a fresh mapping that nobody else uses yet.
-    unsafe {
-        let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
-        check(libc::pthread_mutexattr_init(&mut attr))?;
-        check(libc::pthread_mutexattr_setpshared(
-            &mut attr,
-            libc::PTHREAD_PROCESS_SHARED,
-        ))?;
-        check(libc::pthread_mutexattr_setrobust(
-            &mut attr,
-            libc::PTHREAD_MUTEX_ROBUST,
-        ))?;
-        let initialised = check(libc::pthread_mutex_init(mutex, &attr));
-        libc::pthread_mutexattr_destroy(&mut attr);
-        initialised?;
-        check(libc::pthread_mutex_lock(mutex))
     }
 }
 
@@ -488,7 +585,8 @@ fn retire(path: &Path, id: ReplicaId) -> Result<(Previous, u64), ShmError> {
     for writer in 0..REPLICAS_MAX {
         old.word(line(writer, L_GATE)).store(GATE_CLOSED, SeqCst);
         if writer != id {
-            fence_writer(&old, writer, id);
+            fence_writer(&old, writer, id, Lane::Replication);
+            fence_writer(&old, writer, id, Lane::Background);
         }
     }
     let pid = old.word(C_OWNER_PID).load(SeqCst) as u32;
@@ -504,14 +602,15 @@ fn next_incarnation(last: u64) -> u64 {
     (last + 1).max(seconds).min(u32::MAX as u64)
 }
 
-/// Waits until `writer` has no copy under way into the region of `mapping` (whose owner is
-/// `owner`). A marker of a dead writer or of an earlier incarnation is cleared; a writer stopped
-/// in the middle of a copy is killed, the only way to fence it.
-fn fence_writer(mapping: &Mapping, writer: ReplicaId, owner: ReplicaId) {
-    let inflight = mapping.word(line(writer, L_INFLIGHT));
+/// Waits until `writer`'s `lane` has no copy under way into the region of `mapping` (whose
+/// owner is `owner`). A marker of a dead writer or of an earlier incarnation is cleared; a
+/// writer whose copying thread is stopped in the middle of a copy is killed, the only way to
+/// fence it.
+fn fence_writer(mapping: &Mapping, writer: ReplicaId, owner: ReplicaId, lane: Lane) {
+    let marker_word = mapping.word(inflight(writer, lane));
     let mut spins = 0u32;
     loop {
-        let marker = inflight.load(SeqCst);
+        let marker = marker_word.load(SeqCst);
         if marker == 0 {
             return;
         }
@@ -523,20 +622,21 @@ fn fence_writer(mapping: &Mapping, writer: ReplicaId, owner: ReplicaId) {
         let current = mapping.word(line(writer, L_INCARNATION)).load(SeqCst);
         let pid = mapping.word(line(writer, L_PID)).load(SeqCst) as u32;
         let start = mapping.word(line(writer, L_START)).load(SeqCst);
+        let tid = mapping.word(copier(writer, lane)).load(SeqCst) as u32;
         if marker != current {
             // Left by an earlier process of that replica, which is gone (one live process per
             // id): nothing more of it will land.
-            let _ = inflight.compare_exchange(marker, 0, SeqCst, SeqCst);
+            let _ = marker_word.compare_exchange(marker, 0, SeqCst, SeqCst);
             continue;
         }
         if pid == std::process::id() {
             std::thread::yield_now(); // A thread of ours: it finishes its copy.
             continue;
         }
-        match procfs::liveness(pid, start) {
+        match procfs::thread_liveness(pid, start, tid) {
             Liveness::Running => std::thread::yield_now(),
             Liveness::Dead => {
-                let _ = inflight.compare_exchange(marker, 0, SeqCst, SeqCst);
+                let _ = marker_word.compare_exchange(marker, 0, SeqCst, SeqCst);
             }
             Liveness::Stopped => {
                 eprintln!(
@@ -550,6 +650,17 @@ fn fence_writer(mapping: &Mapping, writer: ReplicaId, owner: ReplicaId) {
             }
         }
     }
+}
+
+/// The calling thread's kernel id, cached per thread.
+fn current_tid() -> u64 {
+    thread_local! {
+        static TID: u64 = {
+            // SAFETY: gettid has no preconditions.
+            unsafe { libc::gettid() as u64 }
+        };
+    }
+    TID.with(|tid| *tid)
 }
 
 /// A peer's region as one plane of this replica sees it.
@@ -577,6 +688,7 @@ impl Peer {
 /// completion queue); both share the replica's [`OwnRegion`].
 pub struct ShmFabric {
     me: ReplicaId,
+    lane: Lane,
     config: Config,
     layout: Layout,
     dir: RegionDir,
@@ -586,10 +698,11 @@ pub struct ShmFabric {
 }
 
 impl ShmFabric {
-    /// A plane's fabric for replica `own`'s process.
-    pub fn new(dir: RegionDir, config: Config, own: Arc<OwnRegion>) -> ShmFabric {
+    /// The fabric of one plane (`lane`) of replica `own`'s process.
+    pub fn new(dir: RegionDir, config: Config, own: Arc<OwnRegion>, lane: Lane) -> ShmFabric {
         ShmFabric {
             me: own.id,
+            lane,
             config,
             layout: Layout::new(&config),
             dir,
@@ -733,13 +846,18 @@ impl ShmFabric {
     /// that touch the log area.
     fn copy_to_peer(&mut self, peer: ReplicaId, local: u32, remote: u32, len: u32) -> Status {
         let gated = self.layout.touches_log_area(remote, len);
-        let (me, incarnation) = (self.me, self.own.incarnation);
+        let (me, incarnation, lane) = (self.me, self.own.incarnation, self.lane);
         let src = self.own.region(local);
         let Some(mapping) = self.live_mapping(peer) else {
             return Status::Failed;
         };
         let expected = mapping.word(C_INCARNATION).load(SeqCst);
-        let inflight = mapping.word(line(me, L_INFLIGHT));
+        let copier = mapping.word(copier(me, lane));
+        let tid = current_tid();
+        if copier.load(Relaxed) != tid {
+            copier.store(tid, SeqCst);
+        }
+        let inflight = mapping.word(inflight(me, lane));
         inflight.store(incarnation, SeqCst);
         let status = if mapping.word(C_INCARNATION).load(SeqCst) != expected {
             Status::Failed // Retired while we looked: the peer restarted.
