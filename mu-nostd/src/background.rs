@@ -378,7 +378,12 @@ impl<'s> BackgroundPlane<'s> {
         let state = &mut self.peers[peer as usize];
         state.epoch = state.epoch.wrapping_add(1);
         state.header_read_at = None;
-        state.heartbeat_read_at = None;
+        // A heartbeat read the reset drops never completes: it counts as unchanged. Otherwise a
+        // dead peer whose connection some other operation (a retried ack) resets in every poll
+        // would never lose a point, and would lead forever in this replica's view.
+        if state.heartbeat_read_at.take().is_some() {
+            state.score.miss(&self.config.detector);
+        }
         for outgoing in [&mut state.request, &mut state.ack] {
             if matches!(outgoing.send, Send::InFlight { .. }) {
                 outgoing.send = Send::Due;
@@ -458,8 +463,7 @@ impl<'s> BackgroundPlane<'s> {
             }
             if let Some(posted_at) = state.heartbeat_read_at {
                 if now.saturating_sub(posted_at) > detector.read_timeout_ticks as u64 {
-                    self.peers[peer as usize].score.miss(&detector);
-                    self.reconnect(peer, fabric);
+                    self.reconnect(peer, fabric); // Counts the read as a miss.
                 }
                 continue;
             }

@@ -196,10 +196,14 @@ impl Cluster {
         self.ports[id as usize].as_ref()
     }
 
-    /// Live replica ids.
+    /// Live replica ids: started, and their process still runs (a replica the fabric fenced by
+    /// killing it is not live even before it is reaped).
     pub fn live(&self) -> Vec<u8> {
         (0..self.replicas)
-            .filter(|&id| self.ports[id as usize].is_some())
+            .filter(|&id| {
+                self.ports[id as usize].is_some()
+                    && self.pid(id).is_some_and(crate::procfs::is_running)
+            })
             .collect()
     }
 
@@ -276,10 +280,12 @@ impl Cluster {
         (0..self.replicas)
             .map(|id| match self.port(id) {
                 Some(p) => format!(
-                    "replica {id}: leading {} fast {} applied {} view {} alive {:#b} tenures {} halted {}",
+                    "replica {id}: leading {} fast {} applied {} queued {} waiting {} view {} alive {:#b} tenures {} halted {}",
                     p.get(Stat::Leading),
                     p.get(Stat::FastPath),
                     p.get(Stat::Applied),
+                    p.get(Stat::Queued),
+                    p.requests_waiting(),
                     p.get(Stat::LeaderView),
                     p.get(Stat::Alive),
                     p.get(Stat::Tenures),
@@ -460,6 +466,8 @@ pub fn kill_leader(
 #[derive(Clone, Copy, Debug)]
 struct InFlight {
     replica: u8,
+    /// The replica's incarnation when it was sent: a restarted replica never answers it.
+    incarnation: u64,
     seq: u64,
     id: u64,
     sent_ns: u64,
@@ -556,6 +564,7 @@ impl Client {
                 }
                 self.in_flight.push(InFlight {
                     replica: target,
+                    incarnation: port.get(Stat::Incarnation),
                     seq,
                     id,
                     sent_ns: monotonic_ns(),
@@ -565,12 +574,16 @@ impl Client {
     }
 
     fn collect(&mut self, cluster: &Cluster) {
-        // Commands sent to a replica that went away never come back: send them again.
+        // Commands sent to a replica that went away (or was restarted) never come back: send
+        // them again.
         let live = cluster.live();
-        let (gone, kept): (Vec<InFlight>, Vec<InFlight>) = self
-            .in_flight
-            .drain(..)
-            .partition(|f| !live.contains(&f.replica));
+        let answerable = |f: &InFlight| {
+            cluster
+                .port(f.replica)
+                .is_some_and(|p| p.get(Stat::Incarnation) == f.incarnation)
+        };
+        let (kept, gone): (Vec<InFlight>, Vec<InFlight>) =
+            self.in_flight.drain(..).partition(answerable);
         self.in_flight = kept;
         self.resend.extend(gone.iter().map(|f| f.id));
         for id in live {

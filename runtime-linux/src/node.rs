@@ -171,7 +171,7 @@ pub struct ReplicationLoop<'s, 'p> {
     ticker: Ticker,
     shared: &'s Shared,
     command: Box<[u8; COMMAND_MAX]>,
-    published: [u64; 6],
+    published: [u64; 7],
     digest_applied: u64,
     /// While a tenure prepares: where it is, for the log line if it ends there.
     preparing: Option<mu_nostd::LeaderStatus>,
@@ -193,7 +193,7 @@ impl<'s, 'p> ReplicationLoop<'s, 'p> {
             ticker,
             shared,
             command: Box::new([0; COMMAND_MAX]),
-            published: [u64::MAX; 6],
+            published: [u64::MAX; 7],
             digest_applied: u64::MAX,
             preparing: None,
         }
@@ -273,6 +273,7 @@ impl<'s, 'p> ReplicationLoop<'s, 'p> {
             status.halted as u64,
             self.shared.leader().map_or(0, |l| l as u64 + 1),
             self.shared.alive() as u64,
+            status.queued as u64,
         ];
         let stats = [
             Stat::Leading,
@@ -281,6 +282,7 @@ impl<'s, 'p> ReplicationLoop<'s, 'p> {
             Stat::Halted,
             Stat::LeaderView,
             Stat::Alive,
+            Stat::Queued,
         ];
         if values[1] == 1 && self.published[1] != 1 {
             eprintln!(

@@ -76,6 +76,8 @@ pub enum Stat {
     DigestApplied = 120,
     /// Who it considers alive (bit per id).
     Alive = 128,
+    /// Commands waiting in its queue while it leads.
+    Queued = 136,
 }
 
 /// Outcome of a client command.

@@ -43,6 +43,11 @@ pub fn liveness(pid: u32, start: u64) -> Liveness {
     }
 }
 
+/// Whether process `pid` exists and has not exited (a zombie has).
+pub fn is_running(pid: u32) -> bool {
+    stat(pid).is_some_and(|(state, _)| !matches!(state, 'Z' | 'X' | 'x'))
+}
+
 /// Like [`liveness`], for the thread `tid` of the process: a debugger may stop one thread and
 /// leave the others running, and the main thread may end before the others. The process's start
 /// time still names it; the thread's own state decides. A thread that no longer exists is dead.

@@ -48,20 +48,23 @@ fn commit(client: &mut Client, cluster: &Cluster, count: u64) {
     let deadline = Instant::now() + SETTLE;
     while client.committed_count() < target {
         client.pump(cluster);
-        assert!(
-            Instant::now() < deadline,
-            "no progress: {}",
-            cluster.describe()
-        );
+        if Instant::now() > deadline {
+            fail(cluster, format!("no progress: {}", cluster.describe()));
+        }
     }
+}
+
+/// Fails the test with what the replicas logged.
+fn fail(cluster: &Cluster, message: String) -> ! {
+    for id in 0..cluster.replicas() {
+        eprintln!("--- replica {id} ---\n{}", cluster.log_tail(id));
+    }
+    panic!("{message}");
 }
 
 fn verify(cluster: &Cluster, client: &Client, round: u32) {
     if let Err(e) = cluster.verify(&client.committed, SETTLE) {
-        for id in 0..cluster.replicas() {
-            eprintln!("--- replica {id} ---\n{}", cluster.log_tail(id));
-        }
-        panic!("round {round}: {e}");
+        fail(cluster, format!("round {round}: {e}"));
     }
 }
 
@@ -74,10 +77,12 @@ fn leader_killed_again_and_again_loses_nothing() {
     let mut cluster = start("kill");
     let mut client = Client::new(7, 64, 256, 4);
     for round in 0..rounds {
-        let leader = cluster.await_settled(SETTLE).expect("settles");
+        let leader = cluster
+            .await_settled(SETTLE)
+            .unwrap_or_else(|e| fail(&cluster, e.to_string()));
         commit(&mut client, &cluster, 150);
         let fail_over = kill_leader(&mut cluster, &mut client, leader, SETTLE)
-            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            .unwrap_or_else(|e| fail(&cluster, format!("round {round}: {e}")));
         let new_leader = fail_over.new_leader;
         assert_ne!(new_leader, leader);
         commit(&mut client, &cluster, 50);
