@@ -162,6 +162,8 @@ struct Member {
     sent: u64,
     /// The commit point last written to its commit record.
     commit_sent: u64,
+    /// When its commit record was last written.
+    commit_sent_at: u64,
     min_record: u32,
     recycle_read: bool,
 }
@@ -173,6 +175,7 @@ impl Member {
         notice_at: 0,
         sent: 0,
         commit_sent: 0,
+        commit_sent_at: 0,
         min_record: 0,
         recycle_read: false,
     };
@@ -1447,7 +1450,11 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     }
 
     /// When the leader is idle, followers learn the last commit point from the commit record
-    /// (otherwise they would lag one command behind until the next one).
+    /// (otherwise they would lag one command behind until the next one). An idle leader also
+    /// writes it again every `permission_retry_ticks`: a write into the member's log is how it
+    /// learns that its grant was revoked meanwhile (another replica led for a while and the
+    /// others then chose this one again: they wait for its new request, which it makes only once
+    /// a write is refused).
     fn post_commit_record<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let leader = self.leader.as_ref().expect("leading");
         let idle = leader.fast_path()
@@ -1458,14 +1465,16 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
         let applied = self.applied;
         let offset = self.layout.commit_record();
+        let probe_period = self.config.permission_retry_ticks as u64;
         let mut staged = false;
         for peer in self.others() {
             let leader = self.leader_mut();
             let member = leader.members[peer as usize];
             let in_flight = leader.commit_inflight & (1 << peer) != 0;
+            let probe_due = now.saturating_sub(member.commit_sent_at) >= probe_period;
             if member.state != MemberState::Active
                 || member.sent < applied
-                || member.commit_sent >= applied
+                || (member.commit_sent >= applied && !probe_due)
                 || in_flight
             {
                 continue;
@@ -1493,7 +1502,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             ) {
                 let leader = self.leader_mut();
                 leader.commit_inflight |= 1 << peer;
-                leader.members[peer as usize].commit_sent = applied;
+                let member = &mut leader.members[peer as usize];
+                member.commit_sent = applied;
+                member.commit_sent_at = now;
             }
         }
     }
