@@ -51,6 +51,8 @@ pub struct Cluster {
     children: Vec<Option<Child>>,
     ports: Vec<Option<Port>>,
     incarnations: Vec<u64>,
+    /// When processes were last looked up, and which ran.
+    running_cache: std::cell::Cell<(Instant, u8)>,
 }
 
 impl Cluster {
@@ -76,6 +78,7 @@ impl Cluster {
             children: (0..replicas).map(|_| None).collect(),
             ports: (0..replicas).map(|_| None).collect(),
             incarnations: vec![0; replicas as usize],
+            running_cache: std::cell::Cell::new((Instant::now(), 0)),
         };
         for id in 0..replicas {
             cluster.spawn(id)?;
@@ -115,6 +118,7 @@ impl Cluster {
             .map_err(|e| ClusterError(format!("cannot start {}: {e}", self.exe.display())))?;
         let pid = child.id() as u64;
         self.children[id as usize] = Some(child);
+        self.forget_running();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(port) = Port::attach(&self.dir, id) {
@@ -173,7 +177,14 @@ impl Cluster {
             let _ = child.wait();
         }
         self.ports[id as usize] = None;
+        self.forget_running();
         Some(at)
+    }
+
+    fn forget_running(&self) {
+        let now = Instant::now();
+        let long_ago = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+        self.running_cache.set((long_ago, 0));
     }
 
     /// Whether replica `id`'s process is still there (not reaped, not exited).
@@ -197,13 +208,18 @@ impl Cluster {
     }
 
     /// Live replica ids: started, and their process still runs (a replica the fabric fenced by
-    /// killing it is not live even before it is reaped).
+    /// killing it is not live even before it is reaped). Processes are looked up in `/proc` at
+    /// most once a millisecond: the client asks on every round.
     pub fn live(&self) -> Vec<u8> {
+        let (checked_at, mut running) = self.running_cache.get();
+        if checked_at.elapsed() > Duration::from_millis(1) {
+            running = (0..self.replicas)
+                .filter(|&id| self.pid(id).is_some_and(crate::procfs::is_running))
+                .fold(0u8, |mask, id| mask | 1 << id);
+            self.running_cache.set((Instant::now(), running));
+        }
         (0..self.replicas)
-            .filter(|&id| {
-                self.ports[id as usize].is_some()
-                    && self.pid(id).is_some_and(crate::procfs::is_running)
-            })
+            .filter(|&id| self.ports[id as usize].is_some() && running & (1 << id) != 0)
             .collect()
     }
 
