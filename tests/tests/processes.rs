@@ -9,6 +9,7 @@
 //!   killing it in the middle of a copy.
 //!
 //! The tests need the `mu` binary of this workspace (`cargo test --workspace` builds it).
+//! `MU_TEST_VERBOSE=1` prints the old leader's log after every stop/continue round.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
