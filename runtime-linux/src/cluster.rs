@@ -50,7 +50,6 @@ pub struct Cluster {
     replicas: u8,
     children: Vec<Option<Child>>,
     ports: Vec<Option<Port>>,
-    incarnations: Vec<u64>,
     /// When processes were last looked up, and which ran.
     running_cache: std::cell::Cell<(Instant, u8)>,
 }
@@ -77,7 +76,6 @@ impl Cluster {
             replicas,
             children: (0..replicas).map(|_| None).collect(),
             ports: (0..replicas).map(|_| None).collect(),
-            incarnations: vec![0; replicas as usize],
             running_cache: std::cell::Cell::new((Instant::now(), 0)),
         };
         for id in 0..replicas {
@@ -123,7 +121,6 @@ impl Cluster {
         loop {
             if let Ok(port) = Port::attach(&self.dir, id) {
                 if port.get(Stat::Pid) == pid && port.get(Stat::Ready) == 1 {
-                    self.incarnations[id as usize] = port.get(Stat::Incarnation);
                     self.ports[id as usize] = Some(port);
                     return Ok(());
                 }
@@ -484,7 +481,7 @@ struct InFlight {
     replica: u8,
     /// The replica's incarnation when it was sent: a restarted replica never answers it.
     incarnation: u64,
-    seq: u64,
+    /// The command id, which is also the request's sequence number in the port.
     id: u64,
     sent_ns: u64,
 }
@@ -532,8 +529,8 @@ impl Client {
         }
     }
 
-    /// Records the first commit made after `at` (`CLOCK_MONOTONIC` ns) by a replica other than
-    /// `except`: the fail-over measurement.
+    /// Records the first commit applied at or after `at` (`CLOCK_MONOTONIC` ns), and by whom:
+    /// the fail-over measurement.
     pub fn watch_from(&mut self, at: u64) {
         self.watch_after = at;
         self.first_commit_after = None;
@@ -573,15 +570,13 @@ impl Client {
                 });
                 let key = id % self.keys;
                 let len = kv::encode_put(&mut self.command, key, id, &self.payload);
-                let seq = id; // Sequence numbers are command ids: unique per client.
-                if !port.push_request(seq, &self.command[..len]) {
+                if !port.push_request(id, &self.command[..len]) {
                     self.resend.push(id);
                     break;
                 }
                 self.in_flight.push(InFlight {
                     replica: target,
                     incarnation: port.get(Stat::Incarnation),
-                    seq,
                     id,
                     sent_ns: monotonic_ns(),
                 });
@@ -610,7 +605,7 @@ impl Client {
                 let Some(index) = self
                     .in_flight
                     .iter()
-                    .position(|f| f.replica == id && f.seq == response.seq)
+                    .position(|f| f.replica == id && f.id == response.seq)
                 else {
                     continue;
                 };

@@ -120,11 +120,6 @@ impl<'p> App<'p> {
         }
     }
 
-    /// Propose-to-commit latency of this replica's commands while it led, in cycles.
-    pub fn latency(&self) -> &Histogram<u64> {
-        &self.latency
-    }
-
     fn respond(&mut self, ticket: Ticket, outcome: Outcome, position: u64, answer: u64) {
         let waiting = self.waiting[ticket as usize % REQUESTS_MAX];
         assert_eq!(waiting.ticket, ticket, "a ticket stays until answered");
@@ -163,6 +158,20 @@ impl StateMachine for App<'_> {
     }
 }
 
+/// Status words the replication loop keeps up to date, written only when they change; the
+/// values it computes in `publish` come in this order.
+const PUBLISHED: [Stat; 7] = [
+    Stat::Leading,
+    Stat::FastPath,
+    Stat::Applied,
+    Stat::Halted,
+    Stat::LeaderView,
+    Stat::Alive,
+    Stat::Queued,
+];
+const LEADING: usize = 0;
+const FAST_PATH: usize = 1;
+
 /// What the replication thread does, one step at a time.
 pub struct ReplicationLoop<'s, 'p> {
     plane: Box<Replication<'s>>,
@@ -171,7 +180,8 @@ pub struct ReplicationLoop<'s, 'p> {
     ticker: Ticker,
     shared: &'s Shared,
     command: Box<[u8; COMMAND_MAX]>,
-    published: [u64; 7],
+    /// The values of [`PUBLISHED`] last written to the port.
+    published: [u64; PUBLISHED.len()],
     digest_applied: u64,
     /// While a tenure prepares: where it is, for the log line if it ends there.
     preparing: Option<mu_nostd::LeaderStatus>,
@@ -193,7 +203,7 @@ impl<'s, 'p> ReplicationLoop<'s, 'p> {
             ticker,
             shared,
             command: Box::new([0; COMMAND_MAX]),
-            published: [u64::MAX; 7],
+            published: [u64::MAX; PUBLISHED.len()],
             digest_applied: u64::MAX,
             preparing: None,
         }
@@ -206,12 +216,7 @@ impl<'s, 'p> ReplicationLoop<'s, 'p> {
         self.plane.poll(now, &mut self.fabric, &mut self.app);
         self.take_commands();
         self.publish();
-        self.published[0] != 0
-    }
-
-    /// The application (its latency histogram).
-    pub fn app(&self) -> &App<'p> {
-        &self.app
+        self.published[LEADING] != 0
     }
 
     fn take_commands(&mut self) {
@@ -260,13 +265,13 @@ impl<'s, 'p> ReplicationLoop<'s, 'p> {
             self.preparing = self.plane.leader_status();
         }
         let leading = status.leading.map_or(0, |t| t as u64 + 1);
-        if leading != self.published[0] {
+        if leading != self.published[LEADING] {
             self.log_role(status.leading, status.applied);
             if leading != 0 {
                 port.set(Stat::Tenures, port.get(Stat::Tenures) + 1);
             }
         }
-        let values = [
+        let values: [u64; PUBLISHED.len()] = [
             leading,
             status.fast_path as u64,
             status.applied,
@@ -275,16 +280,7 @@ impl<'s, 'p> ReplicationLoop<'s, 'p> {
             self.shared.alive() as u64,
             status.queued as u64,
         ];
-        let stats = [
-            Stat::Leading,
-            Stat::FastPath,
-            Stat::Applied,
-            Stat::Halted,
-            Stat::LeaderView,
-            Stat::Alive,
-            Stat::Queued,
-        ];
-        if values[1] == 1 && self.published[1] != 1 {
+        if values[FAST_PATH] == 1 && self.published[FAST_PATH] != 1 {
             eprintln!(
                 "[{:.3} ms] replica {}: on the fast path in tenure {} at position {}",
                 monotonic_ns() as f64 / 1e6,
@@ -293,7 +289,7 @@ impl<'s, 'p> ReplicationLoop<'s, 'p> {
                 status.applied
             );
         }
-        for (i, stat) in stats.into_iter().enumerate() {
+        for (i, stat) in PUBLISHED.into_iter().enumerate() {
             if values[i] != self.published[i] {
                 port.set(stat, values[i]);
                 self.published[i] = values[i];
@@ -315,7 +311,7 @@ impl<'s, 'p> ReplicationLoop<'s, 'p> {
         let at = monotonic_ns() as f64 / 1e6;
         let view = self.shared.leader();
         if let Some(last) = self.preparing.take() {
-            if tenure.is_none_or(|t| t != last.tenure) && self.published[1] == 0 {
+            if tenure.is_none_or(|t| t != last.tenure) && self.published[FAST_PATH] == 0 {
                 let members: Vec<String> = (0..self.fabric.replica_count())
                     .filter(|&p| p != me)
                     .map(|p| {

@@ -14,9 +14,10 @@ pub enum Liveness {
     Dead,
 }
 
-/// The state and start time (clock ticks since boot) of `pid`, from `/proc/<pid>/stat`.
-fn stat(pid: u32) -> Option<(char, u64)> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// The state and start time (clock ticks since boot) in a `/proc` stat file: a process's
+/// (`/proc/<pid>/stat`) or one of its threads' (`/proc/<pid>/task/<tid>/stat`).
+fn stat_file(path: &str) -> Option<(char, u64)> {
+    let text = fs::read_to_string(path).ok()?;
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = &text[text.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
@@ -24,6 +25,19 @@ fn stat(pid: u32) -> Option<(char, u64)> {
     // After the state come fields 4..=21; the start time is field 22.
     let start = fields.nth(18)?.parse().ok()?;
     Some((state, start))
+}
+
+fn stat(pid: u32) -> Option<(char, u64)> {
+    stat_file(&format!("/proc/{pid}/stat"))
+}
+
+/// What a task state letter means for fencing.
+fn classify(state: char) -> Liveness {
+    match state {
+        'Z' | 'X' | 'x' => Liveness::Dead,
+        'T' | 't' => Liveness::Stopped,
+        _ => Liveness::Running,
+    }
 }
 
 /// The start time of this process, which together with the pid names it uniquely.
@@ -34,18 +48,14 @@ pub fn own_start_time() -> u64 {
 /// Whether the process `pid` that started at `start` still exists and what it is doing.
 pub fn liveness(pid: u32, start: u64) -> Liveness {
     match stat(pid) {
-        Some((state, started)) if started == start => match state {
-            'Z' | 'X' | 'x' => Liveness::Dead,
-            'T' | 't' => Liveness::Stopped,
-            _ => Liveness::Running,
-        },
+        Some((state, started)) if started == start => classify(state),
         _ => Liveness::Dead,
     }
 }
 
 /// Whether process `pid` exists and has not exited (a zombie has).
 pub fn is_running(pid: u32) -> bool {
-    stat(pid).is_some_and(|(state, _)| !matches!(state, 'Z' | 'X' | 'x'))
+    stat(pid).is_some_and(|(state, _)| classify(state) != Liveness::Dead)
 }
 
 /// Like [`liveness`], for the thread `tid` of the process: a debugger may stop one thread and
@@ -58,17 +68,8 @@ pub fn thread_liveness(pid: u32, start: u64, tid: u32) -> Liveness {
     if stat(pid).is_none_or(|(_, started)| started != start) {
         return Liveness::Dead;
     }
-    let state = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
-        .ok()
-        .and_then(|text| {
-            let rest = &text[text.rfind(')')? + 1..];
-            rest.split_whitespace().next()?.chars().next()
-        });
-    match state {
-        None | Some('Z' | 'X' | 'x') => Liveness::Dead,
-        Some('T' | 't') => Liveness::Stopped,
-        Some(_) => Liveness::Running,
-    }
+    stat_file(&format!("/proc/{pid}/task/{tid}/stat"))
+        .map_or(Liveness::Dead, |(state, _)| classify(state))
 }
 
 /// Cores the kernel keeps the scheduler (`isolcpus`) or the tick (`nohz_full`) away from.

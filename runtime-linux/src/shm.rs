@@ -803,9 +803,9 @@ impl ShmFabric {
         Ok(())
     }
 
-    /// The peer's mapping if its owner runs the incarnation this connection was made to; a
-    /// peer that restarted (a new file) is mapped anew.
-    fn live_mapping(&mut self, peer: ReplicaId) -> Option<&Mapping> {
+    /// The peer's mapping and its incarnation, if its owner runs the incarnation this connection
+    /// was made to; a peer that restarted (a new file) is mapped anew.
+    fn live_mapping(&mut self, peer: ReplicaId) -> Option<(&Mapping, u64)> {
         let state = &self.peers[peer as usize];
         let replaced = state
             .mapping
@@ -826,8 +826,9 @@ impl ShmFabric {
                 }
             }
         }
-        let mapping = self.peers[peer as usize].mapping.as_ref()?;
-        owner_alive(mapping).then_some(mapping)
+        let state = &self.peers[peer as usize];
+        let mapping = state.mapping.as_ref()?;
+        owner_alive(mapping).then_some((mapping, state.incarnation))
     }
 
     fn complete(&mut self, peer: ReplicaId, wr_id: u64, status: Status) {
@@ -848,10 +849,9 @@ impl ShmFabric {
         let gated = self.layout.touches_log_area(remote, len);
         let (me, incarnation, lane) = (self.me, self.own.incarnation, self.lane);
         let src = self.own.region(local);
-        let Some(mapping) = self.live_mapping(peer) else {
+        let Some((mapping, expected)) = self.live_mapping(peer) else {
             return Status::Failed;
         };
-        let expected = mapping.word(C_INCARNATION).load(SeqCst);
         let copier = mapping.word(copier(me, lane));
         let tid = current_tid();
         if copier.load(Relaxed) != tid {
@@ -907,7 +907,7 @@ impl Fabric for ShmFabric {
         }
         let dst = self.own.region(local_offset);
         let status = match self.live_mapping(peer) {
-            Some(mapping) => {
+            Some((mapping, _)) => {
                 let src = mapping.at(CONTROL_BYTES + remote_offset as usize);
                 // SAFETY: as in `copy_to_peer`.
                 unsafe { copy(src, dst, len as usize) };

@@ -79,6 +79,38 @@ fn fabric(dir: &RegionDir, config: Config, own: &Arc<OwnRegion>) -> ShmFabric {
     ShmFabric::new(dir.clone(), config, own.clone(), Lane::Replication)
 }
 
+/// What every fencing test starts from: replica 1's region (the big log) in a fresh directory, its
+/// replication-plane fabric, a seeded RNG and the pattern a writer copies into the log.
+struct Fixture {
+    tmp: TestDir,
+    dir: RegionDir,
+    config: Config,
+    layout: Layout,
+    r1: Arc<OwnRegion>,
+    f1: ShmFabric,
+    rng: Rng,
+    written: Vec<u8>,
+}
+
+fn fencing_fixture(dir_name: &str, test: &str) -> Fixture {
+    let tmp = TestDir::new(dir_name);
+    let dir = tmp.open();
+    let config = big_config();
+    let layout = Layout::new(&config);
+    let r1 = Arc::new(OwnRegion::create(&dir, 1, &config).unwrap());
+    let f1 = fabric(&dir, config, &r1);
+    Fixture {
+        tmp,
+        dir,
+        config,
+        layout,
+        r1,
+        f1,
+        rng: Rng::new(test),
+        written: pattern(layout.log_bytes() as usize, 7),
+    }
+}
+
 /// Every completion now waiting, polled a few at a time (to exercise partial polls).
 fn drain(fabric: &mut ShmFabric) -> Vec<Completion> {
     let mut all = Vec::new();
@@ -880,14 +912,15 @@ fn check_fenced(f1: &mut ShmFabric, layout: &Layout, round: u8, settle: Duration
 /// and from then on the log area does not change.
 #[test]
 fn revoke_fences_a_writer_killed_mid_copy() {
-    let tmp = TestDir::new("kill");
-    let dir = tmp.open();
-    let config = big_config();
-    let layout = Layout::new(&config);
-    let r1 = Arc::new(OwnRegion::create(&dir, 1, &config).unwrap());
-    let mut f1 = fabric(&dir, config, &r1);
-    let mut rng = Rng::new("revoke_fences_a_writer_killed_mid_copy");
-    let written = pattern(layout.log_bytes() as usize, 7);
+    let Fixture {
+        tmp,
+        layout,
+        r1,
+        mut f1,
+        mut rng,
+        written,
+        ..
+    } = fencing_fixture("kill", "revoke_fences_a_writer_killed_mid_copy");
     let mut in_flight = 0;
     const ROUNDS: u8 = 8;
     for round in 0..ROUNDS {
@@ -923,14 +956,15 @@ fn revoke_fences_a_writer_killed_mid_copy() {
 /// log area does not change any more.
 #[test]
 fn revoke_fences_a_stopped_writer() {
-    let tmp = TestDir::new("stop");
-    let dir = tmp.open();
-    let config = big_config();
-    let layout = Layout::new(&config);
-    let r1 = Arc::new(OwnRegion::create(&dir, 1, &config).unwrap());
-    let mut f1 = fabric(&dir, config, &r1);
-    let mut rng = Rng::new("revoke_fences_a_stopped_writer");
-    let written = pattern(layout.log_bytes() as usize, 7);
+    let Fixture {
+        tmp,
+        layout,
+        r1,
+        mut f1,
+        mut rng,
+        written,
+        ..
+    } = fencing_fixture("stop", "revoke_fences_a_stopped_writer");
     let (mut killed, mut spared) = (0u32, 0u32);
     const ROUNDS: u8 = 10;
     let mut round = 0u8;
@@ -1007,14 +1041,15 @@ fn wait_for_log(f1: &ShmFabric, layout: &Layout, expected: &[u8], what: &str) {
 /// afterwards, although it keeps posting; a re-grant lets it in again.
 #[test]
 fn revoke_fences_a_running_writer_process() {
-    let tmp = TestDir::new("running");
-    let dir = tmp.open();
-    let config = big_config();
-    let layout = Layout::new(&config);
-    let r1 = Arc::new(OwnRegion::create(&dir, 1, &config).unwrap());
-    let mut f1 = fabric(&dir, config, &r1);
-    let mut rng = Rng::new("revoke_fences_a_running_writer_process");
-    let written = pattern(layout.log_bytes() as usize, 7);
+    let Fixture {
+        tmp,
+        layout,
+        r1,
+        mut f1,
+        mut rng,
+        written,
+        ..
+    } = fencing_fixture("running", "revoke_fences_a_running_writer_process");
     let mut child = start_writer(&tmp, &mut f1, &layout, &written);
     const ROUNDS: u8 = 8;
     for round in 0..ROUNDS {
@@ -1037,14 +1072,16 @@ fn revoke_fences_a_running_writer_process() {
 #[test]
 fn revoke_fences_a_writer_thread_of_this_process() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-    let tmp = TestDir::new("thread");
-    let dir = tmp.open();
-    let config = big_config();
-    let layout = Layout::new(&config);
-    let r1 = Arc::new(OwnRegion::create(&dir, 1, &config).unwrap());
-    let mut f1 = fabric(&dir, config, &r1);
-    let mut rng = Rng::new("revoke_fences_a_writer_thread_of_this_process");
-    let written = pattern(layout.log_bytes() as usize, 7);
+    let Fixture {
+        tmp: _tmp,
+        dir,
+        config,
+        layout,
+        r1,
+        mut f1,
+        mut rng,
+        written,
+    } = fencing_fixture("thread", "revoke_fences_a_writer_thread_of_this_process");
     let stop = Arc::new(AtomicBool::new(false));
     let landed = Arc::new(AtomicU64::new(0));
     f1.grant(0);
@@ -1167,13 +1204,17 @@ fn wait_traced_stop(tid: i32) -> i32 {
 /// thread of the writer process, in the middle of a copy, as gdb's non-stop mode does.
 #[test]
 fn revoke_fences_a_writer_thread_stopped_by_a_debugger() {
-    let tmp = TestDir::new("ptrace");
-    let dir = tmp.open();
-    let config = big_config();
-    let layout = Layout::new(&config);
-    let r1 = Arc::new(OwnRegion::create(&dir, 1, &config).unwrap());
-    let mut f1 = fabric(&dir, config, &r1);
-    let mut rng = Rng::new("revoke_fences_a_writer_thread_stopped_by_a_debugger");
+    let Fixture {
+        tmp,
+        layout,
+        r1,
+        mut f1,
+        mut rng,
+        ..
+    } = fencing_fixture(
+        "ptrace",
+        "revoke_fences_a_writer_thread_stopped_by_a_debugger",
+    );
     f1.grant(0);
     let mut child = ChildProc::spawn("writer", &tmp.path, 0);
     let line = child.expect_line(READY);
