@@ -29,7 +29,8 @@
 //! id = 0
 //! [replica.linux]            # a Linux process ...
 //! fabric = "shm"             # "shm" (one host) or "verbs" (RDMA)
-//! shm_dir = "/dev/shm/mu-shm-3"  # shm only, absolute; default "/dev/shm/mu-<cluster.name>"
+//! shm_dir = "/dev/shm/mu-shm-3"  # absolute; default "/dev/shm/mu-<cluster.name>": the regions
+//!                            # (shm), or the lock, registered region and client port (verbs)
 //! replication_core = 0       # optional CPU (0..=1023) for the replication plane; absent = unpinned
 //! background_core = 1        # optional CPU for the background plane
 //! polling = "shared"         # "busy" (spin, needs two distinct cores) or "shared" (default)
@@ -135,6 +136,8 @@ pub enum FabricSpec {
     },
     /// RDMA verbs.
     Verbs {
+        /// An absolute directory for the replica's local files (lock, region, client port).
+        dir: PathBuf,
         /// The RDMA device, e.g. `rxe0`.
         device: String,
         /// The device port, `1..=255`.
@@ -144,6 +147,15 @@ pub enum FabricSpec {
         /// The `IP:port` this replica listens on to exchange connection details.
         address: String,
     },
+}
+
+impl FabricSpec {
+    /// The directory of the replica's local shared-memory files.
+    pub fn dir(&self) -> &std::path::Path {
+        match self {
+            FabricSpec::Shm { dir } | FabricSpec::Verbs { dir, .. } => dir,
+        }
+    }
 }
 
 /// How a Linux replica's planes wait for work.

@@ -375,6 +375,7 @@ fn replicas(
     let mut replicas: Vec<ReplicaSpec> = Vec::new();
     // Where each id was first seen, to name the other replica in a duplicate's error.
     let mut seen: Vec<Option<usize>> = vec![None; n as usize];
+    let mut fabrics = FabricsSeen::default();
     for (i, item) in items.iter().enumerate() {
         let path = format!("replica[{i}]");
         let at = start(&item.span).unwrap_or(array_at);
@@ -402,7 +403,11 @@ fn replicas(
         }
         seen[id as usize] = Some(i);
         let host = match (t.table("linux")?, t.table("firmware")?) {
-            (Some(linux), None) => Host::Linux(linux_host(&linux, cluster)?),
+            (Some(linux), None) => {
+                let host = linux_host(&linux, cluster)?;
+                fabrics.check(&linux, i, &host.fabric)?;
+                Host::Linux(host)
+            }
             (None, Some(firmware)) => Host::Firmware(firmware_host(&firmware, cluster)?),
             (Some(_), Some(firmware)) => {
                 return Err(t.fail(
@@ -432,7 +437,63 @@ fn replicas(
     Ok(replicas)
 }
 
+/// What the Linux replicas read so far use, to refuse a cluster that mixes fabrics (shared
+/// memory and RDMA replicas cannot reach each other) or gives two replicas one address.
+#[derive(Default)]
+struct FabricsSeen {
+    /// The first Linux replica's entry index and whether it uses verbs.
+    first: Option<(usize, bool)>,
+    /// Verbs addresses with the entry index that gave each.
+    addresses: Vec<(std::net::SocketAddr, usize)>,
+}
+
+impl FabricsSeen {
+    fn check(&mut self, t: &Table<'_>, entry: usize, fabric: &FabricSpec) -> Result<()> {
+        let verbs = matches!(fabric, FabricSpec::Verbs { .. });
+        match self.first {
+            None => self.first = Some((entry, verbs)),
+            Some((first, kind)) if kind != verbs => {
+                return Err(t.fail(
+                    "fabric",
+                    t.at("fabric"),
+                    &format!(
+                        "replica[{first}] uses the other fabric; all Linux replicas of a \
+                         cluster use the same one"
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+        if let FabricSpec::Verbs { address, .. } = fabric {
+            // Checked by `linux_host`.
+            let Ok(address) = address.parse::<std::net::SocketAddr>() else {
+                return Ok(());
+            };
+            if let Some((_, first)) = self.addresses.iter().find(|(a, _)| *a == address) {
+                return Err(t.fail(
+                    "address",
+                    t.at("address"),
+                    &format!("replica[{first}] has the same address"),
+                ));
+            }
+            self.addresses.push((address, entry));
+        }
+        Ok(())
+    }
+}
+
 const VERBS_KEYS: [&str; 4] = ["device", "port", "gid_index", "address"];
+
+/// The directory of the replica's local shared-memory files: every region for `shm`; the lock,
+/// the registered region and the client port for `verbs`.
+fn shm_dir(t: &Table<'_>, cluster: &Cluster) -> Result<PathBuf> {
+    match t.str("shm_dir")? {
+        None => Ok(PathBuf::from(format!("/dev/shm/mu-{}", cluster.name))),
+        // Shared memory is Linux-only, so "absolute" means what it means there.
+        Some(dir) if dir.starts_with('/') => Ok(PathBuf::from(dir)),
+        Some(_) => Err(t.fail("shm_dir", t.at("shm_dir"), "must be an absolute path")),
+    }
+}
 
 fn linux_host(t: &Table<'_>, cluster: &Cluster) -> Result<LinuxHost> {
     t.allow(&[
@@ -453,20 +514,11 @@ fn linux_host(t: &Table<'_>, cluster: &Cluster) -> Result<LinuxHost> {
             if let Some(key) = VERBS_KEYS.iter().find(|k| t.entry(k).is_some()) {
                 return Err(t.fail(key, t.at(key), "only for fabric = \"verbs\""));
             }
-            let dir = match t.str("shm_dir")? {
-                None => PathBuf::from(format!("/dev/shm/mu-{}", cluster.name)),
-                // Shared memory is Linux-only, so "absolute" means what it means there.
-                Some(dir) if dir.starts_with('/') => PathBuf::from(dir),
-                Some(_) => {
-                    return Err(t.fail("shm_dir", t.at("shm_dir"), "must be an absolute path"))
-                }
-            };
-            FabricSpec::Shm { dir }
+            FabricSpec::Shm {
+                dir: shm_dir(t, cluster)?,
+            }
         }
         Some(_) => {
-            if t.entry("shm_dir").is_some() {
-                return Err(t.fail("shm_dir", t.at("shm_dir"), "only for fabric = \"shm\""));
-            }
             let need = "required with fabric = \"verbs\"";
             if let Some(key) = VERBS_KEYS.iter().find(|k| t.entry(k).is_none()) {
                 return Err(t.missing(key, need));
@@ -485,6 +537,7 @@ fn linux_host(t: &Table<'_>, cluster: &Cluster) -> Result<LinuxHost> {
                 ));
             }
             FabricSpec::Verbs {
+                dir: shm_dir(t, cluster)?,
                 device: device.to_owned(),
                 port,
                 gid_index,

@@ -165,16 +165,19 @@ fn to_toml_round_trips() {
         &[(Some(0), Some(1)), (None, Some(7)), (Some(3), None)],
     );
     round_trip(&d);
-    let Host::Linux(linux) = &mut d.replicas[4].host else {
-        unreachable!()
-    };
-    linux.realtime_priority = Some(99);
-    linux.fabric = FabricSpec::Verbs {
-        device: "rxe0".into(),
-        port: 1,
-        gid_index: 3,
-        address: "[::1]:7470".into(),
-    };
+    for r in &mut d.replicas {
+        let Host::Linux(linux) = &mut r.host else {
+            unreachable!()
+        };
+        linux.realtime_priority = Some(99);
+        linux.fabric = FabricSpec::Verbs {
+            dir: "/srv/mu".into(),
+            device: "rxe0".into(),
+            port: 1,
+            gid_index: 3,
+            address: format!("[::1]:{}", 7470 + r.id as u16),
+        };
+    }
     round_trip(&d);
     for r in &mut d.replicas {
         r.host = Host::Firmware(FirmwareHost {
@@ -581,11 +584,13 @@ fn linux_host_checks() {
 #[test]
 fn verbs_fields_go_with_verbs() {
     let verbs = "fabric = \"verbs\"\ndevice = \"rxe0\"\nport = 1\ngid_index = 1\naddress = \"10.0.2.15:7470\"";
-    let d = parse(&edit(21, verbs), "t.toml").unwrap();
+    let both = |one: &str| edits(&[(17, &one.replace("15:7470", "15:7471")), (21, one)]);
+    let d = parse(&both(verbs), "t.toml").unwrap();
     assert_eq!(
         d.replicas[1].host,
         Host::Linux(LinuxHost {
             fabric: FabricSpec::Verbs {
+                dir: "/dev/shm/mu-t".into(),
                 device: "rxe0".into(),
                 port: 1,
                 gid_index: 1,
@@ -633,11 +638,32 @@ fn verbs_fields_go_with_verbs() {
         22,
         "empty",
     );
+    let d = parse(&both(&format!("{verbs}\nshm_dir = \"/run/mu\"")), "t.toml").unwrap();
+    assert!(matches!(&d.replicas[1].host,
+        Host::Linux(LinuxHost { fabric: FabricSpec::Verbs { dir, .. }, .. })
+            if dir.as_os_str() == "/run/mu"));
+}
+
+#[test]
+fn a_cluster_has_one_fabric_and_distinct_addresses() {
+    let verbs = "fabric = \"verbs\"\ndevice = \"rxe0\"\nport = 1\ngid_index = 1\naddress = \"10.0.2.15:7470\"";
     expect(
-        &edit(21, &format!("{verbs}\nshm_dir = \"/dev/shm/x\"")),
-        "replica[1].linux.shm_dir",
-        26,
-        "only for fabric = \"shm\"",
+        &edit(21, verbs),
+        "replica[1].linux.fabric",
+        21,
+        "replica[0] uses the other fabric",
+    );
+    expect(
+        &edits(&[(17, verbs), (21, &verbs.replace("10.0.2.15", "10.0.2.015"))]),
+        "replica[1].linux.address",
+        29,
+        "IP:port",
+    );
+    expect(
+        &edits(&[(17, verbs), (21, verbs)]),
+        "replica[1].linux.address",
+        29,
+        "replica[0] has the same address",
     );
 }
 

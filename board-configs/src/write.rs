@@ -83,6 +83,7 @@ pub(crate) fn deployment(d: &Deployment) -> String {
                         );
                     }
                     FabricSpec::Verbs {
+                        dir,
                         device,
                         port,
                         gid_index,
@@ -90,8 +91,9 @@ pub(crate) fn deployment(d: &Deployment) -> String {
                     } => {
                         let _ = writeln!(
                             out,
-                            "fabric = \"verbs\"\ndevice = {}\nport = {port}\n\
+                            "fabric = \"verbs\"\nshm_dir = {}\ndevice = {}\nport = {port}\n\
                              gid_index = {gid_index}\naddress = {}",
+                            quote(&dir.to_string_lossy()),
                             quote(device),
                             quote(address)
                         );

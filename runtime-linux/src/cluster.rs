@@ -58,10 +58,8 @@ impl Cluster {
     /// Writes `deployment` to `<shm dir>/cluster.toml` and starts every replica with `exe`.
     pub fn start(exe: &Path, deployment: &Deployment) -> Result<Cluster, ClusterError> {
         let dir = match deployment.replicas.first().map(|r| &r.host) {
-            Some(board_configs::Host::Linux(host)) => match &host.fabric {
-                board_configs::FabricSpec::Shm { dir } => dir.clone(),
-                _ => return fail("the cluster harness runs shared-memory deployments"),
-            },
+            // Verbs replicas on one host keep their client ports in one directory too.
+            Some(board_configs::Host::Linux(host)) => host.fabric.dir().to_path_buf(),
             _ => return fail("the cluster harness runs Linux deployments"),
         };
         crate::shm::RegionDir::open(&dir).map_err(|e| ClusterError(e.to_string()))?;
@@ -147,10 +145,14 @@ impl Cluster {
 
     /// The last lines replica `id` wrote to its log.
     pub fn log_tail(&self, id: u8) -> String {
-        let text =
-            fs::read_to_string(self.dir.join(format!("replica-{id}.log"))).unwrap_or_default();
+        let text = self.log(id);
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Everything replica `id`'s processes wrote to stderr.
+    pub fn log(&self, id: u8) -> String {
+        fs::read_to_string(self.dir.join(format!("replica-{id}.log"))).unwrap_or_default()
     }
 
     /// The process id of replica `id`, while it runs.

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use board_configs::{Deployment, Polling};
+use board_configs::{Deployment, FabricSpec, Host, Polling};
 use hdrhistogram::Histogram;
 use mu_nostd::{Config, DetectorConfig};
 
@@ -29,6 +29,44 @@ pub struct DemoOptions {
     pub polling: Polling,
     /// First core to pin planes to, if any.
     pub pin_from: Option<usize>,
+    /// Detector read period in µs (default: chosen for the polling mode).
+    pub read_period_us: Option<u32>,
+    /// The replicas' fabric.
+    pub fabric: DemoFabric,
+}
+
+/// The fabric of the demo's replicas (all on this host).
+#[derive(Clone, Debug)]
+pub enum DemoFabric {
+    /// Shared memory.
+    Shm,
+    /// RDMA verbs over one device; replica `i` listens for handshakes on `ip:(first_port+i)`.
+    Verbs {
+        /// The RDMA device.
+        device: String,
+        /// Its port.
+        port: u8,
+        /// The GID index every replica sends from.
+        gid_index: u8,
+        /// The IP address of the handshake listeners (the device's network interface).
+        ip: std::net::IpAddr,
+        /// The first replica's TCP port.
+        first_port: u16,
+    },
+}
+
+impl DemoFabric {
+    fn describe(&self) -> String {
+        match self {
+            DemoFabric::Shm => "shared memory".into(),
+            DemoFabric::Verbs {
+                device,
+                port,
+                gid_index,
+                ..
+            } => format!("RDMA verbs ({device} port {port}, GID index {gid_index})"),
+        }
+    }
 }
 
 /// What `mu failover` runs.
@@ -44,6 +82,8 @@ pub struct FailoverOptions {
     pub pin_from: Option<usize>,
     /// Detector read period in µs (default: chosen for the polling mode).
     pub read_period_us: Option<u32>,
+    /// The replicas' fabric.
+    pub fabric: DemoFabric,
 }
 
 const TICK_NS: u64 = 1000;
@@ -85,7 +125,13 @@ pub fn cluster_config(
     config
 }
 
-fn deployment(name: &str, config: Config, polling: Polling, pin_from: Option<usize>) -> Deployment {
+fn deployment(
+    name: &str,
+    config: Config,
+    polling: Polling,
+    pin_from: Option<usize>,
+    fabric: &DemoFabric,
+) -> Deployment {
     let dir = PathBuf::from(format!("/dev/shm/mu-{name}"));
     let cores: Vec<(Option<usize>, Option<usize>)> = (0..config.replica_count as usize)
         .map(|i| match pin_from {
@@ -93,7 +139,29 @@ fn deployment(name: &str, config: Config, polling: Polling, pin_from: Option<usi
             None => (None, None),
         })
         .collect();
-    Deployment::shm_linux(name, config, TICK_NS, dir, polling, &cores)
+    let mut deployment = Deployment::shm_linux(name, config, TICK_NS, dir.clone(), polling, &cores);
+    if let DemoFabric::Verbs {
+        device,
+        port,
+        gid_index,
+        ip,
+        first_port,
+    } = fabric
+    {
+        for replica in &mut deployment.replicas {
+            if let Host::Linux(host) = &mut replica.host {
+                let address = std::net::SocketAddr::new(*ip, first_port + replica.id as u16);
+                host.fabric = FabricSpec::Verbs {
+                    dir: dir.clone(),
+                    device: device.clone(),
+                    port: *port,
+                    gid_index: *gid_index,
+                    address: address.to_string(),
+                };
+            }
+        }
+    }
+    deployment
 }
 
 fn polling_name(polling: Polling) -> &'static str {
@@ -120,14 +188,26 @@ pub fn demo(options: &DemoOptions) -> Result<(), String> {
     if !(0.1..=3600.0).contains(&options.duration_s) {
         return Err("--duration must be 0.1..=3600 seconds".into());
     }
-    let config = cluster_config(options.replicas, options.payload, options.polling, None);
+    let config = cluster_config(
+        options.replicas,
+        options.payload,
+        options.polling,
+        options.read_period_us,
+    );
     let name = format!("demo-{}", std::process::id());
-    let deployment = deployment(&name, config, options.polling, options.pin_from);
+    let deployment = deployment(
+        &name,
+        config,
+        options.polling,
+        options.pin_from,
+        &options.fabric,
+    );
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     println!(
-        "mu demo: {} replicas as processes over shared memory, {}-byte commands, {} polling, \
-         {} cores here; detector reads every {} µs",
+        "mu demo: {} replicas as processes over {}, {}-byte commands, {} polling, {} cores \
+         here; detector reads every {} µs",
         options.replicas,
+        options.fabric.describe(),
         options.payload,
         polling_name(options.polling),
         cores(),
@@ -156,6 +236,9 @@ pub fn demo(options: &DemoOptions) -> Result<(), String> {
     let mut cluster = Cluster::start(&exe, &deployment).map_err(|e| e.to_string())?;
     println!("cluster directory: {}", cluster.dir().display());
     let result = run_demo(&mut cluster, options, tsc_hz, started);
+    if matches!(options.fabric, DemoFabric::Verbs { .. }) {
+        print_permission_switches(&cluster);
+    }
     if result.is_err() {
         for id in 0..cluster.replicas() {
             eprintln!("--- replica {id} log ---\n{}", cluster.log_tail(id));
@@ -298,6 +381,52 @@ fn print_latency(title: &str, histogram: &Histogram<u64>, tsc_hz: f64, in_cycles
     }
 }
 
+/// Summarises the permission switches the replicas logged ("log granted to replica 2 by
+/// access flags in 41.3 µs"): how many, how, and how long they took.
+fn print_permission_switches(cluster: &Cluster) {
+    let mut times: Vec<(String, f64)> = Vec::new();
+    for id in 0..cluster.replicas() {
+        for line in cluster.log(id).lines() {
+            if let Some(switch) = parse_switch(line) {
+                times.push(switch);
+            }
+        }
+    }
+    if times.is_empty() {
+        println!("permission switches: none logged");
+        return;
+    }
+    println!("permission switches the replicas logged ({}):", times.len());
+    for kind in ["granted", "revoked"] {
+        let mut us: Vec<f64> = times
+            .iter()
+            .filter(|(k, _)| k == kind)
+            .map(|&(_, t)| t)
+            .collect();
+        if us.is_empty() {
+            continue;
+        }
+        us.sort_by(f64::total_cmp);
+        println!(
+            "  {kind:>7}: {} switches, min {:.1} µs, median {:.1} µs, max {:.1} µs",
+            us.len(),
+            us[0],
+            us[us.len() / 2],
+            us[us.len() - 1]
+        );
+    }
+}
+
+/// `("granted" | "revoked", µs)` of a replica's permission-switch log line.
+fn parse_switch(line: &str) -> Option<(String, f64)> {
+    let kind = ["granted", "revoked"]
+        .into_iter()
+        .find(|k| line.contains(&format!("log {k} ")))?;
+    let (_, after) = line.rsplit_once(" in ")?;
+    let us = after.strip_suffix(" µs")?.parse().ok()?;
+    Some((kind.to_owned(), us))
+}
+
 /// Runs `mu failover`.
 pub fn failover(options: &FailoverOptions) -> Result<(), String> {
     let config = cluster_config(
@@ -307,13 +436,20 @@ pub fn failover(options: &FailoverOptions) -> Result<(), String> {
         options.read_period_us,
     );
     let name = format!("failover-{}", std::process::id());
-    let deployment = deployment(&name, config, options.polling, options.pin_from);
+    let deployment = deployment(
+        &name,
+        config,
+        options.polling,
+        options.pin_from,
+        &options.fabric,
+    );
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     println!(
-        "mu failover: {} rounds, {} replicas, {} polling, {} cores here, detector reads every {} µs, \
-         fate sharing after {} µs",
+        "mu failover: {} rounds, {} replicas over {}, {} polling, {} cores here, detector reads \
+         every {} µs, fate sharing after {} µs",
         options.rounds,
         options.replicas,
+        options.fabric.describe(),
         polling_name(options.polling),
         cores(),
         config.detector.read_period_ticks,
@@ -321,6 +457,9 @@ pub fn failover(options: &FailoverOptions) -> Result<(), String> {
     );
     let mut cluster = Cluster::start(&exe, &deployment).map_err(|e| e.to_string())?;
     let result = run_failover(&mut cluster, options);
+    if matches!(options.fabric, DemoFabric::Verbs { .. }) {
+        print_permission_switches(&cluster);
+    }
     if result.is_err() {
         for id in 0..cluster.replicas() {
             eprintln!("--- replica {id} log ---\n{}", cluster.log_tail(id));

@@ -6,6 +6,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`shm`] | the shared-memory fabric: region files, permissions with fencing, completions |
+//! | `verbs` | the RDMA fabric over libibverbs: queue pairs, permission switches, handshakes (feature `verbs`) |
 //! | [`mem`] | mapped shared memory and atomic byte copies |
 //! | [`procfs`] | process liveness for fencing; isolated cores |
 //! | [`node`] | one replica: region, client port, planes on pinned threads, polling modes |
@@ -13,14 +14,19 @@
 //! | [`kv`] | the replicated key-value store of the demo and the tests |
 //! | [`cluster`] | replica processes on one host and a client that drives and checks them |
 //! | [`demo`] | `mu demo` and `mu failover` |
+//! | `doctor` | `mu doctor`: what this host has and lacks for a verbs deployment (feature `verbs`) |
 //! | [`clock`] | ticks from `CLOCK_MONOTONIC`; the TSC for latency figures |
 
 pub mod clock;
 pub mod cluster;
 pub mod demo;
+#[cfg(feature = "verbs")]
+pub mod doctor;
 pub mod kv;
 pub mod mem;
 pub mod node;
 pub mod port;
 pub mod procfs;
 pub mod shm;
+#[cfg(feature = "verbs")]
+pub mod verbs;

@@ -22,7 +22,7 @@ use std::time::Duration;
 use board_configs::Polling;
 use hdrhistogram::Histogram;
 use mu_nostd::{
-    planes, BackgroundPlane, Config, ReplicaError, ReplicaId, ReplicationPlane, Shared,
+    planes, BackgroundPlane, Config, Fabric, ReplicaError, ReplicaId, ReplicationPlane, Shared,
     StateMachine, SubmitError, Ticket, REQUESTS_MAX,
 };
 
@@ -31,6 +31,13 @@ use crate::kv::{self, Kv};
 use crate::port::{Outcome, Port, Response, Stat, COMMAND_MAX};
 use crate::procfs::IsolatedCores;
 use crate::shm::{Lane, OwnRegion, Previous, RegionDir, ShmError, ShmFabric};
+#[cfg(feature = "verbs")]
+use crate::verbs::{wire::Plane, Endpoint, VerbsError, VerbsFabric};
+
+/// What a verbs deployment says to a build without the verbs fabric.
+pub const NO_VERBS: &str = "this mu was built without the verbs fabric: rebuild with \
+    `cargo build --release -p runtime-linux --features verbs` (needs pkg-config, libibverbs-dev \
+    and libclang-dev)";
 
 /// Largest slot the Linux runtime supports.
 pub const SLOT_MAX: usize = 4096;
@@ -48,6 +55,19 @@ const INTAKE_PER_STEP: usize = 8;
 /// The replication plane as this runtime builds it.
 pub type Replication<'s> = ReplicationPlane<'s, SLOT_MAX, ENTRY_MAX, QUEUE_BYTES>;
 
+/// Where a replica's verbs endpoint runs.
+#[derive(Clone, Debug)]
+pub struct VerbsSpec {
+    /// The RDMA device, e.g. `mlx5_0` or `rxe0`.
+    pub device: String,
+    /// Its port, from 1.
+    pub port: u8,
+    /// The GID table index this replica sends from.
+    pub gid_index: u8,
+    /// Every replica's handshake address, by id.
+    pub addresses: Vec<std::net::SocketAddr>,
+}
+
 /// Where and how one replica runs.
 #[derive(Clone, Debug)]
 pub struct NodeSpec {
@@ -57,8 +77,11 @@ pub struct NodeSpec {
     pub config: Config,
     /// Nanoseconds per core tick.
     pub tick_ns: u64,
-    /// The cluster's shared-memory directory.
+    /// The cluster's shared-memory directory: regions (shm), or lock, region and client port
+    /// (verbs).
     pub dir: PathBuf,
+    /// The RDMA endpoint's settings; `None` for the shared-memory fabric.
+    pub verbs: Option<VerbsSpec>,
     /// Polling mode.
     pub polling: Polling,
     /// Core for the replication plane's thread.
@@ -74,6 +97,11 @@ pub struct NodeSpec {
 pub enum NodeError {
     /// The region or port files.
     Shm(ShmError),
+    /// The RDMA device or the handshake listener.
+    #[cfg(feature = "verbs")]
+    Verbs(VerbsError),
+    /// A verbs deployment, but this build has no verbs fabric.
+    NoVerbs,
     /// The core refused the configuration.
     Replica(ReplicaError),
     /// The client port.
@@ -84,6 +112,9 @@ impl std::fmt::Display for NodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NodeError::Shm(e) => write!(f, "{e}"),
+            #[cfg(feature = "verbs")]
+            NodeError::Verbs(e) => write!(f, "{e}"),
+            NodeError::NoVerbs => write!(f, "{NO_VERBS}"),
             NodeError::Replica(e) => write!(f, "{e}"),
             NodeError::Port(e) => write!(f, "client port: {e}"),
         }
@@ -173,9 +204,13 @@ const LEADING: usize = 0;
 const FAST_PATH: usize = 1;
 
 /// What the replication thread does, one step at a time.
-pub struct ReplicationLoop<'s, 'p> {
+pub struct ReplicationLoop<'s, 'p, F: Fabric = ShmFabric> {
     plane: Box<Replication<'s>>,
-    fabric: ShmFabric,
+    fabric: F,
+    me: ReplicaId,
+    replicas: u8,
+    /// Where the latency histogram goes when a client asks.
+    dir: PathBuf,
     app: App<'p>,
     ticker: Ticker,
     shared: &'s Shared,
@@ -187,20 +222,23 @@ pub struct ReplicationLoop<'s, 'p> {
     preparing: Option<mu_nostd::LeaderStatus>,
 }
 
-impl<'s, 'p> ReplicationLoop<'s, 'p> {
+impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
     /// The loop over a built plane.
     pub fn new(
+        spec: &NodeSpec,
         plane: Box<Replication<'s>>,
-        fabric: ShmFabric,
+        fabric: F,
         app: App<'p>,
-        ticker: Ticker,
         shared: &'s Shared,
     ) -> Self {
         ReplicationLoop {
             plane,
             fabric,
+            me: spec.id,
+            replicas: spec.config.replica_count,
+            dir: spec.dir.clone(),
             app,
-            ticker,
+            ticker: Ticker::new(spec.tick_ns),
             shared,
             command: Box::new([0; COMMAND_MAX]),
             published: [u64::MAX; PUBLISHED.len()],
@@ -284,7 +322,7 @@ impl<'s, 'p> ReplicationLoop<'s, 'p> {
             eprintln!(
                 "[{:.3} ms] replica {}: on the fast path in tenure {} at position {}",
                 monotonic_ns() as f64 / 1e6,
-                self.fabric.me(),
+                self.me,
                 leading - 1,
                 status.applied
             );
@@ -307,12 +345,12 @@ impl<'s, 'p> ReplicationLoop<'s, 'p> {
 
     /// Role changes are rare and worth a line in the replica's log.
     fn log_role(&mut self, tenure: Option<u32>, applied: u64) {
-        let me = self.fabric.me();
+        let me = self.me;
         let at = monotonic_ns() as f64 / 1e6;
         let view = self.shared.leader();
         if let Some(last) = self.preparing.take() {
             if tenure.is_none_or(|t| t != last.tenure) && self.published[FAST_PATH] == 0 {
-                let members: Vec<String> = (0..self.fabric.replica_count())
+                let members: Vec<String> = (0..self.replicas)
                     .filter(|&p| p != me)
                     .map(|p| {
                         let m = last.members[p as usize];
@@ -342,7 +380,7 @@ impl<'s, 'p> ReplicationLoop<'s, 'p> {
 
     /// Writes the latency histogram for a client that asked (not on the hot path).
     fn dump_latency(&mut self, request: u64) {
-        let path = latency_path(self.fabric.dir(), self.fabric.me());
+        let path = latency_path(&self.dir, self.me);
         let mut bytes = Vec::new();
         use hdrhistogram::serialization::Serializer;
         let serialized = hdrhistogram::serialization::V2Serializer::new()
@@ -360,19 +398,21 @@ pub fn latency_path(dir: &Path, id: ReplicaId) -> PathBuf {
 }
 
 /// What the background thread does, one step at a time.
-pub struct BackgroundLoop<'s> {
+pub struct BackgroundLoop<'s, F: Fabric = ShmFabric> {
     plane: BackgroundPlane<'s>,
-    fabric: ShmFabric,
+    fabric: F,
+    me: ReplicaId,
     ticker: Ticker,
     seen: (Option<ReplicaId>, u8, Option<ReplicaId>),
 }
 
-impl<'s> BackgroundLoop<'s> {
+impl<'s, F: Fabric> BackgroundLoop<'s, F> {
     /// The loop over a built plane.
-    pub fn new(plane: BackgroundPlane<'s>, fabric: ShmFabric, ticker: Ticker) -> Self {
+    pub fn new(plane: BackgroundPlane<'s>, fabric: F, me: ReplicaId, ticker: Ticker) -> Self {
         BackgroundLoop {
             plane,
             fabric,
+            me,
             ticker,
             seen: (None, 0, None),
         }
@@ -389,7 +429,7 @@ impl<'s> BackgroundLoop<'s> {
             eprintln!(
                 "[{:.3} ms] replica {}: considers {:?} leader, alive {:#09b}, log writable by {:?}",
                 monotonic_ns() as f64 / 1e6,
-                self.fabric.me(),
+                self.me,
                 status.leader,
                 status.alive,
                 status.holder
@@ -406,6 +446,9 @@ pub struct Parts {
     pub dir: RegionDir,
     /// The client port.
     pub port: Port,
+    /// The RDMA endpoint, with the verbs fabric.
+    #[cfg(feature = "verbs")]
+    pub endpoint: Option<Arc<Endpoint>>,
 }
 
 impl Parts {
@@ -423,19 +466,51 @@ impl Parts {
             );
         }
         let port = Port::create(dir.path(), spec.id, own.incarnation()).map_err(NodeError::Port)?;
+        let own = Arc::new(own);
+        #[cfg(feature = "verbs")]
+        let endpoint = match &spec.verbs {
+            Some(verbs) => Some(
+                Endpoint::open(spec.id, spec.config, verbs, own.clone())
+                    .map_err(NodeError::Verbs)?,
+            ),
+            None => None,
+        };
+        #[cfg(not(feature = "verbs"))]
+        if spec.verbs.is_some() {
+            return Err(NodeError::NoVerbs);
+        }
         Ok(Parts {
-            own: Arc::new(own),
+            own,
             dir,
             port,
+            #[cfg(feature = "verbs")]
+            endpoint,
         })
     }
 
-    /// Builds both loops over `shared`.
+    /// Builds both loops over `shared`, on the shared-memory fabric.
     pub fn loops<'s, 'p>(
         &'p self,
         spec: &NodeSpec,
         shared: &'s Shared,
     ) -> Result<(ReplicationLoop<'s, 'p>, BackgroundLoop<'s>), NodeError> {
+        let fabric = |lane| ShmFabric::new(self.dir.clone(), spec.config, self.own.clone(), lane);
+        self.loops_over(
+            spec,
+            shared,
+            fabric(Lane::Replication),
+            fabric(Lane::Background),
+        )
+    }
+
+    /// Builds both loops over `shared`, each plane on its own fabric value.
+    pub fn loops_over<'s, 'p, F: Fabric>(
+        &'p self,
+        spec: &NodeSpec,
+        shared: &'s Shared,
+        replication_fabric: F,
+        background_fabric: F,
+    ) -> Result<(ReplicationLoop<'s, 'p, F>, BackgroundLoop<'s, F>), NodeError> {
         let (replication, mut background) =
             planes::<SLOT_MAX, ENTRY_MAX, QUEUE_BYTES>(spec.config, spec.id, shared)
                 .map_err(NodeError::Replica)?;
@@ -443,17 +518,16 @@ impl Parts {
         let incarnation = self.own.incarnation() as u32;
         replication.begin_incarnation(incarnation);
         background.begin_incarnation(incarnation);
-        let fabric = |lane| ShmFabric::new(self.dir.clone(), spec.config, self.own.clone(), lane);
         let ticker = Ticker::new(spec.tick_ns);
         Ok((
             ReplicationLoop::new(
+                spec,
                 replication,
-                fabric(Lane::Replication),
+                replication_fabric,
                 App::new(&self.port),
-                ticker,
                 shared,
             ),
-            BackgroundLoop::new(background, fabric(Lane::Background), ticker),
+            BackgroundLoop::new(background, background_fabric, spec.id, ticker),
         ))
     }
 }
@@ -474,7 +548,36 @@ pub fn run(spec: &NodeSpec, stop: &AtomicBool) -> Result<(), NodeError> {
     );
     lock_memory(spec.id);
     let shared = Shared::new();
-    let (mut replication, mut background) = parts.loops(spec, &shared)?;
+    #[cfg(feature = "verbs")]
+    if let Some(endpoint) = &parts.endpoint {
+        eprintln!(
+            "replica {}: verbs fabric on {} port {}",
+            spec.id,
+            endpoint.device(),
+            spec.verbs.as_ref().map_or(0, |v| v.port)
+        );
+        let (replication, background) = parts.loops_over(
+            spec,
+            &shared,
+            VerbsFabric::new(endpoint.clone(), Plane::Replication),
+            VerbsFabric::new(endpoint.clone(), Plane::Background),
+        )?;
+        run_loops(spec, stop, &parts, replication, background);
+        return Ok(());
+    }
+    let (replication, background) = parts.loops(spec, &shared)?;
+    run_loops(spec, stop, &parts, replication, background);
+    Ok(())
+}
+
+/// Runs both loops on their own threads until `stop`.
+fn run_loops<F: Fabric + Send>(
+    spec: &NodeSpec,
+    stop: &AtomicBool,
+    parts: &Parts,
+    mut replication: ReplicationLoop<'_, '_, F>,
+    mut background: BackgroundLoop<'_, F>,
+) {
     parts.port.set(Stat::Ready, 1);
     std::thread::scope(|scope| {
         let polling = spec.polling;
@@ -501,7 +604,6 @@ pub fn run(spec: &NodeSpec, stop: &AtomicBool) -> Result<(), NodeError> {
             });
         });
     });
-    Ok(())
 }
 
 /// Calls `step` until `stop`, idling as the polling mode says.

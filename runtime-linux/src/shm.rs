@@ -419,7 +419,8 @@ impl OwnRegion {
         fence_writer(&self.mapping, writer, self.id, Lane::Background);
     }
 
-    fn region(&self, offset: u32) -> *mut u8 {
+    /// Where region offset `offset` is in this process (the region starts page-aligned).
+    pub(crate) fn region(&self, offset: u32) -> *mut u8 {
         self.mapping.at(CONTROL_BYTES + offset as usize)
     }
 }

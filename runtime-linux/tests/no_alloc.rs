@@ -58,6 +58,7 @@ fn leader_propose_to_commit_allocates_nothing() {
             config,
             tick_ns: 10_000, // Slow ticks: one thread drives all six planes.
             dir: dir.clone(),
+            verbs: None,
             polling: Polling::Shared,
             replication_core: None,
             background_core: None,

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use board_configs::{FabricSpec, Host, Polling};
 use clap::{Parser, Subcommand, ValueEnum};
-use runtime_linux::demo::{self, DemoOptions, FailoverOptions};
+use runtime_linux::demo::{self, DemoFabric, DemoOptions, FailoverOptions};
+use runtime_linux::node::VerbsSpec;
 use runtime_linux::node::{self, NodeSpec};
 
 #[derive(Parser)]
@@ -38,6 +39,52 @@ impl From<PollingArg> for Polling {
     }
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum FabricArg {
+    /// Shared memory between the processes.
+    Shm,
+    /// RDMA verbs through one device of this host.
+    Verbs,
+}
+
+/// Which fabric a local cluster runs over.
+#[derive(clap::Args)]
+struct FabricArgs {
+    /// The replicas' fabric.
+    #[arg(long, value_enum, default_value_t = FabricArg::Shm)]
+    fabric: FabricArg,
+    /// With --fabric verbs: the RDMA device.
+    #[arg(long, default_value = "rxe0")]
+    device: String,
+    /// With --fabric verbs: the device port.
+    #[arg(long, default_value_t = 1)]
+    port: u8,
+    /// With --fabric verbs: the GID index to send from (`mu doctor` lists the table).
+    #[arg(long, default_value_t = 1)]
+    gid_index: u8,
+    /// With --fabric verbs: the IP address of the device's interface, for the handshakes.
+    #[arg(long, default_value = "127.0.0.1")]
+    ip: std::net::IpAddr,
+    /// With --fabric verbs: replica i listens for handshakes on TCP port FIRST_PORT + i.
+    #[arg(long, default_value_t = 7470)]
+    first_port: u16,
+}
+
+impl From<FabricArgs> for DemoFabric {
+    fn from(a: FabricArgs) -> DemoFabric {
+        match a.fabric {
+            FabricArg::Shm => DemoFabric::Shm,
+            FabricArg::Verbs => DemoFabric::Verbs {
+                device: a.device,
+                port: a.port,
+                gid_index: a.gid_index,
+                ip: a.ip,
+                first_port: a.first_port,
+            },
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Action {
     /// Starts a cluster of replica processes on this machine, drives a workload, reports
@@ -61,7 +108,15 @@ enum Action {
         /// Pin the planes: replica i's planes on cores FIRST+2i and FIRST+2i+1.
         #[arg(long)]
         pin_from: Option<usize>,
+        /// Detector read period in microseconds (default: 200 shared, 20 busy).
+        #[arg(long)]
+        read_period_us: Option<u32>,
+        #[command(flatten)]
+        fabric: FabricArgs,
     },
+    /// Lists RDMA devices, ports, GIDs and limits, the memlock limit, isolated cores and huge
+    /// pages, and says what is missing for a verbs deployment (exit status 1 when something is).
+    Doctor,
     /// Runs one replica of the cluster described by a config file.
     Replica {
         /// The deployment file (see board-configs/).
@@ -89,6 +144,8 @@ enum Action {
         /// Detector read period in microseconds.
         #[arg(long)]
         read_period_us: Option<u32>,
+        #[command(flatten)]
+        fabric: FabricArgs,
     },
 }
 
@@ -108,6 +165,8 @@ fn main() -> ExitCode {
             window,
             polling,
             pin_from,
+            read_period_us,
+            fabric,
         } => demo::demo(&DemoOptions {
             replicas,
             payload,
@@ -115,20 +174,29 @@ fn main() -> ExitCode {
             window,
             polling: polling.into(),
             pin_from,
+            read_period_us,
+            fabric: fabric.into(),
         }),
         Action::Replica { config, id } => replica(&config, id),
+        Action::Doctor => match doctor() {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         Action::Failover {
             rounds,
             replicas,
             polling,
             pin_from,
             read_period_us,
+            fabric,
         } => demo::failover(&FailoverOptions {
             rounds,
             replicas,
             polling: polling.into(),
             pin_from,
             read_period_us,
+            fabric: fabric.into(),
         }),
     };
     match outcome {
@@ -155,12 +223,20 @@ fn replica(config: &std::path::Path, id: u8) -> Result<(), String> {
             config.display()
         ));
     };
-    let FabricSpec::Shm { dir } = &host.fabric else {
-        return Err(format!(
-            "{}: replica {id} uses the verbs fabric, which this build does not have yet; use \
-             fabric = \"shm\"",
-            config.display()
-        ));
+    let verbs = match &host.fabric {
+        FabricSpec::Shm { .. } => None,
+        FabricSpec::Verbs {
+            device,
+            port,
+            gid_index,
+            ..
+        } => Some(VerbsSpec {
+            device: device.clone(),
+            port: *port,
+            gid_index: *gid_index,
+            addresses: verbs_addresses(&deployment)
+                .map_err(|e| format!("{}: {e}", config.display()))?,
+        }),
     };
     for signal in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: installs an async-signal-safe handler that only stores an atomic.
@@ -170,11 +246,44 @@ fn replica(config: &std::path::Path, id: u8) -> Result<(), String> {
         id,
         config: deployment.cluster.config,
         tick_ns: deployment.cluster.tick_ns,
-        dir: dir.clone(),
+        dir: host.fabric.dir().to_path_buf(),
+        verbs,
         polling: host.polling,
         replication_core: host.replication_core,
         background_core: host.background_core,
         realtime_priority: host.realtime_priority,
     };
     node::run(&spec, &STOP).map_err(|e| format!("replica {id}: {e}"))
+}
+
+/// Every replica's handshake address, by id: all replicas must be verbs Linux hosts.
+fn verbs_addresses(
+    deployment: &board_configs::Deployment,
+) -> Result<Vec<std::net::SocketAddr>, String> {
+    deployment
+        .replicas
+        .iter()
+        .map(|r| match &r.host {
+            Host::Linux(host) => match &host.fabric {
+                FabricSpec::Verbs { address, .. } => address
+                    .parse()
+                    .map_err(|_| format!("replica {}: address {address:?} is not IP:port", r.id)),
+                FabricSpec::Shm { .. } => Err(format!("replica {} uses shared memory", r.id)),
+            },
+            Host::Firmware(_) => Err(format!(
+                "replica {} is a firmware board, which has no verbs address",
+                r.id
+            )),
+        })
+        .collect()
+}
+
+#[cfg(feature = "verbs")]
+fn doctor() -> Result<bool, String> {
+    runtime_linux::doctor::doctor(&mut std::io::stdout().lock()).map_err(|e| format!("doctor: {e}"))
+}
+
+#[cfg(not(feature = "verbs"))]
+fn doctor() -> Result<bool, String> {
+    Err(runtime_linux::node::NO_VERBS.into())
 }

@@ -1,0 +1,370 @@
+//! The verbs fabric: Mu over RDMA (InfiniBand or RoCE) through libibverbs.
+//!
+//! One [`Endpoint`] per replica process holds the device context, one protection domain, the
+//! replica's region registered as three memory regions (the header and background area, the
+//! log area, and the whole region for local access) and the queue pairs. Each plane's
+//! [`VerbsFabric`] posts on its own queue pairs and polls its own completion queue.
+//!
+//! Queue pairs are directional: for every peer and plane there is a *requester* queue pair (this
+//! replica posts reads and writes on it) and a *responder* queue pair (the peer's requester is
+//! paired with it; this replica never posts on it). A reconnect therefore resets only the
+//! requester's side of one direction and never discards the other direction's work, and the
+//! log's grant lives on exactly one queue pair per writer: the replication-plane responder.
+//!
+//! Connections are set up by a small TCP handshake ([`wire`]): a requester sends its queue pair
+//! number, first packet sequence number (PSN), GID and MTU with the layout version and
+//! configuration hash; the responder checks them, pairs its responder queue pair and answers with
+//! its own and with where its region is. Addressing is by GID, so RoCE and InfiniBand both work.
+//! Handshakes run on threads of their own (one acceptor, one initiator per peer), never on a
+//! plane's thread: `reconnect` resets the queue pair at once and returns; until the handshake
+//! completes, every operation posted to that peer completes `Failed` (so a peer that cannot be
+//! reached loses heartbeat points instead of being silently skipped).
+//!
+//! Permissions (rule 5). The log area is writable by a peer only through the replication-plane
+//! responder queue pair paired with that peer, and only while its access flags include
+//! `REMOTE_WRITE`. `grant` and `revoke` change the flags while the queue pair stays ready to send
+//! (the fast path), falling back to cycling it through RESET, INIT, RTR and RTS with the same
+//! remote and PSNs, and to moving it to the error state (which stops everything) when that fails
+//! too; a revoke that cannot be enforced at all aborts the process, because a live replica whose
+//! log a deposed leader can still write is unsafe, a dead one is not. After a revoke the writer's
+//! next write is refused: it completes `Denied` (`IBV_WC_REM_INV_REQ_ERR` on Soft-RoCE,
+//! `IBV_WC_REM_ACCESS_ERR` on hardware) and its queue pair enters the error state.
+//!
+//! A pairing is granted at most once. A grant to a peer whose current pairing was granted before
+//! (and since revoked) is recorded but does not open the log: the peer's next write is refused,
+//! it reconnects, and its next request is granted on the fresh pairing. A fresh pairing starts
+//! its PSNs half the sequence space away from the last one, so a write the peer posted on an
+//! earlier pairing and that is still in flight is never executed on the new one. Together with
+//! the core dropping its connections when a tenure ends, this fences every write of an earlier
+//! tenure even when the same peer is granted again (the contract's "even if granted again").
+//!
+//! A dead process's queue pairs and registrations are torn down by the kernel, so operations to
+//! it fail (rule 9) once the transport's retries run out, or at once when the handshake to its
+//! successor process pairs anew.
+//!
+//! # Invariants
+//! - Only a plane's own thread posts on and resets its requester queue pairs; only the initiator
+//!   thread of a peer moves that peer's requester queue pairs to ready. `ready` is the hand-over:
+//!   false while the queue pair is reset or being paired, true once it is ready to send.
+//! - Every responder queue pair change happens under that responder's lock; a replication-plane
+//!   responder is writable only between a grant and the next revoke of one pairing.
+//! - After `reconnect` returns, no completion of work posted before it is delivered (the
+//!   completion queue is drained of that queue pair's entries) and none of it lands (the queue
+//!   pair is reset; a new pairing's PSNs exclude stale packets).
+//! - Outstanding work per requester never exceeds [`DEPTH`]; buffered completions never exceed
+//!   the capacity reserved for them, so nothing allocates after start-up.
+
+pub mod ibv;
+mod session;
+pub mod wire;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use mu_nostd::{Completion, Config, Fabric, Layout, PostError, ReplicaId, Status};
+
+use crate::mem::copy;
+pub use crate::node::VerbsSpec;
+use ibv::{Cq, Op, Wc};
+pub use session::{Endpoint, VerbsError};
+use wire::Plane;
+
+/// Work requests a requester queue pair holds at most.
+pub const DEPTH: u32 = 64;
+/// Completions taken from the completion queue per poll call.
+const POLL_BATCH: usize = 32;
+
+/// What a plane remembers about one peer.
+struct PeerState {
+    /// The requester's pairing generation the cached window belongs to.
+    generation: u32,
+    window: Option<wire::Window>,
+    /// Posted and not yet completed.
+    outstanding: u32,
+    /// A completion failed: the queue pair is in the error state until `reconnect`.
+    broken: bool,
+}
+
+/// A completion waiting in [`VerbsFabric::pending`].
+#[derive(Clone, Copy)]
+struct Pending {
+    peer: ReplicaId,
+    completion: Completion,
+    /// Made up by the fabric: it still counts as outstanding until polled.
+    made_up: bool,
+}
+
+/// One plane's view of the verbs fabric.
+pub struct VerbsFabric {
+    endpoint: Arc<Endpoint>,
+    plane: Plane,
+    layout: Layout,
+    config: Config,
+    me: ReplicaId,
+    cq: Arc<Cq>,
+    peers: Vec<PeerState>,
+    /// Requester queue pair numbers, to tell whose completion a work completion is.
+    qpns: Vec<(u32, ReplicaId)>,
+    /// Completions the fabric made itself (operations to a peer being reconnected) or took from
+    /// the completion queue while draining it, waiting to be polled.
+    pending: VecDeque<Pending>,
+    pending_max: usize,
+    wcs: Box<[Wc; POLL_BATCH]>,
+}
+
+impl VerbsFabric {
+    /// The fabric of `plane` over `endpoint`.
+    pub fn new(endpoint: Arc<Endpoint>, plane: Plane) -> VerbsFabric {
+        let config = *endpoint.config();
+        let me = endpoint.me();
+        let peers = (0..config.replica_count)
+            .map(|_| PeerState {
+                generation: 0,
+                window: None,
+                outstanding: 0,
+                broken: false,
+            })
+            .collect();
+        let qpns = endpoint.requester_qpns(plane);
+        // Each peer: its made-up completions plus, while draining, its share of the queue.
+        let pending_max = config.replica_count as usize * 2 * DEPTH as usize;
+        VerbsFabric {
+            cq: endpoint.cq(plane),
+            layout: Layout::new(&config),
+            endpoint,
+            plane,
+            config,
+            me,
+            peers,
+            qpns,
+            pending: VecDeque::with_capacity(pending_max),
+            pending_max,
+            wcs: Box::new(std::array::from_fn(|_| ibv::empty_wc())),
+        }
+    }
+
+    /// This replica's id.
+    pub fn me(&self) -> ReplicaId {
+        self.me
+    }
+
+    fn check_peer(&self, peer: ReplicaId) -> Result<(), PostError> {
+        if peer == self.me || !self.config.contains(peer) {
+            return Err(PostError::NoSuchPeer);
+        }
+        Ok(())
+    }
+
+    fn in_region(&self, offset: u32, len: u32) -> bool {
+        offset
+            .checked_add(len)
+            .is_some_and(|end| end <= self.layout.region_bytes)
+    }
+
+    fn post(
+        &mut self,
+        op: Op,
+        peer: ReplicaId,
+        local: u32,
+        remote: u32,
+        len: u32,
+        wr_id: u64,
+    ) -> Result<(), PostError> {
+        self.check_peer(peer)?;
+        if !self.in_region(local, len) {
+            return Err(PostError::OutOfBounds);
+        }
+        let state = &mut self.peers[peer as usize];
+        if state.broken {
+            return Err(PostError::Broken);
+        }
+        if state.outstanding >= DEPTH {
+            return Err(PostError::Busy);
+        }
+        let Some(generation) = self.endpoint.ready_generation(self.plane, peer) else {
+            // Being (re)paired: the operation fails like one to an unreachable peer.
+            state.outstanding += 1;
+            self.pending.push_back(Pending {
+                peer,
+                completion: Completion {
+                    wr_id,
+                    status: Status::Failed,
+                },
+                made_up: true,
+            });
+            return Ok(());
+        };
+        if state.generation != generation || state.window.is_none() {
+            state.window = Some(self.endpoint.window_of(self.plane, peer));
+            state.generation = generation;
+        }
+        let Some(window) = state.window else {
+            unreachable!("set above");
+        };
+        let write = op == Op::Write;
+        let (address, rkey) = wire::target(&self.layout, &window, self.plane, write, remote, len)?;
+        match self
+            .endpoint
+            .post(self.plane, peer, op, wr_id, local, len, address, rkey)
+        {
+            Ok(()) => {
+                state.outstanding += 1;
+                Ok(())
+            }
+            Err(libc::ENOMEM) => Err(PostError::Busy),
+            Err(_) => {
+                // The provider refuses the queue pair itself (error state).
+                state.broken = true;
+                Err(PostError::Broken)
+            }
+        }
+    }
+
+    fn peer_of(&self, qpn: u32) -> Option<ReplicaId> {
+        self.qpns.iter().find(|(q, _)| *q == qpn).map(|&(_, p)| p)
+    }
+
+    /// Takes every completion now in the queue into `pending`, dropping those of `dropped`'s
+    /// queue pair (work from before its reconnect).
+    fn drain(&mut self, dropped: ReplicaId) {
+        loop {
+            let n = self.cq.poll(&mut self.wcs[..]).unwrap_or(0);
+            for i in 0..n {
+                let wc = &self.wcs[i];
+                let Some(peer) = self.peer_of(wc.qp_num) else {
+                    continue;
+                };
+                if peer == dropped {
+                    continue;
+                }
+                let state = &mut self.peers[peer as usize];
+                state.outstanding = state.outstanding.saturating_sub(1);
+                let completion = Completion {
+                    wr_id: wc.wr_id,
+                    status: wire::status(wc.status),
+                };
+                if completion.status != Status::Ok {
+                    state.broken = true;
+                }
+                // Bounded: at most DEPTH outstanding per peer, made up or posted.
+                debug_assert!(self.pending.len() < self.pending_max);
+                self.pending.push_back(Pending {
+                    peer,
+                    completion,
+                    made_up: false,
+                });
+            }
+            if n < POLL_BATCH {
+                return;
+            }
+        }
+    }
+}
+
+impl Fabric for VerbsFabric {
+    fn write(
+        &mut self,
+        peer: ReplicaId,
+        local_offset: u32,
+        remote_offset: u32,
+        len: u32,
+        wr_id: u64,
+    ) -> Result<(), PostError> {
+        self.post(Op::Write, peer, local_offset, remote_offset, len, wr_id)
+    }
+
+    fn read(
+        &mut self,
+        peer: ReplicaId,
+        remote_offset: u32,
+        local_offset: u32,
+        len: u32,
+        wr_id: u64,
+    ) -> Result<(), PostError> {
+        self.post(Op::Read, peer, local_offset, remote_offset, len, wr_id)
+    }
+
+    fn poll(&mut self, completions: &mut [Completion]) -> usize {
+        let mut n = 0;
+        while n < completions.len() {
+            let Some(pending) = self.pending.pop_front() else {
+                break;
+            };
+            if pending.made_up {
+                let state = &mut self.peers[pending.peer as usize];
+                state.outstanding = state.outstanding.saturating_sub(1);
+            }
+            completions[n] = pending.completion;
+            n += 1;
+        }
+        if n == completions.len() {
+            return n;
+        }
+        let want = (completions.len() - n).min(POLL_BATCH);
+        let got = match self.cq.poll(&mut self.wcs[..want]) {
+            Ok(got) => got,
+            Err(rc) => {
+                eprintln!(
+                    "replica {}: polling the {} completion queue failed ({rc})",
+                    self.me,
+                    self.plane.name()
+                );
+                0
+            }
+        };
+        for i in 0..got {
+            let wc = &self.wcs[i];
+            let Some(peer) = self.peer_of(wc.qp_num) else {
+                continue;
+            };
+            let state = &mut self.peers[peer as usize];
+            state.outstanding = state.outstanding.saturating_sub(1);
+            let status = wire::status(wc.status);
+            if status != Status::Ok {
+                state.broken = true;
+            }
+            completions[n] = Completion {
+                wr_id: wc.wr_id,
+                status,
+            };
+            n += 1;
+        }
+        n
+    }
+
+    fn grant(&mut self, peer: ReplicaId) {
+        if self.check_peer(peer).is_ok() {
+            self.endpoint.grant(peer);
+        }
+    }
+
+    fn revoke(&mut self, peer: ReplicaId) {
+        if self.check_peer(peer).is_ok() {
+            self.endpoint.revoke(peer);
+        }
+    }
+
+    fn reconnect(&mut self, peer: ReplicaId) -> Result<(), PostError> {
+        self.check_peer(peer)?;
+        self.endpoint.reset_requester(self.plane, peer);
+        self.pending.retain(|p| p.peer != peer);
+        self.drain(peer);
+        let state = &mut self.peers[peer as usize];
+        state.outstanding = 0;
+        state.broken = false;
+        Ok(())
+    }
+
+    fn load(&self, offset: u32, buf: &mut [u8]) {
+        assert!(self.in_region(offset, buf.len() as u32));
+        // SAFETY: in bounds of our own region (checked), which the endpoint keeps mapped;
+        // `buf` is ours alone.
+        unsafe { copy(self.endpoint.region(offset), buf.as_mut_ptr(), buf.len()) };
+    }
+
+    fn store(&mut self, offset: u32, bytes: &[u8]) {
+        assert!(self.in_region(offset, bytes.len() as u32));
+        // SAFETY: as in `load`.
+        unsafe { copy(bytes.as_ptr(), self.endpoint.region(offset), bytes.len()) };
+    }
+}

@@ -1,0 +1,689 @@
+//! The [`Endpoint`]: one replica's device, protection domain, registrations and queue pairs, and
+//! the threads that pair queue pairs with peers (see the module doc of [`super`]).
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use mu_nostd::{layout::LAYOUT_VERSION, Config, Layout, ReplicaId};
+
+pub use super::ibv::VerbsError;
+use super::ibv::{Access, Cq, DeviceList, Local, Mr, Op, Path, Pd, Qp};
+use super::wire::{self, Hello, Identity, Plane, Refusal, Reply, Window, MESSAGE_BYTES};
+use super::DEPTH;
+use crate::node::VerbsSpec;
+use crate::shm::OwnRegion;
+
+/// Bytes of a write sent inline when the device allows it: records and commit records (16 and
+/// 32 bytes) go without a DMA read of the source.
+const INLINE: u32 = 64;
+/// Outstanding RDMA reads per queue pair, at most.
+const RD_ATOMIC_MAX: i32 = 16;
+/// How long a handshake may take on the wire.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(250);
+/// First and longest wait between failed handshakes with one peer.
+const BACKOFF_MIN: Duration = Duration::from_millis(2);
+const BACKOFF_MAX: Duration = Duration::from_millis(100);
+
+/// A requester queue pair and its pairing.
+struct Requester {
+    qp: Qp,
+    /// False while reset or being paired; true once ready to send (see the invariants).
+    ready: AtomicBool,
+    /// Bumped by every pairing, so that the plane refreshes the peer's window.
+    generation: AtomicU32,
+    link: Mutex<Link>,
+}
+
+struct Link {
+    window: Window,
+    /// The first PSN of the last pairing.
+    last_psn: u32,
+}
+
+/// A responder queue pair and what the owner allows on it.
+struct Responder {
+    qp: Qp,
+    pairing: Mutex<Pairing>,
+}
+
+#[derive(Clone, Copy)]
+struct Pairing {
+    /// The peer's requester, once paired.
+    remote: Option<Path>,
+    /// The owner granted the log to this peer and has not revoked it since (replication plane
+    /// only).
+    granted: bool,
+    /// That grant waits for a pairing it may open: the current one was granted before (a write
+    /// of the earlier grant could still be in flight on it) or there is none. The next pairing
+    /// the peer makes opens with it: every write on a pairing is posted after the pairing was
+    /// made, so after this grant.
+    pending: bool,
+    /// The access flags include `REMOTE_WRITE` now.
+    writable: bool,
+    /// This pairing was granted once already: it is never granted again.
+    granted_once: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks aborts the replica anyway (planes don't unwind).
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn setup_error(what: String, why: String) -> VerbsError {
+    VerbsError {
+        what,
+        error: io::Error::other(why),
+    }
+}
+
+/// One replica's RDMA endpoint. Fields drop in order: queue pairs, then queues and
+/// registrations, and the region's memory last.
+pub struct Endpoint {
+    requesters: [Vec<Option<Requester>>; 2],
+    responders: [Vec<Option<Responder>>; 2],
+    initiators: Vec<OnceLock<Thread>>,
+    cqs: [Arc<Cq>; 2],
+    local_mr: Mr,
+    _background_mr: Mr,
+    _log_mr: Mr,
+    me: ReplicaId,
+    config: Config,
+    identity: Identity,
+    local: Local,
+    gid: [u8; 16],
+    lid: u16,
+    mtu: u32,
+    window: Window,
+    addresses: Vec<SocketAddr>,
+    device: String,
+    own: Arc<OwnRegion>,
+}
+
+impl Endpoint {
+    /// Opens the device, registers `own`'s region and creates every queue pair; then starts
+    /// listening on this replica's address and pairing with every peer.
+    pub fn open(
+        me: ReplicaId,
+        config: Config,
+        spec: &VerbsSpec,
+        own: Arc<OwnRegion>,
+    ) -> Result<Arc<Endpoint>, VerbsError> {
+        assert!(config.validate().is_ok() && config.contains(me));
+        assert_eq!(spec.addresses.len(), config.replica_count as usize);
+        let list = DeviceList::get()?;
+        if list.names().is_empty() {
+            return Err(setup_error(
+                format!("open RDMA device {}", spec.device),
+                "this host has no RDMA device (no NIC, and no Soft-RoCE link: `rdma link add \
+                 rxe0 type rxe netdev IFACE`); `mu doctor` lists what is there"
+                    .into(),
+            ));
+        }
+        let context = list.open(&spec.device)?;
+        let port = context.port_attr(spec.port)?;
+        if !port.active() {
+            return Err(setup_error(
+                format!("use port {} of {}", spec.port, spec.device),
+                format!("the port is not active (state {})", port.state),
+            ));
+        }
+        let gid = context.gid(spec.port, spec.gid_index)?;
+        if gid == [0; 16] {
+            return Err(setup_error(
+                format!(
+                    "use GID {} of {} port {}",
+                    spec.gid_index, spec.device, spec.port
+                ),
+                "that GID table entry is empty (`mu doctor` lists the table)".into(),
+            ));
+        }
+        let device = context.device_attr()?;
+        let local = Local {
+            port: spec.port,
+            gid_index: spec.gid_index,
+            rd_atomic: device.max_qp_rd_atom.clamp(1, RD_ATOMIC_MAX) as u8,
+        };
+        let pd = Pd::new(&context)?;
+        let layout = Layout::new(&config);
+        let base = own.region(0);
+        let remote = Access::REMOTE_READ
+            .with(Access::REMOTE_WRITE)
+            .with(Access::LOCAL_WRITE);
+        // SAFETY (all three): the region's memory is `own`'s mapping, which the endpoint holds
+        // and drops after the registrations (field order); the ranges are inside the region.
+        let local_mr =
+            unsafe { Mr::register(&pd, base, layout.region_bytes as usize, Access::LOCAL_WRITE)? };
+        // SAFETY: as above.
+        let background_mr = unsafe { Mr::register(&pd, base, layout.log as usize, remote)? };
+        // SAFETY: as above; `log..scratch` is inside the region.
+        let log_mr = unsafe {
+            Mr::register(
+                &pd,
+                own.region(layout.log),
+                (layout.scratch - layout.log) as usize,
+                remote,
+            )?
+        };
+        let n = config.replica_count as usize;
+        let entries = (2 * n as u32 * DEPTH) as i32;
+        let cqs = [Cq::new(&context, entries)?, Cq::new(&context, entries)?];
+        // Responders never post, so their queue sees no completions.
+        let quiet = Cq::new(&context, 4)?;
+        let mut requesters: [Vec<Option<Requester>>; 2] = [Vec::new(), Vec::new()];
+        let mut responders: [Vec<Option<Responder>>; 2] = [Vec::new(), Vec::new()];
+        for plane in Plane::ALL {
+            for peer in 0..config.replica_count {
+                if peer == me {
+                    requesters[plane as usize].push(None);
+                    responders[plane as usize].push(None);
+                    continue;
+                }
+                let cq = &cqs[plane as usize];
+                requesters[plane as usize].push(Some(Requester {
+                    qp: Qp::new(&pd, cq, cq, DEPTH, INLINE)?,
+                    ready: AtomicBool::new(false),
+                    generation: AtomicU32::new(0),
+                    link: Mutex::new(Link {
+                        window: Window {
+                            base: 0,
+                            background_rkey: 0,
+                            log_rkey: 0,
+                        },
+                        last_psn: initial_psn(me, peer, plane),
+                    }),
+                }));
+                responders[plane as usize].push(Some(Responder {
+                    qp: Qp::new(&pd, &quiet, &quiet, 1, 0)?,
+                    pairing: Mutex::new(Pairing {
+                        remote: None,
+                        granted: false,
+                        pending: false,
+                        writable: false,
+                        granted_once: false,
+                    }),
+                }));
+            }
+        }
+        let address = spec.addresses[me as usize];
+        let listener = TcpListener::bind(address).map_err(|error| VerbsError {
+            what: format!("listen for peers on {address}"),
+            error,
+        })?;
+        let endpoint = Arc::new(Endpoint {
+            requesters,
+            responders,
+            initiators: (0..n).map(|_| OnceLock::new()).collect(),
+            cqs,
+            window: Window {
+                base: base as u64,
+                background_rkey: background_mr.rkey(),
+                log_rkey: log_mr.rkey(),
+            },
+            local_mr,
+            _background_mr: background_mr,
+            _log_mr: log_mr,
+            me,
+            config,
+            identity: Identity {
+                layout_version: LAYOUT_VERSION,
+                config_hash: config.hash(),
+            },
+            local,
+            gid,
+            lid: port.lid,
+            mtu: port.active_mtu,
+            addresses: spec.addresses.clone(),
+            device: spec.device.clone(),
+            own,
+        });
+        endpoint.start(listener).map_err(|error| VerbsError {
+            what: "start the handshake threads".into(),
+            error,
+        })?;
+        Ok(endpoint)
+    }
+
+    fn start(self: &Arc<Self>, listener: TcpListener) -> io::Result<()> {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("mu-verbs-accept".into())
+            .spawn(move || me.accept(listener))?;
+        for peer in 0..self.config.replica_count {
+            if peer == self.me {
+                continue;
+            }
+            let me = self.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("mu-verbs-pair-{peer}"))
+                .spawn(move || me.initiate(peer))?;
+            let _ = self.initiators[peer as usize].set(handle.thread().clone());
+        }
+        Ok(())
+    }
+
+    /// This replica's id.
+    pub fn me(&self) -> ReplicaId {
+        self.me
+    }
+
+    /// The cluster configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The device name.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    pub(super) fn cq(&self, plane: Plane) -> Arc<Cq> {
+        self.cqs[plane as usize].clone()
+    }
+
+    fn requester(&self, plane: Plane, peer: ReplicaId) -> &Requester {
+        match self.requesters[plane as usize].get(peer as usize) {
+            Some(Some(r)) => r,
+            _ => unreachable!("peer {peer} checked by the fabric"),
+        }
+    }
+
+    fn responder(&self, plane: Plane, peer: ReplicaId) -> &Responder {
+        match self.responders[plane as usize].get(peer as usize) {
+            Some(Some(r)) => r,
+            _ => unreachable!("peer {peer} checked by the caller"),
+        }
+    }
+
+    pub(super) fn requester_qpns(&self, plane: Plane) -> Vec<(u32, ReplicaId)> {
+        self.requesters[plane as usize]
+            .iter()
+            .enumerate()
+            .filter_map(|(peer, r)| r.as_ref().map(|r| (r.qp.qpn(), peer as ReplicaId)))
+            .collect()
+    }
+
+    /// The pairing generation of `peer`'s requester when it is ready to send.
+    pub(super) fn ready_generation(&self, plane: Plane, peer: ReplicaId) -> Option<u32> {
+        let r = self.requester(plane, peer);
+        r.ready
+            .load(Ordering::Acquire)
+            .then(|| r.generation.load(Ordering::Acquire))
+    }
+
+    pub(super) fn window_of(&self, plane: Plane, peer: ReplicaId) -> Window {
+        lock(&self.requester(plane, peer).link).window
+    }
+
+    /// Where region offset `offset` is in this process.
+    pub(super) fn region(&self, offset: u32) -> *mut u8 {
+        self.own.region(offset)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn post(
+        &self,
+        plane: Plane,
+        peer: ReplicaId,
+        op: Op,
+        wr_id: u64,
+        local: u32,
+        len: u32,
+        remote: u64,
+        rkey: u32,
+    ) -> Result<(), i32> {
+        let r = self.requester(plane, peer);
+        let address = self.own.region(local) as u64;
+        // SAFETY: `local..local+len` is inside the region (checked by the fabric), which
+        // `local_mr` covers and the endpoint keeps mapped for its lifetime.
+        unsafe {
+            r.qp.post(op, wr_id, address, len, self.local_mr.lkey(), remote, rkey)
+        }
+    }
+
+    /// Resets `peer`'s requester of `plane` (nothing more of what was posted is sent; packets
+    /// already sent are fenced by the next pairing's PSNs) and asks for a new pairing.
+    pub(super) fn reset_requester(&self, plane: Plane, peer: ReplicaId) {
+        let r = self.requester(plane, peer);
+        if r.ready.load(Ordering::Acquire) {
+            let _link = lock(&r.link);
+            r.ready.store(false, Ordering::Release);
+            if let Err(e) = r.qp.reset() {
+                // Pairing resets it again before use; until then nothing is posted on it.
+                eprintln!("replica {}: {e}", self.me);
+            }
+        }
+        if let Some(thread) = self.initiators[peer as usize].get() {
+            thread.unpark();
+        }
+    }
+
+    // ---- permissions -------------------------------------------------------------------------
+
+    /// Opens the log to `peer` on its current pairing, unless that pairing was granted before.
+    pub fn grant(&self, peer: ReplicaId) {
+        let responder = self.responder(Plane::Replication, peer);
+        let mut p = lock(&responder.pairing);
+        if p.granted {
+            return;
+        }
+        p.granted = true;
+        let remote = match p.remote {
+            Some(remote) if !p.granted_once => remote,
+            _ => {
+                p.pending = true;
+                eprintln!(
+                    "replica {}: log granted to replica {peer}, for its next connection (the \
+                     current one was granted before, or there is none)",
+                    self.me
+                );
+                return;
+            }
+        };
+        let started = Instant::now();
+        let access = Access::REMOTE_READ.with(Access::REMOTE_WRITE);
+        match self.switch(&responder.qp, &remote, access) {
+            Ok(how) => {
+                p.writable = true;
+                p.granted_once = true;
+                eprintln!(
+                    "replica {}: log granted to replica {peer} by {how} in {:.1} µs",
+                    self.me,
+                    started.elapsed().as_secs_f64() * 1e6
+                );
+            }
+            Err(e) => eprintln!(
+                "replica {}: granting the log to replica {peer} failed: {e}",
+                self.me
+            ),
+        }
+    }
+
+    /// Closes the log to `peer`; once this returns, no write of `peer` lands in it.
+    pub fn revoke(&self, peer: ReplicaId) {
+        let responder = self.responder(Plane::Replication, peer);
+        let mut p = lock(&responder.pairing);
+        p.granted = false;
+        p.pending = false;
+        if !p.writable {
+            return;
+        }
+        let Some(remote) = p.remote else {
+            unreachable!("a writable responder is paired");
+        };
+        let started = Instant::now();
+        let how = match self.switch(&responder.qp, &remote, Access::REMOTE_READ) {
+            Ok(how) => how,
+            Err(e) => match responder.qp.fail() {
+                Ok(()) => {
+                    eprintln!(
+                        "replica {}: revoke fell back to the error state: {e}",
+                        self.me
+                    );
+                    "moving the queue pair to the error state"
+                }
+                Err(stuck) => {
+                    // Going on would let a deposed leader write this log; a dead replica is
+                    // safe (its registrations die with it).
+                    eprintln!(
+                        "replica {}: cannot revoke replica {peer}'s write access ({e}; {stuck}); \
+                         stopping",
+                        self.me
+                    );
+                    std::process::abort();
+                }
+            },
+        };
+        p.writable = false;
+        eprintln!(
+            "replica {}: log revoked from replica {peer} by {how} in {:.1} µs",
+            self.me,
+            started.elapsed().as_secs_f64() * 1e6
+        );
+    }
+
+    /// Gives `qp` (paired with `remote`) the remote access `access`: by changing its access
+    /// flags while it stays ready to send, or else by cycling it through RESET to RTS with the
+    /// same remote and sequence numbers.
+    fn switch(&self, qp: &Qp, remote: &Path, access: Access) -> Result<&'static str, VerbsError> {
+        if qp.set_access(access).is_ok() {
+            return Ok("access flags");
+        }
+        let (sq, rq) = qp.psns()?;
+        qp.reset()?;
+        let resumed = Path { psn: rq, ..*remote };
+        qp.ready(&self.local, &resumed, sq, access)?;
+        Ok("a queue pair cycle")
+    }
+
+    // ---- handshakes --------------------------------------------------------------------------
+
+    fn accept(&self, listener: TcpListener) {
+        for stream in listener.incoming() {
+            match stream {
+                Ok(stream) => {
+                    if let Err(e) = self.answer(stream) {
+                        eprintln!("replica {}: a handshake failed: {e}", self.me);
+                    }
+                }
+                Err(e) => {
+                    eprintln!("replica {}: accepting a handshake failed: {e}", self.me);
+                    std::thread::sleep(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    fn answer(&self, mut stream: TcpStream) -> io::Result<()> {
+        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        let mut buf = [0; MESSAGE_BYTES];
+        stream.read_exact(&mut buf)?;
+        let reply = match Hello::decode(&buf) {
+            Err(Some(_)) => Reply::Refuse(Refusal::Protocol {
+                ours: wire::PROTOCOL_VERSION,
+            }),
+            Err(None) => Reply::Refuse(Refusal::BadRequest),
+            Ok(hello) => {
+                match wire::screen(&hello, self.identity, self.me, self.config.replica_count) {
+                    Ok(()) => self.pair_responder(&hello).unwrap_or_else(|e| {
+                        eprintln!("replica {}: {e}", self.me);
+                        Reply::Refuse(Refusal::Internal)
+                    }),
+                    Err(refusal) => {
+                        eprintln!(
+                            "replica {}: refused a {} connection from replica {} ({}): {}",
+                            self.me,
+                            hello.plane.name(),
+                            hello.from,
+                            stream
+                                .peer_addr()
+                                .map_or_else(|_| "?".into(), |a| a.to_string()),
+                            match refusal {
+                                Refusal::Identity { .. } => format!(
+                                    "it runs another cluster configuration (layout version {}, \
+                                     config hash {:016x}; ours {}, {:016x})",
+                                    hello.identity.layout_version,
+                                    hello.identity.config_hash,
+                                    self.identity.layout_version,
+                                    self.identity.config_hash
+                                ),
+                                other => other.to_string(),
+                            }
+                        );
+                        Reply::Refuse(refusal)
+                    }
+                }
+            }
+        };
+        stream.write_all(&reply.encode())
+    }
+
+    /// Pairs this replica's responder for `hello`'s requester: writable only if a grant is
+    /// pending for it.
+    fn pair_responder(&self, hello: &Hello) -> Result<Reply, VerbsError> {
+        let responder = self.responder(hello.plane, hello.from);
+        let mut p = lock(&responder.pairing);
+        let last = responder.qp.psns().map_or(0, |(sq, _)| sq);
+        let psn = wire::next_psn(last);
+        responder.qp.reset()?;
+        let mtu = self.mtu.min(hello.path.mtu);
+        let remote = Path { mtu, ..hello.path };
+        let opens = hello.plane == Plane::Background || p.pending;
+        let access = if opens {
+            Access::REMOTE_READ.with(Access::REMOTE_WRITE)
+        } else {
+            Access::REMOTE_READ
+        };
+        let started = Instant::now();
+        responder.qp.ready(&self.local, &remote, psn, access)?;
+        let granted_now = hello.plane == Plane::Replication && p.pending;
+        *p = Pairing {
+            remote: Some(remote),
+            granted: p.granted,
+            pending: false,
+            writable: granted_now,
+            granted_once: granted_now,
+        };
+        if granted_now {
+            eprintln!(
+                "replica {}: log granted to replica {} by pairing it writable in {:.1} µs",
+                self.me,
+                hello.from,
+                started.elapsed().as_secs_f64() * 1e6
+            );
+        }
+        Ok(Reply::Accept {
+            identity: self.identity,
+            path: Path {
+                qpn: responder.qp.qpn(),
+                psn,
+                gid: self.gid,
+                lid: self.lid,
+                mtu,
+            },
+            window: self.window,
+        })
+    }
+
+    /// The initiator thread of `peer`: pairs both planes' requesters whenever they are not
+    /// ready, with a growing pause between failed attempts.
+    fn initiate(&self, peer: ReplicaId) {
+        let mut backoff = [BACKOFF_MIN; 2];
+        let mut next_try = [Instant::now(); 2];
+        let mut said: [Option<String>; 2] = [None, None];
+        loop {
+            let mut rest = BACKOFF_MAX;
+            for plane in Plane::ALL {
+                let i = plane as usize;
+                if self.requester(plane, peer).ready.load(Ordering::Acquire) {
+                    continue;
+                }
+                let now = Instant::now();
+                if now < next_try[i] {
+                    rest = rest.min(next_try[i] - now);
+                    continue;
+                }
+                match self.pair_requester(plane, peer) {
+                    Ok(()) => {
+                        backoff[i] = BACKOFF_MIN;
+                        said[i] = None;
+                    }
+                    Err(why) => {
+                        if said[i].as_deref() != Some(&why) {
+                            eprintln!("replica {}: {why}; retrying", self.me);
+                            said[i] = Some(why);
+                        }
+                        next_try[i] = now + backoff[i];
+                        rest = rest.min(backoff[i]);
+                        backoff[i] = (backoff[i] * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+            std::thread::park_timeout(rest);
+        }
+    }
+
+    fn pair_requester(&self, plane: Plane, peer: ReplicaId) -> Result<(), String> {
+        let r = self.requester(plane, peer);
+        let address = self.addresses[peer as usize];
+        let what = |why: &dyn std::fmt::Display| {
+            format!(
+                "{} connection to replica {peer} at {address}: {why}",
+                plane.name()
+            )
+        };
+        let psn = {
+            let link = lock(&r.link);
+            let last = r.qp.psns().map_or(link.last_psn, |(sq, _)| sq);
+            wire::next_psn(last)
+        };
+        r.qp.reset().map_err(|e| what(&e))?;
+        let hello = Hello {
+            identity: self.identity,
+            from: self.me,
+            to: peer,
+            plane,
+            path: Path {
+                qpn: r.qp.qpn(),
+                psn,
+                gid: self.gid,
+                lid: self.lid,
+                mtu: self.mtu,
+            },
+        };
+        let reply = exchange(address, &hello).map_err(|e| what(&e))?;
+        match reply {
+            Reply::Accept {
+                identity,
+                path,
+                window,
+            } if identity == self.identity => {
+                let mut link = lock(&r.link);
+                r.qp.ready(&self.local, &path, psn, Access::NONE)
+                    .map_err(|e| what(&e))?;
+                link.window = window;
+                link.last_psn = psn;
+                r.generation.fetch_add(1, Ordering::AcqRel);
+                r.ready.store(true, Ordering::Release);
+                Ok(())
+            }
+            Reply::Accept { identity, .. } => Err(what(&format!(
+                "refused: it runs another cluster configuration (layout version {}, config \
+                 hash {:016x}; ours {}, {:016x})",
+                identity.layout_version,
+                identity.config_hash,
+                self.identity.layout_version,
+                self.identity.config_hash
+            ))),
+            Reply::Refuse(refusal) => Err(what(&format!("refused: {refusal}"))),
+        }
+    }
+}
+
+/// Sends `hello` to `address` and reads the reply.
+fn exchange(address: SocketAddr, hello: &Hello) -> io::Result<Reply> {
+    let mut stream = TcpStream::connect_timeout(&address, HANDSHAKE_TIMEOUT)?;
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    stream.write_all(&hello.encode())?;
+    let mut buf = [0; MESSAGE_BYTES];
+    stream.read_exact(&mut buf)?;
+    Reply::decode(&buf)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not a Mu handshake reply"))
+}
+
+/// A first PSN that differs between processes, so that a restarted replica's first pairing does
+/// not reuse its predecessor's sequence.
+fn initial_psn(me: ReplicaId, peer: ReplicaId, plane: Plane) -> u32 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mix = now ^ std::process::id().rotate_left(7) ^ ((me as u32) << 16) ^ ((peer as u32) << 8);
+    (mix ^ plane as u32) & 0x00FF_FFFF
+}
