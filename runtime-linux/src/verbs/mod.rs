@@ -22,21 +22,29 @@
 //!
 //! Permissions (rule 5). The log area is writable by a peer only through the replication-plane
 //! responder queue pair paired with that peer, and only while its access flags include
-//! `REMOTE_WRITE`. `grant` and `revoke` change the flags while the queue pair stays ready to send
-//! (the fast path), falling back to cycling it through RESET, INIT, RTR and RTS with the same
-//! remote and PSNs, and to moving it to the error state (which stops everything) when that fails
-//! too; a revoke that cannot be enforced at all aborts the process, because a live replica whose
-//! log a deposed leader can still write is unsafe, a dead one is not. After a revoke the writer's
-//! next write is refused: it completes `Denied` (`IBV_WC_REM_INV_REQ_ERR` on Soft-RoCE,
-//! `IBV_WC_REM_ACCESS_ERR` on hardware) and its queue pair enters the error state.
+//! `REMOTE_WRITE`. A grant belongs to the peer, not to a connection: it lasts until the owner
+//! revokes it, and a pairing the peer makes meanwhile opens writable. `grant` and `revoke` change
+//! the flags while the queue pair stays ready to send (the fast path), falling back to cycling it
+//! through RESET, INIT, RTR and RTS with the same remote and PSNs; a revoke that cannot do either
+//! moves the queue pair to the error state (which stops everything), and one that cannot even do
+//! that aborts the process: a live replica whose log a deposed leader can still write is unsafe,
+//! a dead one is not. After a revoke the writer's next write is refused: it completes `Denied`
+//! (`IBV_WC_REM_INV_REQ_ERR` on Soft-RoCE, `IBV_WC_REM_ACCESS_ERR` on hardware) and its queue
+//! pair enters the error state.
 //!
-//! A pairing is granted at most once. A grant to a peer whose current pairing was granted before
-//! (and since revoked) is recorded but does not open the log: the peer's next write is refused,
-//! it reconnects, and its next request is granted on the fresh pairing. A fresh pairing starts
-//! its PSNs half the sequence space away from the last one, so a write the peer posted on an
-//! earlier pairing and that is still in flight is never executed on the new one. Together with
-//! the core dropping its connections when a tenure ends, this fences every write of an earlier
-//! tenure even when the same peer is granted again (the contract's "even if granted again").
+//! Writes of an earlier grant (the contract's "even if granted again later"). A pairing that was
+//! writable when revoked is *tainted*: a write the peer posted before the revoke could still be
+//! in flight on it. A later grant never reopens a tainted pairing; it moves it to the error state
+//! instead (the peer's next write on it fails when the transport gives up, which the core treats
+//! as a lost connection, not as a refusal) and the peer's next pairing opens writable. A new
+//! pairing starts its PSNs half the sequence space away from the last one, so that a packet of an
+//! earlier pairing still in flight is never executed on it. Every write on a pairing is posted
+//! after the pairing was made, so a pairing made after a grant carries only writes posted after
+//! that grant. What remains open is a pairing that was never writable, on which the peer posted
+//! writes under an earlier tenure that are still on the wire when a grant opens it: the core
+//! resets its connections when a tenure ends, before it asks for the next grant, and that request
+//! travels behind those writes, so on a network that delivers in order between two hosts they
+//! arrive (and are refused) first.
 //!
 //! A dead process's queue pairs and registrations are torn down by the kernel, so operations to
 //! it fail (rule 9) once the transport's retries run out, or at once when the handshake to its
@@ -47,7 +55,7 @@
 //!   thread of a peer moves that peer's requester queue pairs to ready. `ready` is the hand-over:
 //!   false while the queue pair is reset or being paired, true once it is ready to send.
 //! - Every responder queue pair change happens under that responder's lock; a replication-plane
-//!   responder is writable only between a grant and the next revoke of one pairing.
+//!   responder is writable only while its peer holds the grant, and never again once tainted.
 //! - After `reconnect` returns, no completion of work posted before it is delivered (the
 //!   completion queue is drained of that queue pair's entries) and none of it lands (the queue
 //!   pair is reset; a new pairing's PSNs exclude stale packets).

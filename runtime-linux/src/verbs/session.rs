@@ -55,17 +55,14 @@ struct Pairing {
     /// The peer's requester, once paired.
     remote: Option<Path>,
     /// The owner granted the log to this peer and has not revoked it since (replication plane
-    /// only).
+    /// only). It outlives pairings: a peer that reconnects keeps its grant, as the contract's
+    /// permission is per peer.
     granted: bool,
-    /// That grant waits for a pairing it may open: the current one was granted before (a write
-    /// of the earlier grant could still be in flight on it) or there is none. The next pairing
-    /// the peer makes opens with it: every write on a pairing is posted after the pairing was
-    /// made, so after this grant.
-    pending: bool,
     /// The access flags include `REMOTE_WRITE` now.
     writable: bool,
-    /// This pairing was granted once already: it is never granted again.
-    granted_once: bool,
+    /// This pairing was writable when the owner revoked it: a write of the peer's earlier
+    /// tenure may still be in flight on it, so it is never opened again.
+    tainted: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -201,9 +198,8 @@ impl Endpoint {
                     pairing: Mutex::new(Pairing {
                         remote: None,
                         granted: false,
-                        pending: false,
                         writable: false,
-                        granted_once: false,
+                        tainted: false,
                     }),
                 }));
             }
@@ -363,7 +359,9 @@ impl Endpoint {
 
     // ---- permissions -------------------------------------------------------------------------
 
-    /// Opens the log to `peer` on its current pairing, unless that pairing was granted before.
+    /// Opens the log to `peer`: on its current pairing, or, if a revoke left that pairing
+    /// tainted, on the next one (the current one is closed for good, so that the peer's writes
+    /// on it fail and it reconnects).
     pub fn grant(&self, peer: ReplicaId) {
         let responder = self.responder(Plane::Replication, peer);
         let mut p = lock(&responder.pairing);
@@ -371,24 +369,30 @@ impl Endpoint {
             return;
         }
         p.granted = true;
-        let remote = match p.remote {
-            Some(remote) if !p.granted_once => remote,
-            _ => {
-                p.pending = true;
-                eprintln!(
-                    "replica {}: log granted to replica {peer}, for its next connection (the \
-                     current one was granted before, or there is none)",
-                    self.me
-                );
-                return;
-            }
+        let Some(remote) = p.remote else {
+            eprintln!(
+                "replica {}: log granted to replica {peer}, for its first connection",
+                self.me
+            );
+            return;
         };
         let started = Instant::now();
+        if p.tainted {
+            if let Err(e) = responder.qp.fail() {
+                eprintln!("replica {}: {e}", self.me);
+            }
+            eprintln!(
+                "replica {}: log granted to replica {peer} by closing its connection revoked \
+                 before (its next one opens writable) in {:.1} µs",
+                self.me,
+                started.elapsed().as_secs_f64() * 1e6
+            );
+            return;
+        }
         let access = Access::REMOTE_READ.with(Access::REMOTE_WRITE);
         match self.switch(&responder.qp, &remote, access) {
             Ok(how) => {
                 p.writable = true;
-                p.granted_once = true;
                 eprintln!(
                     "replica {}: log granted to replica {peer} by {how} in {:.1} µs",
                     self.me,
@@ -407,7 +411,6 @@ impl Endpoint {
         let responder = self.responder(Plane::Replication, peer);
         let mut p = lock(&responder.pairing);
         p.granted = false;
-        p.pending = false;
         if !p.writable {
             return;
         }
@@ -438,6 +441,7 @@ impl Endpoint {
             },
         };
         p.writable = false;
+        p.tainted = true;
         eprintln!(
             "replica {}: log revoked from replica {peer} by {how} in {:.1} µs",
             self.me,
@@ -523,8 +527,8 @@ impl Endpoint {
         stream.write_all(&reply.encode())
     }
 
-    /// Pairs this replica's responder for `hello`'s requester: writable only if a grant is
-    /// pending for it.
+    /// Pairs this replica's responder for `hello`'s requester: writable if the log is granted
+    /// to it (every write on a pairing is posted after the pairing was made, so after the grant).
     fn pair_responder(&self, hello: &Hello) -> Result<Reply, VerbsError> {
         let responder = self.responder(hello.plane, hello.from);
         let mut p = lock(&responder.pairing);
@@ -533,30 +537,19 @@ impl Endpoint {
         responder.qp.reset()?;
         let mtu = self.mtu.min(hello.path.mtu);
         let remote = Path { mtu, ..hello.path };
-        let opens = hello.plane == Plane::Background || p.pending;
-        let access = if opens {
+        let writable = hello.plane == Plane::Background || p.granted;
+        let access = if writable {
             Access::REMOTE_READ.with(Access::REMOTE_WRITE)
         } else {
             Access::REMOTE_READ
         };
-        let started = Instant::now();
         responder.qp.ready(&self.local, &remote, psn, access)?;
-        let granted_now = hello.plane == Plane::Replication && p.pending;
         *p = Pairing {
             remote: Some(remote),
             granted: p.granted,
-            pending: false,
-            writable: granted_now,
-            granted_once: granted_now,
+            writable: writable && hello.plane == Plane::Replication,
+            tainted: false,
         };
-        if granted_now {
-            eprintln!(
-                "replica {}: log granted to replica {} by pairing it writable in {:.1} µs",
-                self.me,
-                hello.from,
-                started.elapsed().as_secs_f64() * 1e6
-            );
-        }
         Ok(Reply::Accept {
             identity: self.identity,
             path: Path {
