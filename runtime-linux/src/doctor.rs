@@ -976,6 +976,7 @@ mod tests {
             max_mr: 1024,
             max_mr_size: u64::MAX,
             max_qp_rd_atom: 16,
+            max_qp_init_rd_atom: 16,
         }
     }
 

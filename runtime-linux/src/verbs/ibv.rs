@@ -1,6 +1,9 @@
 //! Owners of the verbs objects the fabric uses: device list, device context, protection domain,
-//! memory region, completion queue and queue pair. Every `unsafe` block of the verbs fabric is
-//! in this file, each small and with its reason; the rest of the fabric sees safe methods.
+//! memory region, completion queue and queue pair. Every call into libibverbs is in this file,
+//! each `unsafe` block small and with its reason. Two obligations no type here can check are left
+//! to the callers as `unsafe` functions: a registered memory region must outlive its registration
+//! ([`Mr::register`]), and a posted work request must take its bytes from registered memory
+//! ([`Qp::post`]).
 //!
 //! Control-path calls (`ibv_open_device`, `ibv_reg_mr`, `ibv_create_qp`, `ibv_modify_qp`, ...) are
 //! libibverbs symbols; the hot-path calls (`ibv_post_send`, `ibv_poll_cq`) are `rdma-sys`'s inline
@@ -48,13 +51,14 @@ fn failed(what: impl Into<String>) -> VerbsError {
     }
 }
 
-/// libibverbs functions return 0 or an errno value (not -1 with `errno` set).
-fn check(rc: i32, what: impl Into<String>) -> Result<()> {
+/// libibverbs functions return 0 or an errno value (not -1 with `errno` set). The message is
+/// built only on failure: queue pair changes run on the planes' threads, which never allocate.
+fn check(rc: i32, what: impl FnOnce() -> String) -> Result<()> {
     if rc == 0 {
         return Ok(());
     }
     Err(VerbsError {
-        what: what.into(),
+        what: what(),
         error: io::Error::from_raw_os_error(rc.abs()),
     })
 }
@@ -178,8 +182,10 @@ pub struct DeviceAttr {
     pub max_mr: i32,
     /// Bytes per memory region.
     pub max_mr_size: u64,
-    /// Outstanding RDMA reads per queue pair.
+    /// Outstanding RDMA reads per queue pair, as their target.
     pub max_qp_rd_atom: i32,
+    /// Outstanding RDMA reads per queue pair, as their initiator.
+    pub max_qp_init_rd_atom: i32,
 }
 
 /// What `ibv_query_port` says.
@@ -216,7 +222,7 @@ impl Context {
         let mut attr: ibv_device_attr = unsafe { std::mem::zeroed() };
         // SAFETY: live context, valid out-pointer.
         let rc = unsafe { ibv_query_device(self.context, &mut attr) };
-        check(rc, format!("query device {}", self.name))?;
+        check(rc, || format!("query device {}", self.name))?;
         // SAFETY: `fw_ver` is a NUL-terminated array filled by the provider.
         let firmware = unsafe { CStr::from_ptr(attr.fw_ver.as_ptr()) }
             .to_string_lossy()
@@ -230,6 +236,7 @@ impl Context {
             max_mr: attr.max_mr,
             max_mr_size: attr.max_mr_size,
             max_qp_rd_atom: attr.max_qp_rd_atom,
+            max_qp_init_rd_atom: attr.max_qp_init_rd_atom,
         })
     }
 
@@ -239,7 +246,7 @@ impl Context {
         let mut attr: ibv_port_attr = unsafe { std::mem::zeroed() };
         // SAFETY: live context, valid out-pointer of the size the wrapper passes.
         let rc = unsafe { ___ibv_query_port(self.context, port, &mut attr) };
-        check(rc, format!("query port {port} of {}", self.name))?;
+        check(rc, || format!("query port {port} of {}", self.name))?;
         Ok(PortAttr {
             state: attr.state,
             active_mtu: attr.active_mtu,
@@ -254,10 +261,9 @@ impl Context {
         let mut gid = ibv_gid { raw: [0; 16] };
         // SAFETY: live context, valid out-pointer.
         let rc = unsafe { ibv_query_gid(self.context, port, index as i32, &mut gid) };
-        check(
-            rc,
-            format!("query GID {index} of {} port {port}", self.name),
-        )?;
+        check(rc, || {
+            format!("query GID {index} of {} port {port}", self.name)
+        })?;
         // SAFETY: every bit pattern of the union is a valid `[u8; 16]`.
         Ok(unsafe { gid.raw })
     }
@@ -462,8 +468,10 @@ pub struct Local {
     pub port: u8,
     /// GID table index to send from.
     pub gid_index: u8,
-    /// Outstanding RDMA reads this end issues and accepts.
-    pub rd_atomic: u8,
+    /// Outstanding RDMA reads this end issues.
+    pub rd_initiator: u8,
+    /// Outstanding RDMA reads this end serves.
+    pub rd_target: u8,
 }
 
 /// Transport timeout exponent: 4.096 µs × 2^10 ≈ 4 ms before a retransmission. The core's
@@ -552,7 +560,7 @@ impl Qp {
     fn modify(&self, attr: &mut ibv_qp_attr, mask: ibv_qp_attr_mask, what: &str) -> Result<()> {
         // SAFETY: live queue pair; `attr` is valid for the fields `mask` names.
         let rc = unsafe { ibv_modify_qp(self.qp, attr, mask.0 as i32) };
-        check(rc, format!("queue pair {}: {what}", self.qpn()))
+        check(rc, || format!("queue pair {}: {what}", self.qpn()))
     }
 
     /// To RESET: drops every outstanding work request; nothing more is sent or accepted.
@@ -588,7 +596,7 @@ impl Qp {
         a.path_mtu = remote.mtu;
         a.dest_qp_num = remote.qpn;
         a.rq_psn = remote.psn;
-        a.max_dest_rd_atomic = local.rd_atomic;
+        a.max_dest_rd_atomic = local.rd_target;
         a.min_rnr_timer = 12;
         a.ah_attr.is_global = 1;
         a.ah_attr.dlid = remote.lid;
@@ -613,7 +621,7 @@ impl Qp {
         a.timeout = TIMEOUT;
         a.retry_cnt = RETRY_COUNT;
         a.rnr_retry = 7;
-        a.max_rd_atomic = local.rd_atomic;
+        a.max_rd_atomic = local.rd_initiator;
         self.modify(
             &mut a,
             m::IBV_QP_STATE
@@ -646,7 +654,7 @@ impl Qp {
         let mask = ibv_qp_attr_mask::IBV_QP_SQ_PSN | ibv_qp_attr_mask::IBV_QP_RQ_PSN;
         // SAFETY: live queue pair; valid out-pointers.
         let rc = unsafe { ibv_query_qp(self.qp, &mut a, mask.0 as i32, &mut init) };
-        check(rc, format!("queue pair {}: query", self.qpn()))?;
+        check(rc, || format!("queue pair {}: query", self.qpn()))?;
         Ok((a.sq_psn, a.rq_psn))
     }
 

@@ -22,38 +22,46 @@
 //!
 //! Permissions (rule 5). The log area is writable by a peer only through the replication-plane
 //! responder queue pair paired with that peer, and only while its access flags include
-//! `REMOTE_WRITE`. A grant belongs to the peer, not to a connection: it lasts until the owner
-//! revokes it, and a pairing the peer makes meanwhile opens writable. `grant` and `revoke` change
-//! the flags while the queue pair stays ready to send (the fast path), falling back to cycling it
-//! through RESET, INIT, RTR and RTS with the same remote and PSNs; a revoke that cannot do either
-//! moves the queue pair to the error state (which stops everything), and one that cannot even do
-//! that aborts the process: a live replica whose log a deposed leader can still write is unsafe,
-//! a dead one is not. After a revoke the writer's next write is refused: it completes `Denied`
-//! (`IBV_WC_REM_INV_REQ_ERR` on Soft-RoCE, `IBV_WC_REM_ACCESS_ERR` on hardware) and its queue
-//! pair enters the error state.
+//! `REMOTE_WRITE`; background-plane peers get a read-only key for the log area, so the device
+//! itself keeps their queue pairs out of it. A grant belongs to the peer, not to a connection: it
+//! lasts until the owner revokes it, and a pairing the peer makes meanwhile opens writable.
 //!
-//! Writes of an earlier grant (the contract's "even if granted again later"). A pairing that was
-//! writable when revoked is *tainted*: a write the peer posted before the revoke could still be
-//! in flight on it. A later grant never reopens a tainted pairing; it moves it to the error state
-//! instead (the peer's next write on it fails when the transport gives up, which the core treats
-//! as a lost connection, not as a refusal) and the peer's next pairing opens writable. A new
-//! pairing starts its PSNs half the sequence space away from the last one, so that a packet of an
-//! earlier pairing still in flight is never executed on it. Every write on a pairing is posted
-//! after the pairing was made, so a pairing made after a grant carries only writes posted after
-//! that grant. What remains open is a pairing that was never writable, on which the peer posted
-//! writes under an earlier tenure that are still on the wire when a grant opens it: the core
-//! resets its connections when a tenure ends, before it asks for the next grant, and that request
-//! travels behind those writes, so on a network that delivers in order between two hosts they
-//! arrive (and are refused) first.
+//! - `grant` changes the access flags while the queue pair stays ready to send (the fast path).
+//!   When the current pairing was revoked before (it is *tainted*: a write the peer posted under
+//!   the earlier grant could still be in flight on it) or has failed (a refused write put it in
+//!   the error state, and reviving it could execute a retransmission), the grant closes that
+//!   pairing instead (error state: nothing on it executes again), tells the peer to pair anew
+//!   (a *kick* on its handshake listener, so its next post fails at once instead of when its
+//!   transport gives up), and the peer's next pairing opens writable.
+//! - `revoke` changes the flags back and then cycles the queue pair through RESET, INIT, RTR and
+//!   RTS with the same remote and PSNs: on Soft-RoCE a change of the flags is a plain store, and
+//!   a packet that passed the permission check just before is still copied; RESET waits until
+//!   the device has finished with it. A revoke that cannot do that moves the queue pair to the
+//!   error state, and one that cannot even do that aborts the process: a live replica whose log
+//!   a deposed leader can still write is unsafe, a dead one is not. After a revoke the writer's
+//!   next write is refused: it completes `Denied` (`IBV_WC_REM_INV_REQ_ERR` on Soft-RoCE,
+//!   `IBV_WC_REM_ACCESS_ERR` on hardware) and its queue pair enters the error state.
+//!
+//! Every write on a pairing is posted after the pairing was made, so a pairing made after a grant
+//! carries only writes posted after it; a new pairing starts its PSNs half the sequence space
+//! away from the last one, so a packet of an earlier pairing still in flight is never executed
+//! on it; and a tainted pairing is never opened again. One case is left: a write the peer posted
+//! on a pairing the owner never opened (the peer believed in a grant the owner had already
+//! revoked), still on the wire when a later grant opens that pairing with the fast path. Closing
+//! it would make every grant cost a new pairing (a TCP round trip and three queue pair changes on
+//! each side) on the fail-over path. The core makes it unlikely: such a write is refused when it
+//! arrives before the grant, the first refusal stops the writer's queue pair, and the writer
+//! resets its connections when its tenure ends, before it asks for the next grant.
 //!
 //! A dead process's queue pairs and registrations are torn down by the kernel, so operations to
 //! it fail (rule 9) once the transport's retries run out, or at once when the handshake to its
 //! successor process pairs anew.
 //!
 //! # Invariants
-//! - Only a plane's own thread posts on and resets its requester queue pairs; only the initiator
-//!   thread of a peer moves that peer's requester queue pairs to ready. `ready` is the hand-over:
-//!   false while the queue pair is reset or being paired, true once it is ready to send.
+//! - Only a plane's own thread posts on its requester queue pairs and resets a ready one; only the
+//!   initiator thread of a peer pairs that peer's requesters (resetting them first while they
+//!   are not ready) and makes them ready. `ready` is the hand-over: false while the queue pair is
+//!   reset or being paired, true once it is ready to send.
 //! - Every responder queue pair change happens under that responder's lock; a replication-plane
 //!   responder is writable only while its peer holds the grant, and never again once tainted.
 //! - After `reconnect` returns, no completion of work posted before it is delivered (the
@@ -91,6 +99,9 @@ struct PeerState {
     outstanding: u32,
     /// A completion failed: the queue pair is in the error state until `reconnect`.
     broken: bool,
+    /// The pairing generation this plane last posted on: a pairing nothing was posted on needs
+    /// no reset when the core reconnects (its failures were made up while it was being paired).
+    posted_on: Option<u32>,
 }
 
 /// A completion waiting in [`VerbsFabric::pending`].
@@ -98,8 +109,9 @@ struct PeerState {
 struct Pending {
     peer: ReplicaId,
     completion: Completion,
-    /// Made up by the fabric: it still counts as outstanding until polled.
-    made_up: bool,
+    /// Still counted in its peer's outstanding work until polled (made up by the fabric, or
+    /// taken from the completion queue while draining it).
+    counted: bool,
 }
 
 /// One plane's view of the verbs fabric.
@@ -131,6 +143,7 @@ impl VerbsFabric {
                 window: None,
                 outstanding: 0,
                 broken: false,
+                posted_on: None,
             })
             .collect();
         let qpns = endpoint.requester_qpns(plane);
@@ -186,6 +199,10 @@ impl VerbsFabric {
         if state.broken {
             return Err(PostError::Broken);
         }
+        if self.endpoint.kicked(self.plane, peer) {
+            state.broken = true;
+            return Err(PostError::Broken);
+        }
         if state.outstanding >= DEPTH {
             return Err(PostError::Busy);
         }
@@ -198,7 +215,7 @@ impl VerbsFabric {
                     wr_id,
                     status: Status::Failed,
                 },
-                made_up: true,
+                counted: true,
             });
             return Ok(());
         };
@@ -217,6 +234,7 @@ impl VerbsFabric {
         {
             Ok(()) => {
                 state.outstanding += 1;
+                state.posted_on = Some(generation);
                 Ok(())
             }
             Err(libc::ENOMEM) => Err(PostError::Busy),
@@ -245,21 +263,19 @@ impl VerbsFabric {
                 if peer == dropped {
                     continue;
                 }
-                let state = &mut self.peers[peer as usize];
-                state.outstanding = state.outstanding.saturating_sub(1);
                 let completion = Completion {
                     wr_id: wc.wr_id,
                     status: wire::status(wc.status),
                 };
                 if completion.status != Status::Ok {
-                    state.broken = true;
+                    self.peers[peer as usize].broken = true;
                 }
                 // Bounded: at most DEPTH outstanding per peer, made up or posted.
                 debug_assert!(self.pending.len() < self.pending_max);
                 self.pending.push_back(Pending {
                     peer,
                     completion,
-                    made_up: false,
+                    counted: true,
                 });
             }
             if n < POLL_BATCH {
@@ -298,7 +314,7 @@ impl Fabric for VerbsFabric {
             let Some(pending) = self.pending.pop_front() else {
                 break;
             };
-            if pending.made_up {
+            if pending.counted {
                 let state = &mut self.peers[pending.peer as usize];
                 state.outstanding = state.outstanding.saturating_sub(1);
             }
@@ -354,9 +370,18 @@ impl Fabric for VerbsFabric {
 
     fn reconnect(&mut self, peer: ReplicaId) -> Result<(), PostError> {
         self.check_peer(peer)?;
-        self.endpoint.reset_requester(self.plane, peer);
+        let state = &self.peers[peer as usize];
+        let untouched = !state.broken
+            && !self.endpoint.kicked(self.plane, peer)
+            && self
+                .endpoint
+                .ready_generation(self.plane, peer)
+                .is_some_and(|g| state.posted_on != Some(g));
+        if !untouched {
+            self.endpoint.reset_requester(self.plane, peer);
+            self.drain(peer);
+        }
         self.pending.retain(|p| p.peer != peer);
-        self.drain(peer);
         let state = &mut self.peers[peer as usize];
         state.outstanding = 0;
         state.broken = false;

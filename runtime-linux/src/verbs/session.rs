@@ -12,7 +12,7 @@ use mu_nostd::{layout::LAYOUT_VERSION, Config, Layout, ReplicaId};
 
 pub use super::ibv::VerbsError;
 use super::ibv::{Access, Cq, DeviceList, Local, Mr, Op, Path, Pd, Qp};
-use super::wire::{self, Hello, Identity, Plane, Refusal, Reply, Window, MESSAGE_BYTES};
+use super::wire::{self, Hello, Identity, Kick, Plane, Refusal, Reply, Window, MESSAGE_BYTES};
 use super::DEPTH;
 use crate::node::VerbsSpec;
 use crate::shm::OwnRegion;
@@ -35,19 +35,29 @@ struct Requester {
     ready: AtomicBool,
     /// Bumped by every pairing, so that the plane refreshes the peer's window.
     generation: AtomicU32,
+    /// The peer closed this pairing (see [`Endpoint::grant`]): the plane reconnects.
+    kicked: AtomicBool,
     link: Mutex<Link>,
 }
 
 struct Link {
     window: Window,
-    /// The first PSN of the last pairing.
+    /// Where the next pairing's PSNs start from: the next PSN the queue pair would have sent
+    /// when it was last reset.
     last_psn: u32,
+    /// The first PSN of the current pairing, which names it in a kick.
+    paired_psn: u32,
 }
+
+/// A responder's [`Responder::kick`] word: this bit, and the first PSN of the pairing closed.
+const KICK_WANTED: u32 = 1 << 31;
 
 /// A responder queue pair and what the owner allows on it.
 struct Responder {
     qp: Qp,
     pairing: Mutex<Pairing>,
+    /// A kick for the peer is due: its pairing with this responder was closed.
+    kick: AtomicU32,
 }
 
 #[derive(Clone, Copy)]
@@ -87,6 +97,7 @@ pub struct Endpoint {
     local_mr: Mr,
     _background_mr: Mr,
     _log_mr: Mr,
+    _log_read_mr: Mr,
     me: ReplicaId,
     config: Config,
     identity: Identity,
@@ -95,6 +106,8 @@ pub struct Endpoint {
     lid: u16,
     mtu: u32,
     window: Window,
+    /// The read-only key of the log area, for background-plane peers.
+    log_read_rkey: u32,
     addresses: Vec<SocketAddr>,
     device: String,
     own: Arc<OwnRegion>,
@@ -142,7 +155,8 @@ impl Endpoint {
         let local = Local {
             port: spec.port,
             gid_index: spec.gid_index,
-            rd_atomic: device.max_qp_rd_atom.clamp(1, RD_ATOMIC_MAX) as u8,
+            rd_initiator: device.max_qp_init_rd_atom.clamp(1, RD_ATOMIC_MAX) as u8,
+            rd_target: device.max_qp_rd_atom.clamp(1, RD_ATOMIC_MAX) as u8,
         };
         let pd = Pd::new(&context)?;
         let layout = Layout::new(&config);
@@ -165,6 +179,16 @@ impl Endpoint {
                 remote,
             )?
         };
+        // SAFETY: as above. The log area again, read-only: the key background-plane peers get,
+        // so that the device itself keeps their queue pairs out of the log.
+        let log_read_mr = unsafe {
+            Mr::register(
+                &pd,
+                own.region(layout.log),
+                (layout.scratch - layout.log) as usize,
+                Access::REMOTE_READ,
+            )?
+        };
         let n = config.replica_count as usize;
         let entries = (2 * n as u32 * DEPTH) as i32;
         let cqs = [Cq::new(&context, entries)?, Cq::new(&context, entries)?];
@@ -184,6 +208,7 @@ impl Endpoint {
                     qp: Qp::new(&pd, cq, cq, DEPTH, INLINE)?,
                     ready: AtomicBool::new(false),
                     generation: AtomicU32::new(0),
+                    kicked: AtomicBool::new(false),
                     link: Mutex::new(Link {
                         window: Window {
                             base: 0,
@@ -191,6 +216,7 @@ impl Endpoint {
                             log_rkey: 0,
                         },
                         last_psn: initial_psn(me, peer, plane),
+                        paired_psn: 0,
                     }),
                 }));
                 responders[plane as usize].push(Some(Responder {
@@ -201,6 +227,7 @@ impl Endpoint {
                         writable: false,
                         tainted: false,
                     }),
+                    kick: AtomicU32::new(0),
                 }));
             }
         }
@@ -219,9 +246,11 @@ impl Endpoint {
                 background_rkey: background_mr.rkey(),
                 log_rkey: log_mr.rkey(),
             },
+            log_read_rkey: log_read_mr.rkey(),
             local_mr,
             _background_mr: background_mr,
             _log_mr: log_mr,
+            _log_read_mr: log_read_mr,
             me,
             config,
             identity: Identity {
@@ -340,29 +369,41 @@ impl Endpoint {
         }
     }
 
+    /// Whether `peer`'s responder closed the current pairing of this requester.
+    pub(super) fn kicked(&self, plane: Plane, peer: ReplicaId) -> bool {
+        self.requester(plane, peer).kicked.load(Ordering::Acquire)
+    }
+
     /// Resets `peer`'s requester of `plane` (nothing more of what was posted is sent; packets
     /// already sent are fenced by the next pairing's PSNs) and asks for a new pairing.
     pub(super) fn reset_requester(&self, plane: Plane, peer: ReplicaId) {
         let r = self.requester(plane, peer);
         if r.ready.load(Ordering::Acquire) {
-            let _link = lock(&r.link);
+            let mut link = lock(&r.link);
             r.ready.store(false, Ordering::Release);
+            r.kicked.store(false, Ordering::Release);
+            // Read before the reset: what a queue pair reports in RESET is undefined.
+            if let Ok((sq, _)) = r.qp.psns() {
+                link.last_psn = sq;
+            }
             if let Err(e) = r.qp.reset() {
                 // Pairing resets it again before use; until then nothing is posted on it.
                 eprintln!("replica {}: {e}", self.me);
             }
         }
-        if let Some(thread) = self.initiators[peer as usize].get() {
-            thread.unpark();
-        }
+        self.wake_initiator(peer);
     }
 
     // ---- permissions -------------------------------------------------------------------------
 
-    /// Opens the log to `peer`: on its current pairing, or, if a revoke left that pairing
-    /// tainted, on the next one (the current one is closed for good, so that the peer's writes
-    /// on it fail and it reconnects).
+    /// Opens the log to `peer`: on its current pairing by changing the access flags while the
+    /// queue pair stays ready to send, or, when that pairing was revoked before (tainted) or the
+    /// flags cannot change (the queue pair failed), on its next pairing: the current one is
+    /// closed and the peer told to pair anew.
     pub fn grant(&self, peer: ReplicaId) {
+        if peer == self.me || !self.config.contains(peer) {
+            return;
+        }
         let responder = self.responder(Plane::Replication, peer);
         let mut p = lock(&responder.pairing);
         if p.granted {
@@ -377,37 +418,43 @@ impl Endpoint {
             return;
         };
         let started = Instant::now();
-        if p.tainted {
+        let access = Access::REMOTE_READ.with(Access::REMOTE_WRITE);
+        let how = if p.tainted {
+            "closing its connection revoked before (its next one opens writable)"
+        } else if responder.qp.set_access(access).is_ok() {
+            p.writable = true;
+            "access flags"
+        } else {
+            // Failed (a refused write put it in the error state): never revive it, a write of
+            // the peer's could be retried on it.
+            "closing its failed connection (its next one opens writable)"
+        };
+        if !p.writable {
             if let Err(e) = responder.qp.fail() {
                 eprintln!("replica {}: {e}", self.me);
             }
-            eprintln!(
-                "replica {}: log granted to replica {peer} by closing its connection revoked \
-                 before (its next one opens writable) in {:.1} µs",
-                self.me,
-                started.elapsed().as_secs_f64() * 1e6
-            );
-            return;
+            // The peer's writes on the closed pairing vanish; told, it pairs anew at once
+            // instead of when its transport gives up.
+            responder
+                .kick
+                .store(remote.psn | KICK_WANTED, Ordering::Release);
+            self.wake_initiator(peer);
         }
-        let access = Access::REMOTE_READ.with(Access::REMOTE_WRITE);
-        match self.switch(&responder.qp, &remote, access) {
-            Ok(how) => {
-                p.writable = true;
-                eprintln!(
-                    "replica {}: log granted to replica {peer} by {how} in {:.1} µs",
-                    self.me,
-                    started.elapsed().as_secs_f64() * 1e6
-                );
-            }
-            Err(e) => eprintln!(
-                "replica {}: granting the log to replica {peer} failed: {e}",
-                self.me
-            ),
-        }
+        eprintln!(
+            "replica {}: log granted to replica {peer} by {how} in {:.1} µs",
+            self.me,
+            started.elapsed().as_secs_f64() * 1e6
+        );
     }
 
-    /// Closes the log to `peer`; once this returns, no write of `peer` lands in it.
+    /// Closes the log to `peer`; once this returns, no write of `peer` lands in it, even one
+    /// already under way (the queue pair is cycled through RESET, which waits for the device to
+    /// finish the packet it is executing: on Soft-RoCE a change of the access flags alone does
+    /// not). The pairing stays tainted: it is never opened again.
     pub fn revoke(&self, peer: ReplicaId) {
+        if peer == self.me || !self.config.contains(peer) {
+            return;
+        }
         let responder = self.responder(Plane::Replication, peer);
         let mut p = lock(&responder.pairing);
         p.granted = false;
@@ -418,8 +465,12 @@ impl Endpoint {
             unreachable!("a writable responder is paired");
         };
         let started = Instant::now();
-        let how = match self.switch(&responder.qp, &remote, Access::REMOTE_READ) {
-            Ok(how) => how,
+        let fenced = responder
+            .qp
+            .set_access(Access::REMOTE_READ)
+            .and_then(|()| self.cycle(&responder.qp, &remote, Access::REMOTE_READ));
+        let how = match fenced {
+            Ok(()) => "access flags and a queue pair cycle",
             Err(e) => match responder.qp.fail() {
                 Ok(()) => {
                     eprintln!(
@@ -449,18 +500,19 @@ impl Endpoint {
         );
     }
 
-    /// Gives `qp` (paired with `remote`) the remote access `access`: by changing its access
-    /// flags while it stays ready to send, or else by cycling it through RESET to RTS with the
-    /// same remote and sequence numbers.
-    fn switch(&self, qp: &Qp, remote: &Path, access: Access) -> Result<&'static str, VerbsError> {
-        if qp.set_access(access).is_ok() {
-            return Ok("access flags");
-        }
+    /// Takes `qp` (paired with `remote`) through RESET back to RTS with `access`, resuming the
+    /// same sequence numbers, so that its peer's next packet is judged by `access`.
+    fn cycle(&self, qp: &Qp, remote: &Path, access: Access) -> Result<(), VerbsError> {
         let (sq, rq) = qp.psns()?;
         qp.reset()?;
         let resumed = Path { psn: rq, ..*remote };
-        qp.ready(&self.local, &resumed, sq, access)?;
-        Ok("a queue pair cycle")
+        qp.ready(&self.local, &resumed, sq, access)
+    }
+
+    fn wake_initiator(&self, peer: ReplicaId) {
+        if let Some(thread) = self.initiators[peer as usize].get() {
+            thread.unpark();
+        }
     }
 
     // ---- handshakes --------------------------------------------------------------------------
@@ -487,6 +539,10 @@ impl Endpoint {
         stream.set_nodelay(true)?;
         let mut buf = [0; MESSAGE_BYTES];
         stream.read_exact(&mut buf)?;
+        if let Ok(kick) = Kick::decode(&buf) {
+            self.kicked_by(&kick);
+            return Ok(());
+        }
         let reply = match Hello::decode(&buf) {
             Err(Some(_)) => Reply::Refuse(Refusal::Protocol {
                 ours: wire::PROTOCOL_VERSION,
@@ -527,6 +583,40 @@ impl Endpoint {
         stream.write_all(&reply.encode())
     }
 
+    /// A peer closed our pairing with it: the plane's next post to it fails, so that the core
+    /// reconnects now.
+    fn kicked_by(&self, kick: &Kick) {
+        if kick.identity != self.identity
+            || kick.to != self.me
+            || kick.from == self.me
+            || !self.config.contains(kick.from)
+        {
+            return;
+        }
+        let r = self.requester(kick.plane, kick.from);
+        let link = lock(&r.link);
+        if r.ready.load(Ordering::Acquire) && link.paired_psn == kick.psn {
+            r.kicked.store(true, Ordering::Release);
+        }
+    }
+
+    /// Tells `peer` that its `plane` pairing starting at `psn` was closed (best effort: without
+    /// it, the peer finds out when its transport gives up).
+    fn kick(&self, plane: Plane, peer: ReplicaId, psn: u32) -> io::Result<()> {
+        let kick = Kick {
+            identity: self.identity,
+            from: self.me,
+            to: peer,
+            plane,
+            psn,
+        };
+        let address = self.addresses[peer as usize];
+        let mut stream = TcpStream::connect_timeout(&address, HANDSHAKE_TIMEOUT)?;
+        stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        stream.write_all(&kick.encode())
+    }
+
     /// Pairs this replica's responder for `hello`'s requester: writable if the log is granted
     /// to it (every write on a pairing is posted after the pairing was made, so after the grant).
     fn pair_responder(&self, hello: &Hello) -> Result<Reply, VerbsError> {
@@ -559,7 +649,13 @@ impl Endpoint {
                 lid: self.lid,
                 mtu,
             },
-            window: self.window,
+            window: match hello.plane {
+                Plane::Replication => self.window,
+                Plane::Background => Window {
+                    log_rkey: self.log_read_rkey,
+                    ..self.window
+                },
+            },
         })
     }
 
@@ -573,6 +669,15 @@ impl Endpoint {
             let mut rest = BACKOFF_MAX;
             for plane in Plane::ALL {
                 let i = plane as usize;
+                let kick = self.responder(plane, peer).kick.swap(0, Ordering::AcqRel);
+                if kick & KICK_WANTED != 0 {
+                    if let Err(e) = self.kick(plane, peer, kick & !KICK_WANTED) {
+                        eprintln!(
+                            "replica {}: telling replica {peer} to reconnect failed: {e}",
+                            self.me
+                        );
+                    }
+                }
                 if self.requester(plane, peer).ready.load(Ordering::Acquire) {
                     continue;
                 }
@@ -610,11 +715,7 @@ impl Endpoint {
                 plane.name()
             )
         };
-        let psn = {
-            let link = lock(&r.link);
-            let last = r.qp.psns().map_or(link.last_psn, |(sq, _)| sq);
-            wire::next_psn(last)
-        };
+        let psn = wire::next_psn(lock(&r.link).last_psn);
         r.qp.reset().map_err(|e| what(&e))?;
         let hello = Hello {
             identity: self.identity,
@@ -641,6 +742,7 @@ impl Endpoint {
                     .map_err(|e| what(&e))?;
                 link.window = window;
                 link.last_psn = psn;
+                link.paired_psn = psn;
                 r.generation.fetch_add(1, Ordering::AcqRel);
                 r.ready.store(true, Ordering::Release);
                 Ok(())

@@ -22,6 +22,7 @@ use super::ibv::Path;
 pub const PROTOCOL_VERSION: u16 = 1;
 const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"MUHI");
 const REPLY_MAGIC: u32 = u32::from_le_bytes(*b"MURE");
+const KICK_MAGIC: u32 = u32::from_le_bytes(*b"MUKI");
 /// Bytes of every handshake message.
 pub const MESSAGE_BYTES: usize = 96;
 
@@ -77,6 +78,24 @@ pub struct Hello {
     pub plane: Plane,
     /// The requester's queue pair.
     pub path: Path,
+}
+
+/// A responder tells a requester that it closed their pairing (see the module doc of
+/// [`super`]): the requester should pair anew now rather than when its transport gives up.
+/// Not answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kick {
+    /// The responder's identity.
+    pub identity: Identity,
+    /// The responder's id.
+    pub from: ReplicaId,
+    /// The requester's id.
+    pub to: ReplicaId,
+    /// The plane of the pairing.
+    pub plane: Plane,
+    /// The first PSN of the closed pairing (the requester's), so that a late kick never closes
+    /// a newer pairing.
+    pub psn: u32,
 }
 
 /// Where a responder's region is, as its peers address it.
@@ -271,6 +290,35 @@ impl Hello {
     }
 }
 
+impl Kick {
+    /// The message's bytes.
+    pub fn encode(&self) -> [u8; MESSAGE_BYTES] {
+        let mut w = Writer::new(KICK_MAGIC);
+        w.identity(&self.identity);
+        w.bytes(&[self.from, self.to, self.plane as u8]);
+        w.bytes(&self.psn.to_le_bytes());
+        w.buf
+    }
+
+    /// Decodes a kick of this protocol version.
+    pub fn decode(buf: &[u8; MESSAGE_BYTES]) -> Result<Kick, Malformed> {
+        let (mut r, version) = Reader::new(buf, KICK_MAGIC)?;
+        if version != PROTOCOL_VERSION {
+            return Err(Malformed);
+        }
+        let identity = r.identity();
+        let (from, to) = (r.u8(), r.u8());
+        let plane = Plane::from_byte(r.u8()).ok_or(Malformed)?;
+        Ok(Kick {
+            identity,
+            from,
+            to,
+            plane,
+            psn: r.u32(),
+        })
+    }
+}
+
 const ACCEPT: u8 = 0;
 const REFUSE_PROTOCOL: u8 = 1;
 const REFUSE_IDENTITY: u8 = 2;
@@ -375,7 +423,9 @@ pub fn target(
     } else {
         return Err(PostError::OutOfBounds);
     };
-    Ok((window.base + offset as u64, rkey))
+    // A peer's base is whatever it sent: its addresses wrap rather than panic here (the device
+    // refuses an address outside the registration).
+    Ok((window.base.wrapping_add(offset as u64), rkey))
 }
 
 /// What a work completion's status means to the core: a refusal by the peer's permissions is
@@ -448,6 +498,19 @@ mod tests {
         for reply in replies {
             assert_eq!(Reply::decode(&reply.encode()), Ok(reply));
         }
+        let kick = Kick {
+            identity: ID,
+            from: 1,
+            to: 0,
+            plane: Plane::Replication,
+            psn: 0x12_3456,
+        };
+        assert_eq!(Kick::decode(&kick.encode()), Ok(kick));
+        assert_eq!(Hello::decode(&kick.encode()), Err(None));
+        assert_eq!(
+            Kick::decode(&Reply::Refuse(Refusal::Internal).encode()),
+            Err(Malformed)
+        );
     }
 
     #[test]
