@@ -159,3 +159,29 @@ fn a_replica_runs_once_and_reclaims_what_a_killed_one_left() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_verbs_replica_says_what_is_missing() {
+    let dir = scratch("verbs");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../board-configs/verbs-3.toml");
+    let text = std::fs::read_to_string(example).unwrap().replace(
+        "shm_dir = \"/dev/shm/mu-verbs-3\"",
+        &format!("shm_dir = \"{}\"", dir.join("files").display()),
+    );
+    let config = dir.join("verbs-3.toml");
+    std::fs::write(&config, text).unwrap();
+    let output = run(replica(&config, 0));
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    if cfg!(feature = "verbs") {
+        // This example names mlx5_0: a host without it (any host of CI) is told so, plainly.
+        assert!(err.contains("open RDMA device mlx5_0"), "{err}");
+        assert!(
+            err.contains("no RDMA device") || err.contains("no such device"),
+            "{err}"
+        );
+    } else {
+        assert!(err.contains("built without the verbs fabric"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -681,45 +681,7 @@ impl Qp {
             length: len,
             lkey,
         };
-        let (opcode, flags) = match op {
-            Op::Write if len <= self.max_inline => (
-                ibv_wr_opcode::IBV_WR_RDMA_WRITE,
-                ibv_send_flags::IBV_SEND_SIGNALED.0 | ibv_send_flags::IBV_SEND_INLINE.0,
-            ),
-            Op::Write => (
-                ibv_wr_opcode::IBV_WR_RDMA_WRITE,
-                ibv_send_flags::IBV_SEND_SIGNALED.0,
-            ),
-            Op::Read => (
-                ibv_wr_opcode::IBV_WR_RDMA_READ,
-                ibv_send_flags::IBV_SEND_SIGNALED.0,
-            ),
-        };
-        let mut wr = ibv_send_wr {
-            wr_id,
-            next: ptr::null_mut(),
-            sg_list: &mut sge,
-            num_sge: 1,
-            opcode,
-            send_flags: flags,
-            imm_data_invalidated_rkey_union: imm_data_invalidated_rkey_union_t { imm_data: 0 },
-            wr: wr_t {
-                rdma: rdma_t {
-                    remote_addr: remote,
-                    rkey,
-                },
-            },
-            qp_type: qp_type_t {
-                xrc: xrc_t { remote_srqn: 0 },
-            },
-            bind_mw_tso_union: bind_mw_tso_union_t {
-                tso: tso_t {
-                    hdr: ptr::null_mut(),
-                    hdr_sz: 0,
-                    mss: 0,
-                },
-            },
-        };
+        let mut wr = work_request(op, self.max_inline, wr_id, &mut sge, remote, rkey);
         let mut bad = ptr::null_mut();
         // SAFETY: live queue pair; `wr` and `sge` live across the call (the provider copies
         // them, and inline data, before returning); the caller keeps `local` registered.
@@ -739,6 +701,52 @@ impl Drop for Qp {
     }
 }
 
+/// The work request of one signalled RDMA write or read of `sge`'s bytes to or from `remote`
+/// (covered by `rkey`); a write no longer than `max_inline` goes inline.
+fn work_request(
+    op: Op,
+    max_inline: u32,
+    wr_id: u64,
+    sge: &mut ibv_sge,
+    remote: u64,
+    rkey: u32,
+) -> ibv_send_wr {
+    let signaled = ibv_send_flags::IBV_SEND_SIGNALED.0;
+    let (opcode, send_flags) = match op {
+        Op::Write if sge.length <= max_inline => (
+            ibv_wr_opcode::IBV_WR_RDMA_WRITE,
+            signaled | ibv_send_flags::IBV_SEND_INLINE.0,
+        ),
+        Op::Write => (ibv_wr_opcode::IBV_WR_RDMA_WRITE, signaled),
+        Op::Read => (ibv_wr_opcode::IBV_WR_RDMA_READ, signaled),
+    };
+    ibv_send_wr {
+        wr_id,
+        next: ptr::null_mut(),
+        sg_list: sge,
+        num_sge: 1,
+        opcode,
+        send_flags,
+        imm_data_invalidated_rkey_union: imm_data_invalidated_rkey_union_t { imm_data: 0 },
+        wr: wr_t {
+            rdma: rdma_t {
+                remote_addr: remote,
+                rkey,
+            },
+        },
+        qp_type: qp_type_t {
+            xrc: xrc_t { remote_srqn: 0 },
+        },
+        bind_mw_tso_union: bind_mw_tso_union_t {
+            tso: tso_t {
+                hdr: ptr::null_mut(),
+                hdr_sz: 0,
+                mss: 0,
+            },
+        },
+    }
+}
+
 /// A one-sided operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -746,4 +754,43 @@ pub enum Op {
     Write,
     /// RDMA READ.
     Read,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(op: Op, len: u32) -> (u32, u32, u64, u32, u64, u32) {
+        let mut sge = ibv_sge {
+            addr: 0x1000,
+            length: len,
+            lkey: 7,
+        };
+        let wr = work_request(op, 64, 42, &mut sge, 0xABC0, 9);
+        assert_eq!((wr.num_sge, wr.next), (1, ptr::null_mut()));
+        // SAFETY: `work_request` wrote the `rdma` member; `sg_list` points at `sge`.
+        let (remote, rkey, sge_addr) =
+            unsafe { (wr.wr.rdma.remote_addr, wr.wr.rdma.rkey, (*wr.sg_list).addr) };
+        assert_eq!(sge_addr, 0x1000);
+        (wr.opcode, wr.send_flags, remote, rkey, wr.wr_id, len)
+    }
+
+    #[test]
+    fn work_requests_encode_the_operation() {
+        let signaled = ibv_send_flags::IBV_SEND_SIGNALED.0;
+        let inline = ibv_send_flags::IBV_SEND_INLINE.0;
+        let write = ibv_wr_opcode::IBV_WR_RDMA_WRITE;
+        let read = ibv_wr_opcode::IBV_WR_RDMA_READ;
+        // Records go inline, slots are gathered from registered memory, reads never inline.
+        assert_eq!(
+            encoded(Op::Write, 16),
+            (write, signaled | inline, 0xABC0, 9, 42, 16)
+        );
+        assert_eq!(
+            encoded(Op::Write, 64),
+            (write, signaled | inline, 0xABC0, 9, 42, 64)
+        );
+        assert_eq!(encoded(Op::Write, 65), (write, signaled, 0xABC0, 9, 42, 65));
+        assert_eq!(encoded(Op::Read, 16), (read, signaled, 0xABC0, 9, 42, 16));
+    }
 }
