@@ -325,6 +325,7 @@ pub struct OwnRegion {
     id: ReplicaId,
     path: PathBuf,
     mapping: Mapping,
+    region_bytes: u32,
     incarnation: u64,
     previous: Previous,
     keeper: Option<OwnerKeeper>,
@@ -380,6 +381,7 @@ impl OwnRegion {
             id,
             path,
             mapping,
+            region_bytes: Layout::new(config).region_bytes,
             incarnation,
             previous,
             keeper: Some(keeper),
@@ -422,6 +424,21 @@ impl OwnRegion {
     /// Where region offset `offset` is in this process (the region starts page-aligned).
     pub(crate) fn region(&self, offset: u32) -> *mut u8 {
         self.mapping.at(CONTROL_BYTES + offset as usize)
+    }
+
+    /// Copies region bytes at `offset` into `buf` (what `Fabric::load` does on every fabric).
+    pub fn load(&self, offset: u32, buf: &mut [u8]) {
+        assert!(offset as u64 + buf.len() as u64 <= self.region_bytes as u64);
+        // SAFETY: in bounds of our own region (checked), mapped while `self` lives; `buf` is
+        // ours alone.
+        unsafe { copy(self.region(offset), buf.as_mut_ptr(), buf.len()) };
+    }
+
+    /// Copies `bytes` into the region at `offset` (what `Fabric::store` does on every fabric).
+    pub fn store(&self, offset: u32, bytes: &[u8]) {
+        assert!(offset as u64 + bytes.len() as u64 <= self.region_bytes as u64);
+        // SAFETY: as in `load`.
+        unsafe { copy(bytes.as_ptr(), self.region(offset), bytes.len()) };
     }
 }
 
@@ -958,14 +975,10 @@ impl Fabric for ShmFabric {
     }
 
     fn load(&self, offset: u32, buf: &mut [u8]) {
-        assert!(self.in_region(offset, buf.len() as u32));
-        // SAFETY: in bounds of our own region (checked); `buf` is ours alone.
-        unsafe { copy(self.own.region(offset), buf.as_mut_ptr(), buf.len()) };
+        self.own.load(offset, buf);
     }
 
     fn store(&mut self, offset: u32, bytes: &[u8]) {
-        assert!(self.in_region(offset, bytes.len() as u32));
-        // SAFETY: as in `load`.
-        unsafe { copy(bytes.as_ptr(), self.own.region(offset), bytes.len()) };
+        self.own.store(offset, bytes);
     }
 }

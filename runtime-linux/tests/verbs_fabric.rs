@@ -117,6 +117,12 @@ fn await_connected(fabric: &mut VerbsFabric, layout: &Layout, peer: u8) {
     }
 }
 
+/// Reconnects `replica`'s replication plane to `peer` and waits until the new pairing works.
+fn reconnect(replica: &mut Replica, layout: &Layout, peer: u8) {
+    replica.replication.reconnect(peer).unwrap();
+    await_connected(&mut replica.replication, layout, peer);
+}
+
 /// Writes `value` (64 bytes of it) from `from`'s outbox into `to`'s slot 0 and returns how the
 /// write completed.
 fn write_slot(from: &mut Replica, layout: &Layout, to: u8, value: u8) -> Result<Status, PostError> {
@@ -247,8 +253,7 @@ fn a_revoked_writer_is_refused_and_the_log_is_untouched() {
             .write(1, layout.scratch, layout.slot(0), 8, 1),
         Err(PostError::Broken)
     );
-    r[0].replication.reconnect(1).unwrap();
-    await_connected(&mut r[0].replication, &layout, 1);
+    reconnect(&mut r[0], &layout, 1);
 
     r[1].background.grant(0);
     assert_eq!(write_slot(&mut r[0], &layout, 1, 0x22), Ok(Status::Ok));
@@ -264,8 +269,7 @@ fn a_revoked_writer_is_refused_and_the_log_is_untouched() {
         Err(PostError::Broken)
     );
     // Reconnected and granted again: writes land.
-    r[0].replication.reconnect(1).unwrap();
-    await_connected(&mut r[0].replication, &layout, 1);
+    reconnect(&mut r[0], &layout, 1);
     r[1].background.revoke(0);
     r[1].background.grant(0);
     assert_eq!(write_slot(&mut r[0], &layout, 1, 0x44), Ok(Status::Ok));
@@ -282,13 +286,11 @@ fn a_revoked_writer_is_refused_and_the_log_is_untouched() {
     );
     assert_eq!(slot0(&r[1], &layout), [0x44; 64]);
     // ... and the writer's next pairing opens with the grant.
-    r[0].replication.reconnect(1).unwrap();
-    await_connected(&mut r[0].replication, &layout, 1);
+    reconnect(&mut r[0], &layout, 1);
     assert_eq!(write_slot(&mut r[0], &layout, 1, 0x66), Ok(Status::Ok));
     assert_eq!(slot0(&r[1], &layout), [0x66; 64]);
     // A grant is the peer's, not the connection's: it survives reconnects until revoked.
-    r[0].replication.reconnect(1).unwrap();
-    await_connected(&mut r[0].replication, &layout, 1);
+    reconnect(&mut r[0], &layout, 1);
     assert_eq!(write_slot(&mut r[0], &layout, 1, 0x77), Ok(Status::Ok));
     assert_eq!(slot0(&r[1], &layout), [0x77; 64]);
 

@@ -79,7 +79,6 @@ use std::sync::Arc;
 
 use mu_nostd::{Completion, Config, Fabric, Layout, PostError, ReplicaId, Status};
 
-use crate::mem::copy;
 pub use crate::node::VerbsSpec;
 use ibv::{Cq, Op, Wc};
 pub use session::{Endpoint, VerbsError};
@@ -389,15 +388,10 @@ impl Fabric for VerbsFabric {
     }
 
     fn load(&self, offset: u32, buf: &mut [u8]) {
-        assert!(self.in_region(offset, buf.len() as u32));
-        // SAFETY: in bounds of our own region (checked), which the endpoint keeps mapped;
-        // `buf` is ours alone.
-        unsafe { copy(self.endpoint.region(offset), buf.as_mut_ptr(), buf.len()) };
+        self.endpoint.own().load(offset, buf);
     }
 
     fn store(&mut self, offset: u32, bytes: &[u8]) {
-        assert!(self.in_region(offset, bytes.len() as u32));
-        // SAFETY: as in `load`.
-        unsafe { copy(bytes.as_ptr(), self.endpoint.region(offset), bytes.len()) };
+        self.endpoint.own().store(offset, bytes);
     }
 }

@@ -343,9 +343,9 @@ impl Endpoint {
         lock(&self.requester(plane, peer).link).window
     }
 
-    /// Where region offset `offset` is in this process.
-    pub(super) fn region(&self, offset: u32) -> *mut u8 {
-        self.own.region(offset)
+    /// This replica's region.
+    pub(super) fn own(&self) -> &OwnRegion {
+        &self.own
     }
 
     #[allow(clippy::too_many_arguments)]
