@@ -236,7 +236,17 @@ pub fn demo(options: &DemoOptions) -> Result<(), String> {
     let mut cluster = Cluster::start(&exe, &deployment).map_err(|e| e.to_string())?;
     println!("cluster directory: {}", cluster.dir().display());
     let result = run_demo(&mut cluster, options, tsc_hz, started);
-    if matches!(options.fabric, DemoFabric::Verbs { .. }) {
+    conclude(cluster, &options.fabric, result)
+}
+
+/// How every run ends: the permission switches the replicas logged (verbs), their logs when the
+/// run failed, and the cluster shut down.
+fn conclude(
+    cluster: Cluster,
+    fabric: &DemoFabric,
+    result: Result<(), String>,
+) -> Result<(), String> {
+    if matches!(fabric, DemoFabric::Verbs { .. }) {
         print_permission_switches(&cluster);
     }
     if result.is_err() {
@@ -457,16 +467,7 @@ pub fn failover(options: &FailoverOptions) -> Result<(), String> {
     );
     let mut cluster = Cluster::start(&exe, &deployment).map_err(|e| e.to_string())?;
     let result = run_failover(&mut cluster, options);
-    if matches!(options.fabric, DemoFabric::Verbs { .. }) {
-        print_permission_switches(&cluster);
-    }
-    if result.is_err() {
-        for id in 0..cluster.replicas() {
-            eprintln!("--- replica {id} log ---\n{}", cluster.log_tail(id));
-        }
-    }
-    cluster.shutdown();
-    result
+    conclude(cluster, &options.fabric, result)
 }
 
 fn run_failover(cluster: &mut Cluster, options: &FailoverOptions) -> Result<(), String> {

@@ -24,7 +24,7 @@ use rdma_sys::{ibv_mtu, ibv_port_state};
 
 use crate::procfs::IsolatedCores;
 use crate::verbs::ibv::{self, Context, DeviceAttr, DeviceList, PortAttr};
-use crate::verbs::DEPTH;
+use crate::verbs::{completion_entries, queue_pairs, registrations, DEPTH, REGISTRATIONS};
 
 /// Inline bytes the test queue pair asks for: more than the fabric sends inline, so what the
 /// device grants (up to this) is its real limit.
@@ -33,9 +33,6 @@ const INLINE_ASK: u32 = 256;
 /// are computed for.
 const DEMO_REPLICAS: u8 = 3;
 const DEMO_PAYLOAD: usize = 64;
-/// Memory regions a replica registers (`verbs::Endpoint::open`): the whole region for local
-/// access, the header and background area, and the log area.
-const REGISTRATIONS: i32 = 3;
 /// Room for queue buffers on top of the registrations: providers that pin their queues (mlx5)
 /// count them against the same limit; a replica's queues take a few hundred KiB at most.
 const QUEUE_HEADROOM: u64 = 1 << 20;
@@ -124,8 +121,8 @@ fn write_ready(out: &mut impl Write, c: &Choice) -> io::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // What a replica needs
 
-/// What one replica of a configuration asks of the device and of the memlock limit, as
-/// `verbs::Endpoint::open` sets it up.
+/// What one replica of a configuration asks of the device and of the memlock limit: what
+/// `verbs::Endpoint::open` creates, from the same functions.
 #[derive(Clone, Debug)]
 struct ReplicaNeeds {
     replicas: u8,
@@ -133,7 +130,7 @@ struct ReplicaNeeds {
     /// The region file: a control page and the region rounded up to whole pages.
     file_bytes: u64,
     /// Bytes the registrations pin. Each registration counts against the limit on its own, so
-    /// the whole-region one and the two remote ones overlapping it count twice.
+    /// overlapping ones (the whole region, and the areas peers get) count each time.
     pinned_bytes: u64,
     /// Requester and responder queue pairs, per peer and plane.
     queue_pairs: u32,
@@ -145,18 +142,16 @@ impl ReplicaNeeds {
     fn of(config: &Config) -> ReplicaNeeds {
         let layout = Layout::new(config);
         let page = crate::mem::page_size() as u64;
-        let (log, scratch) = (u64::from(layout.log), u64::from(layout.scratch));
-        let region = u64::from(layout.region_bytes);
-        let n = u32::from(config.replica_count);
         ReplicaNeeds {
             replicas: config.replica_count,
-            region_bytes: region,
+            region_bytes: layout.region_bytes.into(),
             file_bytes: crate::shm::file_bytes(config) as u64,
-            pinned_bytes: pinned(0, region, page)
-                + pinned(0, log, page)
-                + pinned(log, scratch, page),
-            queue_pairs: 4 * n.saturating_sub(1),
-            cq_entries: 2 * n * DEPTH,
+            pinned_bytes: registrations(&layout)
+                .iter()
+                .map(|r| pinned(r.start.into(), r.end.into(), page))
+                .sum(),
+            queue_pairs: queue_pairs(config.replica_count),
+            cq_entries: completion_entries(config.replica_count),
         }
     }
 
@@ -594,7 +589,7 @@ fn shortfalls(attr: &DeviceAttr, needs: &ReplicaNeeds) -> Vec<String> {
         "completion queue entries",
     );
     need(attr.max_qp.into(), needs.queue_pairs.into(), "queue pairs");
-    need(attr.max_mr.into(), REGISTRATIONS.into(), "memory regions");
+    need(attr.max_mr.into(), REGISTRATIONS as i64, "memory regions");
     need(
         attr.max_qp_rd_atom.into(),
         1,

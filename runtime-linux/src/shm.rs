@@ -730,21 +730,6 @@ impl ShmFabric {
         }
     }
 
-    /// The cluster directory.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Replicas in the cluster.
-    pub fn replica_count(&self) -> u8 {
-        self.config.replica_count
-    }
-
-    /// The replica this fabric belongs to.
-    pub fn me(&self) -> ReplicaId {
-        self.me
-    }
-
     /// Why `peer` was last refused (another configuration, a file of another user), if it was.
     pub fn refusal(&self, peer: ReplicaId) -> Option<&str> {
         self.peers.get(peer as usize)?.refusal.as_deref()

@@ -75,6 +75,11 @@ fn big_config() -> Config {
 }
 
 /// A replication-plane fabric (the plane that writes logs).
+/// The regions of replicas 0, 1 and 2.
+fn three_regions(dir: &RegionDir, config: &Config) -> [Arc<OwnRegion>; 3] {
+    [0, 1, 2].map(|id| Arc::new(OwnRegion::create(dir, id, config).unwrap()))
+}
+
 fn fabric(dir: &RegionDir, config: Config, own: &Arc<OwnRegion>) -> ShmFabric {
     ShmFabric::new(dir.clone(), config, own.clone(), Lane::Replication)
 }
@@ -513,9 +518,7 @@ fn write_and_read_round_trip_in_posting_order() {
     let dir = tmp.open();
     let config = Config::new(3);
     let layout = Layout::new(&config);
-    let r0 = Arc::new(OwnRegion::create(&dir, 0, &config).unwrap());
-    let r1 = Arc::new(OwnRegion::create(&dir, 1, &config).unwrap());
-    let r2 = Arc::new(OwnRegion::create(&dir, 2, &config).unwrap());
+    let [r0, r1, r2] = three_regions(&dir, &config);
     let mut f0 = fabric(&dir, config, &r0);
     let mut f1 = fabric(&dir, config, &r1);
     let mut f2 = fabric(&dir, config, &r2);
@@ -615,9 +618,7 @@ fn bounds_peer_ids_and_busy() {
     let dir = tmp.open();
     let config = Config::new(3);
     let layout = Layout::new(&config);
-    let r0 = Arc::new(OwnRegion::create(&dir, 0, &config).unwrap());
-    let r1 = Arc::new(OwnRegion::create(&dir, 1, &config).unwrap());
-    let r2 = Arc::new(OwnRegion::create(&dir, 2, &config).unwrap());
+    let [r0, r1, r2] = three_regions(&dir, &config);
     let mut f0 = fabric(&dir, config, &r0);
     let f1 = fabric(&dir, config, &r1);
     let rb = layout.region_bytes;
@@ -735,9 +736,7 @@ fn log_area_permissions() {
     let dir = tmp.open();
     let config = Config::new(3);
     let layout = Layout::new(&config);
-    let r0 = Arc::new(OwnRegion::create(&dir, 0, &config).unwrap());
-    let r1 = Arc::new(OwnRegion::create(&dir, 1, &config).unwrap());
-    let r2 = Arc::new(OwnRegion::create(&dir, 2, &config).unwrap());
+    let [r0, r1, r2] = three_regions(&dir, &config);
     let mut f0 = fabric(&dir, config, &r0);
     let mut f1 = fabric(&dir, config, &r1);
 

@@ -81,7 +81,11 @@ use mu_nostd::{Completion, Config, Fabric, Layout, PostError, ReplicaId, Status}
 
 pub use crate::node::VerbsSpec;
 use ibv::{Cq, Op, Wc};
-pub use session::{Endpoint, VerbsError};
+use session::Connection;
+pub use session::{
+    completion_entries, queue_pairs, registrations, Endpoint, Registration, VerbsError,
+    REGISTRATIONS,
+};
 use wire::Plane;
 
 /// Work requests a requester queue pair holds at most.
@@ -91,9 +95,10 @@ const POLL_BATCH: usize = 32;
 
 /// What a plane remembers about one peer.
 struct PeerState {
-    /// The requester's pairing generation the cached window belongs to.
+    /// The requester's pairing generation the cached window belongs to (0, before the first
+    /// pairing, is never a ready one).
     generation: u32,
-    window: Option<wire::Window>,
+    window: wire::Window,
     /// Posted and not yet completed.
     outstanding: u32,
     /// A completion failed: the queue pair is in the error state until `reconnect`.
@@ -103,14 +108,12 @@ struct PeerState {
     posted_on: Option<u32>,
 }
 
-/// A completion waiting in [`VerbsFabric::pending`].
+/// A completion waiting in [`VerbsFabric::pending`]: made up by the fabric, or taken from the
+/// completion queue while draining it. It counts in its peer's outstanding work until polled.
 #[derive(Clone, Copy)]
 struct Pending {
     peer: ReplicaId,
     completion: Completion,
-    /// Still counted in its peer's outstanding work until polled (made up by the fabric, or
-    /// taken from the completion queue while draining it).
-    counted: bool,
 }
 
 /// One plane's view of the verbs fabric.
@@ -139,7 +142,7 @@ impl VerbsFabric {
         let peers = (0..config.replica_count)
             .map(|_| PeerState {
                 generation: 0,
-                window: None,
+                window: wire::Window::NONE,
                 outstanding: 0,
                 broken: false,
                 posted_on: None,
@@ -161,11 +164,6 @@ impl VerbsFabric {
             pending_max,
             wcs: Box::new(std::array::from_fn(|_| ibv::empty_wc())),
         }
-    }
-
-    /// This replica's id.
-    pub fn me(&self) -> ReplicaId {
-        self.me
     }
 
     fn check_peer(&self, peer: ReplicaId) -> Result<(), PostError> {
@@ -198,14 +196,15 @@ impl VerbsFabric {
         if state.broken {
             return Err(PostError::Broken);
         }
-        if self.endpoint.kicked(self.plane, peer) {
+        let connection = self.endpoint.connection(self.plane, peer);
+        if connection == Connection::Kicked {
             state.broken = true;
             return Err(PostError::Broken);
         }
         if state.outstanding >= DEPTH {
             return Err(PostError::Busy);
         }
-        let Some(generation) = self.endpoint.ready_generation(self.plane, peer) else {
+        let Connection::Ready { generation } = connection else {
             // Being (re)paired: the operation fails like one to an unreachable peer.
             state.outstanding += 1;
             self.pending.push_back(Pending {
@@ -214,19 +213,16 @@ impl VerbsFabric {
                     wr_id,
                     status: Status::Failed,
                 },
-                counted: true,
             });
             return Ok(());
         };
-        if state.generation != generation || state.window.is_none() {
-            state.window = Some(self.endpoint.window_of(self.plane, peer));
+        if state.generation != generation {
+            state.window = self.endpoint.window_of(self.plane, peer);
             state.generation = generation;
         }
-        let Some(window) = state.window else {
-            unreachable!("set above");
-        };
         let write = op == Op::Write;
-        let (address, rkey) = wire::target(&self.layout, &window, self.plane, write, remote, len)?;
+        let (address, rkey) =
+            wire::target(&self.layout, &state.window, self.plane, write, remote, len)?;
         match self
             .endpoint
             .post(self.plane, peer, op, wr_id, local, len, address, rkey)
@@ -245,8 +241,23 @@ impl VerbsFabric {
         }
     }
 
-    fn peer_of(&self, qpn: u32) -> Option<ReplicaId> {
-        self.qpns.iter().find(|(q, _)| *q == qpn).map(|&(_, p)| p)
+    /// The peer and completion of work completion `i` of the last poll of the queue; a failed
+    /// one breaks that peer's connection.
+    fn completion_of(&mut self, i: usize) -> Option<(ReplicaId, Completion)> {
+        let wc = &self.wcs[i];
+        let peer = self
+            .qpns
+            .iter()
+            .find(|(q, _)| *q == wc.qp_num)
+            .map(|&(_, p)| p)?;
+        let completion = Completion {
+            wr_id: wc.wr_id,
+            status: wire::status(wc.status),
+        };
+        if completion.status != Status::Ok {
+            self.peers[peer as usize].broken = true;
+        }
+        Some((peer, completion))
     }
 
     /// Takes every completion now in the queue into `pending`, dropping those of `dropped`'s
@@ -255,27 +266,15 @@ impl VerbsFabric {
         loop {
             let n = self.cq.poll(&mut self.wcs[..]).unwrap_or(0);
             for i in 0..n {
-                let wc = &self.wcs[i];
-                let Some(peer) = self.peer_of(wc.qp_num) else {
+                let Some((peer, completion)) = self.completion_of(i) else {
                     continue;
                 };
                 if peer == dropped {
                     continue;
                 }
-                let completion = Completion {
-                    wr_id: wc.wr_id,
-                    status: wire::status(wc.status),
-                };
-                if completion.status != Status::Ok {
-                    self.peers[peer as usize].broken = true;
-                }
                 // Bounded: at most DEPTH outstanding per peer, made up or posted.
                 debug_assert!(self.pending.len() < self.pending_max);
-                self.pending.push_back(Pending {
-                    peer,
-                    completion,
-                    counted: true,
-                });
+                self.pending.push_back(Pending { peer, completion });
             }
             if n < POLL_BATCH {
                 return;
@@ -313,10 +312,8 @@ impl Fabric for VerbsFabric {
             let Some(pending) = self.pending.pop_front() else {
                 break;
             };
-            if pending.counted {
-                let state = &mut self.peers[pending.peer as usize];
-                state.outstanding = state.outstanding.saturating_sub(1);
-            }
+            let state = &mut self.peers[pending.peer as usize];
+            state.outstanding = state.outstanding.saturating_sub(1);
             completions[n] = pending.completion;
             n += 1;
         }
@@ -336,20 +333,12 @@ impl Fabric for VerbsFabric {
             }
         };
         for i in 0..got {
-            let wc = &self.wcs[i];
-            let Some(peer) = self.peer_of(wc.qp_num) else {
+            let Some((peer, completion)) = self.completion_of(i) else {
                 continue;
             };
             let state = &mut self.peers[peer as usize];
             state.outstanding = state.outstanding.saturating_sub(1);
-            let status = wire::status(wc.status);
-            if status != Status::Ok {
-                state.broken = true;
-            }
-            completions[n] = Completion {
-                wr_id: wc.wr_id,
-                status,
-            };
+            completions[n] = completion;
             n += 1;
         }
         n
@@ -371,11 +360,10 @@ impl Fabric for VerbsFabric {
         self.check_peer(peer)?;
         let state = &self.peers[peer as usize];
         let untouched = !state.broken
-            && !self.endpoint.kicked(self.plane, peer)
-            && self
-                .endpoint
-                .ready_generation(self.plane, peer)
-                .is_some_and(|g| state.posted_on != Some(g));
+            && matches!(
+                self.endpoint.connection(self.plane, peer),
+                Connection::Ready { generation } if state.posted_on != Some(generation)
+            );
         if !untouched {
             self.endpoint.reset_requester(self.plane, peer);
             self.drain(peer);

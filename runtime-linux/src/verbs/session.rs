@@ -28,6 +28,67 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(250);
 const BACKOFF_MIN: Duration = Duration::from_millis(2);
 const BACKOFF_MAX: Duration = Duration::from_millis(100);
 
+/// One registration of a replica's region: an area and what the device lets be done to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Registration {
+    /// First region offset.
+    pub start: u32,
+    /// Region offset past the end.
+    pub end: u32,
+    /// The rights.
+    pub access: Access,
+}
+
+/// Registrations of a replica's region.
+pub const REGISTRATIONS: usize = 4;
+/// Indices into [`registrations`].
+const LOCAL: usize = 0;
+const BACKGROUND: usize = 1;
+const LOG: usize = 2;
+const LOG_READ: usize = 3;
+
+/// What a replica registers with the device: the whole region for local access (the source of
+/// writes, the landing place of reads); the header and background area and the log area for
+/// peers; and the log area again, read-only, the key background-plane peers get, so that the
+/// device itself keeps their queue pairs out of the log.
+pub fn registrations(layout: &Layout) -> [Registration; REGISTRATIONS] {
+    let remote = Access::REMOTE_READ
+        .with(Access::REMOTE_WRITE)
+        .with(Access::LOCAL_WRITE);
+    let area = |start, end, access| Registration { start, end, access };
+    let mut all = [area(0, 0, Access::NONE); REGISTRATIONS];
+    all[LOCAL] = area(0, layout.region_bytes, Access::LOCAL_WRITE);
+    all[BACKGROUND] = area(0, layout.log, remote);
+    all[LOG] = area(layout.log, layout.scratch, remote);
+    all[LOG_READ] = area(layout.log, layout.scratch, Access::REMOTE_READ);
+    all
+}
+
+/// Queue pairs a replica creates: a requester and a responder per peer and plane.
+pub const fn queue_pairs(replicas: u8) -> u32 {
+    4 * (replicas as u32).saturating_sub(1)
+}
+
+/// Entries of each plane's completion queue: room for every requester's outstanding work
+/// twice over (entries of a reset queue pair may still wait in it).
+pub const fn completion_entries(replicas: u8) -> u32 {
+    2 * replicas as u32 * DEPTH
+}
+
+/// Where a requester stands, as its plane sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Connection {
+    /// Reset, or being paired: not ready to send.
+    Pairing,
+    /// Ready, but the peer closed this pairing (see [`Endpoint::grant`]): reconnect.
+    Kicked,
+    /// Ready to send, in this pairing generation (never 0).
+    Ready {
+        /// Bumped by every pairing.
+        generation: u32,
+    },
+}
+
 /// A requester queue pair and its pairing.
 struct Requester {
     qp: Qp,
@@ -94,10 +155,8 @@ pub struct Endpoint {
     responders: [Vec<Option<Responder>>; 2],
     initiators: Vec<OnceLock<Thread>>,
     cqs: [Arc<Cq>; 2],
-    local_mr: Mr,
-    _background_mr: Mr,
-    _log_mr: Mr,
-    _log_read_mr: Mr,
+    /// The region's registrations, as [`registrations`] lists them.
+    registered: Vec<Mr>,
     me: ReplicaId,
     config: Config,
     identity: Identity,
@@ -160,37 +219,17 @@ impl Endpoint {
         };
         let pd = Pd::new(&context)?;
         let layout = Layout::new(&config);
-        let base = own.region(0);
-        let remote = Access::REMOTE_READ
-            .with(Access::REMOTE_WRITE)
-            .with(Access::LOCAL_WRITE);
-        // SAFETY (all three): the region's memory is `own`'s mapping, which the endpoint holds
-        // and drops after the registrations (field order); the ranges are inside the region.
-        let local_mr =
-            unsafe { Mr::register(&pd, base, layout.region_bytes as usize, Access::LOCAL_WRITE)? };
-        // SAFETY: as above.
-        let background_mr = unsafe { Mr::register(&pd, base, layout.log as usize, remote)? };
-        // SAFETY: as above; `log..scratch` is inside the region.
-        let log_mr = unsafe {
-            Mr::register(
-                &pd,
-                own.region(layout.log),
-                (layout.scratch - layout.log) as usize,
-                remote,
-            )?
-        };
-        // SAFETY: as above. The log area again, read-only: the key background-plane peers get,
-        // so that the device itself keeps their queue pairs out of the log.
-        let log_read_mr = unsafe {
-            Mr::register(
-                &pd,
-                own.region(layout.log),
-                (layout.scratch - layout.log) as usize,
-                Access::REMOTE_READ,
-            )?
-        };
+        let mut registered = Vec::with_capacity(REGISTRATIONS);
+        for area in registrations(&layout) {
+            let len = (area.end - area.start) as usize;
+            // SAFETY: the area lies inside the region (see `registrations`), whose memory is
+            // `own`'s mapping; the endpoint holds `own` and drops it after the registrations
+            // (field order).
+            registered
+                .push(unsafe { Mr::register(&pd, own.region(area.start), len, area.access)? });
+        }
         let n = config.replica_count as usize;
-        let entries = (2 * n as u32 * DEPTH) as i32;
+        let entries = completion_entries(config.replica_count) as i32;
         let cqs = [Cq::new(&context, entries)?, Cq::new(&context, entries)?];
         // Responders never post, so their queue sees no completions.
         let quiet = Cq::new(&context, 4)?;
@@ -210,11 +249,7 @@ impl Endpoint {
                     generation: AtomicU32::new(0),
                     kicked: AtomicBool::new(false),
                     link: Mutex::new(Link {
-                        window: Window {
-                            base: 0,
-                            background_rkey: 0,
-                            log_rkey: 0,
-                        },
+                        window: Window::NONE,
                         last_psn: initial_psn(me, peer, plane),
                         paired_psn: 0,
                     }),
@@ -242,15 +277,12 @@ impl Endpoint {
             initiators: (0..n).map(|_| OnceLock::new()).collect(),
             cqs,
             window: Window {
-                base: base as u64,
-                background_rkey: background_mr.rkey(),
-                log_rkey: log_mr.rkey(),
+                base: own.region(0) as u64,
+                background_rkey: registered[BACKGROUND].rkey(),
+                log_rkey: registered[LOG].rkey(),
             },
-            log_read_rkey: log_read_mr.rkey(),
-            local_mr,
-            _background_mr: background_mr,
-            _log_mr: log_mr,
-            _log_read_mr: log_read_mr,
+            log_read_rkey: registered[LOG_READ].rkey(),
+            registered,
             me,
             config,
             identity: Identity {
@@ -331,12 +363,18 @@ impl Endpoint {
             .collect()
     }
 
-    /// The pairing generation of `peer`'s requester when it is ready to send.
-    pub(super) fn ready_generation(&self, plane: Plane, peer: ReplicaId) -> Option<u32> {
+    /// Where `peer`'s requester of `plane` stands.
+    pub(super) fn connection(&self, plane: Plane, peer: ReplicaId) -> Connection {
         let r = self.requester(plane, peer);
-        r.ready
-            .load(Ordering::Acquire)
-            .then(|| r.generation.load(Ordering::Acquire))
+        if !r.ready.load(Ordering::Acquire) {
+            Connection::Pairing
+        } else if r.kicked.load(Ordering::Acquire) {
+            Connection::Kicked
+        } else {
+            Connection::Ready {
+                generation: r.generation.load(Ordering::Acquire),
+            }
+        }
     }
 
     pub(super) fn window_of(&self, plane: Plane, peer: ReplicaId) -> Window {
@@ -363,15 +401,18 @@ impl Endpoint {
         let r = self.requester(plane, peer);
         let address = self.own.region(local) as u64;
         // SAFETY: `local..local+len` is inside the region (checked by the fabric), which
-        // `local_mr` covers and the endpoint keeps mapped for its lifetime.
+        // the local registration covers and the endpoint keeps mapped for its lifetime.
         unsafe {
-            r.qp.post(op, wr_id, address, len, self.local_mr.lkey(), remote, rkey)
+            r.qp.post(
+                op,
+                wr_id,
+                address,
+                len,
+                self.registered[LOCAL].lkey(),
+                remote,
+                rkey,
+            )
         }
-    }
-
-    /// Whether `peer`'s responder closed the current pairing of this requester.
-    pub(super) fn kicked(&self, plane: Plane, peer: ReplicaId) -> bool {
-        self.requester(plane, peer).kicked.load(Ordering::Acquire)
     }
 
     /// Resets `peer`'s requester of `plane` (nothing more of what was posted is sent; packets

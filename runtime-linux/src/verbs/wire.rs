@@ -109,6 +109,15 @@ pub struct Window {
     pub log_rkey: u32,
 }
 
+impl Window {
+    /// No window: the keys of a peer not yet paired.
+    pub const NONE: Window = Window {
+        base: 0,
+        background_rkey: 0,
+        log_rkey: 0,
+    };
+}
+
 /// Why a responder refused a requester.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
