@@ -36,4 +36,5 @@ macro_rules! warn {
 }
 
 /// Placeholder that makes the no-defmt expansion a tuple expression.
+#[cfg(not(feature = "defmt"))]
 pub(crate) struct Ignore;

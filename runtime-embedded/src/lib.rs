@@ -1,0 +1,37 @@
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+//! # runtime-embedded: Mu in firmware
+//!
+//! A `no_std`, allocation-free host for the Mu core on bare-metal boards:
+//!
+//! - [`board::Board`]: what a board provides (tick counter, shared window, identity, halt);
+//! - [`run::run`]: one loop that polls the responder, both planes and the workload;
+//! - [`fabric::WindowFabric`] and [`responder::Responder`]: the Fabric contract over a shared
+//!   memory window (an ivshmem BAR under QEMU): per-peer ordering, completions, and permissions
+//!   whose revoke holds even against a write in flight ([`permissions`]);
+//! - [`fail_safe`]: fate sharing from the panic handler;
+//! - [`telemetry`]: what each replica reports in the window;
+//! - [`setpoints`]: the demo application, a controller's setpoint table.
+//!
+//! Logging goes through `defmt` (feature `defmt`); the board binary installs the global logger.
+//! Board binaries live in `runtime-embedded/boards/`, one crate per board, each with a build
+//! script that turns its board file (`board-configs/`) into constants.
+
+#[macro_use]
+mod fmt;
+
+pub mod board;
+pub mod fabric;
+pub mod fail_safe;
+pub mod permissions;
+pub mod responder;
+pub mod ring;
+pub mod run;
+pub mod setpoints;
+pub mod telemetry;
+pub mod window;
+pub mod words;
+
+pub use board::{Board, ExitCode};
+pub use run::{run, Firmware, Report, StartError, Step, Ticker};

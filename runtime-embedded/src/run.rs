@@ -1,0 +1,334 @@
+//! The run loop: one loop polls the responder, both planes and the workload, and publishes
+//! telemetry. [`Firmware`] is one replica's whole state, stepped by [`run`] on a board or by a
+//! test on the host.
+//!
+//! # Invariants
+//! - Every step is bounded: the responder serves at most a ring's worth per peer and plane, the
+//!   workload submits at most `SUBMITS_PER_STEP` commands.
+//! - Nothing is allocated; the replica, its buffers and the fabrics live in `Firmware`, which
+//!   `run` keeps for the life of the board.
+
+use mu_nostd::{Config, Replica, ReplicaError, ReplicaId, Shared};
+
+use crate::board::{Board, ExitCode};
+use crate::fabric::WindowFabric;
+use crate::fail_safe;
+use crate::permissions::Permissions;
+use crate::responder::Responder;
+use crate::setpoints::{Setpoints, Workload};
+use crate::telemetry::{self, control, word, Telemetry};
+use crate::window::{Plane, WindowError, WindowLayout};
+use crate::words::Words;
+
+/// Bytes of the slot buffer: the largest `slot_size` a firmware cluster may use.
+pub const SLOT_BYTES: usize = 256;
+/// Bytes of the entry buffer: the largest command.
+pub const ENTRY_BYTES: usize = 1024;
+/// Bytes of commands the leader may hold undecided.
+pub const QUEUE_BYTES: usize = 2048;
+/// Commands the workload submits per step at most.
+const SUBMITS_PER_STEP: u32 = 4;
+/// Steps between telemetry updates.
+const TELEMETRY_PERIOD_STEPS: u32 = 16;
+
+/// The replica type the firmware runs.
+pub type FirmwareReplica<'s> = Replica<'s, SLOT_BYTES, ENTRY_BYTES, QUEUE_BYTES>;
+
+/// Why a replica cannot start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum StartError {
+    /// The configuration has no window layout.
+    Window(WindowError),
+    /// The board's window is smaller than the cluster needs.
+    WindowTooSmall {
+        /// Bytes needed.
+        need: u64,
+        /// Bytes the board has.
+        have: u64,
+    },
+    /// The core refused the configuration or the id.
+    Replica(ReplicaError),
+}
+
+/// What a replica ended with, for its final report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Report {
+    /// The replica.
+    pub me: ReplicaId,
+    /// Positions applied.
+    pub applied: u64,
+    /// Chain digest of the applied log prefix.
+    pub chain: u64,
+    /// Digest of the setpoint table.
+    pub digest: u64,
+    /// Commands this replica committed while it led.
+    pub committed: u64,
+    /// Times the leader it saw changed.
+    pub leader_changes: u32,
+    /// The leader it sees.
+    pub leader: Option<ReplicaId>,
+}
+
+/// What the caller should do after a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Keep stepping.
+    Running,
+    /// Report and end: the harness asked, or the single-node self-test is done.
+    Finish,
+}
+
+/// One firmware replica: its planes, fabrics, responder, application and workload.
+pub struct Firmware<'w> {
+    me: ReplicaId,
+    window: Words<'w>,
+    replica: FirmwareReplica<'w>,
+    replication: WindowFabric<'w>,
+    background: WindowFabric<'w>,
+    responder: Responder<'w>,
+    setpoints: Setpoints,
+    workload: Workload,
+    telemetry: Telemetry<'w>,
+    /// Commands after which a single replica finishes by itself (the self-test); `None` in a
+    /// cluster, which the harness finishes.
+    commands_max: Option<u64>,
+    steps: u32,
+    leader: Option<ReplicaId>,
+    leader_changes: u32,
+}
+
+impl<'w> Firmware<'w> {
+    /// Replica `me` of the cluster `config` over `window`; `shared` and `permissions` are this
+    /// replica's own (statics on a board).
+    pub fn new(
+        config: Config,
+        me: ReplicaId,
+        window: Words<'w>,
+        shared: &'w Shared,
+        permissions: &'w Permissions,
+        commands_max: Option<u64>,
+    ) -> Result<Firmware<'w>, StartError> {
+        let layout = WindowLayout::new(&config).map_err(StartError::Window)?;
+        if (window.len() as u64) < layout.bytes {
+            return Err(StartError::WindowTooSmall {
+                need: layout.bytes,
+                have: window.len() as u64,
+            });
+        }
+        let replica = FirmwareReplica::new(config, me, shared).map_err(StartError::Replica)?;
+        let telemetry = Telemetry::new(window, &layout, me);
+        telemetry.set(word::PHASE, telemetry::PHASE_BOOTING);
+        telemetry.set(word::MAGIC, telemetry::MAGIC);
+        Ok(Firmware {
+            me,
+            window,
+            replica,
+            replication: WindowFabric::new(window, layout, me, Plane::Replication, permissions),
+            background: WindowFabric::new(window, layout, me, Plane::Background, permissions),
+            responder: Responder::new(window, layout, me, permissions),
+            setpoints: Setpoints::new(),
+            workload: Workload::new(me),
+            telemetry,
+            commands_max,
+            steps: 0,
+            leader: None,
+            leader_changes: 0,
+        })
+    }
+
+    /// One pass of the loop at time `now` (core ticks).
+    pub fn step(&mut self, now: u64) -> Step {
+        self.responder.serve();
+        self.replica.poll(
+            now,
+            &mut self.replication,
+            &mut self.background,
+            &mut self.setpoints,
+        );
+        self.follow_leader();
+        self.submit();
+        self.steps = self.steps.wrapping_add(1);
+        if self.steps % TELEMETRY_PERIOD_STEPS == 0 {
+            self.publish(telemetry::PHASE_RUNNING);
+        }
+        if self.finished() {
+            Step::Finish
+        } else {
+            Step::Running
+        }
+    }
+
+    fn follow_leader(&mut self) {
+        let leader = self.replica.background.status().leader;
+        if leader.is_some() && leader != self.leader {
+            if self.leader.is_some() {
+                self.leader_changes += 1;
+            }
+            info!(
+                "replica {=u8}: leader is now replica {=u8}",
+                self.me,
+                leader.unwrap_or(0)
+            );
+            self.leader = leader;
+        }
+    }
+
+    fn submit(&mut self) {
+        let status = self.replica.replication.status();
+        if !status.fast_path || self.stopping() {
+            return;
+        }
+        for _ in 0..SUBMITS_PER_STEP {
+            if self
+                .replica
+                .replication
+                .submit(&self.workload.command())
+                .is_err()
+            {
+                return; // Queue full, or no longer leading: try again next step.
+            }
+            self.workload.advance();
+            if self.stopping() {
+                return;
+            }
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        telemetry::control_word(self.window, control::STOP) != 0
+            || self
+                .commands_max
+                .is_some_and(|max| self.workload.submitted() >= max)
+    }
+
+    fn finished(&self) -> bool {
+        if telemetry::control_word(self.window, control::FINISH) != 0 {
+            return true;
+        }
+        let Some(max) = self.commands_max else {
+            return false;
+        };
+        self.setpoints.committed() >= max && self.replica.replication.status().queued == 0
+    }
+
+    /// Writes the telemetry block with `phase`.
+    pub fn publish(&self, phase: u32) {
+        let report = self.report();
+        let t = &self.telemetry;
+        t.set(word::LOOPS, self.steps);
+        t.set(word::LEADER, report.leader.map_or(0, |l| u32::from(l) + 1));
+        let leading = self.replica.replication.status().fast_path;
+        t.set(
+            word::FLAGS,
+            if leading { telemetry::FLAG_LEADING } else { 0 },
+        );
+        t.set_u64(word::APPLIED, report.applied);
+        t.set_u64(word::CHAIN, report.chain);
+        t.set_u64(word::DIGEST, report.digest);
+        t.set_u64(word::COMMITTED, report.committed);
+        t.set(word::LEADER_CHANGES, report.leader_changes);
+        t.set(word::PHASE, phase);
+    }
+
+    /// What this replica holds now.
+    pub fn report(&self) -> Report {
+        let status = self.replica.replication.status();
+        Report {
+            me: self.me,
+            applied: status.applied,
+            chain: status.applied_chain,
+            digest: self.setpoints.digest(),
+            committed: self.setpoints.committed(),
+            leader_changes: self.leader_changes,
+            leader: self.leader,
+        }
+    }
+
+    /// The application state.
+    pub fn setpoints(&self) -> &Setpoints {
+        &self.setpoints
+    }
+
+    /// Commands the workload submitted.
+    pub fn submitted(&self) -> u64 {
+        self.workload.submitted()
+    }
+
+    /// This replica's telemetry block.
+    pub fn telemetry(&self) -> Telemetry<'w> {
+        self.telemetry
+    }
+}
+
+/// The core's clock from a board counter: ticks of `tick_ns` nanoseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Ticker {
+    counter_hz: u64,
+    tick_ns: u64,
+}
+
+impl Ticker {
+    /// A ticker for a counter at `counter_hz`.
+    pub fn new(counter_hz: u64, tick_ns: u64) -> Ticker {
+        assert!(counter_hz > 0);
+        assert!(tick_ns > 0);
+        Ticker {
+            counter_hz,
+            tick_ns,
+        }
+    }
+
+    /// Ticks at counter value `counter`.
+    pub fn ticks(&self, counter: u64) -> u64 {
+        let seconds = counter / self.counter_hz;
+        let rest_ns = counter % self.counter_hz * 1_000_000_000 / self.counter_hz;
+        (seconds * 1_000_000_000 + rest_ns) / self.tick_ns
+    }
+}
+
+/// Runs replica `board.replica_id()` of `config` on `board` until it finishes; never returns.
+/// `shared` and `permissions` are the board's statics.
+pub fn run<B: Board>(
+    board: &mut B,
+    config: Config,
+    tick_ns: u64,
+    shared: &'static Shared,
+    permissions: &'static Permissions,
+    commands_max: Option<u64>,
+) -> ! {
+    let me = board.replica_id();
+    let window = board.window();
+    let started = Firmware::new(config, me, window, shared, permissions, commands_max);
+    let mut firmware = match started {
+        Ok(firmware) => firmware,
+        Err(e) => {
+            error!("replica {=u8} cannot start: {}", me, e);
+            board.halt(ExitCode::Start)
+        }
+    };
+    fail_safe::arm(firmware.telemetry());
+    let ticker = Ticker::new(board.counter_hz(), tick_ns);
+    info!(
+        "replica {=u8} of {=u8}: window {=usize} bytes, {=u64} ns per tick",
+        me,
+        config.replica_count,
+        window.len(),
+        tick_ns
+    );
+    firmware.publish(telemetry::PHASE_RUNNING);
+    while !fail_safe::failed() {
+        if firmware.step(ticker.ticks(board.counter())) == Step::Finish {
+            firmware.publish(telemetry::PHASE_FINISHED);
+            let r = firmware.report();
+            info!(
+                "report: replica {=u8} applied {=u64} chain {=u64:x} digest {=u64:x} \
+                 committed-as-leader {=u64} leader-changes {=u32}",
+                r.me, r.applied, r.chain, r.digest, r.committed, r.leader_changes
+            );
+            board.halt(ExitCode::Finished);
+        }
+    }
+    board.halt(ExitCode::Panic)
+}

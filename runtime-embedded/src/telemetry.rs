@@ -1,0 +1,124 @@
+//! What each replica reports in the window, and what an operator or test harness asks of it: the
+//! only interface a firmware replica has besides its console, readable from the host side of a
+//! shared window (`/dev/shm/...` under QEMU) while the replicas run.
+//!
+//! ```text
+//! control (window offset 0, written by the harness):  word 0 stop    word 1 finish
+//! telemetry[id] (64 B, written by replica id only):
+//!   word 0 magic  1 phase  2 loops  3 leader + 1  4 flags  5-6 applied  7-8 applied chain
+//!   9-10 state digest  11-12 committed by this replica as leader  13 leader changes  14 code
+//! ```
+//!
+//! 64-bit values are two little-endian words written one after the other: a reader that needs
+//! them exact reads twice and keeps a value it saw twice.
+//!
+//! # Invariants
+//! - A replica writes only its own block; the harness only the control block.
+
+use core::sync::atomic::Ordering::{Acquire, Release};
+
+use crate::window::WindowLayout;
+use crate::words::Words;
+use mu_nostd::ReplicaId;
+
+/// Marks a block a replica has written.
+pub const MAGIC: u32 = 0x4D55_4657; // "MUFW"
+
+/// Telemetry words (index into the block).
+pub mod word {
+    /// [`super::MAGIC`] once the replica booted.
+    pub const MAGIC: usize = 0;
+    /// One of the `PHASE_*` values.
+    pub const PHASE: usize = 1;
+    /// Run-loop passes, wrapping: advances while the replica runs.
+    pub const LOOPS: usize = 2;
+    /// The leader this replica sees, plus one; 0 for none.
+    pub const LEADER: usize = 3;
+    /// [`super::FLAG_LEADING`].
+    pub const FLAGS: usize = 4;
+    /// Positions applied (64-bit).
+    pub const APPLIED: usize = 5;
+    /// Chain digest of the applied log prefix (64-bit).
+    pub const CHAIN: usize = 7;
+    /// Digest of the application state (64-bit).
+    pub const DIGEST: usize = 9;
+    /// Commands this replica committed while it led (64-bit).
+    pub const COMMITTED: usize = 11;
+    /// Times the leader this replica sees changed to another replica.
+    pub const LEADER_CHANGES: usize = 13;
+    /// Why it failed (`PHASE_FAILED`): one of the `CODE_*` values.
+    pub const CODE: usize = 14;
+}
+
+/// Booting.
+pub const PHASE_BOOTING: u32 = 0;
+/// Replicating.
+pub const PHASE_RUNNING: u32 = 1;
+/// Finished on request and reported.
+pub const PHASE_FINISHED: u32 = 2;
+/// Stopped by the fail-safe (panic or fatal error).
+pub const PHASE_FAILED: u32 = 3;
+
+/// Leads on the fast path.
+pub const FLAG_LEADING: u32 = 1;
+
+/// Control words.
+pub mod control {
+    /// Nonzero: the leader stops submitting new commands (the cluster drains).
+    pub const STOP: usize = 0;
+    /// Nonzero: every replica reports and ends.
+    pub const FINISH: usize = 1;
+}
+
+/// The block of one replica in a window.
+#[derive(Clone, Copy)]
+pub struct Telemetry<'w> {
+    window: Words<'w>,
+    base: usize,
+}
+
+impl<'w> Telemetry<'w> {
+    /// Replica `id`'s block.
+    pub fn new(window: Words<'w>, layout: &WindowLayout, id: ReplicaId) -> Telemetry<'w> {
+        let base = layout.telemetry(id) as usize;
+        assert!(window.fits(base, 64));
+        Telemetry { window, base }
+    }
+
+    /// Writes one word.
+    pub fn set(&self, index: usize, value: u32) {
+        assert!(index < 16);
+        self.window
+            .word(self.base + 4 * index)
+            .store(value, Release);
+    }
+
+    /// Writes a 64-bit value at `index`, `index + 1`.
+    pub fn set_u64(&self, index: usize, value: u64) {
+        self.set(index, value as u32);
+        self.set(index + 1, (value >> 32) as u32);
+    }
+
+    /// Reads one word.
+    pub fn get(&self, index: usize) -> u32 {
+        assert!(index < 16);
+        self.window.word(self.base + 4 * index).load(Acquire)
+    }
+
+    /// Reads a 64-bit value (see the module doc on tearing).
+    pub fn get_u64(&self, index: usize) -> u64 {
+        u64::from(self.get(index)) | (u64::from(self.get(index + 1)) << 32)
+    }
+}
+
+/// Reads a control word of `window`.
+pub fn control_word(window: Words<'_>, index: usize) -> u32 {
+    assert!(index < 16);
+    window.word(4 * index).load(Acquire)
+}
+
+/// Writes a control word of `window`.
+pub fn set_control_word(window: Words<'_>, index: usize, value: u32) {
+    assert!(index < 16);
+    window.word(4 * index).store(value, Release);
+}

@@ -1,0 +1,172 @@
+//! The shared window: one block of memory every firmware replica maps (an ivshmem BAR under
+//! QEMU, a dual-ported RAM or a NIC's memory on a board) and the place of everything in it.
+//!
+//! ```text
+//! offset 0        control block (64 B): words an operator or test harness writes
+//! offset 64       telemetry[8] (64 B each): what each replica reports about itself
+//! offset 4096     region[0], region[1], ...: each replica's Mu region (mu_nostd::layout),
+//!                 each rounded up to 4 KiB
+//! then            rings[sender][receiver][plane]: one work-request ring per ordered pair of
+//!                 replicas and plane (see `ring`)
+//! ```
+//!
+//! The layout is computed from the cluster configuration alone, so every replica (and the host
+//! tooling, and the build script that checks a board file) agrees on it.
+//!
+//! # Invariants
+//! - The control block, the telemetry blocks, the regions and the rings do not overlap and appear
+//!   in that order; regions start on 4 KiB boundaries, rings on 64-byte boundaries.
+//! - Every offset fits `u32` and the whole window fits `u64` (checked by [`WindowLayout::new`]).
+
+use mu_nostd::layout::Layout;
+use mu_nostd::{Config, ReplicaId};
+
+use crate::ring;
+
+/// Regions start on this boundary (a page: a board may map or protect them separately).
+pub const REGION_ALIGN_BYTES: u64 = 4096;
+/// Bytes of the control block at the start of the window.
+pub const CONTROL_BYTES: u64 = 64;
+/// Bytes of one replica's telemetry block.
+pub const TELEMETRY_BYTES: u64 = 64;
+/// Telemetry blocks reserved, one per possible replica id.
+pub const TELEMETRY_BLOCKS: u64 = 8;
+
+/// The two planes; each has its own connections, so its own rings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Plane {
+    /// The replication plane (log writes, catch-up reads).
+    Replication = 0,
+    /// The background plane (heartbeats, permission requests and acks).
+    Background = 1,
+}
+
+/// Why a configuration has no window layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum WindowError {
+    /// The configuration does not validate.
+    Config(mu_nostd::ConfigError),
+    /// The window would need offsets beyond `u32`.
+    TooLarge {
+        /// Bytes it would need.
+        bytes: u64,
+    },
+}
+
+impl core::fmt::Display for WindowError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            WindowError::Config(e) => write!(f, "invalid configuration: {e}"),
+            WindowError::TooLarge { bytes } => {
+                write!(
+                    f,
+                    "the window would need {bytes} bytes, beyond 32-bit offsets"
+                )
+            }
+        }
+    }
+}
+
+/// Where everything lives in the shared window of a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowLayout {
+    /// The region layout (identical for every replica).
+    pub region: Layout,
+    /// Replicas in the cluster.
+    pub replica_count: u8,
+    /// Distance between two regions: the region size rounded up to [`REGION_ALIGN_BYTES`].
+    pub region_stride: u32,
+    /// Offset of the first ring.
+    pub rings: u32,
+    /// Bytes the window must have.
+    pub bytes: u64,
+}
+
+impl WindowLayout {
+    /// The layout for `config`, which must validate.
+    pub fn new(config: &Config) -> Result<WindowLayout, WindowError> {
+        config.validate().map_err(WindowError::Config)?;
+        let region = Layout::new(config);
+        let n = u64::from(config.replica_count);
+        let stride = round_up(u64::from(region.region_bytes), REGION_ALIGN_BYTES);
+        let rings = REGION_ALIGN_BYTES + n * stride;
+        let bytes = rings + n * n * 2 * ring::RING_BYTES as u64;
+        if bytes > u64::from(u32::MAX) {
+            return Err(WindowError::TooLarge { bytes });
+        }
+        let layout = WindowLayout {
+            region,
+            replica_count: config.replica_count,
+            region_stride: stride as u32,
+            rings: rings as u32,
+            bytes,
+        };
+        assert!(layout.region_stride >= region.region_bytes);
+        assert!(layout.rings % 64 == 0);
+        Ok(layout)
+    }
+
+    /// Offset of replica `id`'s region.
+    pub fn region(&self, id: ReplicaId) -> u32 {
+        assert!(id < self.replica_count);
+        REGION_ALIGN_BYTES as u32 + u32::from(id) * self.region_stride
+    }
+
+    /// Offset of the ring that carries `sender`'s work requests on `plane` to `receiver`.
+    pub fn ring(&self, sender: ReplicaId, receiver: ReplicaId, plane: Plane) -> u32 {
+        assert!(sender < self.replica_count);
+        assert!(receiver < self.replica_count);
+        let n = u32::from(self.replica_count);
+        let index = (u32::from(sender) * n + u32::from(receiver)) * 2 + plane as u32;
+        self.rings + index * ring::RING_BYTES
+    }
+
+    /// Offset of replica `id`'s telemetry block.
+    pub fn telemetry(&self, id: ReplicaId) -> u32 {
+        assert!(u64::from(id) < TELEMETRY_BLOCKS);
+        (CONTROL_BYTES + u64::from(id) * TELEMETRY_BYTES) as u32
+    }
+}
+
+const _: () = assert!(CONTROL_BYTES + TELEMETRY_BLOCKS * TELEMETRY_BYTES <= REGION_ALIGN_BYTES);
+
+const fn round_up(x: u64, to: u64) -> u64 {
+    x.div_ceil(to) * to
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_do_not_overlap() {
+        let config = Config::new(3);
+        let w = WindowLayout::new(&config).unwrap();
+        assert_eq!(w.region(0), 4096);
+        assert!(w.region(1) >= w.region(0) + w.region.region_bytes);
+        assert!(w.rings >= w.region(2) + w.region.region_bytes);
+        assert_eq!(w.ring(0, 0, Plane::Replication), w.rings);
+        let last = w.ring(2, 2, Plane::Background);
+        assert_eq!(u64::from(last + ring::RING_BYTES), w.bytes);
+        assert!(w.telemetry(7) as u64 + TELEMETRY_BYTES <= REGION_ALIGN_BYTES);
+    }
+
+    #[test]
+    fn invalid_or_huge_configurations_have_no_layout() {
+        let mut bad = Config::new(3);
+        bad.slot_size = 100;
+        assert!(matches!(
+            WindowLayout::new(&bad),
+            Err(WindowError::Config(_))
+        ));
+        let mut huge = Config::new(7);
+        huge.slot_count = 1 << 24;
+        huge.slot_size = 1024;
+        assert!(matches!(
+            WindowLayout::new(&huge),
+            Err(WindowError::TooLarge { .. }) | Err(WindowError::Config(_))
+        ));
+    }
+}

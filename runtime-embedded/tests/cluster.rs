@@ -1,0 +1,130 @@
+//! Three firmware replicas over one shared window, stepped in one thread with a shared clock:
+//! the whole firmware stack (window fabric, responders, permissions, run loop, the core) on the
+//! host. The leader is killed (never stepped again); a new leader must take over and the
+//! survivors must agree.
+
+use std::sync::atomic::AtomicU32;
+
+use mu_nostd::{Config, Shared};
+use runtime_embedded::permissions::Permissions;
+use runtime_embedded::telemetry::{self, control};
+use runtime_embedded::window::WindowLayout;
+use runtime_embedded::words::Words;
+use runtime_embedded::{Firmware, Report, Step};
+
+const ROUNDS_MAX: u64 = 2_000_000;
+
+struct Cluster<'w> {
+    replicas: Vec<Firmware<'w>>,
+    alive: Vec<bool>,
+    now: u64,
+}
+
+impl<'w> Cluster<'w> {
+    fn round(&mut self) -> Vec<Step> {
+        self.now += 1;
+        let mut steps = Vec::new();
+        for (replica, alive) in self.replicas.iter_mut().zip(&self.alive) {
+            if *alive {
+                steps.push(replica.step(self.now));
+            }
+        }
+        steps
+    }
+
+    /// Runs rounds until `done` holds; panics after `ROUNDS_MAX`.
+    fn until(&mut self, what: &str, mut done: impl FnMut(&Cluster<'w>) -> bool) {
+        let start = self.now;
+        while !done(self) {
+            assert!(
+                self.now - start < ROUNDS_MAX,
+                "timed out waiting for {what}"
+            );
+            self.round();
+        }
+    }
+
+    fn leader(&self) -> Option<usize> {
+        let leading: Vec<usize> = (0..self.replicas.len())
+            .filter(|&i| self.alive[i] && self.replicas[i].report().leader == Some(i as u8))
+            .collect();
+        (leading.len() == 1).then(|| leading[0])
+    }
+
+    fn reports(&self) -> Vec<Report> {
+        (0..self.replicas.len())
+            .filter(|&i| self.alive[i])
+            .map(|i| self.replicas[i].report())
+            .collect()
+    }
+}
+
+fn window_for(config: &Config) -> Vec<AtomicU32> {
+    let layout = WindowLayout::new(config).unwrap();
+    (0..layout.bytes / 4).map(|_| AtomicU32::new(0)).collect()
+}
+
+#[test]
+fn a_new_leader_takes_over_and_the_survivors_agree() {
+    let config = Config::new(3);
+    let backing = window_for(&config);
+    let window = Words::new(&backing);
+    let shared: Vec<Shared> = (0..3).map(|_| Shared::new()).collect();
+    let permissions: Vec<Permissions> = (0..3).map(|_| Permissions::new()).collect();
+    let replicas = (0..3u8)
+        .map(|id| {
+            let (s, p) = (&shared[id as usize], &permissions[id as usize]);
+            Firmware::new(config, id, window, s, p, None).unwrap()
+        })
+        .collect();
+    let mut cluster = Cluster {
+        replicas,
+        alive: vec![true; 3],
+        now: 0,
+    };
+
+    cluster.until("a leader committing 500 commands", |c| {
+        c.leader()
+            .is_some_and(|l| c.replicas[l].setpoints().committed() >= 500)
+    });
+    let old = cluster.leader().unwrap();
+    let committed_before: u64 = cluster.reports().iter().map(|r| r.committed).sum();
+    cluster.alive[old] = false;
+
+    cluster.until("a new leader committing 300 commands", |c| {
+        c.leader()
+            .is_some_and(|l| l != old && c.replicas[l].setpoints().committed() >= 300)
+    });
+    let new = cluster.leader().unwrap();
+    assert_ne!(new, old);
+
+    telemetry::set_control_word(window, control::STOP, 1);
+    let mut stable = 0;
+    cluster.until("the survivors to converge", |c| {
+        let r = c.reports();
+        let same = r
+            .iter()
+            .all(|x| x.applied == r[0].applied && x.chain == r[0].chain);
+        stable = if same { stable + 1 } else { 0 };
+        stable > 20_000
+    });
+    let reports = cluster.reports();
+    assert_eq!(reports.len(), 2);
+    assert_eq!(reports[0].digest, reports[1].digest, "{reports:?}");
+    let committed_total: u64 = cluster
+        .replicas
+        .iter()
+        .map(|f| f.setpoints().committed())
+        .sum();
+    assert!(committed_total >= committed_before + 300);
+    // Every command committed by either leader is applied on both survivors.
+    assert!(
+        reports[0].applied >= committed_total,
+        "{reports:?} {committed_total}"
+    );
+    assert!(reports.iter().all(|r| r.leader == Some(new as u8)));
+    assert!(reports.iter().all(|r| r.leader_changes >= 1), "{reports:?}");
+
+    telemetry::set_control_word(window, control::FINISH, 1);
+    assert!(cluster.round().iter().all(|s| *s == Step::Finish));
+}
