@@ -26,6 +26,8 @@ pub enum ExitCode {
     Start = 102,
     /// The self-test found a wrong result.
     SelfTest = 103,
+    /// The CPU took a fault (an exception the board does not handle).
+    Fault = 104,
 }
 
 /// A board the firmware runs on.

@@ -109,6 +109,15 @@ impl<'w> WindowFabric<'w> {
         if !fits(request.local) || !fits(request.remote) {
             return Err(PostError::OutOfBounds);
         }
+        let log_write = request.kind == Kind::Write as u32
+            && self
+                .layout
+                .region
+                .touches_log_area(request.remote, request.len);
+        if log_write && self.plane == Plane::Background {
+            // The background plane never writes a log; only replication rings are fenced.
+            return Err(PostError::OutOfBounds);
+        }
         let ring = self.ring(peer);
         let connection = &mut self.connections[peer as usize];
         if connection.broken {
@@ -224,7 +233,19 @@ impl Fabric for WindowFabric<'_> {
     }
 
     fn revoke(&mut self, peer: ReplicaId) {
-        self.permissions.revoke(peer);
+        if peer >= self.layout.replica_count || peer == self.me {
+            return; // Nobody else can hold a grant under that id.
+        }
+        // Only the replication plane carries log writes (see `post`): fence its ring.
+        let ring = Ring::new(
+            self.window,
+            self.layout.ring(peer, self.me, Plane::Replication),
+        );
+        let posted = ring.posted().unwrap_or(Count {
+            generation: 0,
+            count: 0,
+        });
+        self.permissions.revoke(peer, posted);
     }
 
     fn reconnect(&mut self, peer: ReplicaId) -> Result<(), PostError> {

@@ -2,9 +2,9 @@
 //! peers posted to this replica, in order per ring, and reports each outcome in the ring.
 //!
 //! A write copies bytes from the sender's region into this replica's region; one that touches
-//! the log area runs only under [`Permissions::checked_write`], and a refused one completes
-//! `Denied` and flushes the rest of its generation `Failed`, as a queue pair in the error state
-//! does. A read copies this replica's bytes into the sender's region. The board runs the
+//! the log area runs only under [`Permissions::checked_write`]. A refused one completes `Denied`,
+//! one posted before a revoke completes `Failed`, and either flushes the rest of its generation
+//! `Failed`, as a queue pair in the error state does. A read copies this replica's bytes into the sender's region. The board runs the
 //! responder from the run loop (one core) or on a core of its own; no step waits for a peer.
 //!
 //! # Invariants
@@ -16,7 +16,7 @@
 use mu_nostd::config::REPLICAS_MAX;
 use mu_nostd::ReplicaId;
 
-use crate::permissions::Permissions;
+use crate::permissions::{Checked, Permissions};
 use crate::ring::{self, Count, Kind, Request, Ring, RING_DEPTH};
 use crate::window::{Plane, WindowLayout};
 use crate::words::Words;
@@ -121,7 +121,7 @@ impl<'w> Responder<'w> {
             let status = if state.flushing {
                 ring::STATUS_FAILED
             } else {
-                self.execute(sender, request)
+                self.execute(sender, state.served, request)
             };
             let state = &mut self.incoming[sender as usize][plane as usize];
             state.flushing |= status != ring::STATUS_OK;
@@ -133,7 +133,7 @@ impl<'w> Responder<'w> {
         executed
     }
 
-    fn execute(&self, sender: ReplicaId, request: Request) -> u32 {
+    fn execute(&self, sender: ReplicaId, tag: Count, request: Request) -> u32 {
         let region = u64::from(self.layout.region.region_bytes);
         let fits = |offset: u32| u64::from(offset) + u64::from(request.len) <= region;
         if !fits(request.local) || !fits(request.remote) {
@@ -158,10 +158,10 @@ impl<'w> Responder<'w> {
             copy();
             return ring::STATUS_OK;
         }
-        if self.permissions.checked_write(sender, copy) {
-            ring::STATUS_OK
-        } else {
-            ring::STATUS_DENIED
+        match self.permissions.checked_write(sender, tag, copy) {
+            Checked::Copied => ring::STATUS_OK,
+            Checked::Denied => ring::STATUS_DENIED,
+            Checked::Fenced => ring::STATUS_FAILED,
         }
     }
 }

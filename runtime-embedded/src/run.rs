@@ -15,7 +15,7 @@ use crate::fabric::WindowFabric;
 use crate::fail_safe;
 use crate::permissions::Permissions;
 use crate::responder::Responder;
-use crate::setpoints::{Setpoints, Workload};
+use crate::setpoints::{Setpoints, Workload, AXES};
 use crate::telemetry::{self, control, word, Telemetry};
 use crate::window::{Plane, WindowError, WindowLayout};
 use crate::words::Words;
@@ -246,6 +246,26 @@ impl<'w> Firmware<'w> {
         }
     }
 
+    /// The single-node self-test's verdict: every command submitted was committed, and the
+    /// setpoint table holds, per axis, the value of the last command submitted for it (so each
+    /// was applied, once, in order).
+    pub fn self_check(&self) -> bool {
+        let submitted = self.workload.submitted();
+        let mut replay = Workload::new(self.me);
+        let mut expected = [0i32; AXES];
+        for _ in 0..submitted {
+            let command = replay.command();
+            let axis = command[8] as usize % AXES;
+            expected[axis] =
+                i32::from_le_bytes([command[12], command[13], command[14], command[15]]);
+            replay.advance();
+        }
+        let axes_match = (0..AXES).all(|axis| self.setpoints.axis(axis) == expected[axis]);
+        self.setpoints.committed() == submitted
+            && self.setpoints.applied() >= submitted
+            && axes_match
+    }
+
     /// The application state.
     pub fn setpoints(&self) -> &Setpoints {
         &self.setpoints
@@ -327,6 +347,10 @@ pub fn run<B: Board>(
                  committed-as-leader {=u64} leader-changes {=u32}",
                 r.me, r.applied, r.chain, r.digest, r.committed, r.leader_changes
             );
+            if commands_max.is_some() && !firmware.self_check() {
+                error!("self-test: the setpoint table does not match the commands submitted");
+                board.halt(ExitCode::SelfTest);
+            }
             board.halt(ExitCode::Finished);
         }
     }

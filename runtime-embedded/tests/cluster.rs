@@ -128,3 +128,20 @@ fn a_new_leader_takes_over_and_the_survivors_agree() {
     telemetry::set_control_word(window, control::FINISH, 1);
     assert!(cluster.round().iter().all(|s| *s == Step::Finish));
 }
+
+#[test]
+fn a_single_node_finishes_its_self_test_by_itself() {
+    let config = Config::new(1);
+    let backing = window_for(&config);
+    let window = Words::new(&backing);
+    let (shared, permissions) = (Shared::new(), Permissions::new());
+    let mut firmware = Firmware::new(config, 0, window, &shared, &permissions, Some(500)).unwrap();
+    let mut now = 0;
+    while firmware.step(now) == Step::Running {
+        now += 1;
+        assert!(now < ROUNDS_MAX, "the self-test did not finish");
+    }
+    assert!(firmware.self_check());
+    assert_eq!(firmware.submitted(), 500);
+    assert_eq!(firmware.setpoints().committed(), 500);
+}

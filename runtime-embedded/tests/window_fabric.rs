@@ -180,10 +180,11 @@ fn revoke_holds_against_writes_in_flight_on_another_core() {
                     writer.poll(&mut buf);
                 }
             });
+            let mut owner = WindowFabric::new(window, layout(), 1, Plane::Background, &p1);
             std::thread::sleep(std::time::Duration::from_micros(
                 500 + u64::from(round) * 50,
             ));
-            p1.revoke(0);
+            owner.revoke(0);
             revoked.store(true, SeqCst);
             let after = remote_bytes(window, 1, slot, len as usize);
             std::thread::sleep(std::time::Duration::from_millis(5));
@@ -196,6 +197,55 @@ fn revoke_holds_against_writes_in_flight_on_another_core() {
         });
         assert!(revoked.load(SeqCst));
     }
+}
+
+/// The contract's stronger rule 5: a write posted before a revoke never lands, even when the
+/// peer is granted again before the responder gets to it (a NIC resets the queue pair).
+#[test]
+fn a_write_posted_before_a_revoke_never_lands_even_after_a_new_grant() {
+    let memory = backing();
+    let window = Words::new(&memory);
+    let (p0, p1) = (Permissions::new(), Permissions::new());
+    let mut writer = WindowFabric::new(window, layout(), 0, Plane::Replication, &p0);
+    let mut owner = WindowFabric::new(window, layout(), 1, Plane::Background, &p1);
+    let mut responder1 = Responder::new(window, layout(), 1, &p1);
+    let slot = region().slot(5);
+    writer.store(slot, &[0x44; 64]);
+    owner.grant(0);
+    writer.write(1, slot, slot, 64, 1).unwrap();
+    writer.write(1, slot, slot + 64, 64, 2).unwrap();
+    owner.revoke(0);
+    owner.grant(0);
+    let done = complete(&mut writer, &mut responder1, 2);
+    assert!(done.iter().all(|c| c.status == Status::Failed), "{done:?}");
+    assert_eq!(remote_bytes(window, 1, slot, 128), vec![0; 128]);
+    // After a reconnect (what the core does on a failure), new writes land under the grant.
+    writer.reconnect(1).unwrap();
+    writer.write(1, slot, slot, 64, 3).unwrap();
+    assert_eq!(
+        complete(&mut writer, &mut responder1, 1)[0].status,
+        Status::Ok
+    );
+    assert_eq!(remote_bytes(window, 1, slot, 64), vec![0x44; 64]);
+}
+
+#[test]
+fn the_background_plane_cannot_write_a_log() {
+    let memory = backing();
+    let window = Words::new(&memory);
+    let p0 = Permissions::new();
+    let mut fabric = WindowFabric::new(window, layout(), 0, Plane::Background, &p0);
+    let slot = region().slot(0);
+    assert_eq!(
+        fabric.write(1, slot, slot, 64, 1),
+        Err(PostError::OutOfBounds)
+    );
+    // Reading a log is fine (catch-up reads go through the replication plane, but nothing in
+    // the contract forbids it).
+    assert_eq!(
+        fabric.read(1, slot, region().landing_slot(1), 64, 2),
+        Ok(())
+    );
 }
 
 #[test]

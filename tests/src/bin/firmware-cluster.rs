@@ -1,0 +1,474 @@
+//! Runs a firmware cluster: one QEMU VM per replica of a board file, all sharing one ivshmem
+//! window; lets them replicate, SIGKILLs the leader's VM, checks that a new leader continues and
+//! that the survivors agree, and prints what happened. Exit code 0 only if every check passed.
+//!
+//! ```text
+//! firmware-cluster --board-file FILE --image ELF [--qemu scripts/qemu-arm] [--out DIR]
+//!                  [--defmt-print PATH] [--kill-after N] [--continue-for N] [--timeout S]
+//! ```
+//!
+//! The harness watches the replicas through the window itself (a file under /dev/shm that QEMU
+//! maps as the ivshmem BAR): each replica publishes its telemetry there and the harness writes
+//! the control words (`runtime_embedded::telemetry`). Each VM's console (defmt frames through
+//! semihosting) goes to `OUT/replica-N.defmt` and is decoded with `defmt-print` at the end.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use runtime_embedded::telemetry::{self, control, word};
+use runtime_embedded::window::WindowLayout;
+
+struct Args {
+    board_file: PathBuf,
+    image: PathBuf,
+    qemu: PathBuf,
+    out: PathBuf,
+    defmt_print: Option<PathBuf>,
+    kill_after: u64,
+    continue_for: u64,
+    timeout: Duration,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        board_file: PathBuf::new(),
+        image: PathBuf::new(),
+        qemu: PathBuf::from("scripts/qemu-arm"),
+        out: PathBuf::from("target/firmware/cluster"),
+        defmt_print: None,
+        kill_after: 300,
+        continue_for: 300,
+        timeout: Duration::from_secs(240),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--board-file" => args.board_file = value()?.into(),
+            "--image" => args.image = value()?.into(),
+            "--qemu" => args.qemu = value()?.into(),
+            "--out" => args.out = value()?.into(),
+            "--defmt-print" => args.defmt_print = Some(value()?.into()),
+            "--kill-after" => args.kill_after = number(&flag, &value()?)?,
+            "--continue-for" => args.continue_for = number(&flag, &value()?)?,
+            "--timeout" => args.timeout = Duration::from_secs(number(&flag, &value()?)?),
+            _ => return Err(format!("unknown argument {flag}")),
+        }
+    }
+    if args.board_file.as_os_str().is_empty() || args.image.as_os_str().is_empty() {
+        return Err("--board-file and --image are required".into());
+    }
+    Ok(args)
+}
+
+fn number(flag: &str, text: &str) -> Result<u64, String> {
+    text.parse()
+        .map_err(|_| format!("{flag}: not a whole number: {text}"))
+}
+
+/// What one replica published in the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seen {
+    phase: u32,
+    loops: u32,
+    leader: Option<u8>,
+    leading: bool,
+    applied: u64,
+    chain: u64,
+    digest: u64,
+    committed: u64,
+    leader_changes: u32,
+    code: u32,
+}
+
+/// The window file and its layout.
+struct Window {
+    file: File,
+    layout: WindowLayout,
+    path: PathBuf,
+}
+
+impl Window {
+    fn create(path: PathBuf, layout: WindowLayout, size: u64) -> Result<Window, String> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| format!("create {}: {e}", path.display()))?;
+        file.set_len(size)
+            .map_err(|e| format!("size {}: {e}", path.display()))?;
+        Ok(Window { file, layout, path })
+    }
+
+    fn words(&self, offset: u32) -> [u32; 16] {
+        let mut bytes = [0u8; 64];
+        // A short read leaves zeros: reported as a replica that has not booted.
+        let _ = self.file.read_at(&mut bytes, u64::from(offset));
+        std::array::from_fn(|i| u32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()))
+    }
+
+    /// Replica `id`'s telemetry, read until two reads agree (64-bit values are two words).
+    fn seen(&self, id: u8) -> Option<Seen> {
+        let offset = self.layout.telemetry(id);
+        let mut words = self.words(offset);
+        for _ in 0..100 {
+            let again = self.words(offset);
+            if again == words {
+                break;
+            }
+            words = again;
+        }
+        let wide = |i: usize| u64::from(words[i]) | (u64::from(words[i + 1]) << 32);
+        (words[word::MAGIC] == telemetry::MAGIC).then(|| Seen {
+            phase: words[word::PHASE],
+            loops: words[word::LOOPS],
+            leader: words[word::LEADER].checked_sub(1).map(|l| l as u8),
+            leading: words[word::FLAGS] & telemetry::FLAG_LEADING != 0,
+            applied: wide(word::APPLIED),
+            chain: wide(word::CHAIN),
+            digest: wide(word::DIGEST),
+            committed: wide(word::COMMITTED),
+            leader_changes: words[word::LEADER_CHANGES],
+            code: words[word::CODE],
+        })
+    }
+
+    fn control(&self, index: usize, value: u32) -> Result<(), String> {
+        self.file
+            .write_at(&value.to_le_bytes(), 4 * index as u64)
+            .map(|_| ())
+            .map_err(|e| format!("write control word {index}: {e}"))
+    }
+}
+
+/// The cluster of VMs.
+struct Cluster {
+    args: Args,
+    window: Window,
+    vms: Vec<Option<Child>>,
+    started: Instant,
+}
+
+impl Cluster {
+    fn start(args: Args) -> Result<Cluster, String> {
+        let deployment = board_configs::load(&args.board_file).map_err(|e| e.to_string())?;
+        let config = deployment.cluster.config;
+        let layout = WindowLayout::new(&config).map_err(|e| e.to_string())?;
+        let size = match &deployment.replicas[0].host {
+            board_configs::Host::Firmware(f) => f.window_size,
+            board_configs::Host::Linux(_) => return Err("not a firmware board file".into()),
+        };
+        std::fs::create_dir_all(&args.out)
+            .map_err(|e| format!("create {}: {e}", args.out.display()))?;
+        let name = format!("mu-firmware-{}", std::process::id());
+        let window = Window::create(PathBuf::from("/dev/shm").join(name), layout, size)?;
+        let mut cluster = Cluster {
+            args,
+            window,
+            vms: Vec::new(),
+            started: Instant::now(),
+        };
+        for id in 0..config.replica_count {
+            let vm = cluster.spawn(id, size)?;
+            cluster.vms.push(Some(vm));
+        }
+        println!(
+            "firmware cluster: {} replicas of {}, one QEMU virt Cortex-A53 VM each, window {} \
+             ({size} bytes, {} needed)",
+            config.replica_count,
+            deployment.cluster.name,
+            cluster.window.path.display(),
+            layout.bytes
+        );
+        Ok(cluster)
+    }
+
+    fn spawn(&self, id: u8, size: u64) -> Result<Child, String> {
+        let console = File::create(self.console(id)).map_err(|e| e.to_string())?;
+        let errors = File::create(self.args.out.join(format!("replica-{id}.stderr")))
+            .map_err(|e| e.to_string())?;
+        let window = self.window.path.display();
+        Command::new(&self.args.qemu)
+            .arg("qemu-system-aarch64")
+            .args(["-M", "virt,highmem=off", "-cpu", "cortex-a53", "-m", "128M"])
+            // maxcpus=2: QEMU 7.2 makes a guest's exclusive loads and stores atomic against other
+            // processes (the other VMs) only when the machine may have more than one CPU.
+            .args(["-smp", "1,maxcpus=2"])
+            .args(["-nodefaults", "-display", "none", "-monitor", "none", "-serial", "none"])
+            .arg("-semihosting-config")
+            .arg(format!("enable=on,target=native,arg=mu,arg={id}"))
+            .arg("-object")
+            .arg(format!("memory-backend-file,id=window,size={size},share=on,mem-path={window}"))
+            .args(["-device", "ivshmem-plain,memdev=window"])
+            .arg("-kernel")
+            .arg(&self.args.image)
+            .stdin(Stdio::null())
+            .stdout(console)
+            .stderr(errors)
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", self.args.qemu.display()))
+    }
+
+    fn console(&self, id: u8) -> PathBuf {
+        self.args.out.join(format!("replica-{id}.defmt"))
+    }
+
+    fn ids(&self) -> impl Iterator<Item = u8> {
+        0..self.vms.len() as u8
+    }
+
+    fn live(&self) -> Vec<u8> {
+        self.ids().filter(|&id| self.vms[id as usize].is_some()).collect()
+    }
+
+    fn seconds(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Fails if a VM that should run has exited or a replica reports failure.
+    fn check_health(&mut self) -> Result<(), String> {
+        for id in self.live() {
+            if let Some(seen) = self.window.seen(id) {
+                if seen.phase == telemetry::PHASE_FAILED {
+                    return Err(format!("replica {id} failed (code {})", seen.code));
+                }
+            }
+            let vm = self.vms[id as usize].as_mut().expect("live");
+            if let Ok(Some(status)) = vm.try_wait() {
+                return Err(format!("replica {id}'s VM exited early: {status}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls until `done` gives a value; fails on timeout or ill health.
+    fn wait_for<T>(
+        &mut self,
+        what: &str,
+        mut done: impl FnMut(&Cluster) -> Option<T>,
+    ) -> Result<T, String> {
+        let mut last_line = Instant::now();
+        loop {
+            self.check_health()?;
+            if let Some(value) = done(self) {
+                return Ok(value);
+            }
+            if self.started.elapsed() > self.args.timeout {
+                return Err(format!("timed out waiting for {what}; {}", self.describe()));
+            }
+            if last_line.elapsed() > Duration::from_secs(2) {
+                println!("[{:6.1} s] {}", self.seconds(), self.describe());
+                last_line = Instant::now();
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+
+    fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .live()
+            .into_iter()
+            .map(|id| match self.window.seen(id) {
+                None => format!("replica {id}: booting"),
+                Some(s) => format!(
+                    "replica {id}: leader {:?}{} applied {} committed {}",
+                    s.leader,
+                    if s.leading { " (leading)" } else { "" },
+                    s.applied,
+                    s.committed
+                ),
+            })
+            .collect();
+        parts.join("; ")
+    }
+
+    /// The replica leading on the fast path whom every live replica follows.
+    fn leader(&self) -> Option<(u8, Seen)> {
+        let live = self.live();
+        let seen: Vec<Seen> = live.iter().map(|&id| self.window.seen(id)).collect::<Option<_>>()?;
+        let leader = seen[0].leader?;
+        let index = live.iter().position(|&id| id == leader)?;
+        let agreed = seen.iter().all(|s| s.leader == Some(leader));
+        (agreed && seen[index].leading).then_some((leader, seen[index]))
+    }
+
+    fn kill(&mut self, id: u8) -> Result<(), String> {
+        let mut vm = self.vms[id as usize].take().ok_or("already dead")?;
+        vm.kill().map_err(|e| format!("kill replica {id}: {e}"))?;
+        vm.wait().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("firmware-cluster: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut cluster = match Cluster::start(args) {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            eprintln!("firmware-cluster: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = scenario(&mut cluster);
+    let code = finish(&mut cluster, outcome.is_ok());
+    let _ = std::fs::remove_file(&cluster.window.path);
+    match (outcome, code) {
+        (Ok(()), Ok(())) => {
+            println!("firmware cluster: PASSED");
+            ExitCode::SUCCESS
+        }
+        (Err(e), _) | (Ok(()), Err(e)) => {
+            eprintln!("firmware cluster: FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The run: replicate, kill the leader, continue under a new one, drain, agree.
+fn scenario(cluster: &mut Cluster) -> Result<(), String> {
+    let kill_after = cluster.args.kill_after;
+    let (old, seen) = cluster.wait_for("a leader", |c| {
+        c.leader().filter(|(_, s)| s.committed >= kill_after)
+    })?;
+    println!(
+        "[{:6.1} s] leader: replica {old}, {} commands committed; killing its VM (SIGKILL)",
+        cluster.seconds(),
+        seen.committed
+    );
+    let killed = Instant::now();
+    cluster.kill(old)?;
+    let (new, _) = cluster.wait_for("a new leader's first commit", |c| {
+        c.leader().filter(|(id, s)| *id != old && s.committed >= 1)
+    })?;
+    let fail_over = killed.elapsed();
+    println!(
+        "[{:6.1} s] fail-over: replica {new} committed its first command {:.1} ms after the kill",
+        cluster.seconds(),
+        fail_over.as_secs_f64() * 1e3
+    );
+    let more = cluster.args.continue_for;
+    let (_, seen) = cluster.wait_for("the new leader to continue", |c| {
+        c.leader().filter(|(id, s)| *id == new && s.committed >= more)
+    })?;
+    println!(
+        "[{:6.1} s] new leader: replica {new}, {} commands committed; stopping the workload",
+        cluster.seconds(),
+        seen.committed
+    );
+    cluster.window.control(control::STOP, 1)?;
+    let committed_total = seen.committed + committed_by(cluster, old);
+    agree(cluster, old, new, committed_total)
+}
+
+/// Commands the killed leader committed, as it last published them.
+fn committed_by(cluster: &Cluster, id: u8) -> u64 {
+    cluster.window.seen(id).map_or(0, |s| s.committed)
+}
+
+/// Waits until the survivors hold the same log prefix for a while, then compares their state.
+fn agree(cluster: &mut Cluster, old: u8, new: u8, committed: u64) -> Result<(), String> {
+    let mut stable_since: Option<(Instant, Vec<Seen>)> = None;
+    let seen = cluster.wait_for("the survivors to converge", |c| {
+        let seen: Vec<Seen> = c.live().iter().filter_map(|&id| c.window.seen(id)).collect();
+        let same = seen.len() == c.live().len()
+            && seen.iter().all(|s| (s.applied, s.chain) == (seen[0].applied, seen[0].chain));
+        let prefix: Vec<(u64, u64)> = seen.iter().map(|s| (s.applied, s.chain)).collect();
+        match &stable_since {
+            Some((at, before)) if same && before.iter().map(|s| (s.applied, s.chain)).eq(prefix.iter().copied()) => {
+                (at.elapsed() > Duration::from_millis(500)).then(|| seen.clone())
+            }
+            _ => {
+                stable_since = same.then(|| (Instant::now(), seen.clone()));
+                None
+            }
+        }
+    })?;
+    let digests: Vec<u64> = seen.iter().map(|s| s.digest).collect();
+    if digests.iter().any(|&d| d != digests[0]) {
+        return Err(format!("the survivors applied the same log but their states differ: {digests:x?}"));
+    }
+    if seen[0].applied < committed {
+        return Err(format!(
+            "{committed} commands were reported committed but the survivors applied only {}",
+            seen[0].applied
+        ));
+    }
+    if seen.iter().any(|s| s.leader != Some(new) || s.leader_changes == 0) {
+        return Err(format!("the survivors did not all see the leader change: {seen:?}"));
+    }
+    println!(
+        "agreement: replicas {:?} hold identical state, digest {:016x} after {} positions; \
+         {committed} commands committed (replica {old} then replica {new}), all applied",
+        cluster.live(),
+        digests[0],
+        seen[0].applied
+    );
+    Ok(())
+}
+
+/// Asks the survivors to finish, collects their exit codes and prints their consoles.
+fn finish(cluster: &mut Cluster, passed: bool) -> Result<(), String> {
+    let _ = cluster.window.control(control::FINISH, 1);
+    let mut problems = Vec::new();
+    for id in cluster.live() {
+        let mut vm = cluster.vms[id as usize].take().expect("live");
+        let deadline = Instant::now() + Duration::from_secs(if passed { 30 } else { 2 });
+        let status = loop {
+            match vm.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                _ if Instant::now() > deadline => break None,
+                _ => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        match status {
+            Some(s) if s.success() => {}
+            Some(s) => problems.push(format!("replica {id}'s VM exited with {s}")),
+            None => {
+                let _ = vm.kill();
+                let _ = vm.wait();
+                if passed {
+                    problems.push(format!("replica {id}'s VM did not finish"));
+                }
+            }
+        }
+    }
+    for id in cluster.ids() {
+        print_console(cluster, id);
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// Prints the decoded console of replica `id`, if `defmt-print` was given.
+fn print_console(cluster: &Cluster, id: u8) {
+    let Some(decoder) = &cluster.args.defmt_print else {
+        return;
+    };
+    let Ok(raw) = File::open(cluster.console(id)) else {
+        return;
+    };
+    println!("--- console of replica {id} (defmt, decoded):");
+    let decoded = Command::new(decoder)
+        .arg("-e")
+        .arg(&cluster.args.image)
+        .stdin(raw)
+        .output();
+    match decoded {
+        Ok(out) => print!("{}", String::from_utf8_lossy(&out.stdout)),
+        Err(e) => println!("(cannot run {}: {e})", decoder.display()),
+    }
+}
