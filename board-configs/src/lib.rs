@@ -2,8 +2,11 @@
 //! and, for each replica, the host it runs on: a Linux process or a firmware board.
 //!
 //! The Linux runtime reads the file at start time (`mu replica --config FILE --id N`); a firmware
-//! build script can read the same file at build time, so this is a plain `std` library with no
-//! dependencies beyond `toml_edit`.
+//! board crate's build script reads its *board file* (a file of the same schema whose replicas
+//! are all `[replica.firmware]`, e.g. `qemu-virt-a53-3.toml`) at build time through
+//! [`firmware::image`], which checks it against the board's [`firmware::BoardRules`] and turns
+//! it into Rust constants. So this is a plain `std` library; besides `toml_edit` it depends only
+//! on `mu-nostd` (the configuration) and `runtime-embedded` (the firmware window's layout).
 //!
 //! # Schema
 //!
@@ -43,13 +46,31 @@
 //! [replica.firmware]         # ... or a firmware board (exactly one of the two)
 //! board = "qemu-virt-a53"    # free text, not empty
 //! ram_base = 0x40000000
-//! ram_size = 0x08000000
+//! ram_size = 0x08000000      # RAM and window must not overlap
 //! window_base = 0x10000000000  # the shared window (ivshmem BAR) the fabric lives in
-//! window_size = 0x400000     # must hold every replica's region, each rounded up to 4 KiB
+//! window_size = 0x400000     # must hold the whole window layout, see below
 //! ```
 //!
 //! Every `cluster` key is required except the detector overrides; unknown keys are errors. The
 //! cluster values must also pass [`mu_nostd::Config::validate`].
+//!
+//! # Firmware replicas
+//!
+//! Every firmware replica of a cluster maps one shared window, laid out by
+//! `runtime_embedded::window::WindowLayout` from the cluster values alone: a 4 KiB header (the
+//! control block and 8 telemetry blocks), then every replica's region (its log and
+//! headers, `mu_nostd::Layout`), each rounded up to 4 KiB, then one work-request ring per ordered
+//! pair of replicas (itself included) and plane, `2 * replicas^2` rings. `window_size` must be at
+//! least `WindowLayout::new(&config).bytes`; the error says what the window holds and needs.
+//!
+//! A *board file* is the deployment a firmware image is built from: every replica is
+//! `[replica.firmware]` with the same `board`, RAM and window (one image serves every replica,
+//! which learns its id at run time, and they all map the same window). [`firmware::image`]
+//! reads it at build time and also checks it against what the board and the firmware can do
+//! ([`firmware::BoardRules`]: RAM base and size, where the window may lie and whether it is a
+//! PCI BAR, the firmware's slot and entry buffers, the tick counter, the replica count);
+//! [`firmware::FirmwareImage::constants_rs`] then gives the Rust constants the firmware
+//! `include!`s. The board files here are `qemu-virt-a53-3.toml` and `mps2-an386-1.toml`.
 //!
 //! # Errors
 //!
@@ -61,6 +82,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod firmware;
 mod read;
 mod tree;
 mod write;
@@ -178,7 +200,8 @@ pub struct FirmwareHost {
     pub ram_size: u64,
     /// Start of the shared window (e.g. an ivshmem BAR) the fabric lives in.
     pub window_base: u64,
-    /// Bytes of the shared window; it holds every replica's region, each rounded up to 4 KiB.
+    /// Bytes of the shared window; at least what `runtime_embedded::window::WindowLayout` needs
+    /// for the cluster (header, every replica's region, the rings).
     pub window_size: u64,
 }
 
@@ -221,6 +244,12 @@ impl std::error::Error for ConfigFileError {}
 /// A file that cannot be read gives an error without a line and with an empty field; a file that
 /// is not UTF-8 gives the line of the first bad byte.
 pub fn load(path: &Path) -> Result<Deployment, ConfigFileError> {
+    let (file, source) = read_file(path)?;
+    parse(&source, &file)
+}
+
+/// The path as errors name it, and the file's text.
+fn read_file(path: &Path) -> Result<(String, String), ConfigFileError> {
     let file = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| ConfigFileError {
         file: file.clone(),
@@ -229,11 +258,12 @@ pub fn load(path: &Path) -> Result<Deployment, ConfigFileError> {
         field: String::new(),
         reason: format!("cannot read: {e}"),
     })?;
-    match std::str::from_utf8(&bytes) {
-        Ok(source) => parse(source, &file),
+    match String::from_utf8(bytes) {
+        Ok(source) => Ok((file, source)),
         Err(e) => {
-            let good = String::from_utf8_lossy(&bytes[..e.valid_up_to()]);
-            Err(read::Reader::new(&good, &file).error(e.valid_up_to(), "", "not valid UTF-8"))
+            let at = e.utf8_error().valid_up_to();
+            let good = String::from_utf8_lossy(&e.as_bytes()[..at]);
+            Err(read::Reader::new(&good, &file).error(at, "", "not valid UTF-8"))
         }
     }
 }

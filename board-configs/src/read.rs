@@ -6,14 +6,14 @@ use crate::{
     Cluster, ConfigFileError, Deployment, FabricSpec, FirmwareHost, Host, LinuxHost, Polling,
     ReplicaSpec,
 };
-use mu_nostd::{Config, DetectorConfig, Layout};
+use mu_nostd::{Config, DetectorConfig};
+use runtime_embedded::ring;
+use runtime_embedded::window::{WindowLayout, REGION_ALIGN_BYTES};
 use std::ops::{Range, RangeInclusive};
 use std::path::PathBuf;
 
 type Result<T> = std::result::Result<T, ConfigFileError>;
 
-/// Regions in a firmware window start on page boundaries.
-const PAGE: u64 = 4096;
 /// CPUs a Linux `cpu_set_t` can name.
 const CPUS_MAX: i64 = 1023;
 
@@ -202,8 +202,40 @@ impl<'a> Table<'a> {
 }
 
 pub(crate) fn deployment(source: &str, file: &str) -> Result<Deployment> {
+    parsed(source, file).map(|p| p.deployment)
+}
+
+/// A deployment together with the spanned tree it was read from, so that checks made after
+/// parsing (a firmware board's rules) can still point at the line of the field they reject.
+pub(crate) struct Parsed<'a> {
+    pub deployment: Deployment,
+    r: Reader<'a>,
+    root: Node,
+}
+
+pub(crate) fn parsed<'a>(source: &'a str, file: &'a str) -> Result<Parsed<'a>> {
     let r = Reader::new(source, file);
-    let root = tree::parse(source).map_err(|e| {
+    let root = syntax(&r)?;
+    let Kind::Table(entries) = &root.kind else {
+        return Err(r.error(0, "", "a deployment file must be a TOML table"));
+    };
+    let table = Table {
+        r: &r,
+        path: String::new(),
+        at: 0,
+        entries,
+    };
+    let deployment = schema(&table)?;
+    Ok(Parsed {
+        deployment,
+        r,
+        root,
+    })
+}
+
+/// The spanned tree of the source, or its first TOML syntax error.
+fn syntax(r: &Reader<'_>) -> Result<Node> {
+    tree::parse(r.source).map_err(|e| {
         // Every parse error we have seen has a span; the start of the file is a safe fallback.
         let at = e.span().map_or(0, |s| s.start);
         // The message may run over several lines ("invalid table header", "duplicate key");
@@ -213,31 +245,81 @@ pub(crate) fn deployment(source: &str, file: &str) -> Result<Deployment> {
             return r.error(at, "", &lines.join(": "));
         }
         // toml_edit gives no message for a truncated value or a stray control character.
-        match source.get(at..).and_then(|rest| rest.chars().next()) {
+        match r.source.get(at..).and_then(|rest| rest.chars().next()) {
             None => r.error(at, "", "unexpected end of file"),
             Some(c) => r.error(at, "", &format!("unexpected character {c:?}")),
         }
-    })?;
-    let Kind::Table(entries) = &root.kind else {
-        return Err(r.error(0, "", "a deployment file must be a TOML table"));
-    };
-    let root = Table {
-        r: &r,
-        path: String::new(),
-        at: 0,
-        entries,
-    };
+    })
+}
+
+/// The deployment the root table describes.
+fn schema(root: &Table<'_>) -> Result<Deployment> {
     root.allow(&["cluster", "replica"])?;
     let cluster_table = root
         .table("cluster")?
         .ok_or_else(|| root.missing("cluster", "the [cluster] section is missing"))?;
     let cluster = cluster(&cluster_table)?;
-    let replicas = replicas(&root, &cluster_table, &cluster)?;
+    let replicas = replicas(root, &cluster_table, &cluster)?;
     Ok(Deployment {
-        file: file.to_owned(),
+        file: root.r.file.to_owned(),
         cluster,
         replicas,
     })
+}
+
+impl Parsed<'_> {
+    /// An error about `field`, a dotted path as errors spell it (`cluster.tick_ns`,
+    /// `replica[1].firmware.board`), at the line the parser would have named: the field's
+    /// value, or the nearest enclosing table the file spells out when the field is absent.
+    pub fn error(&self, field: &str, reason: &str) -> ConfigFileError {
+        let (mut node, mut at) = (&self.root, 0);
+        for part in field.split('.') {
+            let (key, index) = match part.split_once('[') {
+                Some((key, rest)) => (key, rest.trim_end_matches(']').parse::<usize>().ok()),
+                None => (part, None),
+            };
+            let Kind::Table(entries) = &node.kind else {
+                break;
+            };
+            let Some(e) = entries.iter().find(|e| e.key == key) else {
+                break;
+            };
+            // As `Table::value_at` and `Table::table` do.
+            at = start(&e.value.span).or(start(&e.key_span)).unwrap_or(at);
+            node = &e.value;
+            if let (Some(i), Kind::Array(items)) = (index, &node.kind) {
+                let Some(item) = items.get(i) else { break };
+                at = start(&item.span).unwrap_or(at);
+                node = item;
+            }
+        }
+        self.r.error(at, field, reason)
+    }
+
+    /// The place in the file of the replica with id `id`, as errors name it: `replica[i]`.
+    pub fn replica_index(&self, id: u8) -> usize {
+        let Kind::Table(entries) = &self.root.kind else {
+            unreachable!("`parsed` checked that the root is a table")
+        };
+        entries
+            .iter()
+            .find(|e| e.key == "replica")
+            .and_then(|e| match &e.value.kind {
+                Kind::Array(items) => items.iter().position(|item| has_id(item, id)),
+                _ => None,
+            })
+            // A parsed deployment has every id once; the id is a harmless fallback.
+            .unwrap_or(usize::from(id))
+    }
+}
+
+fn has_id(item: &Node, id: u8) -> bool {
+    let Kind::Table(entries) = &item.kind else {
+        return false;
+    };
+    entries
+        .iter()
+        .any(|e| e.key == "id" && matches!(e.value.kind, Kind::Int(v) if v == i64::from(id)))
 }
 
 fn cluster(t: &Table<'_>) -> Result<Cluster> {
@@ -600,18 +682,34 @@ fn firmware_host(t: &Table<'_>, cluster: &Cluster) -> Result<FirmwareHost> {
             ),
         ));
     }
-    let region = u64::from(Layout::new(&cluster.config).region_bytes).next_multiple_of(PAGE);
-    let needed = region * u64::from(cluster.config.replica_count);
-    if needed > host.window_size {
-        return Err(t.fail(
-            "window_size",
-            t.at("window_size"),
-            &format!(
-                "too small: {} regions of {region} bytes (rounded up to {PAGE}) need {needed} \
-                 ({needed:#x}) bytes",
-                cluster.config.replica_count
-            ),
-        ));
-    }
+    window_holds_the_cluster(t, cluster, host.window_size)?;
     Ok(host)
+}
+
+/// The window must hold everything the firmware puts in it (`runtime_embedded::window`): the
+/// header (control block and telemetry), every replica's region and the work-request rings.
+fn window_holds_the_cluster(t: &Table<'_>, cluster: &Cluster, window_size: u64) -> Result<()> {
+    let fail = |reason: String| t.fail("window_size", t.at("window_size"), &reason);
+    // The configuration is valid here, so the only error left is a window beyond u32 offsets.
+    let layout = WindowLayout::new(&cluster.config).map_err(|e| {
+        fail(format!(
+            "the cluster cannot be laid out in a firmware window ({e}); reduce \
+             cluster.slot_count or cluster.slot_size"
+        ))
+    })?;
+    if layout.bytes > window_size {
+        // The rings run from `rings` to the end of the window.
+        let rings = (layout.bytes - u64::from(layout.rings)) / u64::from(ring::RING_BYTES);
+        let kib = REGION_ALIGN_BYTES / 1024;
+        return Err(fail(format!(
+            "too small: {} regions of {} bytes (each rounded up to {kib} KiB), {rings} rings of \
+             {} bytes and the {kib} KiB header need {} ({:#x}) bytes (found {window_size:#x})",
+            layout.replica_count,
+            layout.region_stride,
+            ring::RING_BYTES,
+            layout.bytes,
+            layout.bytes,
+        )));
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 use crate::*;
-use mu_nostd::{Config, Layout};
+use mu_nostd::Config;
+use runtime_embedded::window::WindowLayout;
 use std::fs;
 
 /// A valid two-replica Linux deployment; tests replace single lines of it, so its line numbers
@@ -673,25 +674,6 @@ fn firmware_checks() {
     let source = firmware(FIRMWARE_OK);
     assert_eq!(source.lines().nth(15), Some("[replica.firmware]"));
     assert_eq!(source.lines().nth(23), Some("[replica.firmware]"));
-    let mut config = Config::new(2);
-    config.detector = mu_nostd::DetectorConfig::paper(5);
-    let region = u64::from(Layout::new(&config).region_bytes).next_multiple_of(4096);
-    let needed = format!("need {}", 2 * region);
-    let small = format!("window_size = {:#x}", 2 * region - 1);
-    let e = err(&firmware(
-        &FIRMWARE_OK.replace("window_size = 0x400000", &small),
-    ));
-    assert_eq!(
-        (e.field.as_str(), e.line),
-        ("replica[0].firmware.window_size", Some(21))
-    );
-    assert!(e.reason.contains(&needed), "{e}");
-    let exact = format!("window_size = {:#x}", 2 * region);
-    parse(
-        &firmware(&FIRMWARE_OK.replace("window_size = 0x400000", &exact)),
-        "t.toml",
-    )
-    .unwrap();
     let overlap = FIRMWARE_OK.replace("window_base = 0x10000000000", "window_base = 0x47ff0000");
     expect(
         &firmware(&overlap),
@@ -728,6 +710,72 @@ fn firmware_checks() {
         17,
         "string",
     );
+}
+
+#[test]
+fn a_cluster_too_large_for_a_window_is_refused() {
+    // Three regions of about 2 GB: the window would need offsets beyond u32.
+    let mut config = Config::new(3);
+    config.slot_count = 16_000_000;
+    let mut d = Deployment::shm_linux("big", config, 1000, "/x".into(), Polling::Shared, &[]);
+    for r in &mut d.replicas {
+        r.host = Host::Firmware(FirmwareHost {
+            board: "b".into(),
+            ram_base: 0,
+            ram_size: 0x1000,
+            window_base: 0x1_0000_0000,
+            window_size: 0x1_0000_0000,
+        });
+    }
+    let source = d.to_toml();
+    let line = 1 + source
+        .lines()
+        .position(|l| l.starts_with("window_size"))
+        .unwrap();
+    expect(
+        &source,
+        "replica[0].firmware.window_size",
+        line,
+        "cannot be laid out in a firmware window",
+    );
+    // The same cluster on Linux hosts has no window to fit.
+    d.replicas =
+        Deployment::shm_linux("big", config, 1000, "/x".into(), Polling::Shared, &[]).replicas;
+    parse(&d.to_toml(), "t.toml").unwrap();
+}
+
+#[test]
+fn a_firmware_window_holds_header_regions_and_rings() {
+    let mut config = Config::new(2);
+    config.detector = mu_nostd::DetectorConfig::paper(5);
+    let layout = WindowLayout::new(&config).unwrap();
+    let bytes = layout.bytes;
+    let small = format!("window_size = {:#x}", bytes - 1);
+    let e = err(&firmware(
+        &FIRMWARE_OK.replace("window_size = 0x400000", &small),
+    ));
+    assert_eq!(
+        (e.field.as_str(), e.line),
+        ("replica[0].firmware.window_size", Some(21))
+    );
+    // What the window holds, as `runtime_embedded::window` lays it out: the header, 2 regions
+    // and a ring per ordered pair of replicas (self included) and plane.
+    let stride = layout.region_stride;
+    assert_eq!(bytes, 4096 + 2 * u64::from(stride) + 8 * 1152);
+    assert_eq!(
+        e.reason,
+        format!(
+            "too small: 2 regions of {stride} bytes (each rounded up to 4 KiB), 8 rings of 1152 \
+             bytes and the 4 KiB header need {bytes} ({bytes:#x}) bytes (found {:#x})",
+            bytes - 1
+        )
+    );
+    let exact = format!("window_size = {bytes:#x}");
+    parse(
+        &firmware(&FIRMWARE_OK.replace("window_size = 0x400000", &exact)),
+        "t.toml",
+    )
+    .unwrap();
 }
 
 #[test]

@@ -1,143 +1,104 @@
-//! Smoke test of the MPS2 AN386 platform layer under QEMU `mps2-an386`: the timer, the defmt
-//! logger, the semihosting command line and exit, atomics, and a 64 KiB region in .bss.
+//! Mu firmware for the Arm MPS2 AN386 (Cortex-M4F) under QEMU `mps2-an386`: a single-node
+//! self-test. One replica replicates the setpoint workload through the whole stack (the core,
+//! the window fabric over a RAM window, the run loop), then checks that every command it
+//! submitted was committed and applied once, in order. QEMU's exit code is the verdict
+//! ([`ExitCode`]): 0 passed, 103 a wrong result, 101 a panic, 104 a fault.
 //!
-//! Command-line words (`-semihosting-config enable=on,target=native,arg=WORD,...`):
-//! `wait=MS` busy-waits MS milliseconds instead of 10 (to check the timer against wall time),
-//! `dwt` reports whether the DWT cycle counter advances, `fail` exits with status 1, `panic`
-//! panics (status 101).
+//! The cluster comes from the board file the build read (`board` below); the window is the
+//! `WINDOW` memory region the build script put in `memory.x`.
 
 #![no_std]
 #![no_main]
 
 mod platform;
 
-use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicU32, Ordering};
+/// The board file, as constants (written by build.rs).
+mod board {
+    include!(concat!(env!("OUT_DIR"), "/board.rs"));
+}
+
+use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use cortex_m_rt::{entry, exception, ExceptionFrame};
+use mu_nostd::{ReplicaId, Shared};
+use runtime_embedded::permissions::Permissions;
+use runtime_embedded::words::Words;
+use runtime_embedded::{fail_safe, Board, ExitCode};
+
 use platform::timer;
 
-/// The size of the stand-in for the replica's region: 64 KiB of words, zeroed, so in .bss.
-const REGION_WORDS: usize = 64 * 1024 / 4;
-static REGION: [AtomicU32; REGION_WORDS] = [const { AtomicU32::new(0) }; REGION_WORDS];
+/// Commands the self-test replicates.
+const SELF_TEST_COMMANDS: u64 = 2_000;
+const WINDOW_WORDS: usize = board::WINDOW_SIZE as usize / 4;
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
+/// The shared window, in the board file's `WINDOW` memory region (not zeroed by the start-up
+/// code: `main` clears it).
+#[link_section = ".window"]
+static WINDOW: [AtomicU32; WINDOW_WORDS] = [const { AtomicU32::new(0) }; WINDOW_WORDS];
+static SHARED: Shared = Shared::new();
+static PERMISSIONS: Permissions = Permissions::new();
+
+struct Mps2Board;
+
+impl Board for Mps2Board {
+    fn counter(&self) -> u64 {
+        timer::counter()
+    }
+
+    fn counter_hz(&self) -> u64 {
+        timer::frequency_hz()
+    }
+
+    fn window(&self) -> Words<'static> {
+        Words::new(&WINDOW)
+    }
+
+    fn replica_id(&self) -> ReplicaId {
+        0
+    }
+
+    fn halt(&mut self, code: ExitCode) -> ! {
+        platform::exit(code as u32)
+    }
+}
 
 #[entry]
 fn main() -> ! {
     platform::init();
     defmt::info!(
-        "timer: {=u64} Hz, read at least every {=u64} s",
+        "mu self-test: cluster {=str} from {=str}, {=u64} commands; timer {=u64} Hz, wraps \
+         every {=u64} s",
+        board::CLUSTER_NAME,
+        board::BOARD_FILE,
+        SELF_TEST_COMMANDS,
         timer::frequency_hz(),
         timer::WRAP_SECONDS
     );
-
-    let mut buf = [MaybeUninit::uninit(); 256];
-    let line = platform::command_line(&mut buf);
-    defmt::info!("command line: {:?}", line);
-    let words = || line.unwrap_or("").split(' ');
-    let wait_ms = words()
-        .find_map(|w| w.strip_prefix("wait="))
-        .and_then(|ms| ms.parse::<u64>().ok())
-        .unwrap_or(10);
-
-    busy_wait(wait_ms);
-    if words().any(|w| w == "dwt") {
-        check_dwt();
+    for word in WINDOW.iter() {
+        word.store(0, Relaxed);
     }
-    check_atomics();
-    check_region();
-
-    if words().any(|w| w == "panic") {
-        panic!("panic requested on the command line");
-    }
-    if words().any(|w| w == "fail") {
-        defmt::error!("failure requested on the command line");
-        platform::exit(1);
-    }
-    defmt::info!("smoke test passed");
-    platform::exit(0)
-}
-
-/// Spins until the timer has advanced `ms` milliseconds, counting the polls on the way.
-fn busy_wait(ms: u64) {
-    let ticks = timer::frequency_hz() * ms / 1000;
-    let start = timer::counter();
-    let mut polls: u32 = 0;
-    let end = loop {
-        polls += 1;
-        let now = timer::counter();
-        if now - start >= ticks {
-            break now;
-        }
-    };
-    defmt::info!(
-        "waited {=u64} ms: {=u64} ticks, {=u32} polls",
-        ms,
-        end - start,
-        polls
-    );
-}
-
-/// Reports whether the DWT cycle counter counts (QEMU does not model the DWT).
-fn check_dwt() {
-    let mut core = cortex_m::Peripherals::take().expect("taken once");
-    core.DCB.enable_trace();
-    core.DWT.enable_cycle_counter();
-    let before = cortex_m::peripheral::DWT::cycle_count();
-    busy_wait(1);
-    let after = cortex_m::peripheral::DWT::cycle_count();
-    defmt::info!(
-        "DWT: has cycle counter {=bool}, CYCCNT {=u32} -> {=u32}",
-        cortex_m::peripheral::DWT::has_cycle_counter(),
-        before,
-        after
-    );
-}
-
-/// The atomic operations the consensus core uses, on a static (LDREX/STREX on this core).
-fn check_atomics() {
-    COUNTER.store(5, Ordering::SeqCst);
-    defmt::assert_eq!(COUNTER.fetch_add(3, Ordering::SeqCst), 5);
-    defmt::assert_eq!(
-        COUNTER.compare_exchange(8, 13, Ordering::SeqCst, Ordering::SeqCst),
-        Ok(8)
-    );
-    defmt::assert_eq!(
-        COUNTER.compare_exchange(8, 21, Ordering::SeqCst, Ordering::SeqCst),
-        Err(13)
-    );
-    defmt::assert_eq!(COUNTER.load(Ordering::SeqCst), 13);
-    defmt::info!("atomics: store, fetch_add, compare_exchange, load ok");
-}
-
-/// Writes every word of the region and reads it back.
-fn check_region() {
-    for (i, word) in REGION.iter().enumerate() {
-        word.store(i as u32 ^ 0xA5A5_A5A5, Ordering::Relaxed);
-    }
-    let bad = REGION
-        .iter()
-        .enumerate()
-        .filter(|(i, word)| word.load(Ordering::Relaxed) != *i as u32 ^ 0xA5A5_A5A5)
-        .count();
-    defmt::assert_eq!(bad, 0);
-    defmt::info!(
-        "region: {=usize} bytes at {=usize:#x} written and read back",
-        core::mem::size_of_val(&REGION),
-        REGION.as_ptr() as usize
-    );
+    runtime_embedded::run(
+        &mut Mps2Board,
+        board::CONFIG,
+        board::TICK_NS,
+        &SHARED,
+        &PERMISSIONS,
+        Some(SELF_TEST_COMMANDS),
+    )
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
+    // Stop looking alive first: with the run loop, the heartbeat stops.
+    fail_safe::enter(ExitCode::Panic as u32);
     defmt::error!("{}", defmt::Display2Format(info));
-    platform::exit(101)
+    platform::exit(ExitCode::Panic as u32)
 }
 
-/// A fault ends the run with status 102 instead of cortex-m-rt's default endless loop, which
-/// would leave QEMU running. No logging: the fault may have hit inside the logger.
+/// A fault ends the run with its own status instead of cortex-m-rt's endless loop, which would
+/// leave QEMU running. No logging: the fault may have hit inside the logger.
 #[exception]
 unsafe fn HardFault(_frame: &ExceptionFrame) -> ! {
-    platform::exit(102)
+    fail_safe::enter(ExitCode::Fault as u32);
+    platform::exit(ExitCode::Fault as u32)
 }

@@ -1,144 +1,125 @@
-//! Smoke test of the platform layer (the real firmware replaces this file's body).
+//! Mu firmware for the QEMU `virt` machine with a Cortex-A53: one replica per VM, the replicas'
+//! regions and rings in an ivshmem window every VM maps (`runtime_embedded::window`).
 //!
-//! The semihosting command line picks what runs; its first word is the program name:
-//! - `mu` (or anything else): report the platform, check atomics on RAM and on the ivshmem
-//!   window, time 10 ms, exit 0;
-//! - `mu exit N`: exit with status N at once;
-//! - `mu count ID`: run with a second VM on the same window; each adds COUNT_PER_VM to a shared
-//!   counter, and the one that finishes last checks the total.
+//! The replica id comes from the semihosting command line (`-semihosting-config
+//! enable=on,target=native,arg=mu,arg=ID`), the cluster from the board file the build read
+//! (`board` below). The console is defmt over semihosting; QEMU's exit code is the firmware's
+//! [`ExitCode`].
 
 #![no_std]
 #![no_main]
 
 mod platform;
 
-use core::sync::atomic::{AtomicU32, Ordering};
+/// The board file, as constants (written by build.rs).
+mod board {
+    include!(concat!(env!("OUT_DIR"), "/board.rs"));
+}
 
-use platform::{boot, ivshmem, semihosting, timer};
+use core::sync::atomic::AtomicU32;
 
-/// Where the ivshmem window is placed (in `virt`'s 32-bit PCIe MMIO window).
-const WINDOW_ADDRESS: u64 = 0x1000_0000;
-const SMOKE_ADDS: u32 = 100_000;
-const COUNT_VMS: u32 = 2;
-const COUNT_PER_VM: u32 = 1_000_000;
+use mu_nostd::{ReplicaId, Shared};
+use runtime_embedded::permissions::Permissions;
+use runtime_embedded::words::Words;
+use runtime_embedded::{fail_safe, Board, ExitCode};
 
-/// A word of RAM, to check atomics outside the window too.
-static RAM_WORD: AtomicU32 = AtomicU32::new(0);
+use platform::{ivshmem, semihosting, timer};
+
+/// What the two planes share, and the log permission the responder enforces: statics, so the
+/// panic handler's fail-safe and a responder core could reach them too.
+static SHARED: Shared = Shared::new();
+static PERMISSIONS: Permissions = Permissions::new();
+
+struct VirtBoard {
+    window: Words<'static>,
+    id: ReplicaId,
+}
+
+impl Board for VirtBoard {
+    fn counter(&self) -> u64 {
+        timer::counter()
+    }
+
+    fn counter_hz(&self) -> u64 {
+        timer::frequency_hz()
+    }
+
+    fn window(&self) -> Words<'static> {
+        self.window
+    }
+
+    fn replica_id(&self) -> ReplicaId {
+        self.id
+    }
+
+    fn halt(&mut self, code: ExitCode) -> ! {
+        semihosting::exit(code as u32)
+    }
+}
 
 fn main() -> ! {
-    let start = timer::micros();
     defmt::info!(
-        "CurrentEL {=u8} (entered at EL{=u8})",
-        boot::current_el(),
-        boot::entry_el()
+        "mu firmware, cluster {=str} from {=str}; at EL{=u8} (entered at EL{=u8})",
+        board::CLUSTER_NAME,
+        board::BOARD_FILE,
+        platform::boot::current_el(),
+        platform::boot::entry_el()
     );
-    defmt::info!("timer: {=u64} Hz", timer::frequency_hz());
-    let mut buffer = [0u8; 128];
-    let command_line = semihosting::command_line(&mut buffer);
-    defmt::info!("command line: {=?}", command_line);
-    let mut words = command_line.unwrap_or("").split_whitespace().skip(1);
-    let command = words.next();
-    let argument = words.next().and_then(|word| word.parse::<u32>().ok());
-
-    if command == Some("exit") {
-        semihosting::exit(argument.unwrap_or(0));
-    }
-
-    let Some(window) = ivshmem::map(WINDOW_ADDRESS) else {
-        defmt::error!("no ivshmem device: run QEMU with -device ivshmem-plain,memdev=...");
-        semihosting::exit(2);
-    };
-    defmt::info!(
-        "ivshmem window at {=usize:#x}, {=usize} bytes",
-        window.base,
-        window.size
-    );
-    // SAFETY: the window is mapped, Normal memory, 2 MiB aligned and at least 4 KiB long, and is
-    // only ever accessed through atomics, here and in the other VMs.
-    let shared = unsafe { &*(window.base as *const [AtomicU32; 4]) };
-
-    if command == Some("count") {
-        count(shared, argument.unwrap_or(0));
-    }
-
-    check_atomics("RAM", &RAM_WORD);
-    check_atomics("window word 0", &shared[0]);
-
-    let ticks = timer::frequency_hz() / 100;
-    let begin = timer::counter();
-    while timer::counter() - begin < ticks {}
-    let waited = timer::counter() - begin;
-    defmt::info!("waited 10 ms: {=u64} ticks", waited);
-
-    defmt::info!("smoke test passed in {=u64} us", timer::micros() - start);
-    semihosting::exit(0)
-}
-
-/// SMOKE_ADDS fetch_adds must all land, and a compare_exchange succeed only on the right value.
-fn check_atomics(name: &str, word: &AtomicU32) {
-    let before = word.load(Ordering::SeqCst);
-    for _ in 0..SMOKE_ADDS {
-        word.fetch_add(1, Ordering::Relaxed);
-    }
-    let after = word.load(Ordering::SeqCst);
-    let expected = before.wrapping_add(SMOKE_ADDS);
-    let stale = word.compare_exchange(before, 0, Ordering::SeqCst, Ordering::SeqCst);
-    let swapped = word.compare_exchange(after, 7, Ordering::SeqCst, Ordering::SeqCst);
-    let ok = after == expected && stale == Err(after) && swapped == Ok(after);
-    defmt::info!(
-        "{=str}: {=u32} -> {=u32}, CAS {=bool}",
-        name,
-        before,
-        after,
-        ok
-    );
-    if !ok || word.load(Ordering::SeqCst) != 7 {
-        defmt::panic!("atomics on {=str} are broken", name);
-    }
-}
-
-/// The two-VM check: words are [arrived, counter, finished].
-fn count(shared: &[AtomicU32; 4], id: u32) -> ! {
-    let [arrived, counter, finished, _] = shared;
-    // Start together, so that the adds of the VMs really interleave.
-    arrived.fetch_add(1, Ordering::SeqCst);
-    while arrived.load(Ordering::SeqCst) < COUNT_VMS {}
-    let begin = timer::micros();
-    for _ in 0..COUNT_PER_VM {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-    let took = timer::micros() - begin;
-    let place = finished.fetch_add(1, Ordering::SeqCst) + 1;
-    defmt::info!(
-        "VM {=u32}: {=u32} adds in {=u64} us, finished {=u32}.",
-        id,
-        COUNT_PER_VM,
-        took,
-        place
-    );
-    if place < COUNT_VMS {
-        semihosting::exit(0);
-    }
-    let total = counter.load(Ordering::SeqCst);
-    let expected = COUNT_VMS * COUNT_PER_VM;
-    if total != expected {
+    let id = replica_id().unwrap_or_else(|| {
         defmt::error!(
-            "VM {=u32}: shared counter {=u32}, expected {=u32}",
-            id,
-            total,
-            expected
+            "no replica id: run QEMU with -semihosting-config enable=on,target=native,arg=mu,arg=ID \
+             (ID below {=u8})",
+            board::REPLICAS
         );
-        semihosting::exit(1);
+        semihosting::exit(ExitCode::Start as u32)
+    });
+    let window = ivshmem::map(board::WINDOW_BASE).unwrap_or_else(|| {
+        defmt::error!("no ivshmem device: run QEMU with -device ivshmem-plain,memdev=...");
+        semihosting::exit(ExitCode::Start as u32)
+    });
+    if (window.size as u64) < board::WINDOW_SIZE {
+        defmt::error!(
+            "the ivshmem window has {=usize} bytes; the board file says {=u64}",
+            window.size,
+            board::WINDOW_SIZE
+        );
+        semihosting::exit(ExitCode::Start as u32);
     }
-    defmt::info!("VM {=u32}: shared counter {=u32}, as expected", id, total);
-    semihosting::exit(0)
+    // SAFETY: `map` mapped `size` bytes at `base` as Normal memory, 4 KiB aligned; nothing else
+    // in this image uses that address range, and every access (here and in the other VMs) is an
+    // atomic word access, so sharing it is not a data race.
+    let words: &'static [AtomicU32] =
+        unsafe { core::slice::from_raw_parts(window.base as *const AtomicU32, window.size / 4) };
+    let mut board = VirtBoard {
+        window: Words::new(words),
+        id,
+    };
+    runtime_embedded::run(
+        &mut board,
+        board::CONFIG,
+        board::TICK_NS,
+        &SHARED,
+        &PERMISSIONS,
+        None,
+    )
+}
+
+/// The id in the command line `mu ID`, if it names a replica of the cluster.
+fn replica_id() -> Option<ReplicaId> {
+    let mut buffer = [0u8; 64];
+    let line = semihosting::command_line(&mut buffer)?;
+    let mut words = line.split_whitespace();
+    let id: ReplicaId = words.nth(1)?.parse().ok()?;
+    (id < board::REPLICAS).then_some(id)
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
+    // Stop looking alive first: the heartbeat stops with the run loop, the others fail over.
+    fail_safe::enter(ExitCode::Panic as u32);
     match info.location() {
         Some(at) => defmt::error!("panic at {=str}:{=u32}", at.file(), at.line()),
         None => defmt::error!("panic"),
     }
-    semihosting::exit(101)
+    semihosting::exit(ExitCode::Panic as u32)
 }

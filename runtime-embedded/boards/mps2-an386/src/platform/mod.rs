@@ -1,6 +1,6 @@
 //! The platform layer of the MPS2 AN386 (Cortex-M4F) as QEMU's `mps2-an386` models it:
-//! monotonic time, the defmt logger and its timestamp, the process exit and the command line,
-//! the last two through Arm semihosting (QEMU `-semihosting-config enable=on,target=native`).
+//! monotonic time, the defmt logger and its timestamp, and the process exit through Arm
+//! semihosting (QEMU `-semihosting-config enable=on,target=native`).
 //!
 //! Call [`init`] once, first thing in `main`; everything else here may be called afterwards.
 
@@ -9,7 +9,7 @@ pub mod timer;
 
 mod log;
 
-pub use semihosting::{command_line, exit};
+pub use semihosting::exit;
 
 /// Brings up what the other modules need: starts the free-running timer.
 pub fn init() {

@@ -1,11 +1,9 @@
-//! Process exit and command line through Arm semihosting: QEMU, started with
+//! Process exit through Arm semihosting: QEMU, started with
 //! `-semihosting-config enable=on,target=native[,arg=A,arg=B...]`, answers these calls itself.
 //!
 //! Without a semihosting host (a real board with no debugger attached) the `BKPT 0xAB` that
 //! makes the call escalates to a HardFault, so the firmware must not rely on these outside
 //! QEMU or a debug probe.
-
-use core::mem::MaybeUninit;
 
 /// Ends the emulation with `code` as QEMU's exit status (the host keeps its low 8 bits).
 ///
@@ -15,14 +13,4 @@ use core::mem::MaybeUninit;
 pub fn exit(code: u32) -> ! {
     // The status word travels to the host as is; the sign reinterpretation changes no bits.
     semihosting::process::exit(code as i32)
-}
-
-/// The command line the host hands the program: under QEMU, the `arg=` values of
-/// `-semihosting-config` joined by single spaces, or (with none) the `-kernel` file name.
-///
-/// `None` if the host refuses the call, the line does not fit in `buf` (it needs one byte
-/// more than its length, for the host's trailing NUL), or it is not UTF-8.
-pub fn command_line(buf: &mut [MaybeUninit<u8>]) -> Option<&str> {
-    let line = semihosting::sys::arm_compat::sys_get_cmdline_uninit(buf).ok()?;
-    core::str::from_utf8(line).ok()
 }

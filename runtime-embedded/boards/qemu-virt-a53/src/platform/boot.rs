@@ -82,6 +82,7 @@ global_asm!(
     r#"
     .section .text.vectors, "ax"
     .balign 2048
+    .global __exception_vectors     // global: rust_entry may be in another object file
 __exception_vectors:
     .irp index, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15
     .balign 128

@@ -53,16 +53,17 @@ const SCTLR_DISABLE: u64 = (1 << 1) | (1 << 19);
 /// # Safety
 /// Call once, on core 0, with the MMU off, before anything else touches the page tables.
 pub unsafe fn enable() {
-    // SAFETY: the caller guarantees exclusive access; raw pointers avoid references to statics.
-    let (level1, level2) = unsafe { (&raw mut LEVEL1.0, &raw mut LEVEL2_LOW.0) };
-    for (index, entry) in unsafe { (*level2).iter_mut() }.enumerate() {
-        *entry = (index * BLOCK_2M) as u64 | DEVICE_BLOCK;
-    }
-    // SAFETY: as above.
-    unsafe {
+    // SAFETY: the caller guarantees that nothing else uses the tables; raw pointers, as
+    // references to a `static mut` are not allowed.
+    let level1 = unsafe {
+        let (level1, level2) = (&raw mut LEVEL1.0, &raw mut LEVEL2_LOW.0);
+        for (index, entry) in (*level2).iter_mut().enumerate() {
+            *entry = (index * BLOCK_2M) as u64 | DEVICE_BLOCK;
+        }
         (*level1)[0] = level2 as u64 | TABLE;
         (*level1)[1] = GIB as u64 | RAM_BLOCK;
-    }
+        level1
+    };
     // QEMU models no caches. Real silicon would first need the data cache invalidated by
     // set/way here, since the tables were written with the MMU (and so the cache) off.
     // SAFETY: the tables map the running code, its stack and data at their own addresses, so

@@ -26,7 +26,8 @@ unsafe fn call(op: u32, block: *mut usize) -> isize {
     result
 }
 
-/// Ends QEMU with process exit status `code` (0 means success).
+/// Ends QEMU with process exit status `code` (0 means success; the host keeps only the low 8
+/// bits, so 256 reads as 0).
 pub fn exit(code: u32) -> ! {
     let mut block = [ADP_STOPPED_APPLICATION_EXIT, code as usize];
     // SAFETY: SYS_EXIT takes the two-word block [reason, subcode].
