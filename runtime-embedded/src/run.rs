@@ -141,6 +141,10 @@ impl<'w> Firmware<'w> {
 
     /// One pass of the loop at time `now` (core ticks).
     pub fn step(&mut self, now: u64) -> Step {
+        let panic_word = telemetry::control_word(self.window, control::PANIC);
+        if panic_word == u32::from(self.me) + 1 {
+            panic!("fault injection: asked to panic through the control block");
+        }
         self.responder.serve();
         self.replica.poll(
             now,

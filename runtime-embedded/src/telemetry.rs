@@ -3,7 +3,7 @@
 //! shared window (`/dev/shm/...` under QEMU) while the replicas run.
 //!
 //! ```text
-//! control (window offset 0, written by the harness):  word 0 stop    word 1 finish
+//! control (window offset 0, written by the harness):  word 0 stop  word 1 finish  word 2 panic
 //! telemetry[id] (64 B, written by replica id only):
 //!   word 0 magic  1 phase  2 loops  3 leader + 1  4 flags  5-6 applied  7-8 applied chain
 //!   9-10 state digest  11-12 committed by this replica as leader  13 leader changes  14 code
@@ -68,6 +68,9 @@ pub mod control {
     pub const STOP: usize = 0;
     /// Nonzero: every replica reports and ends.
     pub const FINISH: usize = 1;
+    /// Fault injection, to test the fail-safe: the replica whose id plus one is written here
+    /// panics.
+    pub const PANIC: usize = 2;
 }
 
 /// The block of one replica in a window.

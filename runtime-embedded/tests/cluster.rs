@@ -145,3 +145,21 @@ fn a_single_node_finishes_its_self_test_by_itself() {
     assert_eq!(firmware.submitted(), 500);
     assert_eq!(firmware.setpoints().committed(), 500);
 }
+
+#[test]
+#[should_panic(expected = "fault injection")]
+fn the_control_block_can_make_one_replica_panic() {
+    let config = Config::new(3);
+    let backing = window_for(&config);
+    let window = Words::new(&backing);
+    let (shared, permissions) = (Shared::new(), Permissions::new());
+    let mut firmware = Firmware::new(config, 2, window, &shared, &permissions, None).unwrap();
+    telemetry::set_control_word(window, control::PANIC, 1);
+    assert_eq!(
+        firmware.step(1),
+        Step::Running,
+        "replica 0 is asked, not replica 2"
+    );
+    telemetry::set_control_word(window, control::PANIC, 3);
+    firmware.step(2);
+}

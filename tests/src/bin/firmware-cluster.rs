@@ -1,11 +1,16 @@
 //! Runs a firmware cluster: one QEMU VM per replica of a board file, all sharing one ivshmem
-//! window; lets them replicate, SIGKILLs the leader's VM, checks that a new leader continues and
+//! window; lets them replicate, takes the leader out, checks that a new leader continues and
 //! that the survivors agree, and prints what happened. Exit code 0 only if every check passed.
 //!
 //! ```text
 //! firmware-cluster --board-file FILE --image ELF [--qemu scripts/qemu-arm] [--out DIR]
 //!                  [--defmt-print PATH] [--kill-after N] [--continue-for N] [--timeout S]
+//!                  [--fault kill|panic]
 //! ```
+//!
+//! `--fault kill` (the default) SIGKILLs the leader's VM; `--fault panic` makes the leader's
+//! firmware panic through the control block, so its fail-safe must stop it (the VM must exit
+//! with the panic code and the replica report itself failed) for the others to fail over.
 //!
 //! The harness watches the replicas through the window itself (a file under /dev/shm that QEMU
 //! maps as the ivshmem BAR): each replica publishes its telemetry there and the harness writes
@@ -30,6 +35,16 @@ struct Args {
     kill_after: u64,
     continue_for: u64,
     timeout: Duration,
+    fault: Fault,
+}
+
+/// How the leader is taken out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// SIGKILL of its VM.
+    Kill,
+    /// A panic inside its firmware (the fail-safe path).
+    Panic,
 }
 
 fn parse() -> Result<Args, String> {
@@ -42,6 +57,7 @@ fn parse() -> Result<Args, String> {
         kill_after: 300,
         continue_for: 300,
         timeout: Duration::from_secs(240),
+        fault: Fault::Kill,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,6 +71,13 @@ fn parse() -> Result<Args, String> {
             "--kill-after" => args.kill_after = number(&flag, &value()?)?,
             "--continue-for" => args.continue_for = number(&flag, &value()?)?,
             "--timeout" => args.timeout = Duration::from_secs(number(&flag, &value()?)?),
+            "--fault" => {
+                args.fault = match value()?.as_str() {
+                    "kill" => Fault::Kill,
+                    "panic" => Fault::Panic,
+                    other => return Err(format!("--fault: kill or panic, not {other}")),
+                }
+            }
             _ => return Err(format!("unknown argument {flag}")),
         }
     }
@@ -185,6 +208,14 @@ impl Cluster {
             cluster.window.path.display(),
             layout.bytes
         );
+        println!(
+            "window: {} regions of {} bytes, each with a log of {} slots x {} bytes = {} bytes",
+            config.replica_count,
+            layout.region.region_bytes,
+            config.slot_count,
+            config.slot_size,
+            layout.region.log_bytes()
+        );
         Ok(cluster)
     }
 
@@ -199,11 +230,21 @@ impl Cluster {
             // maxcpus=2: QEMU 7.2 makes a guest's exclusive loads and stores atomic against other
             // processes (the other VMs) only when the machine may have more than one CPU.
             .args(["-smp", "1,maxcpus=2"])
-            .args(["-nodefaults", "-display", "none", "-monitor", "none", "-serial", "none"])
+            .args([
+                "-nodefaults",
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+                "-serial",
+                "none",
+            ])
             .arg("-semihosting-config")
             .arg(format!("enable=on,target=native,arg=mu,arg={id}"))
             .arg("-object")
-            .arg(format!("memory-backend-file,id=window,size={size},share=on,mem-path={window}"))
+            .arg(format!(
+                "memory-backend-file,id=window,size={size},share=on,mem-path={window}"
+            ))
             .args(["-device", "ivshmem-plain,memdev=window"])
             .arg("-kernel")
             .arg(&self.args.image)
@@ -223,7 +264,9 @@ impl Cluster {
     }
 
     fn live(&self) -> Vec<u8> {
-        self.ids().filter(|&id| self.vms[id as usize].is_some()).collect()
+        self.ids()
+            .filter(|&id| self.vms[id as usize].is_some())
+            .collect()
     }
 
     fn seconds(&self) -> f64 {
@@ -290,17 +333,50 @@ impl Cluster {
     /// The replica leading on the fast path whom every live replica follows.
     fn leader(&self) -> Option<(u8, Seen)> {
         let live = self.live();
-        let seen: Vec<Seen> = live.iter().map(|&id| self.window.seen(id)).collect::<Option<_>>()?;
+        let seen: Vec<Seen> = live
+            .iter()
+            .map(|&id| self.window.seen(id))
+            .collect::<Option<_>>()?;
         let leader = seen[0].leader?;
         let index = live.iter().position(|&id| id == leader)?;
         let agreed = seen.iter().all(|s| s.leader == Some(leader));
         (agreed && seen[index].leading).then_some((leader, seen[index]))
     }
 
-    fn kill(&mut self, id: u8) -> Result<(), String> {
+    /// Takes replica `id` out the way `--fault` says.
+    fn take_out(&mut self, id: u8) -> Result<(), String> {
         let mut vm = self.vms[id as usize].take().ok_or("already dead")?;
-        vm.kill().map_err(|e| format!("kill replica {id}: {e}"))?;
-        vm.wait().map_err(|e| e.to_string())?;
+        if self.args.fault == Fault::Kill {
+            vm.kill().map_err(|e| format!("kill replica {id}: {e}"))?;
+            vm.wait().map_err(|e| e.to_string())?;
+            return Ok(());
+        }
+        self.window.control(control::PANIC, u32::from(id) + 1)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = vm.try_wait().map_err(|e| e.to_string())? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = vm.kill();
+                return Err(format!(
+                    "replica {id} was told to panic but its VM kept running"
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        let code = runtime_embedded::ExitCode::Panic as i32;
+        let seen = self.window.seen(id);
+        let failed =
+            seen.is_some_and(|s| s.phase == telemetry::PHASE_FAILED && s.code == code as u32);
+        if status.code() != Some(code) || !failed {
+            return Err(format!(
+                "replica {id}'s fail-safe: VM exit {status} (want {code}), telemetry {seen:?}"
+            ));
+        }
+        println!(
+            "fail-safe: replica {id} panicked, reported itself failed and its VM exited {code}"
+        );
         Ok(())
     }
 }
@@ -341,25 +417,30 @@ fn scenario(cluster: &mut Cluster) -> Result<(), String> {
     let (old, seen) = cluster.wait_for("a leader", |c| {
         c.leader().filter(|(_, s)| s.committed >= kill_after)
     })?;
+    let how = match cluster.args.fault {
+        Fault::Kill => "killing its VM (SIGKILL)",
+        Fault::Panic => "making its firmware panic",
+    };
     println!(
-        "[{:6.1} s] leader: replica {old}, {} commands committed; killing its VM (SIGKILL)",
+        "[{:6.1} s] leader: replica {old}, {} commands committed; {how}",
         cluster.seconds(),
         seen.committed
     );
     let killed = Instant::now();
-    cluster.kill(old)?;
+    cluster.take_out(old)?;
     let (new, _) = cluster.wait_for("a new leader's first commit", |c| {
         c.leader().filter(|(id, s)| *id != old && s.committed >= 1)
     })?;
     let fail_over = killed.elapsed();
     println!(
-        "[{:6.1} s] fail-over: replica {new} committed its first command {:.1} ms after the kill",
+        "[{:6.1} s] fail-over: replica {new} committed its first command {:.1} ms after the fault",
         cluster.seconds(),
         fail_over.as_secs_f64() * 1e3
     );
     let more = cluster.args.continue_for;
     let (_, seen) = cluster.wait_for("the new leader to continue", |c| {
-        c.leader().filter(|(id, s)| *id == new && s.committed >= more)
+        c.leader()
+            .filter(|(id, s)| *id == new && s.committed >= more)
     })?;
     println!(
         "[{:6.1} s] new leader: replica {new}, {} commands committed; stopping the workload",
@@ -380,12 +461,24 @@ fn committed_by(cluster: &Cluster, id: u8) -> u64 {
 fn agree(cluster: &mut Cluster, old: u8, new: u8, committed: u64) -> Result<(), String> {
     let mut stable_since: Option<(Instant, Vec<Seen>)> = None;
     let seen = cluster.wait_for("the survivors to converge", |c| {
-        let seen: Vec<Seen> = c.live().iter().filter_map(|&id| c.window.seen(id)).collect();
+        let seen: Vec<Seen> = c
+            .live()
+            .iter()
+            .filter_map(|&id| c.window.seen(id))
+            .collect();
         let same = seen.len() == c.live().len()
-            && seen.iter().all(|s| (s.applied, s.chain) == (seen[0].applied, seen[0].chain));
+            && seen
+                .iter()
+                .all(|s| (s.applied, s.chain) == (seen[0].applied, seen[0].chain));
         let prefix: Vec<(u64, u64)> = seen.iter().map(|s| (s.applied, s.chain)).collect();
         match &stable_since {
-            Some((at, before)) if same && before.iter().map(|s| (s.applied, s.chain)).eq(prefix.iter().copied()) => {
+            Some((at, before))
+                if same
+                    && before
+                        .iter()
+                        .map(|s| (s.applied, s.chain))
+                        .eq(prefix.iter().copied()) =>
+            {
                 (at.elapsed() > Duration::from_millis(500)).then(|| seen.clone())
             }
             _ => {
@@ -396,7 +489,9 @@ fn agree(cluster: &mut Cluster, old: u8, new: u8, committed: u64) -> Result<(), 
     })?;
     let digests: Vec<u64> = seen.iter().map(|s| s.digest).collect();
     if digests.iter().any(|&d| d != digests[0]) {
-        return Err(format!("the survivors applied the same log but their states differ: {digests:x?}"));
+        return Err(format!(
+            "the survivors applied the same log but their states differ: {digests:x?}"
+        ));
     }
     if seen[0].applied < committed {
         return Err(format!(
@@ -404,8 +499,13 @@ fn agree(cluster: &mut Cluster, old: u8, new: u8, committed: u64) -> Result<(), 
             seen[0].applied
         ));
     }
-    if seen.iter().any(|s| s.leader != Some(new) || s.leader_changes == 0) {
-        return Err(format!("the survivors did not all see the leader change: {seen:?}"));
+    if seen
+        .iter()
+        .any(|s| s.leader != Some(new) || s.leader_changes == 0)
+    {
+        return Err(format!(
+            "the survivors did not all see the leader change: {seen:?}"
+        ));
     }
     println!(
         "agreement: replicas {:?} hold identical state, digest {:016x} after {} positions; \
