@@ -9,41 +9,23 @@
 //!
 //! ```no_run
 //! // build.rs of a board crate, with board-configs as a build-dependency.
-//! use board_configs::firmware::{self, BoardRules};
-//!
-//! const RULES: BoardRules = BoardRules {
-//!     board: "qemu-virt-a53",
-//!     ram_base: Some(0x4000_0000),
-//!     ram_size_max: 0x4000_0000,
-//!     window_base_range: 0x1000_0000..0x3eff_0000,
-//!     window_size_power_of_two: true,
-//!     slot_bytes_max: 256,
-//!     entry_bytes_max: 1024,
-//!     counter_hz: 62_500_000,
-//!     replicas_max: 7,
-//! };
+//! use board_configs::firmware::{build_script, QEMU_VIRT_A53};
 //!
 //! fn main() {
 //!     let dir = std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
-//!     let path = dir.join("../../../board-configs/qemu-virt-a53-3.toml");
-//!     let image = firmware::image(&path, &RULES).unwrap_or_else(|e| {
-//!         // Cargo shows a failed build script's output: FILE:LINE:COLUMN: FIELD: REASON.
-//!         eprintln!("error: {e}");
-//!         std::process::exit(1)
-//!     });
-//!     print!("{}", image.rerun_if_changed());
-//!     let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
-//!     std::fs::write(out.join("board.rs"), image.constants_rs()).unwrap();
+//!     // MU_BOARD_FILE, if set, wins over this default.
+//!     build_script(&dir.join("../../../board-configs/qemu-virt-a53-3.toml"), &QEMU_VIRT_A53);
 //! }
 //! // In the firmware: mod board { include!(concat!(env!("OUT_DIR"), "/board.rs")); }
 //! ```
 
 use crate::read::{self, Parsed};
 use crate::{Cluster, ConfigFileError, FirmwareHost, Host};
+use runtime_embedded::run::{ENTRY_BYTES, SLOT_BYTES};
 use runtime_embedded::window::WindowLayout;
 use std::fmt::Write as _;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[cfg(test)]
 mod tests;
@@ -75,6 +57,60 @@ pub struct BoardRules {
     pub counter_hz: u64,
     /// Most replicas the board runs in one cluster.
     pub replicas_max: u8,
+}
+
+/// QEMU `virt` with a Cortex-A53 (`runtime-embedded/boards/qemu-virt-a53`, `-M virt,highmem=off`):
+/// RAM at 1 GiB (the image is linked 512 KiB in), the window an ivshmem BAR in the 32-bit PCIe
+/// MMIO window, the generic timer at 62.5 MHz.
+pub const QEMU_VIRT_A53: BoardRules = BoardRules {
+    board: "qemu-virt-a53",
+    ram_base: Some(0x4000_0000),
+    ram_size_max: 0x4000_0000,
+    window_base_range: 0x1000_0000..0x3eff_0000,
+    window_size_power_of_two: true,
+    slot_bytes_max: SLOT_BYTES as u32,
+    entry_bytes_max: ENTRY_BYTES as u32,
+    counter_hz: 62_500_000,
+    replicas_max: 7,
+};
+
+/// The Arm MPS2 AN386, Cortex-M4F (`runtime-embedded/boards/mps2-an386`, QEMU `mps2-an386`):
+/// 4 MiB of data SRAM that RAM and the window are carved out of, the CMSDK timer at the 25 MHz
+/// system clock, and a single replica (nothing to share a window with).
+pub const MPS2_AN386: BoardRules = BoardRules {
+    board: "mps2-an386",
+    ram_base: Some(0x2000_0000),
+    ram_size_max: 0x40_0000,
+    window_base_range: 0x2000_0000..0x2040_0000,
+    window_size_power_of_two: false,
+    slot_bytes_max: SLOT_BYTES as u32,
+    entry_bytes_max: ENTRY_BYTES as u32,
+    counter_hz: 25_000_000,
+    replicas_max: 1,
+};
+
+/// What a board crate's `build.rs` does with its board file: reads `MU_BOARD_FILE` (or
+/// `default_file`), checks it against `rules`, writes the constants to `$OUT_DIR/board.rs` and
+/// tells cargo when to run again. A problem ends the build script with
+/// `error: FILE:LINE:COLUMN: FIELD: REASON` (cargo shows it) and exit code 1.
+pub fn build_script(default_file: &Path, rules: &BoardRules) -> FirmwareImage {
+    println!("cargo:rerun-if-env-changed=MU_BOARD_FILE");
+    let file =
+        std::env::var_os("MU_BOARD_FILE").map_or_else(|| default_file.to_owned(), PathBuf::from);
+    println!("cargo:rerun-if-changed={}", file.display());
+    let image = image(&file, rules).unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    });
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    if let Err(e) = std::fs::write(out.join("board.rs"), image.constants_rs()) {
+        eprintln!(
+            "error: cannot write {}: {e}",
+            out.join("board.rs").display()
+        );
+        std::process::exit(1);
+    }
+    image
 }
 
 /// A board file that passed its board's rules: what one firmware image is built from.
@@ -376,11 +412,6 @@ impl FirmwareImage {
     /// at most `host().window_size`.
     pub fn window_bytes(&self) -> u64 {
         self.window_bytes
-    }
-
-    /// The lines a build script prints so that cargo rebuilds when the board file changes.
-    pub fn rerun_if_changed(&self) -> String {
-        format!("cargo:rerun-if-changed={}\n", self.file)
     }
 }
 
