@@ -202,10 +202,11 @@ impl<'w> Firmware<'w> {
     }
 
     fn stopping(&self) -> bool {
-        telemetry::control_word(self.window, control::STOP) != 0
-            || self
-                .commands_max
-                .is_some_and(|max| self.workload.submitted() >= max)
+        let word = |index| telemetry::control_word(self.window, index);
+        match self.commands_max {
+            Some(max) => self.workload.submitted() >= max,
+            None => word(control::START) == 0 || word(control::STOP) != 0,
+        }
     }
 
     fn finished(&self) -> bool {

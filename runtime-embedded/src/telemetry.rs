@@ -3,7 +3,8 @@
 //! shared window (`/dev/shm/...` under QEMU) while the replicas run.
 //!
 //! ```text
-//! control (window offset 0, written by the harness):  word 0 stop  word 1 finish  word 2 panic
+//! control (window offset 0, written by the harness):
+//!   word 0 stop  1 finish  2 panic  3 start
 //! telemetry[id] (64 B, written by replica id only):
 //!   word 0 magic  1 phase  2 loops  3 leader + 1  4 flags  5-6 applied  7-8 applied chain
 //!   9-10 state digest  11-12 committed by this replica as leader  13 leader changes  14 code
@@ -61,6 +62,9 @@ pub const PHASE_FAILED: u32 = 3;
 
 /// Leads on the fast path.
 pub const FLAG_LEADING: u32 = 1;
+/// Replication halted (lapped: the replica fell more than a log behind, and there is no state
+/// transfer yet).
+pub const FLAG_HALTED: u32 = 2;
 
 /// Control words.
 pub mod control {
@@ -71,6 +75,10 @@ pub mod control {
     /// Fault injection, to test the fail-safe: the replica whose id plus one is written here
     /// panics.
     pub const PANIC: usize = 2;
+    /// Nonzero: a leader may submit the workload. In a cluster the harness sets it once every
+    /// replica booted, so that none starts a whole log behind (the single-node self-test
+    /// ignores it).
+    pub const START: usize = 3;
 }
 
 /// The block of one replica in a window.

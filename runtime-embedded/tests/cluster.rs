@@ -82,6 +82,15 @@ fn a_new_leader_takes_over_and_the_survivors_agree() {
         alive: vec![true; 3],
         now: 0,
     };
+    cluster.until("a leader on the fast path", |c| c.leader().is_some());
+    for _ in 0..10_000 {
+        cluster.round();
+    }
+    assert!(
+        cluster.replicas.iter().all(|f| f.submitted() == 0),
+        "the workload waits for the start word"
+    );
+    telemetry::set_control_word(window, control::START, 1);
 
     cluster.until("a leader committing 500 commands", |c| {
         c.leader()

@@ -29,7 +29,7 @@ pub const RAM_SIZE: u64 = 0x800_0000;
 #[allow(dead_code)]
 pub const WINDOW_BASE: u64 = 0x1000_0000;
 
-/// Bytes of the shared window (`window_size`); the cluster uses the first 135424 (0x2_1100).
+/// Bytes of the shared window (`window_size`); the cluster uses the first 430336 (0x6_9100).
 #[allow(dead_code)]
 pub const WINDOW_SIZE: u64 = 0x10_0000;
 
@@ -37,7 +37,7 @@ pub const WINDOW_SIZE: u64 = 0x10_0000;
 #[allow(dead_code)]
 pub const CONFIG: mu_nostd::Config = mu_nostd::Config {
     replica_count: 3,
-    slot_count: 256,
+    slot_count: 1024,
     slot_size: 128,
     entry_slots_max: 4,
     pipeline_depth: 8,

@@ -54,7 +54,7 @@ fn the_board_files_pass_their_boards_rules() {
     let qemu = image(&path("qemu-virt-a53-3.toml"), &QEMU).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(qemu.cluster().name, "qemu-virt-a53-3");
     assert_eq!(qemu.replicas().len(), 3);
-    assert_eq!(qemu.window_bytes(), 135_424);
+    assert_eq!(qemu.window_bytes(), 430_336);
     let host = FirmwareHost {
         board: "qemu-virt-a53".into(),
         ram_base: 0x4000_0000,
@@ -356,7 +356,7 @@ fn file_and_parse_errors_come_through() {
     assert_eq!((e.line, e.field.as_str()), (None, ""), "{e}");
     // The parser's own window check.
     let small = replace_line(&qemu_source(), "window_size", 0, "window_size = 0x20000");
-    let reason = "need 135424 (0x21100) bytes";
+    let reason = "need 430336 (0x69100) bytes";
     expect(
         &small,
         &QEMU,

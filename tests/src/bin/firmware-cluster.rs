@@ -99,6 +99,7 @@ struct Seen {
     loops: u32,
     leader: Option<u8>,
     leading: bool,
+    halted: bool,
     applied: u64,
     chain: u64,
     digest: u64,
@@ -152,6 +153,7 @@ impl Window {
             loops: words[word::LOOPS],
             leader: words[word::LEADER].checked_sub(1).map(|l| l as u8),
             leading: words[word::FLAGS] & telemetry::FLAG_LEADING != 0,
+            halted: words[word::FLAGS] & telemetry::FLAG_HALTED != 0,
             applied: wide(word::APPLIED),
             chain: wide(word::CHAIN),
             digest: wide(word::DIGEST),
@@ -279,6 +281,12 @@ impl Cluster {
             if let Some(seen) = self.window.seen(id) {
                 if seen.phase == telemetry::PHASE_FAILED {
                     return Err(format!("replica {id} failed (code {})", seen.code));
+                }
+                if seen.halted {
+                    return Err(format!(
+                        "replica {id} halted: lapped, it fell more than a log behind (there is \
+                         no state transfer yet)"
+                    ));
                 }
             }
             let vm = self.vms[id as usize].as_mut().expect("live");
@@ -413,6 +421,18 @@ fn main() -> ExitCode {
 
 /// The run: replicate, kill the leader, continue under a new one, drain, agree.
 fn scenario(cluster: &mut Cluster) -> Result<(), String> {
+    // The workload starts once every replica runs, so that none starts a whole log behind.
+    let ids: Vec<u8> = cluster.ids().collect();
+    cluster.wait_for("every replica to boot", |c| {
+        ids.iter()
+            .all(|&id| {
+                c.window
+                    .seen(id)
+                    .is_some_and(|s| s.phase == telemetry::PHASE_RUNNING)
+            })
+            .then_some(())
+    })?;
+    cluster.window.control(control::START, 1)?;
     let kill_after = cluster.args.kill_after;
     let (old, seen) = cluster.wait_for("a leader", |c| {
         c.leader().filter(|(_, s)| s.committed >= kill_after)
