@@ -97,10 +97,10 @@ impl<'w> Responder<'w> {
         let Some(posted) = ring.posted() else {
             return 0; // Not a word a sender writes: ignore it until it is.
         };
-        let state = &mut self.incoming[sender as usize][plane as usize];
+        let mut state = self.incoming[sender as usize][plane as usize];
         if posted.generation != state.served.generation {
             // The sender reconnected: whatever is left of the old generation is dropped.
-            *state = Incoming {
+            state = Incoming {
                 served: Count {
                     generation: posted.generation,
                     count: 0,
@@ -109,12 +109,10 @@ impl<'w> Responder<'w> {
             };
             ring.set_served(state.served);
         }
-        let Some(pending) = ring::distance(state.served.count, posted.count) else {
-            return 0; // More than a ring's worth: a confused sender; wait for its reconnect.
-        };
+        // More than a ring's worth pending: a confused sender; nothing runs until it reconnects.
+        let pending = ring::distance(state.served.count, posted.count).unwrap_or(0);
         let mut executed = 0;
-        for _ in 0..pending.min(RING_DEPTH) {
-            let state = self.incoming[sender as usize][plane as usize];
+        for _ in 0..pending {
             let Some(request) = ring.read_entry(state.served) else {
                 break; // Published count, entry not visible yet: next time.
             };
@@ -123,13 +121,14 @@ impl<'w> Responder<'w> {
             } else {
                 self.execute(sender, state.served, request)
             };
-            let state = &mut self.incoming[sender as usize][plane as usize];
             state.flushing |= status != ring::STATUS_OK;
             ring.set_status(state.served.count, status);
             state.served.count = state.served.count.wrapping_add(1);
             ring.set_served(state.served);
             executed += 1;
         }
+        assert!(executed <= RING_DEPTH);
+        self.incoming[sender as usize][plane as usize] = state;
         executed
     }
 

@@ -9,7 +9,7 @@
 //!   `run` keeps in a static for the life of the board (it is about 40 KiB, mostly the leader's
 //!   per-member pending work, sized for the largest cluster).
 
-use mu_nostd::{Config, Replica, ReplicaError, ReplicaId, Shared};
+use mu_nostd::{Config, Replica, ReplicaError, ReplicaId, Shared, StateMachine};
 
 use crate::board::{Board, ExitCode};
 use crate::fabric::WindowFabric;
@@ -258,15 +258,12 @@ impl<'w> Firmware<'w> {
     pub fn self_check(&self) -> bool {
         let submitted = self.workload.submitted();
         let mut replay = Workload::new(self.me);
-        let mut expected = [0i32; AXES];
-        for _ in 0..submitted {
-            let command = replay.command();
-            let axis = command[8] as usize % AXES;
-            expected[axis] =
-                i32::from_le_bytes([command[12], command[13], command[14], command[15]]);
+        let mut expected = Setpoints::new();
+        for position in 0..submitted {
+            expected.apply(position, &replay.command(), &mut []);
             replay.advance();
         }
-        let axes_match = (0..AXES).all(|axis| self.setpoints.axis(axis) == expected[axis]);
+        let axes_match = (0..AXES).all(|axis| self.setpoints.axis(axis) == expected.axis(axis));
         self.setpoints.committed() == submitted
             && self.setpoints.applied() >= submitted
             && axes_match

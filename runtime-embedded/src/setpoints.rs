@@ -25,7 +25,6 @@ pub struct Setpoints {
     applied: u64,
     digest: u64,
     committed: u64,
-    dropped: u64,
 }
 
 impl Default for Setpoints {
@@ -42,7 +41,6 @@ impl Setpoints {
             applied: 0,
             digest: 0,
             committed: 0,
-            dropped: 0,
         }
     }
 
@@ -59,11 +57,6 @@ impl Setpoints {
     /// Commands this replica submitted as leader and saw committed.
     pub fn committed(&self) -> u64 {
         self.committed
-    }
-
-    /// Commands this replica submitted as leader and dropped when it stopped leading.
-    pub fn dropped(&self) -> u64 {
-        self.dropped
     }
 
     /// The setpoint of `axis`.
@@ -94,10 +87,6 @@ impl StateMachine for Setpoints {
 
     fn committed(&mut self, _ticket: Ticket, _position: u64, _response: &[u8]) {
         self.committed += 1;
-    }
-
-    fn dropped(&mut self, _ticket: Ticket) {
-        self.dropped += 1;
     }
 }
 

@@ -109,17 +109,6 @@ impl<'w> Telemetry<'w> {
         self.set(index, value as u32);
         self.set(index + 1, (value >> 32) as u32);
     }
-
-    /// Reads one word.
-    pub fn get(&self, index: usize) -> u32 {
-        assert!(index < 16);
-        self.window.word(self.base + 4 * index).load(Acquire)
-    }
-
-    /// Reads a 64-bit value (see the module doc on tearing).
-    pub fn get_u64(&self, index: usize) -> u64 {
-        u64::from(self.get(index)) | (u64::from(self.get(index + 1)) << 32)
-    }
 }
 
 /// Reads a control word of `window`.

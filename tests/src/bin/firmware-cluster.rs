@@ -479,30 +479,20 @@ fn committed_by(cluster: &Cluster, id: u8) -> u64 {
 
 /// Waits until the survivors hold the same log prefix for a while, then compares their state.
 fn agree(cluster: &mut Cluster, old: u8, new: u8, committed: u64) -> Result<(), String> {
-    let mut stable_since: Option<(Instant, Vec<Seen>)> = None;
+    // The common log prefix (applied, chain) and since when it has not moved.
+    let mut stable: Option<(Instant, (u64, u64))> = None;
     let seen = cluster.wait_for("the survivors to converge", |c| {
-        let seen: Vec<Seen> = c
-            .live()
-            .iter()
-            .filter_map(|&id| c.window.seen(id))
-            .collect();
-        let same = seen.len() == c.live().len()
-            && seen
-                .iter()
-                .all(|s| (s.applied, s.chain) == (seen[0].applied, seen[0].chain));
-        let prefix: Vec<(u64, u64)> = seen.iter().map(|s| (s.applied, s.chain)).collect();
-        match &stable_since {
-            Some((at, before))
-                if same
-                    && before
-                        .iter()
-                        .map(|s| (s.applied, s.chain))
-                        .eq(prefix.iter().copied()) =>
-            {
-                (at.elapsed() > Duration::from_millis(500)).then(|| seen.clone())
+        let live = c.live();
+        let seen: Vec<Seen> = live.iter().filter_map(|&id| c.window.seen(id)).collect();
+        let prefix = seen.first().map(|s| (s.applied, s.chain)).filter(|&p| {
+            seen.len() == live.len() && seen.iter().all(|s| (s.applied, s.chain) == p)
+        });
+        match (prefix, stable) {
+            (Some(p), Some((at, q))) if p == q => {
+                (at.elapsed() > Duration::from_millis(500)).then_some(seen)
             }
             _ => {
-                stable_since = same.then(|| (Instant::now(), seen.clone()));
+                stable = prefix.map(|p| (Instant::now(), p));
                 None
             }
         }
