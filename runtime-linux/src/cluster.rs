@@ -6,11 +6,13 @@
 //! keeps a window of commands in flight at the leader, re-sends what comes back uncommitted, and
 //! records every command reported committed with its position. [`Cluster::verify`] then checks,
 //! on every live replica, that each of those commands is in the journal at its position (nothing
-//! committed is lost) and that the state digests are identical.
+//! committed is lost) and that the state digests are identical. [`kill_leader`] times a
+//! fail-over, and splits it with the take-over timestamps the new leader published in its port.
 //!
 //! # Invariants
-//! - A replica id has at most one child process at a time; a killed child is reaped before it is
-//!   replaced.
+//! - A replica id has at most one child process at a time; a killed child is reaped before its
+//!   replacement starts (not at the kill: the kernel takes milliseconds to tear a replica's locked
+//!   memory down, and a client timing a fail-over must not wait for that).
 //! - The client never has more than `window` commands in flight, and each in-flight command is
 //!   tracked by the port it went to, so a killed leader's commands are re-sent elsewhere.
 
@@ -49,6 +51,8 @@ pub struct Cluster {
     config_path: PathBuf,
     replicas: u8,
     children: Vec<Option<Child>>,
+    /// Killed children, by id, until reaped.
+    killed: Vec<Option<Child>>,
     ports: Vec<Option<Port>>,
     /// When processes were last looked up, and which ran.
     running_cache: std::cell::Cell<(Instant, u8)>,
@@ -73,6 +77,7 @@ impl Cluster {
             config_path,
             replicas,
             children: (0..replicas).map(|_| None).collect(),
+            killed: (0..replicas).map(|_| None).collect(),
             ports: (0..replicas).map(|_| None).collect(),
             running_cache: std::cell::Cell::new((Instant::now(), 0)),
         };
@@ -95,6 +100,7 @@ impl Cluster {
     /// Starts (or restarts) replica `id` and waits until its port serves.
     pub fn spawn(&mut self, id: u8) -> Result<(), ClusterError> {
         assert!(self.children[id as usize].is_none(), "one process per id");
+        self.reap_killed(id);
         let log = self.dir.join(format!("replica-{id}.log"));
         let log_file = File::options()
             .create(true)
@@ -169,15 +175,20 @@ impl Cluster {
         Some(at)
     }
 
-    /// SIGKILLs replica `id` and reaps it; returns the time of the kill.
+    /// SIGKILLs replica `id`; returns the time of the kill. The process is reaped before the
+    /// id is spawned again, or at shutdown.
     pub fn kill(&mut self, id: u8) -> Option<u64> {
         let at = self.signal(id, libc::SIGKILL)?;
-        if let Some(mut child) = self.children[id as usize].take() {
-            let _ = child.wait();
-        }
+        self.killed[id as usize] = self.children[id as usize].take();
         self.ports[id as usize] = None;
         self.forget_running();
         Some(at)
+    }
+
+    fn reap_killed(&mut self, id: u8) {
+        if let Some(mut killed) = self.killed[id as usize].take() {
+            let _ = killed.wait();
+        }
     }
 
     fn forget_running(&self) {
@@ -415,6 +426,7 @@ impl Cluster {
                 let _ = child.wait();
             }
             self.ports[id as usize] = None;
+            self.reap_killed(id);
         }
     }
 }
@@ -422,6 +434,46 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop_all();
+    }
+}
+
+/// When the new leader passed each step of its take-over (`CLOCK_MONOTONIC` ns), as its client
+/// port published them (`Stat::ElectedNs`, `TenureNs`, `FastPathNs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Marks {
+    /// Its background plane began to consider itself leader. In that same poll it started a
+    /// tenure: it took write access to its own log (revoking the old leader's) and asked every
+    /// peer for theirs.
+    pub elected_at: u64,
+    /// Its replication plane took that tenure up (at its next poll) and began the prepare.
+    pub tenure_at: u64,
+    /// The tenure reached the fast path: a majority granted their logs, and the survey,
+    /// catch-up, min-proposal and adoption were done.
+    pub fast_path_at: u64,
+}
+
+impl Marks {
+    /// The marks a port shows for a fail-over from `killed_at` to `committed_at`, or `None` when
+    /// they do not date that take-over: one is missing (0), or they are out of order, which is
+    /// what a stale mark of an earlier tenure, or one of a later tenure, looks like.
+    pub fn dating(port: &Port, killed_at: u64, committed_at: u64) -> Option<Marks> {
+        Marks {
+            elected_at: port.get(Stat::ElectedNs),
+            tenure_at: port.get(Stat::TenureNs),
+            fast_path_at: port.get(Stat::FastPathNs),
+        }
+        .within(killed_at, committed_at)
+    }
+
+    fn within(self, killed_at: u64, committed_at: u64) -> Option<Marks> {
+        let chain = [
+            killed_at,
+            self.elected_at,
+            self.tenure_at,
+            self.fast_path_at,
+            committed_at,
+        ];
+        (self.elected_at != 0 && chain.windows(2).all(|w| w[0] <= w[1])).then_some(self)
     }
 }
 
@@ -436,14 +488,55 @@ pub struct FailOver {
     pub new_leader: u8,
     /// When it applied that command.
     pub committed_at: u64,
+    /// The new leader's take-over, when its port dated it consistently.
+    pub marks: Option<Marks>,
 }
 
+/// The segments below split [`FailOver::nanos`]: `detection + switch_and_prepare + first_commit`
+/// is the total, and `switch_and_prepare` is `handoff + prepare`. Each is `None` when the marks
+/// are.
 impl FailOver {
     /// From the kill to the first commit of the new leader, in ns.
     pub fn nanos(&self) -> u64 {
         self.committed_at.saturating_sub(self.killed_at)
     }
+
+    /// Kill -> elected, in ns: the new leader's failure detector saw the killed leader's
+    /// heartbeat stop and its score fall below the threshold, and the election picked it.
+    pub fn detection(&self) -> Option<u64> {
+        self.marks.map(|m| m.elected_at - self.killed_at)
+    }
+
+    /// Elected -> fast path, in ns: [`handoff`](Self::handoff) then [`prepare`](Self::prepare).
+    pub fn switch_and_prepare(&self) -> Option<u64> {
+        self.marks.map(|m| m.fast_path_at - m.elected_at)
+    }
+
+    /// Elected -> tenure start, in ns: the background plane starts a tenure in the poll that
+    /// elected it; the replication plane takes it up at its next poll.
+    pub fn handoff(&self) -> Option<u64> {
+        self.marks.map(|m| m.tenure_at - m.elected_at)
+    }
+
+    /// Tenure start -> fast path, in ns: the permission switch at the followers (each one's
+    /// background plane serves the request only once it, too, considers the new leader leader;
+    /// it revokes the old leader, grants, acks) overlapped with the prepare, whose survey
+    /// waits for a majority of grants.
+    pub fn prepare(&self) -> Option<u64> {
+        self.marks.map(|m| m.fast_path_at - m.tenure_at)
+    }
+
+    /// Fast path -> first commit, in ns: the client notices the new leader (or its probe is
+    /// already queued there), the command is replicated to a majority and applied.
+    pub fn first_commit(&self) -> Option<u64> {
+        self.marks.map(|m| self.committed_at - m.fast_path_at)
+    }
 }
+
+/// How long [`kill_leader`] waits for the new leader's `ElectedNs` after its first commit: the
+/// background thread writes it just after the poll that elected, so a descheduled background
+/// thread can write it after the replication thread already committed.
+const ELECTED_GRACE: Duration = Duration::from_millis(5);
 
 /// SIGKILLs `leader` while `client` keeps sending, and waits up to `limit` for the first command
 /// another replica commits.
@@ -461,11 +554,19 @@ pub fn kill_leader(
     loop {
         client.pump(cluster);
         if let Some((new_leader, committed_at)) = client.first_commit_after {
+            let marks = cluster.port(new_leader).and_then(|port| {
+                let grace = Instant::now() + ELECTED_GRACE;
+                while port.get(Stat::ElectedNs) == 0 && Instant::now() < grace {
+                    std::thread::yield_now();
+                }
+                Marks::dating(port, killed_at, committed_at)
+            });
             return Ok(FailOver {
                 killed: leader,
                 killed_at,
                 new_leader,
                 committed_at,
+                marks,
             });
         }
         if Instant::now() > deadline {
@@ -633,6 +734,54 @@ impl Client {
         while !self.in_flight.is_empty() && Instant::now() < deadline {
             self.collect(cluster);
             std::thread::yield_now();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fail_over(marks: [u64; 3]) -> FailOver {
+        let [elected_at, tenure_at, fast_path_at] = marks;
+        let marks = Marks {
+            elected_at,
+            tenure_at,
+            fast_path_at,
+        };
+        FailOver {
+            killed: 0,
+            killed_at: 1_000,
+            new_leader: 1,
+            committed_at: 2_000,
+            marks: marks.within(1_000, 2_000),
+        }
+    }
+
+    #[test]
+    fn segments_split_the_fail_over() {
+        let f = fail_over([1_400, 1_450, 1_900]);
+        assert_eq!(f.detection(), Some(400));
+        assert_eq!(f.handoff(), Some(50));
+        assert_eq!(f.prepare(), Some(450));
+        assert_eq!(f.switch_and_prepare(), Some(500));
+        assert_eq!(f.first_commit(), Some(100));
+        assert_eq!(400 + 500 + 100, f.nanos());
+    }
+
+    #[test]
+    fn marks_of_another_take_over_give_no_split() {
+        for marks in [
+            [0, 1_450, 1_900],     // Not elected (any more).
+            [900, 1_450, 1_900],   // Elected before the kill: an earlier take-over.
+            [1_400, 1_300, 1_900], // A tenure older than the election.
+            [1_400, 2_100, 2_200], // A later tenure.
+            [1_400, 1_450, 0],     // Not on the fast path.
+        ] {
+            let f = fail_over(marks);
+            assert_eq!(f.marks, None, "{marks:?}");
+            assert_eq!(f.detection(), None);
+            assert_eq!(f.first_commit(), None);
         }
     }
 }

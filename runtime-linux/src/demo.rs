@@ -2,7 +2,7 @@
 //! client in this process, with the figures a user wants first (latency percentiles,
 //! throughput, fail-over time, state agreement).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use board_configs::{Deployment, FabricSpec, Host, Polling};
@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use mu_nostd::{Config, DetectorConfig};
 
 use crate::clock::cycles_per_second;
-use crate::cluster::{kill_leader, Client, Cluster};
+use crate::cluster::{kill_leader, Client, Cluster, FailOver};
 use crate::kv;
 use crate::port::Stat;
 
@@ -236,17 +236,18 @@ pub fn demo(options: &DemoOptions) -> Result<(), String> {
     let mut cluster = Cluster::start(&exe, &deployment).map_err(|e| e.to_string())?;
     println!("cluster directory: {}", cluster.dir().display());
     let result = run_demo(&mut cluster, options, tsc_hz, started);
-    conclude(cluster, &options.fabric, result)
+    conclude(cluster, &options.fabric, result, true)
 }
 
-/// How every run ends: the permission switches the replicas logged (verbs), their logs when the
-/// run failed, and the cluster shut down.
-fn conclude(
+/// How every run ends: the permission switches the replicas logged (verbs, when `progress`),
+/// their logs when the run failed, and the cluster shut down.
+fn conclude<T>(
     cluster: Cluster,
     fabric: &DemoFabric,
-    result: Result<(), String>,
-) -> Result<(), String> {
-    if matches!(fabric, DemoFabric::Verbs { .. }) {
+    result: Result<T, String>,
+    progress: bool,
+) -> Result<T, String> {
+    if progress && matches!(fabric, DemoFabric::Verbs { .. }) {
         print_permission_switches(&cluster);
     }
     if result.is_err() {
@@ -354,9 +355,10 @@ fn fail_over(cluster: &mut Cluster, client: &mut Client, leader: u8) -> Result<(
     let fail_over =
         kill_leader(cluster, client, leader, Duration::from_secs(20)).map_err(|e| e.to_string())?;
     println!(
-        "fail-over: replica {} committed its first command {:.1} µs after the kill",
+        "fail-over: replica {} committed its first command {:.1} µs after the kill ({})",
         fail_over.new_leader,
-        fail_over.nanos() as f64 / 1e3
+        fail_over.nanos() as f64 / 1e3,
+        describe_split(&fail_over)
     );
     let more = Instant::now();
     while more.elapsed() < Duration::from_millis(300) {
@@ -437,8 +439,178 @@ fn parse_switch(line: &str) -> Option<(String, f64)> {
     Some((kind.to_owned(), us))
 }
 
-/// Runs `mu failover`.
+/// What [`failover_report`] measured; every duration in ns.
+pub struct FailoverReport {
+    /// Kill rounds run.
+    pub rounds: u32,
+    /// Every round's fail-over, in order.
+    pub fail_overs: Vec<FailOver>,
+    /// SIGKILL -> first commit by the new leader, every round.
+    pub total: Histogram<u64>,
+    /// SIGKILL -> the new leader elected itself ([`FailOver::detection`]). This and the other
+    /// segments hold the rounds whose split the new leader's port gave.
+    pub detection: Histogram<u64>,
+    /// Elected -> fast path ([`FailOver::switch_and_prepare`]): `handoff` then `prepare`.
+    pub switch_and_prepare: Histogram<u64>,
+    /// Elected -> tenure start ([`FailOver::handoff`]).
+    pub handoff: Histogram<u64>,
+    /// Tenure start -> fast path: permissions from a majority and the prepare
+    /// ([`FailOver::prepare`]).
+    pub prepare: Histogram<u64>,
+    /// Fast path -> first commit ([`FailOver::first_commit`]).
+    pub first_commit: Histogram<u64>,
+    /// The cluster's configuration (detector read period, fate sharing, in ticks).
+    pub config: Config,
+    /// Nanoseconds per tick.
+    pub tick_ns: u64,
+}
+
+impl FailoverReport {
+    fn new(rounds: u32, config: Config) -> FailoverReport {
+        let histogram = || Histogram::new_with_bounds(1, 1 << 40, 3).expect("static bounds");
+        FailoverReport {
+            rounds,
+            fail_overs: Vec::new(),
+            total: histogram(),
+            detection: histogram(),
+            switch_and_prepare: histogram(),
+            handoff: histogram(),
+            prepare: histogram(),
+            first_commit: histogram(),
+            config,
+            tick_ns: TICK_NS,
+        }
+    }
+
+    fn record(&mut self, fail_over: FailOver) {
+        self.total.saturating_record(fail_over.nanos());
+        let segments = [
+            (&mut self.detection, fail_over.detection()),
+            (&mut self.switch_and_prepare, fail_over.switch_and_prepare()),
+            (&mut self.handoff, fail_over.handoff()),
+            (&mut self.prepare, fail_over.prepare()),
+            (&mut self.first_commit, fail_over.first_commit()),
+        ];
+        for (histogram, nanos) in segments {
+            if let Some(nanos) = nanos {
+                histogram.saturating_record(nanos);
+            }
+        }
+        self.fail_overs.push(fail_over);
+    }
+
+    /// Rounds whose fail-over was split into segments.
+    pub fn split_rounds(&self) -> u64 {
+        self.detection.len()
+    }
+
+    /// The segments of the split with their labels, in the order they happen; the two
+    /// `switch:` ones make up `switch and prepare`.
+    pub fn segments(&self) -> [(&'static str, &Histogram<u64>); 5] {
+        [
+            ("detection (kill -> elected)", &self.detection),
+            (
+                "switch and prepare (elected -> fast path)",
+                &self.switch_and_prepare,
+            ),
+            ("switch: handoff (elected -> tenure start)", &self.handoff),
+            (
+                "switch: permissions and prepare (tenure start -> fast path)",
+                &self.prepare,
+            ),
+            ("first commit (fast path -> commit)", &self.first_commit),
+        ]
+    }
+
+    /// What was measured, and what the segments are, in a few sentences.
+    pub fn describe(&self) -> String {
+        let us = |ticks: u32| ticks as u64 * self.tick_ns / 1000;
+        format!(
+            "{} SIGKILLs of the leader process of a {}-replica cluster on this host (detector \
+             reads every {} µs, fate sharing after {} µs), each timed from the kill to the first \
+             command the new leader committed; {} of them split by the timestamps the new leader \
+             published. Detection: its failure detector gave up on the old leader and it elected \
+             itself. Switch and prepare: its background plane started a tenure (own log taken, \
+             permission requests sent), its replication plane took the tenure up (handoff), then \
+             enough followers for a majority, each once it too gave up on the old leader, revoked \
+             the old leader and granted their logs while the survey, catch-up, min-proposal and \
+             adoption ran. First commit: the client sent to the new leader, which replicated and \
+             applied the command.",
+            self.total.len(),
+            self.config.replica_count,
+            us(self.config.detector.read_period_ticks),
+            us(self.config.detector.fate_ticks),
+            self.split_rounds()
+        )
+    }
+
+    fn print(&self) {
+        let us = |nanos: u64| nanos as f64 / 1e3;
+        println!(
+            "fail-over time (SIGKILL -> first commit by the new leader), {} rounds:",
+            self.total.len()
+        );
+        for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+            println!(
+                "  {label:>4} {:>10.1} µs",
+                us(self.total.value_at_quantile(q))
+            );
+        }
+        println!("  max  {:>10.1} µs", us(self.total.max()));
+        println!(
+            "split ({} of {} rounds), µs:{:>44}{:>11}{:>11}",
+            self.split_rounds(),
+            self.total.len(),
+            "p50",
+            "p99",
+            "max"
+        );
+        for (label, histogram) in self.segments() {
+            if histogram.is_empty() {
+                continue;
+            }
+            println!(
+                "  {label:<62}{:>11.1}{:>11.1}{:>11.1}",
+                us(histogram.value_at_quantile(0.5)),
+                us(histogram.value_at_quantile(0.99)),
+                us(histogram.max())
+            );
+        }
+    }
+}
+
+/// The split of one fail-over, for a round's line.
+fn describe_split(fail_over: &FailOver) -> String {
+    let us = |nanos: Option<u64>| nanos.map_or(0.0, |n| n as f64 / 1e3);
+    if fail_over.marks.is_none() {
+        return "no split: the new leader's port did not date this take-over".into();
+    }
+    format!(
+        "detection {:.1} + switch and prepare {:.1} (handoff {:.1}, permissions and prepare \
+         {:.1}) + first commit {:.1} µs",
+        us(fail_over.detection()),
+        us(fail_over.switch_and_prepare()),
+        us(fail_over.handoff()),
+        us(fail_over.prepare()),
+        us(fail_over.first_commit())
+    )
+}
+
+/// Runs `mu failover`: [`failover_report`] with this executable as the replicas', and prints it.
 pub fn failover(options: &FailoverOptions) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    failover_report(options, &exe, true)?.print();
+    Ok(())
+}
+
+/// Kills the leader of a cluster of `replica_exe` processes (a `mu` executable: they run
+/// `mu replica`) `options.rounds` times, restarting it each time, and measures every fail-over.
+/// With `progress`, prints what it runs and a line per round.
+pub fn failover_report(
+    options: &FailoverOptions,
+    replica_exe: &Path,
+    progress: bool,
+) -> Result<FailoverReport, String> {
     let config = cluster_config(
         options.replicas,
         64,
@@ -453,59 +625,63 @@ pub fn failover(options: &FailoverOptions) -> Result<(), String> {
         options.pin_from,
         &options.fabric,
     );
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    println!(
-        "mu failover: {} rounds, {} replicas over {}, {} polling, {} cores here, detector reads \
-         every {} µs, fate sharing after {} µs",
-        options.rounds,
-        options.replicas,
-        options.fabric.describe(),
-        polling_name(options.polling),
-        cores(),
-        config.detector.read_period_ticks,
-        config.detector.fate_ticks
-    );
-    let mut cluster = Cluster::start(&exe, &deployment).map_err(|e| e.to_string())?;
-    let result = run_failover(&mut cluster, options);
-    conclude(cluster, &options.fabric, result)
+    if progress {
+        println!(
+            "mu failover: {} rounds, {} replicas over {}, {} polling, {} cores here, detector \
+             reads every {} µs, fate sharing after {} µs",
+            options.rounds,
+            options.replicas,
+            options.fabric.describe(),
+            polling_name(options.polling),
+            cores(),
+            config.detector.read_period_ticks as u64 * TICK_NS / 1000,
+            config.detector.fate_ticks as u64 * TICK_NS / 1000
+        );
+    }
+    let mut cluster = Cluster::start(replica_exe, &deployment).map_err(|e| e.to_string())?;
+    let result = run_failover(&mut cluster, options, config, progress);
+    conclude(cluster, &options.fabric, result, progress)
 }
 
-fn run_failover(cluster: &mut Cluster, options: &FailoverOptions) -> Result<(), String> {
+fn run_failover(
+    cluster: &mut Cluster,
+    options: &FailoverOptions,
+    config: Config,
+    progress: bool,
+) -> Result<FailoverReport, String> {
     let mut client = Client::new(2, 64, 1024, 1);
-    let mut times = Histogram::<u64>::new_with_bounds(1, 1 << 40, 3).expect("static bounds");
+    let mut report = FailoverReport::new(options.rounds, config);
     for round in 0..options.rounds {
-        let leader = cluster
+        // The replica restarted last round takes part in the workload.
+        cluster
             .await_settled(Duration::from_secs(20))
             .map_err(|e| e.to_string())?;
         let target = client.committed_count() + ROUND_COMMANDS;
         while client.committed_count() < target {
             client.pump(cluster);
         }
+        // Leadership may have moved during the workload (a starved leader deposed): kill the
+        // one that leads now, or the round would time a take-over that happened before the kill.
+        let leader = cluster
+            .await_settled(Duration::from_secs(20))
+            .map_err(|e| e.to_string())?;
         let fail_over = kill_leader(cluster, &mut client, leader, Duration::from_secs(20))
             .map_err(|e| format!("round {round}: {e}"))?;
-        let (new_leader, took) = (fail_over.new_leader, fail_over.nanos());
-        times.saturating_record(took.max(1));
+        report.record(fail_over);
         client.drain(cluster, Duration::from_secs(5));
         let (digest, applied) = cluster
             .verify(&client.committed, Duration::from_secs(20))
             .map_err(|e| format!("round {round}: {e}"))?;
-        println!(
-            "round {round:>3}: killed replica {leader}, replica {new_leader} committed after {:>9.1} µs; \
-             survivors agree (digest {digest:016x} at {applied})",
-            took as f64 / 1e3
-        );
+        if progress {
+            println!(
+                "round {round:>3}: killed replica {leader}, replica {} committed after {:>9.1} µs \
+                 = {}; survivors agree (digest {digest:016x} at {applied})",
+                fail_over.new_leader,
+                fail_over.nanos() as f64 / 1e3,
+                describe_split(&fail_over)
+            );
+        }
         cluster.spawn(leader).map_err(|e| e.to_string())?;
     }
-    println!(
-        "fail-over time (SIGKILL -> first commit by the new leader), {} rounds:",
-        times.len()
-    );
-    for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
-        println!(
-            "  {label:>4} {:>10.1} µs",
-            times.value_at_quantile(q) as f64 / 1e3
-        );
-    }
-    println!("  max  {:>10.1} µs", times.max() as f64 / 1e3);
-    Ok(())
+    Ok(report)
 }

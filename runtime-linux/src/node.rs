@@ -13,6 +13,9 @@
 //!   histogram, rings in shared memory); the counting-allocator test checks it.
 //! - A ticket stays in the ticket table from `submit` until `committed` or `dropped`; the core
 //!   keeps at most `REQUESTS_MAX` of them, so `ticket % REQUESTS_MAX` never collides.
+//! - Status words are written only when they change; the take-over timestamps (`ElectedNs`,
+//!   `TenureNs`, `FastPathNs`) only on the transitions they date. The replication step reads
+//!   the clock for them only then; the background step, off the commit path, once per poll.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -304,6 +307,11 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
         }
         let leading = status.leading.map_or(0, |t| t as u64 + 1);
         if leading != self.published[LEADING] {
+            // A tenure can follow another within one poll: every change starts a new one.
+            port.set(
+                Stat::TenureNs,
+                if leading != 0 { monotonic_ns() } else { 0 },
+            );
             self.log_role(status.leading, status.applied);
             if leading != 0 {
                 port.set(Stat::Tenures, port.get(Stat::Tenures) + 1);
@@ -318,14 +326,18 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
             self.shared.alive() as u64,
             status.queued as u64,
         ];
-        if values[FAST_PATH] == 1 && self.published[FAST_PATH] != 1 {
-            eprintln!(
-                "[{:.3} ms] replica {}: on the fast path in tenure {} at position {}",
-                monotonic_ns() as f64 / 1e6,
-                self.me,
-                leading - 1,
-                status.applied
-            );
+        if values[FAST_PATH] != self.published[FAST_PATH] {
+            let at = (values[FAST_PATH] == 1).then(monotonic_ns);
+            port.set(Stat::FastPathNs, at.unwrap_or(0));
+            if let Some(at) = at {
+                eprintln!(
+                    "[{:.3} ms] replica {}: on the fast path in tenure {} at position {}",
+                    at as f64 / 1e6,
+                    self.me,
+                    leading - 1,
+                    status.applied
+                );
+            }
         }
         for (i, stat) in PUBLISHED.into_iter().enumerate() {
             if values[i] != self.published[i] {
@@ -398,33 +410,50 @@ pub fn latency_path(dir: &Path, id: ReplicaId) -> PathBuf {
 }
 
 /// What the background thread does, one step at a time.
-pub struct BackgroundLoop<'s, F: Fabric = ShmFabric> {
+pub struct BackgroundLoop<'s, 'p, F: Fabric = ShmFabric> {
     plane: BackgroundPlane<'s>,
     fabric: F,
     me: ReplicaId,
     ticker: Ticker,
+    /// Where it publishes when it elected itself.
+    port: &'p Port,
     seen: (Option<ReplicaId>, u8, Option<ReplicaId>),
 }
 
-impl<'s, F: Fabric> BackgroundLoop<'s, F> {
-    /// The loop over a built plane.
-    pub fn new(plane: BackgroundPlane<'s>, fabric: F, me: ReplicaId, ticker: Ticker) -> Self {
+impl<'s, 'p, F: Fabric> BackgroundLoop<'s, 'p, F> {
+    /// The loop over a built plane, publishing through `port`.
+    pub fn new(
+        plane: BackgroundPlane<'s>,
+        fabric: F,
+        me: ReplicaId,
+        ticker: Ticker,
+        port: &'p Port,
+    ) -> Self {
         BackgroundLoop {
             plane,
             fabric,
             me,
             ticker,
+            port,
             seen: (None, 0, None),
         }
     }
 
     /// One poll of the plane.
     pub fn step(&mut self) {
+        // The poll that elects this replica also hands the tenure to the replication thread,
+        // which may start on it before the poll returns: the poll's start precedes both.
+        let started_ns = monotonic_ns();
         let now = self.ticker.now();
         self.plane.poll(now, &mut self.fabric);
         let status = self.plane.status();
         let seen = (status.leader, status.alive, status.holder);
         if seen != self.seen {
+            let elected = status.leader == Some(self.me);
+            if elected != (self.seen.0 == Some(self.me)) {
+                self.port
+                    .set(Stat::ElectedNs, if elected { started_ns } else { 0 });
+            }
             self.seen = seen;
             eprintln!(
                 "[{:.3} ms] replica {}: considers {:?} leader, alive {:#09b}, log writable by {:?}",
@@ -493,7 +522,7 @@ impl Parts {
         &'p self,
         spec: &NodeSpec,
         shared: &'s Shared,
-    ) -> Result<(ReplicationLoop<'s, 'p>, BackgroundLoop<'s>), NodeError> {
+    ) -> Result<(ReplicationLoop<'s, 'p>, BackgroundLoop<'s, 'p>), NodeError> {
         let fabric = |lane| ShmFabric::new(self.dir.clone(), spec.config, self.own.clone(), lane);
         self.loops_over(
             spec,
@@ -510,7 +539,7 @@ impl Parts {
         shared: &'s Shared,
         replication_fabric: F,
         background_fabric: F,
-    ) -> Result<(ReplicationLoop<'s, 'p, F>, BackgroundLoop<'s, F>), NodeError> {
+    ) -> Result<(ReplicationLoop<'s, 'p, F>, BackgroundLoop<'s, 'p, F>), NodeError> {
         let (replication, mut background) =
             planes::<SLOT_MAX, ENTRY_MAX, QUEUE_BYTES>(spec.config, spec.id, shared)
                 .map_err(NodeError::Replica)?;
@@ -527,7 +556,7 @@ impl Parts {
                 App::new(&self.port),
                 shared,
             ),
-            BackgroundLoop::new(background, background_fabric, spec.id, ticker),
+            BackgroundLoop::new(background, background_fabric, spec.id, ticker, &self.port),
         ))
     }
 }
@@ -576,7 +605,7 @@ fn run_loops<F: Fabric + Send>(
     stop: &AtomicBool,
     parts: &Parts,
     mut replication: ReplicationLoop<'_, '_, F>,
-    mut background: BackgroundLoop<'_, F>,
+    mut background: BackgroundLoop<'_, '_, F>,
 ) {
     parts.port.set(Stat::Ready, 1);
     std::thread::scope(|scope| {

@@ -1,7 +1,8 @@
 //! A replica's client port: a shared-memory file through which a client process submits
 //! commands to the replica and hears their outcome, and where the replica publishes its status
-//! (role, applied position, state digest) and a journal of the command id applied at each
-//! position. `mu demo`, the process tests and the fail-over benchmark are clients.
+//! (role, applied position, state digest, when it took over as leader) and a journal of the
+//! command id applied at each position. `mu demo`, the process tests and the fail-over
+//! benchmark are clients.
 //!
 //! Rings are single-producer single-consumer: one client per port. Counters only rise; an
 //! entry is written before the counter that publishes it (`Release`/`Acquire`).
@@ -10,6 +11,11 @@
 //! - `head <= tail <= head + RING` for both rings.
 //! - The replica owns the file; it creates a fresh one (renamed into place) at every start, so a
 //!   client re-attaches after a restart (the incarnation word tells it).
+//! - Status words lie in the first page, below the request ring (checked at compile time).
+//! - `TenureNs` and `FastPathNs` are written before the `Leading` and `FastPath` words they date,
+//!   so a client that sees the role, or a response of the tenure, sees them too. `ElectedNs` is
+//!   written by the background thread just after the poll that elected, which the replication
+//!   thread may already act on: it can show up a little after the tenure's first responses.
 
 use std::fs::{self, OpenOptions};
 use std::io;
@@ -78,7 +84,19 @@ pub enum Stat {
     Alive = 128,
     /// Commands waiting in its queue while it leads.
     Queued = 136,
+    /// `CLOCK_MONOTONIC` ns at the start of the background poll in which this replica began to
+    /// consider itself leader (the election happens inside the poll, and everything it causes
+    /// comes later); 0 while it considers another replica, or nobody, leader.
+    ElectedNs = 144,
+    /// `CLOCK_MONOTONIC` ns when its replication plane began leading the tenure it leads; 0 while
+    /// it does not lead.
+    TenureNs = 152,
+    /// `CLOCK_MONOTONIC` ns when that tenure reached the fast path (permissions from a majority,
+    /// prepare done); 0 while it is not on the fast path.
+    FastPathNs = 160,
 }
+
+const _: () = assert!(Stat::FastPathNs as usize + 8 <= REQ_TAIL);
 
 /// Outcome of a client command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

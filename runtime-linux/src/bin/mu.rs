@@ -127,7 +127,9 @@ enum Action {
         id: u8,
     },
     /// Fail-over benchmark: kills the leader ROUNDS times (restarting it each time) and reports
-    /// the time from SIGKILL to the first command committed by the new leader.
+    /// the time from SIGKILL to the first command committed by the new leader, split into
+    /// detection (until the new leader elects itself), permission switch and prepare (until it
+    /// is on the fast path) and first commit.
     Failover {
         /// Kill rounds.
         #[arg(long, default_value_t = 20)]

@@ -1,0 +1,311 @@
+//! A Mu cluster inside this process, over the shared-memory fabric: each replica's region is a
+//! file in a scratch directory under `/dev/shm`, every plane gets its own `ShmFabric` exactly as
+//! in a replica process, and the benchmark drives the planes itself: from one thread with a
+//! virtual clock (instruction counts under callgrind, where only determinism matters), or from
+//! pinned threads with the real clock (latency and throughput).
+//!
+//! Commands take one slot each (`entry_slots_max = 1`, the slot sized to the payload), which is
+//! how Mu is meant to run: one write per follower per command. Batching, where measured, packs
+//! several application commands into one entry.
+//!
+//! # Invariants
+//! - A cluster owns its scratch directory and removes it when dropped, after every fabric and
+//!   region (fields drop in declaration order).
+//! - The state machine of every replica folds every applied entry into a digest, so the work
+//!   of applying is done and the replicas' agreement can be checked after a run.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use mu_nostd::hash::Hasher;
+use mu_nostd::slot::SLOT_HEADER_BYTES;
+use mu_nostd::{
+    BackgroundPlane, Config, DetectorConfig, ReplicaId, ReplicationPlane, Shared, StateMachine,
+    Ticket,
+};
+use runtime_linux::clock::cycles_end;
+use runtime_linux::shm::{Lane, OwnRegion, RegionDir, ShmFabric};
+
+/// The largest payload a benchmark replicates (one slot).
+pub const PAYLOAD_MAX: usize = 4096;
+/// The slot buffer: a 4096-byte payload plus the slot header, rounded to 64 bytes.
+pub const SLOT: usize = (PAYLOAD_MAX + SLOT_HEADER_BYTES as usize).next_multiple_of(64);
+/// The largest entry: one slot's payload.
+pub const ENTRY: usize = SLOT - SLOT_HEADER_BYTES as usize;
+/// The leader's queue: a full pipeline (64) of 1 KiB entries with room to spare; larger
+/// entries queue fewer at a time (`submit` says `Busy`). It lives inside the plane, which is
+/// built on the caller's stack before it is boxed, so it stays well below a thread's stack.
+pub const QUEUE: usize = 1 << 17;
+
+/// The replication plane every benchmark runs.
+pub type Plane<'s> = ReplicationPlane<'s, SLOT, ENTRY, QUEUE>;
+
+/// What to build.
+#[derive(Clone, Copy, Debug)]
+pub struct Params {
+    /// Replicas, 1..=7.
+    pub replicas: u8,
+    /// Bytes per entry (command, or batch of commands).
+    pub entry_bytes: usize,
+    /// Written-but-undecided slots the leader keeps in flight.
+    pub pipeline_depth: u16,
+    /// Detector read period in ticks (1 µs with the real clock).
+    pub read_period_ticks: u32,
+}
+
+impl Params {
+    /// The cluster configuration: slots just large enough for one entry, a log of at most
+    /// about 8 MiB per replica (and at least 1024 slots).
+    pub fn config(&self) -> Config {
+        let mut config = Config::new(self.replicas);
+        config.slot_size = (self.entry_bytes as u32 + SLOT_HEADER_BYTES).next_multiple_of(64);
+        config.slot_count = ((8 << 20) / config.slot_size).clamp(1024, 16_384);
+        config.entry_slots_max = 1;
+        config.pipeline_depth = self.pipeline_depth;
+        // Generous deadlines: a benchmark thread may be preempted now and then on a shared host,
+        // and an aborted tenure would spoil the run without telling anything about Mu.
+        config.op_timeout_ticks = 50_000;
+        config.permission_retry_ticks = 2_000;
+        config.recycle_period_ticks = 200;
+        config.detector = DetectorConfig::paper(self.read_period_ticks);
+        config.detector.fate_ticks = self.read_period_ticks.saturating_mul(100).max(20_000);
+        config
+    }
+}
+
+/// The application every replica runs: it folds each applied entry into a digest; on the
+/// leader it notes the TSC when a command of its own is reported committed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tally {
+    /// Entries applied.
+    pub applied: u64,
+    /// Digest of every applied entry, in order.
+    pub digest: u64,
+    /// Commands of this replica reported committed.
+    pub committed: u64,
+    /// The ticket most recently reported committed.
+    pub last_ticket: Option<Ticket>,
+    /// The TSC when it was reported (`rdtscp; lfence`).
+    pub last_commit_cycles: u64,
+    /// Commands this replica submitted that were dropped (its tenure ended).
+    pub dropped: u64,
+}
+
+impl StateMachine for Tally {
+    fn apply(&mut self, position: u64, command: &[u8], _response: &mut [u8]) -> usize {
+        self.digest = Hasher::new(self.digest)
+            .word(position)
+            .bytes(command)
+            .finish();
+        self.applied += 1;
+        0
+    }
+
+    fn committed(&mut self, ticket: Ticket, _position: u64, _response: &[u8]) {
+        self.last_commit_cycles = cycles_end();
+        self.last_ticket = Some(ticket);
+        self.committed += 1;
+    }
+
+    fn dropped(&mut self, _ticket: Ticket) {
+        self.dropped += 1;
+    }
+}
+
+/// One replica's replication plane with its fabric and application.
+pub struct ReplicationSide<'s> {
+    /// The replica.
+    pub id: ReplicaId,
+    /// The plane (boxed: its queue and buffers are large).
+    pub plane: Box<Plane<'s>>,
+    /// Its fabric.
+    pub fabric: ShmFabric,
+    /// Its application.
+    pub tally: Tally,
+}
+
+impl ReplicationSide<'_> {
+    /// One poll at `now`.
+    #[inline]
+    pub fn poll(&mut self, now: u64) {
+        self.plane.poll(now, &mut self.fabric, &mut self.tally);
+    }
+}
+
+/// One replica's background plane with its fabric.
+pub struct BackgroundSide<'s> {
+    /// The plane.
+    pub plane: BackgroundPlane<'s>,
+    /// Its fabric.
+    pub fabric: ShmFabric,
+}
+
+impl BackgroundSide<'_> {
+    /// One poll at `now`.
+    #[inline]
+    pub fn poll(&mut self, now: u64) {
+        self.plane.poll(now, &mut self.fabric);
+    }
+}
+
+/// Every plane but the leader's replication plane.
+pub struct Others<'a, 's> {
+    /// The other replication sides.
+    pub followers: Vec<&'a mut ReplicationSide<'s>>,
+    /// Every background side, the leader's included.
+    pub background: &'a mut [BackgroundSide<'s>],
+}
+
+impl Others<'_, '_> {
+    /// Polls every plane once at `now`, background planes first.
+    pub fn poll(&mut self, now: u64) {
+        for side in self.background.iter_mut() {
+            side.poll(now);
+        }
+        for side in &mut self.followers {
+            side.poll(now);
+        }
+    }
+}
+
+/// A scratch region directory under `/dev/shm`, removed on drop.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Every plane of an in-process cluster.
+pub struct Cluster<'s> {
+    /// Replication planes, by id.
+    pub replication: Vec<ReplicationSide<'s>>,
+    /// Background planes, by id.
+    pub background: Vec<BackgroundSide<'s>>,
+    /// The configuration.
+    pub config: Config,
+    _scratch: Scratch,
+}
+
+impl<'s> Cluster<'s> {
+    /// Builds replicas `0..params.replicas`, one `Shared` each from `shared`.
+    pub fn new(params: &Params, shared: &'s [Shared]) -> Result<Cluster<'s>, String> {
+        static RUNS: AtomicU64 = AtomicU64::new(0);
+        let config = params.config();
+        config.validate().map_err(|e| e.to_string())?;
+        if shared.len() < params.replicas as usize {
+            return Err(format!(
+                "{} replicas need as many Shared blocks",
+                params.replicas
+            ));
+        }
+        let path = PathBuf::from(format!(
+            "/dev/shm/mu-bench-{}-{}",
+            std::process::id(),
+            RUNS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let scratch = Scratch(path);
+        let dir = RegionDir::open(&scratch.0).map_err(|e| e.to_string())?;
+        let mut replication = Vec::new();
+        let mut background = Vec::new();
+        for id in 0..params.replicas {
+            let own = Arc::new(OwnRegion::create(&dir, id, &config).map_err(|e| e.to_string())?);
+            let fabric = |lane| ShmFabric::new(dir.clone(), config, own.clone(), lane);
+            let (plane, mut bg) =
+                mu_nostd::planes::<SLOT, ENTRY, QUEUE>(config, id, &shared[id as usize])
+                    .map_err(|e| e.to_string())?;
+            let mut plane = Box::new(plane);
+            let incarnation = own.incarnation() as u32;
+            plane.begin_incarnation(incarnation);
+            bg.begin_incarnation(incarnation);
+            replication.push(ReplicationSide {
+                id,
+                plane,
+                fabric: fabric(Lane::Replication),
+                tally: Tally::default(),
+            });
+            background.push(BackgroundSide {
+                plane: bg,
+                fabric: fabric(Lane::Background),
+            });
+        }
+        Ok(Cluster {
+            replication,
+            background,
+            config,
+            _scratch: scratch,
+        })
+    }
+
+    /// The scratch directory.
+    pub fn dir(&self) -> &Path {
+        &self._scratch.0
+    }
+
+    /// Polls every plane once at `now`, background planes first.
+    pub fn poll_all(&mut self, now: u64) {
+        for side in &mut self.background {
+            side.poll(now);
+        }
+        for side in &mut self.replication {
+            side.poll(now);
+        }
+    }
+
+    /// Drives every plane on a virtual clock (one tick per round, from `*now`) until a leader
+    /// is on the fast path; returns it.
+    pub fn settle_virtual(&mut self, now: &mut u64) -> Result<ReplicaId, String> {
+        const ROUNDS_MAX: u32 = 1_000_000;
+        for _ in 0..ROUNDS_MAX {
+            self.poll_all(*now);
+            *now += 1;
+            if let Some(side) = self.replication.iter().find(|s| s.plane.status().fast_path) {
+                return Ok(side.id);
+            }
+        }
+        Err(format!(
+            "no leader on the fast path after {ROUNDS_MAX} rounds"
+        ))
+    }
+
+    /// Replica `leader`'s replication side, apart from everything else (the other replication
+    /// sides and every background side), so that they can run on different threads.
+    pub fn split(
+        &mut self,
+        leader: ReplicaId,
+    ) -> Option<(&mut ReplicationSide<'s>, Others<'_, 's>)> {
+        let mut leader_side = None;
+        let mut followers = Vec::new();
+        for side in &mut self.replication {
+            if side.id == leader {
+                leader_side = Some(side);
+            } else {
+                followers.push(side);
+            }
+        }
+        Some((
+            leader_side?,
+            Others {
+                followers,
+                background: &mut self.background,
+            },
+        ))
+    }
+
+    /// Whether every replica applied the same entries (same count, same digest).
+    pub fn agreement(&self) -> Result<(u64, u64), String> {
+        let first = &self.replication[0].tally;
+        for side in &self.replication[1..] {
+            if (side.tally.applied, side.tally.digest) != (first.applied, first.digest) {
+                return Err(format!(
+                    "replica {} applied {} entries (digest {:016x}), replica 0 applied {} \
+                     (digest {:016x})",
+                    side.id, side.tally.applied, side.tally.digest, first.applied, first.digest
+                ));
+            }
+        }
+        Ok((first.applied, first.digest))
+    }
+}
