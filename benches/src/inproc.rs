@@ -14,11 +14,10 @@
 //! - The state machine of every replica folds every applied entry into a digest, so the work
 //!   of applying is done and the replicas' agreement can be checked after a run.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use mu_nostd::hash::Hasher;
 use mu_nostd::slot::SLOT_HEADER_BYTES;
 use mu_nostd::{
     BackgroundPlane, Config, DetectorConfig, ReplicaId, ReplicationPlane, Shared, StateMachine,
@@ -55,21 +54,25 @@ pub struct Params {
 }
 
 impl Params {
-    /// The cluster configuration: slots just large enough for one entry, a log of at most
-    /// about 8 MiB per replica (and at least 1024 slots).
+    /// The cluster configuration: slots just large enough for one entry, a log of about 32 MiB
+    /// per replica (1024 to 65,536 slots). The log is large and the leader reads the followers'
+    /// applied positions often, so that recycling (the leader never runs a lap ahead of a live
+    /// follower) holds the leader back as little as the followers' shared thread allows.
     pub fn config(&self) -> Config {
         let mut config = Config::new(self.replicas);
-        config.slot_size = (self.entry_bytes as u32 + SLOT_HEADER_BYTES).next_multiple_of(64);
-        config.slot_count = ((8 << 20) / config.slot_size).clamp(1024, 16_384);
+        let entry_bytes = self.entry_bytes.min(PAYLOAD_MAX) as u32;
+        config.slot_size = (entry_bytes + SLOT_HEADER_BYTES).next_multiple_of(64);
+        config.slot_count = ((32 << 20) / config.slot_size).clamp(1024, 65_536);
         config.entry_slots_max = 1;
         config.pipeline_depth = self.pipeline_depth;
-        // Generous deadlines: a benchmark thread may be preempted now and then on a shared host,
-        // and an aborted tenure would spoil the run without telling anything about Mu.
-        config.op_timeout_ticks = 50_000;
+        // Generous deadlines (200 ms): a benchmark thread may be preempted now and then on a
+        // shared host or a virtual machine whose CPUs are stolen for milliseconds, and an
+        // aborted tenure would spoil the run without telling anything about Mu.
+        config.op_timeout_ticks = 200_000;
         config.permission_retry_ticks = 2_000;
-        config.recycle_period_ticks = 200;
+        config.recycle_period_ticks = 50;
         config.detector = DetectorConfig::paper(self.read_period_ticks);
-        config.detector.fate_ticks = self.read_period_ticks.saturating_mul(100).max(20_000);
+        config.detector.fate_ticks = 200_000;
         config
     }
 }
@@ -94,10 +97,7 @@ pub struct Tally {
 
 impl StateMachine for Tally {
     fn apply(&mut self, position: u64, command: &[u8], _response: &mut [u8]) -> usize {
-        self.digest = Hasher::new(self.digest)
-            .word(position)
-            .bytes(command)
-            .finish();
+        self.digest = crate::digest(self.digest ^ position, command);
         self.applied += 1;
         0
     }
@@ -158,13 +158,42 @@ pub struct Others<'a, 's> {
 }
 
 impl Others<'_, '_> {
-    /// Polls every plane once at `now`, background planes first.
-    pub fn poll(&mut self, now: u64) {
-        for side in self.background.iter_mut() {
-            side.poll(now);
+    /// Polls every follower's replication plane once, and every background plane before each
+    /// of them. Background planes run on cores of their own in a deployment; here they share a
+    /// thread with the followers, whose polls grow long when they apply large slots, and a
+    /// background plane polled too rarely would see its heartbeat reads time out and depose a
+    /// healthy leader.
+    pub fn poll(&mut self, ticker: &runtime_linux::clock::Ticker) {
+        for index in 0..self.followers.len().max(1) {
+            let now = ticker.now();
+            for side in self.background.iter_mut() {
+                side.poll(now);
+            }
+            if let Some(side) = self.followers.get_mut(index) {
+                side.poll(now);
+            }
         }
-        for side in &mut self.followers {
-            side.poll(now);
+    }
+}
+
+/// Scratch directories are `/dev/shm/mu-bench-PID-N`.
+const SCRATCH_PREFIX: &str = "/dev/shm/mu-bench-";
+
+/// Removes the scratch directories of benchmark processes that no longer run (an interrupted
+/// run leaves tens of MiB of shared memory behind otherwise).
+fn sweep_stale_scratch() {
+    let Ok(entries) = std::fs::read_dir("/dev/shm") else {
+        return;
+    };
+    let prefix = SCRATCH_PREFIX.trim_start_matches("/dev/shm/");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !runtime_linux::procfs::is_running(pid)) {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
@@ -193,6 +222,12 @@ impl<'s> Cluster<'s> {
     /// Builds replicas `0..params.replicas`, one `Shared` each from `shared`.
     pub fn new(params: &Params, shared: &'s [Shared]) -> Result<Cluster<'s>, String> {
         static RUNS: AtomicU64 = AtomicU64::new(0);
+        if !(1..=PAYLOAD_MAX).contains(&params.entry_bytes) {
+            return Err(format!(
+                "entries must be 1..={PAYLOAD_MAX} bytes, not {}",
+                params.entry_bytes
+            ));
+        }
         let config = params.config();
         config.validate().map_err(|e| e.to_string())?;
         if shared.len() < params.replicas as usize {
@@ -201,8 +236,9 @@ impl<'s> Cluster<'s> {
                 params.replicas
             ));
         }
+        sweep_stale_scratch();
         let path = PathBuf::from(format!(
-            "/dev/shm/mu-bench-{}-{}",
+            "{SCRATCH_PREFIX}{}-{}",
             std::process::id(),
             RUNS.fetch_add(1, Ordering::Relaxed)
         ));
@@ -237,11 +273,6 @@ impl<'s> Cluster<'s> {
             config,
             _scratch: scratch,
         })
-    }
-
-    /// The scratch directory.
-    pub fn dir(&self) -> &Path {
-        &self._scratch.0
     }
 
     /// Polls every plane once at `now`, background planes first.

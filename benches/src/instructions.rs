@@ -8,7 +8,9 @@
 //! run inside them (a shared-memory "one-sided write" is a copy by the leader's CPU); the fabric's
 //! share is reported apart: the instructions of its source files, wherever they were inlined.
 //!
-//! The counts go in a committed baseline file; [`compare`] prints the change.
+//! The counts go in a committed baseline file; [`compare`] prints the change. They depend on
+//! the compiler and on how the core's generic code is inlined into the probe binary, so an edit
+//! elsewhere in this crate can move them by a few tenths of a percent.
 //!
 //! # Invariants
 //! - A probe fails (exit 1) rather than count a call that did not do its operation: every
@@ -217,8 +219,10 @@ pub struct Count {
     pub scenario: Scenario,
     /// Instructions per operation (core and fabric).
     pub per_op: f64,
-    /// Of which in the shared-memory fabric's methods.
+    /// Of which the shared-memory fabric's.
     pub fabric_per_op: f64,
+    /// Of which the benchmark's state machine's (folding each applied entry into a digest).
+    pub app_per_op: f64,
     /// The functions with the most instructions of their own, per operation.
     pub top: Vec<(String, f64)>,
 }
@@ -230,6 +234,9 @@ pub fn count(
     iterations: u64,
     dir: &Path,
 ) -> Result<Count, String> {
+    if iterations == 0 {
+        return Err("at least one measured iteration".into());
+    }
     let out = dir.join(format!("callgrind.{}.out", scenario.name()));
     let status = Command::new("valgrind")
         .args([
@@ -252,7 +259,14 @@ pub fn count(
     let total = totals(&out)?;
     let per = |ir: u64| ir as f64 / iterations as f64;
     let entries = self_costs(&out)?;
-    let fabric: u64 = entries.iter().filter(|e| e.is_fabric()).map(|e| e.ir).sum();
+    let share = |part: Part| -> u64 {
+        entries
+            .iter()
+            .filter(|e| e.part() == part)
+            .map(|e| e.ir)
+            .sum()
+    };
+    let (fabric, app) = (share(Part::Fabric), share(Part::App));
     // Code inlined from another file is listed again under that file: sum per function.
     let mut functions: Vec<(String, u64)> = Vec::new();
     for entry in entries {
@@ -269,6 +283,7 @@ pub fn count(
         scenario,
         per_op: per(total),
         fabric_per_op: per(fabric),
+        app_per_op: per(app),
         top: functions
             .into_iter()
             .take(12)
@@ -300,11 +315,39 @@ struct SelfCost {
     ir: u64,
 }
 
+/// Whose instructions they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// The core, and library code it calls.
+    Core,
+    /// The shared-memory fabric: its source files (also where inlined into the core), and
+    /// library code inlined into its functions.
+    Fabric,
+    /// The benchmark itself: its state machine and driver.
+    App,
+}
+
 impl SelfCost {
-    /// The shared-memory fabric's code: its source files (also where inlined into the core),
-    /// and library code inlined into its functions.
-    fn is_fabric(&self) -> bool {
-        self.file.contains("runtime-linux/src/") || self.function.contains("runtime_linux::")
+    /// The project's source file says whose code it is, wherever it was inlined; library
+    /// code belongs to the function it runs in. Generic core functions name their fabric type
+    /// parameter inside (`…<…ShmFabric>`), so a function's owner is the path it starts with.
+    fn part(&self) -> Part {
+        const FILES: [(&str, Part); 3] = [
+            ("runtime-linux/src/", Part::Fabric),
+            ("mu-nostd/src/", Part::Core),
+            ("benches/src/", Part::App),
+        ];
+        if let Some(&(_, part)) = FILES.iter().find(|(dir, _)| self.file.contains(dir)) {
+            return part;
+        }
+        let owner = self.function.trim_start_matches('<');
+        if owner.starts_with("runtime_linux::") {
+            Part::Fabric
+        } else if owner.starts_with("mu_benches::") {
+            Part::App
+        } else {
+            Part::Core
+        }
     }
 }
 
@@ -343,7 +386,12 @@ fn parse_annotate_line(line: &str) -> Option<SelfCost> {
         return None;
     }
     let (file, function) = rest.split_once(':').unwrap_or(("???", rest));
-    let function = function.split(" [").next().unwrap_or(function).trim();
+    // The object file, when listed, closes the line: ` [/path/to/binary]`.
+    let function = match function.rsplit_once(" [") {
+        Some((name, object)) if object.ends_with(']') && object.starts_with('/') => name,
+        _ => function,
+    }
+    .trim();
     Some(SelfCost {
         file: file.to_owned(),
         function: function.to_owned(),
@@ -473,17 +521,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(core.function, "mu_nostd::hash::Hasher::bytes");
-        assert_eq!((core.ir, core.is_fabric()), (1234, false));
+        assert_eq!((core.ir, core.part()), (1234, Part::Core));
         let inlined = parse_annotate_line(
             "  80,000 ( 1.29%)  /w/runtime-linux/src/mem.rs:mu_nostd::leader::propose",
         )
         .unwrap();
-        assert_eq!((inlined.ir, inlined.is_fabric()), (80_000, true));
+        assert_eq!((inlined.ir, inlined.part()), (80_000, Part::Fabric));
         let library = parse_annotate_line(
             "42 (0.1%)  /rustc/x/atomic.rs:<runtime_linux::shm::ShmFabric as F>::store",
         )
         .unwrap();
-        assert!(library.is_fabric());
+        assert_eq!(library.part(), Part::Fabric);
+        let generic = parse_annotate_line(
+            "9 (0.1%)  mu-nostd/src/leader.rs:mu_nostd::leader::lead<runtime_linux::shm::ShmFabric> [/b]",
+        )
+        .unwrap();
+        assert_eq!(generic.part(), Part::Core);
+        let slice = parse_annotate_line("5 (0.1%)  ???:f(&mut [u8]) [/b]").unwrap();
+        assert_eq!(slice.function, "f(&mut [u8])");
+        let app = parse_annotate_line(
+            "7 (0.1%)  benches/src/inproc.rs:<mu_benches::inproc::Tally as S>::apply [/b]",
+        )
+        .unwrap();
+        assert_eq!(app.part(), Part::App);
         assert_eq!(parse_annotate_line("5,000 (100.0%)  PROGRAM TOTALS"), None);
         assert_eq!(parse_annotate_line("Ir  file:function"), None);
     }

@@ -12,7 +12,10 @@
 //! - A run fails rather than report figures from a cluster that lost its leader or disagrees:
 //!   the leader must stay replica 0 on the fast path throughout, every submitted command must
 //!   commit, and after the run every replica must have applied the same entries.
-//! - No measurement loop is unbounded: each waits at most [`STALL_LIMIT`].
+//! - No measurement loop is unbounded: each waits at most [`STALL_LIMIT`], and the polling
+//!   thread stops whenever the leader's thread ends, a panic included.
+//! - Only a deposed leader is a [`RunError::Deposed`], which a caller may retry; replicas that
+//!   disagree, or anything else, is [`RunError::Failed`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -27,11 +30,36 @@ use crate::inproc::{Cluster, Params, ReplicationSide};
 pub const STALL_LIMIT: Duration = Duration::from_secs(10);
 /// Ticks of 1 µs, as the Linux runtime uses.
 const TICK_NS: u64 = 1000;
-/// Detector read period: the polling thread has a core to itself.
-const READ_PERIOD_TICKS: u32 = 50;
+/// Detector read period: the polling thread has a core to itself, but shares it among every
+/// background plane and the followers.
+const READ_PERIOD_TICKS: u32 = 100;
 /// Polls between clock reads on the leader's thread; the core only needs the time for
 /// deadlines and periodic work.
 const POLLS_PER_CLOCK_READ: u32 = 256;
+
+/// Why a run produced no figures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunError {
+    /// The leader lost its tenure during the run (a starved thread on a shared host): the run
+    /// says nothing about Mu and may be repeated.
+    Deposed(String),
+    /// Anything else: bad parameters, a cluster that would not start, replicas that disagree.
+    Failed(String),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Deposed(why) | RunError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<String> for RunError {
+    fn from(why: String) -> RunError {
+        RunError::Failed(why)
+    }
+}
 
 /// Where the two threads run.
 #[derive(Clone, Copy, Debug)]
@@ -64,7 +92,7 @@ impl Placement {
         }
     }
 
-    /// For the report.
+    /// One line for the report.
     pub fn describe(&self) -> String {
         match (self.leader_core, self.others_core) {
             (Some(l), Some(o)) => format!(
@@ -76,9 +104,22 @@ impl Placement {
     }
 }
 
-fn pin(core: Option<usize>) {
-    if let Some(id) = core {
-        core_affinity::set_for_current(core_affinity::CoreId { id });
+/// Pins the calling thread to `core`, if one is given.
+pub fn pin(core: Option<usize>) -> Result<(), String> {
+    match core {
+        Some(id) if !core_affinity::set_for_current(core_affinity::CoreId { id }) => {
+            Err(format!("cannot pin a benchmark thread to core {id}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Sets `stop` when dropped, so that the polling thread ends however the leader's ends.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -87,8 +128,8 @@ fn pin(core: Option<usize>) {
 fn with_cluster<T: Send>(
     params: &Params,
     placement: Placement,
-    leader_work: impl FnOnce(&mut ReplicationSide<'_>, &Ticker) -> Result<T, String> + Send,
-) -> Result<T, String> {
+    leader_work: impl FnOnce(&mut ReplicationSide<'_>, &Ticker) -> Result<T, RunError> + Send,
+) -> Result<T, RunError> {
     let shared: Vec<Shared> = (0..params.replicas).map(|_| Shared::new()).collect();
     let mut cluster = Cluster::new(params, &shared)?;
     let stop = AtomicBool::new(false);
@@ -97,27 +138,30 @@ fn with_cluster<T: Send>(
         let (leader, mut others) = cluster.split(0).expect("replica 0 exists");
         std::thread::scope(|scope| {
             let stop = &stop;
-            scope.spawn(move || {
-                pin(placement.others_core);
+            let polling = scope.spawn(move || {
+                let pinned = pin(placement.others_core);
                 while !stop.load(Ordering::Relaxed) {
-                    others.poll(ticker.now());
+                    others.poll(&ticker);
                 }
+                pinned
             });
             let work = scope.spawn(move || {
-                pin(placement.leader_core);
-                let result = await_fast_path(leader, &ticker).and_then(|()| {
-                    let result = leader_work(leader, &ticker);
-                    // Let the followers catch up with the leader's last slots (they apply a
-                    // slot once a later write tells them it committed; the commit record
-                    // covers the last one).
-                    settle(leader, &ticker);
-                    result
-                });
-                stop.store(true, Ordering::Relaxed);
+                let _stop = StopOnDrop(stop);
+                pin(placement.leader_core)?;
+                await_fast_path(leader, &ticker)?;
+                let result = leader_work(leader, &ticker);
+                // Let the followers catch up with the leader's last slots (they apply a slot once
+                // a later write tells them it committed; the commit record covers the last one).
+                settle(leader, &ticker);
                 result
             });
-            work.join()
-                .unwrap_or_else(|_| Err("the leader thread panicked".into()))
+            let result = work
+                .join()
+                .unwrap_or_else(|_| Err(RunError::Failed("the leader thread panicked".into())));
+            let pinned = polling
+                .join()
+                .unwrap_or_else(|_| Err("the polling thread panicked".into()));
+            result.and_then(|value| pinned.map(|()| value).map_err(RunError::Failed))
         })
     };
     let value = result?;
@@ -126,14 +170,14 @@ fn with_cluster<T: Send>(
 }
 
 /// Polls the leader until it is on the fast path.
-fn await_fast_path(leader: &mut ReplicationSide<'_>, ticker: &Ticker) -> Result<(), String> {
+fn await_fast_path(leader: &mut ReplicationSide<'_>, ticker: &Ticker) -> Result<(), RunError> {
     let started = Instant::now();
     while !leader.plane.status().fast_path {
         leader.poll(ticker.now());
         if started.elapsed() > STALL_LIMIT {
-            return Err(format!(
+            return Err(RunError::Failed(format!(
                 "replica 0 was not on the fast path within {STALL_LIMIT:?}"
-            ));
+            )));
         }
     }
     Ok(())
@@ -161,16 +205,16 @@ fn await_agreement(cluster: &mut Cluster<'_>, ticker: &Ticker) -> Result<(), Str
 }
 
 /// Fails when the leader is no longer on the fast path.
-fn still_leading(leader: &ReplicationSide<'_>) -> Result<(), String> {
+fn still_leading(leader: &ReplicationSide<'_>) -> Result<(), RunError> {
     let status = leader.plane.status();
     if status.fast_path && leader.tally.dropped == 0 {
         Ok(())
     } else {
-        Err(format!(
+        Err(RunError::Deposed(format!(
             "replica 0 left the fast path during the run ({status:?}, {} commands dropped); \
              is the polling thread starved?",
             leader.tally.dropped
-        ))
+        )))
     }
 }
 
@@ -191,9 +235,12 @@ pub struct LatencyParams {
 pub fn serial_latency(
     params: &LatencyParams,
     placement: Placement,
-) -> Result<Histogram<u64>, String> {
-    if params.payload < 8 {
-        return Err("commands carry an 8-byte sequence number: payload must be >= 8".into());
+) -> Result<Histogram<u64>, RunError> {
+    if !(8..=crate::inproc::PAYLOAD_MAX).contains(&params.payload) {
+        return Err(RunError::Failed(format!(
+            "payload must be 8..={} bytes (commands carry an 8-byte sequence number)",
+            crate::inproc::PAYLOAD_MAX
+        )));
     }
     let cluster = Params {
         replicas: params.replicas,
@@ -213,7 +260,7 @@ pub fn serial_latency(
             let ticket = leader
                 .plane
                 .submit(&command)
-                .map_err(|e| format!("submit: {e:?}"))?;
+                .map_err(|e| RunError::Failed(format!("submit: {e:?}")))?;
             let mut polls = 0u32;
             while leader.tally.last_ticket != Some(ticket) {
                 leader.poll(now);
@@ -243,10 +290,12 @@ pub fn serial_latency(
 
 /// Errors once more than [`STALL_LIMIT`] passed since `started_cycles` (the TSC runs at
 /// least 1 GHz on any host this runs on, so this bound is generous).
-fn stalled(started_cycles: u64) -> Result<(), String> {
+fn stalled(started_cycles: u64) -> Result<(), RunError> {
     let limit = STALL_LIMIT.as_nanos() as u64 * 4;
     if cycles_start().saturating_sub(started_cycles) > limit {
-        Err(format!("a command did not commit within {STALL_LIMIT:?}"))
+        Err(RunError::Failed(format!(
+            "a command did not commit within {STALL_LIMIT:?}"
+        )))
     } else {
         Ok(())
     }
@@ -289,20 +338,25 @@ impl ThroughputRun {
 pub fn throughput(
     params: &ThroughputParams,
     placement: Placement,
-) -> Result<ThroughputRun, String> {
-    let entry_bytes = params.payload * params.batch;
-    if params.window == 0 || params.batch == 0 || entry_bytes > crate::inproc::ENTRY {
-        return Err(format!(
-            "window and batch must be > 0 and an entry ({entry_bytes} B) at most {} B",
-            crate::inproc::ENTRY
-        ));
-    }
+) -> Result<ThroughputRun, RunError> {
+    let entry_bytes = params
+        .payload
+        .checked_mul(params.batch)
+        .filter(|&bytes| (8..=crate::inproc::PAYLOAD_MAX).contains(&bytes));
+    let Some(entry_bytes) = entry_bytes.filter(|_| params.window > 0) else {
+        return Err(RunError::Failed(format!(
+            "the window must be > 0 and an entry (payload × batch) 8..={} bytes",
+            crate::inproc::PAYLOAD_MAX
+        )));
+    };
+    // The latency runs' pipeline, unless the window asks for more.
+    let depth = params
+        .window
+        .clamp(8, mu_nostd::config::PIPELINE_DEPTH_MAX as usize);
     let cluster = Params {
         replicas: params.replicas,
         entry_bytes,
-        pipeline_depth: params
-            .window
-            .min(mu_nostd::config::PIPELINE_DEPTH_MAX as usize) as u16,
+        pipeline_depth: depth as u16,
         read_period_ticks: READ_PERIOD_TICKS,
     };
     let (window, duration, batch) = (params.window as u64, params.duration, params.batch as u64);
@@ -319,7 +373,7 @@ pub fn throughput(
                 match leader.plane.submit(&entry) {
                     Ok(_) => submitted += 1,
                     Err(SubmitError::Busy) => break,
-                    Err(e) => return Err(format!("submit: {e:?}")),
+                    Err(e) => return Err(RunError::Failed(format!("submit: {e:?}"))),
                 }
             }
             leader.poll(now);
@@ -339,7 +393,7 @@ pub fn throughput(
         while leader.tally.committed - base < submitted {
             leader.poll(ticker.now());
             if drain.elapsed() > STALL_LIMIT {
-                return Err("the last window did not commit".into());
+                return Err(RunError::Failed("the last window did not commit".into()));
             }
         }
         still_leading(leader)?;
@@ -384,7 +438,15 @@ mod tests {
         };
         let run = throughput(&params, Placement::last_two_cores()).unwrap();
         assert!(run.entries > 0);
-        assert_eq!(run.commands, run.entries * 16);
+        let short = ThroughputParams {
+            payload: 4,
+            batch: 1,
+            ..params
+        };
+        assert!(matches!(
+            throughput(&short, Placement::last_two_cores()),
+            Err(RunError::Failed(_))
+        ));
         let too_big = ThroughputParams {
             payload: 4096,
             ..params

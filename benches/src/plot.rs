@@ -9,6 +9,10 @@
 //! Text is left to the SVG viewer: plotters' SVG backend emits `<text>` elements and, with no font
 //! feature enabled, sizes them for layout by a fixed per-character estimate, so drawing needs no
 //! font files and no system fonts.
+//!
+//! # Invariants
+//! - The chart is drawn into memory and written in one go: a failed drawing leaves no file.
+//! - Every curve rises monotonically from (its minimum, 0) to (its maximum, 1).
 
 use std::error::Error;
 use std::path::Path;
@@ -24,6 +28,7 @@ pub struct Series<'a> {
     /// Recorded values, in units of `ns_per_unit` nanoseconds (TSC cycles with
     /// `ns_per_unit = 1e9 / tsc_hz`).
     pub histogram: &'a Histogram<u64>,
+    /// Nanoseconds per recorded unit.
     pub ns_per_unit: f64,
 }
 

@@ -11,14 +11,17 @@
 //!   commands the leader sees committed per second.
 //!
 //! The driver is one loop of rounds. In a round every node steps the messages in its inbox, then
-//! handles its `Ready` the way raft 0.7 requires (send, persist, send persisted, apply, advance,
+//! handles its `Ready` the way raft 0.7 requires (the leader takes a turn before each follower
+//! and at the end, so a command commits after a quorum of followers, not all of them) (send, persist, send persisted, apply, advance,
 //! then the same for the `LightReady`). Node 1 is made leader by campaigning before any
 //! measurement; nothing ticks afterwards, so no election can disturb a run.
 //!
 //! Each command's first 8 bytes carry its sequence number (little endian), so `payload` must be at
 //! least 8 bytes; a shorter one is an error.
 //!
-//! Invariants, checked and reported as errors rather than panics:
+//! # Invariants
+//!
+//! Checked and reported as errors rather than panics:
 //! - every node, the leader included, applies commands exactly in proposal order, so every
 //!   proposal the leader counts as committed was committed in its log, in order;
 //! - each run ends, after driving the cluster to quiescence, with every proposal committed and
@@ -255,14 +258,28 @@ impl Cluster {
     }
 
     /// Lets every node step its inbox and handle its `Ready`; returns whether anything happened.
+    ///
+    /// The leader takes a turn before each follower and once more at the end, so that it sees
+    /// each acknowledgement as soon as it is sent: a command commits once a quorum of followers
+    /// had their turn, not after every follower's (followers would work in parallel on their
+    /// own cores, and the serial driver must not put all of them on the measured path).
     fn round(&mut self) -> Result<bool, String> {
         let mut progressed = false;
-        for (node, inbox) in self.nodes.iter_mut().zip(0..) {
-            progressed |= node.step_inbox(&mut self.inboxes[inbox])?;
-            if node.raw.has_ready() {
-                node.handle_ready(&mut self.inboxes)?;
-                progressed = true;
-            }
+        for follower in (0..self.nodes.len()).filter(|&i| i != LEADER) {
+            progressed |= self.turn(LEADER)?;
+            progressed |= self.turn(follower)?;
+        }
+        progressed |= self.turn(LEADER)?;
+        Ok(progressed)
+    }
+
+    /// Node `index` steps its inbox and handles its `Ready`; returns whether it did anything.
+    fn turn(&mut self, index: usize) -> Result<bool, String> {
+        let node = &mut self.nodes[index];
+        let mut progressed = node.step_inbox(&mut self.inboxes[index])?;
+        if node.raw.has_ready() {
+            node.handle_ready(&mut self.inboxes)?;
+            progressed = true;
         }
         Ok(progressed)
     }
@@ -449,7 +466,7 @@ impl Node {
             }
             self.last_seq = seq;
             self.commands += 1;
-            self.digest = digest(self.digest, data);
+            self.digest = crate::digest(self.digest, data);
         }
         if self.commands != commands_before {
             self.applied_at = cycles_end();
@@ -474,24 +491,6 @@ fn send(messages: Vec<Message>, inboxes: &mut [VecDeque<Message>]) -> Result<(),
 fn sequence(data: &[u8]) -> Option<u64> {
     let bytes = data.get(..SEQ_BYTES)?.try_into().ok()?;
     Some(u64::from_le_bytes(bytes))
-}
-
-/// Folds a command into an order-sensitive digest, a word at a time so that applying stays cheap
-/// next to replication, as it is for Mu.
-fn digest(mut hash: u64, data: &[u8]) -> u64 {
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut mix = |word: u64| hash = (hash ^ word).wrapping_mul(K).rotate_left(29);
-    mix(data.len() as u64);
-    let mut words = data.chunks_exact(8);
-    for word in &mut words {
-        mix(u64::from_le_bytes(
-            word.try_into().expect("chunks_exact yields 8 bytes"),
-        ));
-    }
-    let mut tail = [0u8; 8];
-    tail[..words.remainder().len()].copy_from_slice(words.remainder());
-    mix(u64::from_le_bytes(tail));
-    hash
 }
 
 #[cfg(test)]

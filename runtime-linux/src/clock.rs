@@ -29,7 +29,12 @@ impl Ticker {
 
     /// Now, in ticks.
     pub fn now(&self) -> u64 {
-        monotonic_ns() / self.tick_ns
+        self.at(monotonic_ns())
+    }
+
+    /// `CLOCK_MONOTONIC` time `ns`, in ticks.
+    pub fn at(&self, ns: u64) -> u64 {
+        ns / self.tick_ns
     }
 }
 

@@ -533,9 +533,9 @@ impl FailOver {
     }
 }
 
-/// How long [`kill_leader`] waits for the new leader's `ElectedNs` after its first commit: the
-/// background thread writes it just after the poll that elected, so a descheduled background
-/// thread can write it after the replication thread already committed.
+/// How long [`kill_leader`] waits for the new leader's `ElectedNs` and `FastPathNs` after its
+/// first commit: each is written just after the poll it dates, and the poll that reached the
+/// fast path may already have committed (a descheduled thread can make that late).
 const ELECTED_GRACE: Duration = Duration::from_millis(5);
 
 /// SIGKILLs `leader` while `client` keeps sending, and waits up to `limit` for the first command
@@ -556,7 +556,8 @@ pub fn kill_leader(
         if let Some((new_leader, committed_at)) = client.first_commit_after {
             let marks = cluster.port(new_leader).and_then(|port| {
                 let grace = Instant::now() + ELECTED_GRACE;
-                while port.get(Stat::ElectedNs) == 0 && Instant::now() < grace {
+                let dated = |p: &Port| p.get(Stat::ElectedNs) != 0 && p.get(Stat::FastPathNs) != 0;
+                while !dated(port) && Instant::now() < grace {
                     std::thread::yield_now();
                 }
                 Marks::dating(port, killed_at, committed_at)

@@ -441,8 +441,6 @@ fn parse_switch(line: &str) -> Option<(String, f64)> {
 
 /// What [`failover_report`] measured; every duration in ns.
 pub struct FailoverReport {
-    /// Kill rounds run.
-    pub rounds: u32,
     /// Every round's fail-over, in order.
     pub fail_overs: Vec<FailOver>,
     /// SIGKILL -> first commit by the new leader, every round.
@@ -466,10 +464,9 @@ pub struct FailoverReport {
 }
 
 impl FailoverReport {
-    fn new(rounds: u32, config: Config) -> FailoverReport {
+    fn new(config: Config) -> FailoverReport {
         let histogram = || Histogram::new_with_bounds(1, 1 << 40, 3).expect("static bounds");
         FailoverReport {
-            rounds,
             fail_overs: Vec::new(),
             total: histogram(),
             detection: histogram(),
@@ -650,7 +647,7 @@ fn run_failover(
     progress: bool,
 ) -> Result<FailoverReport, String> {
     let mut client = Client::new(2, 64, 1024, 1);
-    let mut report = FailoverReport::new(options.rounds, config);
+    let mut report = FailoverReport::new(config);
     for round in 0..options.rounds {
         // The replica restarted last round takes part in the workload.
         cluster

@@ -14,8 +14,8 @@
 //! - A ticket stays in the ticket table from `submit` until `committed` or `dropped`; the core
 //!   keeps at most `REQUESTS_MAX` of them, so `ticket % REQUESTS_MAX` never collides.
 //! - Status words are written only when they change; the take-over timestamps (`ElectedNs`,
-//!   `TenureNs`, `FastPathNs`) only on the transitions they date. The replication step reads
-//!   the clock for them only then; the background step, off the commit path, once per poll.
+//!   `TenureNs`, `FastPathNs`) only on the transitions they date, from the clock each step reads
+//!   anyway (the background step, off the commit path, reads it once more per poll).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -253,10 +253,11 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
     /// One poll of the plane, then client intake and status. Returns whether this replica
     /// leads: only the leader's replication plane is on the commit path.
     pub fn step(&mut self) -> bool {
-        let now = self.ticker.now();
-        self.plane.poll(now, &mut self.fabric, &mut self.app);
+        let polled_at = monotonic_ns();
+        self.plane
+            .poll(self.ticker.at(polled_at), &mut self.fabric, &mut self.app);
         self.take_commands();
-        self.publish();
+        self.publish(polled_at);
         self.published[LEADING] != 0
     }
 
@@ -299,7 +300,8 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
         }
     }
 
-    fn publish(&mut self) {
+    /// Publishes what changed in the poll that started at `polled_at` (ns).
+    fn publish(&mut self, polled_at: u64) {
         let status = self.plane.status();
         let port = self.app.port;
         if status.leading.is_some() && !status.fast_path {
@@ -327,7 +329,9 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
             status.queued as u64,
         ];
         if values[FAST_PATH] != self.published[FAST_PATH] {
-            let at = (values[FAST_PATH] == 1).then(monotonic_ns);
+            // The poll that reached the fast path may already have committed (and answered a
+            // client): date it by the poll's start, never after the tenure's own date.
+            let at = (values[FAST_PATH] == 1).then(|| polled_at.max(port.get(Stat::TenureNs)));
             port.set(Stat::FastPathNs, at.unwrap_or(0));
             if let Some(at) = at {
                 eprintln!(

@@ -13,9 +13,9 @@
 //!   client re-attaches after a restart (the incarnation word tells it).
 //! - Status words lie in the first page, below the request ring (checked at compile time).
 //! - `TenureNs` and `FastPathNs` are written before the `Leading` and `FastPath` words they date,
-//!   so a client that sees the role, or a response of the tenure, sees them too. `ElectedNs` is
-//!   written by the background thread just after the poll that elected, which the replication
-//!   thread may already act on: it can show up a little after the tenure's first responses.
+//!   so a client that sees the role sees them too. Both `FastPathNs` and `ElectedNs` are written
+//!   just after the poll they date, which may already have answered the tenure's first
+//!   commands: they can show up a little after those responses.
 
 use std::fs::{self, OpenOptions};
 use std::io;
@@ -91,8 +91,9 @@ pub enum Stat {
     /// `CLOCK_MONOTONIC` ns when its replication plane began leading the tenure it leads; 0 while
     /// it does not lead.
     TenureNs = 152,
-    /// `CLOCK_MONOTONIC` ns when that tenure reached the fast path (permissions from a majority,
-    /// prepare done); 0 while it is not on the fast path.
+    /// `CLOCK_MONOTONIC` ns at the start of the poll in which that tenure reached the fast path
+    /// (permissions from a majority, prepare done; the same poll may already commit); 0 while it
+    /// is not on the fast path.
     FastPathNs = 160,
 }
 

@@ -1,5 +1,8 @@
 //! `mu-bench`: Mu's benchmark suite. `scripts/bench` builds it with the `mu` binary and runs
 //! `mu-bench suite`; the other commands run one part.
+//!
+//! # Invariants
+//! - Every failure is a message on stderr and exit status 1; figures are printed, never judged.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -123,6 +126,9 @@ fn main() -> ExitCode {
             payload,
             samples,
         } => run_latency(replicas, payload, samples),
+        Action::Throughput { seconds, .. } if !(0.01..=3600.0).contains(&seconds) => {
+            Err(format!("--seconds must be 0.01..=3600, not {seconds}"))
+        }
         Action::Throughput {
             replicas,
             payload,
@@ -135,17 +141,19 @@ fn main() -> ExitCode {
                 payload,
                 batch,
                 window,
-                duration: Duration::from_secs_f64(seconds.clamp(0.01, 3600.0)),
+                duration: Duration::from_secs_f64(seconds),
             };
-            latency::throughput(&params, Placement::last_two_cores()).map(|run| {
-                println!(
-                    "{:.0} commands/s ({} entries of {} B in {:.2} s)",
-                    run.commands_per_second(),
-                    run.entries,
-                    payload * batch,
-                    run.seconds
-                )
-            })
+            latency::throughput(&params, Placement::last_two_cores())
+                .map_err(|e| e.to_string())
+                .map(|run| {
+                    println!(
+                        "{:.0} commands/s ({} entries of {} B in {:.2} s)",
+                        run.commands_per_second(),
+                        run.entries,
+                        payload * batch,
+                        run.seconds
+                    )
+                })
         }
         Action::Probe {
             scenario,
@@ -191,9 +199,12 @@ fn run_instructions(iterations: u64, bless: bool, work: &std::path::Path) -> Res
     print!("{}", instructions::compare(&baseline, &counts));
     for count in &counts {
         println!(
-            "{}: {:.1} of them in the shared-memory fabric",
+            "{}: {:.1} in the shared-memory fabric, {:.1} in the benchmark's driver and state \
+             machine, {:.1} in the core",
             count.scenario.name(),
-            count.fabric_per_op
+            count.fabric_per_op,
+            count.app_per_op,
+            count.per_op - count.fabric_per_op - count.app_per_op
         );
     }
     if bless {
@@ -219,7 +230,7 @@ fn run_latency(replicas: u8, payload: usize, samples: u64) -> Result<(), String>
         warm_up: samples / 10,
         samples,
     };
-    let histogram = latency::serial_latency(&params, placement)?;
+    let histogram = latency::serial_latency(&params, placement).map_err(|e| e.to_string())?;
     println!(
         "{replicas} replicas, {payload} B, {} samples; {}; TSC {:.3} GHz",
         histogram.len(),
