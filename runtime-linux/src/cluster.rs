@@ -259,20 +259,6 @@ impl Cluster {
         }
     }
 
-    /// Waits up to `limit` for a leader on the fast path.
-    pub fn await_leader(&self, limit: Duration) -> Result<u8, ClusterError> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(leader) = self.leader() {
-                return Ok(leader);
-            }
-            if Instant::now() > deadline {
-                return fail(format!("no leader within {limit:?}: {}", self.describe()));
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-
     /// Waits up to `limit` until the cluster is settled: one leader on the fast path, every live
     /// replica considering it leader and every live replica alive, and every live replica
     /// caught up with the leader's applied position.

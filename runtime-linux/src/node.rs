@@ -14,8 +14,8 @@
 //! - A ticket stays in the ticket table from `submit` until `committed` or `dropped`; the core
 //!   keeps at most `REQUESTS_MAX` of them, so `ticket % REQUESTS_MAX` never collides.
 //! - Status words are written only when they change; the take-over timestamps (`ElectedNs`,
-//!   `TenureNs`, `FastPathNs`) only on the transitions they date, from the clock each step reads
-//!   anyway (the background step, off the commit path, reads it once more per poll).
+//!   `TenureNs`, `FastPathNs`) only on the transitions they date, from the clock reading each
+//!   step takes anyway for the plane's ticks.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -448,8 +448,8 @@ impl<'s, 'p, F: Fabric> BackgroundLoop<'s, 'p, F> {
         // The poll that elects this replica also hands the tenure to the replication thread,
         // which may start on it before the poll returns: the poll's start precedes both.
         let started_ns = monotonic_ns();
-        let now = self.ticker.now();
-        self.plane.poll(now, &mut self.fabric);
+        self.plane
+            .poll(self.ticker.at(started_ns), &mut self.fabric);
         let status = self.plane.status();
         let seen = (status.leader, status.alive, status.holder);
         if seen != self.seen {
