@@ -2,8 +2,12 @@
 //! management. It runs beside the replication plane (its own fabric connections, possibly its
 //! own core) and talks to it only through [`Shared`].
 //!
-//! Election: the leader is the lowest id considered alive (this replica counts itself alive while
-//! its heartbeat runs). Safety never depends on the election; permissions and Paxos carry it.
+//! Election: the leader is the lowest id among the voters considered alive (this replica counts
+//! itself alive while its heartbeat runs). A replica that restarted is recovering, not a voter,
+//! until a leader admits it (see `leader`, "Recovery"); its heartbeat says which, so that the
+//! others never wait for it to lead. While no replica is a voter (a cluster never formed), the
+//! lowest id leads once every replica is alive, and its tenure forms the cluster. Safety never
+//! depends on the election; permissions and Paxos carry it.
 //!
 //! Permissions, owner side: a requester writes a new number into its request record in this
 //! replica's background area. This replica serves one request at a time, and only from the
@@ -76,11 +80,16 @@ struct Peer {
     epoch: u16,
     header: PeerHeader,
     header_read_at: Option<u64>,
+    /// Its heartbeat went back or stayed unreadable: the peer restarted, maybe with another
+    /// configuration, so its header is read again (a verified peer keeps its score meanwhile).
+    recheck: bool,
     score: PullScore,
     /// When a read last showed the heartbeat moving.
     beat_moved_at: Option<u64>,
     /// When a read last returned a readable heartbeat record.
     readable_at: Option<u64>,
+    /// Its last heartbeat said its life is a voter.
+    voter: bool,
     heartbeat_read_at: Option<u64>,
     next_read_at: u64,
     /// The request number this replica last served for the peer.
@@ -96,9 +105,11 @@ impl Peer {
         epoch: 0,
         header: PeerHeader::Unknown,
         header_read_at: None,
+        recheck: false,
         score: PullScore::unknown(),
         beat_moved_at: None,
         readable_at: None,
+        voter: false,
         heartbeat_read_at: None,
         next_read_at: 0,
         served: 0,
@@ -120,6 +131,8 @@ pub struct BackgroundStatus {
     pub leader: Option<ReplicaId>,
     /// Who it considers alive (bit per id).
     pub alive: u8,
+    /// Who it knows as voters, itself included (bit per id): the others are recovering.
+    pub voters: u8,
     /// Who may write its log (itself while it leads).
     pub holder: Option<ReplicaId>,
     /// Its tenure, while it leads.
@@ -132,6 +145,19 @@ const ZERO_CHUNK_BYTES: usize = 256;
 const UNREADABLE_TIMEOUTS: u64 = 4;
 const ZERO_CHUNKS_PER_POLL: u32 = 256;
 const COMPLETION_BATCHES_MAX: usize = 8;
+/// The top bit of a published heartbeat: this life of the replica is a voter.
+const HEARTBEAT_VOTER: u64 = 1 << 63;
+
+/// True when this life of the replica is a voter: its standing record (written by the leader
+/// that admitted it, or that formed the cluster) holds a ballot.
+pub(crate) fn own_voter<F: Fabric>(layout: &Layout, fabric: &F) -> bool {
+    let offset = layout.standing();
+    let mut bytes = [0u8; RECORD_BYTES as usize];
+    fabric.load(offset, &mut bytes);
+    let standing = record::decode(offset, &bytes).filter(|&ballot| ballot != 0);
+    // Planted defect: a restarted replica votes at once, with its empty log.
+    standing.is_some() || cfg!(feature = "bug-restart-votes")
+}
 
 /// The background plane of one replica.
 pub struct BackgroundPlane<'s> {
@@ -145,6 +171,10 @@ pub struct BackgroundPlane<'s> {
     heartbeat: u64,
     next_heartbeat_at: u64,
     heartbeat_stopped: bool,
+    /// Cached once true: a standing is never withdrawn within a life.
+    voter: bool,
+    /// When this replica saw itself admitted.
+    voter_since: u64,
     progress_seen: u32,
     progress_seen_at: u64,
     peers: [Peer; REPLICAS_MAX as usize],
@@ -174,6 +204,8 @@ impl<'s> BackgroundPlane<'s> {
             heartbeat: 0,
             next_heartbeat_at: 0,
             heartbeat_stopped: false,
+            voter: false,
+            voter_since: 0,
             progress_seen: 0,
             progress_seen_at: 0,
             peers: [Peer::NEW; REPLICAS_MAX as usize],
@@ -208,6 +240,10 @@ impl<'s> BackgroundPlane<'s> {
             fabric.store(0, &Layout::header(&self.config));
             self.started_at = Some(now);
             self.progress_seen_at = now;
+        }
+        if !self.voter && own_voter(&self.layout, fabric) {
+            self.voter = true;
+            self.voter_since = now;
         }
         self.drain_completions(now, fabric);
         self.beat(now, fabric);
@@ -245,6 +281,7 @@ impl<'s> BackgroundPlane<'s> {
             heartbeat_stopped: self.heartbeat_stopped,
             leader: self.leader,
             alive,
+            voters: self.voter_mask(),
             holder: self.holder,
             tenure: self.tenure,
         }
@@ -314,7 +351,10 @@ impl<'s> BackgroundPlane<'s> {
                     match record::decode(self.layout.heartbeat(), &bytes) {
                         Some(beat) => {
                             peer.readable_at = Some(now);
+                            peer.voter = beat & HEARTBEAT_VOTER != 0;
                             let before = peer.score.last_heartbeat();
+                            let counter = |b: u64| b & !HEARTBEAT_VOTER;
+                            peer.recheck |= before.is_some_and(|b| counter(beat) < counter(b));
                             peer.score.observe(&self.config.detector, beat);
                             if before.is_some_and(|b| b != beat) {
                                 peer.beat_moved_at = Some(now);
@@ -329,6 +369,7 @@ impl<'s> BackgroundPlane<'s> {
                             let since = now.saturating_sub(peer.readable_at.unwrap_or(0));
                             if since > grace {
                                 peer.score.miss(&self.config.detector);
+                                peer.recheck = true; // A new region, maybe of another layout.
                             }
                         }
                     }
@@ -360,6 +401,7 @@ impl<'s> BackgroundPlane<'s> {
         let state = &mut self.peers[peer as usize];
         match Layout::check_header(&self.config, header) {
             Ok(()) => {
+                state.recheck = false;
                 if state.header != PeerHeader::Verified {
                     state.header = PeerHeader::Verified;
                     state.score = PullScore::verified(&self.config.detector);
@@ -445,8 +487,10 @@ impl<'s> BackgroundPlane<'s> {
         }
         if !stopped && now >= self.next_heartbeat_at {
             self.heartbeat += 1;
+            assert!(self.heartbeat < HEARTBEAT_VOTER);
             let offset = self.layout.heartbeat();
-            fabric.store(offset, &record::encode(offset, self.heartbeat));
+            let flag = if self.voter { HEARTBEAT_VOTER } else { 0 };
+            fabric.store(offset, &record::encode(offset, self.heartbeat | flag));
             self.next_heartbeat_at = now + self.config.detector.heartbeat_period_ticks as u64;
         }
     }
@@ -460,6 +504,9 @@ impl<'s> BackgroundPlane<'s> {
             if state.header != PeerHeader::Verified {
                 self.probe_header(now, fabric, peer);
                 continue;
+            }
+            if state.recheck {
+                self.probe_header(now, fabric, peer);
             }
             if let Some(posted_at) = state.heartbeat_read_at {
                 if now.saturating_sub(posted_at) > detector.read_timeout_ticks as u64 {
@@ -529,6 +576,18 @@ impl<'s> BackgroundPlane<'s> {
         alive
     }
 
+    /// Replicas whose life is a voter, as far as this replica knows (itself included).
+    fn voter_mask(&self) -> u8 {
+        let mut voters = if self.voter { 1 << self.me } else { 0 };
+        for peer in self.others() {
+            let state = &self.peers[peer as usize];
+            if state.header == PeerHeader::Verified && state.voter {
+                voters |= 1 << peer;
+            }
+        }
+        voters
+    }
+
     fn elect(&mut self, now: u64) {
         let alive = self.alive_mask();
         let started_at = self.started_at.unwrap_or(now);
@@ -536,10 +595,24 @@ impl<'s> BackgroundPlane<'s> {
             && self
                 .others()
                 .any(|p| self.peers[p as usize].header == PeerHeader::Unknown);
-        let leader = if warming_up || alive == 0 {
+        let everyone = ((1u16 << self.config.replica_count) - 1) as u8;
+        let mut candidates = if self.voter_mask() == 0 && alive == everyone {
+            alive // Nobody is a voter: the cluster forms once everyone is up.
+        } else {
+            alive & self.voter_mask()
+        };
+        // A replica just admitted may not have read yet that the leader which admitted it is a
+        // voter too; it would take itself for the only one and bid. It stands for election only
+        // after a read timeout, by when it has read every live peer's heartbeat (a leader that
+        // admitted itself keeps its tenure).
+        let settled = now >= self.voter_since + self.config.detector.read_timeout_ticks as u64;
+        if self.voter && !settled && self.tenure.is_none() {
+            candidates &= !(1 << self.me);
+        }
+        let leader = if warming_up || candidates == 0 {
             None
         } else {
-            Some(alive.trailing_zeros() as u8)
+            Some(candidates.trailing_zeros() as u8)
         };
         if leader != self.leader {
             info!("leader view: {}", leader);

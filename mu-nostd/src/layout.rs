@@ -7,11 +7,16 @@
 //!                heartbeat record, applied record, permission request[n], permission ack[n],
 //!                lap notice
 //!              log area, writable only by the granted peer:
-//!                min proposal records [2], commit record, then slot_count slots
+//!                min proposal records [2], standing record, commit record, then slot_count
+//!                slots
 //!              scratch area, never written remotely:
 //!                outbox (records staged for remote writes), landing buffers for reads
 //!              (commit record: commit position u64, chain through commit - 1 u64, check u64)
 //! ```
+//!
+//! The standing record says whether this life of the replica is a voter: zero (a fresh or
+//! restarted region) means it is recovering; a value is the ballot of the tenure that admitted
+//! it, and counts as a promise of that ballot (see `leader`, "Recovery").
 //!
 //! # Invariants
 //! - Areas do not overlap and appear in the order above; the log area and every slot start on a
@@ -25,7 +30,7 @@ use crate::fabric::ReplicaId;
 use crate::hash::Hasher;
 
 /// Bumped whenever the layout or the slot format changes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Identifies a Mu region.
 pub const REGION_MAGIC: u64 = 0x4D55_5245_4749_4F4E; // "MUREGION"
 /// Bytes of the region header.
@@ -34,10 +39,14 @@ pub const HEADER_BYTES: u32 = 64;
 pub const RECORD_BYTES: u32 = 16;
 /// Bytes of the commit record (commit position, chain, check), padded.
 pub const COMMIT_RECORD_BYTES: u32 = 32;
-/// Bytes of the log area's header: two min-proposal records and the commit record, padded.
-pub const LOG_HEADER_BYTES: u32 = 64;
-/// Bytes of both min-proposal records, read together.
+/// Bytes of the log area's header: two min-proposal records, the standing record and the commit
+/// record, padded.
+pub const LOG_HEADER_BYTES: u32 = 128;
+/// Bytes of both min-proposal records.
 pub const MIN_PROPOSAL_BYTES: u32 = 2 * RECORD_BYTES;
+/// Bytes of an acceptor's promises: both min-proposal records and the standing record, which
+/// follow each other and are read together.
+pub const PROMISE_BYTES: u32 = MIN_PROPOSAL_BYTES + RECORD_BYTES;
 
 const fn round_up_64(x: u32) -> u32 {
     (x + 63) & !63
@@ -97,16 +106,17 @@ impl Layout {
         let slots = log + LOG_HEADER_BYTES;
         let scratch = slots + config.slot_count * config.slot_size;
         let outbox = scratch;
-        // Outbox: one request, one ack per peer, min proposal, commit record.
+        // Outbox: one request, one ack per peer, min proposal, commit record, lap notice,
+        // standing.
         let outbox_bytes = round_up_64(
             RECORD_BYTES
                 + n * RECORD_BYTES
                 + MIN_PROPOSAL_BYTES
                 + COMMIT_RECORD_BYTES
-                + RECORD_BYTES,
+                + 2 * RECORD_BYTES,
         );
         let landing = outbox + outbox_bytes;
-        // Landing, per peer: header, heartbeat, applied, min proposals, one slot.
+        // Landing, per peer: header, heartbeat, applied, promises, one slot.
         let landing_bytes = n * Layout::landing_stride(config.slot_size);
         Layout {
             replica_count: config.replica_count,
@@ -123,7 +133,7 @@ impl Layout {
     }
 
     const fn landing_stride(slot_size: u32) -> u32 {
-        HEADER_BYTES + 2 * RECORD_BYTES + MIN_PROPOSAL_BYTES + slot_size
+        HEADER_BYTES + 2 * RECORD_BYTES + PROMISE_BYTES + slot_size
     }
 
     /// Bytes of the log area: its header and the slots.
@@ -170,9 +180,14 @@ impl Layout {
     pub const fn min_proposal_record(&self, which: u32) -> u32 {
         self.log + which * RECORD_BYTES
     }
+    /// The standing record: zero while this life of the replica is recovering, else the ballot
+    /// that admitted it as a voter.
+    pub const fn standing(&self) -> u32 {
+        self.log + MIN_PROPOSAL_BYTES
+    }
     /// The commit record.
     pub const fn commit_record(&self) -> u32 {
-        self.log + MIN_PROPOSAL_BYTES
+        self.log + PROMISE_BYTES + RECORD_BYTES
     }
     /// The slot that holds `position`.
     pub const fn slot(&self, position: u64) -> u32 {
@@ -198,6 +213,10 @@ impl Layout {
     pub const fn outbox_lap_notice(&self) -> u32 {
         self.outbox_commit() + COMMIT_RECORD_BYTES
     }
+    /// Outbox: a standing record, staged.
+    pub const fn outbox_standing(&self) -> u32 {
+        self.outbox_lap_notice() + RECORD_BYTES
+    }
     const fn landing_of(&self, peer: ReplicaId) -> u32 {
         self.landing + peer as u32 * Layout::landing_stride(self.slot_size)
     }
@@ -213,13 +232,13 @@ impl Layout {
     pub const fn landing_applied(&self, peer: ReplicaId) -> u32 {
         self.landing_of(peer) + HEADER_BYTES + RECORD_BYTES
     }
-    /// Landing buffer for `peer`'s min-proposal records.
-    pub const fn landing_min_proposal(&self, peer: ReplicaId) -> u32 {
+    /// Landing buffer for `peer`'s promises (min-proposal records and standing).
+    pub const fn landing_promises(&self, peer: ReplicaId) -> u32 {
         self.landing_of(peer) + HEADER_BYTES + 2 * RECORD_BYTES
     }
     /// Landing buffer for one slot of `peer`.
     pub const fn landing_slot(&self, peer: ReplicaId) -> u32 {
-        self.landing_of(peer) + HEADER_BYTES + 2 * RECORD_BYTES + MIN_PROPOSAL_BYTES
+        self.landing_of(peer) + HEADER_BYTES + 2 * RECORD_BYTES + PROMISE_BYTES
     }
 
     /// The region header this configuration expects.
@@ -279,7 +298,12 @@ mod tests {
             assert_eq!(l.slot(config.slot_count as u64), l.slot(0));
             assert_eq!(l.log + l.log_bytes(), l.scratch);
             assert!(l.outbox_commit() + COMMIT_RECORD_BYTES <= l.outbox_lap_notice());
-            assert!(l.outbox_lap_notice() + RECORD_BYTES <= l.landing_header(0));
+            assert!(l.outbox_lap_notice() + RECORD_BYTES <= l.outbox_standing());
+            assert!(l.outbox_standing() + RECORD_BYTES <= l.landing_header(0));
+            assert_eq!(l.min_proposal() + MIN_PROPOSAL_BYTES, l.standing());
+            assert!(l.standing() + RECORD_BYTES <= l.commit_record());
+            assert!(l.commit_record() + COMMIT_RECORD_BYTES <= l.slots);
+            assert!(l.landing_promises(0) + PROMISE_BYTES <= l.landing_slot(0));
             assert!(l.landing_slot(n - 1) + 192 <= l.region_bytes);
             assert!(l.in_log_area(l.slot(5), 192));
             assert!(!l.in_log_area(l.heartbeat(), 16));

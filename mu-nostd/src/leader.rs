@@ -27,7 +27,52 @@
 //! in its background area, and halts (it needs a state transfer); it does not hold the log back
 //! either.
 //!
+//! Recovery: a replica's memory is its acceptor state, so a replica that restarts with a fresh
+//! region has forgotten its promises and accepted values. Each life of a replica has a standing
+//! record in its log area (see [`crate::layout`]): zero (a fresh region) while it is recovering,
+//! else the ballot of the tenure that admitted it. The rules:
+//! 1. The prepare (min-proposal read, promise write, slot reads) counts voters only, and needs a
+//!    quorum of them with this replica among them.
+//! 2. A member's write acks count toward decisions only if it answered this tenure's promise
+//!    read during the prepare (`counted`), or if it joined later as a voter whose promise is not
+//!    above this tenure's ballot. A recovering member that joins later is sent the log but
+//!    does not count until a recount: a fresh promise read of a quorum of voters, posted after
+//!    it joined, finds none above this tenure's ballot (else the tenure ends). Its earlier life
+//!    may have promised a higher ballot than this one; the recount proves it did not.
+//! 3. A counted recovering member is admitted (its standing set to this tenure's ballot) once
+//!    it has applied `admit_at`: `streaming_from`, the position where this tenure's prepare
+//!    found nothing accepted and went to the fast path, or for a recounted member the position
+//!    this tenure was writing at the recount, whichever is higher.
+//! 4. With too few voters for a quorum, a tenure whose promise read was answered by all `n`
+//!    replicas prepares with all of them (`full`: promises to all, every slot read from all)
+//!    and admits them by rule 3; this also forms a new cluster, whose regions are all fresh.
+//!
+//! Why this is safe (crash faults; a lost life counts as a failure until its replica is
+//! admitted again, so at most `n - quorum` replicas are lost or recovering at once):
+//! - A prepare of rule 1 finds every decided value: a decided value is held by its accept
+//!   quorum less the lives lost since, and a quorum of the other replicas intersects that set
+//!   (`2 * quorum > n`). A prepare of rule 4 reads everyone, so it meets a holder too.
+//! - Its ballot is above every promise a lost life made: such a promise was written by a
+//!   prepare whose quorum, less the lost replica, intersects this prepare's voters, which
+//!   carry that ballot or higher; and a lost life that answered this prepare's read had died
+//!   before this tenure chose its ballot. So a member counted by rule 2 never accepts against
+//!   a promise of its earlier life; a member joining later might (its earlier life may have
+//!   promised a later prepare's ballot), so it does not count.
+//! - A recount is as good: an earlier-life promise above this ballot came from a prepare whose
+//!   quorum, less that replica, meets every quorum of voters; the voter it meets carries that
+//!   promise (or a higher one, if it was admitted since) unless it answers as recovering.
+//! - An admitted member holds every position a lost life of it could have helped decide:
+//!   those are below `streaming_from` (this tenure's prepare found each of them) or, in this
+//!   tenure, below the write position at its recount, and it applied them. Above, it holds what
+//!   it acked. From then on it is a replica that never forgot anything.
+//! - The survey is not a quorum in this sense: it only picks where to catch up from (an
+//!   applied position is honest in any life); the prepare decides what is chosen.
+
 //! # Invariants
+//! - `prepared` and, outside a `full` prepare, the voters of `replies` are members whose
+//!   standing was nonzero in this tenure's read; `counted` holds `replies` at the promise write
+//!   and late voters; a reset connection clears the member's bits in all three (what it
+//!   answered may come from an earlier life).
 //! - `applied <= next`, `next - applied < ACK_WINDOW`; `acks[p % ACK_WINDOW]` describes `p` only
 //!   for `applied <= p < next`, and always includes the leader itself.
 //! - A position is written with a ballot only after that ballot was written to a majority's
@@ -39,7 +84,7 @@
 
 use crate::config::{Config, REPLICAS_MAX};
 use crate::fabric::{Fabric, PostError, ReplicaId, Status};
-use crate::layout::{COMMIT_RECORD_BYTES, MIN_PROPOSAL_BYTES, RECORD_BYTES};
+use crate::layout::{COMMIT_RECORD_BYTES, PROMISE_BYTES, RECORD_BYTES};
 use crate::record;
 use crate::replication::{encode_commit, ReplicationPlane, COMPLETION_BATCH, HALT_LAPPED};
 use crate::slot::{self, origin, SlotError, SlotHeader, SLOT_HEADER_BYTES};
@@ -59,6 +104,8 @@ const TAG_SURVEY: u32 = 0;
 /// Slots a bulk catch-up applies per poll.
 const CATCH_UP_APPLY_BATCH: u64 = 256;
 const TAG_RECYCLE: u32 = 1;
+/// A promise read of a recount (rule 2 of "Recovery"), not of the prepare.
+const TAG_RECOUNT: u32 = 2;
 
 /// An operation posted on the replication plane, waiting for its completion.
 #[derive(Clone, Copy, Debug)]
@@ -166,6 +213,12 @@ struct Member {
     commit_sent_at: u64,
     min_record: u32,
     recycle_read: bool,
+    /// Its promises as last read in this tenure.
+    promises: Promises,
+    /// A standing write to it is in flight.
+    standing_inflight: bool,
+    /// A counted recovering member is admitted once it applied this (and `streaming_from`).
+    admit_at: u64,
 }
 
 impl Member {
@@ -178,7 +231,58 @@ impl Member {
         commit_sent_at: 0,
         min_record: 0,
         recycle_read: false,
+        promises: Promises::NONE,
+        standing_inflight: false,
+        admit_at: 0,
     };
+}
+
+/// An acceptor's promises: its two min-proposal records and its standing record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Promises {
+    /// The highest ballot promised, standing included.
+    pub(crate) highest: u64,
+    /// Which min-proposal record to overwrite (the invalid or lower one).
+    pub(crate) older: u32,
+    /// Its min-proposal records hold a promise (a prepare reached it in this life).
+    pub(crate) pledged: bool,
+    /// Its standing is nonzero: this life is a voter.
+    pub(crate) voter: bool,
+}
+
+impl Promises {
+    const NONE: Promises = Promises {
+        highest: 0,
+        older: 0,
+        pledged: false,
+        voter: false,
+    };
+
+    /// Decodes the promise bytes (`PROMISE_BYTES`, read from `layout.min_proposal()`).
+    pub(crate) fn decode(layout: &crate::layout::Layout, bytes: &[u8]) -> Promises {
+        assert_eq!(bytes.len(), PROMISE_BYTES as usize);
+        let r = RECORD_BYTES as usize;
+        let first = record::decode(layout.min_proposal_record(0), &bytes[..r]);
+        let second = record::decode(layout.min_proposal_record(1), &bytes[r..2 * r]);
+        let standing = record::decode(layout.standing(), &bytes[2 * r..]).filter(|&b| b != 0);
+        let (recorded, older) = match (first, second) {
+            (Some(a), Some(b)) => (a.max(b), if a <= b { 0 } else { 1 }),
+            (Some(a), None) => (a, 1),
+            (None, Some(b)) => (b, 0),
+            (None, None) => (0, 0),
+        };
+        // Planted defect: a restarted replica votes at once, with its empty log.
+        let voter = standing.is_some() || cfg!(feature = "bug-restart-votes");
+        let promises = Promises {
+            highest: recorded.max(standing.unwrap_or(0)),
+            older,
+            pledged: recorded != 0,
+            voter,
+        };
+        assert!(promises.older < 2);
+        assert!(promises.highest >= recorded);
+        promises
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,6 +320,25 @@ pub(crate) struct Leader {
     started_at: u64,
     /// The tenure must end; `lead` aborts it between steps.
     doomed: bool,
+    /// This replica's own life is a voter (its standing is nonzero).
+    voter: bool,
+    /// The prepare counts every replica (rule 4 of "Recovery").
+    full: bool,
+    /// Members whose write acks count toward decisions (rule 2).
+    counted: u8,
+    /// Where the prepare found nothing accepted: recovering members are admitted once they
+    /// applied it (rule 3).
+    streaming_from: Option<u64>,
+    /// A recount under way (rule 2): the member, the voters that answered, when it started.
+    recount: Option<Recount>,
+}
+
+/// A recount of the voters' promises for a recovering member that joined after the prepare.
+#[derive(Clone, Copy, Debug)]
+struct Recount {
+    member: ReplicaId,
+    answered: u8,
+    started_at: u64,
 }
 
 /// What the leader knows of one peer in the current tenure.
@@ -230,6 +353,8 @@ pub struct MemberStatus {
     pub sent: u64,
     /// Its applied position, as last read.
     pub applied: u64,
+    /// Its standing, as last read in this tenure, says it is a voter.
+    pub voter: bool,
 }
 
 /// The leader's view of its tenure.
@@ -261,6 +386,7 @@ impl Leader {
                 lapped: member.lapped,
                 sent: member.sent,
                 applied,
+                voter: member.promises.voter,
             };
         }
         let phase = match self.phase {
@@ -281,7 +407,13 @@ impl Leader {
         }
     }
 
-    pub(crate) fn new(tenure: u32, now: u64, applied: u64, chain: u64, config: &Config) -> Leader {
+    pub(crate) fn new(
+        tenure: u32,
+        now: u64,
+        (applied, chain): (u64, u64),
+        voter: bool,
+        config: &Config,
+    ) -> Leader {
         Leader {
             tenure,
             phase: Phase::Survey,
@@ -303,6 +435,11 @@ impl Leader {
             progress_at: now,
             started_at: now,
             doomed: false,
+            voter,
+            full: false,
+            counted: 0,
+            streaming_from: None,
+            recount: None,
         }
     }
 
@@ -435,6 +572,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
         self.post_commit_record(now, fabric, self.applied != applied_before);
         self.read_applied_positions(now, fabric);
+        self.admit_recovered(now, fabric);
+        self.recount_late_members(now, fabric);
         self.carry_on(fabric);
     }
 
@@ -502,7 +641,21 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             member.state = MemberState::Lost { retry_at };
         }
         member.recycle_read = false;
+        // What it answered or took before the reset may come from another life of it (a
+        // restart breaks every connection to it): it is read again when it rejoins.
+        member.promises = Promises::NONE;
+        member.standing_inflight = false;
+        member.admit_at = 0;
+        leader.replies &= !(1 << peer);
+        leader.prepared &= !(1 << peer);
+        leader.counted &= !(1 << peer);
         leader.commit_inflight &= !(1 << peer);
+        if let Some(recount) = &mut leader.recount {
+            recount.answered &= !(1 << peer);
+            if recount.member == peer {
+                leader.recount = None;
+            }
+        }
     }
 
     /// Posts an operation for the current tenure; false when it could not be posted now.
@@ -652,11 +805,11 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 continue;
             }
             let (local, remote) = (
-                self.layout.landing_min_proposal(peer),
+                self.layout.landing_promises(peer),
                 self.layout.min_proposal(),
             );
             let range = (0, 0);
-            let len = MIN_PROPOSAL_BYTES;
+            let len = PROMISE_BYTES;
             if self.post(
                 now,
                 fabric,
@@ -728,6 +881,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 }
             }
             Kind::WriteLog if ok => self.ack_range(peer, pending.start, pending.end),
+            Kind::ReadMinProposal if ok && pending.tag == TAG_RECOUNT => {
+                self.complete_recount_read(peer, fabric)
+            }
             Kind::ReadMinProposal if ok => self.complete_min_proposal_read(peer, fabric),
             Kind::WriteMinProposal if ok => self.leader_mut().prepared |= bit,
             Kind::ReadSlot if ok => {
@@ -741,6 +897,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 }
             }
             Kind::WriteCommit if ok => self.leader_mut().commit_inflight &= !bit,
+            Kind::WriteStanding if ok => self.complete_standing(peer),
             Kind::WriteLapNotice if ok => {}
             _ => self.reset_connection(now, peer, fabric),
         }
@@ -766,13 +923,16 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         if tag == TAG_RECYCLE {
             member.recycle_read = false;
         }
+        let surveying = tag == TAG_SURVEY && member.state == MemberState::Surveying;
         if let Some(applied) = value {
-            if applied > leader.applied_of[peer as usize] {
+            // A survey follows a reset connection, which a restart of the member causes: its
+            // applied position may have gone back.
+            if applied > leader.applied_of[peer as usize] || surveying {
                 leader.applied_of[peer as usize] = applied;
                 leader.applied_moved_at[peer as usize] = now;
             }
         }
-        if tag != TAG_SURVEY || member.state != MemberState::Surveying {
+        if !surveying {
             return;
         }
         match (ok, value) {
@@ -785,6 +945,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     fn ack_range(&mut self, peer: ReplicaId, start: u64, end: u64) {
         let applied = self.applied;
         let leader = self.leader_mut();
+        if leader.counted & (1 << peer) == 0 {
+            return; // Rule 2 of "Recovery": it is sent the log, but does not vote.
+        }
         let from = start.max(applied);
         let to = end.min(leader.next);
         for position in from..to {
@@ -793,51 +956,133 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     }
 
     fn complete_min_proposal_read<F: Fabric>(&mut self, peer: ReplicaId, fabric: &mut F) {
-        let mut bytes = [0u8; MIN_PROPOSAL_BYTES as usize];
-        fabric.load(self.layout.landing_min_proposal(peer), &mut bytes);
-        let (value, older) = self.min_proposal_of(&bytes);
+        let mut bytes = [0u8; PROMISE_BYTES as usize];
+        fabric.load(self.layout.landing_promises(peer), &mut bytes);
+        let promises = Promises::decode(&self.layout, &bytes);
+        let value = promises.highest;
         let leader = self.leader_mut();
         leader.ballot_floor = leader.ballot_floor.max(value);
-        leader.members[peer as usize].min_record = older;
-        let preparing = leader.phase == Phase::ReadMinProposal;
-        if preparing {
-            leader.replies |= 1 << peer;
+        leader.members[peer as usize].min_record = promises.older;
+        leader.members[peer as usize].promises = promises;
+        let member = &mut leader.members[peer as usize];
+        let checking = member.state == MemberState::Checking;
+        if checking {
+            member.state = MemberState::Active;
         }
-        if leader.members[peer as usize].state != MemberState::Checking {
+        if leader.phase == Phase::ReadMinProposal {
+            leader.replies |= 1 << peer;
             return;
         }
-        if !preparing && value > leader.ballot {
+        // An answer after the prepare moved on (a late joiner, or a slow reply).
+        if value > leader.ballot {
             // A newer leader prepared on this member's log after this tenure's prepare.
             self.doom();
             return;
         }
-        leader.members[peer as usize].state = MemberState::Active;
+        if promises.voter {
+            leader.counted |= 1 << peer;
+        }
     }
 
-    /// The highest valid min proposal of a pair of records, and which record to overwrite (the
-    /// invalid or lower one, so that a torn write never destroys the highest value).
-    fn min_proposal_of(&self, bytes: &[u8; MIN_PROPOSAL_BYTES as usize]) -> (u64, u32) {
-        let r = RECORD_BYTES as usize;
-        let first = record::decode(self.layout.min_proposal_record(0), &bytes[..r]);
-        let second = record::decode(self.layout.min_proposal_record(1), &bytes[r..]);
-        match (first, second) {
-            (Some(a), Some(b)) => (a.max(b), if a <= b { 0 } else { 1 }),
-            (Some(a), None) => (a, 1),
-            (None, Some(b)) => (b, 0),
-            (None, None) => (0, 0),
+    /// A voter answered a recount: its promise must not be above this tenure's ballot.
+    fn complete_recount_read<F: Fabric>(&mut self, peer: ReplicaId, fabric: &mut F) {
+        let mut bytes = [0u8; PROMISE_BYTES as usize];
+        fabric.load(self.layout.landing_promises(peer), &mut bytes);
+        let promises = Promises::decode(&self.layout, &bytes);
+        let leader = self.leader_mut();
+        if promises.highest > leader.ballot {
+            self.doom(); // A newer leader prepared there.
+            return;
         }
+        let Some(recount) = &mut leader.recount else {
+            return;
+        };
+        if promises.voter {
+            recount.answered |= 1 << peer;
+        }
+        let (member, answered) = (recount.member, recount.answered);
+        if !self.quorum_with(answered) {
+            return;
+        }
+        let leader = self.leader_mut();
+        leader.recount = None;
+        leader.counted |= 1 << member;
+        leader.members[member as usize].admit_at = leader.next;
+        info!(
+            "tenure {}: recovering replica {} counted from position {}",
+            leader.tenure, member, leader.next
+        );
+    }
+
+    /// Starts a recount for one recovering member that joined after the prepare (rule 2 of
+    /// "Recovery"); a recount that has not finished within `op_timeout_ticks` starts over.
+    fn recount_late_members<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let timeout = self.config.op_timeout_ticks as u64;
+        let others = self.everyone_else();
+        let leader = self.leader.as_mut().expect("leading");
+        if !leader.fast_path() {
+            return;
+        }
+        if let Some(recount) = leader.recount {
+            if now.saturating_sub(recount.started_at) <= timeout {
+                return;
+            }
+            leader.recount = None;
+        }
+        let late = (0..REPLICAS_MAX).find(|&peer| {
+            let member = leader.members[peer as usize];
+            others & (1 << peer) != 0
+                && member.state == MemberState::Active
+                && !member.promises.voter
+                && leader.counted & (1 << peer) == 0
+        });
+        let Some(member) = late else {
+            return;
+        };
+        leader.recount = Some(Recount {
+            member,
+            answered: 0,
+            started_at: now,
+        });
+        for peer in self.others() {
+            let leader = self.leader.as_ref().expect("leading");
+            let voter = leader.members[peer as usize];
+            if voter.state != MemberState::Active || !voter.promises.voter {
+                continue;
+            }
+            let (local, remote) = (
+                self.layout.landing_promises(peer),
+                self.layout.min_proposal(),
+            );
+            self.post(
+                now,
+                fabric,
+                peer,
+                Kind::ReadMinProposal,
+                TAG_RECOUNT,
+                (0, 0),
+                local,
+                remote,
+                PROMISE_BYTES,
+            );
+        }
+    }
+
+    /// A standing write landed: the member is a voter from now on.
+    fn complete_standing(&mut self, peer: ReplicaId) {
+        let leader = self.leader_mut();
+        let member = &mut leader.members[peer as usize];
+        member.standing_inflight = false;
+        member.promises.voter = true;
+        member.promises.highest = member.promises.highest.max(leader.ballot);
+        info!("tenure {}: replica {} admitted", leader.tenure, peer);
     }
 
     // ---- phases ------------------------------------------------------------------------------
 
     fn step_phase<F: Fabric, S: StateMachine>(&mut self, now: u64, fabric: &mut F, sm: &mut S) {
         let leader = self.leader.as_ref().expect("leading");
-        let (phase, deadline, replies, prepared) = (
-            leader.phase,
-            leader.deadline,
-            leader.replies,
-            leader.prepared,
-        );
+        let (phase, deadline, prepared) = (leader.phase, leader.deadline, leader.prepared);
         let late = now > deadline;
         match phase {
             Phase::Survey => self.step_survey(now, fabric, late),
@@ -848,10 +1093,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                     self.doom();
                 }
             }
-            Phase::ReadMinProposal if self.quorum_with(replies) => {
-                self.write_min_proposal(now, fabric)
-            }
-            Phase::WriteMinProposal if self.quorum_with(prepared) => {
+            Phase::ReadMinProposal => self.step_promises(now, late, fabric),
+            Phase::WriteMinProposal if self.promised(prepared) => {
                 let next = self.leader_mut().next;
                 self.read_slot(now, next, fabric);
             }
@@ -987,7 +1230,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 continue;
             }
             let (local, remote) = (
-                self.layout.landing_min_proposal(peer),
+                self.layout.landing_promises(peer),
                 self.layout.min_proposal(),
             );
             if !self.post(
@@ -999,25 +1242,71 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 (0, 0),
                 local,
                 remote,
-                MIN_PROPOSAL_BYTES,
+                PROMISE_BYTES,
             ) {
                 self.reset_connection(now, peer, fabric);
             }
         }
     }
 
-    /// This replica's own min-proposal records: the highest value and which record is older.
-    fn own_min_proposal<F: Fabric>(&self, fabric: &mut F) -> (u64, u32) {
-        let mut bytes = [0u8; MIN_PROPOSAL_BYTES as usize];
+    /// This replica's own promises.
+    fn own_promises<F: Fabric>(&self, fabric: &mut F) -> Promises {
+        let mut bytes = [0u8; PROMISE_BYTES as usize];
         fabric.load(self.layout.min_proposal(), &mut bytes);
-        self.min_proposal_of(&bytes)
+        Promises::decode(&self.layout, &bytes)
+    }
+
+    /// The voters among the members that answered the promise read.
+    fn voter_replies(&self) -> u8 {
+        let leader = self.leader.as_ref().expect("leading");
+        let mut voters = 0;
+        for peer in self.others() {
+            if leader.replies & (1 << peer) != 0 && leader.members[peer as usize].promises.voter {
+                voters |= 1 << peer;
+            }
+        }
+        voters
+    }
+
+    /// Waits for a quorum of voters (this replica among them) to answer the promise read; with
+    /// too few voters, for every replica (rule 4 of "Recovery").
+    fn step_promises<F: Fabric>(&mut self, now: u64, late: bool, fabric: &mut F) {
+        let voters = self.voter_replies();
+        let everyone = self.everyone_else();
+        let leader = self.leader.as_ref().expect("leading");
+        if leader.voter && self.quorum_with(voters) {
+            self.write_min_proposal(now, voters, fabric);
+        } else if leader.replies == everyone {
+            info!(
+                "tenure {}: too few voters, preparing with every replica",
+                leader.tenure
+            );
+            self.leader_mut().full = true;
+            self.write_min_proposal(now, everyone, fabric);
+        } else if late {
+            self.doom();
+        }
+    }
+
+    /// Every replica but this one.
+    fn everyone_else(&self) -> u8 {
+        self.others().fold(0u8, |mask, peer| mask | 1 << peer)
+    }
+
+    /// True when the answers of `members` (plus this replica) suffice for a prepare step: a
+    /// quorum, or every replica in a `full` prepare.
+    fn promised(&self, members: u8) -> bool {
+        if self.leader.as_ref().expect("leading").full {
+            return members == self.everyone_else();
+        }
+        self.quorum_with(members)
     }
 
     /// A ballot above `floor`, above every ballot this replica promised, unique to this replica.
     /// `None` only if a peer published a promise at the very top of the ballot space, which
     /// no correct replica does; the tenure then ends instead of panicking.
     fn next_ballot<F: Fabric>(&self, floor: u64, fabric: &mut F) -> Option<u64> {
-        let (own, _) = self.own_min_proposal(fabric);
+        let own = self.own_promises(fabric).highest;
         let highest = floor
             .max(own)
             .max(self.leader.as_ref().map_or(0, |l| l.ballot));
@@ -1029,14 +1318,16 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     }
 
     /// Promises the new ballot locally and to every member that answered the read.
-    fn write_min_proposal<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+    /// Members of `to` are counted from now on (rule 2 of "Recovery").
+    fn write_min_proposal<F: Fabric>(&mut self, now: u64, to: u8, fabric: &mut F) {
         let floor = self.leader_mut().ballot_floor;
         let Some(ballot) = self.next_ballot(floor, fabric) else {
             self.doom();
             return;
         };
-        let (_, own_older) = self.own_min_proposal(fabric);
-        let own_offset = self.layout.min_proposal_record(own_older);
+        let own_offset = self
+            .layout
+            .min_proposal_record(self.own_promises(fabric).older);
         fabric.store(own_offset, &record::encode(own_offset, ballot));
         for which in 0..2 {
             let remote = self.layout.min_proposal_record(which);
@@ -1047,14 +1338,14 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
         let deadline = now + self.config.op_timeout_ticks as u64;
         let leader = self.leader_mut();
-        let replies = leader.replies;
         leader.ballot = ballot;
+        leader.counted = leader.replies;
         leader.phase = Phase::WriteMinProposal;
         leader.deadline = deadline;
         leader.prepared = 0;
         info!("tenure {} ballot {}", leader.tenure, ballot);
         for peer in self.others() {
-            if replies & (1 << peer) == 0 {
+            if to & (1 << peer) == 0 {
                 continue;
             }
             let which = self.leader_mut().members[peer as usize].min_record;
@@ -1076,6 +1367,54 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
     }
 
+    /// Writes this tenure's ballot into `peer`'s standing record: it becomes a voter.
+    fn post_standing<F: Fabric>(&mut self, now: u64, peer: ReplicaId, fabric: &mut F) -> bool {
+        let ballot = self.leader_mut().ballot;
+        assert!(
+            ballot != 0,
+            "a standing carries the ballot that admitted it"
+        );
+        let (local, remote) = (self.layout.outbox_standing(), self.layout.standing());
+        fabric.store(local, &record::encode(remote, ballot));
+        let posted = self.post(
+            now,
+            fabric,
+            peer,
+            Kind::WriteStanding,
+            0,
+            (0, 0),
+            local,
+            remote,
+            RECORD_BYTES,
+        );
+        if posted {
+            self.leader_mut().members[peer as usize].standing_inflight = true;
+        }
+        posted
+    }
+
+    /// Admits every counted member that is recovering and has applied `streaming_from` (rule 3
+    /// of "Recovery").
+    fn admit_recovered<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let leader = self.leader.as_ref().expect("leading");
+        let Some(streaming_from) = leader.streaming_from else {
+            return;
+        };
+        for peer in self.others() {
+            let leader = self.leader.as_ref().expect("leading");
+            let member = leader.members[peer as usize];
+            let ready = member.state == MemberState::Active
+                && leader.counted & (1 << peer) != 0
+                && !member.promises.voter
+                && !member.standing_inflight
+                && !member.lapped
+                && leader.applied_of[peer as usize] >= streaming_from.max(member.admit_at);
+            if ready {
+                self.post_standing(now, peer, fabric);
+            }
+        }
+    }
+
     /// Reads the slot at `position` from every prepared member.
     fn read_slot<F: Fabric>(&mut self, now: u64, position: u64, fabric: &mut F) {
         let deadline = now + self.config.op_timeout_ticks as u64;
@@ -1084,6 +1423,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             position, leader.next,
             "the prepare reads where the leader writes next"
         );
+
         leader.phase = Phase::ReadSlot { position };
         leader.deadline = deadline;
         leader.replies = 0;
@@ -1123,16 +1463,15 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     fn choose_value<F: Fabric>(&mut self, now: u64, position: u64, late: bool, fabric: &mut F) {
         let size = self.config.slot_size as usize;
         let mut best: Option<(u64, Option<ReplicaId>)> = None;
-        let mut known = 0u8;
         let own = self.open_local(fabric, position);
-        match SlotAnswer::of(own, position) {
+        let own_known = match SlotAnswer::of(own, position) {
             SlotAnswer::Value(ballot) => {
                 best = Some((ballot, None));
-                known += 1;
+                true
             }
-            SlotAnswer::Nothing | SlotAnswer::Unknown => known += 1,
-            SlotAnswer::Ahead => {}
-        }
+            SlotAnswer::Nothing | SlotAnswer::Unknown => true,
+            SlotAnswer::Ahead => false,
+        };
         let replies = self.leader_mut().replies;
         for peer in self.others() {
             if replies & (1 << peer) == 0 {
@@ -1141,12 +1480,11 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             fabric.load(self.layout.landing_slot(peer), &mut self.slot[..size]);
             match SlotAnswer::of(slot::open(&self.slot[..size], position), position) {
                 SlotAnswer::Value(ballot) => {
-                    known += 1;
                     if best.is_none_or(|(b, _)| ballot > b) {
                         best = Some((ballot, Some(peer)));
                     }
                 }
-                SlotAnswer::Nothing | SlotAnswer::Unknown => known += 1,
+                SlotAnswer::Nothing | SlotAnswer::Unknown => {}
                 SlotAnswer::Ahead => {
                     // A member recycled a position this leader has not applied: start over.
                     self.doom();
@@ -1154,22 +1492,36 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 }
             }
         }
-        if known < self.config.quorum() {
+        if !own_known || !self.promised(replies) {
             if late {
                 self.doom();
             }
             return;
         }
         match best {
-            None => {
-                info!(
-                    "tenure {} on the fast path at {}",
-                    self.leader_mut().tenure,
-                    position
-                );
-                self.leader_mut().phase = Phase::Streaming;
-            }
+            None => self.start_streaming(position, fabric),
             Some((_, source)) => self.adopt(now, position, source, fabric),
+        }
+    }
+
+    /// The prepare found nothing accepted at `position`: the fast path starts there. A leader
+    /// that prepared with every replica (rule 4 of "Recovery") applied everything below it and
+    /// admits itself.
+    fn start_streaming<F: Fabric>(&mut self, position: u64, fabric: &mut F) {
+        assert_eq!(
+            position, self.applied,
+            "the prepare applied what it adopted"
+        );
+        let leader = self.leader.as_mut().expect("leading");
+        info!("tenure {} on the fast path at {}", leader.tenure, position);
+        leader.phase = Phase::Streaming;
+        leader.streaming_from = Some(position);
+        if !leader.voter {
+            let offset = self.layout.standing();
+            fabric.store(offset, &record::encode(offset, leader.ballot));
+            leader.voter = true;
+            self.voter = true;
+            info!("tenure {}: admitted itself", leader.tenure);
         }
     }
 
@@ -1240,14 +1592,15 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     }
 
     /// Encodes queued commands into the own log, as far as the pipeline and recycling allow,
-    /// and only while a majority of members takes writes: proposing without one decides
+    /// and only while a majority of members takes writes whose acks count: proposing without one decides
     /// nothing and overwrites slots of the own log that a lagging replica may still need.
     fn propose<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let leader = self.leader.as_ref().expect("leading");
         let mut takers = 0u8;
         for peer in self.others() {
             let member = leader.members[peer as usize];
-            if member.state == MemberState::Active && !member.lapped {
+            let counted = leader.counted & (1 << peer) != 0;
+            if member.state == MemberState::Active && counted && !member.lapped {
                 takers |= 1 << peer;
             }
         }
@@ -1422,8 +1775,11 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
         member.commit_sent = 0;
         leader.applied_moved_at[p] = now;
-        // A repair under way is progress: give it a timeout before calling the tenure stalled.
-        leader.progress_at = now;
+        // A repair under way is progress: give it a timeout before calling the tenure stalled
+        // (only for a member whose acks count: repairing another one decides nothing).
+        if leader.counted & (1 << peer) != 0 {
+            leader.progress_at = now;
+        }
     }
 
     /// Applies every position a majority holds, in order.

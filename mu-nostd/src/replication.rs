@@ -72,6 +72,9 @@ pub struct ReplicationStatus {
     pub queued: u32,
     /// Nonzero when halted ([`HALT_LAPPED`]).
     pub halted: u32,
+    /// This life of the replica is a voter: it was admitted (or the cluster was formed with it).
+    /// A restarted replica is recovering until a leader admits it.
+    pub voter: bool,
 }
 
 /// Reassembles commands that span several slots.
@@ -143,6 +146,8 @@ pub struct ReplicationPlane<'s, const SLOT: usize, const ENTRY: usize, const QUE
     pub(crate) leader: Option<Leader>,
     pub(crate) spent_tenure: u32,
     halted: u32,
+    /// Cached once true: a standing is never withdrawn within a life.
+    pub(crate) voter: bool,
     published_applied: Option<u64>,
     publish_at: u64,
     pub(crate) completions: [Completion; COMPLETION_BATCH],
@@ -174,6 +179,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             leader: None,
             spent_tenure: 0,
             halted: 0,
+            voter: false,
             published_applied: None,
             publish_at: 0,
             completions: [Completion::EMPTY; COMPLETION_BATCH],
@@ -204,6 +210,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         } else {
             self.drain_completions(now, fabric);
             self.replay(fabric, sm);
+            self.refresh_voter(fabric);
         }
         self.publish_applied(now, fabric);
     }
@@ -245,7 +252,16 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             fast_path: self.leader.as_ref().is_some_and(|l| l.fast_path()),
             queued: self.queue.len() as u32,
             halted: self.halted,
+            voter: self.voter,
         }
+    }
+
+    /// True when this life of the replica is a voter; reads the standing record until it is.
+    pub(crate) fn refresh_voter<F: Fabric>(&mut self, fabric: &mut F) -> bool {
+        if !self.voter {
+            self.voter = crate::background::own_voter(&self.layout, fabric);
+        }
+        self.voter
     }
 
     /// Takes up or gives up leadership as the background plane says.
@@ -270,11 +286,12 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             lead.tenure, self.applied
         );
         self.queue.restart_proposals();
+        let voter = self.refresh_voter(fabric);
         self.leader = Some(Leader::new(
             lead.tenure,
             now,
-            self.applied,
-            self.applied_chain,
+            (self.applied, self.applied_chain),
+            voter,
             &self.config,
         ));
     }

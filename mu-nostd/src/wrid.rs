@@ -28,6 +28,7 @@ pub(crate) enum Kind {
     ReadSlot,
     WriteCommit,
     WriteLapNotice,
+    WriteStanding,
 }
 
 impl Kind {
@@ -39,7 +40,8 @@ impl Kind {
             | Kind::WriteLog
             | Kind::WriteMinProposal
             | Kind::WriteCommit
-            | Kind::WriteLapNotice => true,
+            | Kind::WriteLapNotice
+            | Kind::WriteStanding => true,
             Kind::ReadHeader
             | Kind::ReadHeartbeat
             | Kind::ReadApplied
@@ -50,7 +52,7 @@ impl Kind {
     }
 }
 
-const KINDS: [Kind; 12] = [
+const KINDS: [Kind; 13] = [
     Kind::ReadHeader,
     Kind::ReadHeartbeat,
     Kind::WriteRequest,
@@ -63,6 +65,7 @@ const KINDS: [Kind; 12] = [
     Kind::ReadSlot,
     Kind::WriteCommit,
     Kind::WriteLapNotice,
+    Kind::WriteStanding,
 ];
 
 /// A decoded work-request id.

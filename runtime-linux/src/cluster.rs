@@ -261,7 +261,7 @@ impl Cluster {
 
     /// Waits up to `limit` until the cluster is settled: one leader on the fast path, every live
     /// replica considering it leader and every live replica alive, and every live replica
-    /// caught up with the leader's applied position.
+    /// caught up with the leader's applied position and a voter (a restarted replica admitted).
     pub fn await_settled(&self, limit: Duration) -> Result<u8, ClusterError> {
         let deadline = Instant::now() + limit;
         loop {
@@ -274,6 +274,7 @@ impl Cluster {
                         p.get(Stat::LeaderView) == leader as u64 + 1
                             && p.get(Stat::Alive) & mask == mask
                             && p.get(Stat::Applied) >= applied
+                            && p.get(Stat::Voter) == 1
                     })
                 });
                 if settled {
@@ -292,7 +293,7 @@ impl Cluster {
         (0..self.replicas)
             .map(|id| match self.port(id) {
                 Some(p) => format!(
-                    "replica {id}: leading {} fast {} applied {} queued {} waiting {} view {} alive {:#b} tenures {} halted {}",
+                    "replica {id}: leading {} fast {} applied {} queued {} waiting {} view {} alive {:#b} voter {} tenures {} halted {}",
                     p.get(Stat::Leading),
                     p.get(Stat::FastPath),
                     p.get(Stat::Applied),
@@ -300,6 +301,7 @@ impl Cluster {
                     p.requests_waiting(),
                     p.get(Stat::LeaderView),
                     p.get(Stat::Alive),
+                    p.get(Stat::Voter),
                     p.get(Stat::Tenures),
                     p.get(Stat::Halted)
                 ),

@@ -194,7 +194,7 @@ impl StateMachine for App<'_> {
 
 /// Status words the replication loop keeps up to date, written only when they change; the
 /// values it computes in `publish` come in this order.
-const PUBLISHED: [Stat; 7] = [
+const PUBLISHED: [Stat; 8] = [
     Stat::Leading,
     Stat::FastPath,
     Stat::Applied,
@@ -202,9 +202,11 @@ const PUBLISHED: [Stat; 7] = [
     Stat::LeaderView,
     Stat::Alive,
     Stat::Queued,
+    Stat::Voter,
 ];
 const LEADING: usize = 0;
 const FAST_PATH: usize = 1;
+const VOTER: usize = 7;
 
 /// What the replication thread does, one step at a time.
 pub struct ReplicationLoop<'s, 'p, F: Fabric = ShmFabric> {
@@ -327,6 +329,7 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
             self.shared.leader().map_or(0, |l| l as u64 + 1),
             self.shared.alive() as u64,
             status.queued as u64,
+            status.voter as u64,
         ];
         if values[FAST_PATH] != self.published[FAST_PATH] {
             // The poll that reached the fast path may already have committed (and answered a
@@ -342,6 +345,14 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
                     status.applied
                 );
             }
+        }
+        if values[VOTER] == 1 && self.published[VOTER] == 0 {
+            eprintln!(
+                "[{:.3} ms] replica {}: a voter, at position {}",
+                polled_at as f64 / 1e6,
+                self.me,
+                status.applied
+            );
         }
         for (i, stat) in PUBLISHED.into_iter().enumerate() {
             if values[i] != self.published[i] {

@@ -95,9 +95,12 @@ pub enum Stat {
     /// (permissions from a majority, prepare done; the same poll may already commit); 0 while it
     /// is not on the fast path.
     FastPathNs = 160,
+    /// 1 once this life of the replica is a voter; a restarted replica is recovering (0) until
+    /// a leader admits it.
+    Voter = 168,
 }
 
-const _: () = assert!(Stat::FastPathNs as usize + 8 <= REQ_TAIL);
+const _: () = assert!(Stat::Voter as usize + 8 <= REQ_TAIL);
 
 /// Outcome of a client command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,8 +15,11 @@
 //!   (checked by the world on every landed piece);
 //! - no assertion of the core fires (a panic is a violation, with its message);
 //! - only replicas of the faulty set halt (a lapped replica is a failed one);
+//! - a restarted replica (a new life, with a zeroed or garbage region: it forgot everything) is
+//!   faulty; it is never elected and never counts in a prepare until a leader admitted it;
 //! - liveness: after healing, every command commits within a bound, and at the end all running
-//!   replicas have applied the same prefix and hold the same state;
+//!   replicas are voters (a restarted one was admitted), have applied the same prefix and hold
+//!   the same state;
 //! - linearizability of the client histories against the key-value model.
 //!
 //! The faulty set has at most `n - majority` replicas: crashes, pauses and partitions only ever
@@ -77,6 +80,9 @@ pub struct Scenario {
 pub enum Event {
     /// Crash-stop a replica.
     Crash(u8),
+    /// Start a new life of a replica (crashed or running) with a zeroed region: it forgot
+    /// everything.
+    Restart(u8),
     /// Stop polling a replica for this many ticks.
     Pause(u8, u64),
     /// Cut a replica off from every other one.
@@ -207,6 +213,8 @@ pub struct Report {
     pub tenures: u32,
     /// Replicas crashed.
     pub crashes: u32,
+    /// Replicas restarted (a new life with a fresh or garbage region).
+    pub restarts: u32,
     /// Pauses.
     pub pauses: u32,
     /// Replicas that halted (lapped).
@@ -226,6 +234,8 @@ enum Life {
 
 struct Node<'s> {
     replica: SimReplica<'s>,
+    /// Lives started so far (the first is 0).
+    incarnation: u32,
     kv: Kv,
     life: Life,
     checked: usize,
@@ -236,12 +246,14 @@ struct Node<'s> {
 type StatusKey = (
     Option<u8>,
     u8,
+    u8,
     Option<u8>,
     Option<u32>,
     Option<u32>,
     bool,
     bool,
     u32,
+    bool,
 );
 
 #[derive(Clone, Copy, Debug)]
@@ -265,6 +277,8 @@ struct Client {
 const CLIENT_TIMEOUT_TICKS: u64 = 800;
 /// Ticks within which a command submitted in the liveness window must commit.
 const LIVENESS_BOUND_TICKS: u64 = 1000;
+/// Restarts one run may do (each new life needs its own `Shared`).
+const RESTARTS_MAX: usize = 32;
 
 struct Sim<'s> {
     scenario: Scenario,
@@ -281,6 +295,10 @@ struct Sim<'s> {
     tick: u64,
     trace: Option<String>,
     report: Report,
+    /// The `Shared` of each life: one per replica, then one per restart.
+    shared: &'s [Shared],
+    /// Every replica was admitted as a voter once (the cluster formed).
+    formed: bool,
 }
 
 /// Runs seed `seed`; with `trace`, returns the readable trace too.
@@ -291,7 +309,9 @@ pub fn run(seed: u64, trace: bool) -> (Report, Option<String>) {
 /// Runs `scenario` with the randomness of `seed`.
 pub fn run_scenario(seed: u64, scenario: Scenario, trace: bool) -> (Report, Option<String>) {
     let n = scenario.config.replica_count;
-    let shared: Vec<Shared> = (0..n).map(|_| Shared::new()).collect();
+    let shared: Vec<Shared> = (0..n as usize + RESTARTS_MAX)
+        .map(|_| Shared::new())
+        .collect();
     let mut trace_out = None;
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
         let mut sim = Sim::new(seed, scenario, &shared, trace);
@@ -332,6 +352,7 @@ impl<'s> Sim<'s> {
         let nodes = (0..config.replica_count)
             .map(|id| Node {
                 replica: SimReplica::new(config, id, &shared[id as usize]).expect("valid scenario"),
+                incarnation: 0,
                 kv: Kv::new(),
                 life: Life::Running,
                 checked: 0,
@@ -364,6 +385,8 @@ impl<'s> Sim<'s> {
             rng: Rng::new(seed),
             tick: 0,
             trace: trace.then(String::new),
+            shared,
+            formed: false,
         };
         if sim.scenario.garbage_start {
             for id in 0..config.replica_count {
@@ -426,6 +449,7 @@ impl<'s> Sim<'s> {
                 self.submit_commands();
             }
             self.poll_replicas();
+            self.formed = self.formed || self.formed_now();
             self.check_tick();
             self.tick += 1;
         }
@@ -445,16 +469,22 @@ impl<'s> Sim<'s> {
         let victim =
             self.scenario.faulty[self.rng.below(self.scenario.faulty.len() as u64) as usize];
         if self.nodes[victim as usize].life == Life::Crashed {
+            if self.rng.chance(1, 4) {
+                self.restart(victim);
+            }
             return;
         }
         match self.rng.below(10) {
-            0 => {
+            // A crash before the cluster formed would keep it from ever forming (formation
+            // needs every replica): the process restarts instead.
+            0 if self.formed && self.rng.chance(1, 2) => {
                 self.nodes[victim as usize].life = Life::Crashed;
                 self.world.crash(victim);
                 self.report.crashes += 1;
                 self.note(format_args!("fault: crash replica {victim}"));
             }
-            1..=5 => {
+            0 | 1 => self.restart(victim),
+            2..=5 => {
                 let until = self.tick + 20 + self.rng.below(600);
                 if self.nodes[victim as usize].life == Life::Running {
                     self.nodes[victim as usize].life = Life::Paused { until };
@@ -503,6 +533,7 @@ impl<'s> Sim<'s> {
                     self.world.crash(r);
                     self.report.crashes += 1;
                 }
+                Event::Restart(r) => self.restart(r),
                 Event::Pause(r, ticks) => {
                     self.nodes[r as usize].life = Life::Paused {
                         until: self.tick + ticks,
@@ -543,6 +574,52 @@ impl<'s> Sim<'s> {
         }
         self.world.region_mut(victim)[at as usize..end].copy_from_slice(&garbage);
         self.note(format_args!("corrupt: replica {victim} bytes {at}..{end}"));
+    }
+
+    /// Starts a new life of `r`: a zeroed or garbage region, a fresh replica and state machine.
+    /// It joins as a recovering replica.
+    fn restart(&mut self, r: u8) {
+        let lives = self.nodes.len() + self.report.restarts as usize;
+        if lives >= self.shared.len() {
+            return; // The run's budget of lives is spent.
+        }
+        self.world.restart(r);
+        let garbage = self.rng.chance(1, 2);
+        let region = self.world.region_mut(r);
+        if garbage {
+            for byte in region.iter_mut() {
+                *byte = self.rng.next_u64() as u8;
+            }
+        } else {
+            region.fill(0);
+        }
+        let config = self.scenario.config;
+        let node = &mut self.nodes[r as usize];
+        node.incarnation += 1;
+        let mut replica = SimReplica::new(config, r, &self.shared[lives]).expect("valid scenario");
+        replica.replication.begin_incarnation(node.incarnation);
+        replica.background.begin_incarnation(node.incarnation);
+        node.replica = replica;
+        node.kv = Kv::new();
+        node.checked = 0;
+        node.life = Life::Running;
+        node.last_status = None;
+        self.report.restarts += 1;
+        let how = if garbage { "garbage" } else { "zeroed" };
+        let life = self.nodes[r as usize].incarnation;
+        self.note(format_args!(
+            "fault: restart replica {r} (life {life}, {how} region)"
+        ));
+    }
+
+    /// True once every replica's standing record says it is a voter (read from the regions).
+    fn formed_now(&self) -> bool {
+        let layout = Layout::new(&self.scenario.config);
+        let at = layout.standing() as usize;
+        (0..self.nodes.len() as u8).all(|r| {
+            let bytes = &self.world.region(r)[at..at + 16];
+            mu_nostd::record::decode(at as u32, bytes).is_some_and(|ballot| ballot != 0)
+        })
     }
 
     fn heal(&mut self) {
@@ -759,7 +836,8 @@ impl<'s> Sim<'s> {
                             } else {
                                 "-"
                             };
-                            format!("{m}:{state} sent {} applied {}", s.sent, s.applied)
+                            let role = if s.voter { "voter" } else { "recovering" };
+                            format!("{m}:{state} {role} sent {} applied {}", s.sent, s.applied)
                         })
                         .collect();
                     let line = format!(
@@ -894,27 +972,31 @@ impl<'s> Sim<'s> {
         let key: StatusKey = (
             bg.leader,
             bg.alive,
+            bg.voters,
             bg.holder,
             bg.tenure,
             rp.leading,
             rp.fast_path,
             bg.heartbeat_stopped,
             rp.halted,
+            rp.voter,
         );
         let last = self.nodes[id].last_status;
         if last == Some(key) {
             return;
         }
-        if rp.leading.is_some() && last.is_none_or(|k| k.4 != rp.leading) {
+        if rp.leading.is_some() && last.is_none_or(|k| k.5 != rp.leading) {
             self.report.tenures += 1;
         }
         self.nodes[id].last_status = Some(key);
         self.note(format_args!(
-            "replica {id}: view leader {:?} alive {:07b} holder {:?} tenure {:?} | leading {:?} fast path {} applied {} queued {}{}{}",
+            "replica {id}: view leader {:?} alive {:07b} voters {:07b} holder {:?} tenure {:?} | {} leading {:?} fast path {} applied {} queued {}{}{}",
             bg.leader,
             bg.alive,
+            bg.voters,
             bg.holder,
             bg.tenure,
+            if rp.voter { "voter" } else { "recovering" },
             rp.leading,
             rp.fast_path,
             rp.applied,
@@ -993,6 +1075,15 @@ impl<'s> Sim<'s> {
                 )
             })
             .collect();
+        if let Some(&id) = running
+            .iter()
+            .find(|&&id| !self.nodes[id].replica.replication.status().voter)
+        {
+            self.fail(
+                "convergence",
+                format!("replica {id} runs but was never admitted as a voter"),
+            );
+        }
         if let Some(&(_, applied, digest)) = positions.first() {
             if positions
                 .iter()

@@ -370,6 +370,36 @@ impl World {
         }
     }
 
+    /// Starts a new life of `r` (after a crash, or killing the current one), as a process that
+    /// restarts does: what its earlier life posted never lands or completes; what others had in
+    /// flight to it fails and breaks their connections to it (its queue pairs are gone); its
+    /// new region grants nobody, and fences every write posted before. The driver fills the
+    /// region (zeros or garbage) and builds the new replica.
+    pub fn restart(&mut self, r: u8) {
+        let n = self.n;
+        self.crashed[r as usize] = false;
+        for plane in [Plane::Replication, Plane::Background] {
+            for peer in (0..n).filter(|&p| p != r) {
+                let own = self.conn_index(r, peer, plane);
+                for id in std::mem::take(&mut self.conns[own].queue) {
+                    self.ops.remove(id);
+                }
+                self.conns[own].broken = false;
+                self.conns[own].cut_off = false;
+                let theirs = self.conn_index(peer, r, plane);
+                self.fail_queue(theirs);
+                self.conns[theirs].broken = true;
+            }
+        }
+        self.granted[r as usize] = 0;
+        for writer in 0..n as usize {
+            self.revokes[r as usize * n as usize + writer] += 1;
+        }
+        for plane in 0..2 {
+            self.ready[r as usize * 2 + plane].clear();
+        }
+    }
+
     /// True when `r` crashed.
     pub fn is_crashed(&self, r: u8) -> bool {
         self.crashed[r as usize]
@@ -624,12 +654,12 @@ impl World {
         self.conns[conn].broken = true;
         self.settle(id, status);
         self.count(status);
-        let others: Vec<OpId> = self.conns[conn]
-            .queue
-            .iter()
-            .copied()
-            .filter(|&o| o != id)
-            .collect();
+        self.fail_queue(conn);
+    }
+
+    /// Fails every op outstanding on `conn` that has not failed yet.
+    fn fail_queue(&mut self, conn: usize) {
+        let others: Vec<OpId> = self.conns[conn].queue.iter().copied().collect();
         // `Failed` says nothing about landing, so ops that landed fully, and silent ones, may
         // report it too, as a real queue pair flushed in error does.
         for other in others {

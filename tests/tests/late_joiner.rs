@@ -1,7 +1,8 @@
 //! Regression (found in review): a replica that grants an already streaming leader late must not
 //! let that leader decide under its old ballot where a newer leader prepared in between.
 //!
-//! 0 and 2 cannot reach each other; 0 leads with 1. Then 0 is cut from 1 as well: 1 leads with 2,
+//! Once the cluster formed, 0 and 2 cannot reach each other; 0 leads with 1. Then 0 is cut from 1
+//! as well: 1 leads with 2,
 //! prepares a higher ballot, decides `c` at position 0, and crashes before 2 learns the commit
 //! point. 0 (idle, never denied, still in its old tenure) reconnects to 2, which now grants it.
 //! Without the late-joiner check, 0 would decide `d` at position 0 with {0, 2}.
@@ -36,8 +37,8 @@ fn a_late_grantor_cannot_revive_an_old_ballot() {
         .collect();
     let mut logs: Vec<Log> = (0..3).map(|_| Log::default()).collect();
     let mut crashed = [false; 3];
-    world.set_reachable(0, 2, false);
     let mut step = 0;
+    let mut cut_at = 0;
     for tick in 0..6000u64 {
         world.advance(tick);
         for i in 0..3u8 {
@@ -59,8 +60,14 @@ fn a_late_grantor_cannot_revive_an_old_ballot() {
             }
         }
         let fast = |r: &SimReplica| r.replication.status().fast_path;
+        let formed = replicas.iter().all(|r| r.replication.status().voter);
         match step {
-            0 if tick > 400 && fast(&replicas[0]) => {
+            0 if formed && fast(&replicas[0]) => {
+                world.set_reachable(0, 2, false);
+                cut_at = tick;
+                step = 10;
+            }
+            10 if tick > cut_at + 400 && fast(&replicas[0]) => {
                 world.set_reachable(0, 1, false);
                 step = 1;
             }

@@ -5,13 +5,17 @@
 use std::path::Path;
 use std::process::Command;
 
-const DEFECTS: [&str; 4] = [
-    "bug-skip-revoke",
-    "bug-skip-prepare",
-    "bug-small-quorum",
-    "bug-no-checksum",
+/// Each defect and the seeds the simulator may take to catch it. A restarted replica that votes
+/// at once loses a decided value only when it restarts right after a decision that the replica
+/// it then forms a quorum with missed, which random seeds reach less often (seed 573 today);
+/// `tests/restart.rs` reproduces it directly.
+const DEFECTS: [(&str, u32); 5] = [
+    ("bug-skip-revoke", 300),
+    ("bug-skip-prepare", 300),
+    ("bug-small-quorum", 300),
+    ("bug-no-checksum", 300),
+    ("bug-restart-votes", 3000),
 ];
-const SEEDS_MAX: &str = "300";
 
 #[test]
 fn the_simulator_catches_every_planted_defect() {
@@ -19,7 +23,7 @@ fn the_simulator_catches_every_planted_defect() {
         .parent()
         .expect("workspace root");
     let target = workspace.join("target").join("planted-bugs");
-    for defect in DEFECTS {
+    for (defect, seeds) in DEFECTS {
         let output = Command::new(env!("CARGO"))
             .current_dir(workspace)
             .args([
@@ -36,7 +40,7 @@ fn the_simulator_catches_every_planted_defect() {
                 "sim",
                 "--",
                 "--seeds",
-                SEEDS_MAX,
+                &seeds.to_string(),
                 "--expect-violation",
             ])
             .env("CARGO_TARGET_DIR", &target)
@@ -46,7 +50,7 @@ fn the_simulator_catches_every_planted_defect() {
         println!("{defect}:\n{stdout}");
         assert!(
             output.status.success(),
-            "{defect} was not caught within {SEEDS_MAX} seeds:\n{stdout}\n{}",
+            "{defect} was not caught within {seeds} seeds:\n{stdout}\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
         assert!(

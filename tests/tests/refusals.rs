@@ -59,6 +59,14 @@ impl<'s> Cluster<'s> {
         }
     }
 
+    /// A new life of replica `id` (zeroed region) with `config`, or no replica at all.
+    fn replace(&mut self, id: usize, config: Option<Config>, shared: &'s Shared) {
+        self.world.restart(id as u8);
+        self.world.region_mut(id as u8).fill(0);
+        self.replicas[id] = config.map(|c| SimReplica::new(c, id as u8, shared).expect("valid"));
+        self.kvs[id] = Kv::new();
+    }
+
     fn replica(&mut self, id: usize) -> &mut SimReplica<'s> {
         self.replicas[id].as_mut().expect("running")
     }
@@ -88,12 +96,35 @@ impl<'s> Cluster<'s> {
     }
 }
 
+/// A cluster forms only once every replica runs the same configuration (formation needs all of
+/// them; see `leader`, "Recovery"): a third replica misconfigured from the start keeps the two
+/// others from ever counting as voters.
 #[test]
-fn a_replica_with_another_configuration_is_refused() {
+fn a_cluster_forms_only_when_every_replica_agrees() {
     let shared: Vec<Shared> = (0..3).map(|_| Shared::new()).collect();
     let mut other = config(3);
-    other.detector.read_period_ticks += 1; // Same layout, another cluster description.
+    other.detector.read_period_ticks += 1;
     let mut cluster = Cluster::new(&[Some(config(3)), Some(config(3)), Some(other)], &shared);
+    cluster.run(600);
+    for id in 0..3 {
+        let status = cluster.replica(id).replication.status();
+        assert!(
+            !status.voter && !status.fast_path,
+            "replica {id}: {status:?}"
+        );
+    }
+}
+
+#[test]
+fn a_replica_with_another_configuration_is_refused() {
+    let shared: Vec<Shared> = (0..4).map(|_| Shared::new()).collect();
+    let mut other = config(3);
+    other.detector.read_period_ticks += 1; // Same layout, another cluster description.
+    let mut cluster = Cluster::new(&[Some(config(3)); 3], &shared);
+    cluster.run(300);
+    assert!(cluster.replica(2).replication.status().voter, "formed");
+    // Replica 2 comes back with another configuration.
+    cluster.replace(2, Some(other), &shared[3]);
     cluster.run(200);
     for (id, peer) in [(0, 2), (1, 2), (2, 0), (2, 1)] {
         let header = cluster.replica(id).background.peer_header(peer);
@@ -120,7 +151,10 @@ fn a_replica_with_another_configuration_is_refused() {
 #[test]
 fn a_region_of_another_layout_version_is_refused() {
     let shared: Vec<Shared> = (0..3).map(|_| Shared::new()).collect();
-    let mut cluster = Cluster::new(&[Some(config(3)), Some(config(3)), None], &shared);
+    let mut cluster = Cluster::new(&[Some(config(3)); 3], &shared);
+    cluster.run(300);
+    assert!(cluster.replica(2).replication.status().voter, "formed");
+    cluster.replace(2, None, &shared[2]);
     let mut header = Layout::header(&config(3));
     header[8..12].copy_from_slice(&(LAYOUT_VERSION + 1).to_le_bytes());
     let check = Hasher::new(REGION_MAGIC).bytes(&header[0..24]).finish();

@@ -58,13 +58,14 @@ fn parse() -> Result<Args, String> {
 
 fn describe(report: &Report) -> String {
     format!(
-        "seed {}: {} replicas, {} committed, {} decided, {} tenures, {} crashes, {} pauses, {} halts",
+        "seed {}: {} replicas, {} committed, {} decided, {} tenures, {} crashes, {} restarts, {} pauses, {} halts",
         report.seed,
         report.replicas,
         report.committed,
         report.decided,
         report.tenures,
         report.crashes,
+        report.restarts,
         report.pauses,
         report.halts
     )
@@ -80,6 +81,8 @@ fn planted_features() -> &'static str {
         " --features bug-small-quorum"
     } else if cfg!(feature = "bug-no-checksum") {
         " --features bug-no-checksum"
+    } else if cfg!(feature = "bug-restart-votes") {
+        " --features bug-restart-votes"
     } else {
         ""
     }
@@ -118,7 +121,7 @@ fn run_many(start: u64, count: u64, expect: bool) -> ExitCode {
     let done = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let first: Mutex<Option<Report>> = Mutex::new(None);
-    let totals = Mutex::new((0usize, 0u32, 0u32));
+    let totals = Mutex::new((0usize, 0u32, 0u32, 0u32));
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -136,6 +139,7 @@ fn run_many(start: u64, count: u64, expect: bool) -> ExitCode {
                     t.0 += report.committed;
                     t.1 += report.tenures;
                     t.2 += report.crashes;
+                    t.3 += report.restarts;
                 }
                 if report.violation.is_some() {
                     let mut f = first.lock().unwrap();
@@ -154,9 +158,9 @@ fn run_many(start: u64, count: u64, expect: bool) -> ExitCode {
     });
     let finished = done.load(Ordering::Relaxed);
     let elapsed = began.elapsed().as_secs_f64();
-    let (committed, tenures, crashes) = *totals.lock().unwrap();
+    let (committed, tenures, crashes, restarts) = *totals.lock().unwrap();
     println!(
-        "{finished} seeds in {elapsed:.1} s ({:.1} seeds/s, {threads} threads): {committed} commands committed, {tenures} tenures, {crashes} crashes",
+        "{finished} seeds in {elapsed:.1} s ({:.1} seeds/s, {threads} threads): {committed} commands committed, {tenures} tenures, {crashes} crashes, {restarts} restarts",
         finished as f64 / elapsed
     );
     let first = first.lock().unwrap().take();
