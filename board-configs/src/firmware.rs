@@ -500,6 +500,8 @@ fn config_literal(config: &mu_nostd::Config) -> String {
         op_timeout_ticks,
         permission_retry_ticks,
         recycle_period_ticks,
+        transfer_chunk_bytes,
+        transfer_window,
         detector,
     } = *config;
     let mu_nostd::DetectorConfig {
@@ -521,6 +523,8 @@ fn config_literal(config: &mu_nostd::Config) -> String {
     op_timeout_ticks: {op_timeout_ticks},
     permission_retry_ticks: {permission_retry_ticks},
     recycle_period_ticks: {recycle_period_ticks},
+    transfer_chunk_bytes: {transfer_chunk_bytes},
+    transfer_window: {transfer_window},
     detector: mu_nostd::DetectorConfig {{
         heartbeat_period_ticks: {heartbeat_period_ticks},
         read_period_ticks: {read_period_ticks},

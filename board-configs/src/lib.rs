@@ -22,6 +22,8 @@
 //! op_timeout_ticks = 2000    # a replication operation outstanding this long aborts
 //! permission_retry_ticks = 1000  # a permission request or ack unanswered this long is resent
 //! recycle_period_ticks = 100 # how often the leader reads applied positions to recycle the log
+//! transfer_chunk_bytes = 65536 # optional (default 1024): bytes of a state-transfer chunk
+//! transfer_window = 8        # optional (default 2): chunks a donor keeps ready ahead
 //!
 //! [cluster.detector]
 //! read_period_ticks = 5      # how often each peer's heartbeat is read
@@ -51,7 +53,7 @@
 //! window_size = 0x400000     # must hold the whole window layout, see below
 //! ```
 //!
-//! Every `cluster` key is required except the detector overrides; unknown keys are errors. The
+//! Every `cluster` key is required except the transfer settings and the detector overrides; unknown keys are errors. The
 //! cluster values must also pass [`mu_nostd::Config::validate`].
 //!
 //! # Firmware replicas

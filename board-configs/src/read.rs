@@ -334,6 +334,8 @@ fn cluster(t: &Table<'_>) -> Result<Cluster> {
         "op_timeout_ticks",
         "permission_retry_ticks",
         "recycle_period_ticks",
+        "transfer_chunk_bytes",
+        "transfer_window",
         "detector",
     ])?;
     let name = t.need_str("name")?;
@@ -358,7 +360,14 @@ fn cluster(t: &Table<'_>) -> Result<Cluster> {
     let pipeline_depth = t.need_int("pipeline_depth", u16s)?;
     let op_timeout_ticks = t.need_int("op_timeout_ticks", u32s.clone())?;
     let permission_retry_ticks = t.need_int("permission_retry_ticks", u32s.clone())?;
-    let recycle_period_ticks = t.need_int("recycle_period_ticks", u32s)?;
+    let recycle_period_ticks = t.need_int("recycle_period_ticks", u32s.clone())?;
+    let defaults = Config::new(replica_count);
+    let transfer_chunk_bytes = t
+        .int("transfer_chunk_bytes", u32s)?
+        .unwrap_or(defaults.transfer_chunk_bytes);
+    let transfer_window = t
+        .int("transfer_window", 0..=i64::from(u8::MAX))?
+        .unwrap_or(defaults.transfer_window);
     let detector_table = t.table("detector")?.ok_or_else(|| {
         t.missing(
             "detector",
@@ -374,6 +383,8 @@ fn cluster(t: &Table<'_>) -> Result<Cluster> {
         op_timeout_ticks,
         permission_retry_ticks,
         recycle_period_ticks,
+        transfer_chunk_bytes,
+        transfer_window,
         detector: detector(&detector_table)?,
     };
     config.validate().map_err(|e| {

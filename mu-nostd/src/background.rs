@@ -131,7 +131,7 @@ pub struct BackgroundStatus {
     pub leader: Option<ReplicaId>,
     /// Who it considers alive (bit per id).
     pub alive: u8,
-    /// Who it knows as voters, itself included (bit per id): the others are recovering.
+    /// Who may lead, itself included (bit per id): voters not installing a snapshot.
     pub voters: u8,
     /// Who may write its log (itself while it leads).
     pub holder: Option<ReplicaId>,
@@ -145,7 +145,8 @@ const ZERO_CHUNK_BYTES: usize = 256;
 const UNREADABLE_TIMEOUTS: u64 = 4;
 const ZERO_CHUNKS_PER_POLL: u32 = 256;
 const COMPLETION_BATCHES_MAX: usize = 8;
-/// The top bit of a published heartbeat: this life of the replica is a voter.
+/// The top bit of a published heartbeat: this life of the replica is a voter and may lead (it
+/// is not installing a snapshot).
 const HEARTBEAT_VOTER: u64 = 1 << 63;
 
 /// True when this life of the replica is a voter: its standing record (written by the leader
@@ -489,7 +490,7 @@ impl<'s> BackgroundPlane<'s> {
             self.heartbeat += 1;
             assert!(self.heartbeat < HEARTBEAT_VOTER);
             let offset = self.layout.heartbeat();
-            let flag = if self.voter { HEARTBEAT_VOTER } else { 0 };
+            let flag = if self.candidate() { HEARTBEAT_VOTER } else { 0 };
             fabric.store(offset, &record::encode(offset, self.heartbeat | flag));
             self.next_heartbeat_at = now + self.config.detector.heartbeat_period_ticks as u64;
         }
@@ -576,9 +577,15 @@ impl<'s> BackgroundPlane<'s> {
         alive
     }
 
-    /// Replicas whose life is a voter, as far as this replica knows (itself included).
+    /// This replica may lead: a voter that is not installing a snapshot.
+    fn candidate(&self) -> bool {
+        self.voter && !self.shared.catching_up()
+    }
+
+    /// Replicas that may lead, as far as this replica knows (itself included): voters whose
+    /// heartbeat does not say they are recovering or installing a snapshot.
     fn voter_mask(&self) -> u8 {
-        let mut voters = if self.voter { 1 << self.me } else { 0 };
+        let mut voters = if self.candidate() { 1 << self.me } else { 0 };
         for peer in self.others() {
             let state = &self.peers[peer as usize];
             if state.header == PeerHeader::Verified && state.voter {

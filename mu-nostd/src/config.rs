@@ -21,6 +21,10 @@ pub const SLOT_COUNT_MAX: u32 = 1 << 24;
 pub const PIPELINE_DEPTH_MAX: u16 = 64;
 /// Most slots one command may span.
 pub const ENTRY_SLOTS_MAX: u16 = 64;
+/// Largest state-transfer chunk.
+pub const TRANSFER_CHUNK_BYTES_MAX: u32 = 1 << 20;
+/// Most state-transfer chunks in flight.
+pub const TRANSFER_WINDOW_MAX: u8 = 16;
 
 /// Parameters of the pull-score failure detector, in ticks of the runtime's clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +68,10 @@ pub struct Config {
     pub permission_retry_ticks: u32,
     /// How often the leader reads the replicas' applied positions to recycle the log.
     pub recycle_period_ticks: u32,
+    /// Bytes of one state-transfer chunk (a multiple of 64).
+    pub transfer_chunk_bytes: u32,
+    /// State-transfer chunks a donor keeps ready ahead of the joiner.
+    pub transfer_window: u8,
     /// The failure detector.
     pub detector: DetectorConfig,
 }
@@ -158,6 +166,8 @@ impl Config {
             op_timeout_ticks: 2_000,
             permission_retry_ticks: 1_000,
             recycle_period_ticks: 100,
+            transfer_chunk_bytes: 1024,
+            transfer_window: 2,
             detector: DetectorConfig::paper(50),
         }
     }
@@ -242,6 +252,28 @@ impl Config {
             "recycle_period_ticks",
             "must be > 0",
         )?;
+        check(
+            self.transfer_chunk_bytes >= 64 && self.transfer_chunk_bytes % 64 == 0,
+            "transfer_chunk_bytes",
+            "must be a multiple of 64, at least 64",
+        )?;
+        check(
+            self.transfer_chunk_bytes <= TRANSFER_CHUNK_BYTES_MAX,
+            "transfer_chunk_bytes",
+            "must be at most 1 MiB",
+        )?;
+        check(
+            (1..=TRANSFER_WINDOW_MAX).contains(&self.transfer_window),
+            "transfer_window",
+            "must be 1 to 16",
+        )?;
+        check(
+            (self.slot_count as u64) * (self.slot_size as u64)
+                + 2 * (self.transfer_window as u64) * (self.transfer_chunk_bytes as u64)
+                <= (u32::MAX / 2) as u64,
+            "transfer_chunk_bytes",
+            "the log and two transfer windows must stay below 2 GiB",
+        )?;
         self.detector.validate()
     }
 
@@ -281,6 +313,8 @@ impl Config {
             .word(self.op_timeout_ticks as u64)
             .word(self.permission_retry_ticks as u64)
             .word(self.recycle_period_ticks as u64)
+            .word(self.transfer_chunk_bytes as u64)
+            .word(self.transfer_window as u64)
             .word(d.heartbeat_period_ticks as u64)
             .word(d.read_period_ticks as u64)
             .word(d.read_timeout_ticks as u64)

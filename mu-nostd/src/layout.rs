@@ -5,12 +5,16 @@
 //! offset 0     region header (64 B): magic, layout version, replica count, config hash, check
 //!              background area, writable by every peer:
 //!                heartbeat record, applied record, permission request[n], permission ack[n],
-//!                lap notice
+//!                lap notice, transfer request[n]
 //!              log area, writable only by the granted peer:
 //!                min proposal records [2], standing record, commit record, then slot_count
 //!                slots
+//!              transfer area, read by peers, written only by the owner:
+//!                offer (64 B), progress record (padded to 64 B), transfer_window chunk slots
+//!                (a 64-byte header, then transfer_chunk_bytes)
 //!              scratch area, never written remotely:
-//!                outbox (records staged for remote writes), landing buffers for reads
+//!                outbox (records staged for remote writes), landing buffers for reads (one per
+//!                peer, then the transfer's: offer, progress, transfer_window chunk slots)
 //!              (commit record: commit position u64, chain through commit - 1 u64, check u64)
 //! ```
 //!
@@ -44,6 +48,10 @@ pub const COMMIT_RECORD_BYTES: u32 = 32;
 pub const LOG_HEADER_BYTES: u32 = 128;
 /// Bytes of both min-proposal records.
 pub const MIN_PROPOSAL_BYTES: u32 = 2 * RECORD_BYTES;
+/// Bytes of a state-transfer offer (see `transfer`).
+pub const OFFER_BYTES: u32 = 64;
+/// Bytes of a state-transfer chunk's header (index, length, checksum), padded.
+pub const CHUNK_HEADER_BYTES: u32 = 64;
 /// Bytes of an acceptor's promises: both min-proposal records and the standing record, which
 /// follow each other and are read together.
 pub const PROMISE_BYTES: u32 = MIN_PROPOSAL_BYTES + RECORD_BYTES;
@@ -68,12 +76,18 @@ pub struct Layout {
     pub log: u32,
     /// Start of slot 0.
     pub slots: u32,
+    /// Start of the transfer area.
+    pub transfer: u32,
+    /// Bytes of one transfer chunk and of the window.
+    chunk_bytes: u32,
     /// Start of the scratch area.
     pub scratch: u32,
     /// Start of the outbox inside the scratch area.
     outbox: u32,
     /// Start of the read landing buffers inside the scratch area.
     landing: u32,
+    /// Start of the transfer's landing buffers.
+    landing_transfer: u32,
     /// Total bytes.
     pub region_bytes: u32,
 }
@@ -101,23 +115,27 @@ impl Layout {
     pub const fn new(config: &Config) -> Layout {
         let n = config.replica_count as u32;
         let background = HEADER_BYTES;
-        let background_bytes = round_up_64((3 + 2 * n) * RECORD_BYTES);
+        let background_bytes = round_up_64((3 + 3 * n) * RECORD_BYTES);
         let log = background + background_bytes;
         let slots = log + LOG_HEADER_BYTES;
-        let scratch = slots + config.slot_count * config.slot_size;
+        let transfer = slots + config.slot_count * config.slot_size;
+        let chunk_bytes = config.transfer_chunk_bytes;
+        let transfer_bytes = Layout::transfer_bytes(config);
+        let scratch = transfer + transfer_bytes;
         let outbox = scratch;
         // Outbox: one request, one ack per peer, min proposal, commit record, lap notice,
-        // standing.
+        // standing, transfer request.
         let outbox_bytes = round_up_64(
             RECORD_BYTES
                 + n * RECORD_BYTES
                 + MIN_PROPOSAL_BYTES
                 + COMMIT_RECORD_BYTES
-                + 2 * RECORD_BYTES,
+                + 3 * RECORD_BYTES,
         );
         let landing = outbox + outbox_bytes;
         // Landing, per peer: header, heartbeat, applied, promises, one slot.
         let landing_bytes = n * Layout::landing_stride(config.slot_size);
+        let landing_transfer = landing + landing_bytes;
         Layout {
             replica_count: config.replica_count,
             slot_count: config.slot_count,
@@ -125,11 +143,58 @@ impl Layout {
             background,
             log,
             slots,
+            transfer,
+            chunk_bytes,
             scratch,
             outbox,
             landing,
-            region_bytes: landing + landing_bytes,
+            landing_transfer,
+            region_bytes: landing_transfer + transfer_bytes,
         }
+    }
+
+    /// Bytes of the transfer area (and of the transfer's landing buffers).
+    const fn transfer_bytes(config: &Config) -> u32 {
+        OFFER_BYTES
+            + 64
+            + config.transfer_window as u32 * Layout::chunk_stride(config.transfer_chunk_bytes)
+    }
+
+    const fn chunk_stride(chunk_bytes: u32) -> u32 {
+        CHUNK_HEADER_BYTES + chunk_bytes
+    }
+
+    /// Where `joiner` asks this replica for a snapshot: its nonce and the next chunk it wants.
+    pub const fn transfer_request(&self, joiner: ReplicaId) -> u32 {
+        self.background + (3 + 2 * self.replica_count as u32 + joiner as u32) * RECORD_BYTES
+    }
+    /// The offer of the snapshot this replica serves.
+    pub const fn offer(&self) -> u32 {
+        self.transfer
+    }
+    /// How many chunks of the served snapshot are in the window so far.
+    pub const fn progress(&self) -> u32 {
+        self.transfer + OFFER_BYTES
+    }
+    /// Chunk slot `slot` of the window (its header; the data follows).
+    pub const fn chunk(&self, slot: u32) -> u32 {
+        self.transfer + OFFER_BYTES + 64 + slot * Layout::chunk_stride(self.chunk_bytes)
+    }
+    /// Outbox: a transfer request, staged.
+    pub const fn outbox_transfer_request(&self) -> u32 {
+        self.outbox_standing() + RECORD_BYTES
+    }
+    /// Landing buffer for a donor's offer.
+    pub const fn landing_offer(&self) -> u32 {
+        self.landing_transfer
+    }
+    /// Landing buffer for a donor's progress record.
+    pub const fn landing_progress(&self) -> u32 {
+        self.landing_transfer + OFFER_BYTES
+    }
+    /// Landing buffer for chunk slot `slot`.
+    pub const fn landing_chunk(&self, slot: u32) -> u32 {
+        self.landing_transfer + OFFER_BYTES + 64 + slot * Layout::chunk_stride(self.chunk_bytes)
     }
 
     const fn landing_stride(slot_size: u32) -> u32 {
@@ -296,15 +361,27 @@ mod tests {
             assert_eq!(l.slots % 64, 0);
             assert_eq!(l.slot(1) - l.slot(0), 192);
             assert_eq!(l.slot(config.slot_count as u64), l.slot(0));
-            assert_eq!(l.log + l.log_bytes(), l.scratch);
+            assert_eq!(l.log + l.log_bytes(), l.transfer);
+            assert!(l.lap_notice() + RECORD_BYTES <= l.transfer_request(0));
+            assert!(l.transfer_request(n - 1) + RECORD_BYTES <= l.log);
+            assert_eq!(l.offer() % 64, 0);
+            assert!(l.progress() + RECORD_BYTES <= l.chunk(0));
+            let last = config.transfer_window as u32 - 1;
+            assert!(l.chunk(last) + CHUNK_HEADER_BYTES + config.transfer_chunk_bytes <= l.scratch);
+            assert!(l.outbox_transfer_request() + RECORD_BYTES <= l.landing_header(0));
+            assert!(l.landing_slot(n - 1) + 192 <= l.landing_offer());
+            assert!(
+                l.landing_chunk(last) + CHUNK_HEADER_BYTES + config.transfer_chunk_bytes
+                    <= l.region_bytes
+            );
             assert!(l.outbox_commit() + COMMIT_RECORD_BYTES <= l.outbox_lap_notice());
             assert!(l.outbox_lap_notice() + RECORD_BYTES <= l.outbox_standing());
-            assert!(l.outbox_standing() + RECORD_BYTES <= l.landing_header(0));
+            assert!(l.outbox_standing() + RECORD_BYTES <= l.outbox_transfer_request());
             assert_eq!(l.min_proposal() + MIN_PROPOSAL_BYTES, l.standing());
             assert!(l.standing() + RECORD_BYTES <= l.commit_record());
             assert!(l.commit_record() + COMMIT_RECORD_BYTES <= l.slots);
             assert!(l.landing_promises(0) + PROMISE_BYTES <= l.landing_slot(0));
-            assert!(l.landing_slot(n - 1) + 192 <= l.region_bytes);
+
             assert!(l.in_log_area(l.slot(5), 192));
             assert!(!l.in_log_area(l.heartbeat(), 16));
             assert!(!l.touches_log_area(l.ack(n - 1), 16));

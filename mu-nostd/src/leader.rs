@@ -86,7 +86,7 @@ use crate::config::{Config, REPLICAS_MAX};
 use crate::fabric::{Fabric, PostError, ReplicaId, Status};
 use crate::layout::{COMMIT_RECORD_BYTES, PROMISE_BYTES, RECORD_BYTES};
 use crate::record;
-use crate::replication::{encode_commit, ReplicationPlane, COMPLETION_BATCH, HALT_LAPPED};
+use crate::replication::{encode_commit, ReplicationPlane, COMPLETION_BATCH};
 use crate::slot::{self, origin, SlotError, SlotHeader, SLOT_HEADER_BYTES};
 use crate::state_machine::StateMachine;
 use crate::wrid::{Kind, WrId};
@@ -110,10 +110,10 @@ const TAG_RECOUNT: u32 = 2;
 /// An operation posted on the replication plane, waiting for its completion.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Pending {
-    kind: Kind,
+    pub(crate) kind: Kind,
     tenure: u32,
     tag: u32,
-    start: u64,
+    pub(crate) start: u64,
     end: u64,
     posted_at: u64,
 }
@@ -320,6 +320,8 @@ pub(crate) struct Leader {
     started_at: u64,
     /// The tenure must end; `lead` aborts it between steps.
     doomed: bool,
+    /// When this tenure was last polled (see `discount_own_pause`).
+    polled_at: u64,
     /// This replica's own life is a voter (its standing is nonzero).
     voter: bool,
     /// The prepare counts every replica (rule 4 of "Recovery").
@@ -435,6 +437,7 @@ impl Leader {
             progress_at: now,
             started_at: now,
             doomed: false,
+            polled_at: now,
             voter,
             full: false,
             counted: 0,
@@ -488,7 +491,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         1 + count(replies) >= self.config.quorum()
     }
 
-    fn others(&self) -> impl Iterator<Item = ReplicaId> {
+    pub(crate) fn others(&self) -> impl Iterator<Item = ReplicaId> {
         let me = self.me;
         (0..self.config.replica_count).filter(move |&p| p != me)
     }
@@ -537,7 +540,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         sm: &mut S,
     ) {
         let applied_before = self.applied;
-        self.drain_completions(now, fabric);
+        self.discount_own_pause(now);
+        self.drain_completions(now, fabric, sm);
         self.expire_operations(now, fabric);
         if !self.carry_on(fabric) {
             return;
@@ -557,7 +561,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         // A fabric that completes writes within microseconds (shared memory, a NIC next door)
         // often has them done already: taking their completions now decides the positions in
         // this poll rather than the next.
-        self.drain_completions(now, fabric);
+        self.drain_completions(now, fabric, sm);
         if !self.carry_on(fabric) {
             return;
         }
@@ -577,9 +581,33 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         self.carry_on(fabric);
     }
 
+    /// A leader that was not polled for a while (descheduled, stopped) watched nothing
+    /// meanwhile: its own gap is not its peers' silence. The recency marks move forward by the
+    /// gap, so that recycling never passes a replica only because the leader could not read it
+    /// (seed 316614 halted a correct replica that way), and a stall is not called for the
+    /// leader's own pause.
+    fn discount_own_pause(&mut self, now: u64) {
+        let read_period = self.config.detector.read_period_ticks as u64;
+        let leader = self.leader.as_mut().expect("leading");
+        let gap = now.saturating_sub(leader.polled_at);
+        leader.polled_at = now;
+        if gap <= read_period {
+            return;
+        }
+        for at in leader.applied_moved_at.iter_mut().filter(|at| **at != 0) {
+            *at = (*at + gap).min(now);
+        }
+        leader.progress_at = (leader.progress_at + gap).min(now);
+    }
+
     // ---- connections -------------------------------------------------------------------------
 
-    pub(crate) fn drain_completions<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+    pub(crate) fn drain_completions<F: Fabric, S: StateMachine>(
+        &mut self,
+        now: u64,
+        fabric: &mut F,
+        sm: &mut S,
+    ) {
         for _ in 0..COMPLETION_BATCHES_MAX {
             let n = fabric.poll(&mut self.completions).min(COMPLETION_BATCH);
             for index in 0..n {
@@ -604,12 +632,14 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 if completion.status != Status::Ok {
                     connection.broken = true;
                 }
-                if self
-                    .leader
-                    .as_ref()
-                    .is_some_and(|l| l.tenure == pending.tenure)
-                {
-                    self.complete(now, id.peer, pending, completion.status, fabric);
+                match &self.leader {
+                    Some(l) if l.tenure == pending.tenure => {
+                        self.complete(now, id.peer, pending, completion.status, fabric)
+                    }
+                    None if pending.tenure == 0 => {
+                        self.complete_transfer(now, id.peer, pending, completion.status, fabric, sm)
+                    }
+                    _ => {}
                 }
             }
             if n < COMPLETION_BATCH {
@@ -620,7 +650,27 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 
     /// Resets the connection to `peer`: what was outstanding on it is dropped, so a member of
     /// this tenure must be synced again from its applied position.
-    fn reset_connection<F: Fabric>(&mut self, now: u64, peer: ReplicaId, fabric: &mut F) {
+    ///
+    /// A broken connection (an operation failed) still delivers what is outstanding on it,
+    /// failed: that is kept until it drained (the reset happens at the next post, or when it
+    /// takes too long, in `expire_operations`), because one of those completions may be the
+    /// `Denied` that must end the tenure.
+    pub(crate) fn reset_connection<F: Fabric>(
+        &mut self,
+        now: u64,
+        peer: ReplicaId,
+        fabric: &mut F,
+    ) {
+        let connection = &self.connections[peer as usize];
+        if connection.broken && connection.len > 0 {
+            self.lose_member(now, peer);
+            return;
+        }
+        self.drop_connection(now, peer, fabric);
+    }
+
+    /// Resets the connection to `peer` at once, dropping what is outstanding on it.
+    pub(crate) fn drop_connection<F: Fabric>(&mut self, now: u64, peer: ReplicaId, fabric: &mut F) {
         let connection = &mut self.connections[peer as usize];
         let tenure = self.leader.as_ref().map_or(0, |l| l.tenure);
         let dropped_catch_up = (0..connection.len).any(|i| {
@@ -632,6 +682,11 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             self.doom(); // The catch-up source went away: start over with a new tenure.
             return;
         }
+        self.lose_member(now, peer);
+    }
+
+    /// `peer` takes no part in this tenure until it rejoins (read again from scratch).
+    fn lose_member(&mut self, now: u64, peer: ReplicaId) {
         let retry_at = now + self.config.permission_retry_ticks as u64;
         let Some(leader) = &mut self.leader else {
             return;
@@ -660,7 +715,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 
     /// Posts an operation for the current tenure; false when it could not be posted now.
     #[allow(clippy::too_many_arguments)]
-    fn post<F: Fabric>(
+    pub(crate) fn post<F: Fabric>(
         &mut self,
         now: u64,
         fabric: &mut F,
@@ -673,6 +728,11 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         len: u32,
     ) -> bool {
         if self.connections[peer as usize].broken {
+            if self.connections[peer as usize].len > 0 {
+                // What is outstanding completes first (a broken connection fails it), and says
+                // why it broke: a reset now would drop a `Denied` that must end the tenure.
+                return false;
+            }
             let state = self.leader.as_ref().map(|l| l.members[peer as usize].state);
             self.reset_connection(now, peer, fabric);
             if self.leader.as_ref().map(|l| l.members[peer as usize].state) != state {
@@ -719,7 +779,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 
     /// An operation past its deadline resets its connection; a member that had work of this
     /// tenure outstanding there is lost (and rejoins later).
-    fn expire_operations<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+    pub(crate) fn expire_operations<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let timeout = self.config.op_timeout_ticks as u64;
         for peer in self.others() {
             let connection = &self.connections[peer as usize];
@@ -729,7 +789,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             if now.saturating_sub(front.posted_at) <= timeout {
                 continue;
             }
-            self.reset_connection(now, peer, fabric);
+            self.drop_connection(now, peer, fabric);
         }
     }
 
@@ -1139,8 +1199,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     fn catch_up_self<F: Fabric>(&mut self, now: u64, upto: u64, source: ReplicaId, fabric: &mut F) {
         let slot_count = self.config.slot_count as u64;
         if upto - self.applied > slot_count {
-            // The positions this replica lacks were recycled everywhere.
-            self.halt(HALT_LAPPED, fabric);
+            // The positions this replica lacks were recycled everywhere: it installs a
+            // snapshot instead (and stops leading meanwhile).
+            self.start_transfer(now, upto, fabric);
             return;
         }
         let mut reads = 0u8;
@@ -1187,14 +1248,15 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 Ok((header, chain)) if header.chain_prev == self.applied_chain => {
                     self.apply_slot(header, chain, sm);
                 }
-                Err(SlotError::Stale { found }) if found > self.applied => {
-                    // The source's log was recycled past what this replica lacks.
-                    self.halt(HALT_LAPPED, fabric);
+                Err(SlotError::Torn) => {
+                    // The source changed under the read. Try again later.
+                    self.doom();
                     return;
                 }
                 _ => {
-                    // Torn or unchained: the source changed under the read. Try again later.
-                    self.doom();
+                    // The source's log no longer holds what it applied (recycled, or rewritten
+                    // since): a snapshot of it is the way forward.
+                    self.start_transfer(now, upto, fabric);
                     return;
                 }
             }

@@ -29,6 +29,7 @@
 //! | [`fabric`] | the `Fabric` trait: the contract every fabric honours |
 //! | [`state_machine`] | the application trait |
 //! | [`replication`] | the replication plane: follower replayer, submit, apply |
+//! | [`transfer`] | state transfer: a replica a lap behind installs another's snapshot |
 //! | `leader` | the leader's tenure: survey, bulk catch-up, prepare, adopt, fast path, recycling |
 //! | [`background`] | heartbeat, failure detection, election, permission requests, grants, acks |
 //! | [`detector`] | the pull score with hysteresis |
@@ -60,6 +61,7 @@ pub mod replication;
 pub mod shared;
 pub mod slot;
 pub mod state_machine;
+pub mod transfer;
 mod wrid;
 
 #[cfg(test)]
@@ -74,4 +76,5 @@ pub use queue::REQUESTS_MAX;
 pub use replica::{planes, Replica, ReplicaError};
 pub use replication::{ReplicationPlane, ReplicationStatus, SubmitError, HALT_LAPPED};
 pub use shared::Shared;
-pub use state_machine::{StateMachine, Ticket};
+pub use state_machine::{Snapshot, StateMachine, Ticket};
+pub use transfer::TransferStatus;

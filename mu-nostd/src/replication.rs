@@ -5,8 +5,8 @@
 //! so far; a position is applied only below a commit point carried by a slot that chains back to
 //! the applied prefix (or by the commit record, which carries the chain digest it vouches for).
 //! So a torn slot, a slot of an earlier lap and an undecided value of an earlier leader are never
-//! applied. A valid slot of a *later* lap at the next position means the leader recycled past
-//! this replica: it halts (it needs a state transfer) and stops its heartbeat.
+//! applied. A valid slot of a *later* lap at the next position, or a lap notice, means the leader
+//! recycled past this replica: it installs a snapshot of another replica instead (`transfer`).
 //!
 //! # Invariants
 //! - `applied` only grows; `applied_chain` is the chain digest through `applied - 1`.
@@ -28,7 +28,8 @@ use crate::shared::Shared;
 use crate::slot::{self, SlotError, SlotHeader, CHAIN_GENESIS, SLOT_HEADER_BYTES};
 use crate::state_machine::{StateMachine, Ticket};
 
-/// Why the replication plane stopped for good.
+/// Why the replication plane stopped for good: it needs positions no log holds any more, and
+/// its application cannot install a snapshot.
 pub const HALT_LAPPED: u32 = 1;
 
 /// Why a command was not accepted.
@@ -75,12 +76,17 @@ pub struct ReplicationStatus {
     /// This life of the replica is a voter: it was admitted (or the cluster was formed with it).
     /// A restarted replica is recovering until a leader admits it.
     pub voter: bool,
+    /// True while it installs a snapshot from another replica.
+    pub catching_up: bool,
 }
 
 /// Reassembles commands that span several slots.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Assembly {
     active: bool,
+    /// The position of its first fragment, and the chain before it.
+    start: u64,
+    start_chain: u64,
     origin: u64,
     entry_len: u32,
     next_frag: u16,
@@ -151,6 +157,15 @@ pub struct ReplicationPlane<'s, const SLOT: usize, const ENTRY: usize, const QUE
     published_applied: Option<u64>,
     publish_at: u64,
     pub(crate) completions: [Completion; COMPLETION_BATCH],
+    /// This replica's life, and its transfer attempts: a transfer's nonce is unique to both.
+    pub(crate) incarnation: u32,
+    pub(crate) attempts: u32,
+    /// The snapshot this replica installs, while it does.
+    pub(crate) transfer: Option<crate::transfer::Join>,
+    /// The peers' applied positions, as a transfer's survey read them.
+    pub(crate) survey_applied: [u64; REPLICAS_MAX as usize],
+    /// The snapshot this replica serves to another, if any.
+    pub(crate) donor: crate::transfer::Donor,
 }
 
 impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
@@ -183,6 +198,11 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             published_applied: None,
             publish_at: 0,
             completions: [Completion::EMPTY; COMPLETION_BATCH],
+            incarnation: 0,
+            attempts: 0,
+            transfer: None,
+            survey_applied: [0; REPLICAS_MAX as usize],
+            donor: crate::transfer::Donor::NEW,
         }
     }
 
@@ -192,6 +212,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// Call it once, before the first `submit`; the runtime keeps `incarnation` rising across
     /// restarts.
     pub fn begin_incarnation(&mut self, incarnation: u32) {
+        self.incarnation = incarnation;
         self.queue
             .start_sequences_at(crate::slot::incarnation_base(incarnation));
     }
@@ -208,9 +229,16 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         if self.leader.is_some() {
             self.lead(now, fabric, sm);
         } else {
-            self.drain_completions(now, fabric);
-            self.replay(fabric, sm);
-            self.refresh_voter(fabric);
+            self.drain_completions(now, fabric, sm);
+            if self.transfer.is_some() {
+                self.step_transfer(now, fabric, sm);
+            } else {
+                self.replay(now, fabric, sm);
+                self.refresh_voter(fabric);
+            }
+        }
+        if self.halted == 0 {
+            self.serve_transfers(now, fabric, sm);
         }
         self.publish_applied(now, fabric);
     }
@@ -253,7 +281,32 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             queued: self.queue.len() as u32,
             halted: self.halted,
             voter: self.voter,
+            catching_up: self.transfer.is_some(),
         }
+    }
+
+    /// The last command boundary: the position and chain the state machine's state stands
+    /// for. Below `applied` while a command spanning several slots is half applied (the state
+    /// machine has not seen its fragments yet).
+    pub(crate) fn boundary(&self) -> (u64, u64) {
+        let a = &self.assembly;
+        if a.active {
+            assert!(a.start < self.applied);
+            (a.start, a.start_chain)
+        } else {
+            (self.applied, self.applied_chain)
+        }
+    }
+
+    /// A snapshot covering every position below `position`, whose chain through `position - 1`
+    /// is `chain`, was installed: the log continues from there.
+    pub(crate) fn install_position(&mut self, position: u64, chain: u64) {
+        assert!(self.leader.is_none(), "a leader never installs a snapshot");
+        self.applied = position;
+        self.applied_chain = chain;
+        self.commit_known = position;
+        self.assembly = Assembly::default();
+        self.published_applied = None;
     }
 
     /// True when this life of the replica is a voter; reads the standing record until it is.
@@ -278,7 +331,11 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             }
         }
         let Some(lead) = lead else { return };
-        if lead.tenure == self.spent_tenure || !self.shared.start_acting(lead.tenure) {
+        let transferring = self.transfer.is_some();
+        if transferring
+            || lead.tenure == self.spent_tenure
+            || !self.shared.start_acting(lead.tenure)
+        {
             return;
         }
         info!(
@@ -352,9 +409,9 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     }
 
     /// Finds how far the log is decided and chained, then applies up to there.
-    fn replay<F: Fabric, S: StateMachine>(&mut self, fabric: &mut F, sm: &mut S) {
-        if self.lapped_by_notice(fabric) {
-            self.halt(HALT_LAPPED, fabric);
+    fn replay<F: Fabric, S: StateMachine>(&mut self, now: u64, fabric: &mut F, sm: &mut S) {
+        if let Some(floor) = self.lapped_by_notice(fabric) {
+            self.start_transfer(now, floor, fabric);
             return;
         }
         let mut position = self.applied;
@@ -368,7 +425,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                     position += 1;
                 }
                 Err(SlotError::Stale { found }) if found > position => {
-                    self.halt(HALT_LAPPED, fabric);
+                    self.start_transfer(now, position + 1, fabric);
                     return;
                 }
                 _ => break,
@@ -388,12 +445,12 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     }
 
     /// A leader left a lap notice: the lowest position it can still send is above what this
-    /// replica applied, so nobody will send it the positions it lacks.
-    fn lapped_by_notice<F: Fabric>(&self, fabric: &mut F) -> bool {
+    /// replica applied, so nobody will send it the positions it lacks. Returns that position.
+    fn lapped_by_notice<F: Fabric>(&self, fabric: &mut F) -> Option<u64> {
         let offset = self.layout.lap_notice();
         let mut bytes = [0u8; crate::layout::RECORD_BYTES as usize];
         fabric.load(offset, &mut bytes);
-        record::decode(offset, &bytes).is_some_and(|floor| floor > self.applied)
+        record::decode(offset, &bytes).filter(|&floor| floor > self.applied)
     }
 
     /// The commit record vouches for positions below its commit point when this replica's
@@ -458,6 +515,8 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         if header.frag_index == 0 {
             self.assembly = Assembly {
                 active: fits,
+                start: header.position,
+                start_chain: self.applied_chain,
                 origin: header.origin,
                 entry_len: header.entry_len,
                 next_frag: 0,

@@ -2,8 +2,8 @@
 //! of 32 bits (the widest every target has).
 //!
 //! # Invariants
-//! - `lead` is written only by the background plane; `acting`, `aborted`, `progress` and `halted`
-//!   only by the replication plane.
+//! - `lead` is written only by the background plane; `acting`, `aborted`, `progress`, `halted`
+//!   and `catching_up` only by the replication plane.
 //! - Single writer of the own log (the step-down handshake): the background plane grants this
 //!   replica's log to a peer only after it stored `lead = 0` and then read `acting == 0`; the
 //!   replication plane writes its own log as leader only after it stored `acting = tenure` and
@@ -27,6 +27,7 @@ pub struct Shared {
     leader: AtomicU32,
     progress: AtomicU32,
     halted: AtomicU32,
+    catching_up: AtomicU32,
 }
 
 /// A leadership grant from the background plane: the tenure and the peers that acked it.
@@ -51,6 +52,7 @@ impl Shared {
             leader: AtomicU32::new(0),
             progress: AtomicU32::new(0),
             halted: AtomicU32::new(0),
+            catching_up: AtomicU32::new(0),
         }
     }
 
@@ -158,6 +160,17 @@ impl Shared {
     pub(crate) fn halt(&self, reason: u32) {
         assert!(reason != 0);
         self.halted.store(reason, SeqCst);
+    }
+
+    /// Replication: this replica is installing a snapshot (it is no candidate for leadership
+    /// meanwhile), or no longer.
+    pub(crate) fn set_catching_up(&self, on: bool) {
+        self.catching_up.store(on as u32, SeqCst);
+    }
+
+    /// True while the replica installs a snapshot from another replica.
+    pub fn catching_up(&self) -> bool {
+        self.catching_up.load(SeqCst) != 0
     }
 
     /// Nonzero when the replica halted; see [`crate::HALT_LAPPED`].

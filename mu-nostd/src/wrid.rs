@@ -29,6 +29,10 @@ pub(crate) enum Kind {
     WriteCommit,
     WriteLapNotice,
     WriteStanding,
+    WriteTransferRequest,
+    ReadOffer,
+    ReadProgress,
+    ReadChunk,
 }
 
 impl Kind {
@@ -41,18 +45,22 @@ impl Kind {
             | Kind::WriteMinProposal
             | Kind::WriteCommit
             | Kind::WriteLapNotice
-            | Kind::WriteStanding => true,
+            | Kind::WriteStanding
+            | Kind::WriteTransferRequest => true,
             Kind::ReadHeader
             | Kind::ReadHeartbeat
             | Kind::ReadApplied
             | Kind::ReadLog
             | Kind::ReadMinProposal
-            | Kind::ReadSlot => false,
+            | Kind::ReadSlot
+            | Kind::ReadOffer
+            | Kind::ReadProgress
+            | Kind::ReadChunk => false,
         }
     }
 }
 
-const KINDS: [Kind; 13] = [
+const KINDS: [Kind; 17] = [
     Kind::ReadHeader,
     Kind::ReadHeartbeat,
     Kind::WriteRequest,
@@ -66,6 +74,10 @@ const KINDS: [Kind; 13] = [
     Kind::WriteCommit,
     Kind::WriteLapNotice,
     Kind::WriteStanding,
+    Kind::WriteTransferRequest,
+    Kind::ReadOffer,
+    Kind::ReadProgress,
+    Kind::ReadChunk,
 ];
 
 /// A decoded work-request id.

@@ -14,7 +14,7 @@
 //! - single writer: no log area takes a landed write from a peer its owner did not grant alone
 //!   (checked by the world on every landed piece);
 //! - no assertion of the core fires (a panic is a violation, with its message);
-//! - only replicas of the faulty set halt (a lapped replica is a failed one);
+//! - no replica halts: one that needs positions no log holds installs a snapshot instead;
 //! - a restarted replica (a new life, with a zeroed or garbage region: it forgot everything) is
 //!   faulty; it is never elected and never counts in a prepare until a leader admitted it;
 //! - liveness: after healing, every command commits within a bound, and at the end all running
@@ -68,8 +68,9 @@ pub struct Scenario {
     /// Fill every region with random bytes before the replicas start (no zeroed memory).
     pub garbage_start: bool,
     /// Partitions cut single links (a faulty replica from one other) instead of isolating a
-    /// faulty replica. Views then split, and a correct replica may be recycled past and halt:
-    /// such seeds check safety fully, and liveness only while a majority still runs.
+    /// faulty replica. Views then split, and a correct replica may be recycled past (it then
+    /// installs a snapshot): such seeds check safety fully, and liveness only while a majority
+    /// still runs.
     pub pairwise_cuts: bool,
     /// Faults at fixed ticks, on top of the random ones.
     pub events: Vec<(u64, Event)>,
@@ -110,6 +111,9 @@ impl Scenario {
         config.op_timeout_ticks = 120;
         config.permission_retry_ticks = 60;
         config.recycle_period_ticks = 10;
+        // Small chunks, so that a snapshot of the key-value store spans several.
+        config.transfer_chunk_bytes = 64;
+        config.transfer_window = 1 + rng.below(3) as u8;
         assert!(config.validate().is_ok(), "{config:?}");
         let quorum = config.quorum();
         let budget = n - quorum;
@@ -164,6 +168,8 @@ impl Scenario {
         config.op_timeout_ticks = 120;
         config.permission_retry_ticks = 60;
         config.recycle_period_ticks = 10;
+        config.transfer_chunk_bytes = 64;
+        config.transfer_window = 2;
         assert!(config.validate().is_ok());
         Scenario {
             config,
@@ -215,6 +221,8 @@ pub struct Report {
     pub crashes: u32,
     /// Replicas restarted (a new life with a fresh or garbage region).
     pub restarts: u32,
+    /// Snapshots installed by replicas that needed positions no log held any more.
+    pub installs: u32,
     /// Pauses.
     pub pauses: u32,
     /// Replicas that halted (lapped).
@@ -254,6 +262,7 @@ type StatusKey = (
     bool,
     u32,
     bool,
+    bool,
 );
 
 #[derive(Clone, Copy, Debug)]
@@ -287,7 +296,9 @@ struct Sim<'s> {
     clients: Vec<Client>,
     history: History,
     submitted: HashSet<Vec<u8>>,
-    agreed: Vec<(u64, Vec<u8>)>,
+    /// The command applied at each position, as the first replica to apply it did (a replica
+    /// that installed a snapshot applies no position below it).
+    agreed: std::collections::BTreeMap<u64, Vec<u8>>,
     /// Chain digest of the applied prefix, by applied position: slot-level agreement (a
     /// fragment of a command that never completes is applied too, but is no command).
     chains: std::collections::HashMap<u64, u64>,
@@ -380,7 +391,7 @@ impl<'s> Sim<'s> {
             clients,
             history: History::new(),
             submitted: HashSet::new(),
-            agreed: Vec::new(),
+            agreed: std::collections::BTreeMap::new(),
             chains: std::collections::HashMap::new(),
             rng: Rng::new(seed),
             tick: 0,
@@ -595,6 +606,7 @@ impl<'s> Sim<'s> {
         }
         let config = self.scenario.config;
         let node = &mut self.nodes[r as usize];
+        self.report.installs += node.kv.installed().len() as u32;
         node.incarnation += 1;
         let mut replica = SimReplica::new(config, r, &self.shared[lives]).expect("valid scenario");
         replica.replication.begin_incarnation(node.incarnation);
@@ -766,11 +778,7 @@ impl<'s> Sim<'s> {
     /// applies, checked by `check_applies`) holds exactly that command at that position.
     fn check_no_loss(&mut self, op: usize, position: u64) {
         let command = &self.history.ops()[op].command;
-        let found = self
-            .agreed
-            .binary_search_by_key(&position, |(p, _)| *p)
-            .ok()
-            .map(|index| &self.agreed[index].1);
+        let found = self.agreed.get(&position);
         if found != Some(command) {
             let client = self.history.ops()[op].client;
             self.fail(
@@ -824,6 +832,9 @@ impl<'s> Sim<'s> {
             .unwrap_or(100);
         if self.trace.is_some() && self.tick % every == 0 {
             for id in 0..self.nodes.len() {
+                if let Some(t) = self.nodes[id].replica.replication.transfer_status() {
+                    self.note(format_args!("replica {id} transfer: {t:?}"));
+                }
                 if let Some(status) = self.nodes[id].replica.replication.leader_status() {
                     let members: Vec<String> = (0..self.nodes.len())
                         .filter(|&m| m != id)
@@ -883,10 +894,10 @@ impl<'s> Sim<'s> {
         let node = &self.nodes[id];
         let applied = node.kv.applied();
         let mut problems = Vec::new();
-        for (index, (position, command)) in applied.iter().enumerate().skip(node.checked) {
-            match self.agreed.get(index) {
-                Some((p, c)) if p == position && c == command => {}
-                Some((p, _)) => {
+        for (position, command) in applied.iter().skip(node.checked) {
+            match self.agreed.get(position) {
+                Some(c) if c == command => {}
+                Some(agreed) => {
                     let layout = Layout::new(&self.scenario.config);
                     let mut slots = String::new();
                     for r in 0..self.nodes.len() {
@@ -910,10 +921,10 @@ impl<'s> Sim<'s> {
                         None => "malformed".to_string(),
                     };
                     let mine = describe(command);
-                    let agreed = describe(&self.agreed[index].1);
+                    let agreed = describe(agreed);
                     problems.push((
                         "agreement",
-                        format!("replica {id} applied entry #{index} at position {position} ({mine}), the agreed entry #{index} is at position {p} ({agreed});{slots}"),
+                        format!("replica {id} applied {mine} at position {position}, where {agreed} was applied;{slots}"),
                     ))
                 }
                 None => {
@@ -923,7 +934,7 @@ impl<'s> Sim<'s> {
                             format!("replica {id} applied a command no client submitted at position {position}"),
                         ));
                     }
-                    self.agreed.push((*position, command.clone()));
+                    self.agreed.insert(*position, command.clone());
                 }
             }
         }
@@ -942,10 +953,7 @@ impl<'s> Sim<'s> {
     fn trace_status(&mut self, id: usize) {
         let bg = self.nodes[id].replica.background.status();
         let rp = self.nodes[id].replica.replication.status();
-        if rp.halted != 0
-            && !self.scenario.faulty.contains(&(id as u8))
-            && !self.scenario.pairwise_cuts
-        {
+        if rp.halted != 0 {
             let leaders: Vec<_> = self
                 .nodes
                 .iter()
@@ -966,7 +974,7 @@ impl<'s> Sim<'s> {
             );
             self.fail(
                 "halt",
-                format!("correct replica {id} halted (lapped); {slot}; leaders: {leaders:?}"),
+                format!("replica {id} halted (lapped, and its state machine installs snapshots); {slot}; leaders: {leaders:?}"),
             );
         }
         let key: StatusKey = (
@@ -980,6 +988,7 @@ impl<'s> Sim<'s> {
             bg.heartbeat_stopped,
             rp.halted,
             rp.voter,
+            rp.catching_up,
         );
         let last = self.nodes[id].last_status;
         if last == Some(key) {
@@ -990,7 +999,7 @@ impl<'s> Sim<'s> {
         }
         self.nodes[id].last_status = Some(key);
         self.note(format_args!(
-            "replica {id}: view leader {:?} alive {:07b} voters {:07b} holder {:?} tenure {:?} | {} leading {:?} fast path {} applied {} queued {}{}{}",
+            "replica {id}: view leader {:?} alive {:07b} voters {:07b} holder {:?} tenure {:?} | {} leading {:?} fast path {} applied {} queued {}{}{}{}",
             bg.leader,
             bg.alive,
             bg.voters,
@@ -1003,12 +1012,18 @@ impl<'s> Sim<'s> {
             rp.queued,
             if bg.heartbeat_stopped { " HEARTBEAT STOPPED" } else { "" },
             if rp.halted != 0 { " HALTED (lapped)" } else { "" },
+            if rp.catching_up { " INSTALLING A SNAPSHOT" } else { "" },
         ));
     }
 
     // ---- the end -----------------------------------------------------------------------------
 
     fn check_end(&mut self) {
+        self.report.installs += self
+            .nodes
+            .iter()
+            .map(|n| n.kv.installed().len() as u32)
+            .sum::<u32>();
         let running: Vec<usize> = (0..self.nodes.len())
             .filter(|&id| {
                 self.nodes[id].life == Life::Running
@@ -1030,7 +1045,8 @@ impl<'s> Sim<'s> {
         if majority_runs || !self.scenario.pairwise_cuts {
             self.check_liveness_and_convergence(&running);
         }
-        if let Err(problem) = history::check(&self.history, &self.agreed) {
+        let agreed: Vec<(u64, Vec<u8>)> = self.agreed.clone().into_iter().collect();
+        if let Err(problem) = history::check(&self.history, &agreed) {
             self.fail("linearizability", problem);
         }
     }

@@ -13,11 +13,16 @@
 //!   correct code never produces one, so a non-zero count means corrupted bytes were applied.
 //! - Every apply is recorded in [`Kv::applied`] in apply order; leader-side outcomes are
 //!   recorded in call order until taken.
+//! - A snapshot is the map as 64-byte entries (key, value, then padding derived from both), in
+//!   key order, so that even this small map spans several of the simulator's chunks: frozen at
+//!   `snapshot_begin`, so that applies after it do not change it; an installed snapshot replaces
+//!   the map and is recorded in [`Kv::installed`]. Entries that do not parse are skipped (the
+//!   digest then differs from the offer's).
 
 use std::collections::BTreeMap;
 
 use mu_nostd::hash::Hasher;
-use mu_nostd::state_machine::{StateMachine, Ticket};
+use mu_nostd::state_machine::{Snapshot, StateMachine, Ticket};
 
 const TAG_PUT: u8 = 1;
 const TAG_GET: u8 = 2;
@@ -157,6 +162,20 @@ pub fn model_apply(map: &mut BTreeMap<u8, u64>, command: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Bytes of one entry of a snapshot.
+const SNAPSHOT_ENTRY: usize = 64;
+
+/// One entry of a snapshot: key, value, then padding derived from both.
+fn snapshot_entry(key: u8, value: u64) -> [u8; SNAPSHOT_ENTRY] {
+    let mut entry = [0u8; SNAPSHOT_ENTRY];
+    entry[0] = key;
+    entry[1..9].copy_from_slice(&value.to_le_bytes());
+    for (index, byte) in entry.iter_mut().enumerate().skip(9) {
+        *byte = pad_byte(key as u32, value as u32, index);
+    }
+    entry
+}
+
 /// A leader-side outcome reported by the core.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -183,6 +202,9 @@ pub struct Kv {
     applied: Vec<(u64, Vec<u8>)>,
     outcomes: Vec<Outcome>,
     malformed: u64,
+    frozen: Option<Vec<u8>>,
+    incoming: Vec<u8>,
+    installed: Vec<u64>,
 }
 
 impl Kv {
@@ -199,6 +221,11 @@ impl Kv {
     /// Every applied command with its position, in apply order.
     pub fn applied(&self) -> &[(u64, Vec<u8>)] {
         &self.applied
+    }
+
+    /// The positions of the snapshots installed, in order.
+    pub fn installed(&self) -> &[u64] {
+        &self.installed
     }
 
     /// How many malformed commands were applied.
@@ -244,6 +271,61 @@ impl StateMachine for Kv {
 
     fn dropped(&mut self, ticket: Ticket) {
         self.outcomes.push(Outcome::Dropped { ticket });
+    }
+
+    fn snapshot_begin(&mut self, _position: u64) -> Option<Snapshot> {
+        let mut bytes = Vec::with_capacity(self.map.len() * SNAPSHOT_ENTRY);
+        for (&key, &value) in &self.map {
+            bytes.extend_from_slice(&snapshot_entry(key, value));
+        }
+        let snapshot = Snapshot {
+            bytes: bytes.len() as u64,
+            digest: self.digest(),
+        };
+        self.frozen = Some(bytes);
+        Some(snapshot)
+    }
+
+    fn snapshot_read(&mut self, offset: u64, buf: &mut [u8]) {
+        let frozen = self.frozen.as_ref().expect("a snapshot is frozen");
+        let at = offset as usize;
+        buf.copy_from_slice(&frozen[at..at + buf.len()]);
+    }
+
+    fn snapshot_end(&mut self) {
+        self.frozen = None;
+    }
+
+    fn install_begin(&mut self, position: u64, bytes: u64) -> bool {
+        self.incoming = Vec::with_capacity(bytes as usize);
+        self.installed.push(position);
+        true
+    }
+
+    fn install_write(&mut self, offset: u64, bytes: &[u8]) {
+        assert_eq!(
+            offset as usize,
+            self.incoming.len(),
+            "in order, without gaps"
+        );
+        self.incoming.extend_from_slice(bytes);
+    }
+
+    fn install_end(&mut self) -> u64 {
+        let incoming = std::mem::take(&mut self.incoming);
+        self.map.clear();
+        for entry in incoming.chunks(SNAPSHOT_ENTRY) {
+            let key = entry[0];
+            let value = u64::from_le_bytes(entry[1..9].try_into().expect("9 bytes"));
+            if entry == snapshot_entry(key, value).as_slice() {
+                self.map.insert(key, value);
+            }
+        }
+        self.digest()
+    }
+
+    fn install_abandon(&mut self) {
+        self.incoming.clear();
     }
 }
 

@@ -8,13 +8,15 @@ use std::process::Command;
 /// Each defect and the seeds the simulator may take to catch it. A restarted replica that votes
 /// at once loses a decided value only when it restarts right after a decision that the replica
 /// it then forms a quorum with missed, which random seeds reach less often (seed 573 today);
-/// `tests/restart.rs` reproduces it directly.
-const DEFECTS: [(&str, u32); 5] = [
+/// `tests/restart.rs` reproduces it directly. A joiner that installs chunks without checking
+/// them shows only when it reads a chunk slot its donor refilled (seed 374 today).
+const DEFECTS: [(&str, u32); 6] = [
     ("bug-skip-revoke", 300),
     ("bug-skip-prepare", 300),
     ("bug-small-quorum", 300),
     ("bug-no-checksum", 300),
     ("bug-restart-votes", 3000),
+    ("bug-unchecked-snapshot", 1000),
 ];
 
 #[test]

@@ -29,7 +29,7 @@ pub const RAM_SIZE: u64 = 0x800_0000;
 #[allow(dead_code)]
 pub const WINDOW_BASE: u64 = 0x1000_0000;
 
-/// Bytes of the shared window (`window_size`); the cluster uses the first 430336 (0x6_9100).
+/// Bytes of the shared window (`window_size`); the cluster uses the first 442624 (0x6_c100).
 #[allow(dead_code)]
 pub const WINDOW_SIZE: u64 = 0x10_0000;
 
@@ -44,6 +44,8 @@ pub const CONFIG: mu_nostd::Config = mu_nostd::Config {
     op_timeout_ticks: 50000,
     permission_retry_ticks: 20000,
     recycle_period_ticks: 1000,
+    transfer_chunk_bytes: 1024,
+    transfer_window: 2,
     detector: mu_nostd::DetectorConfig {
         heartbeat_period_ticks: 2500,
         read_period_ticks: 5000,

@@ -54,7 +54,7 @@ fn the_board_files_pass_their_boards_rules() {
     let qemu = image(&path("qemu-virt-a53-3.toml"), &QEMU).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(qemu.cluster().name, "qemu-virt-a53-3");
     assert_eq!(qemu.replicas().len(), 3);
-    assert_eq!(qemu.window_bytes(), 430_336);
+    assert_eq!(qemu.window_bytes(), 442_624);
     let host = FirmwareHost {
         board: "qemu-virt-a53".into(),
         ram_base: 0x4000_0000,
@@ -68,7 +68,7 @@ fn the_board_files_pass_their_boards_rules() {
     assert_eq!(qemu.host(), &host);
     let mps2 = image(&path("mps2-an386-1.toml"), &MPS2).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(mps2.cluster().config.replica_count, 1);
-    assert_eq!(mps2.window_bytes(), 18_688);
+    assert_eq!(mps2.window_bytes(), 22_784);
     assert_eq!(mps2.host().window_base, 0x2030_0000);
     // Each file is for its own board only.
     let e = image(&path("mps2-an386-1.toml"), &QEMU).unwrap_err();
@@ -356,7 +356,7 @@ fn file_and_parse_errors_come_through() {
     assert_eq!((e.line, e.field.as_str()), (None, ""), "{e}");
     // The parser's own window check.
     let small = replace_line(&qemu_source(), "window_size", 0, "window_size = 0x20000");
-    let reason = "need 430336 (0x69100) bytes";
+    let reason = "need 442624 (0x6c100) bytes";
     expect(
         &small,
         &QEMU,

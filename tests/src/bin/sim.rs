@@ -58,7 +58,7 @@ fn parse() -> Result<Args, String> {
 
 fn describe(report: &Report) -> String {
     format!(
-        "seed {}: {} replicas, {} committed, {} decided, {} tenures, {} crashes, {} restarts, {} pauses, {} halts",
+        "seed {}: {} replicas, {} committed, {} decided, {} tenures, {} crashes, {} restarts, {} snapshots installed, {} pauses, {} halts",
         report.seed,
         report.replicas,
         report.committed,
@@ -66,6 +66,7 @@ fn describe(report: &Report) -> String {
         report.tenures,
         report.crashes,
         report.restarts,
+        report.installs,
         report.pauses,
         report.halts
     )
@@ -83,6 +84,8 @@ fn planted_features() -> &'static str {
         " --features bug-no-checksum"
     } else if cfg!(feature = "bug-restart-votes") {
         " --features bug-restart-votes"
+    } else if cfg!(feature = "bug-unchecked-snapshot") {
+        " --features bug-unchecked-snapshot"
     } else {
         ""
     }
