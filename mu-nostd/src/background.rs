@@ -603,10 +603,11 @@ impl<'s> BackgroundPlane<'s> {
                 .others()
                 .any(|p| self.peers[p as usize].header == PeerHeader::Unknown);
         let everyone = ((1u16 << self.config.replica_count) - 1) as u8;
-        let mut candidates = if self.voter_mask() == 0 && alive == everyone {
+        let voters = self.voter_mask();
+        let mut candidates = if voters == 0 && alive == everyone {
             alive // Nobody is a voter: the cluster forms once everyone is up.
         } else {
-            alive & self.voter_mask()
+            alive & voters
         };
         // A replica just admitted may not have read yet that the leader which admitted it is a
         // voter too; it would take itself for the only one and bid. It stands for election only

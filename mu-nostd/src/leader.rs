@@ -575,9 +575,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             return;
         }
         self.post_commit_record(now, fabric, self.applied != applied_before);
-        self.read_applied_positions(now, fabric);
-        self.admit_recovered(now, fabric);
-        self.recount_late_members(now, fabric);
+        self.tend_members(now, fabric);
         self.carry_on(fabric);
     }
 
@@ -1941,14 +1939,22 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
     }
 
-    /// Every `recycle_period_ticks`, reads the applied position of every replica considered
-    /// alive and of every active member.
-    fn read_applied_positions<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+    /// Every `recycle_period_ticks` (off the fast path's polls in between): reads the applied
+    /// positions, admits recovered members (their applied positions change only through these
+    /// reads) and recounts members that joined recovering.
+    fn tend_members<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let period = self.config.recycle_period_ticks as u64;
         if now < self.leader_mut().recycle_at {
             return;
         }
         self.leader_mut().recycle_at = now + period;
+        self.read_applied_positions(now, fabric);
+        self.admit_recovered(now, fabric);
+        self.recount_late_members(now, fabric);
+    }
+
+    /// Reads the applied position of every replica considered alive and of every active member.
+    fn read_applied_positions<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let alive = self.shared.alive() | self.shared.lively();
         let active = self.active_members();
         for peer in self.others() {

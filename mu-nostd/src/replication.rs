@@ -326,11 +326,15 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             }
             info!("tenure {} over", leader.tenure);
             self.stand_down(fabric);
-            if lead.is_none() {
+        }
+        let Some(lead) = lead else {
+            // Not leading any more, whether the tenure just ended or was aborted earlier (the
+            // queue outlives an abort, for the next tenure): nothing queued will be proposed here.
+            if self.queue.len() > 0 {
                 self.queue.drain(|ticket| sm.dropped(ticket));
             }
-        }
-        let Some(lead) = lead else { return };
+            return;
+        };
         let transferring = self.transfer.is_some();
         if transferring
             || lead.tenure == self.spent_tenure

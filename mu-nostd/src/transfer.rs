@@ -153,6 +153,12 @@ fn mix(mut hasher: Hasher, bytes: &[u8]) -> Hasher {
     hasher
 }
 
+/// A chunk of `len` bytes as pieces of at most `piece` bytes: (offset in the chunk, length).
+fn pieces(len: u32, piece: u32) -> impl Iterator<Item = (u32, u32)> {
+    assert!(piece > 0);
+    (0..len.div_ceil(piece)).map(move |k| (k * piece, piece.min(len - k * piece)))
+}
+
 /// The transfer request record: the joiner's nonce and the next chunk it wants.
 fn request_value(nonce: u32, wanted: u64) -> u64 {
     ((nonce as u64) << 32) | wanted.min(u32::MAX as u64)
@@ -594,16 +600,10 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
         let data = self.layout.landing_chunk(slot) + CHUNK_HEADER_BYTES;
         let len = offer.chunk_len(next, chunk_bytes);
-        let piece = self.piece_bytes();
-        let mut done = 0u32;
-        while done < len {
-            let take = piece.min(len - done);
-            fabric.load(data + done, &mut self.slot[..take as usize]);
-            sm.install_write(
-                next * chunk_bytes as u64 + done as u64,
-                &self.slot[..take as usize],
-            );
-            done += take;
+        for (done, take) in pieces(len, self.piece_bytes()) {
+            let buf = &mut self.slot[..take as usize];
+            fabric.load(data + done, buf);
+            sm.install_write(next * chunk_bytes as u64 + done as u64, buf);
         }
         let patience = self.patience();
         let join = self.transfer.as_mut().expect("transferring");
@@ -824,16 +824,10 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             return false;
         }
         let mut sum = offer.chunk_sum(index, len);
-        let piece = self.piece_bytes();
-        let mut done = 0u32;
-        while done < len {
-            let take = piece.min(len - done);
-            fabric.load(
-                at + CHUNK_HEADER_BYTES + done,
-                &mut self.slot[..take as usize],
-            );
-            sum = mix(sum, &self.slot[..take as usize]);
-            done += take;
+        for (done, take) in pieces(len, self.piece_bytes()) {
+            let buf = &mut self.slot[..take as usize];
+            fabric.load(at + CHUNK_HEADER_BYTES + done, buf);
+            sum = mix(sum, buf);
         }
         word(2) == sum.finish()
     }
@@ -960,15 +954,11 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             let at = self.layout.chunk(slot);
             let len = serving.offer.chunk_len(index, chunk_bytes);
             let mut sum = serving.offer.chunk_sum(index, len);
-            let piece = self.piece_bytes();
-            let mut done = 0u32;
-            while done < len {
-                let take = piece.min(len - done);
+            for (done, take) in pieces(len, self.piece_bytes()) {
                 let buf = &mut self.slot[..take as usize];
                 sm.snapshot_read(index * chunk_bytes as u64 + done as u64, buf);
                 fabric.store(at + CHUNK_HEADER_BYTES + done, buf);
                 sum = mix(sum, buf);
-                done += take;
             }
             let mut header = [0u8; 24];
             header[0..8].copy_from_slice(&index.to_le_bytes());

@@ -2,9 +2,26 @@
 //! replicated key-value state machine ([`kv`]), client histories and their linearizability check
 //! ([`history`]), and the cluster driver that runs a seed and checks every invariant at every
 //! tick ([`cluster`]). The `sim` binary runs many seeds or replays one with a trace.
+//! [`Recorder`] is the state machine of tests that script a schedule by hand.
 
 pub mod cluster;
 pub mod history;
 pub mod kv;
 pub mod rng;
 pub mod world;
+
+use mu_nostd::StateMachine;
+
+/// A state machine that records every (position, command) it applies, in order.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    /// What was applied.
+    pub applied: Vec<(u64, Vec<u8>)>,
+}
+
+impl StateMachine for Recorder {
+    fn apply(&mut self, position: u64, command: &[u8], _response: &mut [u8]) -> usize {
+        self.applied.push((position, command.to_vec()));
+        0
+    }
+}

@@ -7,21 +7,10 @@
 //! point. 0 (idle, never denied, still in its old tenure) reconnects to 2, which now grants it.
 //! Without the late-joiner check, 0 would decide `d` at position 0 with {0, 2}.
 
-use mu_nostd::{Config, DetectorConfig, Layout, Shared, StateMachine};
+use mu_nostd::{Config, DetectorConfig, Layout, Shared};
 use mu_tests::cluster::SimReplica;
 use mu_tests::world::{Faults, Plane, World};
-
-#[derive(Default)]
-struct Log {
-    applied: Vec<(u64, Vec<u8>)>,
-}
-
-impl StateMachine for Log {
-    fn apply(&mut self, position: u64, command: &[u8], _response: &mut [u8]) -> usize {
-        self.applied.push((position, command.to_vec()));
-        0
-    }
-}
+use mu_tests::Recorder;
 
 #[test]
 fn a_late_grantor_cannot_revive_an_old_ballot() {
@@ -35,7 +24,7 @@ fn a_late_grantor_cannot_revive_an_old_ballot() {
     let mut replicas: Vec<SimReplica> = (0..3)
         .map(|i| SimReplica::new(config, i, &shared[i as usize]).unwrap())
         .collect();
-    let mut logs: Vec<Log> = (0..3).map(|_| Log::default()).collect();
+    let mut logs: Vec<Recorder> = (0..3).map(|_| Recorder::default()).collect();
     let mut crashed = [false; 3];
     let mut step = 0;
     let mut cut_at = 0;

@@ -1,22 +1,10 @@
 //! A replica that restarts has forgotten everything: it must rejoin as a recovering replica, never
 //! as a voter that could help overrule what was decided while it was away.
 
-use mu_nostd::{Config, DetectorConfig, Layout, Shared, StateMachine};
+use mu_nostd::{Config, DetectorConfig, Layout, Shared};
 use mu_tests::cluster::{self, Event, Scenario, SimReplica};
 use mu_tests::world::{Faults, Plane, World};
-
-/// Records what a replica applied.
-#[derive(Default)]
-struct Log {
-    applied: Vec<(u64, Vec<u8>)>,
-}
-
-impl StateMachine for Log {
-    fn apply(&mut self, position: u64, command: &[u8], _response: &mut [u8]) -> usize {
-        self.applied.push((position, command.to_vec()));
-        0
-    }
-}
+use mu_tests::Recorder;
 
 /// Three replicas polled by hand over a gentle world, with one spare `Shared` per restart.
 struct Trio<'s> {
@@ -25,7 +13,7 @@ struct Trio<'s> {
     shared: &'s [Shared],
     lives: usize,
     replicas: Vec<SimReplica<'s>>,
-    logs: Vec<Log>,
+    logs: Vec<Recorder>,
 }
 
 impl<'s> Trio<'s> {
@@ -45,7 +33,7 @@ impl<'s> Trio<'s> {
             shared,
             lives: 3,
             replicas,
-            logs: (0..3).map(|_| Log::default()).collect(),
+            logs: (0..3).map(|_| Recorder::default()).collect(),
         }
     }
 
@@ -64,7 +52,7 @@ impl<'s> Trio<'s> {
     }
 
     /// A new life of `r` with a zeroed region; returns what the old life applied.
-    fn restart(&mut self, r: u8) -> Log {
+    fn restart(&mut self, r: u8) -> Recorder {
         self.world.restart(r);
         self.world.region_mut(r).fill(0);
         let mut fresh = SimReplica::new(self.config, r, &self.shared[self.lives]).unwrap();
@@ -92,7 +80,7 @@ impl<'s> Trio<'s> {
 fn a_restarted_replica_never_overrules_a_decided_value() {
     let shared: Vec<Shared> = (0..4).map(|_| Shared::new()).collect();
     let mut trio = Trio::new(&shared);
-    let mut old_life = Log::default();
+    let mut old_life = Recorder::default();
     let mut step = 0;
     let mut restarted_led = false;
     for tick in 0..8000u64 {
