@@ -9,6 +9,7 @@
 //! | [`instructions`] | instruction counts of the hot paths under callgrind; the baseline |
 //! | [`latency`] | leader-side latency and throughput on pinned threads |
 //! | [`raft_peer`] | the peer: raft-rs 0.7, in-memory, in the same run |
+//! | [`rejoin`] | a follower 10 laps behind rejoins by a 64 MiB state transfer |
 //! | [`plot`] | the latency CDF as SVG |
 //! | [`suite`] | the whole run and `BENCHMARKS.md` |
 //!
@@ -22,6 +23,7 @@ pub mod instructions;
 pub mod latency;
 pub mod plot;
 pub mod raft_peer;
+pub mod rejoin;
 pub mod suite;
 
 /// The application both systems replicate: every replica folds each applied command into an

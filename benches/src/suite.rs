@@ -17,6 +17,7 @@ use crate::instructions::{self, Baseline, Count, Scenario};
 use crate::latency::{self, LatencyParams, Placement, RunError, ThroughputParams, ThroughputRun};
 use crate::plot::{self, Series};
 use crate::raft_peer;
+use crate::rejoin::{self, RejoinBench};
 use board_configs::Polling;
 
 /// Payloads of the latency runs.
@@ -139,6 +140,8 @@ pub struct Results {
     pub throughput: Vec<ThroughputRow>,
     /// Fail-over, or why it did not run.
     pub failover: Result<runtime_linux::demo::FailoverReport, String>,
+    /// Rejoin of a follower 10 laps behind by a 64 MiB state transfer, or why it did not run.
+    pub rejoin: Result<RejoinBench, String>,
     /// Runs repeated because the leader was deposed.
     pub retries: Vec<String>,
     /// How the threads were placed.
@@ -253,6 +256,16 @@ pub fn run(options: &SuiteOptions) -> Result<Results, String> {
         println!("fail-over benchmark failed: {e}");
     }
 
+    println!(
+        "\n== rejoin: a follower {} laps behind installs a {} MiB key-value state",
+        rejoin::LAPS,
+        (rejoin::KEYS * runtime_linux::kv::VALUE_MAX) >> 20
+    );
+    let rejoin = rejoin::measure(&options.mu_exe);
+    if let Err(e) = &rejoin {
+        println!("rejoin benchmark failed: {e}");
+    }
+
     let results = Results {
         machine,
         tsc_hz,
@@ -261,6 +274,7 @@ pub fn run(options: &SuiteOptions) -> Result<Results, String> {
         latency: rows,
         throughput,
         failover,
+        rejoin,
         retries,
         placement,
         polling,
@@ -416,6 +430,8 @@ fn failover(
         pin_from: None,
         read_period_us: None,
         fabric: runtime_linux::demo::DemoFabric::Shm,
+        slots: 1 << 16,
+        wrap_laps: 0,
     };
     runtime_linux::demo::failover_report(&failover, &options.mu_exe, true)
 }
@@ -541,6 +557,7 @@ pub fn render(results: &Results, plot: &Path) -> String {
     render_latency(w, results, plot);
     render_throughput(w, results);
     render_failover(w, results);
+    render_rejoin(w, results);
     render_analysis(w, results);
     if !results.retries.is_empty() {
         let _ = writeln!(w, "\n## Repeated runs\n");
@@ -635,6 +652,29 @@ fn render_goals(w: &mut String, results: &Results) {
             );
         }
         Err(e) => row("fail-over p50 ≤ 100 µs, p99 ≤ 500 µs", e.clone(), None),
+    }
+    match &results.rejoin {
+        Ok(r) => {
+            let rate = r.rejoin.install_rate();
+            row(
+                "state transfer ≥ 1 GB/s over shared memory (64 MiB key-value state)",
+                format!("{:.0} MB/s", rate / 1e6),
+                Some(rate >= 1e9),
+            );
+            let ratio = r.throughput_ratio();
+            row(
+                "leader throughput drops ≤ 10% while a transfer runs",
+                ratio.map_or("the install ran between two client looks".into(), |q| {
+                    format!("{:.0}% of before", 100.0 * q)
+                }),
+                ratio.map(|q| q >= 0.9),
+            );
+        }
+        Err(e) => row(
+            "state transfer ≥ 1 GB/s, throughput drop ≤ 10%",
+            e.clone(),
+            None,
+        ),
     }
 }
 
@@ -803,6 +843,71 @@ fn render_failover(w: &mut String, results: &Results) {
             h.value_at_quantile(0.99) as f64 / 1e3,
             h.max() as f64 / 1e3
         );
+    }
+}
+
+fn render_rejoin(w: &mut String, results: &Results) {
+    let _ = writeln!(w, "\n## Rejoin by state transfer\n");
+    let r = match &results.rejoin {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(w, "Not measured: {e}");
+            return;
+        }
+    };
+    let j = &r.rejoin;
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let _ = writeln!(
+        w,
+        "3 replica processes over shared memory, a store filled with {} keys of {} B values, a \
+         log of {} slots. A follower was SIGKILLed while the others committed {} laps (64 B puts \
+         to one key, one slot each, so the state stays that size), then restarted with a fresh \
+         region; it installed a snapshot from another replica and continued from the log. All \
+         three then held the same state.\n",
+        r.keys, r.value_bytes, r.slots, r.laps
+    );
+    let _ = writeln!(w, "| | |\n|---|---:|");
+    let _ = writeln!(
+        w,
+        "| snapshot | {} bytes, positions below {} |",
+        j.bytes, j.installed_at
+    );
+    let _ = writeln!(
+        w,
+        "| install (first chunk to last, joiner's clock) | {:.1} ms, {:.0} MB/s |",
+        ms(j.install_ended.saturating_sub(j.install_began)),
+        j.install_rate() / 1e6
+    );
+    let _ = writeln!(
+        w,
+        "| restart -> install began | {:.1} ms |",
+        ms(j.install_began)
+    );
+    let _ = writeln!(
+        w,
+        "| restart -> caught up with the leader's position at the restart | {:.1} ms |",
+        ms(j.caught_up)
+    );
+    let _ = writeln!(w, "| restart -> voter | {:.1} ms |", ms(j.voter));
+    let _ = writeln!(
+        w,
+        "| leader throughput, the second before the restart | {:.0} commands/s |",
+        r.before
+    );
+    match j.throughput_during_install() {
+        Some(during) => {
+            let _ = writeln!(
+                w,
+                "| leader throughput while the client saw the install run | {during:.0} commands/s ({:.0}% of before) |",
+                100.0 * during / r.before.max(1.0)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                w,
+                "| leader throughput during the install | the client never saw it run |"
+            );
+        }
     }
 }
 

@@ -116,6 +116,8 @@ fn shm_3_examples_say_what_they_mean() {
     config.op_timeout_ticks = 20_000;
     config.permission_retry_ticks = 2000;
     config.recycle_period_ticks = 500;
+    config.transfer_chunk_bytes = 65536;
+    config.transfer_window = 4;
     config.detector = mu_nostd::DetectorConfig::paper(200);
     config.detector.fate_ticks = 20_000;
     let expected = Deployment::shm_linux(
@@ -157,6 +159,8 @@ fn to_toml_round_trips() {
     let mut config = Config::new(5);
     config.detector.fate_ticks = 1000;
     config.detector.score_max = 20;
+    config.transfer_chunk_bytes = 4096;
+    config.transfer_window = 8;
     let mut d = Deployment::shm_linux(
         "demo",
         config,

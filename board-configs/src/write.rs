@@ -27,6 +27,8 @@ pub(crate) fn deployment(d: &Deployment) -> String {
          op_timeout_ticks = {}\n\
          permission_retry_ticks = {}\n\
          recycle_period_ticks = {}\n\
+         transfer_chunk_bytes = {}\n\
+         transfer_window = {}\n\
          \n\
          [cluster.detector]\n\
          read_period_ticks = {}\n",
@@ -40,6 +42,8 @@ pub(crate) fn deployment(d: &Deployment) -> String {
         c.op_timeout_ticks,
         c.permission_retry_ticks,
         c.recycle_period_ticks,
+        c.transfer_chunk_bytes,
+        c.transfer_window,
         det.read_period_ticks,
     );
     // Only the detector values that differ from their defaults, so a file stays short.

@@ -178,6 +178,8 @@ pub struct BackgroundPlane<'s> {
     voter_since: u64,
     progress_seen: u32,
     progress_seen_at: u64,
+    /// When this plane was last polled (see `discount_own_pause`).
+    polled_at: u64,
     peers: [Peer; REPLICAS_MAX as usize],
     leader: Option<ReplicaId>,
     holder: Option<ReplicaId>,
@@ -187,7 +189,18 @@ pub struct BackgroundPlane<'s> {
     request_attempt: u8,
     tenure: Option<u32>,
     acked: u8,
+    /// The replication plane's transfer request, as this plane writes it to the donor.
+    transfer_request: TransferRequest,
     completions: [Completion; COMPLETION_BATCH],
+}
+
+/// Where the write of the replication plane's latest transfer request stands.
+#[derive(Clone, Copy, Debug, Default)]
+struct TransferRequest {
+    /// The sequence (see `Shared::publish_transfer_request`) of the request that landed last.
+    landed: u32,
+    /// The write outstanding: its sequence, its donor and when it was posted.
+    in_flight: Option<(u32, ReplicaId, u64)>,
 }
 
 impl<'s> BackgroundPlane<'s> {
@@ -209,6 +222,7 @@ impl<'s> BackgroundPlane<'s> {
             voter_since: 0,
             progress_seen: 0,
             progress_seen_at: 0,
+            polled_at: 0,
             peers: [Peer::NEW; REPLICAS_MAX as usize],
             leader: None,
             holder: None,
@@ -217,6 +231,7 @@ impl<'s> BackgroundPlane<'s> {
             request_attempt: 0,
             tenure: None,
             acked: 0,
+            transfer_request: TransferRequest::default(),
             completions: [Completion::EMPTY; COMPLETION_BATCH],
         }
     }
@@ -246,6 +261,7 @@ impl<'s> BackgroundPlane<'s> {
             self.voter = true;
             self.voter_since = now;
         }
+        self.discount_own_pause(now);
         self.drain_completions(now, fabric);
         self.beat(now, fabric);
         self.probe_peers(now, fabric);
@@ -253,6 +269,24 @@ impl<'s> BackgroundPlane<'s> {
         self.lead_or_follow(now, fabric);
         self.serve_requests(fabric);
         self.send_outgoing(now, fabric);
+        self.send_transfer_request(now, fabric);
+    }
+
+    /// Peers' heartbeats could not be seen moving while this plane was not polled: a pause of
+    /// its own (descheduled, stopped) must not make them look silent, or a leader back from one
+    /// recycles past members that still need its log (seed 316614). Their marks move on by the
+    /// gap.
+    fn discount_own_pause(&mut self, now: u64) {
+        let gap = now.saturating_sub(self.polled_at);
+        self.polled_at = now;
+        if gap <= self.config.detector.read_period_ticks as u64 {
+            return;
+        }
+        for peer in self.peers.iter_mut() {
+            if let Some(at) = peer.beat_moved_at.as_mut() {
+                *at = (*at + gap).min(now);
+            }
+        }
     }
 
     /// Zeroes the log area, a bounded chunk per poll, before the region header is published:
@@ -380,6 +414,15 @@ impl<'s> BackgroundPlane<'s> {
             }
             Kind::WriteRequest => Self::finish_send(&mut peer.request, id.tag, ok, now),
             Kind::WriteAck => Self::finish_send(&mut peer.ack, id.tag, ok, now),
+            Kind::WriteTransferRequest => {
+                let request = &mut self.transfer_request;
+                if request.in_flight.is_some_and(|(seq, _, _)| seq == id.tag) {
+                    request.in_flight = None;
+                    if ok {
+                        request.landed = id.tag;
+                    }
+                }
+            }
             _ => {} // Not a background-plane id.
         }
         if !ok {
@@ -406,12 +449,16 @@ impl<'s> BackgroundPlane<'s> {
                 if state.header != PeerHeader::Verified {
                     state.header = PeerHeader::Verified;
                     state.score = PullScore::verified(&self.config.detector);
+                    // A region verified anew may be a new life's, which is recovering: only
+                    // its own heartbeat says it votes (the last one read may be its old life's).
+                    state.voter = false;
                     info!("peer {} verified", peer);
                 }
             }
             Err(error) => {
                 warn!("peer {} refused: {}", peer, error);
                 state.header = PeerHeader::Mismatch(error);
+                state.voter = false;
             }
         }
     }
@@ -764,6 +811,11 @@ impl<'s> BackgroundPlane<'s> {
     // ---- owner side --------------------------------------------------------------------------
 
     fn serve_requests<F: Fabric>(&mut self, fabric: &mut F) {
+        if self.shared.halted() != 0 {
+            // A halted replica takes no further part: its heartbeat reads go on, and a view of
+            // who leads that wanders must not move write access to its log around.
+            return;
+        }
         if let Some((requester, number)) = self.granting {
             if self.shared.stood_down() {
                 self.granting = None;
@@ -854,6 +906,44 @@ impl<'s> BackgroundPlane<'s> {
                     self.post_outgoing(now, fabric, peer, kind, outgoing.value);
                 }
             }
+        }
+    }
+
+    /// Writes the replication plane's latest transfer request into its donor's background area,
+    /// one write at a time, again after a failure or `permission_retry_ticks` without an answer.
+    fn send_transfer_request<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let Some((seq, donor, value)) = self.shared.transfer_request() else {
+            return;
+        };
+        if seq == self.transfer_request.landed || !self.config.contains(donor) || donor == self.me {
+            return;
+        }
+        if let Some((_, posted_to, posted_at)) = self.transfer_request.in_flight {
+            let late = now.saturating_sub(posted_at) > self.config.permission_retry_ticks as u64;
+            if !late && posted_to == donor {
+                return; // The newer value follows once this one is answered.
+            }
+            if late {
+                self.reconnect(posted_to, fabric);
+            }
+            self.transfer_request.in_flight = None;
+        }
+        let (local, remote) = (
+            self.layout.outbox_transfer_request(),
+            self.layout.transfer_request(self.me),
+        );
+        fabric.store(local, &record::encode(remote, value));
+        let id = WrId {
+            kind: Kind::WriteTransferRequest,
+            peer: donor,
+            epoch: self.peers[donor as usize].epoch,
+            tag: seq,
+        }
+        .encode();
+        match fabric.write(donor, local, remote, RECORD_BYTES, id) {
+            Ok(()) => self.transfer_request.in_flight = Some((seq, donor, now)),
+            Err(PostError::Broken) => self.reconnect(donor, fabric),
+            Err(_) => {} // Busy: try again next poll.
         }
     }
 

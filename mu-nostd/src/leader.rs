@@ -333,6 +333,11 @@ pub(crate) struct Leader {
     streaming_from: Option<u64>,
     /// A recount under way (rule 2): the member, the voters that answered, when it started.
     recount: Option<Recount>,
+    /// On the fast path, once computed: the lowest position from which the own log holds
+    /// every position below `next` (see `oldest_held`). Only `propose` writes the own log on
+    /// the fast path, and it overwrites the oldest positions only: `next - slot_count` bounds
+    /// the rest.
+    held_from: Option<u64>,
 }
 
 /// A recount of the voters' promises for a recovering member that joined after the prepare.
@@ -443,6 +448,7 @@ impl Leader {
             counted: 0,
             streaming_from: None,
             recount: None,
+            held_from: None,
         }
     }
 
@@ -1793,14 +1799,26 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     }
 
     /// The lowest position `q` such that the own log holds every position of `[q, next)`.
+    ///
+    /// The scan opens up to a lap of slots: on the fast path it runs once per tenure (a lapped
+    /// member gets a notice every recycle period, and a lap of checksums each time would take
+    /// the leader's polls from the commit path).
     fn oldest_held<F: Fabric>(&mut self, fabric: &mut F) -> u64 {
-        let next = self.leader.as_ref().expect("leading").next;
+        let slot_count = self.config.slot_count as u64;
+        let leader = self.leader.as_ref().expect("leading");
+        let (next, streaming) = (leader.next, leader.fast_path());
+        if let (true, Some(from)) = (streaming, leader.held_from) {
+            return from.max(next.saturating_sub(slot_count));
+        }
         let mut floor = next;
-        while floor > 0 && next - floor < self.config.slot_count as u64 {
+        while floor > 0 && next - floor < slot_count {
             if !self.log_holds(fabric, floor - 1, floor) {
                 break;
             }
             floor -= 1;
+        }
+        if streaming {
+            self.leader_mut().held_from = Some(floor);
         }
         floor
     }
@@ -1826,7 +1844,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         if !stuck || member.lapped || applied >= member.sent {
             return;
         }
-        let holds = self.log_holds(fabric, applied, next);
+        debug_assert!(applied < next, "applied < sent <= next");
+        let holds = applied >= self.oldest_held(fabric);
         let leader = self.leader_mut();
         let member = &mut leader.members[p];
         member.lapped = !holds;

@@ -78,6 +78,8 @@ pub struct ReplicationStatus {
     pub voter: bool,
     /// True while it installs a snapshot from another replica.
     pub catching_up: bool,
+    /// The replica it serves a snapshot to, while it donates one.
+    pub donating_to: Option<ReplicaId>,
 }
 
 /// Reassembles commands that span several slots.
@@ -282,6 +284,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             halted: self.halted,
             voter: self.voter,
             catching_up: self.transfer.is_some(),
+            donating_to: self.donor.joiner(),
         }
     }
 

@@ -2,8 +2,11 @@
 //! of 32 bits (the widest every target has).
 //!
 //! # Invariants
-//! - `lead` is written only by the background plane; `acting`, `aborted`, `progress`, `halted`
-//!   and `catching_up` only by the replication plane.
+//! - `lead` is written only by the background plane; `acting`, `aborted`, `progress`, `halted`,
+//!   `catching_up` and the transfer request words only by the replication plane.
+//! - The transfer request (donor, nonce, chunk wanted) is published under a sequence word that
+//!   is odd while it is being written and never 0 once published: a reader that sees the same
+//!   even sequence before and after reading the other words read one whole request.
 //! - Single writer of the own log (the step-down handshake): the background plane grants this
 //!   replica's log to a peer only after it stored `lead = 0` and then read `acting == 0`; the
 //!   replication plane writes its own log as leader only after it stored `acting = tenure` and
@@ -28,6 +31,10 @@ pub struct Shared {
     progress: AtomicU32,
     halted: AtomicU32,
     catching_up: AtomicU32,
+    request_seq: AtomicU32,
+    request_donor: AtomicU32,
+    request_nonce: AtomicU32,
+    request_wanted: AtomicU32,
 }
 
 /// A leadership grant from the background plane: the tenure and the peers that acked it.
@@ -53,6 +60,10 @@ impl Shared {
             progress: AtomicU32::new(0),
             halted: AtomicU32::new(0),
             catching_up: AtomicU32::new(0),
+            request_seq: AtomicU32::new(0),
+            request_donor: AtomicU32::new(0),
+            request_nonce: AtomicU32::new(0),
+            request_wanted: AtomicU32::new(0),
         }
     }
 
@@ -166,6 +177,35 @@ impl Shared {
     /// meanwhile), or no longer.
     pub(crate) fn set_catching_up(&self, on: bool) {
         self.catching_up.store(on as u32, SeqCst);
+    }
+
+    /// Replication: hands a transfer request (`value`: nonce and chunk wanted) for `donor` to
+    /// the background plane, which writes it into the donor's background area. A joiner does
+    /// not hold the donor's grant, and on a fabric whose grant gates every write of the
+    /// replication plane (verbs access flags) only the background plane may write there.
+    pub(crate) fn publish_transfer_request(&self, donor: u8, value: u64) {
+        let seq = self.request_seq.load(SeqCst);
+        assert!(seq % 2 == 0, "one writer");
+        self.request_seq.store(seq.wrapping_add(1), SeqCst);
+        self.request_donor.store(donor as u32, SeqCst);
+        self.request_nonce.store((value >> 32) as u32, SeqCst);
+        self.request_wanted.store(value as u32, SeqCst);
+        let next = seq.wrapping_add(2);
+        self.request_seq
+            .store(if next == 0 { 2 } else { next }, SeqCst);
+    }
+
+    /// Background: the last transfer request published (its sequence, donor and value), if one
+    /// was and it was not being rewritten meanwhile.
+    pub(crate) fn transfer_request(&self) -> Option<(u32, u8, u64)> {
+        let seq = self.request_seq.load(SeqCst);
+        if seq == 0 || seq % 2 == 1 {
+            return None;
+        }
+        let donor = self.request_donor.load(SeqCst) as u8;
+        let value = (self.request_nonce.load(SeqCst) as u64) << 32
+            | self.request_wanted.load(SeqCst) as u64;
+        (self.request_seq.load(SeqCst) == seq).then_some((seq, donor, value))
     }
 
     /// True while the replica installs a snapshot from another replica.

@@ -3,9 +3,11 @@
 //! continues from the log at the snapshot's position.
 //!
 //! The joiner pulls, with one-sided reads, and the donor only ever stores into its own region:
-//! - Joiner: reads every peer's applied position and picks the donor (the most advanced peer,
-//!   a follower rather than the leader when one is as far), writes a transfer request (its
-//!   nonce, the next chunk it wants) into the donor's background area, and reads the donor's
+//! - Joiner: reads every peer's applied position and picks the donor (the most advanced
+//!   follower within half a lap of the most advanced peer, else the most advanced peer), writes
+//!   a transfer request (its nonce, the next chunk it wants) into the donor's background area
+//!   (through its background plane: the joiner holds no grant of the donor's, rule 5 of the
+//!   fabric contract), and reads the donor's
 //!   offer (position `S`, chain through `S - 1`, length, state digest, owner and nonce) until it
 //!   names this request. It then reads the donor's progress record and the chunks produced so
 //!   far from the donor's window, checks each, installs them in order into its state machine,
@@ -212,6 +214,11 @@ impl Donor {
         done: [0; REPLICAS_MAX as usize],
         scan_at: 0,
     };
+
+    /// The joiner being served, if any.
+    pub(crate) fn joiner(&self) -> Option<ReplicaId> {
+        self.serving.map(|s| s.offer.owner)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,10 +250,9 @@ pub(crate) struct Join {
     nonce: u32,
     /// Starts over when nothing moved by then.
     deadline: u64,
-    /// The request value to write, and whether a write of it is outstanding.
+    /// The request value for the donor, and the last one handed to the background plane.
     request: u64,
-    asking: bool,
-    asked: u64,
+    published: u64,
 }
 
 impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
@@ -332,8 +338,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             nonce,
             deadline: now + self.patience(),
             request: 0,
-            asking: false,
-            asked: 0,
+            published: 0,
         });
         self.survey_donors(now, fabric);
     }
@@ -393,11 +398,12 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             Step::Ask { .. } => {}
             Step::Fetch { .. } => self.fetch(now, fabric, sm),
         }
-        self.send_request(now, fabric);
+        self.send_request();
     }
 
-    /// Once every live peer answered the survey (or a read timeout passed), asks the most
-    /// advanced one that holds at least the floor, a follower before the leader.
+    /// Once every live peer answered the survey (or a read timeout passed), asks a peer that
+    /// holds at least the floor: the most advanced follower within half a lap of the most
+    /// advanced peer, else the most advanced peer.
     fn choose_donor<F: Fabric>(&mut self, now: u64, answered: u8, since: u64, fabric: &mut F) {
         let join = self.transfer.expect("transferring");
         let alive = self.shared.alive() & !(1 << self.me);
@@ -406,18 +412,26 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             return;
         }
         let leader = self.shared.leader();
-        let mut best: Option<(u64, bool, ReplicaId)> = None;
-        for peer in self.others() {
-            if answered & (1 << peer) == 0 {
-                continue;
-            }
-            let applied = self.survey_applied[peer as usize];
-            let rank = (applied, leader != Some(peer), peer);
-            if applied >= join.floor && best.is_none_or(|b| (rank.0, rank.1) > (b.0, b.1)) {
-                best = Some(rank);
-            }
-        }
-        let Some((_, _, donor)) = best else {
+        let holds = |peer: ReplicaId| {
+            answered & (1 << peer) != 0 && self.survey_applied[peer as usize] >= join.floor
+        };
+        let ahead = self
+            .others()
+            .filter(|&p| holds(p))
+            .map(|p| self.survey_applied[p as usize])
+            .max()
+            .unwrap_or(0);
+        // A follower at most half a lap behind the most advanced peer serves as well (the logs
+        // still hold half a lap after its snapshot) and keeps the donor's work off the leader,
+        // whose polls are the commit path.
+        let near = |peer: ReplicaId| {
+            self.survey_applied[peer as usize] + self.config.slot_count as u64 / 2 >= ahead
+        };
+        let donor = self.others().filter(|&p| holds(p)).max_by_key(|&p| {
+            let follower = leader != Some(p) && near(p);
+            (follower, self.survey_applied[p as usize])
+        });
+        let Some(donor) = donor else {
             if waited {
                 // Nobody holds what this replica needs yet: survey again (the attempt's
                 // deadline stands).
@@ -462,35 +476,19 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
     }
 
-    /// Writes the request when its value changed since the last write that landed.
-    fn send_request<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
-        let Some(join) = self.transfer else { return };
+    /// Hands the request to the background plane when its value changed (it writes the latest
+    /// one into the donor's background area, again until it lands).
+    fn send_request(&mut self) {
+        let Some(join) = self.transfer.as_mut() else {
+            return;
+        };
         let donor = match join.step {
             Step::Ask { donor, .. } | Step::Fetch { donor, .. } => donor,
             Step::Survey { .. } => return,
         };
-        if join.asking || join.request == join.asked {
-            return;
-        }
-        let (local, remote) = (
-            self.layout.outbox_transfer_request(),
-            self.layout.transfer_request(self.me),
-        );
-        fabric.store(local, &record::encode(remote, join.request));
-        let value = join.request;
-        if self.post(
-            now,
-            fabric,
-            donor,
-            Kind::WriteTransferRequest,
-            0,
-            (value, 0),
-            local,
-            remote,
-            RECORD_BYTES,
-        ) {
-            let join = self.transfer.as_mut().expect("transferring");
-            join.asking = true;
+        if join.request != join.published {
+            self.shared.publish_transfer_request(donor, join.request);
+            join.published = join.request;
         }
     }
 
@@ -646,8 +644,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         // anyway), so that it serves the next joiner at once.
         let join = self.transfer.as_mut().expect("transferring");
         join.request = request_value(join.nonce, offer.chunks(self.config.transfer_chunk_bytes));
-        join.asking = false;
-        self.send_request(now, fabric);
+        self.send_request();
         self.transfer = None;
         self.shared.set_catching_up(false);
     }
@@ -682,11 +679,6 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                         since,
                     };
                 }
-            }
-            (Kind::WriteTransferRequest, _) => {
-                let join = self.transfer.as_mut().expect("transferring");
-                join.asking = false;
-                join.asked = pending.start;
             }
             (Kind::ReadOffer, Step::Ask { donor, .. }) if donor == peer => {
                 self.take_offer(now, donor, fabric, sm)

@@ -12,7 +12,8 @@
 //!   whose revoke holds even against a write in flight ([`permissions`]);
 //! - [`fail_safe`]: fate sharing from the panic handler;
 //! - [`telemetry`]: what each replica reports in the window;
-//! - [`setpoints`]: the demo application, a controller's setpoint table.
+//! - [`setpoints`]: the demo application, a controller's setpoint table, with the snapshots a
+//!   restarted or lapped replica installs (state transfer).
 //!
 //! Logging goes through `defmt` (feature `defmt`); the board binary installs the global logger.
 //! Board binaries live in `runtime-embedded/boards/`, one crate per board, each with a build

@@ -16,7 +16,7 @@ use crate::fabric::WindowFabric;
 use crate::fail_safe;
 use crate::permissions::Permissions;
 use crate::responder::Responder;
-use crate::setpoints::{Setpoints, Workload, AXES};
+use crate::setpoints::{Setpoints, Transfers, Workload, AXES};
 use crate::telemetry::{self, control, word, Telemetry};
 use crate::window::{Plane, WindowError, WindowLayout};
 use crate::words::Words;
@@ -70,6 +70,12 @@ pub struct Report {
     pub leader_changes: u32,
     /// The leader it sees.
     pub leader: Option<ReplicaId>,
+    /// This life of it is a voter (admitted, or formed the cluster).
+    pub voter: bool,
+    /// Why its replication plane halted; 0 while it runs.
+    pub halted: u32,
+    /// What it did in state transfers.
+    pub transfers: Transfers,
 }
 
 /// What the caller should do after a step.
@@ -98,6 +104,8 @@ pub struct Firmware<'w> {
     steps: u32,
     leader: Option<ReplicaId>,
     leader_changes: u32,
+    /// The halt reason already reported on the console.
+    halt_reported: u32,
 }
 
 impl<'w> Firmware<'w> {
@@ -136,6 +144,7 @@ impl<'w> Firmware<'w> {
             steps: 0,
             leader: None,
             leader_changes: 0,
+            halt_reported: 0,
         })
     }
 
@@ -153,9 +162,10 @@ impl<'w> Firmware<'w> {
             &mut self.setpoints,
         );
         self.follow_leader();
+        let halted = self.report_halt();
         self.submit();
         self.steps = self.steps.wrapping_add(1);
-        if self.steps % TELEMETRY_PERIOD_STEPS == 0 {
+        if halted || self.steps % TELEMETRY_PERIOD_STEPS == 0 {
             self.publish(telemetry::PHASE_RUNNING);
         }
         if self.finished() {
@@ -178,6 +188,21 @@ impl<'w> Firmware<'w> {
             );
             self.leader = leader;
         }
+    }
+
+    /// A halted replication plane never applies again: says why on the console (once) and
+    /// returns true the step it happens, so that the telemetry shows it at once.
+    fn report_halt(&mut self) -> bool {
+        let status = self.replica.replication.status();
+        if status.halted == self.halt_reported {
+            return false;
+        }
+        error!(
+            "replica {=u8}: replication halted, reason {=u32} (applied {=u64})",
+            self.me, status.halted, status.applied
+        );
+        self.halt_reported = status.halted;
+        true
     }
 
     fn submit(&mut self) {
@@ -225,16 +250,33 @@ impl<'w> Firmware<'w> {
         let t = &self.telemetry;
         t.set(word::LOOPS, self.steps);
         t.set(word::LEADER, report.leader.map_or(0, |l| u32::from(l) + 1));
-        let leading = self.replica.replication.status().fast_path;
+        let status = self.replica.replication.status();
+        let flags = [
+            (status.fast_path, telemetry::FLAG_LEADING),
+            (status.halted != 0, telemetry::FLAG_HALTED),
+            (status.voter, telemetry::FLAG_VOTER),
+            (status.catching_up, telemetry::FLAG_CATCHING_UP),
+        ];
         t.set(
             word::FLAGS,
-            if leading { telemetry::FLAG_LEADING } else { 0 },
+            flags
+                .iter()
+                .filter(|(on, _)| *on)
+                .fold(0, |all, (_, flag)| all | flag),
         );
         t.set_u64(word::APPLIED, report.applied);
         t.set_u64(word::CHAIN, report.chain);
         t.set_u64(word::DIGEST, report.digest);
         t.set_u64(word::COMMITTED, report.committed);
         t.set(word::LEADER_CHANGES, report.leader_changes);
+        t.set(word::HALT, report.halted);
+        t.set(word::INSTALLS, report.transfers.installs);
+        t.set_u64(
+            word::INSTALLED_POSITION,
+            report.transfers.installed_position,
+        );
+        t.set_u64(word::INSTALLED_BYTES, report.transfers.installed_bytes);
+        t.set(word::DONATIONS, report.transfers.donations);
         t.set(word::PHASE, phase);
     }
 
@@ -249,6 +291,9 @@ impl<'w> Firmware<'w> {
             committed: self.setpoints.committed(),
             leader_changes: self.leader_changes,
             leader: self.leader,
+            voter: status.voter,
+            halted: status.halted,
+            transfers: self.setpoints.transfers(),
         }
     }
 
@@ -351,8 +396,17 @@ pub fn run<B: Board>(
             let r = firmware.report();
             info!(
                 "report: replica {=u8} applied {=u64} chain {=u64:x} digest {=u64:x} \
-                 committed-as-leader {=u64} leader-changes {=u32}",
-                r.me, r.applied, r.chain, r.digest, r.committed, r.leader_changes
+                 committed-as-leader {=u64} leader-changes {=u32} halted {=u32} \
+                 snapshots-installed {=u32} snapshots-donated {=u32}",
+                r.me,
+                r.applied,
+                r.chain,
+                r.digest,
+                r.committed,
+                r.leader_changes,
+                r.halted,
+                r.transfers.installs,
+                r.transfers.donations
             );
             if commands_max.is_some() && !firmware.self_check() {
                 error!("self-test: the setpoint table does not match the commands submitted");

@@ -5,9 +5,11 @@
 //! ```text
 //! control (window offset 0, written by the harness):
 //!   word 0 stop  1 finish  2 panic  3 start
-//! telemetry[id] (64 B, written by replica id only):
+//! telemetry[id] (128 B, written by replica id only):
 //!   word 0 magic  1 phase  2 loops  3 leader + 1  4 flags  5-6 applied  7-8 applied chain
 //!   9-10 state digest  11-12 committed by this replica as leader  13 leader changes  14 code
+//!   15 halt reason  16 snapshots installed  17-18 position of the last one  19-20 bytes
+//!   installed  21 snapshots donated
 //! ```
 //!
 //! 64-bit values are two little-endian words written one after the other: a reader that needs
@@ -49,7 +51,23 @@ pub mod word {
     pub const LEADER_CHANGES: usize = 13;
     /// Why it failed (`PHASE_FAILED`): one of the `CODE_*` values.
     pub const CODE: usize = 14;
+    /// Why its replication plane halted ([`super::FLAG_HALTED`]): the core's reason,
+    /// [`mu_nostd::HALT_LAPPED`].
+    pub const HALT: usize = 15;
+    /// Snapshots this life of the replica installed (state transfers it took part in as joiner).
+    pub const INSTALLS: usize = 16;
+    /// The position the last snapshot installed covers (64-bit).
+    pub const INSTALLED_POSITION: usize = 17;
+    /// Bytes of every snapshot installed (64-bit).
+    pub const INSTALLED_BYTES: usize = 19;
+    /// Snapshots this replica froze for a joiner (state transfers it served as donor).
+    pub const DONATIONS: usize = 21;
 }
+
+/// Words in a block.
+pub const WORDS: usize = (crate::window::TELEMETRY_BYTES / 4) as usize;
+
+const _: () = assert!(word::DONATIONS < WORDS);
 
 /// Booting.
 pub const PHASE_BOOTING: u32 = 0;
@@ -62,9 +80,14 @@ pub const PHASE_FAILED: u32 = 3;
 
 /// Leads on the fast path.
 pub const FLAG_LEADING: u32 = 1;
-/// Replication halted (lapped: the replica fell more than a log behind, and there is no state
-/// transfer yet).
+/// Replication halted for good, for the reason in [`word::HALT`]: the replica still runs its
+/// background plane but no longer applies anything.
 pub const FLAG_HALTED: u32 = 2;
+/// This life of the replica is a voter: admitted by a leader, or formed the cluster. A restarted
+/// replica is recovering until a leader admits it.
+pub const FLAG_VOTER: u32 = 4;
+/// Installing a snapshot from another replica.
+pub const FLAG_CATCHING_UP: u32 = 8;
 
 /// Control words.
 pub mod control {
@@ -92,13 +115,13 @@ impl<'w> Telemetry<'w> {
     /// Replica `id`'s block.
     pub fn new(window: Words<'w>, layout: &WindowLayout, id: ReplicaId) -> Telemetry<'w> {
         let base = layout.telemetry(id) as usize;
-        assert!(window.fits(base, 64));
+        assert!(window.fits(base, WORDS * 4));
         Telemetry { window, base }
     }
 
     /// Writes one word.
     pub fn set(&self, index: usize, value: u32) {
-        assert!(index < 16);
+        assert!(index < WORDS);
         self.window
             .word(self.base + 4 * index)
             .store(value, Release);

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! offset 0        control block (64 B): words an operator or test harness writes
-//! offset 64       telemetry[8] (64 B each): what each replica reports about itself
+//! offset 64       telemetry[8] (128 B each): what each replica reports about itself
 //! offset 4096     region[0], region[1], ...: each replica's Mu region (mu_nostd::layout),
 //!                 each rounded up to 4 KiB
 //! then            rings[sender][receiver][plane]: one work-request ring per ordered pair of
@@ -28,7 +28,7 @@ pub const REGION_ALIGN_BYTES: u64 = 4096;
 /// Bytes of the control block at the start of the window.
 pub const CONTROL_BYTES: u64 = 64;
 /// Bytes of one replica's telemetry block.
-pub const TELEMETRY_BYTES: u64 = 64;
+pub const TELEMETRY_BYTES: u64 = 128;
 /// Telemetry blocks reserved, one per possible replica id.
 pub const TELEMETRY_BLOCKS: u64 = 8;
 
@@ -123,6 +123,27 @@ impl WindowLayout {
         self.rings + index * ring::RING_BYTES
     }
 
+    /// The parts of the window that hold replica `id`'s life, as (offset, bytes): its telemetry
+    /// block, its region, and every ring it posts on or serves. A new life of `id` starts with
+    /// them zeroed: a fresh region (no log, no promise, standing "recovering"), and no request
+    /// of or to an earlier life left to complete (a peer's completes `Failed` or never, and the
+    /// peer reconnects).
+    pub fn parts_of(&self, id: ReplicaId) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let own = [
+            (self.telemetry(id), TELEMETRY_BYTES as u32),
+            (self.region(id), self.region_stride),
+        ];
+        let rings = (0..self.replica_count)
+            .filter(move |&peer| peer != id)
+            .flat_map(move |peer| {
+                [Plane::Replication, Plane::Background]
+                    .into_iter()
+                    .flat_map(move |plane| [self.ring(id, peer, plane), self.ring(peer, id, plane)])
+            })
+            .map(|ring| (ring, ring::RING_BYTES));
+        own.into_iter().chain(rings)
+    }
+
     /// Offset of replica `id`'s telemetry block.
     pub fn telemetry(&self, id: ReplicaId) -> u32 {
         assert!(u64::from(id) < TELEMETRY_BLOCKS);
@@ -138,7 +159,10 @@ const fn round_up(x: u64, to: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
+    use std::vec::Vec;
 
     #[test]
     fn parts_do_not_overlap() {
@@ -151,6 +175,28 @@ mod tests {
         let last = w.ring(2, 2, Plane::Background);
         assert_eq!(u64::from(last + ring::RING_BYTES), w.bytes);
         assert!(w.telemetry(7) as u64 + TELEMETRY_BYTES <= REGION_ALIGN_BYTES);
+    }
+
+    #[test]
+    fn the_parts_of_a_replica_are_its_own() {
+        let w = WindowLayout::new(&Config::new(3)).unwrap();
+        let parts = |id| w.parts_of(id).collect::<Vec<_>>();
+        // Telemetry, region, and 2 planes x 2 directions x 2 peers of rings.
+        assert_eq!(parts(1).len(), 2 + 8);
+        assert!(parts(1).contains(&(w.region(1), w.region_stride)));
+        for (a, b) in [(0, 1), (1, 2), (0, 2)] {
+            // Two replicas share only the rings between them.
+            let shared: Vec<_> = parts(a)
+                .into_iter()
+                .filter(|p| parts(b).contains(p))
+                .collect();
+            assert_eq!(shared.len(), 4);
+            assert!(shared
+                .iter()
+                .all(|&(at, len)| at >= w.rings && len == ring::RING_BYTES));
+        }
+        let end = parts(2).iter().map(|&(at, len)| u64::from(at + len)).max();
+        assert!(end <= Some(w.bytes));
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! Three firmware replicas over one shared window, stepped in one thread with a shared clock:
 //! the whole firmware stack (window fabric, responders, permissions, run loop, the core) on the
 //! host. The leader is killed (never stepped again); a new leader must take over and the
-//! survivors must agree.
+//! survivors must agree; a killed replica restarted after the log wrapped rejoins by state
+//! transfer, and then all three agree.
 
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use mu_nostd::{Config, Shared};
 use runtime_embedded::permissions::Permissions;
+use runtime_embedded::setpoints::{AXES, SNAPSHOT_BYTES};
 use runtime_embedded::telemetry::{self, control};
 use runtime_embedded::window::WindowLayout;
 use runtime_embedded::words::Words;
@@ -136,6 +138,103 @@ fn a_new_leader_takes_over_and_the_survivors_agree() {
 
     telemetry::set_control_word(window, control::FINISH, 1);
     assert!(cluster.round().iter().all(|s| *s == Step::Finish));
+}
+
+/// Zeroes what replica `id`'s life left in the window, as a re-launch with a fresh window part.
+fn zero_parts_of(backing: &[AtomicU32], layout: &WindowLayout, id: u8) {
+    for (at, len) in layout.parts_of(id) {
+        for word in &backing[at as usize / 4..(at + len) as usize / 4] {
+            word.store(0, Ordering::SeqCst);
+        }
+    }
+}
+
+#[test]
+fn a_replica_restarted_after_the_log_wrapped_rejoins_by_state_transfer() {
+    let mut config = Config::new(3);
+    config.slot_count = 64; // Laps come quickly.
+    let layout = WindowLayout::new(&config).unwrap();
+    let backing = window_for(&config);
+    let window = Words::new(&backing);
+    // One more life than replicas: the restarted one's.
+    let shared: Vec<Shared> = (0..4).map(|_| Shared::new()).collect();
+    let permissions: Vec<Permissions> = (0..4).map(|_| Permissions::new()).collect();
+    let replicas = (0..3u8)
+        .map(|id| {
+            let (s, p) = (&shared[id as usize], &permissions[id as usize]);
+            Firmware::new(config, id, window, s, p, None).unwrap()
+        })
+        .collect();
+    let mut cluster = Cluster {
+        replicas,
+        alive: vec![true; 3],
+        now: 0,
+    };
+    cluster.until("a leader on the fast path", |c| c.leader().is_some());
+    telemetry::set_control_word(window, control::START, 1);
+    cluster.until("a leader committing 100 commands", |c| {
+        c.leader()
+            .is_some_and(|l| c.replicas[l].setpoints().committed() >= 100)
+    });
+    let old = cluster.leader().unwrap();
+    cluster.alive[old] = false;
+    let laps = 3 * u64::from(config.slot_count);
+    cluster.until("the survivors wrapping the log three times", |c| {
+        c.leader()
+            .is_some_and(|l| l != old && c.replicas[l].report().applied >= 100 + laps)
+    });
+
+    zero_parts_of(&backing, &layout, old as u8);
+    let life = (&shared[3], &permissions[3]);
+    cluster.replicas[old] = Firmware::new(config, old as u8, window, life.0, life.1, None).unwrap();
+    cluster.alive[old] = true;
+    assert!(
+        !cluster.replicas[old].report().voter,
+        "a new life is recovering"
+    );
+    cluster.until("the restarted replica installing a snapshot", |c| {
+        c.replicas[old].report().transfers.installs >= 1
+    });
+    let transfers = cluster.replicas[old].report().transfers;
+    assert!(transfers.installed_position >= 100 + laps, "{transfers:?}");
+    assert_eq!(transfers.installed_bytes, SNAPSHOT_BYTES as u64);
+    let donations: u32 = (0..3)
+        .filter(|&i| i != old)
+        .map(|i| cluster.replicas[i].report().transfers.donations)
+        .sum();
+    assert!(donations >= 1);
+    cluster.until("the restarted replica admitted as a voter", |c| {
+        c.replicas[old].report().voter
+    });
+
+    telemetry::set_control_word(window, control::STOP, 1);
+    let mut stable = 0;
+    cluster.until("all three to converge", |c| {
+        let r = c.reports();
+        let same = r
+            .iter()
+            .all(|x| x.applied == r[0].applied && x.chain == r[0].chain);
+        stable = if same { stable + 1 } else { 0 };
+        stable > 20_000
+    });
+    let reports = cluster.reports();
+    assert_eq!(reports.len(), 3);
+    assert!(
+        reports.iter().all(|r| r.digest == reports[0].digest),
+        "{reports:?}"
+    );
+    assert!(
+        reports.iter().all(|r| r.halted == 0 && r.voter),
+        "{reports:?}"
+    );
+    // The state, not only its digest: every axis equal.
+    for axis in 0..AXES {
+        let value = cluster.replicas[0].setpoints().axis(axis);
+        assert!(cluster
+            .replicas
+            .iter()
+            .all(|f| f.setpoints().axis(axis) == value));
+    }
 }
 
 #[test]

@@ -49,6 +49,8 @@ pub struct Cluster {
     exe: PathBuf,
     dir: PathBuf,
     config_path: PathBuf,
+    /// Keys of every replica's store (`mu replica --kv-keys`).
+    kv_keys: usize,
     replicas: u8,
     children: Vec<Option<Child>>,
     /// Killed children, by id, until reaped.
@@ -61,6 +63,15 @@ pub struct Cluster {
 impl Cluster {
     /// Writes `deployment` to `<shm dir>/cluster.toml` and starts every replica with `exe`.
     pub fn start(exe: &Path, deployment: &Deployment) -> Result<Cluster, ClusterError> {
+        Cluster::start_with_keys(exe, deployment, crate::node::KV_KEYS)
+    }
+
+    /// [`Cluster::start`], with stores of `kv_keys` keys.
+    pub fn start_with_keys(
+        exe: &Path,
+        deployment: &Deployment,
+        kv_keys: usize,
+    ) -> Result<Cluster, ClusterError> {
         let dir = match deployment.replicas.first().map(|r| &r.host) {
             // Verbs replicas on one host keep their client ports in one directory too.
             Some(board_configs::Host::Linux(host)) => host.fabric.dir().to_path_buf(),
@@ -75,6 +86,7 @@ impl Cluster {
             exe: exe.to_path_buf(),
             dir,
             config_path,
+            kv_keys,
             replicas,
             children: (0..replicas).map(|_| None).collect(),
             killed: (0..replicas).map(|_| None).collect(),
@@ -113,6 +125,8 @@ impl Cluster {
             .arg(&self.config_path)
             .arg("--id")
             .arg(id.to_string())
+            .arg("--kv-keys")
+            .arg(self.kv_keys.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -293,7 +307,7 @@ impl Cluster {
         (0..self.replicas)
             .map(|id| match self.port(id) {
                 Some(p) => format!(
-                    "replica {id}: leading {} fast {} applied {} queued {} waiting {} view {} alive {:#b} voter {} tenures {} halted {}",
+                    "replica {id}: leading {} fast {} applied {} queued {} waiting {} view {} alive {:#b} voter {} tenures {} halted {} catching up {} installs {} donating to {}",
                     p.get(Stat::Leading),
                     p.get(Stat::FastPath),
                     p.get(Stat::Applied),
@@ -303,7 +317,10 @@ impl Cluster {
                     p.get(Stat::Alive),
                     p.get(Stat::Voter),
                     p.get(Stat::Tenures),
-                    p.get(Stat::Halted)
+                    p.get(Stat::Halted),
+                    p.get(Stat::CatchingUp),
+                    p.get(Stat::Installs),
+                    p.get(Stat::DonatingTo)
                 ),
                 None => format!("replica {id}: down"),
             })
@@ -371,9 +388,12 @@ impl Cluster {
         };
         for &id in &live {
             let port = self.port(id).expect("live");
+            // A replica that installed a snapshot applied only the positions after it; the
+            // equal digests above cover the rest.
+            let installed_at = port.get(Stat::InstalledAt);
             for &(position, command) in committed {
-                if position + JOURNAL_POSITIONS <= applied {
-                    continue; // The journal wrapped past it.
+                if position + JOURNAL_POSITIONS <= applied || position < installed_at {
+                    continue; // The journal wrapped past it, or this life never applied it.
                 }
                 let found = port.journal_at(position);
                 if found != command {
@@ -562,6 +582,180 @@ pub fn kill_leader(
             return fail(format!(
                 "nothing committed within {limit:?} after replica {leader} was killed: {}",
                 cluster.describe()
+            ));
+        }
+    }
+}
+
+/// Keeps `client` committing until the leader applied `positions` more positions (the log
+/// wraps once every `slot_count` of them); gives up after `limit`. Returns the commands
+/// committed meanwhile.
+pub fn commit_positions(
+    cluster: &Cluster,
+    client: &mut Client,
+    positions: u64,
+    limit: Duration,
+) -> Result<u64, ClusterError> {
+    let applied = |cluster: &Cluster| {
+        cluster
+            .leader()
+            .and_then(|l| cluster.port(l))
+            .map_or(0, |p| p.get(Stat::Applied))
+    };
+    let from = applied(cluster);
+    let committed = client.committed_count();
+    let deadline = Instant::now() + limit;
+    while applied(cluster) < from + positions {
+        client.pump(cluster);
+        if Instant::now() > deadline {
+            return fail(format!(
+                "{} of {positions} positions applied within {limit:?}: {}",
+                applied(cluster).saturating_sub(from),
+                cluster.describe()
+            ));
+        }
+    }
+    Ok(client.committed_count() - committed)
+}
+
+/// How a restarted replica rejoined ([`restart_and_rejoin`]); times in ns from its restart.
+#[derive(Clone, Copy, Debug)]
+pub struct Rejoin {
+    /// The replica.
+    pub id: u8,
+    /// Snapshots it installed (0: the logs still held everything it needed).
+    pub installs: u64,
+    /// The position the last snapshot covered, and its bytes.
+    pub installed_at: u64,
+    /// See `installed_at`.
+    pub bytes: u64,
+    /// When it began and finished installing the last snapshot.
+    pub install_began: u64,
+    /// See `install_began`.
+    pub install_ended: u64,
+    /// When a leader admitted it as a voter.
+    pub voter: u64,
+    /// When it had applied as far as the leader had when it restarted.
+    pub caught_up: u64,
+    /// The leader's applied position when it restarted.
+    pub leader_applied: u64,
+    /// Commands the client committed from the restart until it was a voter.
+    pub committed_meanwhile: u64,
+    /// Commands the client committed while it saw the replica install a snapshot, and for how
+    /// long it saw that (ns): the leader's throughput while the transfer ran.
+    pub install_commits: u64,
+    /// See `install_commits`.
+    pub install_seen_ns: u64,
+}
+
+impl Rejoin {
+    /// Commands per second the client committed while it saw the install run.
+    pub fn throughput_during_install(&self) -> Option<f64> {
+        (self.install_seen_ns > 0)
+            .then(|| self.install_commits as f64 * 1e9 / self.install_seen_ns as f64)
+    }
+
+    /// Bytes per second of the last install.
+    pub fn install_rate(&self) -> f64 {
+        let ns = self.install_ended.saturating_sub(self.install_began).max(1);
+        self.bytes as f64 * 1e9 / ns as f64
+    }
+
+    /// One line for a person.
+    pub fn describe(&self) -> String {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let install = if self.installs == 0 {
+            "no snapshot needed (the logs still held every position)".to_string()
+        } else {
+            format!(
+                "installed {} (the last: {} bytes covering positions below {}, {:.1} ms, \
+                 {:.0} MB/s, began {:.1} ms after the restart)",
+                match self.installs {
+                    1 => "a snapshot".to_string(),
+                    n => format!("{n} snapshots, lapped again after the first"),
+                },
+                self.bytes,
+                self.installed_at,
+                ms(self.install_ended.saturating_sub(self.install_began)),
+                self.install_rate() / 1e6,
+                ms(self.install_began)
+            )
+        };
+        format!(
+            "replica {} {install}; caught up with position {} after {:.1} ms; a voter after \
+             {:.1} ms; {} commands committed meanwhile",
+            self.id,
+            self.leader_applied,
+            ms(self.caught_up),
+            ms(self.voter),
+            self.committed_meanwhile
+        )
+    }
+}
+
+/// Restarts replica `id` (down) with a fresh region while `client` keeps committing, and waits
+/// up to `limit` until it is a voter caught up with where the leader stood at the restart.
+pub fn restart_and_rejoin(
+    cluster: &mut Cluster,
+    client: &mut Client,
+    id: u8,
+    limit: Duration,
+) -> Result<Rejoin, ClusterError> {
+    let leader_applied = cluster
+        .leader()
+        .and_then(|l| cluster.port(l))
+        .map_or(0, |p| p.get(Stat::Applied));
+    let committed = client.committed_count();
+    let restarted_at = monotonic_ns();
+    cluster.spawn(id)?;
+    let deadline = Instant::now() + limit;
+    let (mut voter, mut caught_up) = (None, None);
+    // (ns, commits) when the client first saw the install run, and how many ran while it did.
+    let (mut install_seen, mut install_commits, mut install_seen_ns) = (None, 0, 0);
+    loop {
+        client.pump(cluster);
+        let port = cluster
+            .port(id)
+            .ok_or_else(|| ClusterError(format!("replica {id} went down while rejoining")))?;
+        let since = || monotonic_ns() - restarted_at;
+        match (port.get(Stat::CatchingUp) == 1, install_seen) {
+            (true, None) => install_seen = Some((monotonic_ns(), client.committed_count())),
+            (false, Some((at, commits))) => {
+                install_commits += client.committed_count() - commits;
+                install_seen_ns += monotonic_ns() - at;
+                install_seen = None;
+            }
+            _ => {}
+        }
+        if caught_up.is_none() && port.get(Stat::Applied) >= leader_applied {
+            caught_up = Some(since());
+        }
+        if voter.is_none() && port.get(Stat::Voter) == 1 {
+            voter = Some((since(), client.committed_count() - committed));
+        }
+        if let (Some((voter, committed_meanwhile)), Some(caught_up)) = (voter, caught_up) {
+            let relative = |stat| port.get(stat).saturating_sub(restarted_at);
+            return Ok(Rejoin {
+                id,
+                installs: port.get(Stat::Installs),
+                installed_at: port.get(Stat::InstalledAt),
+                bytes: port.get(Stat::InstalledBytes),
+                install_began: relative(Stat::InstallBeganNs),
+                install_ended: relative(Stat::InstallEndedNs),
+                voter,
+                caught_up,
+                leader_applied,
+                committed_meanwhile,
+                install_commits,
+                install_seen_ns,
+            });
+        }
+        if Instant::now() > deadline || !cluster.running(id) {
+            return fail(format!(
+                "replica {id} did not rejoin within {limit:?} (running: {}): {}\n{}",
+                cluster.running(id),
+                cluster.describe(),
+                cluster.log_tail(id)
             ));
         }
     }

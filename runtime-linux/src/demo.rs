@@ -10,7 +10,9 @@ use hdrhistogram::Histogram;
 use mu_nostd::{Config, DetectorConfig};
 
 use crate::clock::cycles_per_second;
-use crate::cluster::{kill_leader, Client, Cluster, FailOver};
+use crate::cluster::{
+    commit_positions, kill_leader, restart_and_rejoin, Client, Cluster, FailOver, Rejoin,
+};
 use crate::kv;
 use crate::port::Stat;
 
@@ -33,6 +35,8 @@ pub struct DemoOptions {
     pub read_period_us: Option<u32>,
     /// The replicas' fabric.
     pub fabric: DemoFabric,
+    /// Slots of the log.
+    pub slots: u32,
 }
 
 /// The fabric of the demo's replicas (all on this host).
@@ -84,12 +88,16 @@ pub struct FailoverOptions {
     pub read_period_us: Option<u32>,
     /// The replicas' fabric.
     pub fabric: DemoFabric,
+    /// Slots of the log.
+    pub slots: u32,
+    /// Laps of the log the survivors commit after each kill before the killed replica
+    /// restarts (0: it restarts at once); with one or more it rejoins by state transfer.
+    pub wrap_laps: u64,
 }
 
 const TICK_NS: u64 = 1000;
 const SLOT_SIZE: u32 = 256;
-/// Commands per fail-over round: the log (65,536 slots) must still hold everything when a
-/// restarted replica catches up from position 0 (there is no state transfer).
+/// Commands per fail-over round before the kill.
 const ROUND_COMMANDS: u64 = 400;
 
 /// The cluster configuration the demo and the benchmark use. On isolated cores (`busy`) the
@@ -117,6 +125,8 @@ pub fn cluster_config(
     config.op_timeout_ticks = 50_000;
     config.permission_retry_ticks = 2_000;
     config.recycle_period_ticks = 500;
+    config.transfer_chunk_bytes = 64 * 1024;
+    config.transfer_window = 4;
     config.detector = DetectorConfig::paper(read_period);
     config.detector.fate_ticks = match polling {
         Polling::Busy => read_period.saturating_mul(12),
@@ -188,12 +198,16 @@ pub fn demo(options: &DemoOptions) -> Result<(), String> {
     if !(0.1..=3600.0).contains(&options.duration_s) {
         return Err("--duration must be 0.1..=3600 seconds".into());
     }
-    let config = cluster_config(
+    let mut config = cluster_config(
         options.replicas,
         options.payload,
         options.polling,
         options.read_period_us,
     );
+    config.slot_count = options.slots;
+    config
+        .validate()
+        .map_err(|e| format!("--slots {}: {e}", options.slots))?;
     let name = format!("demo-{}", std::process::id());
     let deployment = deployment(
         &name,
@@ -235,7 +249,7 @@ pub fn demo(options: &DemoOptions) -> Result<(), String> {
     let started = Instant::now();
     let mut cluster = Cluster::start(&exe, &deployment).map_err(|e| e.to_string())?;
     println!("cluster directory: {}", cluster.dir().display());
-    let result = run_demo(&mut cluster, options, tsc_hz, started);
+    let result = run_demo(&mut cluster, options, config.slot_count, tsc_hz, started);
     conclude(cluster, &options.fabric, result, true)
 }
 
@@ -262,6 +276,7 @@ fn conclude<T>(
 fn run_demo(
     cluster: &mut Cluster,
     options: &DemoOptions,
+    slot_count: u32,
     tsc_hz: f64,
     started: Instant,
 ) -> Result<(), String> {
@@ -334,6 +349,7 @@ fn run_demo(
         println!("one replica: nothing to fail over to, so the leader is not killed");
     } else {
         fail_over(cluster, &mut client, leader)?;
+        rejoin_after_wraps(cluster, &mut client, leader, slot_count, REJOIN_LAPS)?;
     }
     client.drain(cluster, Duration::from_secs(5));
     let (digest, applied) = cluster
@@ -365,6 +381,39 @@ fn fail_over(cluster: &mut Cluster, client: &mut Client, leader: u8) -> Result<(
         client.pump(cluster);
     }
     Ok(())
+}
+
+/// Laps of the log the survivors commit in `mu demo` before the killed leader restarts.
+const REJOIN_LAPS: u64 = 2;
+
+/// Lets the survivors wrap the log `laps` times while replica `killed` is down, restarts it
+/// with a fresh region and reports how it rejoined: by a state transfer, since no log holds
+/// the positions it lacks.
+fn rejoin_after_wraps(
+    cluster: &mut Cluster,
+    client: &mut Client,
+    killed: u8,
+    slot_count: u32,
+    laps: u64,
+) -> Result<Rejoin, String> {
+    let started = Instant::now();
+    let committed = commit_positions(
+        cluster,
+        client,
+        laps * slot_count as u64,
+        Duration::from_secs(300),
+    )
+    .map_err(|e| e.to_string())?;
+    println!(
+        "replica {killed} down while the survivors wrapped the log {laps} times: {committed} \
+         commands in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    println!("restarting replica {killed} with a fresh region (a new incarnation)");
+    let rejoin = restart_and_rejoin(cluster, client, killed, Duration::from_secs(60))
+        .map_err(|e| e.to_string())?;
+    println!("rejoin: {}", rejoin.describe());
+    Ok(rejoin)
 }
 
 fn tenures(cluster: &Cluster) -> u64 {
@@ -443,6 +492,8 @@ fn parse_switch(line: &str) -> Option<(String, f64)> {
 pub struct FailoverReport {
     /// Every round's fail-over, in order.
     pub fail_overs: Vec<FailOver>,
+    /// How the killed replica rejoined, every round, with `wrap_laps` above 0.
+    pub rejoins: Vec<Rejoin>,
     /// SIGKILL -> first commit by the new leader, every round.
     pub total: Histogram<u64>,
     /// SIGKILL -> the new leader elected itself ([`FailOver::detection`]). This and the other
@@ -468,6 +519,7 @@ impl FailoverReport {
         let histogram = || Histogram::new_with_bounds(1, 1 << 40, 3).expect("static bounds");
         FailoverReport {
             fail_overs: Vec::new(),
+            rejoins: Vec::new(),
             total: histogram(),
             detection: histogram(),
             switch_and_prepare: histogram(),
@@ -573,6 +625,19 @@ impl FailoverReport {
                 us(histogram.max())
             );
         }
+        if !self.rejoins.is_empty() {
+            let ms = |rejoin: &Rejoin| rejoin.voter as f64 / 1e6;
+            let mut voter: Vec<f64> = self.rejoins.iter().map(ms).collect();
+            voter.sort_by(f64::total_cmp);
+            let transfers = self.rejoins.iter().filter(|r| r.installs > 0).count();
+            println!(
+                "rejoin of the killed replica after the log wrapped, {} rounds: {transfers} by \
+                 state transfer; restart -> voter median {:.1} ms, max {:.1} ms",
+                self.rejoins.len(),
+                voter[voter.len() / 2],
+                voter[voter.len() - 1]
+            );
+        }
     }
 }
 
@@ -608,12 +673,16 @@ pub fn failover_report(
     replica_exe: &Path,
     progress: bool,
 ) -> Result<FailoverReport, String> {
-    let config = cluster_config(
+    let mut config = cluster_config(
         options.replicas,
         64,
         options.polling,
         options.read_period_us,
     );
+    config.slot_count = options.slots;
+    config
+        .validate()
+        .map_err(|e| format!("--slots {}: {e}", options.slots))?;
     let name = format!("failover-{}", std::process::id());
     let deployment = deployment(
         &name,
@@ -678,7 +747,23 @@ fn run_failover(
                 describe_split(&fail_over)
             );
         }
-        cluster.spawn(leader).map_err(|e| e.to_string())?;
+        if options.wrap_laps == 0 {
+            cluster.spawn(leader).map_err(|e| e.to_string())?;
+            continue;
+        }
+        let laps = options.wrap_laps;
+        let positions = laps * config.slot_count as u64;
+        commit_positions(cluster, &mut client, positions, Duration::from_secs(300))
+            .map_err(|e| format!("round {round}: {e}"))?;
+        let rejoin = restart_and_rejoin(cluster, &mut client, leader, Duration::from_secs(60))
+            .map_err(|e| format!("round {round}: {e}"))?;
+        if progress {
+            println!(
+                "           the survivors wrapped the log {laps} times, then {}",
+                rejoin.describe()
+            );
+        }
+        report.rejoins.push(rejoin);
     }
     Ok(report)
 }

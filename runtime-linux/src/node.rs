@@ -18,7 +18,7 @@
 //!   step takes anyway for the plane's ticks.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ use board_configs::Polling;
 use hdrhistogram::Histogram;
 use mu_nostd::{
     planes, BackgroundPlane, Config, Fabric, ReplicaError, ReplicaId, ReplicationPlane, Shared,
-    StateMachine, SubmitError, Ticket, REQUESTS_MAX,
+    Snapshot, StateMachine, SubmitError, Ticket, REQUESTS_MAX,
 };
 
 use crate::clock::{cycles_end, cycles_start, monotonic_ns, Ticker};
@@ -50,8 +50,8 @@ pub const ENTRY_MAX: usize = 64 * 1024;
 pub const QUEUE_BYTES: usize = 256 * 1024;
 /// In `shared` polling mode, a thread yields once every this many polls.
 pub const YIELD_EVERY: u32 = 16;
-/// Keys the replicated store holds.
-pub const KV_CAPACITY: usize = 4096;
+/// Keys the replicated store holds unless `mu replica --kv-keys` says otherwise.
+pub const KV_KEYS: usize = 4096;
 /// Client commands a replication step takes from the port at most.
 const INTAKE_PER_STEP: usize = 8;
 
@@ -93,6 +93,9 @@ pub struct NodeSpec {
     pub background_core: Option<usize>,
     /// SCHED_FIFO priority for both threads.
     pub realtime_priority: Option<u8>,
+    /// Keys the replicated store holds (every replica of a cluster needs the same, or a
+    /// snapshot may not fit).
+    pub kv_keys: usize,
 }
 
 /// Why a replica could not start.
@@ -109,6 +112,21 @@ pub enum NodeError {
     Replica(ReplicaError),
     /// The client port.
     Port(std::io::Error),
+    /// The deployment file or the command line.
+    Config(String),
+    /// The replication plane halted with this reason (see [`halt_reason`]).
+    Halted(u32),
+}
+
+/// What a halt reason code means.
+pub fn halt_reason(code: u32) -> &'static str {
+    match code {
+        mu_nostd::HALT_LAPPED => {
+            "it needs log positions that no replica holds any more and could not install a \
+             snapshot of another replica's state"
+        }
+        _ => "unknown reason",
+    }
 }
 
 impl std::fmt::Display for NodeError {
@@ -120,6 +138,12 @@ impl std::fmt::Display for NodeError {
             NodeError::NoVerbs => write!(f, "{NO_VERBS}"),
             NodeError::Replica(e) => write!(f, "{e}"),
             NodeError::Port(e) => write!(f, "client port: {e}"),
+            NodeError::Config(e) => write!(f, "{e}"),
+            NodeError::Halted(code) => write!(
+                f,
+                "replication halted (reason {code}): {}; this replica takes no further part",
+                halt_reason(*code)
+            ),
         }
     }
 }
@@ -139,18 +163,23 @@ struct Waiting {
 pub struct App<'p> {
     kv: Kv,
     port: &'p Port,
+    me: ReplicaId,
     waiting: [Waiting; REQUESTS_MAX],
     latency: Histogram<u64>,
+    /// The snapshot being installed: the position it covers and its length.
+    installing: Option<(u64, u64)>,
 }
 
 impl<'p> App<'p> {
-    /// An empty store answering through `port`.
-    pub fn new(port: &'p Port) -> App<'p> {
+    /// An empty store of `kv_keys` keys answering through `port` for replica `me`.
+    pub fn new(port: &'p Port, me: ReplicaId, kv_keys: usize) -> App<'p> {
         App {
-            kv: Kv::new(KV_CAPACITY),
+            kv: Kv::new(kv_keys),
             port,
+            me,
             waiting: [Waiting::default(); REQUESTS_MAX],
             latency: Histogram::new_with_bounds(1, 1 << 40, 3).expect("static bounds"),
+            installing: None,
         }
     }
 
@@ -190,11 +219,73 @@ impl StateMachine for App<'_> {
     fn dropped(&mut self, ticket: Ticket) {
         self.respond(ticket, Outcome::Dropped, 0, 0);
     }
+
+    fn snapshot_begin(&mut self, _position: u64) -> Option<Snapshot> {
+        let (bytes, digest) = self.kv.snapshot_begin();
+        Some(Snapshot { bytes, digest })
+    }
+
+    fn snapshot_read(&mut self, offset: u64, buf: &mut [u8]) {
+        self.kv.snapshot_read(offset, buf);
+    }
+
+    fn snapshot_end(&mut self) {
+        self.kv.snapshot_end();
+    }
+
+    fn install_begin(&mut self, position: u64, bytes: u64) -> bool {
+        if !self.kv.install_begin(bytes) {
+            eprintln!(
+                "[{:.3} ms] replica {}: cannot install a snapshot of {bytes} bytes at position \
+                 {position} into a store of {} keys (start every replica with the same \
+                 --kv-keys)",
+                monotonic_ns() as f64 / 1e6,
+                self.me,
+                self.kv.capacity()
+            );
+            return false;
+        }
+        self.installing = Some((position, bytes));
+        self.port.set(Stat::InstallBeganNs, monotonic_ns());
+        true
+    }
+
+    fn install_write(&mut self, offset: u64, bytes: &[u8]) {
+        self.kv.install_write(offset, bytes);
+    }
+
+    fn install_end(&mut self) -> u64 {
+        let digest = self.kv.install_end();
+        if let Some((position, bytes)) = self.installing.take() {
+            let port = self.port;
+            port.set(Stat::InstallEndedNs, monotonic_ns());
+            port.set(Stat::InstalledAt, position);
+            port.set(Stat::InstalledBytes, bytes);
+            port.set(Stat::Installs, port.get(Stat::Installs) + 1);
+        }
+        digest
+    }
+
+    fn install_abandon(&mut self) {
+        self.kv.install_abandon();
+        self.installing = None;
+    }
+}
+
+/// What a replication plane does, as far as its pace goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// It leads: its polls are the commit path.
+    Leading,
+    /// It installs or donates a snapshot (a state transfer moves one chunk per poll).
+    Transferring,
+    /// It follows: it applies what the leader wrote into its log.
+    Following,
 }
 
 /// Status words the replication loop keeps up to date, written only when they change; the
 /// values it computes in `publish` come in this order.
-const PUBLISHED: [Stat; 8] = [
+const PUBLISHED: [Stat; 10] = [
     Stat::Leading,
     Stat::FastPath,
     Stat::Applied,
@@ -203,10 +294,15 @@ const PUBLISHED: [Stat; 8] = [
     Stat::Alive,
     Stat::Queued,
     Stat::Voter,
+    Stat::CatchingUp,
+    Stat::DonatingTo,
 ];
 const LEADING: usize = 0;
 const FAST_PATH: usize = 1;
+const HALTED: usize = 3;
 const VOTER: usize = 7;
+const CATCHING_UP: usize = 8;
+const DONATING: usize = 9;
 
 /// What the replication thread does, one step at a time.
 pub struct ReplicationLoop<'s, 'p, F: Fabric = ShmFabric> {
@@ -252,15 +348,25 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
         }
     }
 
-    /// One poll of the plane, then client intake and status. Returns whether this replica
-    /// leads: only the leader's replication plane is on the commit path.
-    pub fn step(&mut self) -> bool {
+    /// One poll of the plane, then client intake and status. Returns what the plane does.
+    pub fn step(&mut self) -> Role {
         let polled_at = monotonic_ns();
         self.plane
             .poll(self.ticker.at(polled_at), &mut self.fabric, &mut self.app);
         self.take_commands();
         self.publish(polled_at);
-        self.published[LEADING] != 0
+        if self.published[LEADING] != 0 {
+            Role::Leading
+        } else if self.published[CATCHING_UP] != 0 || self.published[DONATING] != 0 {
+            Role::Transferring
+        } else {
+            Role::Following
+        }
+    }
+
+    /// Nonzero once the replication plane halted: the reason.
+    pub fn halted(&self) -> u32 {
+        self.published[HALTED] as u32
     }
 
     fn take_commands(&mut self) {
@@ -330,6 +436,8 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
             self.shared.alive() as u64,
             status.queued as u64,
             status.voter as u64,
+            status.catching_up as u64,
+            status.donating_to.map_or(0, |j| j as u64 + 1),
         ];
         if values[FAST_PATH] != self.published[FAST_PATH] {
             // The poll that reached the fast path may already have committed (and answered a
@@ -346,6 +454,7 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
                 );
             }
         }
+        self.log_transfer(&values, polled_at);
         if values[VOTER] == 1 && self.published[VOTER] == 0 {
             eprintln!(
                 "[{:.3} ms] replica {}: a voter, at position {}",
@@ -367,6 +476,49 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
         let dump = port.get(Stat::DumpRequest);
         if dump != port.get(Stat::Dumped) {
             self.dump_latency(dump);
+        }
+    }
+
+    /// State transfers, both ends, and a halt are rare and worth a line in the replica's log.
+    fn log_transfer(&self, values: &[u64; PUBLISHED.len()], polled_at: u64) {
+        let (me, at) = (self.me, polled_at as f64 / 1e6);
+        if self.published[CATCHING_UP] == u64::MAX {
+            return; // The first publish: nothing changed yet.
+        }
+        if values[CATCHING_UP] != self.published[CATCHING_UP] {
+            if values[CATCHING_UP] == 1 {
+                eprintln!(
+                    "[{at:.3} ms] replica {me}: needs positions no log holds any more: \
+                     installing a snapshot from another replica"
+                );
+            } else {
+                let port = self.app.port;
+                eprintln!(
+                    "[{at:.3} ms] replica {me}: installed a snapshot of {} bytes at position {} in \
+                     {:.3} ms; continues from the log",
+                    port.get(Stat::InstalledBytes),
+                    port.get(Stat::InstalledAt),
+                    port.get(Stat::InstallEndedNs)
+                        .saturating_sub(port.get(Stat::InstallBeganNs)) as f64
+                        / 1e6
+                );
+            }
+        }
+        if values[DONATING] != self.published[DONATING] {
+            match values[DONATING] {
+                0 => eprintln!("[{at:.3} ms] replica {me}: no longer donates a snapshot"),
+                to => eprintln!(
+                    "[{at:.3} ms] replica {me}: donates a snapshot to replica {}",
+                    to - 1
+                ),
+            }
+        }
+        if values[HALTED] != 0 && self.published[HALTED] == 0 {
+            eprintln!(
+                "[{at:.3} ms] replica {me}: HALTED (reason {}): {}",
+                values[HALTED],
+                halt_reason(values[HALTED] as u32)
+            );
         }
     }
 
@@ -568,7 +720,7 @@ impl Parts {
                 spec,
                 replication,
                 replication_fabric,
-                App::new(&self.port),
+                App::new(&self.port, spec.id, spec.kv_keys),
                 shared,
             ),
             BackgroundLoop::new(background, background_fabric, spec.id, ticker, &self.port),
@@ -606,12 +758,10 @@ pub fn run(spec: &NodeSpec, stop: &AtomicBool) -> Result<(), NodeError> {
             VerbsFabric::new(endpoint.clone(), Plane::Replication),
             VerbsFabric::new(endpoint.clone(), Plane::Background),
         )?;
-        run_loops(spec, stop, &parts, replication, background);
-        return Ok(());
+        return run_loops(spec, stop, &parts, replication, background);
     }
     let (replication, background) = parts.loops(spec, &shared)?;
-    run_loops(spec, stop, &parts, replication, background);
-    Ok(())
+    run_loops(spec, stop, &parts, replication, background)
 }
 
 /// Runs both loops on their own threads until `stop`.
@@ -621,8 +771,12 @@ fn run_loops<F: Fabric + Send>(
     parts: &Parts,
     mut replication: ReplicationLoop<'_, '_, F>,
     mut background: BackgroundLoop<'_, '_, F>,
-) {
+) -> Result<(), NodeError> {
     parts.port.set(Stat::Ready, 1);
+    // A halted replica stops both planes and exits: left running, it would keep answering
+    // permission requests and reads for a log it no longer applies.
+    let halted = AtomicU32::new(0);
+    let halted = &halted;
     std::thread::scope(|scope| {
         let polling = spec.polling;
         let priority = spec.realtime_priority;
@@ -633,28 +787,40 @@ fn run_loops<F: Fabric + Send>(
         scope.spawn(move || {
             place_thread(id, "replication", rc, priority);
             spin(stop, polling, || {
-                if replication.step() {
-                    Pace::Spin
-                } else {
-                    Pace::Rest(FOLLOWER_REST)
+                let role = replication.step();
+                if replication.halted() != 0 {
+                    halted.store(replication.halted(), Ordering::Relaxed);
+                    return Pace::Stop;
+                }
+                match role {
+                    Role::Leading => Pace::Spin,
+                    Role::Transferring => Pace::Rest(TRANSFER_REST),
+                    Role::Following => Pace::Rest(FOLLOWER_REST),
                 }
             });
         });
         scope.spawn(move || {
             place_thread(id, "background", bc, priority);
             spin(stop, polling, || {
+                if halted.load(Ordering::Relaxed) != 0 {
+                    return Pace::Stop;
+                }
                 background.step();
                 Pace::Rest(background_rest)
             });
         });
     });
+    match halted.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        code => Err(NodeError::Halted(code)),
+    }
 }
 
-/// Calls `step` until `stop`, idling as the polling mode says.
+/// Calls `step` until `stop` or until it says [`Pace::Stop`], idling as the polling mode says.
 ///
 /// In `busy` mode every thread spins. In `shared` mode only the leader's replication plane
 /// spins (yielding now and then): it is the only one on the commit path, since followers are
-/// written to without their CPU. Follower replication planes and background planes sleep
+/// written to without their CPU. The two ends of a state transfer spin too while it runs. Follower replication planes and background planes sleep
 /// between polls, which leaves the cores to the threads that need them; without that, on a
 /// host with fewer cores than threads, a background plane starved for a few scheduler slices
 /// misses heartbeats and deposes a healthy leader.
@@ -669,6 +835,7 @@ fn spin(stop: &AtomicBool, polling: Polling, mut step: impl FnMut() -> Pace) {
         let pace = step();
         polls = polls.wrapping_add(1);
         match (polling, pace) {
+            (_, Pace::Stop) => return,
             (Polling::Busy, _) => std::hint::spin_loop(),
             (Polling::Shared, Pace::Rest(rest)) => std::thread::sleep(rest),
             (Polling::Shared, Pace::Spin) if polls % YIELD_EVERY == 0 => std::thread::yield_now(),
@@ -682,12 +849,18 @@ fn spin(stop: &AtomicBool, polling: Polling, mut step: impl FnMut() -> Pace) {
 enum Pace {
     Spin,
     Rest(Duration),
+    Stop,
 }
 
 /// How long a follower's replication plane sleeps between polls in `shared` mode: it only
 /// applies what the leader already wrote into its log, so this delays its applied position,
 /// never a commit.
 const FOLLOWER_REST: Duration = Duration::from_micros(50);
+
+/// How long a replication plane that installs or donates a snapshot sleeps between polls in
+/// `shared` mode. Each such poll moves a chunk (tens of µs of copying and checksumming): resting
+/// longer than a follower keeps a transfer from taking the cores from the leader's polls.
+const TRANSFER_REST: Duration = Duration::from_micros(200);
 
 /// Locks current and future memory so that the hot path takes no page faults.
 fn lock_memory(id: ReplicaId) {

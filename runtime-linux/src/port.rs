@@ -98,9 +98,24 @@ pub enum Stat {
     /// 1 once this life of the replica is a voter; a restarted replica is recovering (0) until
     /// a leader admits it.
     Voter = 168,
+    /// 1 while this replica installs a snapshot from another replica (state transfer).
+    CatchingUp = 176,
+    /// Snapshots this life of the replica installed.
+    Installs = 184,
+    /// The position the last installed snapshot covers: this life applied (and journaled) only
+    /// the positions from there on.
+    InstalledAt = 192,
+    /// Bytes of the last installed snapshot.
+    InstalledBytes = 200,
+    /// `CLOCK_MONOTONIC` ns when the last snapshot install began and ended.
+    InstallBeganNs = 208,
+    /// See `InstallBeganNs`.
+    InstallEndedNs = 216,
+    /// The replica it serves a snapshot to, plus one; 0 while it donates none.
+    DonatingTo = 224,
 }
 
-const _: () = assert!(Stat::Voter as usize + 8 <= REQ_TAIL);
+const _: () = assert!(Stat::DonatingTo as usize + 8 <= REQ_TAIL);
 
 /// Outcome of a client command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -753,6 +753,17 @@ impl ShmFabric {
         offset as u64 + len as u64 <= self.layout.region_bytes as u64
     }
 
+    /// Peers may write a region's header, background and log areas, and read its transfer area
+    /// too; its scratch area is never remote (as on the verbs fabric).
+    fn remote_visible(&self, offset: u32, len: u32, write: bool) -> bool {
+        let end = if write {
+            self.layout.transfer
+        } else {
+            self.layout.scratch
+        };
+        offset as u64 + len as u64 <= end as u64
+    }
+
     /// Maps `peer`'s current region file, checking that it is a region of this cluster whose
     /// owner runs. The control page is checked first, so that probing a dead peer (every read
     /// period, by the failure detector) never maps and populates its whole region.
@@ -888,7 +899,7 @@ impl Fabric for ShmFabric {
         wr_id: u64,
     ) -> Result<(), PostError> {
         self.check_peer(peer)?;
-        if !self.in_region(local_offset, len) || !self.in_region(remote_offset, len) {
+        if !self.in_region(local_offset, len) || !self.remote_visible(remote_offset, len, true) {
             return Err(PostError::OutOfBounds);
         }
         let status = self.copy_to_peer(peer, local_offset, remote_offset, len);
@@ -905,7 +916,7 @@ impl Fabric for ShmFabric {
         wr_id: u64,
     ) -> Result<(), PostError> {
         self.check_peer(peer)?;
-        if !self.in_region(local_offset, len) || !self.in_region(remote_offset, len) {
+        if !self.in_region(local_offset, len) || !self.remote_visible(remote_offset, len, false) {
             return Err(PostError::OutOfBounds);
         }
         let dst = self.own.region(local_offset);

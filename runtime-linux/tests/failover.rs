@@ -1,7 +1,9 @@
 //! The fail-over benchmark as a library: a short `failover_report` over real `mu replica`
 //! processes must split every fail-over into segments that follow each other and add up to the
 //! total. A replica that published no take-over timestamps, stale ones of an earlier tenure, or
-//! ones out of order leaves a round without a split, and the test fails. No timing is asserted.
+//! ones out of order leaves a round without a split, and the test fails. Each killed leader
+//! restarts after the survivors wrapped the log twice, so it must rejoin by state transfer.
+//! No timing is asserted.
 
 use std::path::Path;
 
@@ -17,10 +19,20 @@ fn every_fail_over_splits_into_segments_that_add_up() {
         pin_from: None,
         read_period_us: None,
         fabric: DemoFabric::Shm,
+        slots: 1024,
+        wrap_laps: 2,
     };
     let report = failover_report(&options, Path::new(env!("CARGO_BIN_EXE_mu")), false)
         .expect("the fail-over rounds run");
     assert_eq!(report.fail_overs.len(), 2);
+    assert_eq!(report.rejoins.len(), 2);
+    for rejoin in &report.rejoins {
+        // Two laps behind, no log holds what the restarted replica lacks.
+        assert!(
+            rejoin.installs >= 1,
+            "rejoined without a snapshot: {rejoin:?}"
+        );
+    }
     for (round, fail_over) in report.fail_overs.iter().enumerate() {
         let marks = fail_over
             .marks

@@ -63,6 +63,7 @@ fn leader_propose_to_commit_allocates_nothing() {
             replication_core: None,
             background_core: None,
             realtime_priority: None,
+            kv_keys: runtime_linux::node::KV_KEYS,
         })
         .collect();
     let parts: Vec<Parts> = specs.iter().map(|s| Parts::create(s).unwrap()).collect();

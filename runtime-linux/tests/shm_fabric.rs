@@ -651,11 +651,20 @@ fn bounds_peer_ids_and_busy() {
     }
     assert!(drain(&mut f0).is_empty(), "refused posts complete nothing");
 
-    // The exact end of the region is in bounds, a zero-length post at the end too.
-    f0.write(1, rb - 8, rb - 8, 8, 30).unwrap();
-    f0.read(1, rb - 8, rb - 8, 8, 31).unwrap();
-    f0.write(1, rb, rb, 0, 32).unwrap();
-    f0.read(1, rb, rb, 0, 33).unwrap();
+    // Peers write below the transfer area and read below the scratch area (contract: only the
+    // owner writes its transfer area; the scratch area is never remote).
+    let (transfer, scratch) = (layout.transfer, layout.scratch);
+    assert_eq!(f0.write(1, 0, transfer - 8, 16, 14), oob);
+    assert_eq!(f0.write(1, 0, transfer, 8, 15), oob);
+    assert_eq!(f0.read(1, scratch - 8, 0, 16, 16), oob);
+    assert_eq!(f0.read(1, scratch, 0, 8, 17), oob);
+
+    // The exact ends of those areas are in bounds (locally: the region's; remotely the end of
+    // the background area, which needs no grant), a zero-length post at the end too.
+    f0.write(1, rb - 8, layout.log - 8, 8, 30).unwrap();
+    f0.read(1, scratch - 8, rb - 8, 8, 31).unwrap();
+    f0.write(1, rb, transfer, 0, 32).unwrap();
+    f0.read(1, scratch, rb, 0, 33).unwrap();
     let got = drain(&mut f0);
     let ids: Vec<u64> = got.iter().map(|c| c.wr_id).collect();
     assert_eq!(ids, [30, 31, 32, 33]);
@@ -784,13 +793,25 @@ fn log_area_permissions() {
         20,
         "write across the log start",
     );
-    denied(&mut f0, log_end - 8, 16, 30, "write across the log end");
+    denied(&mut f0, log_end - 16, 16, 30, "write at the log end");
     denied(
         &mut f0,
         layout.background,
-        span,
+        log_end - layout.background,
         40,
         "write over the whole log",
+    );
+    // Beyond the log area lies the transfer area, which only its owner writes: refused at post.
+    let oob = Err(PostError::OutOfBounds);
+    assert_eq!(
+        f0.write(1, 0, log_end - 8, 16, 41),
+        oob,
+        "write across the log end"
+    );
+    assert_eq!(
+        f0.write(1, 0, layout.background, span, 42),
+        oob,
+        "write over both"
     );
     assert_same(&snapshot(&f1), &initial, "after denied straddling writes");
 
@@ -833,12 +854,12 @@ fn log_area_permissions() {
     f1.grant(0);
     f0.write(1, layout.scratch, layout.log, 256, 80).unwrap();
     assert_eq!(one(&mut f0).status, Status::Ok);
-    f0.write(1, layout.scratch, log_end - 8, 16, 81).unwrap();
+    f0.write(1, layout.scratch, log_end - 16, 16, 81).unwrap();
     assert_eq!(one(&mut f0).status, Status::Ok);
     let at = (layout.log - layout.background) as usize;
     expected[at..at + 256].copy_from_slice(&payload);
     let end = (log_end - layout.background) as usize;
-    expected[end - 8..end + 8].copy_from_slice(&payload[..16]);
+    expected[end - 16..end].copy_from_slice(&payload[..16]);
     assert_same(&snapshot(&f1), &expected, "after granted log writes");
 
     // Revoked: refused again, nothing lands.

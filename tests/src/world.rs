@@ -575,14 +575,16 @@ impl World {
         }
     }
 
-    /// True when the owner's permissions refuse a write piece into its log area.
+    /// True when the owner's permissions refuse a write piece: one into its log area, or any
+    /// write of the replication plane (on verbs the grant is the replication-plane queue
+    /// pair's write access, whatever the area; the contract's rule 5).
     fn refused(&self, piece: Piece) -> bool {
         let op = self.ops.get(piece.op).expect("running op");
-        if op.kind != Kind::Write
-            || !self
-                .layout
-                .touches_log_area(op.remote + piece.start, piece.len)
-        {
+        let replication = op.conn % 2 == plane_index(Plane::Replication);
+        let log = self
+            .layout
+            .touches_log_area(op.remote + piece.start, piece.len);
+        if op.kind != Kind::Write || !(log || replication) {
             return false;
         }
         let (owner, writer) = (op.peer as usize, op.poster as usize);
@@ -1024,6 +1026,7 @@ mod tests {
         w.fabric(0, Plane::Background)
             .write(1, src, layout().heartbeat(), 16, 3)
             .unwrap();
+        w.fabric(2, Plane::Replication).grant(0);
         w.fabric(0, Plane::Replication)
             .write(2, src, layout().heartbeat(), 16, 4)
             .unwrap();
@@ -1036,6 +1039,38 @@ mod tests {
         assert_eq!(done, [ok(4), ok(5)]);
         assert_eq!(bytes(&w, 1, slot, 64), [0xCD; 64]);
         assert_eq!(w.stats().denied, 1);
+        assert!(w.take_violations().is_empty());
+    }
+
+    /// Contract rule 5: a replication-plane write needs the owner's grant whatever the area
+    /// (verbs gates the whole queue pair); the background plane writes the background area
+    /// without one.
+    #[test]
+    fn replication_plane_writes_need_the_grant_everywhere() {
+        let mut w = world(Faults::gentle(), 3);
+        let src = stage(&mut w, 0, 0x5A, 16);
+        let request = layout().transfer_request(0);
+        w.fabric(0, Plane::Replication)
+            .write(1, src, request, 16, 1)
+            .unwrap();
+        assert_eq!(
+            run(&mut w, 0, Plane::Replication, 30),
+            [Completion {
+                wr_id: 1,
+                status: Status::Denied
+            }]
+        );
+        assert_eq!(bytes(&w, 1, request, 16), [0; 16]);
+        w.fabric(0, Plane::Background)
+            .write(1, src, request, 16, 2)
+            .unwrap();
+        assert_eq!(run(&mut w, 0, Plane::Background, 30), [ok(2)]);
+        assert_eq!(bytes(&w, 1, request, 16), [0x5A; 16]);
+        w.fabric(1, Plane::Replication).grant(0);
+        let mut f = w.fabric(0, Plane::Replication);
+        f.reconnect(1).unwrap();
+        f.write(1, src, request, 16, 3).unwrap();
+        assert_eq!(run(&mut w, 0, Plane::Replication, 30), [ok(3)]);
         assert!(w.take_violations().is_empty());
     }
 
@@ -1293,6 +1328,9 @@ mod tests {
             let mut w = world(Faults::default(), seed);
             let hb = layout().heartbeat();
             let src = stage(&mut w, 0, 0x31, 16);
+            for owner in [1, 2] {
+                w.fabric(owner, Plane::Replication).grant(0);
+            }
             for id in 0..5 {
                 w.fabric(0, Plane::Replication)
                     .write(1, src, hb, 16, id)

@@ -84,6 +84,12 @@ enum Action {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
+    /// A follower 10 laps behind rejoins a 3-process cluster by a 64 MiB state transfer.
+    Rejoin {
+        /// The `mu` binary, which runs the replica processes.
+        #[arg(long, default_value = "target/release/mu")]
+        mu: PathBuf,
+    },
     /// One instruction-count scenario (what `instructions` runs under callgrind).
     #[command(hide = true)]
     Probe {
@@ -155,6 +161,15 @@ fn main() -> ExitCode {
                     )
                 })
         }
+        Action::Rejoin { mu } => mu_benches::rejoin::measure(&mu).map(|bench| {
+            let ratio = bench.throughput_ratio();
+            println!(
+                "install {:.0} MB/s; leader throughput {:.0} commands/s before, {} during",
+                bench.rejoin.install_rate() / 1e6,
+                bench.before,
+                ratio.map_or("not seen".into(), |q| format!("{:.0}% of that", 100.0 * q))
+            )
+        }),
         Action::Probe {
             scenario,
             iterations,

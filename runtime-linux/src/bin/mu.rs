@@ -88,7 +88,8 @@ impl From<FabricArgs> for DemoFabric {
 #[derive(Subcommand)]
 enum Action {
     /// Starts a cluster of replica processes on this machine, drives a workload, reports
-    /// latency and throughput, kills the leader and reports the fail-over.
+    /// latency and throughput, kills the leader and reports the fail-over; then lets the
+    /// survivors wrap the log twice, restarts the killed replica and reports how it rejoined.
     Demo {
         /// Replicas (processes).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=7))]
@@ -113,11 +114,16 @@ enum Action {
         read_period_us: Option<u32>,
         #[command(flatten)]
         fabric: FabricArgs,
+        /// Slots of the log (a power of two).
+        #[arg(long, default_value_t = 65536)]
+        slots: u32,
     },
     /// Lists RDMA devices, ports, GIDs and limits, the memlock limit, isolated cores and huge
     /// pages, and says what is missing for a verbs deployment (exit status 1 when something is).
     Doctor,
-    /// Runs one replica of the cluster described by a config file.
+    /// Runs one replica of the cluster described by a config file. Exit status: 0 when stopped
+    /// by SIGTERM or SIGINT, 1 when it cannot start, 3 when its replication halted (the log
+    /// line before says why).
     Replica {
         /// The deployment file (see board-configs/).
         #[arg(long)]
@@ -125,6 +131,10 @@ enum Action {
         /// This replica's id.
         #[arg(long)]
         id: u8,
+        /// Keys the replicated key-value store holds (values up to 4 KiB each); every replica
+        /// of a cluster must use the same.
+        #[arg(long, default_value_t = node::KV_KEYS, value_parser = kv_keys)]
+        kv_keys: usize,
     },
     /// Fail-over benchmark: kills the leader ROUNDS times (restarting it each time) and reports
     /// the time from SIGKILL to the first command committed by the new leader, split into
@@ -148,6 +158,13 @@ enum Action {
         read_period_us: Option<u32>,
         #[command(flatten)]
         fabric: FabricArgs,
+        /// Slots of the log (a power of two).
+        #[arg(long, default_value_t = 65536)]
+        slots: u32,
+        /// After each kill, laps of the log the survivors commit before the killed replica
+        /// restarts; with 1 or more it must rejoin by state transfer (reported per round).
+        #[arg(long, default_value_t = 0)]
+        wrap_laps: u64,
     },
 }
 
@@ -169,6 +186,7 @@ fn main() -> ExitCode {
             pin_from,
             read_period_us,
             fabric,
+            slots,
         } => demo::demo(&DemoOptions {
             replicas,
             payload,
@@ -178,8 +196,19 @@ fn main() -> ExitCode {
             pin_from,
             read_period_us,
             fabric: fabric.into(),
+            slots,
         }),
-        Action::Replica { config, id } => replica(&config, id),
+        Action::Replica {
+            config,
+            id,
+            kv_keys,
+        } => match replica(&config, id, kv_keys) {
+            Err(node::NodeError::Halted(code)) => {
+                eprintln!("mu: replica {id}: {}", node::NodeError::Halted(code));
+                return ExitCode::from(EXIT_HALTED);
+            }
+            outcome => outcome.map_err(|e| format!("replica {id}: {e}")),
+        },
         Action::Doctor => match doctor() {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,
@@ -192,6 +221,8 @@ fn main() -> ExitCode {
             pin_from,
             read_period_us,
             fabric,
+            slots,
+            wrap_laps,
         } => demo::failover(&FailoverOptions {
             rounds,
             replicas,
@@ -199,6 +230,8 @@ fn main() -> ExitCode {
             pin_from,
             read_period_us,
             fabric: fabric.into(),
+            slots,
+            wrap_laps,
         }),
     };
     match outcome {
@@ -210,20 +243,31 @@ fn main() -> ExitCode {
     }
 }
 
-fn replica(config: &std::path::Path, id: u8) -> Result<(), String> {
-    let deployment = board_configs::load(config).map_err(|e| e.to_string())?;
+/// `mu replica`'s exit status when its replication halted.
+const EXIT_HALTED: u8 = 3;
+
+fn kv_keys(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(keys) if (1..=1 << 20).contains(&keys) => Ok(keys),
+        _ => Err("a number of keys from 1 to 1048576".into()),
+    }
+}
+
+fn replica(config: &std::path::Path, id: u8, kv_keys: usize) -> Result<(), node::NodeError> {
+    let refused = |message: String| node::NodeError::Config(message);
+    let deployment = board_configs::load(config).map_err(|e| refused(e.to_string()))?;
     let spec = deployment.replica(id).ok_or_else(|| {
-        format!(
+        refused(format!(
             "{}: replica {id} is not in this cluster (ids 0..{})",
             config.display(),
             deployment.cluster.config.replica_count
-        )
+        ))
     })?;
     let Host::Linux(host) = &spec.host else {
-        return Err(format!(
+        return Err(refused(format!(
             "{}: replica {id} is described as a firmware board, not a Linux host",
             config.display()
-        ));
+        )));
     };
     let verbs = match &host.fabric {
         FabricSpec::Shm { .. } => None,
@@ -237,7 +281,7 @@ fn replica(config: &std::path::Path, id: u8) -> Result<(), String> {
             port: *port,
             gid_index: *gid_index,
             addresses: verbs_addresses(&deployment)
-                .map_err(|e| format!("{}: {e}", config.display()))?,
+                .map_err(|e| refused(format!("{}: {e}", config.display())))?,
         }),
     };
     for signal in [libc::SIGTERM, libc::SIGINT] {
@@ -254,8 +298,9 @@ fn replica(config: &std::path::Path, id: u8) -> Result<(), String> {
         replication_core: host.replication_core,
         background_core: host.background_core,
         realtime_priority: host.realtime_priority,
+        kv_keys,
     };
-    node::run(&spec, &STOP).map_err(|e| format!("replica {id}: {e}"))
+    node::run(&spec, &STOP)
 }
 
 /// Every replica's handshake address, by id: all replicas must be verbs Linux hosts.

@@ -40,17 +40,19 @@ pub struct Registration {
 }
 
 /// Registrations of a replica's region.
-pub const REGISTRATIONS: usize = 4;
+pub const REGISTRATIONS: usize = 5;
 /// Indices into [`registrations`].
 const LOCAL: usize = 0;
 const BACKGROUND: usize = 1;
 const LOG: usize = 2;
 const LOG_READ: usize = 3;
+const TRANSFER: usize = 4;
 
 /// What a replica registers with the device: the whole region for local access (the source of
 /// writes, the landing place of reads); the header and background area and the log area for
-/// peers; and the log area again, read-only, the key background-plane peers get, so that the
-/// device itself keeps their queue pairs out of the log.
+/// peers; the log area again, read-only, the key background-plane peers get, so that the
+/// device itself keeps their queue pairs out of the log; and the transfer area, read-only for
+/// every peer (only its owner writes its snapshot offers and chunks).
 pub fn registrations(layout: &Layout) -> [Registration; REGISTRATIONS] {
     let remote = Access::REMOTE_READ
         .with(Access::REMOTE_WRITE)
@@ -59,8 +61,9 @@ pub fn registrations(layout: &Layout) -> [Registration; REGISTRATIONS] {
     let mut all = [area(0, 0, Access::NONE); REGISTRATIONS];
     all[LOCAL] = area(0, layout.region_bytes, Access::LOCAL_WRITE);
     all[BACKGROUND] = area(0, layout.log, remote);
-    all[LOG] = area(layout.log, layout.scratch, remote);
-    all[LOG_READ] = area(layout.log, layout.scratch, Access::REMOTE_READ);
+    all[LOG] = area(layout.log, layout.transfer, remote);
+    all[LOG_READ] = area(layout.log, layout.transfer, Access::REMOTE_READ);
+    all[TRANSFER] = area(layout.transfer, layout.scratch, Access::REMOTE_READ);
     all
 }
 
@@ -280,6 +283,7 @@ impl Endpoint {
                 base: own.region(0) as u64,
                 background_rkey: registered[BACKGROUND].rkey(),
                 log_rkey: registered[LOG].rkey(),
+                transfer_rkey: registered[TRANSFER].rkey(),
             },
             log_read_rkey: registered[LOG_READ].rkey(),
             registered,

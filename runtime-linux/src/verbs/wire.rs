@@ -11,15 +11,17 @@
 //! # Invariants
 //! - Messages have a fixed size and a magic; a message of another size or magic never decodes.
 //! - An offset range translates only when it lies wholly inside one remotely visible area
-//!   (header and background area, or the log area), and a background-plane write never
-//!   translates into the log area: only the replication plane's queue pairs carry the grant.
+//!   (header and background area, the log area, or the transfer area); a background-plane write
+//!   never translates into the log area (only the replication plane's queue pairs carry the
+//!   grant), and no write translates into the transfer area (only its owner writes there, and
+//!   its key is registered read-only as well).
 
 use mu_nostd::{Layout, PostError, ReplicaId, Status};
 
 use super::ibv::Path;
 
 /// Bumped when a handshake message changes.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"MUHI");
 const REPLY_MAGIC: u32 = u32::from_le_bytes(*b"MURE");
 const KICK_MAGIC: u32 = u32::from_le_bytes(*b"MUKI");
@@ -105,8 +107,10 @@ pub struct Window {
     pub base: u64,
     /// Key of the header and background area (`0..layout.log`).
     pub background_rkey: u32,
-    /// Key of the log area (`layout.log..layout.scratch`).
+    /// Key of the log area (`layout.log..layout.transfer`).
     pub log_rkey: u32,
+    /// Key of the transfer area (`layout.transfer..layout.scratch`), read-only.
+    pub transfer_rkey: u32,
 }
 
 impl Window {
@@ -115,6 +119,7 @@ impl Window {
         base: 0,
         background_rkey: 0,
         log_rkey: 0,
+        transfer_rkey: 0,
     };
 }
 
@@ -351,6 +356,7 @@ impl Reply {
                 w.bytes(&window.base.to_le_bytes());
                 w.bytes(&window.background_rkey.to_le_bytes());
                 w.bytes(&window.log_rkey.to_le_bytes());
+                w.bytes(&window.transfer_rkey.to_le_bytes());
             }
             Reply::Refuse(Refusal::Protocol { ours }) => {
                 w.bytes(&[REFUSE_PROTOCOL]);
@@ -383,6 +389,7 @@ impl Reply {
                     base: r.u64(),
                     background_rkey: r.u32(),
                     log_rkey: r.u32(),
+                    transfer_rkey: r.u32(),
                 },
             },
             ACCEPT => Reply::Refuse(Refusal::Protocol { ours: version }),
@@ -424,11 +431,13 @@ pub fn target(
     let end = offset.checked_add(len).ok_or(PostError::OutOfBounds)?;
     let rkey = if end <= layout.log {
         window.background_rkey
-    } else if offset >= layout.log && end <= layout.scratch {
+    } else if offset >= layout.log && end <= layout.transfer {
         if write && plane == Plane::Background {
             return Err(PostError::OutOfBounds);
         }
         window.log_rkey
+    } else if offset >= layout.transfer && end <= layout.scratch && !write {
+        window.transfer_rkey
     } else {
         return Err(PostError::OutOfBounds);
     };
@@ -496,6 +505,7 @@ mod tests {
                     base: 0x7F00_1234_5000,
                     background_rkey: 11,
                     log_rkey: 12,
+                    transfer_rkey: 13,
                 },
             },
             Reply::Refuse(Refusal::Protocol { ours: 7 }),
@@ -542,13 +552,13 @@ mod tests {
         assert_eq!(Hello::decode(&bad), Err(None));
         // Another protocol version is reported as such.
         let mut other = hello;
-        other[4] = 2;
-        assert_eq!(Hello::decode(&other), Err(Some(2)));
+        other[4] = 7;
+        assert_eq!(Hello::decode(&other), Err(Some(7)));
         let mut refused = reply;
-        refused[4] = 2;
+        refused[4] = 7;
         assert_eq!(
             Reply::decode(&refused),
-            Ok(Reply::Refuse(Refusal::Protocol { ours: 2 }))
+            Ok(Reply::Refuse(Refusal::Protocol { ours: 7 }))
         );
         // An unknown verdict.
         let mut unknown = reply;
@@ -596,6 +606,7 @@ mod tests {
             base: 0x1000_0000,
             background_rkey: 5,
             log_rkey: 6,
+            transfer_rkey: 7,
         };
         let t = |plane, write, offset, len| target(&layout, &window, plane, write, offset, len);
         let heartbeat = layout.heartbeat();
@@ -621,9 +632,22 @@ mod tests {
             t(Plane::Background, true, slot, 8),
             Err(PostError::OutOfBounds)
         );
+        // Peers read the transfer area, with its own key, and never write it.
+        let offer = layout.transfer;
+        for plane in Plane::ALL {
+            assert_eq!(
+                t(plane, false, offer, 64),
+                Ok((0x1000_0000 + offer as u64, 7))
+            );
+            assert_eq!(t(plane, true, offer, 64), Err(PostError::OutOfBounds));
+        }
         // Straddling areas, the scratch area, and overflow are out of bounds.
         assert_eq!(
             t(Plane::Replication, true, layout.log - 8, 16),
+            Err(PostError::OutOfBounds)
+        );
+        assert_eq!(
+            t(Plane::Replication, false, layout.transfer - 8, 16),
             Err(PostError::OutOfBounds)
         );
         assert_eq!(

@@ -1,6 +1,8 @@
 //! Runs a firmware cluster: one QEMU VM per replica of a board file, all sharing one ivshmem
-//! window; lets them replicate, takes the leader out, checks that a new leader continues and
-//! that the survivors agree, and prints what happened. Exit code 0 only if every check passed.
+//! window; lets them replicate, takes the leader out, checks that a new leader continues past
+//! two laps of the log, restarts the replica taken out (a new VM over its zeroed part of the
+//! window), checks that it rejoins by state transfer and that all the replicas agree, and
+//! prints what happened. Exit code 0 only if every check passed.
 //!
 //! ```text
 //! firmware-cluster --board-file FILE --image ELF [--qemu scripts/qemu-arm] [--out DIR]
@@ -11,6 +13,11 @@
 //! `--fault kill` (the default) SIGKILLs the leader's VM; `--fault panic` makes the leader's
 //! firmware panic through the control block, so its fail-safe must stop it (the VM must exit
 //! with the panic code and the replica report itself failed) for the others to fail over.
+//!
+//! The restarted replica's log positions were recycled long ago, so it must install a snapshot
+//! of a survivor's setpoint table (`runtime_embedded::setpoints`), be admitted as a voter, and
+//! then follow the log with the others. A replica whose replication plane halts (telemetry flag
+//! and reason) fails the run at once: none may halt silently.
 //!
 //! The harness watches the replicas through the window itself (a file under /dev/shm that QEMU
 //! maps as the ivshmem BAR): each replica publishes its telemetry there and the harness writes
@@ -25,6 +32,10 @@ use std::time::{Duration, Instant};
 
 use runtime_embedded::telemetry::{self, control, word};
 use runtime_embedded::window::WindowLayout;
+
+/// Laps of the log the survivors apply past the replica taken out before it restarts: none of
+/// the positions it lacks is still in a log.
+const RESTART_AFTER_LAPS: u64 = 2;
 
 struct Args {
     board_file: PathBuf,
@@ -99,13 +110,20 @@ struct Seen {
     loops: u32,
     leader: Option<u8>,
     leading: bool,
-    halted: bool,
+    voter: bool,
+    catching_up: bool,
+    /// Why its replication plane halted; 0 while it runs.
+    halted: u32,
     applied: u64,
     chain: u64,
     digest: u64,
     committed: u64,
     leader_changes: u32,
     code: u32,
+    installs: u32,
+    installed_position: u64,
+    installed_bytes: u64,
+    donations: u32,
 }
 
 /// The window file and its layout.
@@ -129,8 +147,8 @@ impl Window {
         Ok(Window { file, layout, path })
     }
 
-    fn words(&self, offset: u32) -> [u32; 16] {
-        let mut bytes = [0u8; 64];
+    fn words(&self, offset: u32) -> [u32; telemetry::WORDS] {
+        let mut bytes = [0u8; telemetry::WORDS * 4];
         // A short read leaves zeros: reported as a replica that has not booted.
         let _ = self.file.read_at(&mut bytes, u64::from(offset));
         std::array::from_fn(|i| u32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()))
@@ -148,19 +166,41 @@ impl Window {
             words = again;
         }
         let wide = |i: usize| u64::from(words[i]) | (u64::from(words[i + 1]) << 32);
+        let flag = |f: u32| words[word::FLAGS] & f != 0;
         (words[word::MAGIC] == telemetry::MAGIC).then(|| Seen {
             phase: words[word::PHASE],
             loops: words[word::LOOPS],
             leader: words[word::LEADER].checked_sub(1).map(|l| l as u8),
-            leading: words[word::FLAGS] & telemetry::FLAG_LEADING != 0,
-            halted: words[word::FLAGS] & telemetry::FLAG_HALTED != 0,
+            leading: flag(telemetry::FLAG_LEADING),
+            voter: flag(telemetry::FLAG_VOTER),
+            catching_up: flag(telemetry::FLAG_CATCHING_UP),
+            // A halt with its reason lost still shows.
+            halted: if flag(telemetry::FLAG_HALTED) {
+                words[word::HALT].max(1)
+            } else {
+                0
+            },
             applied: wide(word::APPLIED),
             chain: wide(word::CHAIN),
             digest: wide(word::DIGEST),
             committed: wide(word::COMMITTED),
             leader_changes: words[word::LEADER_CHANGES],
             code: words[word::CODE],
+            installs: words[word::INSTALLS],
+            installed_position: wide(word::INSTALLED_POSITION),
+            installed_bytes: wide(word::INSTALLED_BYTES),
+            donations: words[word::DONATIONS],
         })
+    }
+
+    /// Zeroes what replica `id`'s life left in the window (its VM must not run).
+    fn zero_parts_of(&self, id: u8) -> Result<(), String> {
+        for (offset, len) in self.layout.parts_of(id) {
+            self.file
+                .write_all_at(&vec![0u8; len as usize], u64::from(offset))
+                .map_err(|e| format!("zero {len} bytes at {offset:#x} of the window: {e}"))?;
+        }
+        Ok(())
     }
 
     fn control(&self, index: usize, value: u32) -> Result<(), String> {
@@ -175,8 +215,21 @@ impl Window {
 struct Cluster {
     args: Args,
     window: Window,
+    window_size: u64,
+    slot_count: u64,
     vms: Vec<Option<Child>>,
+    /// Per replica, the VMs started for it so far (lives).
+    lives: Vec<u32>,
     started: Instant,
+}
+
+/// How a restarted replica came back.
+struct Rejoin {
+    booted: Duration,
+    installed: Duration,
+    admitted: Duration,
+    seen: Seen,
+    donors: Vec<u8>,
 }
 
 impl Cluster {
@@ -195,11 +248,14 @@ impl Cluster {
         let mut cluster = Cluster {
             args,
             window,
+            window_size: size,
+            slot_count: u64::from(config.slot_count),
             vms: Vec::new(),
+            lives: vec![0; config.replica_count as usize],
             started: Instant::now(),
         };
         for id in 0..config.replica_count {
-            let vm = cluster.spawn(id, size)?;
+            let vm = cluster.spawn(id)?;
             cluster.vms.push(Some(vm));
         }
         println!(
@@ -221,10 +277,14 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn spawn(&self, id: u8, size: u64) -> Result<Child, String> {
-        let console = File::create(self.console(id)).map_err(|e| e.to_string())?;
-        let errors = File::create(self.args.out.join(format!("replica-{id}.stderr")))
+    /// Starts a new life of replica `id`: a VM over the window.
+    fn spawn(&mut self, id: u8) -> Result<Child, String> {
+        self.lives[id as usize] += 1;
+        let life = self.lives[id as usize];
+        let console = File::create(self.console(id, life)).map_err(|e| e.to_string())?;
+        let errors = File::create(self.console(id, life).with_extension("stderr"))
             .map_err(|e| e.to_string())?;
+        let size = self.window_size;
         let window = self.window.path.display();
         Command::new(&self.args.qemu)
             .arg("qemu-system-aarch64")
@@ -257,8 +317,13 @@ impl Cluster {
             .map_err(|e| format!("start {}: {e}", self.args.qemu.display()))
     }
 
-    fn console(&self, id: u8) -> PathBuf {
-        self.args.out.join(format!("replica-{id}.defmt"))
+    /// The console of life `life` (from 1) of replica `id`.
+    fn console(&self, id: u8, life: u32) -> PathBuf {
+        let name = match life {
+            1 => format!("replica-{id}.defmt"),
+            _ => format!("replica-{id}-life-{life}.defmt"),
+        };
+        self.args.out.join(name)
     }
 
     fn ids(&self) -> impl Iterator<Item = u8> {
@@ -282,10 +347,13 @@ impl Cluster {
                 if seen.phase == telemetry::PHASE_FAILED {
                     return Err(format!("replica {id} failed (code {})", seen.code));
                 }
-                if seen.halted {
+                if seen.halted != 0 {
                     return Err(format!(
-                        "replica {id} halted: lapped, it fell more than a log behind (there is \
-                         no state transfer yet)"
+                        "replica {id} HALTED its replication plane at position {}: reason {} \
+                         ({}); it no longer applies anything",
+                        seen.applied,
+                        seen.halted,
+                        halt_reason(seen.halted)
                     ));
                 }
             }
@@ -327,9 +395,15 @@ impl Cluster {
             .map(|id| match self.window.seen(id) {
                 None => format!("replica {id}: booting"),
                 Some(s) => format!(
-                    "replica {id}: leader {:?}{} applied {} committed {}",
+                    "replica {id}: leader {:?}{}{}{} applied {} committed {}",
                     s.leader,
                     if s.leading { " (leading)" } else { "" },
+                    if s.voter { "" } else { " (recovering)" },
+                    if s.catching_up {
+                        " (installing a snapshot)"
+                    } else {
+                        ""
+                    },
                     s.applied,
                     s.committed
                 ),
@@ -349,6 +423,53 @@ impl Cluster {
         let index = live.iter().position(|&id| id == leader)?;
         let agreed = seen.iter().all(|s| s.leader == Some(leader));
         (agreed && seen[index].leading).then_some((leader, seen[index]))
+    }
+
+    /// Starts a new life of replica `id` (its VM is gone) over its zeroed part of the window,
+    /// and waits until it installed a snapshot and a leader admitted it as a voter.
+    fn restart(&mut self, id: u8) -> Result<Rejoin, String> {
+        assert!(self.vms[id as usize].is_none(), "replica {id}'s VM is gone");
+        let others = self.live();
+        let donated = |c: &Cluster| -> Vec<u32> {
+            let seen = |&o: &u8| c.window.seen(o).map_or(0, |s| s.donations);
+            others.iter().map(seen).collect()
+        };
+        let before = donated(self);
+        self.window.zero_parts_of(id)?;
+        let started = Instant::now();
+        let vm = self.spawn(id)?;
+        self.vms[id as usize] = Some(vm);
+        let phase = |c: &Cluster| {
+            c.window
+                .seen(id)
+                .filter(|s| s.phase == telemetry::PHASE_RUNNING)
+        };
+        self.wait_for(&format!("replica {id}'s new life to boot"), phase)?;
+        let booted = started.elapsed();
+        let installed = |c: &Cluster| c.window.seen(id).filter(|s| s.installs >= 1);
+        self.wait_for(&format!("replica {id} to install a snapshot"), installed)?;
+        let installed = started.elapsed();
+        let voter = |c: &Cluster| c.window.seen(id).filter(|s| s.voter);
+        let seen = self.wait_for(&format!("replica {id} to be admitted as a voter"), voter)?;
+        let admitted = started.elapsed();
+        // A donor's telemetry may lag (its VM waits for a host core): wait for it.
+        let donors = self.wait_for("a survivor to report its donation", |c| {
+            let after = donated(c);
+            let donors: Vec<u8> = others
+                .iter()
+                .zip(before.iter().zip(&after))
+                .filter(|(_, (b, a))| a > b)
+                .map(|(&o, _)| o)
+                .collect();
+            (!donors.is_empty()).then_some(donors)
+        })?;
+        Ok(Rejoin {
+            booted,
+            installed,
+            admitted,
+            seen,
+            donors,
+        })
     }
 
     /// Takes replica `id` out the way `--fault` says.
@@ -373,6 +494,8 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_micros(200));
         };
+        // Done: a later life of the replica must not panic on the same word.
+        self.window.control(control::PANIC, 0)?;
         let code = runtime_embedded::ExitCode::Panic as i32;
         let seen = self.window.seen(id);
         let failed =
@@ -419,7 +542,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// The run: replicate, kill the leader, continue under a new one, drain, agree.
+/// The run: replicate, take the leader out, continue under a new one past two laps of the log,
+/// restart the one taken out, continue with all of them, drain, agree.
 fn scenario(cluster: &mut Cluster) -> Result<(), String> {
     // The workload starts once every replica runs, so that none starts a whole log behind.
     let ids: Vec<u8> = cluster.ids().collect();
@@ -457,31 +581,78 @@ fn scenario(cluster: &mut Cluster) -> Result<(), String> {
         cluster.seconds(),
         fail_over.as_secs_f64() * 1e3
     );
+    // The life taken out is over: what it published last stands.
+    let last = cluster.window.seen(old);
+    let (stopped_at, committed_old) = last.map_or((0, 0), |s| (s.applied, s.committed));
     let more = cluster.args.continue_for;
-    let (_, seen) = cluster.wait_for("the new leader to continue", |c| {
+    let past = RESTART_AFTER_LAPS * cluster.slot_count;
+    let laps = format!("the new leader to continue {RESTART_AFTER_LAPS} laps past it");
+    let (_, seen) = cluster.wait_for(&laps, |c| {
         c.leader()
-            .filter(|(id, s)| *id == new && s.committed >= more)
+            .filter(|(id, s)| *id == new && s.committed >= more && s.applied >= stopped_at + past)
     })?;
     println!(
-        "[{:6.1} s] new leader: replica {new}, {} commands committed; stopping the workload",
+        "[{:6.1} s] new leader: replica {new}, {} commands committed, {} positions applied: \
+         {:.1} laps of the {}-slot log past replica {old}'s {stopped_at}",
         cluster.seconds(),
-        seen.committed
+        seen.committed,
+        seen.applied,
+        (seen.applied - stopped_at) as f64 / cluster.slot_count as f64,
+        cluster.slot_count
+    );
+    println!(
+        "[{:6.1} s] restarting replica {old}: a new VM over its zeroed part of the window, the \
+         workload still running",
+        cluster.seconds()
+    );
+    let rejoin = cluster.restart(old)?;
+    report_rejoin(cluster, old, &rejoin);
+    // It follows the log from the snapshot on, with the others (it may lead again: the lowest
+    // id among the voters leads).
+    let applied = |c: &Cluster| -> Vec<u64> {
+        let seen = |&id: &u8| c.window.seen(id).map_or(0, |s| s.applied);
+        c.live().iter().map(seen).collect()
+    };
+    let target = applied(cluster).into_iter().max().unwrap_or(0) + more;
+    let leader = cluster.wait_for("every replica to apply more of the log", |c| {
+        let (leader, _) = c.leader()?;
+        applied(c).iter().all(|&a| a >= target).then_some(leader)
+    })?;
+    println!(
+        "[{:6.1} s] leader: replica {leader}; every replica applied {target} positions; stopping \
+         the workload",
+        cluster.seconds()
     );
     cluster.window.control(control::STOP, 1)?;
-    let committed_total = seen.committed + committed_by(cluster, old);
-    agree(cluster, old, new, committed_total)
+    agree(cluster, old, new, committed_old)
 }
 
-/// Commands the killed leader committed, as it last published them.
-fn committed_by(cluster: &Cluster, id: u8) -> u64 {
-    cluster.window.seen(id).map_or(0, |s| s.committed)
+/// Prints how the restarted replica came back.
+fn report_rejoin(cluster: &Cluster, id: u8, rejoin: &Rejoin) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let s = &rejoin.seen;
+    println!(
+        "[{:6.1} s] rejoin: replica {id}'s new life booted {:.1} ms after its VM started, \
+         installed {} snapshot(s), {} bytes from replica(s) {:?}, covering positions below {} \
+         (not replayed: no log holds them), {:.1} ms after the start; admitted as a voter \
+         {:.1} ms after the start",
+        cluster.seconds(),
+        ms(rejoin.booted),
+        s.installs,
+        s.installed_bytes,
+        rejoin.donors,
+        s.installed_position,
+        ms(rejoin.installed),
+        ms(rejoin.admitted)
+    );
 }
 
-/// Waits until the survivors hold the same log prefix for a while, then compares their state.
-fn agree(cluster: &mut Cluster, old: u8, new: u8, committed: u64) -> Result<(), String> {
+/// Waits until every replica holds the same log prefix for a while, then compares their state;
+/// `committed_old` commands were committed by the first life of `old`.
+fn agree(cluster: &mut Cluster, old: u8, new: u8, committed_old: u64) -> Result<(), String> {
     // The common log prefix (applied, chain) and since when it has not moved.
     let mut stable: Option<(Instant, (u64, u64))> = None;
-    let seen = cluster.wait_for("the survivors to converge", |c| {
+    let seen = cluster.wait_for("the replicas to converge", |c| {
         let live = c.live();
         let seen: Vec<Seen> = live.iter().filter_map(|&id| c.window.seen(id)).collect();
         let prefix = seen.first().map(|s| (s.applied, s.chain)).filter(|&p| {
@@ -497,37 +668,53 @@ fn agree(cluster: &mut Cluster, old: u8, new: u8, committed: u64) -> Result<(), 
             }
         }
     })?;
+    let live = cluster.live();
+    if live.len() != cluster.vms.len() {
+        return Err(format!("only replicas {live:?} run at the end"));
+    }
+    let committed = committed_old + seen.iter().map(|s| s.committed).sum::<u64>();
     let digests: Vec<u64> = seen.iter().map(|s| s.digest).collect();
     if digests.iter().any(|&d| d != digests[0]) {
         return Err(format!(
-            "the survivors applied the same log but their states differ: {digests:x?}"
+            "the replicas applied the same log but their states differ: {digests:x?}"
         ));
     }
     if seen[0].applied < committed {
         return Err(format!(
-            "{committed} commands were reported committed but the survivors applied only {}",
+            "{committed} commands were reported committed but the replicas applied only {}",
             seen[0].applied
         ));
     }
+    let survivors_saw_the_change = live
+        .iter()
+        .zip(&seen)
+        .all(|(&id, s)| id == old || s.leader_changes >= 1);
     if seen
         .iter()
-        .any(|s| s.leader != Some(new) || s.leader_changes == 0)
+        .any(|s| s.leader.is_none() || s.leader != seen[0].leader)
     {
+        return Err(format!("the replicas follow different leaders: {seen:?}"));
+    }
+    if !survivors_saw_the_change {
         return Err(format!(
-            "the survivors did not all see the leader change: {seen:?}"
+            "the survivors did not see the leader change: {seen:?}"
         ));
     }
+    if seen.iter().any(|s| !s.voter) {
+        return Err(format!("not every replica is a voter at the end: {seen:?}"));
+    }
     println!(
-        "agreement: replicas {:?} hold identical state, digest {:016x} after {} positions; \
-         {committed} commands committed (replica {old} then replica {new}), all applied",
-        cluster.live(),
+        "agreement: replicas {live:?} (replica {old} restarted) hold identical state, digest \
+         {:016x} after {} positions; {committed} commands committed (leaders: replica {old}, \
+         then {new}, then {}), all applied",
         digests[0],
-        seen[0].applied
+        seen[0].applied,
+        seen[0].leader.unwrap_or(new)
     );
     Ok(())
 }
 
-/// Asks the survivors to finish, collects their exit codes and prints their consoles.
+/// Asks the replicas to finish, collects their exit codes and prints their consoles.
 fn finish(cluster: &mut Cluster, passed: bool) -> Result<(), String> {
     let _ = cluster.window.control(control::FINISH, 1);
     let mut problems = Vec::new();
@@ -554,7 +741,9 @@ fn finish(cluster: &mut Cluster, passed: bool) -> Result<(), String> {
         }
     }
     for id in cluster.ids() {
-        print_console(cluster, id);
+        for life in 1..=cluster.lives[id as usize] {
+            print_console(cluster, id, life);
+        }
     }
     if problems.is_empty() {
         Ok(())
@@ -563,15 +752,15 @@ fn finish(cluster: &mut Cluster, passed: bool) -> Result<(), String> {
     }
 }
 
-/// Prints the decoded console of replica `id`, if `defmt-print` was given.
-fn print_console(cluster: &Cluster, id: u8) {
+/// Prints the decoded console of life `life` of replica `id`, if `defmt-print` was given.
+fn print_console(cluster: &Cluster, id: u8, life: u32) {
     let Some(decoder) = &cluster.args.defmt_print else {
         return;
     };
-    let Ok(raw) = File::open(cluster.console(id)) else {
+    let Ok(raw) = File::open(cluster.console(id, life)) else {
         return;
     };
-    println!("--- console of replica {id} (defmt, decoded):");
+    println!("--- console of replica {id}, life {life} (defmt, decoded):");
     let decoded = Command::new(decoder)
         .arg("-e")
         .arg(&cluster.args.image)
@@ -580,5 +769,15 @@ fn print_console(cluster: &Cluster, id: u8) {
     match decoded {
         Ok(out) => print!("{}", String::from_utf8_lossy(&out.stdout)),
         Err(e) => println!("(cannot run {}: {e})", decoder.display()),
+    }
+}
+
+/// What a halt reason from the core means.
+fn halt_reason(code: u32) -> &'static str {
+    match code {
+        mu_nostd::HALT_LAPPED => {
+            "lapped: it needs positions no log holds and could not install a snapshot"
+        }
+        _ => "a reason this harness does not know",
     }
 }
