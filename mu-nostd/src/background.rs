@@ -933,17 +933,15 @@ impl<'s> BackgroundPlane<'s> {
             self.layout.transfer_request(self.me),
         );
         fabric.store(local, &record::encode(remote, value));
-        let id = WrId {
-            kind: Kind::WriteTransferRequest,
-            peer: donor,
-            epoch: self.peers[donor as usize].epoch,
-            tag: seq,
-        }
-        .encode();
-        match fabric.write(donor, local, remote, RECORD_BYTES, id) {
-            Ok(()) => self.transfer_request.in_flight = Some((seq, donor, now)),
-            Err(PostError::Broken) => self.reconnect(donor, fabric),
-            Err(_) => {} // Busy: try again next poll.
+        if self.post_record(
+            fabric,
+            donor,
+            Kind::WriteTransferRequest,
+            seq,
+            local,
+            remote,
+        ) {
+            self.transfer_request.in_flight = Some((seq, donor, now));
         }
     }
 
@@ -959,26 +957,43 @@ impl<'s> BackgroundPlane<'s> {
             Kind::WriteRequest => (self.layout.outbox_request(), self.layout.request(self.me)),
             _ => (self.layout.outbox_ack(peer), self.layout.ack(self.me)),
         };
+        if self.post_record(fabric, peer, kind, value as u32, local, remote) {
+            let state = &mut self.peers[peer as usize];
+            let outgoing = if kind == Kind::WriteRequest {
+                &mut state.request
+            } else {
+                &mut state.ack
+            };
+            outgoing.send = Send::InFlight { posted_at: now };
+        }
+    }
+
+    /// Writes the record staged at `local` to `remote` in `peer`'s region; true when posted (a
+    /// broken connection is reset, a busy one tried again next poll).
+    fn post_record<F: Fabric>(
+        &mut self,
+        fabric: &mut F,
+        peer: ReplicaId,
+        kind: Kind,
+        tag: u32,
+        local: u32,
+        remote: u32,
+    ) -> bool {
         let epoch = self.peers[peer as usize].epoch;
         let id = WrId {
             kind,
             peer,
             epoch,
-            tag: value as u32,
+            tag,
         }
         .encode();
         match fabric.write(peer, local, remote, RECORD_BYTES, id) {
-            Ok(()) => {
-                let state = &mut self.peers[peer as usize];
-                let outgoing = if kind == Kind::WriteRequest {
-                    &mut state.request
-                } else {
-                    &mut state.ack
-                };
-                outgoing.send = Send::InFlight { posted_at: now };
+            Ok(()) => true,
+            Err(PostError::Broken) => {
+                self.reconnect(peer, fabric);
+                false
             }
-            Err(PostError::Broken) => self.reconnect(peer, fabric),
-            Err(_) => {} // Busy: try again next poll.
+            Err(_) => false,
         }
     }
 }

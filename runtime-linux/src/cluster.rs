@@ -273,6 +273,13 @@ impl Cluster {
         }
     }
 
+    /// The applied position of the replica that leads on the fast path; 0 while none does.
+    pub fn leader_applied(&self) -> u64 {
+        self.leader()
+            .and_then(|l| self.port(l))
+            .map_or(0, |p| p.get(Stat::Applied))
+    }
+
     /// Waits up to `limit` until the cluster is settled: one leader on the fast path, every live
     /// replica considering it leader and every live replica alive, and every live replica
     /// caught up with the leader's applied position and a voter (a restarted replica admitted).
@@ -596,21 +603,15 @@ pub fn commit_positions(
     positions: u64,
     limit: Duration,
 ) -> Result<u64, ClusterError> {
-    let applied = |cluster: &Cluster| {
-        cluster
-            .leader()
-            .and_then(|l| cluster.port(l))
-            .map_or(0, |p| p.get(Stat::Applied))
-    };
-    let from = applied(cluster);
+    let from = cluster.leader_applied();
     let committed = client.committed_count();
     let deadline = Instant::now() + limit;
-    while applied(cluster) < from + positions {
+    while cluster.leader_applied() < from + positions {
         client.pump(cluster);
         if Instant::now() > deadline {
             return fail(format!(
                 "{} of {positions} positions applied within {limit:?}: {}",
-                applied(cluster).saturating_sub(from),
+                cluster.leader_applied().saturating_sub(from),
                 cluster.describe()
             ));
         }
@@ -701,10 +702,7 @@ pub fn restart_and_rejoin(
     id: u8,
     limit: Duration,
 ) -> Result<Rejoin, ClusterError> {
-    let leader_applied = cluster
-        .leader()
-        .and_then(|l| cluster.port(l))
-        .map_or(0, |p| p.get(Stat::Applied));
+    let leader_applied = cluster.leader_applied();
     let committed = client.committed_count();
     let restarted_at = monotonic_ns();
     cluster.spawn(id)?;

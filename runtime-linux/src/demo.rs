@@ -135,6 +135,15 @@ pub fn cluster_config(
     config
 }
 
+/// `config` with a log of `slots` slots (`--slots`), checked.
+fn with_slots(mut config: Config, slots: u32) -> Result<Config, String> {
+    config.slot_count = slots;
+    config
+        .validate()
+        .map_err(|e| format!("--slots {slots}: {e}"))?;
+    Ok(config)
+}
+
 fn deployment(
     name: &str,
     config: Config,
@@ -198,16 +207,15 @@ pub fn demo(options: &DemoOptions) -> Result<(), String> {
     if !(0.1..=3600.0).contains(&options.duration_s) {
         return Err("--duration must be 0.1..=3600 seconds".into());
     }
-    let mut config = cluster_config(
-        options.replicas,
-        options.payload,
-        options.polling,
-        options.read_period_us,
-    );
-    config.slot_count = options.slots;
-    config
-        .validate()
-        .map_err(|e| format!("--slots {}: {e}", options.slots))?;
+    let config = with_slots(
+        cluster_config(
+            options.replicas,
+            options.payload,
+            options.polling,
+            options.read_period_us,
+        ),
+        options.slots,
+    )?;
     let name = format!("demo-{}", std::process::id());
     let deployment = deployment(
         &name,
@@ -673,16 +681,15 @@ pub fn failover_report(
     replica_exe: &Path,
     progress: bool,
 ) -> Result<FailoverReport, String> {
-    let mut config = cluster_config(
-        options.replicas,
-        64,
-        options.polling,
-        options.read_period_us,
-    );
-    config.slot_count = options.slots;
-    config
-        .validate()
-        .map_err(|e| format!("--slots {}: {e}", options.slots))?;
+    let config = with_slots(
+        cluster_config(
+            options.replicas,
+            64,
+            options.polling,
+            options.read_period_us,
+        ),
+        options.slots,
+    )?;
     let name = format!("failover-{}", std::process::id());
     let deployment = deployment(
         &name,

@@ -491,7 +491,8 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
                     "[{at:.3} ms] replica {me}: needs positions no log holds any more: \
                      installing a snapshot from another replica"
                 );
-            } else {
+            } else if values[HALTED] == 0 {
+                // (A transfer that ends in a halt says so below.)
                 let port = self.app.port;
                 eprintln!(
                     "[{at:.3} ms] replica {me}: installed a snapshot of {} bytes at position {} in \
