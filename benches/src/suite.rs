@@ -432,6 +432,7 @@ fn failover(
         fabric: runtime_linux::demo::DemoFabric::Shm,
         slots: 1 << 16,
         wrap_laps: 0,
+        fault: runtime_linux::cluster::Fault::Kill,
     };
     runtime_linux::demo::failover_report(&failover, &options.mu_exe, true)
 }

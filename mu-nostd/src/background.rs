@@ -2,6 +2,16 @@
 //! management. It runs beside the replication plane (its own fabric connections, possibly its
 //! own core) and talks to it only through [`Shared`].
 //!
+//! Failure detection: the pull score (see `detector`) decides when nothing is certain. A peer
+//! whose fabric reports that the life this replica trusts (the incarnation in its region header)
+//! ended is failed at once (a notice for an older life is ignored: the peer restarted). A peer
+//! declared failed by suspicion that turns out alive within a detection window makes this
+//! replica more patient (unchanged reads per point double, up to `PATIENCE_MAX`); patience
+//! halves again after `PATIENCE_DECAY_READS` read periods without such a mistake.
+//!
+//! Refusal: a replica that finds so many peers running another layout or configuration that no
+//! quorum can include it says so in its status and never elects anybody; the runtime stops it.
+//!
 //! Election: the leader is the lowest id among the voters considered alive (this replica counts
 //! itself alive while its heartbeat runs). A replica that restarted is recovering, not a voter,
 //! until a leader admits it (see `leader`, "Recovery"); its heartbeat says which, so that the
@@ -32,6 +42,8 @@
 //! - Every outstanding operation has a deadline; an operation past it resets the connection.
 //! - Scores stay within the detector's clamp; a peer whose region header does not match is never
 //!   considered alive and its requests are never served.
+//! - A death notice fails a peer only when it names the life read from the peer's header.
+//! - `1 <= patience <= PATIENCE_MAX`; a refused replica has no leader in view and no tenure.
 
 use crate::config::{Config, REPLICAS_MAX};
 use crate::detector::PullScore;
@@ -90,6 +102,12 @@ struct Peer {
     readable_at: Option<u64>,
     /// Its last heartbeat said its life is a voter.
     voter: bool,
+    /// The life its verified header names.
+    life: Option<u32>,
+    /// When suspicion (not a death notice) last declared this life failed.
+    suspected_at: Option<u64>,
+    /// The life whose death this replica took (counted once).
+    dead_life: Option<u32>,
     heartbeat_read_at: Option<u64>,
     next_read_at: u64,
     /// The request number this replica last served for the peer.
@@ -110,6 +128,9 @@ impl Peer {
         beat_moved_at: None,
         readable_at: None,
         voter: false,
+        life: None,
+        suspected_at: None,
+        dead_life: None,
         heartbeat_read_at: None,
         next_read_at: 0,
         served: 0,
@@ -137,6 +158,15 @@ pub struct BackgroundStatus {
     pub holder: Option<ReplicaId>,
     /// Its tenure, while it leads.
     pub tenure: Option<u32>,
+    /// Unchanged heartbeat reads that cost a peer one point (1 = the paper's detector).
+    pub patience: u8,
+    /// Peers failed at once because their fabric reported their life ended.
+    pub deaths: u32,
+    /// Peers declared failed by suspicion that turned out alive.
+    pub false_suspicions: u32,
+    /// So many peers run another layout or configuration that no quorum can include this
+    /// replica: it takes no part, and should be restarted with the right configuration.
+    pub refused: bool,
 }
 
 const COMPLETION_BATCH: usize = 16;
@@ -148,6 +178,10 @@ const COMPLETION_BATCHES_MAX: usize = 8;
 /// The top bit of a published heartbeat: this life of the replica is a voter and may lead (it
 /// is not installing a snapshot).
 const HEARTBEAT_VOTER: u64 = 1 << 63;
+/// Most unchanged reads per point of a peer's score.
+pub const PATIENCE_MAX: u8 = 8;
+/// Read periods without a false suspicion after which patience halves.
+const PATIENCE_DECAY_READS: u64 = 50_000;
 
 /// True when this life of the replica is a voter: its standing record (written by the leader
 /// that admitted it, or that formed the cluster) holds a ballot.
@@ -166,6 +200,8 @@ pub struct BackgroundPlane<'s> {
     layout: Layout,
     me: ReplicaId,
     shared: &'s Shared,
+    /// This life's incarnation, published in the region header.
+    life: u32,
     started_at: Option<u64>,
     /// Bytes of the log area zeroed so far (see `initialise_log`).
     zeroed: u32,
@@ -180,6 +216,12 @@ pub struct BackgroundPlane<'s> {
     progress_seen_at: u64,
     /// When this plane was last polled (see `discount_own_pause`).
     polled_at: u64,
+    patience: u8,
+    /// When patience last changed.
+    patience_at: u64,
+    deaths: u32,
+    false_suspicions: u32,
+    refused: bool,
     peers: [Peer; REPLICAS_MAX as usize],
     leader: Option<ReplicaId>,
     holder: Option<ReplicaId>,
@@ -213,6 +255,7 @@ impl<'s> BackgroundPlane<'s> {
             layout: Layout::new(&config),
             me,
             shared,
+            life: 0,
             started_at: None,
             zeroed: 0,
             heartbeat: 0,
@@ -223,6 +266,11 @@ impl<'s> BackgroundPlane<'s> {
             progress_seen: 0,
             progress_seen_at: 0,
             polled_at: 0,
+            patience: 1,
+            patience_at: 0,
+            deaths: 0,
+            false_suspicions: 0,
+            refused: false,
             peers: [Peer::NEW; REPLICAS_MAX as usize],
             leader: None,
             holder: None,
@@ -244,6 +292,7 @@ impl<'s> BackgroundPlane<'s> {
         // Request numbers are 56 bits (the record keeps a byte for the attempt); tenures are the
         // low 24 bits, so each incarnation starts a fresh block of 2^24 tenures.
         self.request_number = (incarnation as u64) << 24;
+        self.life = incarnation;
     }
 
     /// Does one bounded round of background work at time `now`.
@@ -253,7 +302,7 @@ impl<'s> BackgroundPlane<'s> {
                 return;
             }
             // Peers check this header before they trust anything in the region.
-            fabric.store(0, &Layout::header(&self.config));
+            fabric.store(0, &Layout::header(&self.config, self.life));
             self.started_at = Some(now);
             self.progress_seen_at = now;
         }
@@ -263,6 +312,8 @@ impl<'s> BackgroundPlane<'s> {
         }
         self.discount_own_pause(now);
         self.drain_completions(now, fabric);
+        self.take_death_notices(fabric);
+        self.decay_patience(now);
         self.beat(now, fabric);
         self.probe_peers(now, fabric);
         self.elect(now);
@@ -282,11 +333,93 @@ impl<'s> BackgroundPlane<'s> {
         if gap <= self.config.detector.read_period_ticks as u64 {
             return;
         }
-        for peer in self.peers.iter_mut() {
-            if let Some(at) = peer.beat_moved_at.as_mut() {
+        // Reads and records posted before the pause were answered meanwhile or not: their
+        // deadlines move on too, or a late completion would count as the peer's miss.
+        let shift = |at: &mut Option<u64>| {
+            if let Some(at) = at.as_mut() {
                 *at = (*at + gap).min(now);
             }
+        };
+        for peer in self.peers.iter_mut() {
+            shift(&mut peer.beat_moved_at);
+            shift(&mut peer.heartbeat_read_at);
+            shift(&mut peer.header_read_at);
+            for outgoing in [&mut peer.request, &mut peer.ack] {
+                if let Send::InFlight { posted_at } = &mut outgoing.send {
+                    *posted_at = (*posted_at + gap).min(now);
+                }
+            }
         }
+    }
+
+    /// Fails at once every peer whose trusted life the fabric reports ended.
+    fn take_death_notices<F: Fabric>(&mut self, fabric: &F) {
+        for peer in self.others() {
+            let Some(ended) = fabric.ended_life(peer) else {
+                continue;
+            };
+            let state = &mut self.peers[peer as usize];
+            // Planted defect: a notice is taken for whatever life the peer runs now.
+            let trusted = cfg!(feature = "bug-stale-death") || state.life == Some(ended);
+            if !trusted || state.header != PeerHeader::Verified {
+                continue;
+            }
+            if state.dead_life != Some(ended) {
+                warn!("peer {} died (life {}): failed at once", peer, ended);
+                state.dead_life = Some(ended);
+                self.deaths = self.deaths.wrapping_add(1);
+            }
+            // Until its successor's header is read, whatever answers is taken for the dead life.
+            state.score.fail();
+            state.suspected_at = None;
+            state.voter = false;
+            // Its successor's header names a new life; read it as soon as it is there.
+            state.recheck = true;
+        }
+    }
+
+    /// A peer just went from `was_alive` to its score's view: suspicion that turns out wrong
+    /// within a detection window makes this replica more patient.
+    fn judge_suspicion(&mut self, peer: ReplicaId, was_alive: bool) {
+        let now = self.polled_at;
+        let detector = self.config.detector;
+        let window = detector.score_max as u64
+            * detector.read_period_ticks as u64
+            * self.patience as u64
+            * 2;
+        let state = &mut self.peers[peer as usize];
+        let alive = state.score.alive();
+        if was_alive && !alive {
+            state.suspected_at = Some(now);
+            return;
+        }
+        if was_alive || !alive {
+            return;
+        }
+        let premature = state
+            .suspected_at
+            .take()
+            .is_some_and(|at| now.saturating_sub(at) <= window);
+        if premature {
+            self.false_suspicions = self.false_suspicions.wrapping_add(1);
+            self.patience = self.patience.saturating_mul(2).min(PATIENCE_MAX);
+            self.patience_at = now;
+            warn!(
+                "peer {} was declared failed but is alive: patience {}",
+                peer, self.patience
+            );
+        }
+        assert!((1..=PATIENCE_MAX).contains(&self.patience));
+    }
+
+    fn decay_patience(&mut self, now: u64) {
+        let period = PATIENCE_DECAY_READS * self.config.detector.read_period_ticks as u64;
+        if self.patience > 1 && now.saturating_sub(self.patience_at) > period {
+            self.patience /= 2;
+            self.patience_at = now;
+            info!("patience {}", self.patience);
+        }
+        assert!((1..=PATIENCE_MAX).contains(&self.patience));
     }
 
     /// Zeroes the log area, a bounded chunk per poll, before the region header is published:
@@ -319,6 +452,10 @@ impl<'s> BackgroundPlane<'s> {
             voters: self.voter_mask(),
             holder: self.holder,
             tenure: self.tenure,
+            patience: self.patience,
+            deaths: self.deaths,
+            false_suspicions: self.false_suspicions,
+            refused: self.refused,
         }
     }
 
@@ -364,10 +501,12 @@ impl<'s> BackgroundPlane<'s> {
         if !self.config.contains(id.peer) || id.peer == self.me {
             return;
         }
+        let patience = self.patience;
         let peer = &mut self.peers[id.peer as usize];
         if id.epoch != peer.epoch {
             return; // From before a reconnect.
         }
+        let was_alive = peer.score.alive();
         let ok = completion.status == Status::Ok;
         match id.kind {
             Kind::ReadHeader => {
@@ -390,7 +529,7 @@ impl<'s> BackgroundPlane<'s> {
                             let before = peer.score.last_heartbeat();
                             let counter = |b: u64| b & !HEARTBEAT_VOTER;
                             peer.recheck |= before.is_some_and(|b| counter(beat) < counter(b));
-                            peer.score.observe(&self.config.detector, beat);
+                            peer.score.observe(&self.config.detector, beat, patience);
                             if before.is_some_and(|b| b != beat) {
                                 peer.beat_moved_at = Some(now);
                             }
@@ -403,14 +542,15 @@ impl<'s> BackgroundPlane<'s> {
                                 * self.config.detector.read_timeout_ticks as u64;
                             let since = now.saturating_sub(peer.readable_at.unwrap_or(0));
                             if since > grace {
-                                peer.score.miss(&self.config.detector);
+                                peer.score.miss(&self.config.detector, patience);
                                 peer.recheck = true; // A new region, maybe of another layout.
                             }
                         }
                     }
                 } else {
-                    peer.score.miss(&self.config.detector);
+                    peer.score.miss(&self.config.detector, patience);
                 }
+                self.judge_suspicion(id.peer, was_alive);
             }
             Kind::WriteRequest => Self::finish_send(&mut peer.request, id.tag, ok, now),
             Kind::WriteAck => Self::finish_send(&mut peer.ack, id.tag, ok, now),
@@ -444,22 +584,55 @@ impl<'s> BackgroundPlane<'s> {
     fn verify_header(&mut self, peer: ReplicaId, header: &[u8]) {
         let state = &mut self.peers[peer as usize];
         match Layout::check_header(&self.config, header) {
-            Ok(()) => {
+            Ok(life) => {
                 state.recheck = false;
                 if state.header != PeerHeader::Verified {
                     state.header = PeerHeader::Verified;
                     state.score = PullScore::verified(&self.config.detector);
-                    // A region verified anew may be a new life's, which is recovering: only
-                    // its own heartbeat says it votes (the last one read may be its old life's).
+                    info!("peer {} verified (life {})", peer, life);
+                }
+                if state.life != Some(life) {
+                    // A new life is recovering: only its own heartbeat says it votes (the last
+                    // one read may be its old life's), and nothing suspected of the old one
+                    // carries over.
+                    state.life = Some(life);
                     state.voter = false;
-                    info!("peer {} verified", peer);
+                    state.suspected_at = None;
                 }
             }
             Err(error) => {
                 warn!("peer {} refused: {}", peer, error);
                 state.header = PeerHeader::Mismatch(error);
                 state.voter = false;
+                state.life = None;
+                self.judge_refusal();
             }
+        }
+    }
+
+    /// Refusal is final once the peers that run another layout or configuration leave fewer
+    /// replicas than a quorum: this replica could never take part (unwritten or torn headers
+    /// say nothing: the peer may not have started yet).
+    fn judge_refusal(&mut self) {
+        let refusing = self
+            .others()
+            .filter(|&p| {
+                matches!(
+                    self.peers[p as usize].header,
+                    PeerHeader::Mismatch(
+                        HeaderError::LayoutVersion { .. } | HeaderError::ConfigHash { .. }
+                    )
+                )
+            })
+            .count() as u8;
+        if !self.refused && self.config.replica_count - refusing < self.config.quorum() {
+            warn!(
+                "refused: {} of {} peers run another layout or configuration; no quorum can \
+                 include this replica",
+                refusing,
+                self.config.replica_count - 1
+            );
+            self.refused = true;
         }
     }
 
@@ -471,14 +644,16 @@ impl<'s> BackgroundPlane<'s> {
         // A heartbeat read the reset drops never completes: it counts as unchanged. Otherwise a
         // dead peer whose connection some other operation (a retried ack) resets in every poll
         // would never lose a point, and would lead forever in this replica's view.
+        let was_alive = state.score.alive();
         if state.heartbeat_read_at.take().is_some() {
-            state.score.miss(&self.config.detector);
+            state.score.miss(&self.config.detector, self.patience);
         }
         for outgoing in [&mut state.request, &mut state.ack] {
             if matches!(outgoing.send, Send::InFlight { .. }) {
                 outgoing.send = Send::Due;
             }
         }
+        self.judge_suspicion(peer, was_alive);
         // Only fails for a peer outside the cluster, which `peer` is not.
         let reconnected = fabric.reconnect(peer);
         debug_assert!(reconnected.is_ok());
@@ -664,7 +839,7 @@ impl<'s> BackgroundPlane<'s> {
         if self.voter && !settled && self.tenure.is_none() {
             candidates &= !(1 << self.me);
         }
-        let leader = if warming_up || candidates == 0 {
+        let leader = if warming_up || candidates == 0 || self.refused {
             None
         } else {
             Some(candidates.trailing_zeros() as u8)

@@ -6,10 +6,16 @@
 //! Why pull: a slow read only slows down how fast "unchanged" observations accumulate, so
 //! aggressive thresholds do not cause spurious fail-overs the way a late heartbeat message does.
 //!
+//! Patience: the observer (the background plane) passes how many unchanged reads in a row cost
+//! one point. It starts at 1 (the paper's detector) and grows when a peer declared failed turns
+//! out alive soon after (a slow host, not a dead peer), so that a noisy host settles instead of
+//! deposing live leaders again and again. A peer that certainly died (its fabric says so) is
+//! failed at once with [`PullScore::fail`], whatever the patience.
+//!
 //! # Invariants
-//! - `score <= score_max` always.
+//! - `score <= score_max` always; `unchanged < patience` after every observation.
 //! - `alive` changes only across the hysteresis band: to failed when `score < fail_below`, to
-//!   alive when `score > recover_above`.
+//!   alive when `score > recover_above`; or to failed at once by `fail`.
 
 use crate::config::DetectorConfig;
 
@@ -20,6 +26,8 @@ pub struct PullScore {
     score: u8,
     alive: bool,
     last_heartbeat: Option<u64>,
+    /// Unchanged reads since the last point lost or won.
+    unchanged: u8,
 }
 
 impl PullScore {
@@ -29,6 +37,7 @@ impl PullScore {
             score: 0,
             alive: false,
             last_heartbeat: None,
+            unchanged: 0,
         }
     }
 
@@ -39,6 +48,7 @@ impl PullScore {
             score: config.recover_above + 1,
             alive: true,
             last_heartbeat: None,
+            unchanged: 0,
         }
     }
 
@@ -57,23 +67,32 @@ impl PullScore {
         self.last_heartbeat
     }
 
-    /// A heartbeat read completed and showed `heartbeat`.
-    pub fn observe(&mut self, config: &DetectorConfig, heartbeat: u64) {
+    /// A heartbeat read completed and showed `heartbeat`; `patience` unchanged reads in a row
+    /// cost one point.
+    pub fn observe(&mut self, config: &DetectorConfig, heartbeat: u64, patience: u8) {
         let changed = self.last_heartbeat != Some(heartbeat);
         self.last_heartbeat = Some(heartbeat);
         if changed {
             self.raise(config);
         } else {
-            self.lower(config);
+            self.unchanged(config, patience);
         }
     }
 
     /// A heartbeat read did not complete in time: count it as unchanged.
-    pub fn miss(&mut self, config: &DetectorConfig) {
-        self.lower(config);
+    pub fn miss(&mut self, config: &DetectorConfig, patience: u8) {
+        self.unchanged(config, patience);
+    }
+
+    /// The peer certainly died: failed now, with no point left.
+    pub fn fail(&mut self) {
+        self.score = 0;
+        self.alive = false;
+        self.unchanged = 0;
     }
 
     fn raise(&mut self, config: &DetectorConfig) {
+        self.unchanged = 0;
         self.score = self.score.saturating_add(1).min(config.score_max);
         if !self.alive && self.score > config.recover_above {
             self.alive = true;
@@ -81,12 +100,18 @@ impl PullScore {
         assert!(self.score <= config.score_max);
     }
 
-    fn lower(&mut self, config: &DetectorConfig) {
+    fn unchanged(&mut self, config: &DetectorConfig, patience: u8) {
+        self.unchanged = self.unchanged.saturating_add(1);
+        if self.unchanged < patience.max(1) {
+            return;
+        }
+        self.unchanged = 0;
         self.score = self.score.saturating_sub(1).min(config.score_max);
         if self.alive && self.score < config.fail_below {
             self.alive = false;
         }
         assert!(self.score <= config.score_max);
+        assert!(self.unchanged < patience.max(1));
     }
 }
 
@@ -102,26 +127,49 @@ mod tests {
         let mut beat = 0;
         for _ in 0..20 {
             beat += 1;
-            p.observe(&config, beat);
+            p.observe(&config, beat, 1);
         }
         assert_eq!(p.score(), config.score_max);
         // 15 -> 1 takes 14 unchanged reads; still alive at 2.
         for _ in 0..13 {
-            p.observe(&config, beat);
+            p.observe(&config, beat, 1);
         }
         assert_eq!(p.score(), 2);
         assert!(p.alive());
-        p.miss(&config);
+        p.miss(&config, 1);
         assert!(!p.alive());
         // Recovery needs the score above 6, not just above 2.
         for _ in 0..5 {
             beat += 1;
-            p.observe(&config, beat);
+            p.observe(&config, beat, 1);
         }
         assert_eq!(p.score(), 6);
         assert!(!p.alive());
         beat += 1;
-        p.observe(&config, beat);
+        p.observe(&config, beat, 1);
         assert!(p.alive());
+    }
+
+    #[test]
+    fn patience_stretches_suspicion_and_death_cuts_it_short() {
+        let config = DetectorConfig::paper(10);
+        let mut p = PullScore::verified(&config);
+        let start = p.score();
+        // Patience 4: three unchanged reads cost nothing, the fourth one point.
+        for _ in 0..3 {
+            p.miss(&config, 4);
+        }
+        assert_eq!(p.score(), start);
+        p.miss(&config, 4);
+        assert_eq!(p.score(), start - 1);
+        // A moving heartbeat starts the count again.
+        p.observe(&config, 1, 4);
+        for _ in 0..3 {
+            p.observe(&config, 1, 4);
+        }
+        assert_eq!(p.score(), start);
+        p.fail();
+        assert!(!p.alive());
+        assert_eq!(p.score(), 0);
     }
 }

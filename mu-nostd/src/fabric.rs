@@ -21,6 +21,10 @@
 //!    completions that predate a reconnect and never waits without a deadline.
 //! 8. Outstanding work per peer is bounded; posting beyond the bound fails with
 //!    [`PostError::Busy`] and never allocates.
+//! 9. A fabric that learns for certain that a life of a peer ended (the kernel says its process
+//!    died, the board says its link or watchdog went down) reports it through `ended_life`,
+//!    naming the life. It may learn late or never, and a restarted peer's old life stays ended:
+//!    the core acts only on a notice for the life it currently trusts.
 
 /// A replica's id: its index in the cluster configuration, `0..replica_count`.
 pub type ReplicaId = u8;
@@ -110,6 +114,11 @@ pub trait Fabric {
 
     /// Re-establishes this plane's connection to `peer`, dropping what is outstanding on it.
     fn reconnect(&mut self, peer: ReplicaId) -> Result<(), PostError>;
+
+    /// The latest life of `peer` this fabric knows for certain has ended, as the incarnation that
+    /// life wrote into its region header; `None` while nothing is certain. Never a guess: a
+    /// peer that is merely slow, stopped or cut off is not reported.
+    fn ended_life(&self, peer: ReplicaId) -> Option<u32>;
 
     /// Copies bytes of this replica's own region into `buf`.
     fn load(&self, offset: u32, buf: &mut [u8]);

@@ -2,7 +2,8 @@
 //! every replica because it is computed from the [`Config`] alone.
 //!
 //! ```text
-//! offset 0     region header (64 B): magic, layout version, replica count, config hash, check
+//! offset 0     region header (64 B): magic, layout version, replica count, config hash, life
+//!              (the incarnation of the process that wrote it), check
 //!              background area, writable by every peer:
 //!                heartbeat record, applied record, permission request[n], permission ack[n],
 //!                lap notice, transfer request[n]
@@ -34,11 +35,13 @@ use crate::fabric::ReplicaId;
 use crate::hash::Hasher;
 
 /// Bumped whenever the layout or the slot format changes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Identifies a Mu region.
 pub const REGION_MAGIC: u64 = 0x4D55_5245_4749_4F4E; // "MUREGION"
 /// Bytes of the region header.
 pub const HEADER_BYTES: u32 = 64;
+/// Bytes of the header its check covers (the check follows them).
+const HEADER_CHECKED: usize = 32;
 /// Bytes of one checked record.
 pub const RECORD_BYTES: u32 = 16;
 /// Bytes of the commit record (commit position, chain, check), padded.
@@ -306,21 +309,27 @@ impl Layout {
         self.landing_of(peer) + HEADER_BYTES + 2 * RECORD_BYTES + PROMISE_BYTES
     }
 
-    /// The region header this configuration expects.
-    pub fn header(config: &Config) -> [u8; HEADER_BYTES as usize] {
+    /// The region header of this configuration, written by life `life` of its replica (the
+    /// incarnation a fabric names when it reports that life ended, see
+    /// [`crate::Fabric::ended_life`]).
+    pub fn header(config: &Config, life: u32) -> [u8; HEADER_BYTES as usize] {
         let mut header = [0u8; HEADER_BYTES as usize];
         header[0..8].copy_from_slice(&REGION_MAGIC.to_le_bytes());
         header[8..12].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
         header[12] = config.replica_count;
         header[16..24].copy_from_slice(&config.hash().to_le_bytes());
-        let check = Hasher::new(REGION_MAGIC).bytes(&header[0..24]).finish();
-        header[24..32].copy_from_slice(&check.to_le_bytes());
+        header[24..28].copy_from_slice(&life.to_le_bytes());
+        let check = Hasher::new(REGION_MAGIC)
+            .bytes(&header[0..HEADER_CHECKED])
+            .finish();
+        header[HEADER_CHECKED..HEADER_CHECKED + 8].copy_from_slice(&check.to_le_bytes());
+        debug_assert_eq!(Layout::check_header(config, &header), Ok(life));
         header
     }
 
-    /// Checks a peer's region header against this configuration.
-    pub fn check_header(config: &Config, header: &[u8]) -> Result<(), HeaderError> {
-        if header.len() < 32 {
+    /// Checks a peer's region header against this configuration; the life that wrote it.
+    pub fn check_header(config: &Config, header: &[u8]) -> Result<u32, HeaderError> {
+        if header.len() < HEADER_CHECKED + 8 {
             return Err(HeaderError::NotARegion);
         }
         let word = |at: usize| {
@@ -328,8 +337,10 @@ impl Layout {
             w.copy_from_slice(&header[at..at + 8]);
             u64::from_le_bytes(w)
         };
-        let check = Hasher::new(REGION_MAGIC).bytes(&header[0..24]).finish();
-        if word(0) != REGION_MAGIC || word(24) != check {
+        let check = Hasher::new(REGION_MAGIC)
+            .bytes(&header[0..HEADER_CHECKED])
+            .finish();
+        if word(0) != REGION_MAGIC || word(HEADER_CHECKED) != check {
             return Err(HeaderError::NotARegion);
         }
         let version = word(8) as u32;
@@ -340,7 +351,7 @@ impl Layout {
         if hash != config.hash() {
             return Err(HeaderError::ConfigHash { found: hash });
         }
-        Ok(())
+        Ok(word(24) as u32)
     }
 }
 
@@ -392,8 +403,15 @@ mod tests {
     #[test]
     fn header_mismatches_are_typed() {
         let config = Config::new(3);
-        let header = Layout::header(&config);
-        assert_eq!(Layout::check_header(&config, &header), Ok(()));
+        let header = Layout::header(&config, 0xDEAD_BEEF);
+        assert_eq!(Layout::check_header(&config, &header), Ok(0xDEAD_BEEF));
+        // The life is checked too: a header whose life changed under its check is refused.
+        let mut relived = header;
+        relived[24] ^= 1;
+        assert_eq!(
+            Layout::check_header(&config, &relived),
+            Err(HeaderError::NotARegion)
+        );
         let mut other = config;
         other.slot_count *= 2;
         assert!(matches!(

@@ -553,17 +553,40 @@ impl FailOver {
 /// fast path may already have committed (a descheduled thread can make that late).
 const ELECTED_GRACE: Duration = Duration::from_millis(5);
 
-/// SIGKILLs `leader` while `client` keeps sending, and waits up to `limit` for the first command
-/// another replica commits.
+/// How the fail-over benchmark takes the leader out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL: the process dies, and the kernel says so.
+    Kill,
+    /// SIGSTOP: the process hangs, alive to the kernel; only its silence tells. It is killed
+    /// once another replica committed.
+    Stop,
+}
+
+impl Fault {
+    /// The signal's name.
+    pub fn signal_name(self) -> &'static str {
+        match self {
+            Fault::Kill => "SIGKILL",
+            Fault::Stop => "SIGSTOP",
+        }
+    }
+}
+
+/// Takes `leader` out by `fault` while `client` keeps sending, and waits up to `limit` for the
+/// first command another replica commits. A stopped leader is killed afterwards.
 pub fn kill_leader(
     cluster: &mut Cluster,
     client: &mut Client,
     leader: u8,
+    fault: Fault,
     limit: Duration,
 ) -> Result<FailOver, ClusterError> {
-    let killed_at = cluster
-        .kill(leader)
-        .ok_or_else(|| ClusterError(format!("replica {leader} is not running")))?;
+    let killed_at = match fault {
+        Fault::Kill => cluster.kill(leader),
+        Fault::Stop => cluster.signal(leader, libc::SIGSTOP),
+    }
+    .ok_or_else(|| ClusterError(format!("replica {leader} is not running")))?;
     client.watch_from(killed_at);
     let deadline = Instant::now() + limit;
     loop {
@@ -577,6 +600,9 @@ pub fn kill_leader(
                 }
                 Marks::dating(port, killed_at, committed_at)
             });
+            if fault == Fault::Stop {
+                cluster.kill(leader);
+            }
             return Ok(FailOver {
                 killed: leader,
                 killed_at,
@@ -586,8 +612,13 @@ pub fn kill_leader(
             });
         }
         if Instant::now() > deadline {
+            if fault == Fault::Stop {
+                cluster.kill(leader);
+            }
             return fail(format!(
-                "nothing committed within {limit:?} after replica {leader} was killed: {}",
+                "nothing committed within {limit:?} after replica {leader} was taken out by \
+                 {}: {}",
+                fault.signal_name(),
                 cluster.describe()
             ));
         }

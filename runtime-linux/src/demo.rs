@@ -11,7 +11,7 @@ use mu_nostd::{Config, DetectorConfig};
 
 use crate::clock::cycles_per_second;
 use crate::cluster::{
-    commit_positions, kill_leader, restart_and_rejoin, Client, Cluster, FailOver, Rejoin,
+    commit_positions, kill_leader, restart_and_rejoin, Client, Cluster, FailOver, Fault, Rejoin,
 };
 use crate::kv;
 use crate::port::Stat;
@@ -93,6 +93,8 @@ pub struct FailoverOptions {
     /// Laps of the log the survivors commit after each kill before the killed replica
     /// restarts (0: it restarts at once); with one or more it rejoins by state transfer.
     pub wrap_laps: u64,
+    /// How the leader is taken out.
+    pub fault: Fault,
 }
 
 const TICK_NS: u64 = 1000;
@@ -376,8 +378,14 @@ fn run_demo(
 fn fail_over(cluster: &mut Cluster, client: &mut Client, leader: u8) -> Result<(), String> {
     let pid = cluster.pid(leader).unwrap_or(0);
     println!("killing the leader, replica {leader} (pid {pid}), with SIGKILL");
-    let fail_over =
-        kill_leader(cluster, client, leader, Duration::from_secs(20)).map_err(|e| e.to_string())?;
+    let fail_over = kill_leader(
+        cluster,
+        client,
+        leader,
+        Fault::Kill,
+        Duration::from_secs(20),
+    )
+    .map_err(|e| e.to_string())?;
     println!(
         "fail-over: replica {} committed its first command {:.1} µs after the kill ({})",
         fail_over.new_leader,
@@ -502,8 +510,10 @@ pub struct FailoverReport {
     pub fail_overs: Vec<FailOver>,
     /// How the killed replica rejoined, every round, with `wrap_laps` above 0.
     pub rejoins: Vec<Rejoin>,
-    /// SIGKILL -> first commit by the new leader, every round.
+    /// Fault -> first commit by the new leader, every round.
     pub total: Histogram<u64>,
+    /// How the leader was taken out.
+    pub fault: Fault,
     /// SIGKILL -> the new leader elected itself ([`FailOver::detection`]). This and the other
     /// segments hold the rounds whose split the new leader's port gave.
     pub detection: Histogram<u64>,
@@ -523,7 +533,7 @@ pub struct FailoverReport {
 }
 
 impl FailoverReport {
-    fn new(config: Config) -> FailoverReport {
+    fn new(config: Config, fault: Fault) -> FailoverReport {
         let histogram = || Histogram::new_with_bounds(1, 1 << 40, 3).expect("static bounds");
         FailoverReport {
             fail_overs: Vec::new(),
@@ -534,6 +544,7 @@ impl FailoverReport {
             handoff: histogram(),
             prepare: histogram(),
             first_commit: histogram(),
+            fault,
             config,
             tick_ns: TICK_NS,
         }
@@ -565,7 +576,7 @@ impl FailoverReport {
     /// `switch:` ones make up `switch and prepare`.
     pub fn segments(&self) -> [(&'static str, &Histogram<u64>); 5] {
         [
-            ("detection (kill -> elected)", &self.detection),
+            ("detection (fault -> elected)", &self.detection),
             (
                 "switch and prepare (elected -> fast path)",
                 &self.switch_and_prepare,
@@ -583,17 +594,19 @@ impl FailoverReport {
     pub fn describe(&self) -> String {
         let us = |ticks: u32| ticks as u64 * self.tick_ns / 1000;
         format!(
-            "{} SIGKILLs of the leader process of a {}-replica cluster on this host (detector \
-             reads every {} µs, fate sharing after {} µs), each timed from the kill to the first \
-             command the new leader committed; {} of them split by the timestamps the new leader \
-             published. Detection: its failure detector gave up on the old leader and it elected \
-             itself. Switch and prepare: its background plane started a tenure (own log taken, \
+            "{} {}s of the leader process of a {}-replica cluster on this host (detector \
+             reads every {} µs, fate sharing after {} µs), each timed from the signal to the \
+             first command the new leader committed; {} of them split by the timestamps the new \
+             leader published. Detection: its failure detector gave up on the old leader (at once \
+             when the kernel reported the process dead, after its pull score drained when it \
+             only fell silent) and it elected itself. Switch and prepare: its background plane started a tenure (own log taken, \
              permission requests sent), its replication plane took the tenure up (handoff), then \
              enough followers for a majority, each once it too gave up on the old leader, revoked \
              the old leader and granted their logs while the survey, catch-up, min-proposal and \
              adoption ran. First commit: the client sent to the new leader, which replicated and \
              applied the command.",
             self.total.len(),
+            self.fault.signal_name(),
             self.config.replica_count,
             us(self.config.detector.read_period_ticks),
             us(self.config.detector.fate_ticks),
@@ -604,7 +617,8 @@ impl FailoverReport {
     fn print(&self) {
         let us = |nanos: u64| nanos as f64 / 1e3;
         println!(
-            "fail-over time (SIGKILL -> first commit by the new leader), {} rounds:",
+            "fail-over time ({} -> first commit by the new leader), {} rounds:",
+            self.fault.signal_name(),
             self.total.len()
         );
         for (label, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
@@ -723,7 +737,7 @@ fn run_failover(
     progress: bool,
 ) -> Result<FailoverReport, String> {
     let mut client = Client::new(2, 64, 1024, 1);
-    let mut report = FailoverReport::new(config);
+    let mut report = FailoverReport::new(config, options.fault);
     for round in 0..options.rounds {
         // The replica restarted last round takes part in the workload.
         cluster
@@ -738,8 +752,14 @@ fn run_failover(
         let leader = cluster
             .await_settled(Duration::from_secs(20))
             .map_err(|e| e.to_string())?;
-        let fail_over = kill_leader(cluster, &mut client, leader, Duration::from_secs(20))
-            .map_err(|e| format!("round {round}: {e}"))?;
+        let fail_over = kill_leader(
+            cluster,
+            &mut client,
+            leader,
+            options.fault,
+            Duration::from_secs(20),
+        )
+        .map_err(|e| format!("round {round}: {e}"))?;
         report.record(fail_over);
         client.drain(cluster, Duration::from_secs(5));
         let (digest, applied) = cluster
@@ -747,8 +767,9 @@ fn run_failover(
             .map_err(|e| format!("round {round}: {e}"))?;
         if progress {
             println!(
-                "round {round:>3}: killed replica {leader}, replica {} committed after {:>9.1} µs \
+                "round {round:>3}: {} replica {leader}, replica {} committed after {:>9.1} µs \
                  = {}; survivors agree (digest {digest:016x} at {applied})",
+                options.fault.signal_name(),
                 fail_over.new_leader,
                 fail_over.nanos() as f64 / 1e3,
                 describe_split(&fail_over)

@@ -17,6 +17,7 @@
 //! | `doctor` | `mu doctor`: what this host has and lacks for a verbs deployment (feature `verbs`) |
 //! | [`clock`] | ticks from `CLOCK_MONOTONIC`; the TSC for latency figures |
 
+pub mod bell;
 pub mod clock;
 pub mod cluster;
 pub mod demo;

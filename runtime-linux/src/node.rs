@@ -29,11 +29,12 @@ use mu_nostd::{
     Snapshot, StateMachine, SubmitError, Ticket, REQUESTS_MAX,
 };
 
+use crate::bell::Bell;
 use crate::clock::{cycles_end, cycles_start, monotonic_ns, Ticker};
 use crate::kv::{self, Kv};
 use crate::port::{Outcome, Port, Response, Stat, COMMAND_MAX};
 use crate::procfs::IsolatedCores;
-use crate::shm::{Lane, OwnRegion, Previous, RegionDir, ShmError, ShmFabric};
+use crate::shm::{DeathWatch, Lane, OwnRegion, Previous, RegionDir, ShmError, ShmFabric};
 #[cfg(feature = "verbs")]
 use crate::verbs::{wire::Plane, Endpoint, VerbsError, VerbsFabric};
 
@@ -116,6 +117,9 @@ pub enum NodeError {
     Config(String),
     /// The replication plane halted with this reason (see [`halt_reason`]).
     Halted(u32),
+    /// So many peers run another layout or configuration that no quorum can include this
+    /// replica: it stopped, and needs the cluster's configuration to start again.
+    Refused,
 }
 
 /// What a halt reason code means.
@@ -143,6 +147,12 @@ impl std::fmt::Display for NodeError {
                 f,
                 "replication halted (reason {code}): {}; this replica takes no further part",
                 halt_reason(*code)
+            ),
+            NodeError::Refused => write!(
+                f,
+                "refused: too many peers run another layout or configuration for a quorum to \
+                 include this replica (the lines before say which and why); start it with the \
+                 cluster's configuration file"
             ),
         }
     }
@@ -586,6 +596,8 @@ pub struct BackgroundLoop<'s, 'p, F: Fabric = ShmFabric> {
     /// Where it publishes when it elected itself.
     port: &'p Port,
     seen: (Option<ReplicaId>, u8, Option<ReplicaId>),
+    /// Deaths taken, false suspicions and patience, as last published.
+    judged: (u32, u32, u8),
 }
 
 impl<'s, 'p, F: Fabric> BackgroundLoop<'s, 'p, F> {
@@ -604,7 +616,13 @@ impl<'s, 'p, F: Fabric> BackgroundLoop<'s, 'p, F> {
             ticker,
             port,
             seen: (None, 0, None),
+            judged: (0, 0, 0),
         }
+    }
+
+    /// True once the cluster refused this replica's configuration (see `BackgroundStatus`).
+    pub fn refused(&self) -> bool {
+        self.plane.status().refused
     }
 
     /// One poll of the plane.
@@ -615,6 +633,23 @@ impl<'s, 'p, F: Fabric> BackgroundLoop<'s, 'p, F> {
         self.plane
             .poll(self.ticker.at(started_ns), &mut self.fabric);
         let status = self.plane.status();
+        let judged = (status.deaths, status.false_suspicions, status.patience);
+        if judged != self.judged {
+            self.judged = judged;
+            self.port.set(Stat::Deaths, status.deaths as u64);
+            self.port
+                .set(Stat::FalseSuspicions, status.false_suspicions as u64);
+            self.port.set(Stat::Patience, status.patience as u64);
+            eprintln!(
+                "[{:.3} ms] replica {}: peers failed on a death notice {}, declared failed but \
+                 alive {}, patience {} (unchanged reads per point)",
+                monotonic_ns() as f64 / 1e6,
+                self.me,
+                status.deaths,
+                status.false_suspicions,
+                status.patience
+            );
+        }
         let seen = (status.leader, status.alive, status.holder);
         if seen != self.seen {
             let elected = status.leader == Some(self.me);
@@ -759,17 +794,35 @@ pub fn run(spec: &NodeSpec, stop: &AtomicBool) -> Result<(), NodeError> {
             VerbsFabric::new(endpoint.clone(), Plane::Replication),
             VerbsFabric::new(endpoint.clone(), Plane::Background),
         )?;
-        return run_loops(spec, stop, &parts, replication, background);
+        return run_loops(spec, stop, &parts, &shared, replication, background);
     }
+    // Only the shared-memory fabric has the peers' owners on this host to watch.
+    let _watch = DeathWatch::start(
+        parts.dir.clone(),
+        spec.config.replica_count,
+        parts.own.clone(),
+    )
+    .map_err(|e| {
+        NodeError::Shm(ShmError::Io {
+            path: parts.dir.path().to_path_buf(),
+            action: "start the death watch",
+            error: e,
+        })
+    })?;
     let (replication, background) = parts.loops(spec, &shared)?;
-    run_loops(spec, stop, &parts, replication, background)
+    run_loops(spec, stop, &parts, &shared, replication, background)
 }
 
 /// Runs both loops on their own threads until `stop`.
+///
+/// In `shared` polling each plane rests on its own doorbell, and each rings the other when the
+/// words it hands over change: the background plane's grant of a tenure (or its withdrawal) to
+/// the replication plane, the replication plane's stepping down (or up) to the background plane.
 fn run_loops<F: Fabric + Send>(
     spec: &NodeSpec,
     stop: &AtomicBool,
     parts: &Parts,
+    shared: &Shared,
     mut replication: ReplicationLoop<'_, '_, F>,
     mut background: BackgroundLoop<'_, '_, F>,
 ) -> Result<(), NodeError> {
@@ -778,6 +831,10 @@ fn run_loops<F: Fabric + Send>(
     // permission requests and reads for a log it no longer applies.
     let halted = AtomicU32::new(0);
     let halted = &halted;
+    let refused = AtomicBool::new(false);
+    let refused = &refused;
+    let replication_bell = parts.own.bell(Lane::Replication);
+    let background_bell = parts.own.bell(Lane::Background);
     std::thread::scope(|scope| {
         let polling = spec.polling;
         let priority = spec.realtime_priority;
@@ -787,11 +844,20 @@ fn run_loops<F: Fabric + Send>(
         let background_rest = Duration::from_nanos((read_period_ns / 4).clamp(10_000, 250_000));
         scope.spawn(move || {
             place_thread(id, "replication", rc, priority);
-            spin(stop, polling, || {
+            let mut acting = shared.acting();
+            spin(stop, polling, replication_bell, || {
+                if refused.load(Ordering::Relaxed) {
+                    return Pace::Stop;
+                }
                 let role = replication.step();
                 if replication.halted() != 0 {
                     halted.store(replication.halted(), Ordering::Relaxed);
+                    background_bell.ring();
                     return Pace::Stop;
+                }
+                if shared.acting() != acting {
+                    acting = shared.acting();
+                    background_bell.ring();
                 }
                 match role {
                     Role::Leading => Pace::Spin,
@@ -802,15 +868,28 @@ fn run_loops<F: Fabric + Send>(
         });
         scope.spawn(move || {
             place_thread(id, "background", bc, priority);
-            spin(stop, polling, || {
+            let mut lead = shared.lead();
+            spin(stop, polling, background_bell, || {
                 if halted.load(Ordering::Relaxed) != 0 {
                     return Pace::Stop;
                 }
                 background.step();
+                if shared.lead() != lead {
+                    lead = shared.lead();
+                    replication_bell.ring();
+                }
+                if background.refused() {
+                    refused.store(true, Ordering::Relaxed);
+                    replication_bell.ring();
+                    return Pace::Stop;
+                }
                 Pace::Rest(background_rest)
             });
         });
     });
+    if refused.load(Ordering::Relaxed) {
+        return Err(NodeError::Refused);
+    }
     match halted.load(Ordering::Relaxed) {
         0 => Ok(()),
         code => Err(NodeError::Halted(code)),
@@ -821,11 +900,12 @@ fn run_loops<F: Fabric + Send>(
 ///
 /// In `busy` mode every thread spins. In `shared` mode only the leader's replication plane
 /// spins (yielding now and then): it is the only one on the commit path, since followers are
-/// written to without their CPU. The two ends of a state transfer spin too while it runs. Follower replication planes and background planes sleep
-/// between polls, which leaves the cores to the threads that need them; without that, on a
-/// host with fewer cores than threads, a background plane starved for a few scheduler slices
-/// misses heartbeats and deposes a healthy leader.
-fn spin(stop: &AtomicBool, polling: Polling, mut step: impl FnMut() -> Pace) {
+/// written to without their CPU. Follower replication planes, the two ends of a state transfer
+/// and background planes rest on their doorbell between polls, which leaves the cores to the
+/// threads that need them; without that, on a host with fewer cores than threads, a
+/// background plane starved for a few scheduler slices misses heartbeats and deposes a healthy
+/// leader. A ring ends the rest at once.
+fn spin(stop: &AtomicBool, polling: Polling, bell: Bell<'_>, mut step: impl FnMut() -> Pace) {
     if polling == Polling::Shared {
         // Sleeps end when asked, not up to 50 µs later.
         // SAFETY: prctl with integer arguments only.
@@ -833,12 +913,13 @@ fn spin(stop: &AtomicBool, polling: Polling, mut step: impl FnMut() -> Pace) {
     }
     let mut polls = 0u32;
     while !stop.load(Ordering::Relaxed) {
+        let seen = bell.seen();
         let pace = step();
         polls = polls.wrapping_add(1);
         match (polling, pace) {
             (_, Pace::Stop) => return,
             (Polling::Busy, _) => std::hint::spin_loop(),
-            (Polling::Shared, Pace::Rest(rest)) => std::thread::sleep(rest),
+            (Polling::Shared, Pace::Rest(rest)) => bell.sleep(seen, rest),
             (Polling::Shared, Pace::Spin) if polls % YIELD_EVERY == 0 => std::thread::yield_now(),
             (Polling::Shared, Pace::Spin) => std::hint::spin_loop(),
         }

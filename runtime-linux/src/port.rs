@@ -113,9 +113,15 @@ pub enum Stat {
     InstallEndedNs = 216,
     /// The replica it serves a snapshot to, plus one; 0 while it donates none.
     DonatingTo = 224,
+    /// Peers it failed at once because their fabric reported their life ended.
+    Deaths = 232,
+    /// Peers it declared failed by suspicion that turned out alive.
+    FalseSuspicions = 240,
+    /// Unchanged heartbeat reads that cost a peer one point of its score (1: the paper's).
+    Patience = 248,
 }
 
-const _: () = assert!(Stat::DonatingTo as usize + 8 <= REQ_TAIL);
+const _: () = assert!(Stat::Patience as usize + 8 <= REQ_TAIL);
 
 /// Outcome of a client command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -21,6 +21,15 @@
 //! glibc's stable ABI; only glibc targets are supported.) The mutex is held by a small thread of
 //! its own for the region's lifetime, released when the region is dropped.
 //!
+//! Certain death: a peer whose owner mutex is marked owner-died (or released by a clean exit),
+//! or whose file a successor retired, certainly ended that life, which `ended_life` reports. A
+//! [`DeathWatch`] thread holds a pidfd of every peer's owner and rings this replica's background
+//! bell the moment the kernel reports one exited, so that the background plane looks at once.
+//!
+//! Doorbells (see [`crate::bell`]): the control page holds one bell per plane; a background-plane
+//! write into a peer's region (a permission request, an ack, a transfer request) rings the peer's
+//! background bell.
+//!
 //! The control page holds, besides identity words, one line per writer: the owner's permission
 //! for that writer (`gate`), the writer's pid, start time and incarnation, and per plane of the
 //! writer an in-flight marker (its incarnation while it copies into the region, 0 otherwise)
@@ -51,13 +60,15 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mu_nostd::config::REPLICAS_MAX;
+use mu_nostd::layout::HEADER_BYTES;
 use mu_nostd::{Completion, Config, Fabric, Layout, PostError, ReplicaId, Status};
 
+use crate::bell::Bell;
 use crate::mem::{copy, page_size, Mapping};
 use crate::procfs::{self, Liveness};
 
@@ -67,7 +78,7 @@ pub const CONTROL_BYTES: usize = 4096;
 pub const OUTSTANDING_MAX: usize = 128;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"MUSHMCTL");
-const VERSION: u64 = 1;
+const VERSION: u64 = 2;
 /// The incarnation word of a file whose owner replaced it.
 const RETIRED: u64 = u64::MAX;
 
@@ -81,6 +92,9 @@ const C_OWNER_PID: usize = 40;
 const C_OWNER_START: usize = 48;
 /// Where a clean exit keeps the incarnation when it retires the file.
 const C_LAST_INCARNATION: usize = 56;
+
+/// The planes' doorbells: per plane a ring counter and a sleeper count (32-bit words).
+const C_BELLS: usize = 3072;
 
 /// The owner's robust mutex (see the module doc); 64 bytes are reserved for it.
 const C_OWNER_MUTEX: usize = 2048;
@@ -106,6 +120,11 @@ const _: () = assert!(L_LANES + LANES * LANE_BYTES <= 64);
 
 const GATE_OPEN: u64 = 1;
 const GATE_CLOSED: u64 = 0;
+
+fn bell_of(mapping: &Mapping, lane: Lane) -> Bell<'_> {
+    let at = C_BELLS + 8 * lane as usize;
+    Bell::new(mapping.word32(at), mapping.word32(at + 4))
+}
 
 fn line(writer: ReplicaId, word: usize) -> usize {
     64 * (1 + writer as usize) + word
@@ -409,6 +428,11 @@ impl OwnRegion {
         self.mapping.word(line(writer, L_GATE))
     }
 
+    /// The doorbell `lane`'s thread rests on.
+    pub fn bell(&self, lane: Lane) -> Bell<'_> {
+        bell_of(&self.mapping, lane)
+    }
+
     /// Opens the log area to `writer`.
     pub fn grant(&self, writer: ReplicaId) {
         self.gate(writer).store(GATE_OPEN, SeqCst);
@@ -685,6 +709,9 @@ fn current_tid() -> u64 {
 struct Peer {
     mapping: Option<Mapping>,
     incarnation: u64,
+    /// The peer runs another cluster configuration: only its region header may be read, so
+    /// that the core sees the mismatch and judges it (a refusal can be final).
+    header_only: bool,
     broken: bool,
     waiting: usize,
     refusal: Option<String>,
@@ -695,6 +722,7 @@ impl Peer {
         Peer {
             mapping: None,
             incarnation: 0,
+            header_only: false,
             broken: false,
             waiting: 0,
             refusal: None,
@@ -783,18 +811,33 @@ impl ShmFabric {
                 path.display()
             ));
         }
+        let incarnation = control.word(C_INCARNATION).load(SeqCst);
         let (theirs, ours) = (control.word(C_CONFIG_HASH).load(SeqCst), self.config.hash());
+        let region = control.word(C_REGION_BYTES).load(SeqCst) as usize;
         if theirs != ours {
-            return Err(format!(
+            let reason = format!(
                 "replica {peer} runs another cluster configuration (config hash {theirs:016x}, \
                  ours {ours:016x}): check that every replica uses the same [cluster] section"
-            ));
+            );
+            eprintln!("replica {}: {reason}", self.me);
+            if len < CONTROL_BYTES + HEADER_BYTES as usize {
+                return Err(format!("{}: not a region file", path.display()));
+            }
+            if incarnation == RETIRED || !owner_alive(&control) {
+                return Err(format!("replica {peer} is not running"));
+            }
+            drop(control);
+            let mapping = Mapping::map(&file, len).map_err(|e| e.to_string())?;
+            let state = &mut self.peers[peer as usize];
+            state.mapping = Some(mapping);
+            state.incarnation = incarnation;
+            state.header_only = true;
+            state.refusal = Some(reason);
+            return Ok(());
         }
-        let region = control.word(C_REGION_BYTES).load(SeqCst) as usize;
         if region != self.layout.region_bytes as usize || CONTROL_BYTES + region > len {
             return Err(format!("{}: region size does not match", path.display()));
         }
-        let incarnation = control.word(C_INCARNATION).load(SeqCst);
         if incarnation == RETIRED || !owner_alive(&control) {
             return Err(format!("replica {peer} is not running"));
         }
@@ -814,12 +857,14 @@ impl ShmFabric {
         let state = &mut self.peers[peer as usize];
         state.mapping = Some(mapping);
         state.incarnation = incarnation;
+        state.header_only = false;
         Ok(())
     }
 
-    /// The peer's mapping and its incarnation, if its owner runs the incarnation this connection
-    /// was made to; a peer that restarted (a new file) is mapped anew.
-    fn live_mapping(&mut self, peer: ReplicaId) -> Option<(&Mapping, u64)> {
+    /// The peer's mapping, its incarnation and whether only its header may be read, if its
+    /// owner runs the incarnation this connection was made to; a peer that restarted (a new
+    /// file) is mapped anew.
+    fn live_mapping(&mut self, peer: ReplicaId) -> Option<(&Mapping, u64, bool)> {
         let state = &self.peers[peer as usize];
         let replaced = state
             .mapping
@@ -829,6 +874,7 @@ impl ShmFabric {
             let outcome = self.connect(peer);
             let state = &mut self.peers[peer as usize];
             match outcome {
+                Ok(()) if state.header_only => {}
                 Ok(()) => state.refusal = None,
                 Err(reason) => {
                     if state.refusal.as_deref() != Some(&reason) && !reason.contains("No such file")
@@ -842,7 +888,7 @@ impl ShmFabric {
         }
         let state = &self.peers[peer as usize];
         let mapping = state.mapping.as_ref()?;
-        owner_alive(mapping).then_some((mapping, state.incarnation))
+        owner_alive(mapping).then_some((mapping, state.incarnation, state.header_only))
     }
 
     fn complete(&mut self, peer: ReplicaId, wr_id: u64, status: Status) {
@@ -863,9 +909,12 @@ impl ShmFabric {
         let gated = self.layout.touches_log_area(remote, len);
         let (me, incarnation, lane) = (self.me, self.own.incarnation, self.lane);
         let src = self.own.region(local);
-        let Some((mapping, expected)) = self.live_mapping(peer) else {
+        let Some((mapping, expected, header_only)) = self.live_mapping(peer) else {
             return Status::Failed;
         };
+        if header_only {
+            return Status::Failed; // Another cluster's region: never written.
+        }
         let copier = mapping.word(copier(me, lane));
         let tid = current_tid();
         if copier.load(Relaxed) != tid {
@@ -885,6 +934,9 @@ impl ShmFabric {
             Status::Ok
         };
         inflight.store(0, SeqCst);
+        if lane == Lane::Background && status == Status::Ok {
+            bell_of(mapping, Lane::Background).ring();
+        }
         status
     }
 }
@@ -921,7 +973,10 @@ impl Fabric for ShmFabric {
         }
         let dst = self.own.region(local_offset);
         let status = match self.live_mapping(peer) {
-            Some((mapping, _)) => {
+            Some((_, _, true)) if remote_offset as u64 + len as u64 > HEADER_BYTES as u64 => {
+                Status::Failed
+            }
+            Some((mapping, _, _)) => {
                 let src = mapping.at(CONTROL_BYTES + remote_offset as usize);
                 // SAFETY: as in `copy_to_peer`.
                 unsafe { copy(src, dst, len as usize) };
@@ -977,4 +1032,135 @@ impl Fabric for ShmFabric {
     fn store(&mut self, offset: u32, bytes: &[u8]) {
         self.own.store(offset, bytes);
     }
+
+    /// The kernel's word: the owner mutex of the mapped life is marked owner-died (or was
+    /// released by a clean exit), or the file was retired by a successor.
+    fn ended_life(&self, peer: ReplicaId) -> Option<u32> {
+        let state = self.peers.get(peer as usize)?;
+        let mapping = state.mapping.as_ref()?;
+        let retired = mapping.word(C_INCARNATION).load(SeqCst) != state.incarnation;
+        (retired || !owner_alive(mapping)).then_some(state.incarnation as u32)
+    }
+}
+
+/// How long the death watch waits before it looks for peers that (re)started.
+const WATCH_RESCAN: i32 = 10;
+
+/// A thread holding a pidfd of every peer's owner process: when the kernel reports one exited,
+/// it rings this replica's background bell, so that the background plane takes the death
+/// (`ended_life`, from the owner-died mutex) at once instead of at the end of its rest.
+pub struct DeathWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DeathWatch {
+    /// Watches the peers of `own` among `replicas` in `dir`.
+    pub fn start(dir: RegionDir, replicas: u8, own: Arc<OwnRegion>) -> io::Result<DeathWatch> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("mu-deathwatch".into())
+            .spawn(move || watch(&dir, replicas, &own, &flag))?;
+        Ok(DeathWatch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for DeathWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A peer's owner under watch: its incarnation and a pidfd of its process.
+struct Watched {
+    incarnation: u64,
+    pidfd: std::os::fd::OwnedFd,
+}
+
+fn watch(dir: &RegionDir, replicas: u8, own: &OwnRegion, stop: &AtomicBool) {
+    let me = own.id;
+    let mut watched: Vec<Option<Watched>> = (0..replicas).map(|_| None).collect();
+    // The last life reported exited per peer, so that a dead file is not reported again.
+    let mut reported: Vec<Option<u64>> = vec![None; replicas as usize];
+    while !stop.load(SeqCst) {
+        for peer in (0..replicas).filter(|&p| p != me) {
+            if watched[peer as usize].is_none() {
+                watched[peer as usize] = open_owner(dir, peer, reported[peer as usize]);
+            }
+        }
+        let mut fds: Vec<(ReplicaId, libc::pollfd)> = watched
+            .iter()
+            .enumerate()
+            .filter_map(|(peer, w)| {
+                let w = w.as_ref()?;
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&w.pidfd);
+                Some((
+                    peer as ReplicaId,
+                    libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                ))
+            })
+            .collect();
+        let mut polled: Vec<libc::pollfd> = fds.iter().map(|&(_, fd)| fd).collect();
+        // SAFETY: `polled` is a live array of `polled.len()` pollfd entries.
+        let ready = unsafe {
+            libc::poll(
+                polled.as_mut_ptr(),
+                polled.len() as libc::nfds_t,
+                WATCH_RESCAN,
+            )
+        };
+        if ready <= 0 {
+            continue;
+        }
+        for ((peer, _), fd) in fds.iter_mut().zip(&polled) {
+            if fd.revents == 0 {
+                continue;
+            }
+            let gone = watched[*peer as usize].take();
+            reported[*peer as usize] = gone.map(|w| w.incarnation);
+            own.bell(Lane::Background).ring();
+        }
+    }
+}
+
+/// A pidfd of `peer`'s current owner, unless its file is missing, retired, of another version,
+/// or of the life already reported exited.
+fn open_owner(dir: &RegionDir, peer: ReplicaId, reported: Option<u64>) -> Option<Watched> {
+    use std::os::fd::FromRawFd;
+    let file = open_private(&dir.region_path(peer), false).ok()?;
+    let control = Mapping::map(&file, CONTROL_BYTES).ok()?;
+    if control.word(C_MAGIC).load(SeqCst) != MAGIC
+        || control.word(C_VERSION).load(SeqCst) != VERSION
+    {
+        return None;
+    }
+    let incarnation = control.word(C_INCARNATION).load(SeqCst);
+    if incarnation == RETIRED || reported == Some(incarnation) {
+        return None;
+    }
+    let pid = control.word(C_OWNER_PID).load(SeqCst) as libc::pid_t;
+    let start = control.word(C_OWNER_START).load(SeqCst);
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None; // Gone already: the background plane sees its owner-died word.
+    }
+    // SAFETY: a descriptor pidfd_open just returned, owned by nobody else.
+    let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // The pid may name a later process by now: the owner's start time tells.
+    if procfs::liveness(pid as u32, start) == Liveness::Dead {
+        return None;
+    }
+    Some(Watched { incarnation, pidfd })
 }

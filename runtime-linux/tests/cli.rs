@@ -1,6 +1,7 @@
 //! The `mu` command as a user meets it: config errors name the file, the line and the field;
 //! replicas started with different cluster configurations refuse each other with a clear
-//! message; a second process for the same replica is refused; a replica started from the
+//! message; a replica whose configuration a quorum refuses exits with status 4 without ever
+//! leading; a second process for the same replica is refused; a replica started from the
 //! example file of `board-configs/` runs.
 
 use std::io::Read;
@@ -130,6 +131,47 @@ fn replicas_with_different_configurations_refuse_each_other() {
     let seen_by_first = wait_for(first, needle);
     assert!(seen_by_second.contains(needle), "{seen_by_second}");
     assert!(seen_by_first.contains(needle), "{seen_by_first}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Refusal is final: the odd one out says why and exits with its own status, and never bids for
+/// leadership; the two that agree keep running.
+#[test]
+fn a_replica_the_cluster_refuses_exits_with_status_4() {
+    let dir = scratch("refused");
+    let a = example_in(&dir, |t| t);
+    let b = dir.join("odd.toml");
+    std::fs::write(
+        &b,
+        std::fs::read_to_string(&a)
+            .unwrap()
+            .replace("slot_count = 65536", "slot_count = 32768"),
+    )
+    .unwrap();
+    let mut agreeing: Vec<Child> = (0..2)
+        .map(|id| replica(&a, id).stderr(Stdio::null()).spawn().unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let odd = run(replica(&b, 2));
+    let took = started.elapsed();
+    let said = stderr(&odd);
+    let still_running = agreeing
+        .iter_mut()
+        .all(|child| child.try_wait().unwrap().is_none());
+    for child in &mut agreeing {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(odd.status.code(), Some(4), "{said}");
+    assert!(said.contains("refused"), "{said}");
+    assert!(
+        said.contains("runs another cluster configuration"),
+        "{said}"
+    );
+    assert!(!said.contains("leading in tenure"), "{said}");
+    assert!(still_running, "the agreeing replicas stopped");
+    println!("refused after {took:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use board_configs::Polling;
+use runtime_linux::cluster::Fault;
 use runtime_linux::demo::{failover_report, DemoFabric, FailoverOptions};
 
 #[test]
@@ -21,6 +22,7 @@ fn every_fail_over_splits_into_segments_that_add_up() {
         fabric: DemoFabric::Shm,
         slots: 1024,
         wrap_laps: 2,
+        fault: Fault::Kill,
     };
     let report = failover_report(&options, Path::new(env!("CARGO_BIN_EXE_mu")), false)
         .expect("the fail-over rounds run");

@@ -607,7 +607,7 @@ impl<'s> Sim<'s> {
         let config = self.scenario.config;
         let node = &mut self.nodes[r as usize];
         self.report.installs += node.kv.installed().len() as u32;
-        node.incarnation += 1;
+        node.incarnation = self.world.life(r);
         let mut replica = SimReplica::new(config, r, &self.shared[lives]).expect("valid scenario");
         replica.replication.begin_incarnation(node.incarnation);
         replica.background.begin_incarnation(node.incarnation);

@@ -5,6 +5,9 @@
 //! writes and reads execute in torn pieces at random ticks, taking their source bytes when each
 //! piece lands; completions come late, in posted order per connection, and sometimes never;
 //! crashed and partitioned peers stall or fail operations; refused writes break connections.
+//! When a life of a replica ends (a crash, or a restart of a running one), each other replica's
+//! fabric may learn it (`ended_life`) after a random delay, or never; the notice stays after the
+//! replica restarts, naming the life that ended, as a kernel's would.
 //!
 //! # Invariants
 //! - Everything is a pure function of the seed and the driver's calls (no clocks, no hashing
@@ -19,6 +22,7 @@
 //!   more of its outstanding ops lands.
 //! - Violations of the single-writer rules are recorded, never panicked on, so the driver can
 //!   report them with the seed.
+//! - A death notice names only a life that ended: never a running or paused one.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -48,6 +52,10 @@ pub struct Faults {
     pub lost_completion_per_mille: u32,
     /// Most outstanding ops per connection (at least 1).
     pub outstanding_max: u32,
+    /// A replica learns that a life of a peer ended up to this many ticks after it did.
+    pub notice_delay_max: u64,
+    /// Chance per thousand that a replica never learns that a life of a peer ended.
+    pub notice_lost_per_mille: u32,
 }
 
 impl Default for Faults {
@@ -57,6 +65,8 @@ impl Default for Faults {
             torn_pieces_max: 3,
             lost_completion_per_mille: 5,
             outstanding_max: 16,
+            notice_delay_max: 400,
+            notice_lost_per_mille: 250,
         }
     }
 }
@@ -68,6 +78,8 @@ impl Faults {
             delay_max: 1,
             torn_pieces_max: 1,
             lost_completion_per_mille: 0,
+            notice_delay_max: 0,
+            notice_lost_per_mille: 0,
             ..Faults::default()
         }
     }
@@ -244,6 +256,10 @@ pub struct World {
     /// Per (a, b): whether a and b can reach each other (kept symmetric).
     reachable: Vec<bool>,
     crashed: Vec<bool>,
+    /// The current life of each replica (0 at the start, one more at every restart).
+    lives: Vec<u32>,
+    /// Death notices: (observer, peer, life that ended, tick from which the observer knows).
+    notices: Vec<(u8, u8, u32, u64)>,
     violations: Vec<String>,
     stats: Stats,
 }
@@ -316,6 +332,8 @@ impl World {
             ready: vec![VecDeque::new(); n * 2],
             reachable: vec![true; n * n],
             crashed: vec![false; n],
+            lives: vec![0; n],
+            notices: Vec::new(),
             violations: Vec::new(),
             stats: Stats::default(),
         }
@@ -364,6 +382,9 @@ impl World {
 
     /// Crash-stops `r`: its region freezes, its ops stop, ops to it never land.
     pub fn crash(&mut self, r: u8) {
+        if !self.crashed[r as usize] {
+            self.end_life(r);
+        }
         self.crashed[r as usize] = true;
         for plane in 0..2 {
             self.ready[r as usize * 2 + plane].clear();
@@ -377,6 +398,10 @@ impl World {
     /// region (zeros or garbage) and builds the new replica.
     pub fn restart(&mut self, r: u8) {
         let n = self.n;
+        if !self.crashed[r as usize] {
+            self.end_life(r);
+        }
+        self.lives[r as usize] += 1;
         self.crashed[r as usize] = false;
         for plane in [Plane::Replication, Plane::Background] {
             for peer in (0..n).filter(|&p| p != r) {
@@ -398,6 +423,41 @@ impl World {
         for plane in 0..2 {
             self.ready[r as usize * 2 + plane].clear();
         }
+    }
+
+    /// The incarnation of `r`'s current life: the driver passes it to the replica, which
+    /// publishes it in its region header.
+    pub fn life(&self, r: u8) -> u32 {
+        self.lives[r as usize]
+    }
+
+    /// Life `lives[r]` of `r` ended: every other replica learns it after a random delay, or
+    /// never.
+    fn end_life(&mut self, r: u8) {
+        let life = self.lives[r as usize];
+        for observer in (0..self.n).filter(|&o| o != r) {
+            if self.rng.chance(self.faults.notice_lost_per_mille, 1000) {
+                continue;
+            }
+            let delay = self.rng.range(0, self.faults.notice_delay_max);
+            self.notices.push((observer, r, life, self.now + delay));
+        }
+    }
+
+    /// The latest life of `peer` that `observer` knows ended.
+    fn ended_life(&self, observer: u8, peer: u8) -> Option<u32> {
+        let ended = self
+            .notices
+            .iter()
+            .filter(|&&(o, p, _, at)| o == observer && p == peer && at <= self.now)
+            .map(|&(_, _, life, _)| life)
+            .max();
+        assert!(
+            ended
+                .is_none_or(|life| life < self.lives[peer as usize] || self.crashed[peer as usize]),
+            "a death notice names a life that runs"
+        );
+        ended
     }
 
     /// True when `r` crashed.
@@ -907,6 +967,10 @@ impl Fabric for SimFabric<'_> {
 
     fn store(&mut self, offset: u32, bytes: &[u8]) {
         self.world.store(self.me, offset, bytes);
+    }
+
+    fn ended_life(&self, peer: ReplicaId) -> Option<u32> {
+        self.world.ended_life(self.me, peer)
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use board_configs::{Deployment, Polling};
 use runtime_linux::cluster::{
-    commit_positions, kill_leader, restart_and_rejoin, Client, Cluster, Rejoin,
+    commit_positions, kill_leader, restart_and_rejoin, Client, Cluster, Fault, Rejoin,
 };
 use runtime_linux::demo::cluster_config;
 use runtime_linux::port::Stat;
@@ -95,7 +95,7 @@ fn leader_killed_again_and_again_loses_nothing() {
             .await_settled(SETTLE)
             .unwrap_or_else(|e| fail(&cluster, e.to_string()));
         commit(&mut client, &cluster, 150);
-        let fail_over = kill_leader(&mut cluster, &mut client, leader, SETTLE)
+        let fail_over = kill_leader(&mut cluster, &mut client, leader, Fault::Kill, SETTLE)
             .unwrap_or_else(|e| fail(&cluster, format!("round {round}: {e}")));
         let new_leader = fail_over.new_leader;
         assert_ne!(new_leader, leader);
@@ -220,7 +220,7 @@ fn follower_killed_for_ten_laps_rejoins_with_the_same_state() {
 #[test]
 fn old_leader_killed_for_ten_laps_rejoins_with_the_same_state() {
     let (mut cluster, mut client, leader) = rejoin_cluster("rejoin-leader", 10);
-    kill_leader(&mut cluster, &mut client, leader, SETTLE)
+    kill_leader(&mut cluster, &mut client, leader, Fault::Kill, SETTLE)
         .unwrap_or_else(|e| fail(&cluster, e.to_string()));
     rejoin_after_laps(&mut cluster, &mut client, leader, 10);
     cluster.shutdown();

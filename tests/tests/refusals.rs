@@ -63,7 +63,13 @@ impl<'s> Cluster<'s> {
     fn replace(&mut self, id: usize, config: Option<Config>, shared: &'s Shared) {
         self.world.restart(id as u8);
         self.world.region_mut(id as u8).fill(0);
-        self.replicas[id] = config.map(|c| SimReplica::new(c, id as u8, shared).expect("valid"));
+        let life = self.world.life(id as u8);
+        self.replicas[id] = config.map(|c| {
+            let mut replica = SimReplica::new(c, id as u8, shared).expect("valid");
+            replica.replication.begin_incarnation(life);
+            replica.background.begin_incarnation(life);
+            replica
+        });
         self.kvs[id] = Kv::new();
     }
 
@@ -146,6 +152,14 @@ fn a_replica_with_another_configuration_is_refused() {
         0,
         "2 applies nothing"
     );
+    // Refusal is final for the odd one out: it elects nobody and says so; the others do not.
+    let odd = cluster.replica(2).background.status();
+    assert!(
+        odd.refused && odd.leader.is_none() && odd.tenure.is_none(),
+        "{odd:?}"
+    );
+    assert!(!cluster.replica(0).background.status().refused);
+    assert!(!cluster.replica(1).background.status().refused);
 }
 
 #[test]
@@ -155,10 +169,10 @@ fn a_region_of_another_layout_version_is_refused() {
     cluster.run(300);
     assert!(cluster.replica(2).replication.status().voter, "formed");
     cluster.replace(2, None, &shared[2]);
-    let mut header = Layout::header(&config(3));
+    let mut header = Layout::header(&config(3), 0);
     header[8..12].copy_from_slice(&(LAYOUT_VERSION + 1).to_le_bytes());
-    let check = Hasher::new(REGION_MAGIC).bytes(&header[0..24]).finish();
-    header[24..32].copy_from_slice(&check.to_le_bytes());
+    let check = Hasher::new(REGION_MAGIC).bytes(&header[0..32]).finish();
+    header[32..40].copy_from_slice(&check.to_le_bytes());
     cluster.world.region_mut(2)[..64].copy_from_slice(&header);
     cluster.run(200);
     let found = LAYOUT_VERSION + 1;

@@ -57,8 +57,9 @@ impl<'s> Trio<'s> {
         self.world.region_mut(r).fill(0);
         let mut fresh = SimReplica::new(self.config, r, &self.shared[self.lives]).unwrap();
         self.lives += 1;
-        fresh.replication.begin_incarnation(self.lives as u32);
-        fresh.background.begin_incarnation(self.lives as u32);
+        let life = self.world.life(r);
+        fresh.replication.begin_incarnation(life);
+        fresh.background.begin_incarnation(life);
         self.replicas[r as usize] = fresh;
         std::mem::take(&mut self.logs[r as usize])
     }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use board_configs::{FabricSpec, Host, Polling};
 use clap::{Parser, Subcommand, ValueEnum};
+use runtime_linux::cluster::Fault;
 use runtime_linux::demo::{self, DemoFabric, DemoOptions, FailoverOptions};
 use runtime_linux::node::VerbsSpec;
 use runtime_linux::node::{self, NodeSpec};
@@ -35,6 +36,23 @@ impl From<PollingArg> for Polling {
         match arg {
             PollingArg::Busy => Polling::Busy,
             PollingArg::Shared => Polling::Shared,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FaultArg {
+    /// SIGKILL: the process dies and the kernel says so.
+    Kill,
+    /// SIGSTOP: the process hangs; only its silence tells (it is killed after the fail-over).
+    Stop,
+}
+
+impl From<FaultArg> for Fault {
+    fn from(arg: FaultArg) -> Fault {
+        match arg {
+            FaultArg::Kill => Fault::Kill,
+            FaultArg::Stop => Fault::Stop,
         }
     }
 }
@@ -123,7 +141,8 @@ enum Action {
     Doctor,
     /// Runs one replica of the cluster described by a config file. Exit status: 0 when stopped
     /// by SIGTERM or SIGINT, 1 when it cannot start, 3 when its replication halted (the log
-    /// line before says why).
+    /// line before says why), 4 when its peers run another configuration or layout and no
+    /// quorum can include it (restart it with the cluster's file).
     Replica {
         /// The deployment file (see board-configs/).
         #[arg(long)]
@@ -165,6 +184,9 @@ enum Action {
         /// restarts; with 1 or more it must rejoin by state transfer (reported per round).
         #[arg(long, default_value_t = 0)]
         wrap_laps: u64,
+        /// How the leader is taken out each round.
+        #[arg(long, value_enum, default_value_t = FaultArg::Kill)]
+        fault: FaultArg,
     },
 }
 
@@ -207,6 +229,10 @@ fn main() -> ExitCode {
                 eprintln!("mu: replica {id}: {}", node::NodeError::Halted(code));
                 return ExitCode::from(EXIT_HALTED);
             }
+            Err(node::NodeError::Refused) => {
+                eprintln!("mu: replica {id}: {}", node::NodeError::Refused);
+                return ExitCode::from(EXIT_REFUSED);
+            }
             outcome => outcome.map_err(|e| format!("replica {id}: {e}")),
         },
         Action::Doctor => match doctor() {
@@ -223,6 +249,7 @@ fn main() -> ExitCode {
             fabric,
             slots,
             wrap_laps,
+            fault,
         } => demo::failover(&FailoverOptions {
             rounds,
             replicas,
@@ -232,6 +259,7 @@ fn main() -> ExitCode {
             fabric: fabric.into(),
             slots,
             wrap_laps,
+            fault: fault.into(),
         }),
     };
     match outcome {
@@ -245,6 +273,8 @@ fn main() -> ExitCode {
 
 /// `mu replica`'s exit status when its replication halted.
 const EXIT_HALTED: u8 = 3;
+/// `mu replica`'s exit status when the cluster refused its configuration.
+const EXIT_REFUSED: u8 = 4;
 
 fn kv_keys(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {

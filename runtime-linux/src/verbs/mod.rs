@@ -382,4 +382,9 @@ impl Fabric for VerbsFabric {
     fn store(&mut self, offset: u32, bytes: &[u8]) {
         self.endpoint.own().store(offset, bytes);
     }
+
+    /// Nothing certain yet: a dead peer's operations fail once its transport gives up.
+    fn ended_life(&self, _peer: ReplicaId) -> Option<u32> {
+        None
+    }
 }

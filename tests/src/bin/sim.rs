@@ -86,6 +86,8 @@ fn planted_features() -> &'static str {
         " --features bug-restart-votes"
     } else if cfg!(feature = "bug-unchecked-snapshot") {
         " --features bug-unchecked-snapshot"
+    } else if cfg!(feature = "bug-stale-death") {
+        " --features bug-stale-death"
     } else {
         ""
     }
