@@ -588,6 +588,7 @@ pub fn kill_leader(
     }
     .ok_or_else(|| ClusterError(format!("replica {leader} is not running")))?;
     client.watch_from(killed_at);
+    client.watch_excluding(leader);
     let deadline = Instant::now() + limit;
     loop {
         client.pump(cluster);
@@ -819,6 +820,9 @@ pub struct Client {
     /// The first commit at or after `watch_after` and who made it.
     pub first_commit_after: Option<(u8, u64)>,
     watch_after: u64,
+    /// A replica whose commits the watch ignores (a stopped leader answering what it committed
+    /// just before its signal).
+    watch_excluded: Option<u8>,
     command: Vec<u8>,
 }
 
@@ -840,6 +844,7 @@ impl Client {
             retries: 0,
             first_commit_after: None,
             watch_after: u64::MAX,
+            watch_excluded: None,
             command: vec![0; kv::HEADER_BYTES + kv::VALUE_MAX],
         }
     }
@@ -848,7 +853,13 @@ impl Client {
     /// the fail-over measurement.
     pub fn watch_from(&mut self, at: u64) {
         self.watch_after = at;
+        self.watch_excluded = None;
         self.first_commit_after = None;
+    }
+
+    /// From now on the watch of [`Client::watch_from`] ignores commits by `replica`.
+    pub fn watch_excluding(&mut self, replica: u8) {
+        self.watch_excluded = Some(replica);
     }
 
     /// Commands reported committed so far.
@@ -929,7 +940,10 @@ impl Client {
                     self.committed.push((response.position, flight.id));
                     let rtt = monotonic_ns().saturating_sub(flight.sent_ns);
                     self.round_trip.saturating_record(rtt.max(1));
-                    if response.commit_ns >= self.watch_after && self.first_commit_after.is_none() {
+                    if response.commit_ns >= self.watch_after
+                        && self.first_commit_after.is_none()
+                        && self.watch_excluded != Some(id)
+                    {
                         self.first_commit_after = Some((id, response.commit_ns));
                     }
                 } else {
