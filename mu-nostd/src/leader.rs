@@ -1,7 +1,9 @@
 //! The leader's replicator: one tenure at a time, from the permission grant to the fast path.
 //!
 //! A tenure goes through these phases (each with a deadline in ticks; missing it aborts the
-//! tenure and the background plane asks for permissions again):
+//! tenure and the background plane asks for permissions again; every tenure in a row that ends
+//! before the fast path doubles the next one's deadlines, up to 16 times, so that set-up slower
+//! than a deadline cannot end tenure after tenure forever):
 //!
 //! 1. `Survey`: read the applied position of every confirmed follower; wait for a majority.
 //! 2. `CatchUpSelf`: if a follower is ahead, read the decided slots this replica lacks from the
@@ -82,7 +84,7 @@
 //!   tenure wrote to it.
 //! - Any `Denied` completion of this tenure aborts it: another leader was granted.
 
-use crate::config::{Config, REPLICAS_MAX};
+use crate::config::REPLICAS_MAX;
 use crate::fabric::{Fabric, PostError, ReplicaId, Status};
 use crate::layout::{COMMIT_RECORD_BYTES, PROMISE_BYTES, RECORD_BYTES};
 use crate::record;
@@ -414,17 +416,18 @@ impl Leader {
         }
     }
 
+    /// A tenure starting at `now`, whose survey must be answered within `timeout` ticks.
     pub(crate) fn new(
         tenure: u32,
         now: u64,
         (applied, chain): (u64, u64),
         voter: bool,
-        config: &Config,
+        timeout: u64,
     ) -> Leader {
         Leader {
             tenure,
             phase: Phase::Survey,
-            deadline: now + config.op_timeout_ticks as u64,
+            deadline: now + timeout,
             ballot: 0,
             ballot_floor: 0,
             members: [Member::NEW; REPLICAS_MAX as usize],
@@ -784,7 +787,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// An operation past its deadline resets its connection; a member that had work of this
     /// tenure outstanding there is lost (and rejoins later).
     pub(crate) fn expire_operations<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
-        let timeout = self.config.op_timeout_ticks as u64;
+        let timeout = self.phase_timeout();
         for peer in self.others() {
             let connection = &self.connections[peer as usize];
             let Some(front) = connection.front() else {
@@ -1229,7 +1232,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             reads += 1;
         }
         info!("catching up {} slots from {}", upto - self.applied, source);
-        let deadline = now + self.config.op_timeout_ticks as u64;
+        let deadline = now + self.phase_timeout();
         let leader = self.leader_mut();
         leader.phase = Phase::CatchUpSelf {
             upto,
@@ -1277,7 +1280,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 
     /// This replica's log is up to date: members may be synced, and the prepare starts.
     fn open_members<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
-        let deadline = now + self.config.op_timeout_ticks as u64;
+        let deadline = now + self.phase_timeout();
         let leader = self.leader_mut();
         leader.phase = Phase::ReadMinProposal;
         leader.deadline = deadline;
@@ -1402,7 +1405,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 &record::encode(remote, ballot),
             );
         }
-        let deadline = now + self.config.op_timeout_ticks as u64;
+        let deadline = now + self.phase_timeout();
         let leader = self.leader_mut();
         leader.ballot = ballot;
         leader.counted = leader.replies;
@@ -1483,7 +1486,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 
     /// Reads the slot at `position` from every prepared member.
     fn read_slot<F: Fabric>(&mut self, now: u64, position: u64, fabric: &mut F) {
-        let deadline = now + self.config.op_timeout_ticks as u64;
+        let deadline = now + self.phase_timeout();
         let leader = self.leader_mut();
         assert_eq!(
             position, leader.next,
@@ -1578,6 +1581,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             position, self.applied,
             "the prepare applied what it adopted"
         );
+        self.tenure_backoff = 0;
         let leader = self.leader.as_mut().expect("leading");
         info!("tenure {} on the fast path at {}", leader.tenure, position);
         leader.phase = Phase::Streaming;
@@ -1611,7 +1615,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             return;
         };
         let (applied, capacity) = (self.applied, self.config.slot_payload_bytes());
-        let deadline = now + self.config.op_timeout_ticks as u64;
+        let deadline = now + self.phase_timeout();
         let leader = self.leader.as_mut().expect("leading");
         let adopted = SlotHeader {
             ballot: leader.ballot,

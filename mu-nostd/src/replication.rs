@@ -82,6 +82,9 @@ pub struct ReplicationStatus {
     pub donating_to: Option<ReplicaId>,
 }
 
+/// Most doublings of the prepare's deadlines after tenures that ended before the fast path.
+pub(crate) const TENURE_BACKOFF_MAX: u8 = 4;
+
 /// Reassembles commands that span several slots.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Assembly {
@@ -153,6 +156,9 @@ pub struct ReplicationPlane<'s, const SLOT: usize, const ENTRY: usize, const QUE
     pub(crate) connections: [Connection; REPLICAS_MAX as usize],
     pub(crate) leader: Option<Leader>,
     pub(crate) spent_tenure: u32,
+    /// Tenures in a row (at most [`TENURE_BACKOFF_MAX`]) that ended before the fast path: each
+    /// doubles the next tenure's phase and operation deadlines (see `phase_timeout`).
+    pub(crate) tenure_backoff: u8,
     halted: u32,
     /// Cached once true: a standing is never withdrawn within a life.
     pub(crate) voter: bool,
@@ -195,6 +201,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             connections: [Connection::NEW; REPLICAS_MAX as usize],
             leader: None,
             spent_tenure: 0,
+            tenure_backoff: 0,
             halted: 0,
             voter: false,
             published_applied: None,
@@ -351,19 +358,33 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         );
         self.queue.restart_proposals();
         let voter = self.refresh_voter(fabric);
+        let timeout = self.phase_timeout();
         self.leader = Some(Leader::new(
             lead.tenure,
             now,
             (self.applied, self.applied_chain),
             voter,
-            &self.config,
+            timeout,
         ));
+    }
+
+    /// Ticks a phase of the prepare, or an operation of it, may take: `op_timeout_ticks`,
+    /// doubled for every tenure in a row that ended before its fast path. A fabric whose
+    /// connections or grants take longer than a deadline to set up (a verbs re-pairing under
+    /// load) would otherwise end every tenure in its survey and start the next, which needs the
+    /// same set-up again, forever; with the deadline growing, one tenure gets through, and the
+    /// next fast path puts it back.
+    pub(crate) fn phase_timeout(&self) -> u64 {
+        (self.config.op_timeout_ticks as u64) << self.tenure_backoff
     }
 
     /// Stops acting as leader: nothing the tenure posted lands after this (see `fence_tenure`);
     /// only then may the background plane grant this replica's log to a peer.
     fn stand_down<F: Fabric>(&mut self, fabric: &mut F) -> Option<u32> {
         let leader = self.leader.take()?;
+        if !leader.fast_path() {
+            self.tenure_backoff = (self.tenure_backoff + 1).min(TENURE_BACKOFF_MAX);
+        }
         self.fence_tenure(fabric);
         self.shared.stop_acting();
         Some(leader.tenure)

@@ -1,13 +1,15 @@
 //! The deterministic simulator of Mu clusters: a seeded, adversarial fabric ([`world`]), a
 //! replicated key-value state machine ([`kv`]), client histories and their linearizability check
-//! ([`history`]), and the cluster driver that runs a seed and checks every invariant at every
-//! tick ([`cluster`]). The `sim` binary runs many seeds or replays one with a trace.
-//! [`Recorder`] is the state machine of tests that script a schedule by hand.
+//! ([`history`]), the cluster driver that runs a seed and checks every invariant at every tick
+//! ([`cluster`]), and three replicas polled by hand for directed tests ([`trio`]). The `sim`
+//! binary runs many seeds or replays one with a trace. [`Recorder`] is the state machine of
+//! tests that script a schedule by hand.
 
 pub mod cluster;
 pub mod history;
 pub mod kv;
 pub mod rng;
+pub mod trio;
 pub mod world;
 
 use mu_nostd::StateMachine;

@@ -56,6 +56,10 @@ pub struct Faults {
     pub notice_delay_max: u64,
     /// Chance per thousand that a replica never learns that a life of a peer ended.
     pub notice_lost_per_mille: u32,
+    /// 0: connections are ready at once. Otherwise each new pairing takes this many ticks, as a
+    /// verbs handshake does, and the owner models verbs' permissions: a grant to a writer it
+    /// revoked while that writer could write closes the writer's pairing, which pairs anew.
+    pub pairing_ticks: u64,
 }
 
 impl Default for Faults {
@@ -67,6 +71,7 @@ impl Default for Faults {
             outstanding_max: 16,
             notice_delay_max: 400,
             notice_lost_per_mille: 250,
+            pairing_ticks: 0,
         }
     }
 }
@@ -230,6 +235,15 @@ struct Conn {
     cut_off: bool,
     /// Outstanding ops in posted order: accepted and not yet delivered or dropped.
     queue: VecDeque<OpId>,
+    /// With `pairing_ticks`: the tick the current pairing is ready; until then every op posted
+    /// fails at once (a verbs requester being paired).
+    ready_at: u64,
+    /// With `pairing_ticks`: an op was accepted on the current pairing since it became ready (a
+    /// reconnect of a pairing nothing went out on keeps it).
+    used: bool,
+    /// With `pairing_ticks`: the owner closed this pairing at a grant; ops fail at once until
+    /// the next pairing.
+    closed: bool,
 }
 
 /// The simulated regions and fabric of a cluster.
@@ -244,6 +258,9 @@ pub struct World {
     granted: Vec<u8>,
     /// Per (owner, writer): how many times the owner revoked the writer.
     revokes: Vec<u64>,
+    /// Per (owner, writer), with `pairing_ticks`: the owner revoked the writer while it could
+    /// write, and the writer has not paired anew since (verbs' tainted pairing).
+    tainted: Vec<bool>,
     conns: Vec<Conn>,
     ops: Slab,
     /// Scheduled events by (tick, sequence number): the sequence keeps same-tick order stable.
@@ -324,6 +341,7 @@ impl World {
             regions: vec![vec![0; layout.region_bytes as usize]; n],
             granted: vec![0; n],
             revokes: vec![0; n * n],
+            tainted: vec![false; n * n],
             conns: (0..n * n * 2).map(|_| Conn::default()).collect(),
             ops: Slab::default(),
             events: BinaryHeap::new(),
@@ -417,8 +435,11 @@ impl World {
             }
         }
         self.granted[r as usize] = 0;
-        for writer in 0..n as usize {
-            self.revokes[r as usize * n as usize + writer] += 1;
+        for other in 0..n as usize {
+            self.revokes[r as usize * n as usize + other] += 1;
+            // Its pairings, and the others' with it, are all new.
+            self.tainted[r as usize * n as usize + other] = false;
+            self.tainted[other * n as usize + r as usize] = false;
         }
         for plane in 0..2 {
             self.ready[r as usize * 2 + plane].clear();
@@ -574,6 +595,13 @@ impl World {
             len,
             wr_id,
         } = request;
+        if self.pairing(conn) {
+            self.fail_at_once(me, conn, kind, request);
+            return Ok(());
+        }
+        if self.faults.pairing_ticks > 0 {
+            self.conns[conn].used = true;
+        }
         let pieces = split(&mut self.rng, len, self.faults.torn_pieces_max);
         // Remembered so that a revoke after this post fences the op even if a grant follows.
         let revokes = self.revokes[peer as usize * self.n as usize + me as usize];
@@ -598,6 +626,34 @@ impl World {
         }
         self.stats.ops_posted += 1;
         Ok(())
+    }
+
+    /// True while `conn` is being paired or was closed by its owner (only with `pairing_ticks`).
+    fn pairing(&self, conn: usize) -> bool {
+        let c = &self.conns[conn];
+        self.faults.pairing_ticks > 0 && (c.closed || self.now < c.ready_at)
+    }
+
+    /// Accepts an op on a connection that is not ready and fails it at once, as the verbs
+    /// fabric does for a requester being paired (the connection does not break).
+    fn fail_at_once(&mut self, me: u8, conn: usize, kind: Kind, request: Request) {
+        let id = self.ops.insert(Op {
+            kind,
+            poster: me,
+            peer: request.peer,
+            conn,
+            local: request.local,
+            remote: request.remote,
+            wr_id: request.wr_id,
+            pieces_left: 0,
+            revokes: 0,
+            fate: Fate::Running,
+            due: 0,
+        });
+        self.conns[conn].queue.push_back(id);
+        self.stats.ops_posted += 1;
+        self.settle(id, Status::Failed);
+        self.count(Status::Failed);
     }
 
     // ---- executing pieces --------------------------------------------------------------------
@@ -818,6 +874,13 @@ impl World {
             "replica {owner} granted bad peer {peer}"
         );
         self.granted[owner as usize] |= 1 << peer;
+        let pair = owner as usize * self.n as usize + peer as usize;
+        if std::mem::take(&mut self.tainted[pair]) {
+            // The writer's pairing is closed: what it has outstanding fails, and it pairs anew.
+            let conn = self.conn_index(peer, owner, Plane::Replication);
+            self.fail_queue(conn);
+            self.conns[conn].closed = true;
+        }
     }
 
     fn revoke(&mut self, owner: u8, peer: u8) {
@@ -825,8 +888,12 @@ impl World {
             peer < self.n && peer != owner,
             "replica {owner} revoked bad peer {peer}"
         );
+        let pair = owner as usize * self.n as usize + peer as usize;
+        if self.faults.pairing_ticks > 0 && self.granted[owner as usize] & (1 << peer) != 0 {
+            self.tainted[pair] = true;
+        }
         self.granted[owner as usize] &= !(1 << peer);
-        self.revokes[owner as usize * self.n as usize + peer as usize] += 1;
+        self.revokes[pair] += 1;
     }
 
     fn reconnect(&mut self, me: u8, peer: u8, plane: Plane) -> Result<(), PostError> {
@@ -848,8 +915,26 @@ impl World {
         }
         self.conns[conn].broken = false;
         self.conns[conn].cut_off = false;
+        self.pair_anew(me, peer, plane, conn);
         self.drain(conn);
         Ok(())
+    }
+
+    /// With `pairing_ticks`: a reconnect of a pairing that was used or closed starts a new one,
+    /// ready `pairing_ticks` later; one being paired, or never used, stays as it is.
+    fn pair_anew(&mut self, me: u8, peer: u8, plane: Plane, conn: usize) {
+        let c = &mut self.conns[conn];
+        let busy = self.now < c.ready_at;
+        if self.faults.pairing_ticks == 0 || busy || !(c.used || c.closed) {
+            return;
+        }
+        c.ready_at = self.now + self.faults.pairing_ticks;
+        c.used = false;
+        c.closed = false;
+        if plane == Plane::Replication {
+            // A new pairing carries only what is posted after it.
+            self.tainted[peer as usize * self.n as usize + me as usize] = false;
+        }
     }
 
     fn poll(&mut self, me: u8, plane: Plane, completions: &mut [Completion]) -> usize {
