@@ -824,7 +824,17 @@ pub struct Client {
     /// just before its signal).
     watch_excluded: Option<u8>,
     command: Vec<u8>,
+    /// When the client last heard a commit (ns), for [`Client::pump`]'s rest.
+    active_at: u64,
 }
+
+/// How long a client that hears no commit keeps polling before it rests: a leader that answers
+/// within microseconds finds it still polling.
+const CLIENT_SPIN_GRACE_NS: u64 = 200_000;
+/// How long an idle client rests: on the leader's port doorbell, which every response rings, or
+/// (no leader known) asleep. Without it, a client polling on a host with few cores takes a core
+/// from the replicas that must elect, grant and prepare a new leader.
+const CLIENT_REST: Duration = Duration::from_micros(100);
 
 impl Client {
     /// A client sending puts of `payload` bytes (command bytes, header included) over `keys`
@@ -846,6 +856,7 @@ impl Client {
             watch_after: u64::MAX,
             watch_excluded: None,
             command: vec![0; kv::HEADER_BYTES + kv::VALUE_MAX],
+            active_at: monotonic_ns(),
         }
     }
 
@@ -870,9 +881,29 @@ impl Client {
     /// One round: collect responses, then fill the window at the leader (or, with no known
     /// leader, probe every live replica with one command each so that a new leader is used the
     /// moment it leads).
+    /// After [`CLIENT_SPIN_GRACE_NS`] without a commit, it rests (see
+    /// [`CLIENT_REST`]) before it returns.
     pub fn pump(&mut self, cluster: &Cluster) {
-        self.collect(cluster);
         let leader = cluster.leader();
+        let bell = leader
+            .and_then(|l| cluster.port(l))
+            .map(|p| p.client_bell());
+        let seen = bell.map(|b| b.seen());
+        let heard = self.collect(cluster);
+        self.send(cluster, leader);
+        let now = monotonic_ns();
+        if heard {
+            self.active_at = now;
+        } else if now - self.active_at > CLIENT_SPIN_GRACE_NS {
+            match (bell, seen) {
+                (Some(bell), Some(seen)) => bell.sleep(seen, CLIENT_REST),
+                _ => std::thread::sleep(CLIENT_REST),
+            }
+        }
+    }
+
+    /// Fills the window at `leader`, or probes.
+    fn send(&mut self, cluster: &Cluster, leader: Option<u8>) {
         let targets: Vec<u8> = match leader {
             Some(l) => vec![l],
             None => cluster.live(),
@@ -910,7 +941,10 @@ impl Client {
         }
     }
 
-    fn collect(&mut self, cluster: &Cluster) {
+    /// Takes every response; true when any was a commit (a replica that answers "not the
+    /// leader" at once would otherwise keep a probing client polling through a take-over).
+    fn collect(&mut self, cluster: &Cluster) -> bool {
+        let mut heard = false;
         // Commands sent to a replica that went away (or was restarted) never come back: send
         // them again.
         let live = cluster.live();
@@ -937,6 +971,7 @@ impl Client {
                 };
                 let flight = self.in_flight.swap_remove(index);
                 if response.outcome == Outcome::Committed {
+                    heard = true;
                     self.committed.push((response.position, flight.id));
                     let rtt = monotonic_ns().saturating_sub(flight.sent_ns);
                     self.round_trip.saturating_record(rtt.max(1));
@@ -952,6 +987,7 @@ impl Client {
                 }
             }
         }
+        heard
     }
 
     /// Waits until nothing is in flight (or `limit` passes), collecting responses.

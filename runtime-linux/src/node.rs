@@ -285,8 +285,12 @@ impl StateMachine for App<'_> {
 /// What a replication plane does, as far as its pace goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// It leads: its polls are the commit path.
-    Leading,
+    /// It leads: its polls are the commit path. `busy` while commands wait to be taken or
+    /// decided, or its prepare moved on in this poll.
+    Leading {
+        /// There was, or is, work.
+        busy: bool,
+    },
     /// It installs or donates a snapshot (a state transfer moves one chunk per poll).
     Transferring,
     /// It follows: it applies what the leader wrote into its log.
@@ -310,6 +314,7 @@ const PUBLISHED: [Stat; 10] = [
 const LEADING: usize = 0;
 const FAST_PATH: usize = 1;
 const HALTED: usize = 3;
+const QUEUED: usize = 6;
 const VOTER: usize = 7;
 const CATCHING_UP: usize = 8;
 const DONATING: usize = 9;
@@ -363,10 +368,16 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
         let polled_at = monotonic_ns();
         self.plane
             .poll(self.ticker.at(polled_at), &mut self.fabric, &mut self.app);
-        self.take_commands();
+        let took = self.take_commands();
+        let preparing = self.preparing;
         self.publish(polled_at);
         if self.published[LEADING] != 0 {
-            Role::Leading
+            let port = self.app.port;
+            let busy = took
+                || self.published[QUEUED] != 0
+                || port.requests_waiting() != 0
+                || (self.published[FAST_PATH] == 0 && self.preparing != preparing);
+            Role::Leading { busy }
         } else if self.published[CATCHING_UP] != 0 || self.published[DONATING] != 0 {
             Role::Transferring
         } else {
@@ -379,14 +390,15 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
         self.published[HALTED] as u32
     }
 
-    fn take_commands(&mut self) {
+    /// Takes client commands from the port; true when it took any.
+    fn take_commands(&mut self) -> bool {
         let port = self.app.port;
-        for _ in 0..INTAKE_PER_STEP {
+        for taken in 0..INTAKE_PER_STEP {
             if !port.can_respond() {
-                return;
+                return taken > 0;
             }
             let Some((seq, len)) = port.peek_request(&mut self.command) else {
-                return;
+                return taken > 0;
             };
             let submitted = cycles_start();
             let outcome = match self.plane.submit(&self.command[..len]) {
@@ -399,7 +411,13 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
                     };
                     None
                 }
-                Err(SubmitError::Busy) => return, // Left in the ring for the next step.
+                // Left in the ring for the next step.
+                Err(SubmitError::Busy) => return true,
+                // Elected, its tenure not yet on the fast path: kept for it, so that a client
+                // probing for the new leader is answered by the tenure's first commits.
+                Err(SubmitError::NotLeader { leader }) if leader == Some(self.me) => {
+                    return taken > 0
+                }
                 Err(SubmitError::NotLeader { leader }) => {
                     Some((Outcome::NotLeader, leader.map_or(0, |l| l as u64 + 1)))
                 }
@@ -416,6 +434,7 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
                 });
             }
         }
+        true
     }
 
     /// Publishes what changed in the poll that started at `polled_at` (ns).
@@ -833,8 +852,8 @@ fn run_loops<F: Fabric + Send>(
     let halted = &halted;
     let refused = AtomicBool::new(false);
     let refused = &refused;
-    let replication_bell = parts.own.bell(Lane::Replication);
-    let background_bell = parts.own.bell(Lane::Background);
+    let replication_bell = parts.port.replica_bell();
+    let background_bell = parts.own.background_bell();
     std::thread::scope(|scope| {
         let polling = spec.polling;
         let priority = spec.realtime_priority;
@@ -845,6 +864,7 @@ fn run_loops<F: Fabric + Send>(
         scope.spawn(move || {
             place_thread(id, "replication", rc, priority);
             let mut acting = shared.acting();
+            let mut idle_since = None;
             spin(stop, polling, replication_bell, || {
                 if refused.load(Ordering::Relaxed) {
                     return Pace::Stop;
@@ -859,8 +879,19 @@ fn run_loops<F: Fabric + Send>(
                     acting = shared.acting();
                     background_bell.ring();
                 }
+                if role != (Role::Leading { busy: false }) {
+                    idle_since = None;
+                }
                 match role {
-                    Role::Leading => Pace::Spin,
+                    Role::Leading { busy: true } => Pace::Spin,
+                    Role::Leading { busy: false } => {
+                        let since = *idle_since.get_or_insert_with(monotonic_ns);
+                        if monotonic_ns() - since < LEADER_SPIN_GRACE_NS {
+                            Pace::Spin
+                        } else {
+                            Pace::Rest(LEADER_REST)
+                        }
+                    }
                     Role::Transferring => Pace::Rest(TRANSFER_REST),
                     Role::Following => Pace::Rest(FOLLOWER_REST),
                 }
@@ -899,8 +930,10 @@ fn run_loops<F: Fabric + Send>(
 /// Calls `step` until `stop` or until it says [`Pace::Stop`], idling as the polling mode says.
 ///
 /// In `busy` mode every thread spins. In `shared` mode only the leader's replication plane
-/// spins (yielding now and then): it is the only one on the commit path, since followers are
-/// written to without their CPU. Follower replication planes, the two ends of a state transfer
+/// spins (yielding now and then), and only while it has work or had some within
+/// [`LEADER_SPIN_GRACE_NS`]: it is the only one on the commit path, since followers are
+/// written to without their CPU; an idle leader rests on its port's doorbell, which every
+/// client request rings. Follower replication planes, the two ends of a state transfer
 /// and background planes rest on their doorbell between polls, which leaves the cores to the
 /// threads that need them; without that, on a host with fewer cores than threads, a
 /// background plane starved for a few scheduler slices misses heartbeats and deposes a healthy
@@ -938,6 +971,16 @@ enum Pace {
 /// applies what the leader already wrote into its log, so this delays its applied position,
 /// never a commit.
 const FOLLOWER_REST: Duration = Duration::from_micros(50);
+
+/// How long a leader with nothing to take or decide keeps spinning in `shared` mode before it
+/// rests: a client that sends its next command as soon as it hears the last one finds it still
+/// spinning, while an idle leader leaves the core to others (a busy neighbour, the client, the
+/// planes of a take-over).
+const LEADER_SPIN_GRACE_NS: u64 = 200_000;
+
+/// How long an idle leader sleeps between polls in `shared` mode: a client's request rings it
+/// awake, so this only paces its recycling reads and the detection of a write a follower refused.
+const LEADER_REST: Duration = Duration::from_micros(100);
 
 /// How long a replication plane that installs or donates a snapshot sleeps between polls in
 /// `shared` mode. Each such poll moves a chunk (tens of µs of copying and checksumming): resting

@@ -5,7 +5,9 @@
 //! benchmark are clients.
 //!
 //! Rings are single-producer single-consumer: one client per port. Counters only rise; an
-//! entry is written before the counter that publishes it (`Release`/`Acquire`).
+//! entry is written before the counter that publishes it (`Release`/`Acquire`). Each ring has a
+//! doorbell: a request rings the replica's, a response the client's, so that either side may
+//! rest instead of spinning.
 //!
 //! # Invariants
 //! - `head <= tail <= head + RING` for both rings.
@@ -23,6 +25,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
+use crate::bell::Bell;
 use crate::mem::{copy, Mapping};
 
 /// Requests the ring holds.
@@ -34,7 +37,7 @@ pub const COMMAND_MAX: usize = 4096 + 64;
 /// Positions the journal remembers (it wraps).
 pub const JOURNAL_POSITIONS: u64 = 1 << 20;
 
-const MAGIC: u64 = u64::from_le_bytes(*b"MUPORT01");
+const MAGIC: u64 = u64::from_le_bytes(*b"MUPORT02");
 const REQUEST_BYTES: usize = 16 + COMMAND_MAX;
 const RESPONSE_BYTES: usize = 64;
 const REQ_TAIL: usize = 4096;
@@ -122,6 +125,14 @@ pub enum Stat {
 }
 
 const _: () = assert!(Stat::Patience as usize + 8 <= REQ_TAIL);
+
+/// The doorbell the replica's replication plane rests on: a client rings it with every request
+/// (and the replica's background plane with every change of tenure), so that a resting leader
+/// takes a command within microseconds (see [`crate::bell`]).
+const REPLICA_BELL: usize = 1024;
+/// The doorbell a client may rest on: the replica rings it with every response.
+const CLIENT_BELL: usize = 1088;
+const _: () = assert!(Stat::Patience as usize + 8 <= REPLICA_BELL && CLIENT_BELL + 8 <= REQ_TAIL);
 
 /// Outcome of a client command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -274,7 +285,24 @@ impl Port {
         // SAFETY: the entry holds COMMAND_MAX bytes (checked above) inside the mapping.
         unsafe { copy(command.as_ptr(), self.mapping.at(entry + 16), command.len()) };
         tail.store(t + 1, Release);
+        self.replica_bell().ring();
         true
+    }
+
+    /// The doorbell the replica's replication plane rests on (rung by every request).
+    pub fn replica_bell(&self) -> Bell<'_> {
+        Bell::new(
+            self.mapping.word32(REPLICA_BELL),
+            self.mapping.word32(REPLICA_BELL + 4),
+        )
+    }
+
+    /// The doorbell a client rests on (rung by every response).
+    pub fn client_bell(&self) -> Bell<'_> {
+        Bell::new(
+            self.mapping.word32(CLIENT_BELL),
+            self.mapping.word32(CLIENT_BELL + 4),
+        )
     }
 
     /// Replica side: the oldest queued command, copied into `buf`, without taking it.
@@ -324,6 +352,7 @@ impl Port {
             self.mapping.word(entry + 8 * i).store(word, Relaxed);
         }
         tail.store(t + 1, Release);
+        self.client_bell().ring();
         true
     }
 

@@ -23,12 +23,12 @@
 //!
 //! Certain death: a peer whose owner mutex is marked owner-died (or released by a clean exit),
 //! or whose file a successor retired, certainly ended that life, which `ended_life` reports. A
-//! [`DeathWatch`] thread holds a pidfd of every peer's owner and rings this replica's background
-//! bell the moment the kernel reports one exited, so that the background plane looks at once.
+//! [`DeathWatch`] thread sleeps on every peer's owner mutex and rings this replica's background
+//! bell the moment the kernel marks one owner-died, so that the background plane looks at once.
 //!
-//! Doorbells (see [`crate::bell`]): the control page holds one bell per plane; a background-plane
-//! write into a peer's region (a permission request, an ack, a transfer request) rings the peer's
-//! background bell.
+//! Doorbells (see [`crate::bell`]): the control page holds the background plane's bell; a
+//! background-plane write into a peer's region (a permission request, an ack, a transfer
+//! request) rings the peer's. (The replication plane rests on its client port's bell.)
 //!
 //! The control page holds, besides identity words, one line per writer: the owner's permission
 //! for that writer (`gate`), the writer's pid, start time and incarnation, and per plane of the
@@ -60,9 +60,9 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mu_nostd::config::REPLICAS_MAX;
 use mu_nostd::layout::HEADER_BYTES;
@@ -78,7 +78,7 @@ pub const CONTROL_BYTES: usize = 4096;
 pub const OUTSTANDING_MAX: usize = 128;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"MUSHMCTL");
-const VERSION: u64 = 2;
+const VERSION: u64 = 3;
 /// The incarnation word of a file whose owner replaced it.
 const RETIRED: u64 = u64::MAX;
 
@@ -93,8 +93,9 @@ const C_OWNER_START: usize = 48;
 /// Where a clean exit keeps the incarnation when it retires the file.
 const C_LAST_INCARNATION: usize = 56;
 
-/// The planes' doorbells: per plane a ring counter and a sleeper count (32-bit words).
-const C_BELLS: usize = 3072;
+/// The background plane's doorbell: a ring counter and a sleeper count (32-bit words). (The
+/// replication plane's is in the client port, which clients ring.)
+const C_BACKGROUND_BELL: usize = 3072;
 
 /// The owner's robust mutex (see the module doc); 64 bytes are reserved for it.
 const C_OWNER_MUTEX: usize = 2048;
@@ -121,9 +122,11 @@ const _: () = assert!(L_LANES + LANES * LANE_BYTES <= 64);
 const GATE_OPEN: u64 = 1;
 const GATE_CLOSED: u64 = 0;
 
-fn bell_of(mapping: &Mapping, lane: Lane) -> Bell<'_> {
-    let at = C_BELLS + 8 * lane as usize;
-    Bell::new(mapping.word32(at), mapping.word32(at + 4))
+fn background_bell_of(mapping: &Mapping) -> Bell<'_> {
+    Bell::new(
+        mapping.word32(C_BACKGROUND_BELL),
+        mapping.word32(C_BACKGROUND_BELL + 4),
+    )
 }
 
 fn line(writer: ReplicaId, word: usize) -> usize {
@@ -428,9 +431,9 @@ impl OwnRegion {
         self.mapping.word(line(writer, L_GATE))
     }
 
-    /// The doorbell `lane`'s thread rests on.
-    pub fn bell(&self, lane: Lane) -> Bell<'_> {
-        bell_of(&self.mapping, lane)
+    /// The doorbell the background plane rests on.
+    pub fn background_bell(&self) -> Bell<'_> {
+        background_bell_of(&self.mapping)
     }
 
     /// Opens the log area to `writer`.
@@ -935,7 +938,7 @@ impl ShmFabric {
         };
         inflight.store(0, SeqCst);
         if lane == Lane::Background && status == Status::Ok {
-            bell_of(mapping, Lane::Background).ring();
+            background_bell_of(mapping).ring();
         }
         status
     }
@@ -1044,11 +1047,15 @@ impl Fabric for ShmFabric {
 }
 
 /// How long the death watch waits before it looks for peers that (re)started.
-const WATCH_RESCAN: i32 = 10;
+const WATCH_RESCAN: Duration = Duration::from_millis(10);
 
-/// A thread holding a pidfd of every peer's owner process: when the kernel reports one exited,
-/// it rings this replica's background bell, so that the background plane takes the death
-/// (`ended_life`, from the owner-died mutex) at once instead of at the end of its rest.
+/// A thread that sleeps on every peer's owner mutex, as a waiter of it would: when a peer's
+/// owner thread dies, the kernel marks the mutex owner-died and wakes a waiter as it processes
+/// the dead thread's robust list, early in the exit, before the process's memory is torn down
+/// (which takes milliseconds for a replica's locked memory; a pidfd becomes readable only after
+/// it). The watch then rings this replica's background bell, so that the background plane takes
+/// the death (`ended_life`) at once instead of at the end of its rest, and wakes every other
+/// sleeper of that mutex (the kernel wakes one: the other replicas' watches).
 pub struct DeathWatch {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -1078,66 +1085,129 @@ impl Drop for DeathWatch {
     }
 }
 
-/// A peer's owner under watch: its incarnation and a pidfd of its process.
+/// A peer's life under watch: its incarnation and its control page (the owner mutex).
 struct Watched {
     incarnation: u64,
-    pidfd: std::os::fd::OwnedFd,
+    control: Mapping,
 }
+
+/// One entry of `futex_waitv(2)`'s array.
+#[repr(C)]
+struct FutexWaitv {
+    val: u64,
+    uaddr: u64,
+    flags: u32,
+    reserved: u32,
+}
+
+/// A 32-bit futex shared between processes (no `FUTEX_PRIVATE_FLAG`).
+const FUTEX2_SIZE_U32: u32 = 2;
+/// The futex word's bit that tells the owner's exit (or unlock) to wake a sleeper.
+const FUTEX_WAITERS: u32 = 0x8000_0000;
 
 fn watch(dir: &RegionDir, replicas: u8, own: &OwnRegion, stop: &AtomicBool) {
     let me = own.id;
     let mut watched: Vec<Option<Watched>> = (0..replicas).map(|_| None).collect();
-    // The last life reported exited per peer, so that a dead file is not reported again.
+    // The last life reported ended per peer, so that a dead file is not reported again.
     let mut reported: Vec<Option<u64>> = vec![None; replicas as usize];
     while !stop.load(SeqCst) {
+        let mut waits = Vec::with_capacity(replicas as usize);
         for peer in (0..replicas).filter(|&p| p != me) {
-            if watched[peer as usize].is_none() {
-                watched[peer as usize] = open_owner(dir, peer, reported[peer as usize]);
+            let slot = &mut watched[peer as usize];
+            if slot.is_none() {
+                *slot = open_owner(dir, peer, reported[peer as usize]);
+            }
+            let Some(w) = slot else { continue };
+            let word = w.control.word32(C_OWNER_MUTEX);
+            match arm(word) {
+                Some(armed) => waits.push(FutexWaitv {
+                    val: armed as u64,
+                    uaddr: word.as_ptr() as u64,
+                    flags: FUTEX2_SIZE_U32,
+                    reserved: 0,
+                }),
+                None => {
+                    reported[peer as usize] = Some(w.incarnation);
+                    // The kernel woke one sleeper of this mutex: pass it on to the others.
+                    wake_all(word);
+                    *slot = None;
+                    own.background_bell().ring();
+                }
             }
         }
-        let mut fds: Vec<(ReplicaId, libc::pollfd)> = watched
-            .iter()
-            .enumerate()
-            .filter_map(|(peer, w)| {
-                let w = w.as_ref()?;
-                let fd = std::os::fd::AsRawFd::as_raw_fd(&w.pidfd);
-                Some((
-                    peer as ReplicaId,
-                    libc::pollfd {
-                        fd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
-                ))
-            })
-            .collect();
-        let mut polled: Vec<libc::pollfd> = fds.iter().map(|&(_, fd)| fd).collect();
-        // SAFETY: `polled` is a live array of `polled.len()` pollfd entries.
-        let ready = unsafe {
-            libc::poll(
-                polled.as_mut_ptr(),
-                polled.len() as libc::nfds_t,
-                WATCH_RESCAN,
-            )
-        };
-        if ready <= 0 {
-            continue;
+        sleep_on(&waits, WATCH_RESCAN);
+    }
+}
+
+/// Marks `word` (a live owner's mutex) as having a sleeper, so that the owner's death wakes
+/// one; the value to sleep on, or `None` when the owner is gone.
+fn arm(word: &AtomicU32) -> Option<u32> {
+    loop {
+        let value = word.load(SeqCst);
+        if value & FUTEX_TID_MASK == 0 || value & FUTEX_OWNER_DIED != 0 {
+            return None;
         }
-        for ((peer, _), fd) in fds.iter_mut().zip(&polled) {
-            if fd.revents == 0 {
-                continue;
-            }
-            let gone = watched[*peer as usize].take();
-            reported[*peer as usize] = gone.map(|w| w.incarnation);
-            own.bell(Lane::Background).ring();
+        let armed = value | FUTEX_WAITERS;
+        if value == armed || word.compare_exchange(value, armed, SeqCst, SeqCst).is_ok() {
+            return Some(armed);
         }
     }
 }
 
-/// A pidfd of `peer`'s current owner, unless its file is missing, retired, of another version,
-/// or of the life already reported exited.
+/// Sleeps until one of `waits` is woken or no longer holds its value, or `timeout` passes.
+fn sleep_on(waits: &[FutexWaitv], timeout: Duration) {
+    if waits.is_empty() {
+        std::thread::sleep(timeout);
+        return;
+    }
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let nanos = now.tv_nsec as u64 + timeout.as_nanos() as u64;
+    let until = libc::timespec {
+        tv_sec: now.tv_sec + (nanos / 1_000_000_000) as libc::time_t,
+        tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: `waits` is a live array of futex_waitv entries whose addresses are aligned words
+    // of mappings the caller holds; the kernel only compares and sleeps. Every error (EAGAIN: a
+    // word changed; ETIMEDOUT; EINTR; ENOSYS on kernels before 5.16) means: look again.
+    let woke = unsafe {
+        libc::syscall(
+            libc::SYS_futex_waitv,
+            waits.as_ptr(),
+            waits.len() as libc::c_uint,
+            0u32,
+            &until as *const libc::timespec,
+            libc::CLOCK_MONOTONIC,
+        )
+    };
+    if woke < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+        std::thread::sleep(timeout); // No futex_waitv: the rescan finds deaths.
+    }
+}
+
+/// Wakes every sleeper of `word`.
+fn wake_all(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a live, aligned 32-bit word; it only wakes sleepers.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// `peer`'s current control page, unless its file is missing, retired, of another version, or
+/// of the life already reported ended.
 fn open_owner(dir: &RegionDir, peer: ReplicaId, reported: Option<u64>) -> Option<Watched> {
-    use std::os::fd::FromRawFd;
     let file = open_private(&dir.region_path(peer), false).ok()?;
     let control = Mapping::map(&file, CONTROL_BYTES).ok()?;
     if control.word(C_MAGIC).load(SeqCst) != MAGIC
@@ -1149,18 +1219,8 @@ fn open_owner(dir: &RegionDir, peer: ReplicaId, reported: Option<u64>) -> Option
     if incarnation == RETIRED || reported == Some(incarnation) {
         return None;
     }
-    let pid = control.word(C_OWNER_PID).load(SeqCst) as libc::pid_t;
-    let start = control.word(C_OWNER_START).load(SeqCst);
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return None; // Gone already: the background plane sees its owner-died word.
-    }
-    // SAFETY: a descriptor pidfd_open just returned, owned by nobody else.
-    let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-    // The pid may name a later process by now: the owner's start time tells.
-    if procfs::liveness(pid as u32, start) == Liveness::Dead {
-        return None;
-    }
-    Some(Watched { incarnation, pidfd })
+    Some(Watched {
+        incarnation,
+        control,
+    })
 }
