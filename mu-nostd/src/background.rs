@@ -180,8 +180,11 @@ const COMPLETION_BATCHES_MAX: usize = 8;
 const HEARTBEAT_VOTER: u64 = 1 << 63;
 /// Most unchanged reads per point of a peer's score.
 pub const PATIENCE_MAX: u8 = 8;
-/// Read periods without a false suspicion after which patience halves.
-const PATIENCE_DECAY_READS: u64 = 50_000;
+/// Read periods without a false suspicion after which patience halves: 5 minutes at the
+/// shared-polling read period of 200 µs. A host that starved a live peer once does it again:
+/// decaying within seconds (50,000 reads, 10 s, before) gave a busy neighbour a false suspicion,
+/// and at times a new tenure, every 10 s.
+const PATIENCE_DECAY_READS: u64 = 1_500_000;
 
 /// True when this life of the replica is a voter: its standing record (written by the leader
 /// that admitted it, or that formed the cluster) holds a ballot.
