@@ -1,5 +1,6 @@
 //! The whole suite in one run: instruction counts, Mu's latency and throughput, raft-rs's in
-//! the same process on the same machine, fail-over; then `BENCHMARKS.md` and the latency CDF.
+//! the same process on the same machine, fail-over, steadiness beside a busy neighbour; then
+//! `BENCHMARKS.md` and the latency CDF.
 //!
 //! # Invariants
 //! - Every figure in the report was measured in this run; a part that could not run says why in
@@ -19,6 +20,7 @@ use crate::plot::{self, Series};
 use crate::raft_peer;
 use crate::rejoin::{self, RejoinBench};
 use board_configs::Polling;
+use runtime_linux::demo::{steadiness as steadiness_run, Neighbour, Steady};
 
 /// Payloads of the latency runs.
 pub const PAYLOADS: [usize; 5] = [8, 64, 256, 1024, 4096];
@@ -58,6 +60,10 @@ impl SuiteOptions {
 
     fn throughput_duration(&self) -> Duration {
         Duration::from_millis(if self.quick { 200 } else { 2_000 })
+    }
+
+    fn steady_duration(&self) -> Duration {
+        Duration::from_secs(if self.quick { 1 } else { 60 })
     }
 
     fn instruction_iterations(&self) -> u64 {
@@ -140,6 +146,8 @@ pub struct Results {
     pub throughput: Vec<ThroughputRow>,
     /// Fail-over, or why it did not run.
     pub failover: Result<runtime_linux::demo::FailoverReport, String>,
+    /// Steady runs of a process cluster, quiet and beside a busy neighbour, or why not.
+    pub steadiness: Result<[Steady; 2], String>,
     /// Rejoin of a follower 10 laps behind by a 64 MiB state transfer, or why it did not run.
     pub rejoin: Result<RejoinBench, String>,
     /// Runs repeated because the leader was deposed.
@@ -257,6 +265,27 @@ pub fn run(options: &SuiteOptions) -> Result<Results, String> {
     }
 
     println!(
+        "\n== steadiness: 3 replica processes, {:.0} s quiet, then {:.0} s beside a busy \
+         neighbour",
+        options.steady_duration().as_secs_f64(),
+        options.steady_duration().as_secs_f64()
+    );
+    let steadiness = steadiness(options);
+    match &steadiness {
+        Ok(runs) => {
+            for (name, run) in ["quiet", "busy neighbour"].iter().zip(runs) {
+                println!(
+                    "{name:<16} {:>9.0} commands/s, {} new tenures ({:.1} per minute)",
+                    run.throughput(),
+                    run.tenures,
+                    run.tenures_per_minute()
+                );
+            }
+        }
+        Err(e) => println!("steadiness benchmark failed: {e}"),
+    }
+
+    println!(
         "\n== rejoin: a follower {} laps behind installs a {} MiB key-value state",
         rejoin::LAPS,
         (rejoin::KEYS * runtime_linux::kv::VALUE_MAX) >> 20
@@ -274,6 +303,7 @@ pub fn run(options: &SuiteOptions) -> Result<Results, String> {
         latency: rows,
         throughput,
         failover,
+        steadiness,
         rejoin,
         retries,
         placement,
@@ -282,6 +312,12 @@ pub fn run(options: &SuiteOptions) -> Result<Results, String> {
     };
     write_outputs(&results, &options.report, &options.plot)?;
     Ok(results)
+}
+
+/// A steady run quiet, then one beside a busy neighbour (`yes`).
+fn steadiness(options: &SuiteOptions) -> Result<[Steady; 2], String> {
+    let run = |neighbour| steadiness_run(&options.mu_exe, options.steady_duration(), neighbour);
+    Ok([run(Neighbour::Quiet)?, run(Neighbour::Busy)?])
 }
 
 /// Runs `f` up to [`ATTEMPTS`] times while its leader gets deposed, noting each such attempt;
@@ -558,6 +594,7 @@ pub fn render(results: &Results, plot: &Path) -> String {
     render_latency(w, results, plot);
     render_throughput(w, results);
     render_failover(w, results);
+    render_steadiness(w, results);
     render_rejoin(w, results);
     render_analysis(w, results);
     if !results.retries.is_empty() {
@@ -653,6 +690,29 @@ fn render_goals(w: &mut String, results: &Results) {
             );
         }
         Err(e) => row("fail-over p50 ≤ 100 µs, p99 ≤ 500 µs", e.clone(), None),
+    }
+    match &results.steadiness {
+        Ok([quiet, busy]) => {
+            row(
+                "no new tenure while the leader lives, beside a busy neighbour",
+                format!(
+                    "{} in {:.0} s ({} in the quiet run)",
+                    busy.tenures, busy.seconds, quiet.tenures
+                ),
+                Some(busy.tenures == 0),
+            );
+            let ratio = quiet.throughput() / busy.throughput();
+            row(
+                "throughput beside a busy neighbour within 2x of quiet",
+                format!(
+                    "{:.0} vs {:.0} commands/s ({ratio:.2}x less)",
+                    busy.throughput(),
+                    quiet.throughput()
+                ),
+                Some(ratio <= 2.0),
+            );
+        }
+        Err(e) => row("steady beside a busy neighbour", e.clone(), None),
     }
     match &results.rejoin {
         Ok(r) => {
@@ -845,6 +905,42 @@ fn render_failover(w: &mut String, results: &Results) {
             h.max() as f64 / 1e3
         );
     }
+}
+
+fn render_steadiness(w: &mut String, results: &Results) {
+    let _ = writeln!(w, "\n## Steadiness\n");
+    let runs = match &results.steadiness {
+        Ok(runs) => runs,
+        Err(e) => {
+            let _ = writeln!(w, "Not measured: {e}");
+            return;
+        }
+    };
+    let _ = writeln!(
+        w,
+        "3 replica processes over shared memory, shared polling, 64-byte commands, one client \
+         with one command in flight; the same steady run quiet, then beside a busy neighbour \
+         (`yes > /dev/null`, one more spinning process). A new tenure is counted whether or not \
+         the leader changed.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| host | commands/s | new tenures | per minute |\n|---|---:|---:|---:|"
+    );
+    for (name, run) in ["quiet", "busy neighbour"].iter().zip(runs) {
+        let _ = writeln!(
+            w,
+            "| {name} | {:.0} | {} | {:.1} |",
+            run.throughput(),
+            run.tenures,
+            run.tenures_per_minute()
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\nWith the neighbour: {:.2}x the quiet throughput.",
+        runs[1].throughput() / runs[0].throughput()
+    );
 }
 
 fn render_rejoin(w: &mut String, results: &Results) {

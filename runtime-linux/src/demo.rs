@@ -299,40 +299,13 @@ fn run_demo(
         started.elapsed().as_secs_f64() * 1e3
     );
     let mut client = Client::new(1, options.payload, 1024, options.window);
-    let tenures_before = tenures(cluster);
-    let steady = Instant::now();
-    let mut next_report = steady + Duration::from_millis(500);
-    let mut last_count = 0;
-    while steady.elapsed().as_secs_f64() < options.duration_s {
-        client.pump(cluster);
-        if Instant::now() >= next_report {
-            let count = client.committed_count();
-            let applied: Vec<String> = (0..cluster.replicas())
-                .map(|id| {
-                    cluster
-                        .port(id)
-                        .map_or("-".into(), |p| p.get(Stat::Applied).to_string())
-                })
-                .collect();
-            println!(
-                "[{:5.1} s] committed {:>9}  ({:>7.0}/s)  leader {}  applied {}",
-                steady.elapsed().as_secs_f64(),
-                count,
-                (count - last_count) as f64 / 0.5,
-                cluster.leader().map_or("none".into(), |l| l.to_string()),
-                applied.join("/")
-            );
-            last_count = count;
-            next_report += Duration::from_millis(500);
-        }
-        if options.polling == Polling::Shared {
-            std::thread::yield_now();
-        }
-    }
-    let steady_s = steady.elapsed().as_secs_f64();
-    client.drain(cluster, Duration::from_secs(5));
-    // Tenures, not leader changes: a leader that loses its grants starts a new tenure and stays.
-    let changes = tenures(cluster) - tenures_before;
+    let steady = steady_run(
+        cluster,
+        &mut client,
+        Duration::from_secs_f64(options.duration_s),
+        options.polling,
+        true,
+    );
     let leader = cluster.leader().unwrap_or(leader);
     let latency = cluster.latency(leader).map_err(|e| e.to_string())?;
     print_latency(
@@ -349,14 +322,15 @@ fn run_demo(
     );
     println!(
         "throughput: {:.0} commands/s ({} commands in {:.1} s, window {})",
-        client.committed_count() as f64 / steady_s,
-        client.committed_count(),
-        steady_s,
+        steady.throughput(),
+        steady.commands,
+        steady.seconds,
         options.window
     );
     println!(
-        "new tenures during the steady run: {changes} ({:.1} per minute)",
-        changes as f64 * 60.0 / steady_s
+        "new tenures during the steady run: {} ({:.1} per minute)",
+        steady.tenures,
+        steady.tenures_per_minute()
     );
 
     if cluster.replicas() == 1 {
@@ -434,6 +408,123 @@ fn rejoin_after_wraps(
         .map_err(|e| e.to_string())?;
     println!("rejoin: {}", rejoin.describe());
     Ok(rejoin)
+}
+
+/// What a steady run measured.
+#[derive(Clone, Copy, Debug)]
+pub struct Steady {
+    /// Commands committed.
+    pub commands: u64,
+    /// How long it ran.
+    pub seconds: f64,
+    /// Tenures the replicas started meanwhile (not leader changes: a leader that loses its grants
+    /// starts a new tenure and stays).
+    pub tenures: u64,
+}
+
+impl Steady {
+    /// Commands per second.
+    pub fn throughput(&self) -> f64 {
+        self.commands as f64 / self.seconds
+    }
+
+    /// New tenures per minute.
+    pub fn tenures_per_minute(&self) -> f64 {
+        self.tenures as f64 * 60.0 / self.seconds
+    }
+}
+
+/// Keeps `client` sending for `duration`, with a progress line every 0.5 s when `progress`,
+/// then drains what is in flight.
+fn steady_run(
+    cluster: &Cluster,
+    client: &mut Client,
+    duration: Duration,
+    polling: Polling,
+    progress: bool,
+) -> Steady {
+    let tenures_before = tenures(cluster);
+    let committed_before = client.committed_count();
+    let steady = Instant::now();
+    let mut next_report = steady + Duration::from_millis(500);
+    let mut last_count = committed_before;
+    while steady.elapsed() < duration {
+        client.pump(cluster);
+        if progress && Instant::now() >= next_report {
+            let count = client.committed_count();
+            let applied: Vec<String> = (0..cluster.replicas())
+                .map(|id| {
+                    cluster
+                        .port(id)
+                        .map_or("-".into(), |p| p.get(Stat::Applied).to_string())
+                })
+                .collect();
+            println!(
+                "[{:5.1} s] committed {:>9}  ({:>7.0}/s)  leader {}  applied {}",
+                steady.elapsed().as_secs_f64(),
+                count - committed_before,
+                (count - last_count) as f64 / 0.5,
+                cluster.leader().map_or("none".into(), |l| l.to_string()),
+                applied.join("/")
+            );
+            last_count = count;
+            next_report += Duration::from_millis(500);
+        }
+        if polling == Polling::Shared {
+            std::thread::yield_now();
+        }
+    }
+    let seconds = steady.elapsed().as_secs_f64();
+    client.drain(cluster, Duration::from_secs(5));
+    Steady {
+        commands: client.committed_count() - committed_before,
+        seconds,
+        tenures: tenures(cluster) - tenures_before,
+    }
+}
+
+/// How a steadiness run shares the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Neighbour {
+    /// Nothing else runs.
+    Quiet,
+    /// A process that spins on a core for the whole run (`yes > /dev/null`).
+    Busy,
+}
+
+/// A 3-replica cluster over shared memory, shared polling, 64-byte commands, window 1: a steady
+/// run of `duration` with `neighbour` beside it.
+pub fn steadiness(
+    replica_exe: &Path,
+    duration: Duration,
+    neighbour: Neighbour,
+) -> Result<Steady, String> {
+    let config = cluster_config(3, 64, Polling::Shared, None);
+    let name = format!("steady-{}", std::process::id());
+    let deployment = deployment(&name, config, Polling::Shared, None, &DemoFabric::Shm);
+    let cluster = Cluster::start(replica_exe, &deployment).map_err(|e| e.to_string())?;
+    let result = (|| {
+        cluster
+            .await_settled(Duration::from_secs(20))
+            .map_err(|e| e.to_string())?;
+        let mut busy = match neighbour {
+            Neighbour::Quiet => None,
+            Neighbour::Busy => Some(
+                std::process::Command::new("yes")
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("start the busy neighbour (yes): {e}"))?,
+            ),
+        };
+        let mut client = Client::new(3, 64, 1024, 1);
+        let steady = steady_run(&cluster, &mut client, duration, Polling::Shared, false);
+        if let Some(busy) = &mut busy {
+            let _ = busy.kill();
+            let _ = busy.wait();
+        }
+        Ok(steady)
+    })();
+    conclude(cluster, &DemoFabric::Shm, result, false)
 }
 
 fn tenures(cluster: &Cluster) -> u64 {
