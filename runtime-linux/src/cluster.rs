@@ -881,8 +881,8 @@ impl Client {
     /// One round: collect responses, then fill the window at the leader (or, with no known
     /// leader, probe every live replica with one command each so that a new leader is used the
     /// moment it leads).
-    /// After [`CLIENT_SPIN_GRACE_NS`] without a commit, it rests (see
-    /// [`CLIENT_REST`]) before it returns.
+    /// After 200 µs without a commit it rests before it returns: on the leader's response
+    /// doorbell, or (no leader known) asleep, up to 100 µs.
     pub fn pump(&mut self, cluster: &Cluster) {
         let leader = cluster.leader();
         let bell = leader
