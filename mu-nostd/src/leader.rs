@@ -2,8 +2,8 @@
 //!
 //! A tenure goes through these phases (each with a deadline in ticks; missing it aborts the
 //! tenure and the background plane asks for permissions again; every tenure in a row that ends
-//! before the fast path doubles the next one's deadlines, up to 16 times, so that set-up slower
-//! than a deadline cannot end tenure after tenure forever):
+//! before it decided a position doubles the next one's deadlines, up to 16 times, so that set-up
+//! slower than a deadline cannot end tenure after tenure forever):
 //!
 //! 1. `Survey`: read the applied position of every confirmed follower; wait for a majority.
 //! 2. `CatchUpSelf`: if a follower is ahead, read the decided slots this replica lacks from the
@@ -459,6 +459,11 @@ impl Leader {
         self.phase == Phase::Streaming
     }
 
+    /// True once this tenure decided a position on its fast path (`applied` is the replica's).
+    pub(crate) fn decided(&self, applied: u64) -> bool {
+        self.streaming_from.is_some_and(|from| applied > from)
+    }
+
     /// True once members may be sent log writes (this replica's log is up to date).
     fn members_open(&self) -> bool {
         !matches!(self.phase, Phase::Survey | Phase::CatchUpSelf { .. })
@@ -575,6 +580,10 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             return;
         }
         self.advance_commit(now, fabric, sm);
+        let applied = self.applied;
+        if self.tenure_backoff != 0 && self.leader_mut().decided(applied) {
+            self.tenure_backoff = 0; // This tenure decides: set-up is no longer the bottleneck.
+        }
         if self.stalled(now) {
             // No majority took a position in time: the grants may be gone without a write
             // having been refused yet. Ask again.
@@ -1581,7 +1590,6 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             position, self.applied,
             "the prepare applied what it adopted"
         );
-        self.tenure_backoff = 0;
         let leader = self.leader.as_mut().expect("leading");
         info!("tenure {} on the fast path at {}", leader.tenure, position);
         leader.phase = Phase::Streaming;
@@ -1831,8 +1839,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// queued command waited that long to be proposed.
     fn stalled(&self, now: u64) -> bool {
         let leader = self.leader.as_ref().expect("leading");
-        leader.fast_path()
-            && now.saturating_sub(leader.progress_at) > self.config.op_timeout_ticks as u64
+        leader.fast_path() && now.saturating_sub(leader.progress_at) > self.phase_timeout()
     }
 
     /// A member that holds what it was sent but does not apply it for `op_timeout_ticks` lost a

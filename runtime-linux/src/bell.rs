@@ -16,6 +16,8 @@
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::time::Duration;
 
+use crate::mem::Mapping;
+
 /// One doorbell: the two words it lives in.
 #[derive(Clone, Copy)]
 pub struct Bell<'a> {
@@ -27,6 +29,11 @@ impl<'a> Bell<'a> {
     /// The bell over `count` and `sleepers` (words of a shared mapping, or of this process).
     pub fn new(count: &'a AtomicU32, sleepers: &'a AtomicU32) -> Bell<'a> {
         Bell { count, sleepers }
+    }
+
+    /// The bell whose two words lie at `offset` and `offset + 4` of `mapping`.
+    pub fn in_mapping(mapping: &'a Mapping, offset: usize) -> Bell<'a> {
+        Bell::new(mapping.word32(offset), mapping.word32(offset + 4))
     }
 
     /// What a sleeper passes to [`Bell::sleep`]: read it before the poll whose outcome decides

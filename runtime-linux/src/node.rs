@@ -369,14 +369,13 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
         self.plane
             .poll(self.ticker.at(polled_at), &mut self.fabric, &mut self.app);
         let took = self.take_commands();
-        let preparing = self.preparing;
-        self.publish(polled_at);
+        let prepare_moved = self.publish(polled_at);
         if self.published[LEADING] != 0 {
             let port = self.app.port;
             let busy = took
+                || prepare_moved
                 || self.published[QUEUED] != 0
-                || port.requests_waiting() != 0
-                || (self.published[FAST_PATH] == 0 && self.preparing != preparing);
+                || port.requests_waiting() != 0;
             Role::Leading { busy }
         } else if self.published[CATCHING_UP] != 0 || self.published[DONATING] != 0 {
             Role::Transferring
@@ -438,11 +437,15 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
     }
 
     /// Publishes what changed in the poll that started at `polled_at` (ns).
-    fn publish(&mut self, polled_at: u64) {
+    /// True when a tenure's prepare moved on in that poll.
+    fn publish(&mut self, polled_at: u64) -> bool {
         let status = self.plane.status();
         let port = self.app.port;
+        let mut prepare_moved = false;
         if status.leading.is_some() && !status.fast_path {
-            self.preparing = self.plane.leader_status();
+            let preparing = self.plane.leader_status();
+            prepare_moved = preparing != self.preparing;
+            self.preparing = preparing;
         }
         let leading = status.leading.map_or(0, |t| t as u64 + 1);
         if leading != self.published[LEADING] {
@@ -506,6 +509,7 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
         if dump != port.get(Stat::Dumped) {
             self.dump_latency(dump);
         }
+        prepare_moved
     }
 
     /// State transfers, both ends, and a halt are rare and worth a line in the replica's log.

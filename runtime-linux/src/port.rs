@@ -291,18 +291,12 @@ impl Port {
 
     /// The doorbell the replica's replication plane rests on (rung by every request).
     pub fn replica_bell(&self) -> Bell<'_> {
-        Bell::new(
-            self.mapping.word32(REPLICA_BELL),
-            self.mapping.word32(REPLICA_BELL + 4),
-        )
+        Bell::in_mapping(&self.mapping, REPLICA_BELL)
     }
 
     /// The doorbell a client rests on (rung by every response).
     pub fn client_bell(&self) -> Bell<'_> {
-        Bell::new(
-            self.mapping.word32(CLIENT_BELL),
-            self.mapping.word32(CLIENT_BELL + 4),
-        )
+        Bell::in_mapping(&self.mapping, CLIENT_BELL)
     }
 
     /// Replica side: the oldest queued command, copied into `buf`, without taking it.

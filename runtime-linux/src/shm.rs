@@ -122,13 +122,6 @@ const _: () = assert!(L_LANES + LANES * LANE_BYTES <= 64);
 const GATE_OPEN: u64 = 1;
 const GATE_CLOSED: u64 = 0;
 
-fn background_bell_of(mapping: &Mapping) -> Bell<'_> {
-    Bell::new(
-        mapping.word32(C_BACKGROUND_BELL),
-        mapping.word32(C_BACKGROUND_BELL + 4),
-    )
-}
-
 fn line(writer: ReplicaId, word: usize) -> usize {
     64 * (1 + writer as usize) + word
 }
@@ -433,7 +426,7 @@ impl OwnRegion {
 
     /// The doorbell the background plane rests on.
     pub fn background_bell(&self) -> Bell<'_> {
-        background_bell_of(&self.mapping)
+        Bell::in_mapping(&self.mapping, C_BACKGROUND_BELL)
     }
 
     /// Opens the log area to `writer`.
@@ -938,7 +931,7 @@ impl ShmFabric {
         };
         inflight.store(0, SeqCst);
         if lane == Lane::Background && status == Status::Ok {
-            background_bell_of(mapping).ring();
+            Bell::in_mapping(mapping, C_BACKGROUND_BELL).ring();
         }
         status
     }

@@ -131,7 +131,7 @@ impl Scenario {
                 }
             }
         }
-        let mut faults = if rng.chance(1, 5) {
+        let faults = if rng.chance(1, 5) {
             Faults::gentle()
         } else {
             Faults::default()
@@ -159,9 +159,8 @@ impl Scenario {
         // the seeds run over connections that take up to an operation timeout to pair, with
         // verbs' grants (a re-grant closes the writer's pairing).
         if rng.chance(1, 4) {
-            faults.pairing_ticks = rng.range(1, config.op_timeout_ticks as u64);
+            scenario.faults.pairing_ticks = rng.range(1, config.op_timeout_ticks as u64);
         }
-        scenario.faults = faults;
         scenario
     }
 

@@ -596,7 +596,7 @@ impl World {
             wr_id,
         } = request;
         if self.pairing(conn) {
-            self.fail_at_once(me, conn, kind, request);
+            self.fail_at_once(me, conn, request);
             return Ok(());
         }
         if self.faults.pairing_ticks > 0 {
@@ -636,9 +636,9 @@ impl World {
 
     /// Accepts an op on a connection that is not ready and fails it at once, as the verbs
     /// fabric does for a requester being paired (the connection does not break).
-    fn fail_at_once(&mut self, me: u8, conn: usize, kind: Kind, request: Request) {
+    fn fail_at_once(&mut self, me: u8, conn: usize, request: Request) {
         let id = self.ops.insert(Op {
-            kind,
+            kind: request.kind,
             poster: me,
             peer: request.peer,
             conn,
