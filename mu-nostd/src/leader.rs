@@ -1,9 +1,9 @@
 //! The leader's replicator: one tenure at a time, from the permission grant to the fast path.
 //!
 //! A tenure goes through these phases (each with a deadline in ticks; missing it aborts the
-//! tenure and the background plane asks for permissions again; every tenure in a row that ends
-//! before it decided a position doubles the next one's deadlines, up to 16 times, so that set-up
-//! slower than a deadline cannot end tenure after tenure forever):
+//! tenure and the background plane asks for permissions again; every tenure in a row that gets
+//! nowhere doubles the next one's deadlines, up to 16 times, so that set-up slower than a
+//! deadline cannot end tenure after tenure forever):
 //!
 //! 1. `Survey`: read the applied position of every confirmed follower; wait for a majority.
 //! 2. `CatchUpSelf`: if a follower is ahead, read the decided slots this replica lacks from the
@@ -462,6 +462,12 @@ impl Leader {
     /// True once this tenure decided a position on its fast path (`applied` is the replica's).
     pub(crate) fn decided(&self, applied: u64) -> bool {
         self.streaming_from.is_some_and(|from| applied > from)
+    }
+
+    /// True when this tenure, ending, got nowhere: it never reached the fast path, or it wrote
+    /// positions there and decided none. (An idle tenure, with nothing to decide, did not fail.)
+    pub(crate) fn failed(&self, applied: u64) -> bool {
+        !self.fast_path() || (!self.decided(applied) && self.next > applied)
     }
 
     /// True once members may be sent log writes (this replica's log is up to date).
@@ -1839,7 +1845,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// queued command waited that long to be proposed.
     fn stalled(&self, now: u64) -> bool {
         let leader = self.leader.as_ref().expect("leading");
-        leader.fast_path() && now.saturating_sub(leader.progress_at) > self.phase_timeout()
+        leader.fast_path()
+            && now.saturating_sub(leader.progress_at) > self.config.op_timeout_ticks as u64
     }
 
     /// A member that holds what it was sent but does not apply it for `op_timeout_ticks` lost a
