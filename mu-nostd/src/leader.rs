@@ -1,9 +1,9 @@
 //! The leader's replicator: one tenure at a time, from the permission grant to the fast path.
 //!
 //! A tenure goes through these phases (each with a deadline in ticks; missing it aborts the
-//! tenure and the background plane asks for permissions again; every tenure in a row that gets
-//! nowhere doubles the next one's deadlines, up to 16 times, so that set-up slower than a
-//! deadline cannot end tenure after tenure forever):
+//! tenure and the background plane asks for permissions again; every tenure in a row that ends
+//! before the fast path doubles the next one's deadlines, up to 16 times, so that set-up slower
+//! than a deadline cannot end tenure after tenure forever):
 //!
 //! 1. `Survey`: read the applied position of every confirmed follower; wait for a majority.
 //! 2. `CatchUpSelf`: if a follower is ahead, read the decided slots this replica lacks from the
@@ -459,17 +459,6 @@ impl Leader {
         self.phase == Phase::Streaming
     }
 
-    /// True once this tenure decided a position on its fast path (`applied` is the replica's).
-    pub(crate) fn decided(&self, applied: u64) -> bool {
-        self.streaming_from.is_some_and(|from| applied > from)
-    }
-
-    /// True when this tenure, ending, got nowhere: it never reached the fast path, or it wrote
-    /// positions there and decided none. (An idle tenure, with nothing to decide, did not fail.)
-    pub(crate) fn failed(&self, applied: u64) -> bool {
-        !self.fast_path() || (!self.decided(applied) && self.next > applied)
-    }
-
     /// True once members may be sent log writes (this replica's log is up to date).
     fn members_open(&self) -> bool {
         !matches!(self.phase, Phase::Survey | Phase::CatchUpSelf { .. })
@@ -586,10 +575,6 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             return;
         }
         self.advance_commit(now, fabric, sm);
-        let applied = self.applied;
-        if self.tenure_backoff != 0 && self.leader_mut().decided(applied) {
-            self.tenure_backoff = 0; // This tenure decides: set-up is no longer the bottleneck.
-        }
         if self.stalled(now) {
             // No majority took a position in time: the grants may be gone without a write
             // having been refused yet. Ask again.
@@ -1596,6 +1581,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             position, self.applied,
             "the prepare applied what it adopted"
         );
+        self.tenure_backoff = 0;
         let leader = self.leader.as_mut().expect("leading");
         info!("tenure {} on the fast path at {}", leader.tenure, position);
         leader.phase = Phase::Streaming;

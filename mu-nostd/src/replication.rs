@@ -82,7 +82,7 @@ pub struct ReplicationStatus {
     pub donating_to: Option<ReplicaId>,
 }
 
-/// Most doublings of a tenure's deadlines after tenures that ended before they decided anything.
+/// Most doublings of the prepare's deadlines after tenures that ended before the fast path.
 pub(crate) const TENURE_BACKOFF_MAX: u8 = 4;
 
 /// Reassembles commands that span several slots.
@@ -156,8 +156,8 @@ pub struct ReplicationPlane<'s, const SLOT: usize, const ENTRY: usize, const QUE
     pub(crate) connections: [Connection; REPLICAS_MAX as usize],
     pub(crate) leader: Option<Leader>,
     pub(crate) spent_tenure: u32,
-    /// Tenures in a row (at most [`TENURE_BACKOFF_MAX`]) that failed: each doubles the next
-    /// tenure's phase and operation deadlines (see `phase_timeout`); a decision puts it back to 0.
+    /// Tenures in a row (at most [`TENURE_BACKOFF_MAX`]) that ended before the fast path: each
+    /// doubles the next tenure's phase and operation deadlines (see `phase_timeout`).
     pub(crate) tenure_backoff: u8,
     halted: u32,
     /// Cached once true: a standing is never withdrawn within a life.
@@ -368,14 +368,12 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         ));
     }
 
-    /// Ticks a phase of the prepare, or an operation, may take: `op_timeout_ticks`, doubled for
-    /// every tenure in a row that failed (see `Leader::failed`). A fabric whose connections or
-    /// grants take longer than a deadline to set up (a verbs re-pairing under load) would
-    /// otherwise end every tenure in its survey, or reach the fast path and stall before its
-    /// first write was acked (simulator seed 2969), and start the next, which needs the same
-    /// set-up again, forever; with the deadlines growing, one tenure gets through, and its first
-    /// decision puts them back. (The fast path's stall deadline stays `op_timeout_ticks`: seed
-    /// 17601 left a client waiting when it grew too.)
+    /// Ticks a phase of the prepare, or an operation of it, may take: `op_timeout_ticks`,
+    /// doubled for every tenure in a row that ended before its fast path. A fabric whose
+    /// connections or grants take longer than a deadline to set up (a verbs re-pairing under
+    /// load) would otherwise end every tenure in its survey and start the next, which needs the
+    /// same set-up again, forever; with the deadline growing, one tenure gets through, and the
+    /// next fast path puts it back.
     pub(crate) fn phase_timeout(&self) -> u64 {
         (self.config.op_timeout_ticks as u64) << self.tenure_backoff
     }
@@ -384,7 +382,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// only then may the background plane grant this replica's log to a peer.
     fn stand_down<F: Fabric>(&mut self, fabric: &mut F) -> Option<u32> {
         let leader = self.leader.take()?;
-        if leader.failed(self.applied) {
+        if !leader.fast_path() {
             self.tenure_backoff = (self.tenure_backoff + 1).min(TENURE_BACKOFF_MAX);
         }
         self.fence_tenure(fabric);
