@@ -656,6 +656,13 @@ impl<'s> BackgroundPlane<'s> {
                 outgoing.send = Send::Due;
             }
         }
+        // Its completion is dropped with the epoch: without this the request would wait
+        // `permission_retry_ticks` and then reset a pairing that may be fresh by then, which
+        // on a fabric that pairs slowly never let a request land (simulator seed 17772).
+        let request = &mut self.transfer_request;
+        if request.in_flight.is_some_and(|(_, to, _)| to == peer) {
+            request.in_flight = None;
+        }
         self.judge_suspicion(peer, was_alive);
         // Only fails for a peer outside the cluster, which `peer` is not.
         let reconnected = fabric.reconnect(peer);

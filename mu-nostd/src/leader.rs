@@ -2,8 +2,9 @@
 //!
 //! A tenure goes through these phases (each with a deadline in ticks; missing it aborts the
 //! tenure and the background plane asks for permissions again; every tenure in a row that ends
-//! before the fast path doubles the next one's deadlines, up to 16 times, so that set-up slower
-//! than a deadline cannot end tenure after tenure forever):
+//! before the fast path doubles the next one's deadlines, to 4 times the configured one at most,
+//! so that set-up slower than a deadline cannot end tenure after tenure forever; the fast path's
+//! stall deadline counts from the moment it starts):
 //!
 //! 1. `Survey`: read the applied position of every confirmed follower; wait for a majority.
 //! 2. `CatchUpSelf`: if a follower is ahead, read the decided slots this replica lacks from the
@@ -1568,7 +1569,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             return;
         }
         match best {
-            None => self.start_streaming(position, fabric),
+            None => self.start_streaming(now, position, fabric),
             Some((_, source)) => self.adopt(now, position, source, fabric),
         }
     }
@@ -1576,7 +1577,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// The prepare found nothing accepted at `position`: the fast path starts there. A leader
     /// that prepared with every replica (rule 4 of "Recovery") applied everything below it and
     /// admits itself.
-    fn start_streaming<F: Fabric>(&mut self, position: u64, fabric: &mut F) {
+    fn start_streaming<F: Fabric>(&mut self, now: u64, position: u64, fabric: &mut F) {
         assert_eq!(
             position, self.applied,
             "the prepare applied what it adopted"
@@ -1586,6 +1587,10 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         info!("tenure {} on the fast path at {}", leader.tenure, position);
         leader.phase = Phase::Streaming;
         leader.streaming_from = Some(position);
+        // The stall deadline counts from here: a prepare that took longer than
+        // `op_timeout_ticks` (its deadlines doubled) must not call the fast path stalled at
+        // its first poll, which ended such tenures forever (simulator seed 2969).
+        leader.progress_at = now;
         if !leader.voter {
             let offset = self.layout.standing();
             fabric.store(offset, &record::encode(offset, leader.ballot));
@@ -1845,7 +1850,10 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         let (applied, member, next) = (leader.applied_of[p], leader.members[p], leader.next);
         let since = leader.applied_moved_at[p].max(leader.started_at);
         let stuck = now.saturating_sub(since) > patience;
-        if !stuck || member.lapped || applied >= member.sent {
+        // It cannot apply past what is decided: a member waiting for a decision lost nothing
+        // (and a repair of it, counted as progress, would hide a tenure that decides nothing;
+        // simulator seed 17601).
+        if !stuck || member.lapped || applied >= member.sent.min(self.applied) {
             return;
         }
         debug_assert!(applied < next, "applied < sent <= next");
@@ -1906,9 +1914,11 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// a write is refused).
     fn post_commit_record<F: Fabric>(&mut self, now: u64, fabric: &mut F, just_decided: bool) {
         let leader = self.leader.as_ref().expect("leading");
-        let idle = leader.fast_path()
-            && self.applied == leader.next
-            && self.queue.next_to_propose().is_none();
+        // Nothing undecided after `propose` ran: the leader is idle, or cannot propose what it
+        // queued (recycling held back, too few members). Then no slot carries the commit point
+        // either, and members that lack it would not apply what is decided (nor count as
+        // stuck only because of that; simulator seed 17772).
+        let idle = leader.fast_path() && self.applied == leader.next;
         // Not in the poll that decided the last position: a client that sends its next command
         // right after a commit (the common case under load) lets that command's slot carry the
         // commit point, which saves a write per member per command; an idle leader writes the

@@ -80,10 +80,15 @@ pub struct ReplicationStatus {
     pub catching_up: bool,
     /// The replica it serves a snapshot to, while it donates one.
     pub donating_to: Option<ReplicaId>,
+    /// How many times the next tenure's deadlines are doubled after tenures that got nowhere.
+    pub deadline_doublings: u8,
 }
 
-/// Most doublings of the prepare's deadlines after tenures that ended before the fast path.
-pub(crate) const TENURE_BACKOFF_MAX: u8 = 4;
+/// Most doublings of the prepare's deadlines after tenures that ended before the fast path: a
+/// set-up of up to 4 deadlines gets through, and a tenure that cannot succeed for another reason
+/// (too few voters it can reach, members still installing snapshots) is given up within 4
+/// deadlines, not 16 (simulator seed 3905 waited 1,920 ticks in one adoption at 16).
+pub(crate) const TENURE_BACKOFF_MAX: u8 = 2;
 
 /// Reassembles commands that span several slots.
 #[derive(Clone, Copy, Debug, Default)]
@@ -292,6 +297,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             voter: self.voter,
             catching_up: self.transfer.is_some(),
             donating_to: self.donor.joiner(),
+            deadline_doublings: self.tenure_backoff,
         }
     }
 

@@ -1006,7 +1006,7 @@ impl<'s> Sim<'s> {
         }
         self.nodes[id].last_status = Some(key);
         self.note(format_args!(
-            "replica {id}: view leader {:?} alive {:07b} voters {:07b} holder {:?} tenure {:?} | {} leading {:?} fast path {} applied {} queued {}{}{}{}",
+            "replica {id}: view leader {:?} alive {:07b} voters {:07b} holder {:?} tenure {:?} | {} leading {:?} fast path {} applied {} queued {} doublings {}{}{}{}",
             bg.leader,
             bg.alive,
             bg.voters,
@@ -1017,6 +1017,7 @@ impl<'s> Sim<'s> {
             rp.fast_path,
             rp.applied,
             rp.queued,
+            rp.deadline_doublings,
             if bg.heartbeat_stopped { " HEARTBEAT STOPPED" } else { "" },
             if rp.halted != 0 { " HALTED (lapped)" } else { "" },
             if rp.catching_up { " INSTALLING A SNAPSHOT" } else { "" },

@@ -23,6 +23,32 @@ fn random_seeds_are_clean() {
     }
 }
 
+/// Seeds that once found a liveness defect, with what it was. A change of the code changes
+/// their runs, so they only check that these scenarios stay clean, not that the defect stays
+/// fixed (the bulk runs of the `sim` binary do that).
+#[test]
+fn seeds_that_found_defects_are_clean() {
+    let seeds = [
+        // A prepare longer than `op_timeout_ticks` (deadlines doubled by slow pairings) called
+        // its fast path stalled at the first poll, forever.
+        2969,
+        // A member waiting for a decision counted as stuck, and its repair as progress: a
+        // tenure that could decide nothing never ended.
+        17601,
+        // Deadlines doubled to 16 times: one adoption that could not succeed took 1,920 ticks.
+        3905,
+        // A transfer request whose completion a reconnect dropped reset the fresh pairing when
+        // it timed out; the joiner never got its snapshot. And members did not learn the commit
+        // point while the leader could not propose.
+        17772, // Found by variants of the doubling that were not kept.
+        775, 6111,
+    ];
+    for seed in seeds {
+        let (report, _) = cluster::run(seed, false);
+        assert_clean(&report);
+    }
+}
+
 #[test]
 fn every_cluster_size_survives_its_fault_budget() {
     for n in 1..=7u8 {
