@@ -739,14 +739,26 @@ fn render_goals(w: &mut String, results: &Results) {
     }
 }
 
-fn render_instructions(w: &mut String, results: &Results) {
-    let _ = writeln!(w, "\n## Instructions per operation (callgrind)\n");
-    let counts = match &results.instructions {
-        Ok(counts) => counts,
+/// Starts a section of the report titled `title`: what it reports, or `None` after saying why
+/// it was not measured.
+fn section<'r, T>(w: &mut String, title: &str, measured: &'r Result<T, String>) -> Option<&'r T> {
+    let _ = writeln!(w, "\n## {title}\n");
+    match measured {
+        Ok(measured) => Some(measured),
         Err(e) => {
             let _ = writeln!(w, "Not measured: {e}");
-            return;
+            None
         }
+    }
+}
+
+fn render_instructions(w: &mut String, results: &Results) {
+    let Some(counts) = section(
+        w,
+        "Instructions per operation (callgrind)",
+        &results.instructions,
+    ) else {
+        return;
     };
     let _ = writeln!(
         w,
@@ -876,13 +888,8 @@ fn render_throughput(w: &mut String, results: &Results) {
 }
 
 fn render_failover(w: &mut String, results: &Results) {
-    let _ = writeln!(w, "\n## Fail-over\n");
-    let f = match &results.failover {
-        Ok(f) => f,
-        Err(e) => {
-            let _ = writeln!(w, "Not measured: {e}");
-            return;
-        }
+    let Some(f) = section(w, "Fail-over", &results.failover) else {
+        return;
     };
     let _ = writeln!(
         w,
@@ -908,13 +915,8 @@ fn render_failover(w: &mut String, results: &Results) {
 }
 
 fn render_steadiness(w: &mut String, results: &Results) {
-    let _ = writeln!(w, "\n## Steadiness\n");
-    let runs = match &results.steadiness {
-        Ok(runs) => runs,
-        Err(e) => {
-            let _ = writeln!(w, "Not measured: {e}");
-            return;
-        }
+    let Some(runs) = section(w, "Steadiness", &results.steadiness) else {
+        return;
     };
     let _ = writeln!(
         w,
@@ -944,13 +946,8 @@ fn render_steadiness(w: &mut String, results: &Results) {
 }
 
 fn render_rejoin(w: &mut String, results: &Results) {
-    let _ = writeln!(w, "\n## Rejoin by state transfer\n");
-    let r = match &results.rejoin {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = writeln!(w, "Not measured: {e}");
-            return;
-        }
+    let Some(r) = section(w, "Rejoin by state transfer", &results.rejoin) else {
+        return;
     };
     let j = &r.rejoin;
     let ms = |ns: u64| ns as f64 / 1e6;

@@ -1582,7 +1582,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             position, self.applied,
             "the prepare applied what it adopted"
         );
-        self.tenure_backoff = 0;
+        self.deadline_doublings = 0;
         let leader = self.leader.as_mut().expect("leading");
         info!("tenure {} on the fast path at {}", leader.tenure, position);
         leader.phase = Phase::Streaming;

@@ -88,7 +88,7 @@ pub struct ReplicationStatus {
 /// set-up of up to 4 deadlines gets through, and a tenure that cannot succeed for another reason
 /// (too few voters it can reach, members still installing snapshots) is given up within 4
 /// deadlines, not 16 (simulator seed 3905 waited 1,920 ticks in one adoption at 16).
-pub(crate) const TENURE_BACKOFF_MAX: u8 = 2;
+pub(crate) const DEADLINE_DOUBLINGS_MAX: u8 = 2;
 
 /// Reassembles commands that span several slots.
 #[derive(Clone, Copy, Debug, Default)]
@@ -161,9 +161,9 @@ pub struct ReplicationPlane<'s, const SLOT: usize, const ENTRY: usize, const QUE
     pub(crate) connections: [Connection; REPLICAS_MAX as usize],
     pub(crate) leader: Option<Leader>,
     pub(crate) spent_tenure: u32,
-    /// Tenures in a row (at most [`TENURE_BACKOFF_MAX`]) that ended before the fast path: each
+    /// Tenures in a row (at most [`DEADLINE_DOUBLINGS_MAX`]) that ended before the fast path: each
     /// doubles the next tenure's phase and operation deadlines (see `phase_timeout`).
-    pub(crate) tenure_backoff: u8,
+    pub(crate) deadline_doublings: u8,
     halted: u32,
     /// Cached once true: a standing is never withdrawn within a life.
     pub(crate) voter: bool,
@@ -206,7 +206,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             connections: [Connection::NEW; REPLICAS_MAX as usize],
             leader: None,
             spent_tenure: 0,
-            tenure_backoff: 0,
+            deadline_doublings: 0,
             halted: 0,
             voter: false,
             published_applied: None,
@@ -297,7 +297,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             voter: self.voter,
             catching_up: self.transfer.is_some(),
             donating_to: self.donor.joiner(),
-            deadline_doublings: self.tenure_backoff,
+            deadline_doublings: self.deadline_doublings,
         }
     }
 
@@ -381,7 +381,8 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// same set-up again, forever; with the deadline growing, one tenure gets through, and the
     /// next fast path puts it back.
     pub(crate) fn phase_timeout(&self) -> u64 {
-        (self.config.op_timeout_ticks as u64) << self.tenure_backoff
+        debug_assert!(self.deadline_doublings <= DEADLINE_DOUBLINGS_MAX);
+        (self.config.op_timeout_ticks as u64) << self.deadline_doublings
     }
 
     /// Stops acting as leader: nothing the tenure posted lands after this (see `fence_tenure`);
@@ -389,7 +390,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     fn stand_down<F: Fabric>(&mut self, fabric: &mut F) -> Option<u32> {
         let leader = self.leader.take()?;
         if !leader.fast_path() {
-            self.tenure_backoff = (self.tenure_backoff + 1).min(TENURE_BACKOFF_MAX);
+            self.deadline_doublings = (self.deadline_doublings + 1).min(DEADLINE_DOUBLINGS_MAX);
         }
         self.fence_tenure(fabric);
         self.shared.stop_acting();

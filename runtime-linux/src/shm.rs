@@ -549,8 +549,13 @@ fn check(code: libc::c_int) -> io::Result<()> {
 /// Whether the owner of the region mapped by `mapping` is alive (its mutex held, not marked by
 /// the kernel as left by a dead thread).
 fn owner_alive(mapping: &Mapping) -> bool {
-    let word = mapping.word32(C_OWNER_MUTEX).load(SeqCst);
-    word & FUTEX_TID_MASK != 0 && word & FUTEX_OWNER_DIED == 0
+    live_owner(mapping.word32(C_OWNER_MUTEX).load(SeqCst))
+}
+
+/// True when an owner mutex's value names a live owner: a thread holds it, and the kernel has
+/// not marked it owner-died.
+fn live_owner(value: u32) -> bool {
+    value & FUTEX_TID_MASK != 0 && value & FUTEX_OWNER_DIED == 0
 }
 
 /// Creates a fresh, zeroed `0600` file of `len` bytes at `staging` (replacing a leftover one of
@@ -1137,7 +1142,7 @@ fn watch(dir: &RegionDir, replicas: u8, own: &OwnRegion, stop: &AtomicBool) {
 fn arm(word: &AtomicU32) -> Option<u32> {
     loop {
         let value = word.load(SeqCst);
-        if value & FUTEX_TID_MASK == 0 || value & FUTEX_OWNER_DIED != 0 {
+        if !live_owner(value) {
             return None;
         }
         let armed = value | FUTEX_WAITERS;

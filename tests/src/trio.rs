@@ -96,6 +96,16 @@ impl<'s> Trio<'s> {
         self.replicas[id as usize].as_ref().expect("running")
     }
 
+    /// Replica `id`, which runs, to submit commands to.
+    pub fn replica_mut(&mut self, id: u8) -> &mut SimReplica<'s> {
+        self.replicas[id as usize].as_mut().expect("running")
+    }
+
+    /// What the current life of replica `id` applied.
+    pub fn log(&self, id: u8) -> &Recorder {
+        &self.logs[id as usize]
+    }
+
     /// Whom replica `id` takes for leader.
     pub fn leader_view(&self, id: u8) -> Option<u8> {
         self.replica(id).background.status().leader
@@ -112,8 +122,8 @@ impl<'s> Trio<'s> {
         self.replicas[id as usize] = None;
     }
 
-    /// Starts a new life of `id` with a zeroed region.
-    pub fn restart(&mut self, id: u8) {
+    /// Starts a new life of `id` with a zeroed region; what the old life applied.
+    pub fn restart(&mut self, id: u8) -> Recorder {
         self.world.restart(id);
         self.world.region_mut(id).fill(0);
         let mut fresh = SimReplica::new(self.config, id, &self.shared[self.lives]).unwrap();
@@ -122,7 +132,7 @@ impl<'s> Trio<'s> {
         fresh.replication.begin_incarnation(life);
         fresh.background.begin_incarnation(life);
         self.replicas[id as usize] = Some(fresh);
-        self.logs[id as usize] = Recorder::default();
+        std::mem::take(&mut self.logs[id as usize])
     }
 
     /// Runs until the cluster formed with replica 0 leading, then 100 ticks more.

@@ -595,16 +595,6 @@ impl World {
             len,
             wr_id,
         } = request;
-        if self.pairing(conn) {
-            self.fail_at_once(me, conn, request);
-            return Ok(());
-        }
-        if self.faults.pairing_ticks > 0 {
-            self.conns[conn].used = true;
-        }
-        let pieces = split(&mut self.rng, len, self.faults.torn_pieces_max);
-        // Remembered so that a revoke after this post fences the op even if a grant follows.
-        let revokes = self.revokes[peer as usize * self.n as usize + me as usize];
         let op = Op {
             kind,
             poster: me,
@@ -613,18 +603,31 @@ impl World {
             local,
             remote,
             wr_id,
-            pieces_left: pieces.len() as u32,
-            revokes,
+            pieces_left: 0,
+            // Remembered so that a revoke after this post fences the op even if a grant follows.
+            revokes: self.revokes[peer as usize * self.n as usize + me as usize],
             fate: Fate::Running,
             due: 0,
         };
         let id = self.ops.insert(op);
         self.conns[conn].queue.push_back(id);
+        self.stats.ops_posted += 1;
+        if self.pairing(conn) {
+            // Accepted and failed at once, as the verbs fabric does for a requester being
+            // paired (the connection does not break).
+            self.settle(id, Status::Failed);
+            self.count(Status::Failed);
+            return Ok(());
+        }
+        if self.faults.pairing_ticks > 0 {
+            self.conns[conn].used = true;
+        }
+        let pieces = split(&mut self.rng, len, self.faults.torn_pieces_max);
+        self.ops.get_mut(id).expect("just inserted").pieces_left = pieces.len() as u32;
         for (start, len) in pieces {
             let tick = self.now + self.rng.range(1, self.faults.delay_max * 2);
             self.schedule(tick, Event::Piece(Piece { op: id, start, len }));
         }
-        self.stats.ops_posted += 1;
         Ok(())
     }
 
@@ -632,28 +635,6 @@ impl World {
     fn pairing(&self, conn: usize) -> bool {
         let c = &self.conns[conn];
         self.faults.pairing_ticks > 0 && (c.closed || self.now < c.ready_at)
-    }
-
-    /// Accepts an op on a connection that is not ready and fails it at once, as the verbs
-    /// fabric does for a requester being paired (the connection does not break).
-    fn fail_at_once(&mut self, me: u8, conn: usize, request: Request) {
-        let id = self.ops.insert(Op {
-            kind: request.kind,
-            poster: me,
-            peer: request.peer,
-            conn,
-            local: request.local,
-            remote: request.remote,
-            wr_id: request.wr_id,
-            pieces_left: 0,
-            revokes: 0,
-            fate: Fate::Running,
-            due: 0,
-        });
-        self.conns[conn].queue.push_back(id);
-        self.stats.ops_posted += 1;
-        self.settle(id, Status::Failed);
-        self.count(Status::Failed);
     }
 
     // ---- executing pieces --------------------------------------------------------------------
