@@ -34,7 +34,7 @@ use crate::clock::{cycles_end, cycles_start, monotonic_ns, Ticker};
 use crate::kv::{self, Kv};
 use crate::port::{Outcome, Port, Response, Stat, COMMAND_MAX};
 use crate::procfs::IsolatedCores;
-use crate::shm::{DeathWatch, Lane, OwnRegion, Previous, RegionDir, ShmError, ShmFabric};
+use crate::shm::{DeathWatch, Lane, LifeHold, OwnRegion, Previous, RegionDir, ShmError, ShmFabric};
 #[cfg(feature = "verbs")]
 use crate::verbs::{wire::Plane, Endpoint, VerbsError, VerbsFabric};
 
@@ -858,6 +858,7 @@ fn run_loops<F: Fabric + Send>(
     let refused = &refused;
     let replication_bell = parts.port.replica_bell();
     let background_bell = parts.own.background_bell();
+    let own = &*parts.own;
     std::thread::scope(|scope| {
         let polling = spec.polling;
         let priority = spec.realtime_priority;
@@ -867,6 +868,7 @@ fn run_loops<F: Fabric + Send>(
         let background_rest = Duration::from_nanos((read_period_ns / 4).clamp(10_000, 250_000));
         scope.spawn(move || {
             place_thread(id, "replication", rc, priority);
+            let _life = hold_life(own, id, Lane::Replication);
             let mut acting = shared.acting();
             let mut idle_since = None;
             spin(stop, polling, replication_bell, || {
@@ -903,6 +905,7 @@ fn run_loops<F: Fabric + Send>(
         });
         scope.spawn(move || {
             place_thread(id, "background", bc, priority);
+            let _life = hold_life(own, id, Lane::Background);
             let mut lead = shared.lead();
             spin(stop, polling, background_bell, || {
                 if halted.load(Ordering::Relaxed) != 0 {
@@ -1000,6 +1003,14 @@ fn lock_memory(id: ReplicaId) {
              CAP_IPC_LOCK)"
         );
     }
+}
+
+/// Has the calling thread hold `lane`'s life mutex, saying so when it cannot (peers then learn
+/// of this replica's death from its owner mutex alone, a little later).
+fn hold_life(own: &OwnRegion, id: ReplicaId, lane: Lane) -> Option<LifeHold<'_>> {
+    own.hold_life(lane)
+        .map_err(|e| eprintln!("replica {id}: cannot hold the {lane:?} plane's life mutex: {e}"))
+        .ok()
 }
 
 /// Pins the calling thread and sets its scheduling class, saying what did not work.

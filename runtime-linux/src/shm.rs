@@ -21,10 +21,17 @@
 //! glibc's stable ABI; only glibc targets are supported.) The mutex is held by a small thread of
 //! its own for the region's lifetime, released when the region is dropped.
 //!
+//! Each plane's thread also holds a life mutex of its own while it runs ([`OwnRegion::hold_life`])
+//! and releases it when it stops. After a SIGKILL the kernel marks a mutex only once its holder
+//! thread gets a CPU to exit on; the plane that was spinning when the signal came (a busy
+//! leader's replication plane) is already on one, so its mark comes first, while the keeper and
+//! the rest of the process still wait for a core (hundreds of microseconds on a loaded host).
+//!
 //! Certain death: a peer whose owner mutex is marked owner-died (or released by a clean exit),
-//! or whose file a successor retired, certainly ended that life, which `ended_life` reports. A
-//! [`DeathWatch`] thread sleeps on every peer's owner mutex and rings this replica's background
-//! bell the moment the kernel marks one owner-died, so that the background plane looks at once.
+//! or one of whose plane life mutexes is marked owner-died, or whose file a successor retired,
+//! certainly ended that life, which `ended_life` reports. A [`DeathWatch`] thread sleeps on
+//! every peer's life mutexes and rings this replica's background bell the moment the kernel
+//! marks one owner-died, so that the background plane looks at once.
 //!
 //! Doorbells (see [`crate::bell`]): the control page holds the background plane's bell; a
 //! background-plane write into a peer's region (a permission request, an ack, a transfer
@@ -78,7 +85,7 @@ pub const CONTROL_BYTES: usize = 4096;
 pub const OUTSTANDING_MAX: usize = 128;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"MUSHMCTL");
-const VERSION: u64 = 3;
+const VERSION: u64 = 4;
 /// The incarnation word of a file whose owner replaced it.
 const RETIRED: u64 = u64::MAX;
 
@@ -99,6 +106,13 @@ const C_BACKGROUND_BELL: usize = 3072;
 
 /// The owner's robust mutex (see the module doc); 64 bytes are reserved for it.
 const C_OWNER_MUTEX: usize = 2048;
+/// The planes' life mutexes (see the module doc): 64 bytes each, after the owner mutex.
+const C_LIFE_MUTEXES: usize = C_OWNER_MUTEX + 64;
+const _: () = assert!(C_LIFE_MUTEXES + LANES * 64 <= C_BACKGROUND_BELL);
+
+fn life_mutex(lane: Lane) -> usize {
+    C_LIFE_MUTEXES + 64 * lane as usize
+}
 const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
 const FUTEX_TID_MASK: u32 = 0x3FFF_FFFF;
 
@@ -424,6 +438,24 @@ impl OwnRegion {
         self.mapping.word(line(writer, L_GATE))
     }
 
+    /// Locks `lane`'s life mutex in the calling thread (see the module doc) until the hold is
+    /// dropped: a plane's thread holds it while it runs, so that the kernel marks this life
+    /// ended as soon as that thread dies. Fails when another thread holds it, or when a thread
+    /// already died holding it (this life is over: it must not look alive again).
+    pub fn hold_life(&self, lane: Lane) -> io::Result<LifeHold<'_>> {
+        let offset = life_mutex(lane);
+        if self.mapping.word32(offset).load(SeqCst) & FUTEX_OWNER_DIED != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EOWNERDEAD));
+        }
+        let mutex = self.mapping.at(offset).cast::<libc::pthread_mutex_t>();
+        // SAFETY: an initialised robust mutex of our mapping, which outlives the hold.
+        check(unsafe { libc::pthread_mutex_trylock(mutex) })?;
+        Ok(LifeHold {
+            mutex,
+            _region: std::marker::PhantomData,
+        })
+    }
+
     /// The doorbell the background plane rests on.
     pub fn background_bell(&self) -> Bell<'_> {
         Bell::in_mapping(&self.mapping, C_BACKGROUND_BELL)
@@ -481,6 +513,20 @@ impl Drop for OwnRegion {
     }
 }
 
+/// A plane thread's hold of its life mutex ([`OwnRegion::hold_life`]); dropping it (on the same
+/// thread: it is not `Send`) releases the mutex, as a plane that stops cleanly does.
+pub struct LifeHold<'a> {
+    mutex: *mut libc::pthread_mutex_t,
+    _region: std::marker::PhantomData<&'a OwnRegion>,
+}
+
+impl Drop for LifeHold<'_> {
+    fn drop(&mut self) {
+        // SAFETY: this thread locked it (`hold_life`), and the region's mapping outlives `'a`.
+        unsafe { libc::pthread_mutex_unlock(self.mutex) };
+    }
+}
+
 /// The thread that holds the owner mutex of a region for as long as the region lives: the
 /// kernel marks the mutex when the process dies. A thread of its own, so that no other thread's
 /// robust-mutex list ever points into a mapping that is gone.
@@ -490,27 +536,17 @@ struct OwnerKeeper {
 }
 
 impl OwnerKeeper {
-    /// Initialises the owner mutex of a fresh control page and has a new thread lock it.
+    /// Initialises the owner and life mutexes of a fresh control page and has a new thread
+    /// lock the owner mutex.
     fn start(mapping: &Mapping) -> io::Result<OwnerKeeper> {
-        let mutex = mapping.at(C_OWNER_MUTEX).cast::<libc::pthread_mutex_t>();
-        // SAFETY: `attr` is initialised before use and destroyed after; `mutex` points at 64
-        // reserved, aligned, zeroed bytes of a fresh mapping that nobody else uses yet.
-        unsafe {
-            let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
-            check(libc::pthread_mutexattr_init(&mut attr))?;
-            check(libc::pthread_mutexattr_setpshared(
-                &mut attr,
-                libc::PTHREAD_PROCESS_SHARED,
-            ))?;
-            check(libc::pthread_mutexattr_setrobust(
-                &mut attr,
-                libc::PTHREAD_MUTEX_ROBUST,
-            ))?;
-            let initialised = check(libc::pthread_mutex_init(mutex, &attr));
-            libc::pthread_mutexattr_destroy(&mut attr);
-            initialised?;
+        for offset in [
+            C_OWNER_MUTEX,
+            life_mutex(Lane::Replication),
+            life_mutex(Lane::Background),
+        ] {
+            init_robust_mutex(mapping, offset)?;
         }
-        let address = mutex as usize;
+        let address = mapping.at(C_OWNER_MUTEX) as usize;
         let (locked_tx, locked_rx) = std::sync::mpsc::sync_channel(1);
         let (release, released) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -539,6 +575,29 @@ impl OwnerKeeper {
     }
 }
 
+/// Initialises a robust, process-shared mutex in the 64 reserved bytes at `offset` of a fresh
+/// control page.
+fn init_robust_mutex(mapping: &Mapping, offset: usize) -> io::Result<()> {
+    let mutex = mapping.at(offset).cast::<libc::pthread_mutex_t>();
+    // SAFETY: `attr` is initialised before use and destroyed after; `mutex` points at 64
+    // reserved, aligned, zeroed bytes of a fresh mapping that nobody else uses yet.
+    unsafe {
+        let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+        check(libc::pthread_mutexattr_init(&mut attr))?;
+        check(libc::pthread_mutexattr_setpshared(
+            &mut attr,
+            libc::PTHREAD_PROCESS_SHARED,
+        ))?;
+        check(libc::pthread_mutexattr_setrobust(
+            &mut attr,
+            libc::PTHREAD_MUTEX_ROBUST,
+        ))?;
+        let initialised = check(libc::pthread_mutex_init(mutex, &attr));
+        libc::pthread_mutexattr_destroy(&mut attr);
+        initialised
+    }
+}
+
 fn check(code: libc::c_int) -> io::Result<()> {
     match code {
         0 => Ok(()),
@@ -546,10 +605,32 @@ fn check(code: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// Whether the owner of the region mapped by `mapping` is alive (its mutex held, not marked by
-/// the kernel as left by a dead thread).
+/// Whether the owner of the region mapped by `mapping` is alive: its owner mutex held, and
+/// none of its life mutexes marked by the kernel as left by a dead thread.
 fn owner_alive(mapping: &Mapping) -> bool {
-    live_owner(mapping.word32(C_OWNER_MUTEX).load(SeqCst))
+    life_words(mapping)
+        .iter()
+        .all(|&(word, required)| live_word(word.load(SeqCst), required))
+}
+
+/// The owner mutex's word, which a live owner must hold, then the planes' life mutexes' words,
+/// which it holds only while those planes run.
+fn life_words(mapping: &Mapping) -> [(&AtomicU32, bool); 1 + LANES] {
+    [
+        (mapping.word32(C_OWNER_MUTEX), true),
+        (mapping.word32(life_mutex(Lane::Replication)), false),
+        (mapping.word32(life_mutex(Lane::Background)), false),
+    ]
+}
+
+/// True unless a life word's value says its life ended: marked owner-died by the kernel, or, for
+/// a `required` word, not held.
+fn live_word(value: u32, required: bool) -> bool {
+    if required {
+        live_owner(value)
+    } else {
+        value & FUTEX_OWNER_DIED == 0
+    }
 }
 
 /// True when an owner mutex's value names a live owner: a thread holds it, and the kernel has
@@ -1116,15 +1197,23 @@ fn watch(dir: &RegionDir, replicas: u8, own: &OwnRegion, stop: &AtomicBool) {
                 *slot = open_owner(dir, peer, reported[peer as usize]);
             }
             let Some(w) = slot else { continue };
-            let word = w.control.word32(C_OWNER_MUTEX);
-            match arm(word) {
-                Some(armed) => waits.push(FutexWaitv {
-                    val: armed as u64,
-                    uaddr: word.as_ptr() as u64,
-                    flags: FUTEX2_SIZE_U32,
-                    reserved: 0,
-                }),
-                None => {
+            let mut armed = Vec::with_capacity(1 + LANES);
+            let mut ended = None;
+            for (word, required) in life_words(&w.control) {
+                match arm(word, required) {
+                    Arm::Sleep(value) => armed.push(FutexWaitv {
+                        val: value as u64,
+                        uaddr: word.as_ptr() as u64,
+                        flags: FUTEX2_SIZE_U32,
+                        reserved: 0,
+                    }),
+                    Arm::Skip => {}
+                    Arm::Ended => ended = Some(word),
+                }
+            }
+            match ended {
+                None => waits.append(&mut armed),
+                Some(word) => {
                     reported[peer as usize] = Some(w.incarnation);
                     // The kernel woke one sleeper of this mutex: pass it on to the others.
                     wake_all(word);
@@ -1137,17 +1226,30 @@ fn watch(dir: &RegionDir, replicas: u8, own: &OwnRegion, stop: &AtomicBool) {
     }
 }
 
-/// Marks `word` (a live owner's mutex) as having a sleeper, so that the owner's death wakes
-/// one; the value to sleep on, or `None` when the owner is gone.
-fn arm(word: &AtomicU32) -> Option<u32> {
+/// What the watch does with one life word.
+enum Arm {
+    /// Sleep while it holds this value.
+    Sleep(u32),
+    /// Nothing to wait for: a plane's mutex that nobody holds.
+    Skip,
+    /// The life ended.
+    Ended,
+}
+
+/// Marks `word` (a held life mutex, see [`life_words`]) as having a sleeper, so that its
+/// holder's death wakes one.
+fn arm(word: &AtomicU32, required: bool) -> Arm {
     loop {
         let value = word.load(SeqCst);
-        if !live_owner(value) {
-            return None;
+        if !live_word(value, required) {
+            return Arm::Ended;
+        }
+        if value & FUTEX_TID_MASK == 0 {
+            return Arm::Skip;
         }
         let armed = value | FUTEX_WAITERS;
         if value == armed || word.compare_exchange(value, armed, SeqCst, SeqCst).is_ok() {
-            return Some(armed);
+            return Arm::Sleep(armed);
         }
     }
 }

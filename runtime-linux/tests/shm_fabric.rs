@@ -1623,6 +1623,45 @@ fn recreating_a_region_on_one_thread_keeps_owner_death_visible() {
     );
 }
 
+/// Certain death from a plane's thread: a thread that holds its plane's life mutex and ends
+/// without releasing it (as every thread of a killed process does) ends the region's life at
+/// once, while the owner mutex's keeper still runs: peers' `ended_life` names that life, posts to
+/// it fail, and the mutex cannot be taken again to make the life look alive. A plane that
+/// releases its hold (a clean stop) ends nothing.
+#[test]
+fn a_plane_thread_that_dies_holding_its_life_ends_the_life() {
+    let tmp = TestDir::new("life");
+    let dir = tmp.open();
+    let config = Config::new(3);
+    let layout = Layout::new(&config);
+    let r0 = OwnRegion::create(&dir, 0, &config).unwrap();
+    let r1 = Arc::new(OwnRegion::create(&dir, 1, &config).unwrap());
+    let mut f1 = fabric(&dir, config, &r1);
+    let post = |f1: &mut ShmFabric| {
+        f1.write(0, layout.scratch, layout.background, 8, 1)
+            .unwrap();
+        one(f1).status
+    };
+    assert_eq!(post(&mut f1), Status::Ok);
+    // Joined by handle: that waits for the kernel's end of the thread, robust list included.
+    thread::scope(|scope| {
+        let plane = scope.spawn(|| drop(r0.hold_life(Lane::Background).unwrap()));
+        plane.join().unwrap();
+    });
+    assert_eq!(f1.ended_life(0), None, "a released hold ends nothing");
+    assert_eq!(post(&mut f1), Status::Ok);
+    thread::scope(|scope| {
+        let plane = scope.spawn(|| std::mem::forget(r0.hold_life(Lane::Replication).unwrap()));
+        plane.join().unwrap();
+    });
+    assert_eq!(f1.ended_life(0), Some(r0.incarnation() as u32));
+    assert_eq!(post(&mut f1), Status::Failed);
+    assert!(
+        r0.hold_life(Lane::Replication).is_err(),
+        "an ended life stays ended"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. Files and permissions
 // ---------------------------------------------------------------------------------------------
