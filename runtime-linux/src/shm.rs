@@ -401,6 +401,10 @@ impl OwnRegion {
             .word(C_OWNER_START)
             .store(procfs::own_start_time(), SeqCst);
         mapping.word(C_INCARNATION).store(incarnation, SeqCst);
+        for lane in [Lane::Replication, Lane::Background] {
+            init_robust_mutex(&mapping, life_mutex(lane))
+                .map_err(io_error(&staging, "initialise a life mutex"))?;
+        }
         let keeper =
             OwnerKeeper::start(&mapping).map_err(io_error(&staging, "lock the owner mutex"))?;
         // Peers trust nothing in a file before the magic; it goes last.
@@ -536,16 +540,9 @@ struct OwnerKeeper {
 }
 
 impl OwnerKeeper {
-    /// Initialises the owner and life mutexes of a fresh control page and has a new thread
-    /// lock the owner mutex.
+    /// Initialises the owner mutex of a fresh control page and has a new thread lock it.
     fn start(mapping: &Mapping) -> io::Result<OwnerKeeper> {
-        for offset in [
-            C_OWNER_MUTEX,
-            life_mutex(Lane::Replication),
-            life_mutex(Lane::Background),
-        ] {
-            init_robust_mutex(mapping, offset)?;
-        }
+        init_robust_mutex(mapping, C_OWNER_MUTEX)?;
         let address = mapping.at(C_OWNER_MUTEX) as usize;
         let (locked_tx, locked_rx) = std::sync::mpsc::sync_channel(1);
         let (release, released) = std::sync::mpsc::channel::<()>();
@@ -1190,7 +1187,7 @@ fn watch(dir: &RegionDir, replicas: u8, own: &OwnRegion, stop: &AtomicBool) {
     // The last life reported ended per peer, so that a dead file is not reported again.
     let mut reported: Vec<Option<u64>> = vec![None; replicas as usize];
     while !stop.load(SeqCst) {
-        let mut waits = Vec::with_capacity(replicas as usize);
+        let mut waits = Vec::with_capacity(replicas as usize * (1 + LANES));
         for peer in (0..replicas).filter(|&p| p != me) {
             let slot = &mut watched[peer as usize];
             if slot.is_none() {
