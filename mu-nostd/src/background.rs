@@ -15,9 +15,12 @@
 //! Election: the leader is the lowest id among the voters considered alive (this replica counts
 //! itself alive while its heartbeat runs). A replica that restarted is recovering, not a voter,
 //! until a leader admits it (see `leader`, "Recovery"); its heartbeat says which, so that the
-//! others never wait for it to lead. While no replica is a voter (a cluster never formed), the
-//! lowest id leads once every replica is alive, and its tenure forms the cluster. Safety never
-//! depends on the election; permissions and Paxos carry it.
+//! others never wait for it to lead; a replica just admitted bids only once every live peer
+//! below it has shown its voter flag in a heartbeat read since (reads, not time: a plane that
+//! slept through its read timeout would bid against the leader that admitted it). While no
+//! replica is a voter (a cluster never formed), the lowest id leads once every replica is
+//! alive, and its tenure forms the cluster. Safety never depends on the election; permissions
+//! and Paxos carry it.
 //!
 //! Permissions, owner side: a requester writes a new number into its request record in this
 //! replica's background area. This replica serves one request at a time, and only from the
@@ -44,6 +47,8 @@
 //!   considered alive and its requests are never served.
 //! - A death notice fails a peer only when it names the life read from the peer's header.
 //! - `1 <= patience <= PATIENCE_MAX`; a refused replica has no leader in view and no tenure.
+//! - A peer's flag is `Current` only after a heartbeat read posted since this replica's
+//!   admission showed it a voter, or showed its counter move past the first such read's.
 
 use crate::config::{Config, REPLICAS_MAX};
 use crate::detector::PullScore;
@@ -87,6 +92,33 @@ impl Outgoing {
     };
 }
 
+/// Whether a peer's voter flag, as last read, is news since this replica was admitted (see
+/// `elect`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flag {
+    /// Read after the admission: it says what the peer is now.
+    Current,
+    /// A read posted before the admission is in flight; what it returns is old.
+    Stale,
+    /// No read posted since the admission has returned.
+    Unread,
+    /// The first read since the admission showed this heartbeat counter, without the flag; the
+    /// peer's next beat says what it is now.
+    Counter(u64),
+}
+
+impl Flag {
+    /// After a readable heartbeat: `counter` and `voter` as read.
+    fn read(self, counter: u64, voter: bool) -> Flag {
+        match self {
+            Flag::Stale => Flag::Unread,
+            Flag::Unread if !voter => Flag::Counter(counter),
+            Flag::Counter(before) if !voter && before == counter => self,
+            _ => Flag::Current,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Peer {
     epoch: u16,
@@ -102,6 +134,8 @@ struct Peer {
     readable_at: Option<u64>,
     /// Its last heartbeat said its life is a voter.
     voter: bool,
+    /// Whether `voter` is news since this replica was admitted.
+    flag: Flag,
     /// The life its verified header names.
     life: Option<u32>,
     /// When suspicion (not a death notice) last declared this life failed.
@@ -128,6 +162,7 @@ impl Peer {
         beat_moved_at: None,
         readable_at: None,
         voter: false,
+        flag: Flag::Current,
         life: None,
         suspected_at: None,
         dead_life: None,
@@ -213,8 +248,6 @@ pub struct BackgroundPlane<'s> {
     heartbeat_stopped: bool,
     /// Cached once true: a standing is never withdrawn within a life.
     voter: bool,
-    /// When this replica saw itself admitted.
-    voter_since: u64,
     progress_seen: u32,
     progress_seen_at: u64,
     /// When this plane was last polled (see `discount_own_pause`).
@@ -265,7 +298,6 @@ impl<'s> BackgroundPlane<'s> {
             next_heartbeat_at: 0,
             heartbeat_stopped: false,
             voter: false,
-            voter_since: 0,
             progress_seen: 0,
             progress_seen_at: 0,
             polled_at: 0,
@@ -311,7 +343,12 @@ impl<'s> BackgroundPlane<'s> {
         }
         if !self.voter && own_voter(&self.layout, fabric) {
             self.voter = true;
-            self.voter_since = now;
+            for peer in self.peers.iter_mut() {
+                peer.flag = match peer.heartbeat_read_at {
+                    Some(_) => Flag::Stale,
+                    None => Flag::Unread,
+                };
+            }
         }
         self.discount_own_pause(now);
         self.drain_completions(now, fabric);
@@ -529,8 +566,9 @@ impl<'s> BackgroundPlane<'s> {
                         Some(beat) => {
                             peer.readable_at = Some(now);
                             peer.voter = beat & HEARTBEAT_VOTER != 0;
-                            let before = peer.score.last_heartbeat();
                             let counter = |b: u64| b & !HEARTBEAT_VOTER;
+                            peer.flag = peer.flag.read(counter(beat), peer.voter);
+                            let before = peer.score.last_heartbeat();
                             peer.recheck |= before.is_some_and(|b| counter(beat) < counter(b));
                             peer.score.observe(&self.config.detector, beat, patience);
                             if before.is_some_and(|b| b != beat) {
@@ -600,6 +638,7 @@ impl<'s> BackgroundPlane<'s> {
                     // carries over.
                     state.life = Some(life);
                     state.voter = false;
+                    state.flag = Flag::Current;
                     state.suspected_at = None;
                 }
             }
@@ -650,6 +689,9 @@ impl<'s> BackgroundPlane<'s> {
         let was_alive = state.score.alive();
         if state.heartbeat_read_at.take().is_some() {
             state.score.miss(&self.config.detector, self.patience);
+            if state.flag == Flag::Stale {
+                state.flag = Flag::Unread;
+            }
         }
         for outgoing in [&mut state.request, &mut state.ack] {
             if matches!(outgoing.send, Send::InFlight { .. }) {
@@ -843,9 +885,14 @@ impl<'s> BackgroundPlane<'s> {
         };
         // A replica just admitted may not have read yet that the leader which admitted it is a
         // voter too; it would take itself for the only one and bid. It stands for election only
-        // after a read timeout, by when it has read every live peer's heartbeat (a leader that
-        // admitted itself keeps its tenure).
-        let settled = now >= self.voter_since + self.config.detector.read_timeout_ticks as u64;
+        // once every live peer below it has shown its flag since the admission (a leader that
+        // admitted itself keeps its tenure). Counted in reads, not time: a plane descheduled
+        // for milliseconds by a busy neighbour woke up past a read timeout with the flags of
+        // before its admission, bid, and revoked the leader that had just admitted it.
+        let settled = self
+            .others()
+            .filter(|&p| p < self.me && alive & (1 << p) != 0)
+            .all(|p| self.peers[p as usize].flag == Flag::Current);
         if self.voter && !settled && self.tenure.is_none() {
             candidates &= !(1 << self.me);
         }
