@@ -15,6 +15,7 @@ use mu_nostd::{Completion, Fabric, PostError, ReplicaId, Status};
 
 use crate::permissions::Permissions;
 use crate::ring::{self, Count, Kind, Request, Ring, RING_DEPTH};
+use crate::telemetry;
 use crate::window::{Plane, WindowLayout};
 use crate::words::Words;
 
@@ -276,8 +277,14 @@ impl Fabric for WindowFabric<'_> {
             .store(self.own_region() + offset as usize, bytes);
     }
 
-    /// Nothing certain yet: a VM that stopped just stops answering.
-    fn ended_life(&self, _peer: ReplicaId) -> Option<u32> {
-        None
+    /// The supervisor's word (see [`crate::telemetry::control::LIVES`]): it marks a life
+    /// ended once the peer's VM or board certainly stopped; a stopped or slow peer is never
+    /// marked.
+    fn ended_life(&self, peer: ReplicaId) -> Option<u32> {
+        if peer >= self.layout.replica_count {
+            return None;
+        }
+        let life = telemetry::control_word(self.window, telemetry::life_word(peer));
+        (life & telemetry::LIFE_ENDED != 0).then_some(life & !telemetry::LIFE_ENDED)
     }
 }

@@ -50,6 +50,12 @@ pub enum StartError {
     },
     /// The core refused the configuration or the id.
     Replica(ReplicaError),
+    /// The control block says this life already ended: whoever starts the replica must write
+    /// its new life first (`telemetry::control::LIVES`), or its peers would take it for dead.
+    LifeEnded {
+        /// The life the control block names.
+        life: u32,
+    },
 }
 
 /// What a replica ended with, for its final report.
@@ -126,7 +132,17 @@ impl<'w> Firmware<'w> {
                 have: window.len() as u64,
             });
         }
-        let replica = FirmwareReplica::new(config, me, shared).map_err(StartError::Replica)?;
+        let mut replica = FirmwareReplica::new(config, me, shared).map_err(StartError::Replica)?;
+        let life = telemetry::control_word(window, telemetry::life_word(me));
+        if life & telemetry::LIFE_ENDED != 0 {
+            return Err(StartError::LifeEnded {
+                life: life & !telemetry::LIFE_ENDED,
+            });
+        }
+        // Numbered lives keep a restarted replica's permission requests and command sequences
+        // apart from its earlier life's, and let the peers take a notice of its end.
+        replica.replication.begin_incarnation(life);
+        replica.background.begin_incarnation(life);
         let telemetry = Telemetry::new(window, &layout, me);
         telemetry.set(word::PHASE, telemetry::PHASE_BOOTING);
         telemetry.set(word::MAGIC, telemetry::MAGIC);
@@ -277,6 +293,9 @@ impl<'w> Firmware<'w> {
         );
         t.set_u64(word::INSTALLED_BYTES, report.transfers.installed_bytes);
         t.set(word::DONATIONS, report.transfers.donations);
+        let judged = self.replica.background.status();
+        t.set(word::DEATHS, judged.deaths);
+        t.set(word::FALSE_SUSPICIONS, judged.false_suspicions);
         t.set(word::PHASE, phase);
     }
 

@@ -4,12 +4,13 @@
 //!
 //! ```text
 //! control (window offset 0, written by the harness):
-//!   word 0 stop  1 finish  2 panic  3 start
+//!   word 0 stop  1 finish  2 panic  3 start  4-11 life of replica 0-7 (top bit: it ended)
 //! telemetry[id] (128 B, written by replica id only):
 //!   word 0 magic  1 phase  2 loops  3 leader + 1  4 flags  5-6 applied  7-8 applied chain
 //!   9-10 state digest  11-12 committed by this replica as leader  13 leader changes  14 code
 //!   15 halt reason  16 snapshots installed  17-18 position of the last one  19-20 bytes
-//!   installed  21 snapshots donated
+//!   installed  21 snapshots donated  22 peers failed on a notice of their end  23 peers
+//!   suspected wrongly
 //! ```
 //!
 //! 64-bit values are two little-endian words written one after the other: a reader that needs
@@ -62,12 +63,16 @@ pub mod word {
     pub const INSTALLED_BYTES: usize = 19;
     /// Snapshots this replica froze for a joiner (state transfers it served as donor).
     pub const DONATIONS: usize = 21;
+    /// Peers this replica failed at once because the control block said their life ended.
+    pub const DEATHS: usize = 22;
+    /// Peers this replica declared failed by suspicion that turned out alive.
+    pub const FALSE_SUSPICIONS: usize = 23;
 }
 
 /// Words in a block.
 pub const WORDS: usize = (crate::window::TELEMETRY_BYTES / 4) as usize;
 
-const _: () = assert!(word::DONATIONS < WORDS);
+const _: () = assert!(word::FALSE_SUSPICIONS < WORDS);
 
 /// Booting.
 pub const PHASE_BOOTING: u32 = 0;
@@ -102,6 +107,21 @@ pub mod control {
     /// replica booted, so that none starts a whole log behind (the single-node self-test
     /// ignores it).
     pub const START: usize = 3;
+    /// `LIVES + id`: the life of replica `id`, written by whoever starts and stops it (the
+    /// harness under QEMU, a supervisor or watchdog on a board). Before the replica boots: its
+    /// incarnation, rising from 1 across restarts (0: nobody numbers its lives). Once its VM or
+    /// board certainly stopped: the same incarnation with [`super::LIFE_ENDED`] set, which its
+    /// peers take as a certain death (`Fabric::ended_life`).
+    pub const LIVES: usize = 4;
+}
+
+/// The bit of a life word that says the life ended.
+pub const LIFE_ENDED: u32 = 1 << 31;
+
+/// The control word that holds replica `id`'s life.
+pub fn life_word(id: ReplicaId) -> usize {
+    assert!(id < 8);
+    control::LIVES + usize::from(id)
 }
 
 /// The block of one replica in a window.

@@ -23,6 +23,30 @@ struct Cluster<'w> {
 }
 
 impl<'w> Cluster<'w> {
+    /// Replicas `0..3` in their first lives (numbered 1 in the control block, as a harness
+    /// does), run until a leader is on the fast path.
+    fn start(
+        config: Config,
+        window: Words<'w>,
+        shared: &'w [Shared],
+        permissions: &'w [Permissions],
+    ) -> Cluster<'w> {
+        let replicas = (0..3u8)
+            .map(|id| {
+                telemetry::set_control_word(window, telemetry::life_word(id), 1);
+                let (s, p) = (&shared[id as usize], &permissions[id as usize]);
+                Firmware::new(config, id, window, s, p, None).unwrap()
+            })
+            .collect();
+        let mut cluster = Cluster {
+            replicas,
+            alive: vec![true; 3],
+            now: 0,
+        };
+        cluster.until("a leader on the fast path", |c| c.leader().is_some());
+        cluster
+    }
+
     fn round(&mut self) -> Vec<Step> {
         self.now += 1;
         let mut steps = Vec::new();
@@ -73,18 +97,7 @@ fn a_new_leader_takes_over_and_the_survivors_agree() {
     let window = Words::new(&backing);
     let shared: Vec<Shared> = (0..3).map(|_| Shared::new()).collect();
     let permissions: Vec<Permissions> = (0..3).map(|_| Permissions::new()).collect();
-    let replicas = (0..3u8)
-        .map(|id| {
-            let (s, p) = (&shared[id as usize], &permissions[id as usize]);
-            Firmware::new(config, id, window, s, p, None).unwrap()
-        })
-        .collect();
-    let mut cluster = Cluster {
-        replicas,
-        alive: vec![true; 3],
-        now: 0,
-    };
-    cluster.until("a leader on the fast path", |c| c.leader().is_some());
+    let mut cluster = Cluster::start(config, window, &shared, &permissions);
     for _ in 0..10_000 {
         cluster.round();
     }
@@ -159,18 +172,7 @@ fn a_replica_restarted_after_the_log_wrapped_rejoins_by_state_transfer() {
     // One more life than replicas: the restarted one's.
     let shared: Vec<Shared> = (0..4).map(|_| Shared::new()).collect();
     let permissions: Vec<Permissions> = (0..4).map(|_| Permissions::new()).collect();
-    let replicas = (0..3u8)
-        .map(|id| {
-            let (s, p) = (&shared[id as usize], &permissions[id as usize]);
-            Firmware::new(config, id, window, s, p, None).unwrap()
-        })
-        .collect();
-    let mut cluster = Cluster {
-        replicas,
-        alive: vec![true; 3],
-        now: 0,
-    };
-    cluster.until("a leader on the fast path", |c| c.leader().is_some());
+    let mut cluster = Cluster::start(config, window, &shared, &permissions);
     telemetry::set_control_word(window, control::START, 1);
     cluster.until("a leader committing 100 commands", |c| {
         c.leader()
@@ -185,6 +187,7 @@ fn a_replica_restarted_after_the_log_wrapped_rejoins_by_state_transfer() {
     });
 
     zero_parts_of(&backing, &layout, old as u8);
+    telemetry::set_control_word(window, telemetry::life_word(old as u8), 2);
     let life = (&shared[3], &permissions[3]);
     cluster.replicas[old] = Firmware::new(config, old as u8, window, life.0, life.1, None).unwrap();
     cluster.alive[old] = true;
@@ -270,4 +273,80 @@ fn the_control_block_can_make_one_replica_panic() {
     );
     telemetry::set_control_word(window, control::PANIC, 3);
     firmware.step(2);
+}
+
+/// The deaths replica `id` took, as its telemetry says.
+fn deaths(backing: &[AtomicU32], layout: &WindowLayout, id: u8) -> u32 {
+    let at = layout.telemetry(id) as usize / 4 + telemetry::word::DEATHS;
+    backing[at].load(Ordering::SeqCst)
+}
+
+#[test]
+fn a_life_marked_ended_is_failed_at_once_and_its_successor_is_not() {
+    let config = Config::new(3);
+    let layout = WindowLayout::new(&config).unwrap();
+    let backing = window_for(&config);
+    let window = Words::new(&backing);
+    let shared: Vec<Shared> = (0..4).map(|_| Shared::new()).collect();
+    let permissions: Vec<Permissions> = (0..4).map(|_| Permissions::new()).collect();
+    let mut cluster = Cluster::start(config, window, &shared, &permissions);
+    telemetry::set_control_word(window, control::START, 1);
+    // Admitted, the survivors may elect one of them (a cluster whose first leader dies before it
+    // admitted anyone cannot: it never formed).
+    cluster.until(
+        "a leader committing 100 commands, every replica a voter",
+        |c| {
+            c.reports().iter().all(|r| r.voter)
+                && c.leader()
+                    .is_some_and(|l| c.replicas[l].setpoints().committed() >= 100)
+        },
+    );
+    let old = cluster.leader().unwrap();
+    cluster.alive[old] = false;
+    let ended = 1 | telemetry::LIFE_ENDED;
+    telemetry::set_control_word(window, telemetry::life_word(old as u8), ended);
+    let marked_at = cluster.now;
+    cluster.until("every survivor to stop following the old leader", |c| {
+        c.reports().iter().all(|r| r.leader != Some(old as u8))
+    });
+    // The pull score would need about 14 unchanged reads, one per read period.
+    let took = cluster.now - marked_at;
+    assert!(
+        took < u64::from(config.detector.read_period_ticks),
+        "{took} ticks"
+    );
+    cluster.until("a new leader committing", |c| {
+        c.leader()
+            .is_some_and(|l| l != old && c.replicas[l].setpoints().committed() >= 1)
+    });
+    let survivors: Vec<u8> = (0..3u8).filter(|&id| id != old as u8).collect();
+    assert!(survivors
+        .iter()
+        .all(|&id| deaths(&backing, &layout, id) == 1));
+
+    // A replica never boots into a life marked ended: its peers would take it for dead.
+    let (s, p) = (&shared[3], &permissions[3]);
+    let refused = Firmware::new(config, old as u8, window, s, p, None);
+    assert!(matches!(
+        refused.err(),
+        Some(runtime_embedded::StartError::LifeEnded { life: 1 })
+    ));
+    // Its successor, numbered 2, is not failed by the notice about life 1.
+    zero_parts_of(&backing, &layout, old as u8);
+    telemetry::set_control_word(window, telemetry::life_word(old as u8), 2);
+    cluster.replicas[old] = Firmware::new(config, old as u8, window, s, p, None).unwrap();
+    cluster.alive[old] = true;
+    cluster.until("the restarted replica admitted as a voter", |c| {
+        c.replicas[old].report().voter
+    });
+    for _ in 0..10 * u64::from(config.detector.read_period_ticks) {
+        cluster.round();
+    }
+    assert!(survivors
+        .iter()
+        .all(|&id| deaths(&backing, &layout, id) == 1));
+    assert!(cluster
+        .reports()
+        .iter()
+        .all(|r| r.leader.is_some() && r.halted == 0));
 }

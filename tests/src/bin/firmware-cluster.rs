@@ -124,6 +124,8 @@ struct Seen {
     installed_position: u64,
     installed_bytes: u64,
     donations: u32,
+    /// Peers it failed on a notice of their end.
+    deaths: u32,
 }
 
 /// The window file and its layout.
@@ -190,6 +192,7 @@ impl Window {
             installed_position: wide(word::INSTALLED_POSITION),
             installed_bytes: wide(word::INSTALLED_BYTES),
             donations: words[word::DONATIONS],
+            deaths: words[word::DEATHS],
         })
     }
 
@@ -281,6 +284,9 @@ impl Cluster {
     fn spawn(&mut self, id: u8) -> Result<Child, String> {
         self.lives[id as usize] += 1;
         let life = self.lives[id as usize];
+        // Before it boots: the firmware numbers this life from the word (and refuses to boot
+        // into a life marked ended).
+        self.window.control(telemetry::life_word(id), life)?;
         let console = File::create(self.console(id, life)).map_err(|e| e.to_string())?;
         let errors = File::create(self.console(id, life).with_extension("stderr"))
             .map_err(|e| e.to_string())?;
@@ -472,13 +478,22 @@ impl Cluster {
         })
     }
 
+    /// Tells the peers that replica `id`'s life certainly ended: its VM exited (reaped), so
+    /// nothing of that life can run any more. They fail it at once instead of waiting for its
+    /// pull score to drain.
+    fn mark_ended(&self, id: u8) -> Result<(), String> {
+        let life = self.lives[id as usize];
+        self.window
+            .control(telemetry::life_word(id), life | telemetry::LIFE_ENDED)
+    }
+
     /// Takes replica `id` out the way `--fault` says.
     fn take_out(&mut self, id: u8) -> Result<(), String> {
         let mut vm = self.vms[id as usize].take().ok_or("already dead")?;
         if self.args.fault == Fault::Kill {
             vm.kill().map_err(|e| format!("kill replica {id}: {e}"))?;
             vm.wait().map_err(|e| e.to_string())?;
-            return Ok(());
+            return self.mark_ended(id);
         }
         self.window.control(control::PANIC, u32::from(id) + 1)?;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -496,6 +511,7 @@ impl Cluster {
         };
         // Done: a later life of the replica must not panic on the same word.
         self.window.control(control::PANIC, 0)?;
+        self.mark_ended(id)?;
         let code = runtime_embedded::ExitCode::Panic as i32;
         let seen = self.window.seen(id);
         let failed =
@@ -580,6 +596,22 @@ fn scenario(cluster: &mut Cluster) -> Result<(), String> {
         "[{:6.1} s] fail-over: replica {new} committed its first command {:.1} ms after the fault",
         cluster.seconds(),
         fail_over.as_secs_f64() * 1e3
+    );
+    // The harness marked the life ended once its VM was reaped: every survivor must have
+    // failed it on that notice, not only by its pull score.
+    let survivors = cluster.live();
+    let deaths = cluster.wait_for("every survivor to take the notice of its end", |c| {
+        let deaths: Vec<u32> = survivors
+            .iter()
+            .map(|&id| c.window.seen(id).map_or(0, |s| s.deaths))
+            .collect();
+        deaths.iter().all(|&d| d >= 1).then_some(deaths)
+    })?;
+    println!(
+        "[{:6.1} s] death notice: replicas {survivors:?} failed replica {old} on the harness's \
+         notice that its life {} ended (deaths taken: {deaths:?})",
+        cluster.seconds(),
+        cluster.lives[old as usize]
     );
     // The life taken out is over: what it published last stands.
     let last = cluster.window.seen(old);
