@@ -55,7 +55,9 @@
 //!
 //! A dead process's queue pairs and registrations are torn down by the kernel, so operations to
 //! it fail (rule 9) once the transport's retries run out, or at once when the handshake to its
-//! successor process pairs anew.
+//! successor process pairs anew. Its death is also told for certain by the life watch
+//! (`verbs/watch.rs`: a TCP connection its kernel closes when the process ends), which
+//! `ended_life` reports (rule 12).
 //!
 //! # Invariants
 //! - Only a plane's own thread posts on its requester queue pairs and resets a ready one; only the
@@ -72,6 +74,7 @@
 
 pub mod ibv;
 mod session;
+mod watch;
 pub mod wire;
 
 use std::collections::VecDeque;
@@ -383,8 +386,9 @@ impl Fabric for VerbsFabric {
         self.endpoint.own().store(offset, bytes);
     }
 
-    /// Nothing certain yet: a dead peer's operations fail once its transport gives up.
-    fn ended_life(&self, _peer: ReplicaId) -> Option<u32> {
-        None
+    /// What the life watch saw (see `verbs/watch.rs`): a peer whose process ended, by its
+    /// kernel's word and its address's refusal; never a slow, stopped or cut-off one.
+    fn ended_life(&self, peer: ReplicaId) -> Option<u32> {
+        self.endpoint.ended_life(peer)
     }
 }

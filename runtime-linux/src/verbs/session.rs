@@ -12,7 +12,10 @@ use mu_nostd::{layout::LAYOUT_VERSION, Config, Layout, ReplicaId};
 
 pub use super::ibv::VerbsError;
 use super::ibv::{Access, Cq, DeviceList, Local, Mr, Op, Path, Pd, Qp};
-use super::wire::{self, Hello, Identity, Kick, Plane, Refusal, Reply, Window, MESSAGE_BYTES};
+use super::watch::{self, Deaths, Kept};
+use super::wire::{
+    self, Hello, Identity, Kick, Plane, Refusal, Reply, Watch, Window, MESSAGE_BYTES,
+};
 use super::DEPTH;
 use crate::node::VerbsSpec;
 use crate::shm::OwnRegion;
@@ -172,6 +175,10 @@ pub struct Endpoint {
     log_read_rkey: u32,
     addresses: Vec<SocketAddr>,
     device: String,
+    /// The watch connections peers opened to this process (see `verbs/watch.rs`).
+    kept: Kept,
+    /// The peers' lives this replica's watchers saw end.
+    deaths: Deaths,
     own: Arc<OwnRegion>,
 }
 
@@ -299,6 +306,8 @@ impl Endpoint {
             mtu: port.active_mtu,
             addresses: spec.addresses.clone(),
             device: spec.device.clone(),
+            kept: Kept::new(config.replica_count),
+            deaths: Deaths::new(config.replica_count),
             own,
         });
         endpoint.start(listener).map_err(|error| VerbsError {
@@ -322,8 +331,23 @@ impl Endpoint {
                 .name(format!("mu-verbs-pair-{peer}"))
                 .spawn(move || me.initiate(peer))?;
             let _ = self.initiators[peer as usize].set(handle.thread().clone());
+            let me = self.clone();
+            let watch = Watch {
+                identity: self.identity,
+                from: self.me,
+                to: peer,
+            };
+            let address = self.addresses[peer as usize];
+            std::thread::Builder::new()
+                .name(format!("mu-verbs-watch-{peer}"))
+                .spawn(move || watch::watch_forever(address, watch, &me.deaths))?;
         }
         Ok(())
+    }
+
+    /// The latest life of `peer` this replica saw end (see `verbs/watch.rs`).
+    pub(super) fn ended_life(&self, peer: ReplicaId) -> Option<u32> {
+        self.deaths.ended(peer)
     }
 
     /// This replica's id.
@@ -587,6 +611,12 @@ impl Endpoint {
         if let Ok(kick) = Kick::decode(&buf) {
             self.kicked_by(&kick);
             return Ok(());
+        }
+        if let Ok(watch) = Watch::decode(&buf) {
+            let life = self.own.incarnation() as u32;
+            return self
+                .kept
+                .answer(stream, &watch, self.identity, self.me, life);
         }
         let reply = match Hello::decode(&buf) {
             Err(Some(_)) => Reply::Refuse(Refusal::Protocol {

@@ -8,6 +8,10 @@
 //! and layout versions and the configuration hash, and each side refuses a peer whose values
 //! differ from its own.
 //!
+//! Life watch (see `verbs/watch.rs`): a replica opens one more connection to each peer's
+//! address and sends a [`Watch`]; the peer answers with a [`Life`] naming its incarnation and
+//! keeps the connection open, never writing again, for as long as its process lives.
+//!
 //! # Invariants
 //! - Messages have a fixed size and a magic; a message of another size or magic never decodes.
 //! - An offset range translates only when it lies wholly inside one remotely visible area
@@ -21,10 +25,12 @@ use mu_nostd::{Layout, PostError, ReplicaId, Status};
 use super::ibv::Path;
 
 /// Bumped when a handshake message changes.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"MUHI");
 const REPLY_MAGIC: u32 = u32::from_le_bytes(*b"MURE");
 const KICK_MAGIC: u32 = u32::from_le_bytes(*b"MUKI");
+const WATCH_MAGIC: u32 = u32::from_le_bytes(*b"MUWA");
+const LIFE_MAGIC: u32 = u32::from_le_bytes(*b"MULI");
 /// Bytes of every handshake message.
 pub const MESSAGE_BYTES: usize = 96;
 
@@ -98,6 +104,28 @@ pub struct Kick {
     /// The first PSN of the closed pairing (the requester's), so that a late kick never closes
     /// a newer pairing.
     pub psn: u32,
+}
+
+/// A watcher asks a peer to keep a connection open for as long as its process lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watch {
+    /// The watcher's identity.
+    pub identity: Identity,
+    /// The watcher's id.
+    pub from: ReplicaId,
+    /// The replica it watches.
+    pub to: ReplicaId,
+}
+
+/// The watched peer's answer: the life (incarnation) whose end the open connection will tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Life {
+    /// The peer's identity.
+    pub identity: Identity,
+    /// The peer's id.
+    pub from: ReplicaId,
+    /// Its incarnation, as its region header names it.
+    pub life: u32,
 }
 
 /// Where a responder's region is, as its peers address it.
@@ -333,6 +361,53 @@ impl Kick {
     }
 }
 
+impl Watch {
+    /// The message's bytes.
+    pub fn encode(&self) -> [u8; MESSAGE_BYTES] {
+        let mut w = Writer::new(WATCH_MAGIC);
+        w.identity(&self.identity);
+        w.bytes(&[self.from, self.to]);
+        w.buf
+    }
+
+    /// Decodes a watch of this protocol version.
+    pub fn decode(buf: &[u8; MESSAGE_BYTES]) -> Result<Watch, Malformed> {
+        let (mut r, version) = Reader::new(buf, WATCH_MAGIC)?;
+        if version != PROTOCOL_VERSION {
+            return Err(Malformed);
+        }
+        Ok(Watch {
+            identity: r.identity(),
+            from: r.u8(),
+            to: r.u8(),
+        })
+    }
+}
+
+impl Life {
+    /// The message's bytes.
+    pub fn encode(&self) -> [u8; MESSAGE_BYTES] {
+        let mut w = Writer::new(LIFE_MAGIC);
+        w.identity(&self.identity);
+        w.bytes(&[self.from]);
+        w.bytes(&self.life.to_le_bytes());
+        w.buf
+    }
+
+    /// Decodes a life of this protocol version.
+    pub fn decode(buf: &[u8; MESSAGE_BYTES]) -> Result<Life, Malformed> {
+        let (mut r, version) = Reader::new(buf, LIFE_MAGIC)?;
+        if version != PROTOCOL_VERSION {
+            return Err(Malformed);
+        }
+        Ok(Life {
+            identity: r.identity(),
+            from: r.u8(),
+            life: r.u32(),
+        })
+    }
+}
+
 const ACCEPT: u8 = 0;
 const REFUSE_PROTOCOL: u8 = 1;
 const REFUSE_IDENTITY: u8 = 2;
@@ -530,6 +605,20 @@ mod tests {
             Kick::decode(&Reply::Refuse(Refusal::Internal).encode()),
             Err(Malformed)
         );
+        let watch = Watch {
+            identity: ID,
+            from: 2,
+            to: 0,
+        };
+        assert_eq!(Watch::decode(&watch.encode()), Ok(watch));
+        assert_eq!(Kick::decode(&watch.encode()), Err(Malformed));
+        let life = Life {
+            identity: ID,
+            from: 0,
+            life: 0xFEED_0001,
+        };
+        assert_eq!(Life::decode(&life.encode()), Ok(life));
+        assert_eq!(Watch::decode(&life.encode()), Err(Malformed));
     }
 
     #[test]
