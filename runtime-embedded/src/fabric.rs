@@ -284,7 +284,7 @@ impl Fabric for WindowFabric<'_> {
         if peer >= self.layout.replica_count {
             return None;
         }
-        let life = telemetry::control_word(self.window, telemetry::life_word(peer));
-        (life & telemetry::LIFE_ENDED != 0).then_some(life & !telemetry::LIFE_ENDED)
+        let (life, ended) = telemetry::life(self.window, peer);
+        ended.then_some(life)
     }
 }

@@ -133,11 +133,9 @@ impl<'w> Firmware<'w> {
             });
         }
         let mut replica = FirmwareReplica::new(config, me, shared).map_err(StartError::Replica)?;
-        let life = telemetry::control_word(window, telemetry::life_word(me));
-        if life & telemetry::LIFE_ENDED != 0 {
-            return Err(StartError::LifeEnded {
-                life: life & !telemetry::LIFE_ENDED,
-            });
+        let (life, ended) = telemetry::life(window, me);
+        if ended {
+            return Err(StartError::LifeEnded { life });
         }
         // Numbered lives keep a restarted replica's permission requests and command sequences
         // apart from its earlier life's, and let the peers take a notice of its end.

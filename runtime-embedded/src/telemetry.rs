@@ -124,6 +124,13 @@ pub fn life_word(id: ReplicaId) -> usize {
     control::LIVES + usize::from(id)
 }
 
+/// Replica `id`'s life as the control block of `window` says: its incarnation, and whether it
+/// ended.
+pub fn life(window: Words<'_>, id: ReplicaId) -> (u32, bool) {
+    let word = control_word(window, life_word(id));
+    (word & !LIFE_ENDED, word & LIFE_ENDED != 0)
+}
+
 /// The block of one replica in a window.
 #[derive(Clone, Copy)]
 pub struct Telemetry<'w> {

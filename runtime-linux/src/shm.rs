@@ -623,17 +623,7 @@ fn life_words(mapping: &Mapping) -> [(&AtomicU32, bool); 1 + LANES] {
 /// True unless a life word's value says its life ended: marked owner-died by the kernel, or, for
 /// a `required` word, not held.
 fn live_word(value: u32, required: bool) -> bool {
-    if required {
-        live_owner(value)
-    } else {
-        value & FUTEX_OWNER_DIED == 0
-    }
-}
-
-/// True when an owner mutex's value names a live owner: a thread holds it, and the kernel has
-/// not marked it owner-died.
-fn live_owner(value: u32) -> bool {
-    value & FUTEX_TID_MASK != 0 && value & FUTEX_OWNER_DIED == 0
+    value & FUTEX_OWNER_DIED == 0 && (!required || value & FUTEX_TID_MASK != 0)
 }
 
 /// Creates a fresh, zeroed `0600` file of `len` bytes at `staging` (replacing a leftover one of
@@ -1194,11 +1184,11 @@ fn watch(dir: &RegionDir, replicas: u8, own: &OwnRegion, stop: &AtomicBool) {
                 *slot = open_owner(dir, peer, reported[peer as usize]);
             }
             let Some(w) = slot else { continue };
-            let mut armed = Vec::with_capacity(1 + LANES);
+            let peer_waits = waits.len();
             let mut ended = None;
             for (word, required) in life_words(&w.control) {
                 match arm(word, required) {
-                    Arm::Sleep(value) => armed.push(FutexWaitv {
+                    Arm::Sleep(value) => waits.push(FutexWaitv {
                         val: value as u64,
                         uaddr: word.as_ptr() as u64,
                         flags: FUTEX2_SIZE_U32,
@@ -1208,15 +1198,13 @@ fn watch(dir: &RegionDir, replicas: u8, own: &OwnRegion, stop: &AtomicBool) {
                     Arm::Ended => ended = Some(word),
                 }
             }
-            match ended {
-                None => waits.append(&mut armed),
-                Some(word) => {
-                    reported[peer as usize] = Some(w.incarnation);
-                    // The kernel woke one sleeper of this mutex: pass it on to the others.
-                    wake_all(word);
-                    *slot = None;
-                    own.background_bell().ring();
-                }
+            if let Some(word) = ended {
+                waits.truncate(peer_waits);
+                reported[peer as usize] = Some(w.incarnation);
+                // The kernel woke one sleeper of this mutex: pass it on to the others.
+                wake_all(word);
+                *slot = None;
+                own.background_bell().ring();
             }
         }
         sleep_on(&waits, WATCH_RESCAN);

@@ -262,6 +262,14 @@ impl<'b> Reader<'b> {
         Ok((r, version))
     }
 
+    /// Like [`Reader::new`], for a message that only decodes in this protocol version.
+    fn current(buf: &'b [u8; MESSAGE_BYTES], magic: u32) -> Result<Reader<'b>, Malformed> {
+        match Reader::new(buf, magic)? {
+            (r, PROTOCOL_VERSION) => Ok(r),
+            _ => Err(Malformed),
+        }
+    }
+
     fn take<const N: usize>(&mut self) -> [u8; N] {
         let mut out = [0; N];
         out.copy_from_slice(&self.buf[self.at..self.at + N]);
@@ -344,10 +352,7 @@ impl Kick {
 
     /// Decodes a kick of this protocol version.
     pub fn decode(buf: &[u8; MESSAGE_BYTES]) -> Result<Kick, Malformed> {
-        let (mut r, version) = Reader::new(buf, KICK_MAGIC)?;
-        if version != PROTOCOL_VERSION {
-            return Err(Malformed);
-        }
+        let mut r = Reader::current(buf, KICK_MAGIC)?;
         let identity = r.identity();
         let (from, to) = (r.u8(), r.u8());
         let plane = Plane::from_byte(r.u8()).ok_or(Malformed)?;
@@ -372,10 +377,7 @@ impl Watch {
 
     /// Decodes a watch of this protocol version.
     pub fn decode(buf: &[u8; MESSAGE_BYTES]) -> Result<Watch, Malformed> {
-        let (mut r, version) = Reader::new(buf, WATCH_MAGIC)?;
-        if version != PROTOCOL_VERSION {
-            return Err(Malformed);
-        }
+        let mut r = Reader::current(buf, WATCH_MAGIC)?;
         Ok(Watch {
             identity: r.identity(),
             from: r.u8(),
@@ -396,10 +398,7 @@ impl Life {
 
     /// Decodes a life of this protocol version.
     pub fn decode(buf: &[u8; MESSAGE_BYTES]) -> Result<Life, Malformed> {
-        let (mut r, version) = Reader::new(buf, LIFE_MAGIC)?;
-        if version != PROTOCOL_VERSION {
-            return Err(Malformed);
-        }
+        let mut r = Reader::current(buf, LIFE_MAGIC)?;
         Ok(Life {
             identity: r.identity(),
             from: r.u8(),
