@@ -9,6 +9,11 @@
 //! replica more patient (unchanged reads per point double, up to `PATIENCE_MAX`); patience
 //! halves again after `PATIENCE_DECAY_READS` read periods without such a mistake.
 //!
+//! Fate sharing: a replica whose replication plane has not been polled for `fate_ticks` (times
+//! the patience) stops its heartbeat, so that the peers fail it over. It counts itself out of
+//! the election only once the stop has lasted as long as the quickest peer needs to declare it
+//! failed; a stall that ends sooner makes it more patient (its host is noisy).
+//!
 //! Refusal: a replica that finds so many peers running another layout or configuration that no
 //! quorum can include it says so in its status and never elects anybody; the runtime stops it.
 //!
@@ -246,6 +251,8 @@ pub struct BackgroundPlane<'s> {
     heartbeat: u64,
     next_heartbeat_at: u64,
     heartbeat_stopped: bool,
+    /// When the heartbeat last stopped.
+    heartbeat_stopped_at: u64,
     /// Cached once true: a standing is never withdrawn within a life.
     voter: bool,
     progress_seen: u32,
@@ -297,6 +304,7 @@ impl<'s> BackgroundPlane<'s> {
             heartbeat: 0,
             next_heartbeat_at: 0,
             heartbeat_stopped: false,
+            heartbeat_stopped_at: 0,
             voter: false,
             progress_seen: 0,
             progress_seen_at: 0,
@@ -746,8 +754,8 @@ impl<'s> BackgroundPlane<'s> {
             self.progress_seen = progress;
             self.progress_seen_at = now;
         }
-        let stalled =
-            now.saturating_sub(self.progress_seen_at) > self.config.detector.fate_ticks as u64;
+        let fate = self.config.detector.fate_ticks as u64 * self.patience as u64;
+        let stalled = now.saturating_sub(self.progress_seen_at) > fate;
         let stopped = stalled || self.shared.halted() != 0;
         if stopped != self.heartbeat_stopped {
             warn!(
@@ -758,6 +766,15 @@ impl<'s> BackgroundPlane<'s> {
                     "resumed"
                 }
             );
+            if stopped {
+                self.heartbeat_stopped_at = now;
+            } else if !self.stop_outlived_detection(now) {
+                // The replication plane was only slow: a noisy host, whose stalls must not
+                // stop the heartbeat (and make the peers suspect this replica) again and again.
+                self.patience = self.patience.saturating_mul(2).min(PATIENCE_MAX);
+                self.patience_at = now;
+                warn!("a stall stopped the heartbeat: patience {}", self.patience);
+            }
             self.heartbeat_stopped = stopped;
         }
         if !stopped && now >= self.next_heartbeat_at {
@@ -836,12 +853,25 @@ impl<'s> BackgroundPlane<'s> {
 
     // ---- election ----------------------------------------------------------------------------
 
+    /// The heartbeat has been stopped for as long as the quickest peer needs to declare this
+    /// replica failed (every unchanged read costing a point, from a full score).
+    fn stop_outlived_detection(&self, now: u64) -> bool {
+        let detector = &self.config.detector;
+        let detection = (detector.score_max - detector.fail_below + 1) as u64
+            * detector.read_period_ticks as u64;
+        now.saturating_sub(self.heartbeat_stopped_at) > detection
+    }
+
+    /// Replicas considered alive. This replica counts itself out once halted, or once a stall
+    /// of its replication plane has stopped its heartbeat (fate sharing) for long enough that
+    /// the peers may have failed it: a leader that counted itself out at the first missed beat
+    /// ended its tenure over a stall no peer noticed, and started the next one (a permission
+    /// switch, on verbs new pairings) a moment later; in the Soft-RoCE guest, where those
+    /// switches stall the planes in turn, tenure after tenure.
     fn alive_mask(&self) -> u8 {
-        let mut alive = if self.heartbeat_stopped {
-            0
-        } else {
-            1 << self.me
-        };
+        let counted_out = self.heartbeat_stopped
+            && (self.shared.halted() != 0 || self.stop_outlived_detection(self.polled_at));
+        let mut alive = if counted_out { 0 } else { 1 << self.me };
         for peer in self.others() {
             let state = &self.peers[peer as usize];
             if state.header == PeerHeader::Verified && state.score.alive() {

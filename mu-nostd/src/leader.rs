@@ -199,6 +199,20 @@ enum MemberState {
     },
 }
 
+impl MemberState {
+    fn name(self) -> &'static str {
+        match self {
+            MemberState::Absent => "absent",
+            MemberState::Joining => "joining",
+            MemberState::Surveying => "surveying",
+            MemberState::Surveyed { .. } => "surveyed",
+            MemberState::Checking => "checking",
+            MemberState::Active => "active",
+            MemberState::Lost { .. } => "lost",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Member {
     state: MemberState,
@@ -365,6 +379,10 @@ pub struct MemberStatus {
     pub applied: u64,
     /// Its standing, as last read in this tenure, says it is a voter.
     pub voter: bool,
+    /// Where it stands in this tenure: absent (it has not granted the tenure), joining,
+    /// surveying, surveyed, checking (its promises are read), active, or lost (its connection
+    /// was reset; it is surveyed again after a pause).
+    pub state: &'static str,
 }
 
 /// The leader's view of its tenure.
@@ -382,10 +400,13 @@ pub struct LeaderStatus {
     pub phase: &'static str,
     /// Per peer (this replica's own entry is unused).
     pub members: [MemberStatus; REPLICAS_MAX as usize],
+    /// The replicas that granted this tenure (acked its permission request), as a bit mask;
+    /// this replica's own bit included.
+    pub confirmed: u8,
 }
 
 impl Leader {
-    pub(crate) fn status(&self) -> LeaderStatus {
+    pub(crate) fn status(&self, confirmed: u8) -> LeaderStatus {
         let mut members = [MemberStatus::default(); REPLICAS_MAX as usize];
         for (status, (member, applied)) in members
             .iter_mut()
@@ -397,6 +418,7 @@ impl Leader {
                 sent: member.sent,
                 applied,
                 voter: member.promises.voter,
+                state: member.state.name(),
             };
         }
         let phase = match self.phase {
@@ -414,6 +436,7 @@ impl Leader {
             next: self.next,
             phase,
             members,
+            confirmed,
         }
     }
 

@@ -282,7 +282,8 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 
     /// The leader's view of its tenure, while it leads.
     pub fn leader_status(&self) -> Option<LeaderStatus> {
-        self.leader.as_ref().map(Leader::status)
+        let confirmed = self.shared.lead().map_or(0, |l| l.confirmed);
+        self.leader.as_ref().map(|leader| leader.status(confirmed))
     }
 
     /// A snapshot for runtimes and tests.

@@ -567,17 +567,15 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
                     .filter(|&p| p != me)
                     .map(|p| {
                         let m = last.members[p as usize];
-                        format!(
-                            "{p}: active {} sent {} applied {}",
-                            m.active, m.sent, m.applied
-                        )
+                        format!("{p}: {} sent {} applied {}", m.state, m.sent, m.applied)
                     })
                     .collect();
                 eprintln!(
                     "[{at:.3} ms] replica {me}: tenure {} ended while preparing, in phase {} \
-                     (next {}; {})",
+                     (granted by {:#b}, next {}; {})",
                     last.tenure,
                     last.phase,
+                    last.confirmed,
                     last.next,
                     members.join(", ")
                 );

@@ -17,8 +17,23 @@ use super::wire::{
     self, Hello, Identity, Kick, Plane, Refusal, Reply, Watch, Window, MESSAGE_BYTES,
 };
 use super::DEPTH;
+use crate::clock::monotonic_ns;
 use crate::node::VerbsSpec;
 use crate::shm::OwnRegion;
+
+/// A line of replica `me`'s log, dated in milliseconds of the monotonic clock that the planes'
+/// lines use too, so that the logs of all replicas merge into one timeline (a permission switch,
+/// a kick and the pairings it causes happen in three processes).
+macro_rules! say {
+    ($me:expr, $($arg:tt)*) => {
+        eprintln!(
+            "[{:.3} ms] replica {}: {}",
+            monotonic_ns() as f64 / 1e6,
+            $me,
+            format_args!($($arg)*)
+        )
+    };
+}
 
 /// Bytes of a write sent inline when the device allows it: records and commit records (16 and
 /// 32 bytes) go without a DMA read of the source.
@@ -457,7 +472,7 @@ impl Endpoint {
             }
             if let Err(e) = r.qp.reset() {
                 // Pairing resets it again before use; until then nothing is posted on it.
-                eprintln!("replica {}: {e}", self.me);
+                say!(self.me, "{e}");
             }
         }
         self.wake_initiator(peer);
@@ -480,9 +495,9 @@ impl Endpoint {
         }
         p.granted = true;
         let Some(remote) = p.remote else {
-            eprintln!(
-                "replica {}: log granted to replica {peer}, for its first connection",
-                self.me
+            say!(
+                self.me,
+                "log granted to replica {peer}, for its first connection"
             );
             return;
         };
@@ -500,7 +515,7 @@ impl Endpoint {
         };
         if !p.writable {
             if let Err(e) = responder.qp.fail() {
-                eprintln!("replica {}: {e}", self.me);
+                say!(self.me, "{e}");
             }
             // The peer's writes on the closed pairing vanish; told, it pairs anew at once
             // instead of when its transport gives up.
@@ -509,9 +524,9 @@ impl Endpoint {
                 .store(remote.psn | KICK_WANTED, Ordering::Release);
             self.wake_initiator(peer);
         }
-        eprintln!(
-            "replica {}: log granted to replica {peer} by {how} in {:.1} µs",
+        say!(
             self.me,
+            "log granted to replica {peer} by {how} in {:.1} µs",
             started.elapsed().as_secs_f64() * 1e6
         );
     }
@@ -542,19 +557,16 @@ impl Endpoint {
             Ok(()) => "access flags and a queue pair cycle",
             Err(e) => match responder.qp.fail() {
                 Ok(()) => {
-                    eprintln!(
-                        "replica {}: revoke fell back to the error state: {e}",
-                        self.me
-                    );
+                    say!(self.me, "revoke fell back to the error state: {e}");
                     "moving the queue pair to the error state"
                 }
                 Err(stuck) => {
                     // Going on would let a deposed leader write this log; a dead replica is
                     // safe (its registrations die with it).
-                    eprintln!(
-                        "replica {}: cannot revoke replica {peer}'s write access ({e}; {stuck}); \
-                         stopping",
-                        self.me
+                    say!(
+                        self.me,
+                        "cannot revoke replica {peer}'s write access ({e}; {stuck}); \
+                         stopping"
                     );
                     std::process::abort();
                 }
@@ -562,9 +574,9 @@ impl Endpoint {
         };
         p.writable = false;
         p.tainted = true;
-        eprintln!(
-            "replica {}: log revoked from replica {peer} by {how} in {:.1} µs",
+        say!(
             self.me,
+            "log revoked from replica {peer} by {how} in {:.1} µs",
             started.elapsed().as_secs_f64() * 1e6
         );
     }
@@ -591,11 +603,11 @@ impl Endpoint {
             match stream {
                 Ok(stream) => {
                     if let Err(e) = self.answer(stream) {
-                        eprintln!("replica {}: a handshake failed: {e}", self.me);
+                        say!(self.me, "a handshake failed: {e}");
                     }
                 }
                 Err(e) => {
-                    eprintln!("replica {}: accepting a handshake failed: {e}", self.me);
+                    say!(self.me, "accepting a handshake failed: {e}");
                     std::thread::sleep(BACKOFF_MAX);
                 }
             }
@@ -626,13 +638,13 @@ impl Endpoint {
             Ok(hello) => {
                 match wire::screen(&hello, self.identity, self.me, self.config.replica_count) {
                     Ok(()) => self.pair_responder(&hello).unwrap_or_else(|e| {
-                        eprintln!("replica {}: {e}", self.me);
+                        say!(self.me, "{e}");
                         Reply::Refuse(Refusal::Internal)
                     }),
                     Err(refusal) => {
-                        eprintln!(
-                            "replica {}: refused a {} connection from replica {} ({}): {}",
+                        say!(
                             self.me,
+                            "refused a {} connection from replica {} ({}): {}",
                             hello.plane.name(),
                             hello.from,
                             stream
@@ -672,6 +684,21 @@ impl Endpoint {
         let link = lock(&r.link);
         if r.ready.load(Ordering::Acquire) && link.paired_psn == kick.psn {
             r.kicked.store(true, Ordering::Release);
+            say!(
+                self.me,
+                "replica {} closed our {} pairing {}: pairing anew",
+                kick.from,
+                kick.plane.name(),
+                kick.psn
+            );
+        } else {
+            say!(
+                self.me,
+                "replica {} closed our {} pairing {}, already replaced",
+                kick.from,
+                kick.plane.name(),
+                kick.psn
+            );
         }
     }
 
@@ -709,6 +736,15 @@ impl Endpoint {
             Access::REMOTE_READ
         };
         responder.qp.ready(&self.local, &remote, psn, access)?;
+        if hello.plane == Plane::Replication {
+            say!(
+                self.me,
+                "replica {}'s replication connection paired ({}), {}",
+                hello.from,
+                hello.path.psn,
+                if writable { "writable" } else { "read-only" }
+            );
+        }
         *p = Pairing {
             remote: Some(remote),
             granted: p.granted,
@@ -746,11 +782,14 @@ impl Endpoint {
                 let i = plane as usize;
                 let kick = self.responder(plane, peer).kick.swap(0, Ordering::AcqRel);
                 if kick & KICK_WANTED != 0 {
-                    if let Err(e) = self.kick(plane, peer, kick & !KICK_WANTED) {
-                        eprintln!(
-                            "replica {}: telling replica {peer} to reconnect failed: {e}",
-                            self.me
-                        );
+                    let psn = kick & !KICK_WANTED;
+                    match self.kick(plane, peer, psn) {
+                        Ok(()) => say!(
+                            self.me,
+                            "told replica {peer} that its {} pairing {psn} is closed",
+                            plane.name()
+                        ),
+                        Err(e) => say!(self.me, "telling replica {peer} to reconnect failed: {e}"),
                     }
                 }
                 if self.requester(plane, peer).ready.load(Ordering::Acquire) {
@@ -768,7 +807,7 @@ impl Endpoint {
                     }
                     Err(why) => {
                         if said[i].as_deref() != Some(&why) {
-                            eprintln!("replica {}: {why}; retrying", self.me);
+                            say!(self.me, "{why}; retrying");
                             said[i] = Some(why);
                         }
                         next_try[i] = now + backoff[i];
@@ -820,6 +859,11 @@ impl Endpoint {
                 link.paired_psn = psn;
                 r.generation.fetch_add(1, Ordering::AcqRel);
                 r.ready.store(true, Ordering::Release);
+                say!(
+                    self.me,
+                    "{} connection to replica {peer} paired ({psn})",
+                    plane.name()
+                );
                 Ok(())
             }
             Reply::Accept { identity, .. } => Err(what(&format!(
