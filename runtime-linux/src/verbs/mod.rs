@@ -244,6 +244,26 @@ impl VerbsFabric {
         }
     }
 
+    /// Work outstanding on a pairing its peer closed (a grant after a revoke closes it and
+    /// kicks this replica) is never answered: the peer's side is in the error state. Left
+    /// alone it failed only when the transport gave up or the core's deadline passed: a new
+    /// tenure's survey read, posted on the pairing the tenure's own grant then closed, waited
+    /// out the survey's deadline (in a traced Soft-RoCE run, 43 ms, 28 ms after the kick had
+    /// arrived) and the tenure ended. Flushing it once the kick arrived fails it at once, as
+    /// the simulator's fabric does at the close (`tests/src/world.rs`, `grant`).
+    fn flush_kicked(&mut self) {
+        for peer in 0..self.config.replica_count {
+            let state = &mut self.peers[peer as usize];
+            if peer == self.me || state.broken || state.outstanding == 0 {
+                continue;
+            }
+            if self.endpoint.connection(self.plane, peer) == Connection::Kicked {
+                self.endpoint.flush_kicked(self.plane, peer);
+                state.broken = true;
+            }
+        }
+    }
+
     /// The peer and completion of work completion `i` of the last poll of the queue; a failed
     /// one breaks that peer's connection.
     fn completion_of(&mut self, i: usize) -> Option<(ReplicaId, Completion)> {
@@ -310,6 +330,7 @@ impl Fabric for VerbsFabric {
     }
 
     fn poll(&mut self, completions: &mut [Completion]) -> usize {
+        self.flush_kicked();
         let mut n = 0;
         while n < completions.len() {
             let Some(pending) = self.pending.pop_front() else {

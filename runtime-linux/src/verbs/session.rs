@@ -458,6 +458,20 @@ impl Endpoint {
         }
     }
 
+    /// Moves the requester of a pairing `peer` closed (a kick) to the error state, so that the
+    /// work outstanding on it completes failed (flushed) now instead of when the transport gives
+    /// up. Only the plane's own thread calls it, while the requester is ready.
+    pub(super) fn flush_kicked(&self, plane: Plane, peer: ReplicaId) {
+        let r = self.requester(plane, peer);
+        if !(r.ready.load(Ordering::Acquire) && r.kicked.load(Ordering::Acquire)) {
+            return;
+        }
+        if let Err(e) = r.qp.fail() {
+            // Its work then fails when the transport gives up.
+            say!(self.me, "{e}");
+        }
+    }
+
     /// Resets `peer`'s requester of `plane` (nothing more of what was posted is sent; packets
     /// already sent are fenced by the next pairing's PSNs) and asks for a new pairing.
     pub(super) fn reset_requester(&self, plane: Plane, peer: ReplicaId) {
