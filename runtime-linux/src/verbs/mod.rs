@@ -135,6 +135,8 @@ pub struct VerbsFabric {
     pending: VecDeque<Pending>,
     pending_max: usize,
     wcs: Box<[Wc; POLL_BATCH]>,
+    /// The endpoint's kick count when this plane last looked for closed pairings.
+    kicks_seen: u32,
 }
 
 impl VerbsFabric {
@@ -166,6 +168,7 @@ impl VerbsFabric {
             pending: VecDeque::with_capacity(pending_max),
             pending_max,
             wcs: Box::new(std::array::from_fn(|_| ibv::empty_wc())),
+            kicks_seen: 0,
         }
     }
 
@@ -252,6 +255,11 @@ impl VerbsFabric {
     /// arrived) and the tenure ended. Flushing it once the kick arrived fails it at once, as
     /// the simulator's fabric does at the close (`tests/src/world.rs`, `grant`).
     fn flush_kicked(&mut self) {
+        let kicks = self.endpoint.kicks();
+        if kicks == self.kicks_seen {
+            return;
+        }
+        self.kicks_seen = kicks;
         for peer in 0..self.config.replica_count {
             let state = &mut self.peers[peer as usize];
             if peer == self.me || state.broken || state.outstanding == 0 {

@@ -192,6 +192,8 @@ pub struct Endpoint {
     device: String,
     /// The watch connections peers opened to this process (see `verbs/watch.rs`).
     kept: Kept,
+    /// Kicks taken so far (see [`Endpoint::kicks`]).
+    kicks: AtomicU32,
     /// The peers' lives this replica's watchers saw end.
     deaths: Deaths,
     own: Arc<OwnRegion>,
@@ -322,6 +324,7 @@ impl Endpoint {
             addresses: spec.addresses.clone(),
             device: spec.device.clone(),
             kept: Kept::new(config.replica_count),
+            kicks: AtomicU32::new(0),
             deaths: Deaths::new(config.replica_count),
             own,
         });
@@ -456,6 +459,12 @@ impl Endpoint {
                 rkey,
             )
         }
+    }
+
+    /// Kicks taken so far: a plane looks for closed pairings only when this moved, so that its
+    /// polls (the leader's hot path) pay one load, not one per peer.
+    pub(super) fn kicks(&self) -> u32 {
+        self.kicks.load(Ordering::Acquire)
     }
 
     /// Moves the requester of a pairing `peer` closed (a kick) to the error state, so that the
@@ -698,6 +707,7 @@ impl Endpoint {
         let link = lock(&r.link);
         if r.ready.load(Ordering::Acquire) && link.paired_psn == kick.psn {
             r.kicked.store(true, Ordering::Release);
+            self.kicks.fetch_add(1, Ordering::AcqRel);
             say!(
                 self.me,
                 "replica {} closed our {} pairing {}: pairing anew",
