@@ -24,8 +24,11 @@
 //! below it has shown its voter flag in a heartbeat read since (reads, not time: a plane that
 //! slept through its read timeout would bid against the leader that admitted it). While no
 //! replica is a voter (a cluster never formed), the lowest id leads once every replica is
-//! alive, and its tenure forms the cluster. Safety never depends on the election; permissions
-//! and Paxos carry it.
+//! alive, and its tenure forms the cluster. A replica starts a tenure only while it considers a
+//! majority alive, itself included (a tenure under way goes on: its writes tell), and takes its
+//! own log back from a holder that may still live (one only suspected, not certainly dead) only
+//! once a majority names it leader: every heartbeat carries its replica's leader view (a
+//! pre-vote, as in Raft). Safety never depends on the election; permissions and Paxos carry it.
 //!
 //! Permissions, owner side: a requester writes a new number into its request record in this
 //! replica's background area. This replica serves one request at a time, and only from the
@@ -51,6 +54,9 @@
 //! - Scores stay within the detector's clamp; a peer whose region header does not match is never
 //!   considered alive and its requests are never served.
 //! - A death notice fails a peer only when it names the life read from the peer's header.
+//! - A tenure starts only while `alive_mask` holds a quorum, and, when it takes this replica's
+//!   log from a holder not known dead, only while a quorum (itself included) of replicas
+//!   considered alive name it leader in their last heartbeats.
 //! - `1 <= patience <= PATIENCE_MAX`; a refused replica has no leader in view and no tenure.
 //! - A peer's flag is `Current` only after a heartbeat read posted since this replica's
 //!   admission showed it a voter, or showed its counter move past the first such read's.
@@ -139,6 +145,8 @@ struct Peer {
     readable_at: Option<u64>,
     /// Its last heartbeat said its life is a voter.
     voter: bool,
+    /// The leader its last readable heartbeat named.
+    view: Option<ReplicaId>,
     /// Whether `voter` is news since this replica was admitted.
     flag: Flag,
     /// The life its verified header names.
@@ -167,6 +175,7 @@ impl Peer {
         beat_moved_at: None,
         readable_at: None,
         voter: false,
+        view: None,
         flag: Flag::Current,
         life: None,
         suspected_at: None,
@@ -218,6 +227,12 @@ const COMPLETION_BATCHES_MAX: usize = 8;
 /// The top bit of a published heartbeat: this life of the replica is a voter and may lead (it
 /// is not installing a snapshot).
 const HEARTBEAT_VOTER: u64 = 1 << 63;
+/// Bits 60-62 of a published heartbeat: the replica's leader view, 0 for none, else the id + 1.
+const HEARTBEAT_VIEW_SHIFT: u32 = 60;
+/// The counter below the flags.
+const HEARTBEAT_COUNTER: u64 = (1 << HEARTBEAT_VIEW_SHIFT) - 1;
+// The largest view, the last id + 1, is REPLICAS_MAX.
+const _: () = assert!((REPLICAS_MAX as u64) < 1 << 3, "a view fits in 3 bits");
 /// Most unchanged reads per point of a peer's score.
 pub const PATIENCE_MAX: u8 = 8;
 /// Read periods without a false suspicion after which patience halves: 5 minutes at the
@@ -225,6 +240,17 @@ pub const PATIENCE_MAX: u8 = 8;
 /// decaying within seconds (50,000 reads, 10 s, before) gave a busy neighbour a false suspicion,
 /// and at times a new tenure, every 10 s.
 const PATIENCE_DECAY_READS: u64 = 1_500_000;
+
+/// The heartbeat bits that carry `view`.
+fn encode_view(view: Option<ReplicaId>) -> u64 {
+    view.map_or(0, |leader| (leader as u64 + 1) << HEARTBEAT_VIEW_SHIFT)
+}
+
+/// The leader view a heartbeat names (`None` for a value no replica id maps to).
+fn decode_view(beat: u64) -> Option<ReplicaId> {
+    let field = (beat & !HEARTBEAT_VOTER) >> HEARTBEAT_VIEW_SHIFT;
+    field.checked_sub(1).map(|id| id as ReplicaId)
+}
 
 /// True when this life of the replica is a voter: its standing record (written by the leader
 /// that admitted it, or that formed the cluster) holds a ballot.
@@ -426,8 +452,8 @@ impl<'s> BackgroundPlane<'s> {
         }
     }
 
-    /// A peer just went from `was_alive` to its score's view: suspicion that turns out wrong
-    /// within a detection window makes this replica more patient.
+    /// A peer just went from `was_alive` to its score's view: suspicion of a voter that turns
+    /// out wrong within a detection window makes this replica more patient.
     fn judge_suspicion(&mut self, peer: ReplicaId, was_alive: bool) {
         let now = self.polled_at;
         let detector = self.config.detector;
@@ -438,7 +464,10 @@ impl<'s> BackgroundPlane<'s> {
         let state = &mut self.peers[peer as usize];
         let alive = state.score.alive();
         if was_alive && !alive {
-            state.suspected_at = Some(now);
+            // Patience answers suspicions that can depose a leader: only a voter may lead. A
+            // recovering life slow to start beating (a restart on a loaded host) would otherwise
+            // double it at every restart, and slow the detection of every later failure.
+            state.suspected_at = state.voter.then_some(now);
             return;
         }
         if was_alive || !alive {
@@ -574,7 +603,8 @@ impl<'s> BackgroundPlane<'s> {
                         Some(beat) => {
                             peer.readable_at = Some(now);
                             peer.voter = beat & HEARTBEAT_VOTER != 0;
-                            let counter = |b: u64| b & !HEARTBEAT_VOTER;
+                            peer.view = decode_view(beat);
+                            let counter = |b: u64| b & HEARTBEAT_COUNTER;
                             peer.flag = peer.flag.read(counter(beat), peer.voter);
                             let before = peer.score.last_heartbeat();
                             peer.recheck |= before.is_some_and(|b| counter(beat) < counter(b));
@@ -779,10 +809,12 @@ impl<'s> BackgroundPlane<'s> {
         }
         if !stopped && now >= self.next_heartbeat_at {
             self.heartbeat += 1;
-            assert!(self.heartbeat < HEARTBEAT_VOTER);
+            assert!(self.heartbeat <= HEARTBEAT_COUNTER);
             let offset = self.layout.heartbeat();
             let flag = if self.candidate() { HEARTBEAT_VOTER } else { 0 };
-            fabric.store(offset, &record::encode(offset, self.heartbeat | flag));
+            let beat = self.heartbeat | flag | encode_view(self.leader);
+            assert_eq!(decode_view(beat), self.leader);
+            fabric.store(offset, &record::encode(offset, beat));
             self.next_heartbeat_at = now + self.config.detector.heartbeat_period_ticks as u64;
         }
     }
@@ -881,6 +913,38 @@ impl<'s> BackgroundPlane<'s> {
         alive
     }
 
+    /// A majority of the replicas, this one included, is considered alive. A tenure needs grants
+    /// from a majority, so without one a bid cannot succeed: it would only take this replica's
+    /// own log back from the leader that the others still follow, and end that leader's tenure.
+    /// Every peer failing at once is what a replica sees when the peers' planes are starved
+    /// together (beside a busy neighbour, on a host with fewer cores than threads), far more
+    /// often than a majority dying.
+    fn majority_alive(&self) -> bool {
+        self.alive_mask().count_ones() >= self.config.quorum() as u32
+    }
+
+    /// A bid takes this replica's own log back from its holder, which ends the holder's tenure.
+    /// Against a holder that may be alive (only suspected) it bids only once a majority, itself
+    /// included, names it leader in their heartbeats: the grants it needs come from replicas
+    /// that consider it leader, so before that the bid cannot succeed and would only depose a
+    /// leader the others still follow (a pre-vote). A holder that certainly died has nothing to
+    /// lose: the bid goes ahead at once.
+    fn may_take_own_log(&self) -> bool {
+        let Some(holder) = self.holder.filter(|&h| h != self.me) else {
+            return true;
+        };
+        let state = &self.peers[holder as usize];
+        if state.dead_life.is_some() && state.dead_life == state.life {
+            return true;
+        }
+        let alive = self.alive_mask();
+        let backers = self
+            .others()
+            .filter(|&p| alive & (1 << p) != 0 && self.peers[p as usize].view == Some(self.me))
+            .count();
+        backers + 1 >= self.config.quorum() as usize
+    }
+
     /// This replica may lead: a voter that is not installing a snapshot.
     fn candidate(&self) -> bool {
         self.voter && !self.shared.catching_up()
@@ -955,7 +1019,12 @@ impl<'s> BackgroundPlane<'s> {
                 self.end_tenure();
             }
         }
-        if want_lead && self.tenure.is_none() && self.granting.is_none() {
+        if want_lead
+            && self.tenure.is_none()
+            && self.granting.is_none()
+            && self.majority_alive()
+            && self.may_take_own_log()
+        {
             self.start_tenure(fabric);
         }
         if let Some(tenure) = self.tenure {
@@ -965,6 +1034,11 @@ impl<'s> BackgroundPlane<'s> {
     }
 
     fn start_tenure<F: Fabric>(&mut self, fabric: &mut F) {
+        assert!(self.majority_alive(), "a bid without a majority in view");
+        assert!(
+            self.may_take_own_log(),
+            "a bid against a leader that may live"
+        );
         self.request_number += 1;
         if self.request_number as u32 & TENURE_MASK == 0 {
             self.request_number += 1;

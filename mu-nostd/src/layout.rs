@@ -34,8 +34,9 @@ use crate::config::Config;
 use crate::fabric::ReplicaId;
 use crate::hash::Hasher;
 
-/// Bumped whenever the layout or the slot format changes.
-pub const LAYOUT_VERSION: u32 = 3;
+/// Bumped whenever the layout, the slot format or a record's meaning changes (4: a heartbeat
+/// names its replica's leader view).
+pub const LAYOUT_VERSION: u32 = 4;
 /// Identifies a Mu region.
 pub const REGION_MAGIC: u64 = 0x4D55_5245_4749_4F4E; // "MUREGION"
 /// Bytes of the region header.
@@ -219,7 +220,7 @@ impl Layout {
         (offset as u64 + len as u64) > self.log as u64 && offset < self.log + self.log_bytes()
     }
 
-    /// My heartbeat counter.
+    /// My heartbeat: a counter, my leader view and my voter flag (see `background`).
     pub const fn heartbeat(&self) -> u32 {
         self.background
     }

@@ -61,6 +61,12 @@ impl<'s> Trio<'s> {
 
     /// Polls every running replica, background plane first, for `ticks` ticks.
     pub fn run(&mut self, ticks: u64) {
+        self.run_starving(ticks, 0);
+    }
+
+    /// Like [`Trio::run`], but the background planes of the replicas in `starved` (bit per id)
+    /// are not polled, as on a host that keeps their threads from a core.
+    pub fn run_starving(&mut self, ticks: u64, starved: u8) {
         for _ in 0..ticks {
             self.tick += 1;
             self.world.advance(self.tick);
@@ -68,8 +74,10 @@ impl<'s> Trio<'s> {
                 let Some(r) = self.replicas[i as usize].as_mut() else {
                     continue;
                 };
-                r.background
-                    .poll(self.tick, &mut self.world.fabric(i, Plane::Background));
+                if starved & (1 << i) == 0 {
+                    r.background
+                        .poll(self.tick, &mut self.world.fabric(i, Plane::Background));
+                }
                 r.replication.poll(
                     self.tick,
                     &mut self.world.fabric(i, Plane::Replication),
