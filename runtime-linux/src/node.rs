@@ -864,64 +864,70 @@ fn run_loops<F: Fabric + Send>(
         let (rc, bc) = (spec.replication_core, spec.background_core);
         let read_period_ns = spec.config.detector.read_period_ticks as u64 * spec.tick_ns;
         let background_rest = Duration::from_nanos((read_period_ns / 4).clamp(10_000, 250_000));
-        scope.spawn(move || {
-            place_thread(id, "replication", rc, priority);
-            let _life = hold_life(own, id, Lane::Replication);
-            let mut acting = shared.acting();
-            let mut idle_since = None;
-            spin(stop, polling, replication_bell, || {
-                if refused.load(Ordering::Relaxed) {
-                    return Pace::Stop;
-                }
-                let role = replication.step();
-                if replication.halted() != 0 {
-                    halted.store(replication.halted(), Ordering::Relaxed);
-                    background_bell.ring();
-                    return Pace::Stop;
-                }
-                if shared.acting() != acting {
-                    acting = shared.acting();
-                    background_bell.ring();
-                }
-                if role != (Role::Leading { busy: false }) {
-                    idle_since = None;
-                }
-                match role {
-                    Role::Leading { busy: true } => Pace::Spin,
-                    Role::Leading { busy: false } => {
-                        let since = *idle_since.get_or_insert_with(monotonic_ns);
-                        if monotonic_ns() - since < LEADER_SPIN_GRACE_NS {
-                            Pace::Spin
-                        } else {
-                            Pace::Rest(LEADER_REST)
-                        }
+        // Named, so that `top -H` and scheduler traces tell the planes of each replica apart.
+        let named = |plane: &str| std::thread::Builder::new().name(format!("mu-{id}-{plane}"));
+        named("repl")
+            .spawn_scoped(scope, move || {
+                place_thread(id, "replication", rc, priority);
+                let _life = hold_life(own, id, Lane::Replication);
+                let mut acting = shared.acting();
+                let mut idle_since = None;
+                spin(stop, polling, replication_bell, || {
+                    if refused.load(Ordering::Relaxed) {
+                        return Pace::Stop;
                     }
-                    Role::Transferring => Pace::Rest(TRANSFER_REST),
-                    Role::Following => Pace::Rest(FOLLOWER_REST),
-                }
-            });
-        });
-        scope.spawn(move || {
-            place_thread(id, "background", bc, priority);
-            let _life = hold_life(own, id, Lane::Background);
-            let mut lead = shared.lead();
-            spin(stop, polling, background_bell, || {
-                if halted.load(Ordering::Relaxed) != 0 {
-                    return Pace::Stop;
-                }
-                background.step();
-                if shared.lead() != lead {
-                    lead = shared.lead();
-                    replication_bell.ring();
-                }
-                if background.refused() {
-                    refused.store(true, Ordering::Relaxed);
-                    replication_bell.ring();
-                    return Pace::Stop;
-                }
-                Pace::Rest(background_rest)
-            });
-        });
+                    let role = replication.step();
+                    if replication.halted() != 0 {
+                        halted.store(replication.halted(), Ordering::Relaxed);
+                        background_bell.ring();
+                        return Pace::Stop;
+                    }
+                    if shared.acting() != acting {
+                        acting = shared.acting();
+                        background_bell.ring();
+                    }
+                    if role != (Role::Leading { busy: false }) {
+                        idle_since = None;
+                    }
+                    match role {
+                        Role::Leading { busy: true } => Pace::Spin,
+                        Role::Leading { busy: false } => {
+                            let since = *idle_since.get_or_insert_with(monotonic_ns);
+                            if monotonic_ns() - since < LEADER_SPIN_GRACE_NS {
+                                Pace::Spin
+                            } else {
+                                Pace::Rest(LEADER_REST)
+                            }
+                        }
+                        Role::Transferring => Pace::Rest(TRANSFER_REST),
+                        Role::Following => Pace::Rest(FOLLOWER_REST),
+                    }
+                });
+            })
+            .expect("spawn the replication plane's thread");
+        named("bg")
+            .spawn_scoped(scope, move || {
+                place_thread(id, "background", bc, priority);
+                let _life = hold_life(own, id, Lane::Background);
+                let mut lead = shared.lead();
+                spin(stop, polling, background_bell, || {
+                    if halted.load(Ordering::Relaxed) != 0 {
+                        return Pace::Stop;
+                    }
+                    background.step();
+                    if shared.lead() != lead {
+                        lead = shared.lead();
+                        replication_bell.ring();
+                    }
+                    if background.refused() {
+                        refused.store(true, Ordering::Relaxed);
+                        replication_bell.ring();
+                        return Pace::Stop;
+                    }
+                    Pace::Rest(background_rest)
+                });
+            })
+            .expect("spawn the background plane's thread");
     });
     if refused.load(Ordering::Relaxed) {
         return Err(NodeError::Refused);
