@@ -888,10 +888,7 @@ impl<'s> BackgroundPlane<'s> {
     /// The heartbeat has been stopped for as long as the quickest peer needs to declare this
     /// replica failed (every unchanged read costing a point, from a full score).
     fn stop_outlived_detection(&self, now: u64) -> bool {
-        let detector = &self.config.detector;
-        let detection = (detector.score_max - detector.fail_below + 1) as u64
-            * detector.read_period_ticks as u64;
-        now.saturating_sub(self.heartbeat_stopped_at) > detection
+        now.saturating_sub(self.heartbeat_stopped_at) > self.config.detector.detection_ticks()
     }
 
     /// Replicas considered alive. This replica counts itself out once halted, or once a stall

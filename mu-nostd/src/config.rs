@@ -118,6 +118,12 @@ impl DetectorConfig {
         }
     }
 
+    /// Ticks the quickest observer needs to declare a silent peer failed, at patience 1: every
+    /// unchanged read costs a point, from a full score.
+    pub const fn detection_ticks(&self) -> u64 {
+        (self.score_max.saturating_sub(self.fail_below) as u64 + 1) * self.read_period_ticks as u64
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         check(
             self.heartbeat_period_ticks > 0,

@@ -11,20 +11,13 @@
 //! The schedule: three replicas form with replica 0 leading; then replica 0's replication plane
 //! is not polled for `ticks` (its background plane runs on).
 
-use mu_nostd::{Config, Layout, Shared};
+use mu_nostd::{Layout, Shared};
 use mu_tests::cluster::SimReplica;
 use mu_tests::trio::Trio;
 use mu_tests::world::{Faults, Plane, World};
 use mu_tests::Recorder;
 
 const LEADER: u8 = 0;
-
-/// Ticks the quickest peer needs to declare a silent replica failed: every unchanged read costs
-/// a point, from a full score.
-fn detection(config: &Config) -> u64 {
-    let d = config.detector;
-    (d.score_max - d.fail_below + 1) as u64 * d.read_period_ticks as u64
-}
 
 struct Run {
     /// Every replica's leader view, per tick after the stall began.
@@ -104,7 +97,7 @@ fn a_stall_no_peer_noticed_leaves_the_leader_its_tenure() {
     let config = Trio::config();
     let fate = config.detector.fate_ticks as u64;
     // The heartbeat stops, but for only half the time a peer needs to notice.
-    let run = stall_leader(fate + detection(&config) / 2, 1_000);
+    let run = stall_leader(fate + config.detector.detection_ticks() / 2, 1_000);
     assert!(run.tenure_before.is_some());
     for (t, views) in run.views.iter().enumerate() {
         assert_eq!(
@@ -125,7 +118,7 @@ fn a_stall_no_peer_noticed_leaves_the_leader_its_tenure() {
 fn a_long_stall_still_hands_the_leadership_over() {
     let config = Trio::config();
     let fate = config.detector.fate_ticks as u64;
-    let run = stall_leader(fate + detection(&config) * 6, 1_000);
+    let run = stall_leader(fate + config.detector.detection_ticks() * 6, 1_000);
     assert!(
         run.successor.is_some(),
         "another replica leads while the leader's replication plane is stuck"

@@ -19,11 +19,9 @@ use mu_tests::world::Faults;
 
 const LEADER: u8 = 0;
 
-/// Ticks a replica needs to declare a silent peer failed: every unchanged read costs a point,
-/// from a full score.
+/// Ticks a replica needs to declare a silent peer failed.
 fn detection() -> u64 {
-    let d = Trio::config().detector;
-    (d.score_max - d.fail_below + 1) as u64 * d.read_period_ticks as u64
+    Trio::config().detector.detection_ticks()
 }
 
 /// What a schedule saw after the cluster formed.

@@ -9,10 +9,9 @@
 use mu_tests::trio::Trio;
 use mu_tests::world::Faults;
 
-/// Ticks a replica needs to declare a silent peer failed, from a full score.
+/// Ticks a replica needs to declare a silent peer failed.
 fn detection() -> u64 {
-    let d = Trio::config().detector;
-    (d.score_max - d.fail_below + 1) as u64 * d.read_period_ticks as u64
+    Trio::config().detector.detection_ticks()
 }
 
 #[test]
