@@ -15,6 +15,7 @@
 //! | [`cluster`] | replica processes on one host and a client that drives and checks them |
 //! | [`demo`] | `mu demo` and `mu failover` |
 //! | `doctor` | `mu doctor`: what this host has and lacks for a verbs deployment (feature `verbs`) |
+//! | [`teardown`] | a reaper process that unmaps a dead replica's memory at idle priority |
 //! | [`clock`] | ticks from `CLOCK_MONOTONIC`; the TSC for latency figures |
 
 pub mod bell;
@@ -29,5 +30,6 @@ pub mod node;
 pub mod port;
 pub mod procfs;
 pub mod shm;
+pub mod teardown;
 #[cfg(feature = "verbs")]
 pub mod verbs;

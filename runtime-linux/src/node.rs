@@ -800,6 +800,13 @@ pub fn run(spec: &NodeSpec, stop: &AtomicBool) -> Result<(), NodeError> {
         IsolatedCores::detect().describe()
     );
     lock_memory(spec.id);
+    if let Err(e) = crate::teardown::start_idle_reaper() {
+        eprintln!(
+            "replica {}: cannot start the reaper of its memory ({e}); when it dies, its last \
+             thread unmaps that memory at normal priority",
+            spec.id
+        );
+    }
     let shared = Shared::new();
     #[cfg(feature = "verbs")]
     if let Some(endpoint) = &parts.endpoint {

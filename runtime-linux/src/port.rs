@@ -196,6 +196,9 @@ impl Port {
         let staging = dir.join(format!("client-{id}.port.new-{}", std::process::id()));
         let file = crate::shm::create_staged(&staging, FILE_BYTES)?;
         let mapping = Mapping::map(&file, FILE_BYTES)?;
+        if let Err(e) = mapping.collapse() {
+            eprintln!("replica {id}: client port in small pages (no huge pages: {e})");
+        }
         let port = Port { mapping, path };
         port.set(Stat::Pid, std::process::id() as u64);
         port.set(Stat::Incarnation, incarnation);

@@ -389,6 +389,9 @@ impl OwnRegion {
             .join(format!("replica-{id}.region.new-{}", std::process::id()));
         let file = create_staged(&staging, bytes).map_err(io_error(&staging, "create"))?;
         let mapping = Mapping::map(&file, bytes).map_err(io_error(&staging, "map"))?;
+        if let Err(e) = mapping.collapse() {
+            eprintln!("replica {id}: region in small pages (no huge pages: {e})");
+        }
         mapping.word(C_VERSION).store(VERSION, SeqCst);
         mapping.word(C_CONFIG_HASH).store(config.hash(), SeqCst);
         mapping

@@ -2,7 +2,7 @@
 //! replicas started with different cluster configurations refuse each other with a clear
 //! message; a replica whose configuration a quorum refuses exits with status 4 without ever
 //! leading; a second process for the same replica is refused; a replica started from the
-//! example file of `board-configs/` runs.
+//! example file of `board-configs/` runs; a killed replica leaves its memory to its idle reaper.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -226,4 +226,92 @@ fn a_verbs_replica_says_what_is_missing() {
         assert!(err.contains("built without the verbs fabric"), "{err}");
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Pids whose parent is `parent`, from `/proc`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| stat_fields(pid).is_some_and(|f| f[1] == parent.to_string()))
+        .collect()
+}
+
+/// The fields of `/proc/PID/stat` after the command name: state first (field 3 of proc(5)).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    Some(after_name.split(' ').map(str::to_owned).collect())
+}
+
+#[test]
+fn a_killed_replicas_memory_is_unmapped_by_an_idle_reaper_that_holds_nothing_else() {
+    let dir = scratch("reaper");
+    let config = example_in(&dir, |t| t);
+    let mut replica_2 = replica(&config, 2).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = replica_2.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reaper = loop {
+        if let [reaper] = children_of(pid)[..] {
+            break reaper;
+        }
+        assert!(Instant::now() < deadline, "replica 2 started no reaper");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // proc(5): field 41, the policy; SCHED_IDLE is 5.
+    let fields = stat_fields(reaper).unwrap();
+    assert_eq!(fields[41 - 3], "5", "the reaper's scheduling policy");
+    let descriptors: Vec<String> = std::fs::read_dir(format!("/proc/{reaper}/fd"))
+        .unwrap()
+        .map(|e| {
+            std::fs::read_link(e.unwrap().path())
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        descriptors,
+        ["anon_inode:[pidfd]"],
+        "the reaper holds only the replica's pidfd"
+    );
+    let maps = std::fs::read_to_string(format!("/proc/{reaper}/maps")).unwrap();
+    assert!(
+        maps.contains("replica-2.region"),
+        "the reaper shares the replica's memory"
+    );
+    // Either the kernel holds the region in huge pages, or the replica said why not.
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let region = &smaps[smaps.find("replica-2.region").unwrap()..];
+    let pmd_mapped_kb: u64 = region
+        .lines()
+        .find_map(|l| l.strip_prefix("ShmemPmdMapped:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    replica_2.kill().unwrap();
+    let said = {
+        let mut text = String::new();
+        replica_2
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        text
+    };
+    replica_2.wait().unwrap();
+    assert!(
+        pmd_mapped_kb > 0 || said.contains("region in small pages"),
+        "{said}"
+    );
+    // Reparented once the replica died; gone (or a zombie, where nobody reaps) once it has
+    // unmapped the memory.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stat_fields(reaper).is_some_and(|f| f[0] != "Z") {
+        assert!(Instant::now() < deadline, "the reaper outlived the replica");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
