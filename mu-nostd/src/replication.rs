@@ -82,6 +82,11 @@ pub struct ReplicationStatus {
     pub donating_to: Option<ReplicaId>,
     /// How many times the next tenure's deadlines are doubled after tenures that got nowhere.
     pub deadline_doublings: u8,
+    /// A follower whose last poll found valid slots as far as one poll scans: the leader may
+    /// have written more. A runtime that rests between polls polls again at once instead, or a
+    /// follower that rests falls behind a leader of large commands by up to a lap, and the leader
+    /// waits on its recycling (and, elected, would first apply that lap).
+    pub backlog: bool,
 }
 
 /// Most doublings of the prepare's deadlines after tenures that ended before the fast path: a
@@ -153,6 +158,8 @@ pub struct ReplicationPlane<'s, const SLOT: usize, const ENTRY: usize, const QUE
     pub(crate) applied: u64,
     pub(crate) applied_chain: u64,
     commit_known: u64,
+    /// The last replay found valid slots up to its scan bound: more may follow.
+    backlog: bool,
     assembly: Assembly,
     entry: [u8; ENTRY],
     pub(crate) slot: [u8; SLOT],
@@ -198,6 +205,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             applied: 0,
             applied_chain: CHAIN_GENESIS,
             commit_known: 0,
+            backlog: false,
             assembly: Assembly::default(),
             entry: [0; ENTRY],
             slot: [0; SLOT],
@@ -234,6 +242,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// Does one bounded round of replication work at time `now`.
     pub fn poll<F: Fabric, S: StateMachine>(&mut self, now: u64, fabric: &mut F, sm: &mut S) {
         self.shared.tick_progress();
+        self.backlog = false;
         if self.halted != 0 {
             // Whatever it queued as leader will never be decided through this replica.
             self.queue.drain(|ticket| sm.dropped(ticket));
@@ -299,6 +308,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             catching_up: self.transfer.is_some(),
             donating_to: self.donor.joiner(),
             deadline_doublings: self.deadline_doublings,
+            backlog: self.backlog,
         }
     }
 
@@ -452,7 +462,8 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
         let mut position = self.applied;
         let mut chain = self.applied_chain;
-        for _ in 0..self.scan_bound() {
+        let bound = self.scan_bound();
+        for _ in 0..bound {
             match self.open_local(fabric, position) {
                 Ok((header, next_chain)) if header.chain_prev == chain => {
                     // A writer's commit point never exceeds the position it wrote.
@@ -467,6 +478,8 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 _ => break,
             }
         }
+        assert!(position - self.applied <= bound as u64);
+        self.backlog = position - self.applied == bound as u64;
         self.read_commit_record(fabric, position, chain);
         let decided_end = self.commit_known.min(position);
         while self.applied < decided_end {

@@ -294,7 +294,10 @@ pub enum Role {
     /// It installs or donates a snapshot (a state transfer moves one chunk per poll).
     Transferring,
     /// It follows: it applies what the leader wrote into its log.
-    Following,
+    Following {
+        /// Its poll applied as far as one poll scans: the leader may have written more.
+        backlog: bool,
+    },
 }
 
 /// Status words the replication loop keeps up to date, written only when they change; the
@@ -380,7 +383,9 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
         } else if self.published[CATCHING_UP] != 0 || self.published[DONATING] != 0 {
             Role::Transferring
         } else {
-            Role::Following
+            Role::Following {
+                backlog: self.plane.status().backlog,
+            }
         }
     }
 
@@ -907,7 +912,8 @@ fn run_loops<F: Fabric + Send>(
                             }
                         }
                         Role::Transferring => Pace::Rest(TRANSFER_REST),
-                        Role::Following => Pace::Rest(FOLLOWER_REST),
+                        Role::Following { backlog: true } => Pace::Spin,
+                        Role::Following { backlog: false } => Pace::Rest(FOLLOWER_REST),
                     }
                 });
             })
@@ -987,7 +993,9 @@ enum Pace {
 
 /// How long a follower's replication plane sleeps between polls in `shared` mode: it only
 /// applies what the leader already wrote into its log, so this delays its applied position,
-/// never a commit.
+/// never a commit. A follower with a backlog (a poll applies a bounded number of slots) polls
+/// on without resting: resting, it would fall behind a leader of large commands by up to a lap,
+/// and the leader would wait on its recycling.
 const FOLLOWER_REST: Duration = Duration::from_micros(50);
 
 /// How long a leader with nothing to take or decide keeps spinning in `shared` mode before it
