@@ -469,6 +469,7 @@ fn failover(
         slots: 1 << 16,
         wrap_laps: 0,
         fault: runtime_linux::cluster::Fault::Kill,
+        realtime_priority: None,
     };
     runtime_linux::demo::failover_report(&failover, &options.mu_exe, true)
 }

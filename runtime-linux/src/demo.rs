@@ -37,6 +37,9 @@ pub struct DemoOptions {
     pub fabric: DemoFabric,
     /// Slots of the log.
     pub slots: u32,
+    /// `SCHED_FIFO` priority of the replicas' background planes and death watches (see
+    /// `NodeSpec::realtime_priority`), if any.
+    pub realtime_priority: Option<u8>,
 }
 
 /// The fabric of the demo's replicas (all on this host).
@@ -95,6 +98,8 @@ pub struct FailoverOptions {
     pub wrap_laps: u64,
     /// How the leader is taken out.
     pub fault: Fault,
+    /// `SCHED_FIFO` priority of the replicas' background planes and death watches, if any.
+    pub realtime_priority: Option<u8>,
 }
 
 const TICK_NS: u64 = 1000;
@@ -152,6 +157,7 @@ fn deployment(
     polling: Polling,
     pin_from: Option<usize>,
     fabric: &DemoFabric,
+    realtime_priority: Option<u8>,
 ) -> Deployment {
     let dir = PathBuf::from(format!("/dev/shm/mu-{name}"));
     let cores: Vec<(Option<usize>, Option<usize>)> = (0..config.replica_count as usize)
@@ -161,6 +167,11 @@ fn deployment(
         })
         .collect();
     let mut deployment = Deployment::shm_linux(name, config, TICK_NS, dir.clone(), polling, &cores);
+    for replica in &mut deployment.replicas {
+        if let Host::Linux(host) = &mut replica.host {
+            host.realtime_priority = realtime_priority;
+        }
+    }
     if let DemoFabric::Verbs {
         device,
         port,
@@ -183,6 +194,18 @@ fn deployment(
         }
     }
     deployment
+}
+
+/// The threads a real-time priority applies to (see `NodeSpec::realtime_priority`), for a
+/// header line.
+fn describe_priority(polling: Polling, priority: Option<u8>) -> String {
+    let threads = match polling {
+        Polling::Busy => "planes",
+        Polling::Shared => "background planes",
+    };
+    priority.map_or(String::new(), |p| {
+        format!(" ({threads} and death watches at SCHED_FIFO {p})")
+    })
 }
 
 fn polling_name(polling: Polling) -> &'static str {
@@ -225,15 +248,17 @@ pub fn demo(options: &DemoOptions) -> Result<(), String> {
         options.polling,
         options.pin_from,
         &options.fabric,
+        options.realtime_priority,
     );
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     println!(
-        "mu demo: {} replicas as processes over {}, {}-byte commands, {} polling, {} cores \
+        "mu demo: {} replicas as processes over {}, {}-byte commands, {} polling{}, {} cores \
          here; detector reads every {} µs",
         options.replicas,
         options.fabric.describe(),
         options.payload,
         polling_name(options.polling),
+        describe_priority(options.polling, options.realtime_priority),
         cores(),
         config.detector.read_period_ticks as u64 * TICK_NS / 1000
     );
@@ -501,7 +526,7 @@ pub fn steadiness(
 ) -> Result<Steady, String> {
     let config = cluster_config(3, 64, Polling::Shared, None);
     let name = format!("steady-{}", std::process::id());
-    let deployment = deployment(&name, config, Polling::Shared, None, &DemoFabric::Shm);
+    let deployment = deployment(&name, config, Polling::Shared, None, &DemoFabric::Shm, None);
     let cluster = Cluster::start(replica_exe, &deployment).map_err(|e| e.to_string())?;
     let result = (|| {
         cluster
@@ -806,15 +831,17 @@ pub fn failover_report(
         options.polling,
         options.pin_from,
         &options.fabric,
+        options.realtime_priority,
     );
     if progress {
         println!(
-            "mu failover: {} rounds, {} replicas over {}, {} polling, {} cores here, detector \
+            "mu failover: {} rounds, {} replicas over {}, {} polling{}, {} cores here, detector \
              reads every {} µs, fate sharing after {} µs",
             options.rounds,
             options.replicas,
             options.fabric.describe(),
             polling_name(options.polling),
+            describe_priority(options.polling, options.realtime_priority),
             cores(),
             config.detector.read_period_ticks as u64 * TICK_NS / 1000,
             config.detector.fate_ticks as u64 * TICK_NS / 1000

@@ -92,7 +92,8 @@ pub struct NodeSpec {
     pub replication_core: Option<usize>,
     /// Core for the background plane's thread.
     pub background_core: Option<usize>,
-    /// SCHED_FIFO priority for both threads.
+    /// SCHED_FIFO priority for the background plane and the death watch, and in `busy` polling
+    /// for the replication plane too.
     pub realtime_priority: Option<u8>,
     /// Keys the replicated store holds (every replica of a cluster needs the same, or a
     /// snapshot may not fit).
@@ -830,10 +831,12 @@ pub fn run(spec: &NodeSpec, stop: &AtomicBool) -> Result<(), NodeError> {
         return run_loops(spec, stop, &parts, &shared, replication, background);
     }
     // Only the shared-memory fabric has the peers' owners on this host to watch.
+    let (id, priority) = (spec.id, spec.realtime_priority);
     let _watch = DeathWatch::start(
         parts.dir.clone(),
         spec.config.replica_count,
         parts.own.clone(),
+        move || place_thread(id, "death watch", None, priority),
     )
     .map_err(|e| {
         NodeError::Shm(ShmError::Io {
@@ -871,7 +874,12 @@ fn run_loops<F: Fabric + Send>(
     let own = &*parts.own;
     std::thread::scope(|scope| {
         let polling = spec.polling;
-        let priority = spec.realtime_priority;
+        // In `shared` polling a busy leader's replication plane spins: in a real-time class it
+        // would keep every normal thread off its core. Background planes only sleep and poll.
+        let (replication_priority, background_priority) = match polling {
+            Polling::Busy => (spec.realtime_priority, spec.realtime_priority),
+            Polling::Shared => (None, spec.realtime_priority),
+        };
         let id = spec.id;
         let (rc, bc) = (spec.replication_core, spec.background_core);
         let read_period_ns = spec.config.detector.read_period_ticks as u64 * spec.tick_ns;
@@ -880,7 +888,7 @@ fn run_loops<F: Fabric + Send>(
         let named = |plane: &str| std::thread::Builder::new().name(format!("mu-{id}-{plane}"));
         named("repl")
             .spawn_scoped(scope, move || {
-                place_thread(id, "replication", rc, priority);
+                place_thread(id, "replication", rc, replication_priority);
                 let _life = hold_life(own, id, Lane::Replication);
                 let mut acting = shared.acting();
                 let mut idle_since = None;
@@ -920,7 +928,7 @@ fn run_loops<F: Fabric + Send>(
             .expect("spawn the replication plane's thread");
         named("bg")
             .spawn_scoped(scope, move || {
-                place_thread(id, "background", bc, priority);
+                place_thread(id, "background", bc, background_priority);
                 let _life = hold_life(own, id, Lane::Background);
                 let mut lead = shared.lead();
                 spin(stop, polling, background_bell, || {

@@ -1131,13 +1131,22 @@ pub struct DeathWatch {
 }
 
 impl DeathWatch {
-    /// Watches the peers of `own` among `replicas` in `dir`.
-    pub fn start(dir: RegionDir, replicas: u8, own: Arc<OwnRegion>) -> io::Result<DeathWatch> {
+    /// Watches the peers of `own` among `replicas` in `dir`, on a thread that first runs
+    /// `setup` (its placement and scheduling class).
+    pub fn start(
+        dir: RegionDir,
+        replicas: u8,
+        own: Arc<OwnRegion>,
+        setup: impl FnOnce() + Send + 'static,
+    ) -> io::Result<DeathWatch> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("mu-deathwatch".into())
-            .spawn(move || watch(&dir, replicas, &own, &flag))?;
+            .spawn(move || {
+                setup();
+                watch(&dir, replicas, &own, &flag)
+            })?;
         Ok(DeathWatch {
             stop,
             thread: Some(thread),

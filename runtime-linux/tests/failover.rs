@@ -23,6 +23,7 @@ fn every_fail_over_splits_into_segments_that_add_up() {
         slots: 1024,
         wrap_laps: 2,
         fault: Fault::Kill,
+        realtime_priority: None,
     };
     let report = failover_report(&options, Path::new(env!("CARGO_BIN_EXE_mu")), false)
         .expect("the fail-over rounds run");

@@ -135,6 +135,11 @@ enum Action {
         /// Slots of the log (a power of two).
         #[arg(long, default_value_t = 65536)]
         slots: u32,
+        /// SCHED_FIFO priority (1-99) of the replicas' background planes and death watches,
+        /// and with busy polling of their replication planes too (needs CAP_SYS_NICE or an
+        /// RLIMIT_RTPRIO of at least this).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+        realtime_priority: Option<u8>,
     },
     /// Lists RDMA devices, ports, GIDs and limits, the memlock limit, isolated cores and huge
     /// pages, and says what is missing for a verbs deployment (exit status 1 when something is).
@@ -187,6 +192,11 @@ enum Action {
         /// How the leader is taken out each round.
         #[arg(long, value_enum, default_value_t = FaultArg::Kill)]
         fault: FaultArg,
+        /// SCHED_FIFO priority (1-99) of the replicas' background planes and death watches,
+        /// and with busy polling of their replication planes too (needs CAP_SYS_NICE or an
+        /// RLIMIT_RTPRIO of at least this).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+        realtime_priority: Option<u8>,
     },
 }
 
@@ -209,6 +219,7 @@ fn main() -> ExitCode {
             read_period_us,
             fabric,
             slots,
+            realtime_priority,
         } => demo::demo(&DemoOptions {
             replicas,
             payload,
@@ -219,6 +230,7 @@ fn main() -> ExitCode {
             read_period_us,
             fabric: fabric.into(),
             slots,
+            realtime_priority,
         }),
         Action::Replica {
             config,
@@ -250,6 +262,7 @@ fn main() -> ExitCode {
             slots,
             wrap_laps,
             fault,
+            realtime_priority,
         } => demo::failover(&FailoverOptions {
             rounds,
             replicas,
@@ -260,6 +273,7 @@ fn main() -> ExitCode {
             slots,
             wrap_laps,
             fault: fault.into(),
+            realtime_priority,
         }),
     };
     match outcome {
