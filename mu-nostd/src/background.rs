@@ -24,7 +24,7 @@
 //! below it has shown its voter flag in a heartbeat read since (reads, not time: a plane that
 //! slept through its read timeout would bid against the leader that admitted it). While no
 //! replica is a voter (a cluster never formed), the lowest id leads once every replica is
-//! alive, and its tenure forms the cluster. A replica starts a tenure only while it considers a
+//! alive and a heartbeat of each says so, and its tenure forms the cluster. A replica starts a tenure only while it considers a
 //! majority alive, itself included (a tenure under way goes on: its writes tell), and takes its
 //! own log back from a holder that may still live (one only suspected, not certainly dead) only
 //! once a majority names it leader: every heartbeat carries its replica's leader view (a
@@ -145,6 +145,8 @@ struct Peer {
     readable_at: Option<u64>,
     /// Its last heartbeat said its life is a voter.
     voter: bool,
+    /// A heartbeat of its current life was read: `voter` and `view` are that life's.
+    heard: bool,
     /// The leader its last readable heartbeat named.
     view: Option<ReplicaId>,
     /// Whether `voter` is news since this replica was admitted.
@@ -175,6 +177,7 @@ impl Peer {
         beat_moved_at: None,
         readable_at: None,
         voter: false,
+        heard: false,
         view: None,
         flag: Flag::Current,
         life: None,
@@ -604,6 +607,7 @@ impl<'s> BackgroundPlane<'s> {
                             peer.readable_at = Some(now);
                             peer.voter = beat & HEARTBEAT_VOTER != 0;
                             peer.view = decode_view(beat);
+                            peer.heard = true;
                             let counter = |b: u64| b & HEARTBEAT_COUNTER;
                             peer.flag = peer.flag.read(counter(beat), peer.voter);
                             let before = peer.score.last_heartbeat();
@@ -676,6 +680,8 @@ impl<'s> BackgroundPlane<'s> {
                     // carries over.
                     state.life = Some(life);
                     state.voter = false;
+                    state.heard = false;
+                    state.view = None;
                     state.flag = Flag::Current;
                     state.suspected_at = None;
                 }
@@ -684,6 +690,7 @@ impl<'s> BackgroundPlane<'s> {
                 warn!("peer {} refused: {}", peer, error);
                 state.header = PeerHeader::Mismatch(error);
                 state.voter = false;
+                state.heard = false;
                 state.life = None;
                 self.judge_refusal();
             }
@@ -969,7 +976,12 @@ impl<'s> BackgroundPlane<'s> {
                 .any(|p| self.peers[p as usize].header == PeerHeader::Unknown);
         let everyone = ((1u16 << self.config.replica_count) - 1) as u8;
         let voters = self.voter_mask();
-        let mut candidates = if voters == 0 && alive == everyone {
+        // Only a heartbeat says a peer's life is no voter: a peer whose header was verified but
+        // whose heartbeat was not read yet may well be one (a restarted replica took the
+        // leader and its follower for non-voters and formed a cluster of its own, as the
+        // lowest id).
+        let everyone_heard = self.others().all(|p| self.peers[p as usize].heard);
+        let mut candidates = if voters == 0 && alive == everyone && everyone_heard {
             alive // Nobody is a voter: the cluster forms once everyone is up.
         } else {
             alive & voters

@@ -68,7 +68,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mu_nostd::config::REPLICAS_MAX;
@@ -291,11 +291,18 @@ pub fn file_bytes(config: &Config) -> usize {
     CONTROL_BYTES + region.div_ceil(page) * page
 }
 
-/// A cluster's directory of region files.
+/// A cluster's directory of region files, and this process's mappings of the peers' regions.
 #[derive(Clone, Debug)]
 pub struct RegionDir {
     path: PathBuf,
+    /// Per peer: the incarnation last mapped and its mapping while any fabric holds it. Both
+    /// planes use one mapping of a peer's region: half the page tables to build and tear down,
+    /// and a replica that takes over finds the mappings its background plane made, instead of
+    /// mapping every follower's region then.
+    mappings: Arc<Mutex<PeerMappings>>,
 }
+
+type PeerMappings = [Option<(u64, Weak<Mapping>)>; REPLICAS_MAX as usize];
 
 impl RegionDir {
     /// Opens the directory, creating it `0700` if needed; refuses one another user owns or can
@@ -317,7 +324,35 @@ impl RegionDir {
         check_owner(path, &meta, 0o700)?;
         Ok(RegionDir {
             path: path.to_path_buf(),
+            mappings: Arc::new(Mutex::new(Default::default())),
         })
+    }
+
+    /// This process's mapping of incarnation `incarnation` of `peer`'s region, made by `map`
+    /// if no fabric of this process holds one.
+    fn peer_mapping(
+        &self,
+        peer: ReplicaId,
+        incarnation: u64,
+        map: impl FnOnce() -> io::Result<Mapping>,
+    ) -> io::Result<Arc<Mapping>> {
+        if let Some(mapping) = self.held_mapping(peer, incarnation) {
+            return Ok(mapping);
+        }
+        let mapping = Arc::new(map()?);
+        let mut mappings = self.mappings.lock().unwrap_or_else(PoisonError::into_inner);
+        mappings[peer as usize] = Some((incarnation, Arc::downgrade(&mapping)));
+        Ok(mapping)
+    }
+
+    /// The mapping of incarnation `incarnation` of `peer`'s region that a fabric of this
+    /// process holds, if one does.
+    fn held_mapping(&self, peer: ReplicaId, incarnation: u64) -> Option<Arc<Mapping>> {
+        let mappings = self.mappings.lock().unwrap_or_else(PoisonError::into_inner);
+        match &mappings[peer as usize] {
+            Some((mapped, held)) if *mapped == incarnation => held.upgrade(),
+            _ => None,
+        }
     }
 
     /// The directory.
@@ -779,7 +814,7 @@ fn current_tid() -> u64 {
 
 /// A peer's region as one plane of this replica sees it.
 struct Peer {
-    mapping: Option<Mapping>,
+    mapping: Option<Arc<Mapping>>,
     incarnation: u64,
     /// The peer runs another cluster configuration: only its region header may be read, so
     /// that the core sees the mismatch and judges it (a refusal can be final).
@@ -899,7 +934,10 @@ impl ShmFabric {
                 return Err(format!("replica {peer} is not running"));
             }
             drop(control);
-            let mapping = Mapping::map(&file, len).map_err(|e| e.to_string())?;
+            let mapping = self
+                .dir
+                .peer_mapping(peer, incarnation, || Mapping::map(&file, len))
+                .map_err(|e| e.to_string())?;
             let state = &mut self.peers[peer as usize];
             state.mapping = Some(mapping);
             state.incarnation = incarnation;
@@ -910,11 +948,22 @@ impl ShmFabric {
         if region != self.layout.region_bytes as usize || CONTROL_BYTES + region > len {
             return Err(format!("{}: region size does not match", path.display()));
         }
-        if incarnation == RETIRED || !owner_alive(&control) {
+        // The other plane's mapping of this life serves even once its owner died, as a mapping
+        // of one's own made before would: every post then finds the owner dead in a load, where
+        // a connect would open and map the file again (a replica that took over from a leader
+        // it never wrote to tried that on every post of its prepare).
+        let held = self.dir.held_mapping(peer, incarnation);
+        if held.is_none() && (incarnation == RETIRED || !owner_alive(&control)) {
             return Err(format!("replica {peer} is not running"));
         }
         drop(control);
-        let mapping = Mapping::map(&file, len).map_err(|e| e.to_string())?;
+        let mapping = match held {
+            Some(mapping) => mapping,
+            None => self
+                .dir
+                .peer_mapping(peer, incarnation, || Mapping::map(&file, len))
+                .map_err(|e| e.to_string())?,
+        };
         // Tell the owner who writes through this line, for its fencing.
         let me = self.me;
         mapping
@@ -959,7 +1008,7 @@ impl ShmFabric {
             }
         }
         let state = &self.peers[peer as usize];
-        let mapping = state.mapping.as_ref()?;
+        let mapping = state.mapping.as_deref()?;
         owner_alive(mapping).then_some((mapping, state.incarnation, state.header_only))
     }
 
@@ -1109,7 +1158,7 @@ impl Fabric for ShmFabric {
     /// released by a clean exit), or the file was retired by a successor.
     fn ended_life(&self, peer: ReplicaId) -> Option<u32> {
         let state = self.peers.get(peer as usize)?;
-        let mapping = state.mapping.as_ref()?;
+        let mapping = state.mapping.as_deref()?;
         let retired = mapping.word(C_INCARNATION).load(SeqCst) != state.incarnation;
         (retired || !owner_alive(mapping)).then_some(state.incarnation as u32)
     }

@@ -1,8 +1,9 @@
 //! The teardown of a replica's memory at idle priority, even when the replica is SIGKILLed.
 //!
 //! When a process dies, its last thread to exit unmaps its memory before the process is gone:
-//! for a replica (its region, a mapping of each peer's per plane, its client port, its store,
-//! all locked: 140 MB in `mu failover`) that was 35,000 small pages and 2-5 ms of kernel time.
+//! for a replica (its region, the peers' regions, its client port, its store, all locked:
+//! 140 MB in `mu failover` while each plane mapped the peers on its own) that was 35,000 small
+//! pages and 2-5 ms of kernel time.
 //! On a kernel without preemption, with fewer cores than threads, the survivors' planes woken on
 //! that core wait it out: scheduler traces of `mu failover` on a 2-core host showed the whole
 //! fail-over run beside it, on the other core. Huge pages ([`crate::mem::collapse`]) make the
