@@ -24,8 +24,9 @@
 //! below it has shown its voter flag in a heartbeat read since (reads, not time: a plane that
 //! slept through its read timeout would bid against the leader that admitted it). While no
 //! replica is a voter (a cluster never formed), the lowest id leads once every replica is
-//! alive and a heartbeat of each says so, and its tenure forms the cluster. A replica starts a tenure only while it considers a
-//! majority alive, itself included (a tenure under way goes on: its writes tell), and takes its
+//! alive and a heartbeat of each says so, and its tenure forms the cluster. A replica starts a
+//! tenure only while it considers a majority alive, itself included (a tenure under way goes
+//! on: its writes tell), and takes its
 //! own log back from a holder that may still live (one only suspected, not certainly dead) only
 //! once a majority names it leader: every heartbeat carries its replica's leader view (a
 //! pre-vote, as in Raft). Safety never depends on the election; permissions and Paxos carry it.

@@ -328,21 +328,13 @@ impl RegionDir {
         })
     }
 
-    /// This process's mapping of incarnation `incarnation` of `peer`'s region, made by `map`
-    /// if no fabric of this process holds one.
-    fn peer_mapping(
-        &self,
-        peer: ReplicaId,
-        incarnation: u64,
-        map: impl FnOnce() -> io::Result<Mapping>,
-    ) -> io::Result<Arc<Mapping>> {
-        if let Some(mapping) = self.held_mapping(peer, incarnation) {
-            return Ok(mapping);
-        }
-        let mapping = Arc::new(map()?);
+    /// Offers `mapping`, of incarnation `incarnation` of `peer`'s region, to this process's
+    /// other fabrics (see [`RegionDir::held_mapping`]).
+    fn share_mapping(&self, peer: ReplicaId, incarnation: u64, mapping: Mapping) -> Arc<Mapping> {
+        let mapping = Arc::new(mapping);
         let mut mappings = self.mappings.lock().unwrap_or_else(PoisonError::into_inner);
         mappings[peer as usize] = Some((incarnation, Arc::downgrade(&mapping)));
-        Ok(mapping)
+        mapping
     }
 
     /// The mapping of incarnation `incarnation` of `peer`'s region that a fabric of this
@@ -919,6 +911,17 @@ impl ShmFabric {
             ));
         }
         let incarnation = control.word(C_INCARNATION).load(SeqCst);
+        // The other plane's mapping of this life serves even once its owner died, as a mapping
+        // of one's own made before would: every post then finds the owner dead in a load, where
+        // a connect would open and map the file again (a replica that took over from a leader
+        // it never wrote to tried that on every post of its prepare).
+        let held = self.dir.held_mapping(peer, incarnation);
+        let map_whole = |held: Option<Arc<Mapping>>| match held {
+            Some(mapping) => Ok(mapping),
+            None => Mapping::map(&file, len)
+                .map(|mapping| self.dir.share_mapping(peer, incarnation, mapping))
+                .map_err(|e| e.to_string()),
+        };
         let (theirs, ours) = (control.word(C_CONFIG_HASH).load(SeqCst), self.config.hash());
         let region = control.word(C_REGION_BYTES).load(SeqCst) as usize;
         if theirs != ours {
@@ -930,14 +933,11 @@ impl ShmFabric {
             if len < CONTROL_BYTES + HEADER_BYTES as usize {
                 return Err(format!("{}: not a region file", path.display()));
             }
-            if incarnation == RETIRED || !owner_alive(&control) {
+            if held.is_none() && (incarnation == RETIRED || !owner_alive(&control)) {
                 return Err(format!("replica {peer} is not running"));
             }
             drop(control);
-            let mapping = self
-                .dir
-                .peer_mapping(peer, incarnation, || Mapping::map(&file, len))
-                .map_err(|e| e.to_string())?;
+            let mapping = map_whole(held)?;
             let state = &mut self.peers[peer as usize];
             state.mapping = Some(mapping);
             state.incarnation = incarnation;
@@ -948,22 +948,11 @@ impl ShmFabric {
         if region != self.layout.region_bytes as usize || CONTROL_BYTES + region > len {
             return Err(format!("{}: region size does not match", path.display()));
         }
-        // The other plane's mapping of this life serves even once its owner died, as a mapping
-        // of one's own made before would: every post then finds the owner dead in a load, where
-        // a connect would open and map the file again (a replica that took over from a leader
-        // it never wrote to tried that on every post of its prepare).
-        let held = self.dir.held_mapping(peer, incarnation);
         if held.is_none() && (incarnation == RETIRED || !owner_alive(&control)) {
             return Err(format!("replica {peer} is not running"));
         }
         drop(control);
-        let mapping = match held {
-            Some(mapping) => mapping,
-            None => self
-                .dir
-                .peer_mapping(peer, incarnation, || Mapping::map(&file, len))
-                .map_err(|e| e.to_string())?,
-        };
+        let mapping = map_whole(held)?;
         // Tell the owner who writes through this line, for its fencing.
         let me = self.me;
         mapping

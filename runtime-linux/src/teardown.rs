@@ -45,12 +45,12 @@ pub fn start_idle_reaper() -> io::Result<()> {
     // 16-byte words, so that the top of the stack is aligned as both ABIs want.
     let stack: &'static mut [u128] = Vec::leak(vec![0u128; REAPER_STACK / 16]);
     let top = stack.as_mut_ptr_range().end;
-    // SAFETY: the child runs `keep` on its own stack (`top`) inside this address space; `keep`
+    // SAFETY: the child runs `reap` on its own stack (`top`) inside this address space; `reap`
     // upholds the module's invariants: raw system calls only, on a descriptor number passed by
     // value.
     let child = unsafe {
         libc::clone(
-            keep,
+            reap,
             top.cast(),
             libc::CLONE_VM | libc::SIGCHLD,
             pidfd as usize as *mut libc::c_void,
@@ -69,7 +69,7 @@ pub fn start_idle_reaper() -> io::Result<()> {
 
 /// The reaper: sheds the replica's descriptors, drops to `SCHED_IDLE`, then waits for the
 /// replica (`arg`: its pidfd) to exit.
-extern "C" fn keep(arg: *mut libc::c_void) -> libc::c_int {
+extern "C" fn reap(arg: *mut libc::c_void) -> libc::c_int {
     let pidfd = arg as usize as libc::c_uint;
     // SAFETY, for every call below: raw system calls on plain values and on memory of this
     // frame; no libc function that could allocate or lock. A call that fails sets errno in the
