@@ -2,7 +2,9 @@
 //! management. It runs beside the replication plane (its own fabric connections, possibly its
 //! own core) and talks to it only through [`Shared`].
 //!
-//! Failure detection: the pull score (see `detector`) decides when nothing is certain. A peer
+//! Failure detection: the pull score (see `detector`) decides when nothing is certain. Each
+//! read returns a peer's heartbeat and its applied position together, and either moving counts:
+//! a leader that commits is alive even while its background plane waits for a core. A peer
 //! whose fabric reports that the life this replica trusts (the incarnation in its region header)
 //! ended is failed at once (a notice for an older life is ignored: the peer restarted). A peer
 //! declared failed by suspicion that turns out alive within a detection window makes this
@@ -65,7 +67,7 @@
 use crate::config::{Config, REPLICAS_MAX};
 use crate::detector::PullScore;
 use crate::fabric::{Completion, Fabric, PostError, ReplicaId, Status};
-use crate::layout::{HeaderError, Layout, HEADER_BYTES, RECORD_BYTES};
+use crate::layout::{HeaderError, Layout, HEADER_BYTES, HEARTBEAT_READ_BYTES, RECORD_BYTES};
 use crate::record;
 use crate::shared::{Lead, Shared, TENURE_MASK};
 use crate::wrid::{Kind, WrId};
@@ -140,8 +142,8 @@ struct Peer {
     /// configuration, so its header is read again (a verified peer keeps its score meanwhile).
     recheck: bool,
     score: PullScore,
-    /// When a read last showed the heartbeat moving.
-    beat_moved_at: Option<u64>,
+    /// When a read last showed its heartbeat or applied position moving.
+    moved_at: Option<u64>,
     /// When a read last returned a readable heartbeat record.
     readable_at: Option<u64>,
     /// Its last heartbeat said its life is a voter.
@@ -175,7 +177,7 @@ impl Peer {
         header_read_at: None,
         recheck: false,
         score: PullScore::unknown(),
-        beat_moved_at: None,
+        moved_at: None,
         readable_at: None,
         voter: false,
         heard: false,
@@ -239,8 +241,9 @@ const HEARTBEAT_COUNTER: u64 = (1 << HEARTBEAT_VIEW_SHIFT) - 1;
 const _: () = assert!((REPLICAS_MAX as u64) < 1 << 3, "a view fits in 3 bits");
 /// Most unchanged reads per point of a peer's score.
 pub const PATIENCE_MAX: u8 = 8;
-/// Read periods without a false suspicion after which patience halves: 5 minutes at the
-/// shared-polling read period of 200 µs. A host that starved a live peer once does it again:
+/// Read periods without a false suspicion after which patience halves: 30 s at the busy-polling
+/// read period of 20 µs, 25 minutes at the Linux runtime's shared-polling 1 ms. A host that
+/// starved a live peer once does it again:
 /// decaying within seconds (50,000 reads, 10 s, before) gave a busy neighbour a false suspicion,
 /// and at times a new tenure, every 10 s.
 const PATIENCE_DECAY_READS: u64 = 1_500_000;
@@ -419,7 +422,7 @@ impl<'s> BackgroundPlane<'s> {
             }
         };
         for peer in self.peers.iter_mut() {
-            shift(&mut peer.beat_moved_at);
+            shift(&mut peer.moved_at);
             shift(&mut peer.heartbeat_read_at);
             shift(&mut peer.header_read_at);
             for outgoing in [&mut peer.request, &mut peer.ack] {
@@ -601,9 +604,11 @@ impl<'s> BackgroundPlane<'s> {
             Kind::ReadHeartbeat => {
                 peer.heartbeat_read_at = None;
                 if ok {
-                    let mut bytes = [0u8; RECORD_BYTES as usize];
+                    let mut bytes = [0u8; HEARTBEAT_READ_BYTES as usize];
                     fabric.load(self.layout.landing_heartbeat(id.peer), &mut bytes);
-                    match record::decode(self.layout.heartbeat(), &bytes) {
+                    let (heartbeat, applied) = bytes.split_at(RECORD_BYTES as usize);
+                    let applied = record::decode(self.layout.applied(), applied);
+                    match record::decode(self.layout.heartbeat(), heartbeat) {
                         Some(beat) => {
                             peer.readable_at = Some(now);
                             peer.voter = beat & HEARTBEAT_VOTER != 0;
@@ -613,9 +618,9 @@ impl<'s> BackgroundPlane<'s> {
                             peer.flag = peer.flag.read(counter(beat), peer.voter);
                             let before = peer.score.last_heartbeat();
                             peer.recheck |= before.is_some_and(|b| counter(beat) < counter(b));
-                            peer.score.observe(&self.config.detector, beat, patience);
-                            if before.is_some_and(|b| b != beat) {
-                                peer.beat_moved_at = Some(now);
+                            let detector = &self.config.detector;
+                            if peer.score.observe(detector, beat, applied, patience) {
+                                peer.moved_at = Some(now);
                             }
                         }
                         // A read torn by a live peer's store says nothing; but a heartbeat that
@@ -855,7 +860,7 @@ impl<'s> BackgroundPlane<'s> {
                     Kind::ReadHeartbeat,
                     remote,
                     local,
-                    RECORD_BYTES,
+                    HEARTBEAT_READ_BYTES,
                 ) {
                     let state = &mut self.peers[peer as usize];
                     state.heartbeat_read_at = Some(now);
@@ -1012,7 +1017,7 @@ impl<'s> BackgroundPlane<'s> {
         let recent = self.config.detector.read_timeout_ticks as u64;
         let mut lively = alive & (1 << self.me);
         for peer in self.others() {
-            let moved_at = self.peers[peer as usize].beat_moved_at;
+            let moved_at = self.peers[peer as usize].moved_at;
             if moved_at.is_some_and(|at| now.saturating_sub(at) <= recent) {
                 lively |= 1 << peer;
             }

@@ -3,6 +3,12 @@
 //! that does not complete in time) lowers it. Scores are clamped; a peer is declared failed when
 //! its score falls below one threshold and alive again when it rises above a higher one.
 //!
+//! The same read also returns the peer's applied position, which its replication plane
+//! publishes: a position that moved is a sign of life as good as a heartbeat. The heartbeat
+//! comes from the background plane alone, and a live leader whose background plane waited a
+//! few milliseconds for a core (a busy neighbour's time slice) while its replication plane
+//! committed on another was deposed for nothing.
+//!
 //! Why pull: a slow read only slows down how fast "unchanged" observations accumulate, so
 //! aggressive thresholds do not cause spurious fail-overs the way a late heartbeat message does.
 //!
@@ -26,6 +32,8 @@ pub struct PullScore {
     score: u8,
     alive: bool,
     last_heartbeat: Option<u64>,
+    /// The applied position the last read that could decode one showed.
+    last_applied: Option<u64>,
     /// Unchanged reads since the last point lost or won.
     unchanged: u8,
 }
@@ -37,6 +45,7 @@ impl PullScore {
             score: 0,
             alive: false,
             last_heartbeat: None,
+            last_applied: None,
             unchanged: 0,
         }
     }
@@ -48,6 +57,7 @@ impl PullScore {
             score: config.recover_above + 1,
             alive: true,
             last_heartbeat: None,
+            last_applied: None,
             unchanged: 0,
         }
     }
@@ -67,16 +77,30 @@ impl PullScore {
         self.last_heartbeat
     }
 
-    /// A heartbeat read completed and showed `heartbeat`; `patience` unchanged reads in a row
-    /// cost one point.
-    pub fn observe(&mut self, config: &DetectorConfig, heartbeat: u64, patience: u8) {
-        let changed = self.last_heartbeat != Some(heartbeat);
+    /// A heartbeat read completed and showed `heartbeat`, and `applied` unless that record was
+    /// torn; `patience` unchanged reads in a row cost one point. Either moving is a change;
+    /// returns whether one of them moved since an earlier read showed it.
+    pub fn observe(
+        &mut self,
+        config: &DetectorConfig,
+        heartbeat: u64,
+        applied: Option<u64>,
+        patience: u8,
+    ) -> bool {
+        let moved = self.last_heartbeat.is_some_and(|b| b != heartbeat)
+            || self
+                .last_applied
+                .is_some_and(|a| applied.is_some_and(|now| now != a));
+        let changed = self.last_heartbeat != Some(heartbeat)
+            || applied.is_some_and(|a| self.last_applied != Some(a));
         self.last_heartbeat = Some(heartbeat);
+        self.last_applied = applied.or(self.last_applied);
         if changed {
             self.raise(config);
         } else {
             self.unchanged(config, patience);
         }
+        moved
     }
 
     /// A heartbeat read did not complete in time: count it as unchanged.
@@ -127,12 +151,12 @@ mod tests {
         let mut beat = 0;
         for _ in 0..20 {
             beat += 1;
-            p.observe(&config, beat, 1);
+            p.observe(&config, beat, None, 1);
         }
         assert_eq!(p.score(), config.score_max);
         // 15 -> 1 takes 14 unchanged reads; still alive at 2.
         for _ in 0..13 {
-            p.observe(&config, beat, 1);
+            p.observe(&config, beat, None, 1);
         }
         assert_eq!(p.score(), 2);
         assert!(p.alive());
@@ -141,12 +165,12 @@ mod tests {
         // Recovery needs the score above 6, not just above 2.
         for _ in 0..5 {
             beat += 1;
-            p.observe(&config, beat, 1);
+            p.observe(&config, beat, None, 1);
         }
         assert_eq!(p.score(), 6);
         assert!(!p.alive());
         beat += 1;
-        p.observe(&config, beat, 1);
+        p.observe(&config, beat, None, 1);
         assert!(p.alive());
     }
 
@@ -163,13 +187,41 @@ mod tests {
         p.miss(&config, 4);
         assert_eq!(p.score(), start - 1);
         // A moving heartbeat starts the count again.
-        p.observe(&config, 1, 4);
+        p.observe(&config, 1, None, 4);
         for _ in 0..3 {
-            p.observe(&config, 1, 4);
+            p.observe(&config, 1, None, 4);
         }
         assert_eq!(p.score(), start);
         p.fail();
         assert!(!p.alive());
         assert_eq!(p.score(), 0);
+    }
+
+    #[test]
+    fn a_moving_applied_position_is_a_sign_of_life() {
+        let config = DetectorConfig::paper(10);
+        let mut p = PullScore::verified(&config);
+        assert!(!p.observe(&config, 7, Some(100), 1), "nothing seen before");
+        let start = p.score();
+        // The heartbeat stands still while the applied position moves: no point lost.
+        for applied in 101..140 {
+            assert!(p.observe(&config, 7, Some(applied), 1));
+        }
+        assert!(p.alive());
+        assert_eq!(p.score(), config.score_max.min(start + 39));
+        // A torn applied record says nothing, neither way.
+        assert!(!p.observe(&config, 7, None, 1));
+        assert_eq!(p.score(), config.score_max - 1);
+        assert!(!p.observe(&config, 7, Some(139), 1));
+        assert_eq!(
+            p.score(),
+            config.score_max - 2,
+            "139 was seen before the torn read"
+        );
+        // Both standing still: the peer is failed as before.
+        for _ in 0..config.score_max {
+            p.observe(&config, 7, Some(139), 1);
+        }
+        assert!(!p.alive());
     }
 }

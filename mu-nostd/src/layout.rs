@@ -28,6 +28,7 @@
 //!   64-byte boundary.
 //! - Every record is 16 bytes at an 8-aligned offset; a record's check covers its own offset, so
 //!   a record copied to another place never validates.
+//! - The applied record follows the heartbeat record: the background plane reads both at once.
 //! - The whole region fits in `u32` offsets (guaranteed by [`Config::validate`]).
 
 use crate::config::Config;
@@ -50,6 +51,9 @@ pub const COMMIT_RECORD_BYTES: u32 = 32;
 /// Bytes of the log area's header: two min-proposal records, the standing record and the commit
 /// record, padded.
 pub const LOG_HEADER_BYTES: u32 = 128;
+/// Bytes of the background plane's heartbeat read: the heartbeat record and the applied record,
+/// which follow each other.
+pub const HEARTBEAT_READ_BYTES: u32 = 2 * RECORD_BYTES;
 /// Bytes of both min-proposal records.
 pub const MIN_PROPOSAL_BYTES: u32 = 2 * RECORD_BYTES;
 /// Bytes of a state-transfer offer (see `transfer`).
@@ -137,7 +141,8 @@ impl Layout {
                 + 3 * RECORD_BYTES,
         );
         let landing = outbox + outbox_bytes;
-        // Landing, per peer: header, heartbeat, applied, promises, one slot.
+        // Landing, per peer: header, heartbeat and applied (the background plane's read),
+        // applied (the replication plane's), promises, one slot.
         let landing_bytes = n * Layout::landing_stride(config.slot_size);
         let landing_transfer = landing + landing_bytes;
         Layout {
@@ -202,7 +207,7 @@ impl Layout {
     }
 
     const fn landing_stride(slot_size: u32) -> u32 {
-        HEADER_BYTES + 2 * RECORD_BYTES + PROMISE_BYTES + slot_size
+        HEADER_BYTES + HEARTBEAT_READ_BYTES + RECORD_BYTES + PROMISE_BYTES + slot_size
     }
 
     /// Bytes of the log area: its header and the slots.
@@ -293,21 +298,22 @@ impl Layout {
     pub const fn landing_header(&self, peer: ReplicaId) -> u32 {
         self.landing_of(peer)
     }
-    /// Landing buffer for `peer`'s heartbeat.
+    /// Landing buffer for the background plane's read of `peer`'s heartbeat and applied
+    /// records (`HEARTBEAT_READ_BYTES`).
     pub const fn landing_heartbeat(&self, peer: ReplicaId) -> u32 {
         self.landing_of(peer) + HEADER_BYTES
     }
-    /// Landing buffer for `peer`'s applied position.
+    /// Landing buffer for the replication plane's reads of `peer`'s applied position.
     pub const fn landing_applied(&self, peer: ReplicaId) -> u32 {
-        self.landing_of(peer) + HEADER_BYTES + RECORD_BYTES
+        self.landing_heartbeat(peer) + HEARTBEAT_READ_BYTES
     }
     /// Landing buffer for `peer`'s promises (min-proposal records and standing).
     pub const fn landing_promises(&self, peer: ReplicaId) -> u32 {
-        self.landing_of(peer) + HEADER_BYTES + 2 * RECORD_BYTES
+        self.landing_applied(peer) + RECORD_BYTES
     }
     /// Landing buffer for one slot of `peer`.
     pub const fn landing_slot(&self, peer: ReplicaId) -> u32 {
-        self.landing_of(peer) + HEADER_BYTES + 2 * RECORD_BYTES + PROMISE_BYTES
+        self.landing_promises(peer) + PROMISE_BYTES
     }
 
     /// The region header of this configuration, written by life `life` of its replica (the
@@ -393,6 +399,10 @@ mod tests {
             assert!(l.standing() + RECORD_BYTES <= l.commit_record());
             assert!(l.commit_record() + COMMIT_RECORD_BYTES <= l.slots);
             assert!(l.landing_promises(0) + PROMISE_BYTES <= l.landing_slot(0));
+            // The background plane reads both records in one read, into its own landing.
+            assert_eq!(l.heartbeat() + RECORD_BYTES, l.applied());
+            assert!(l.landing_heartbeat(0) + HEARTBEAT_READ_BYTES <= l.landing_applied(0));
+            assert!(l.landing_applied(0) + RECORD_BYTES <= l.landing_promises(0));
 
             assert!(l.in_log_area(l.slot(5), 192));
             assert!(!l.in_log_area(l.heartbeat(), 16));

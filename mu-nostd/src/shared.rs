@@ -144,7 +144,8 @@ impl Shared {
         self.alive.load(SeqCst) as u8
     }
 
-    /// Replicas whose heartbeat was seen moving within the detector's read timeout (bit per id):
+    /// Replicas whose heartbeat or applied position was seen moving within the detector's read
+    /// timeout (bit per id):
     /// a sign of life that does not wait for the hysteresis.
     pub fn lively(&self) -> u8 {
         self.lively.load(SeqCst) as u8

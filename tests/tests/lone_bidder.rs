@@ -7,8 +7,8 @@
 //! - A replica takes its own log from a holder that may be alive only once a majority names it
 //!   leader in their heartbeats (a pre-vote). When the other two background planes were starved
 //!   together, the third declared both peers failed and bid alone (first test: the background
-//!   planes of replicas 0 and 1 go unpolled, their replication planes run on); when one
-//!   follower lost sight of the leader, it bid while the other still followed the leader (second
+//!   planes of replicas 0 and 1 go unpolled, their replication planes run on, idle: a leader
+//!   that commits is seen alive by its applied position); when one follower lost sight of the leader, it bid while the other still followed the leader (second
 //!   test: the link between replicas 0 and 1 is cut).
 //! - A replica starts a tenure only while it considers a majority alive, itself included, even
 //!   against a holder that certainly died, which needs no pre-vote (third test: the leader dies
@@ -36,8 +36,8 @@ struct Seen {
 }
 
 /// Runs `ticks` ticks with the background planes in `starved` unpolled, keeping replica 0 busy
-/// while it runs (a denied write shows at once), and counts what `bidder` did.
-fn run(trio: &mut Trio, ticks: u64, starved: u8, bidder: u8, seen: &mut Seen) {
+/// while it runs if `busy` (a denied write shows at once), and counts what `bidder` did.
+fn run(trio: &mut Trio, ticks: u64, starved: u8, busy: bool, bidder: u8, seen: &mut Seen) {
     let leads = |trio: &Trio| trio.replicas[LEADER as usize].is_some();
     let applied = |trio: &Trio| match leads(trio) {
         true => trio.replica(LEADER).replication.status().applied,
@@ -46,7 +46,7 @@ fn run(trio: &mut Trio, ticks: u64, starved: u8, bidder: u8, seen: &mut Seen) {
     let from = applied(trio);
     for _ in 0..ticks {
         let command = trio.tick.to_le_bytes();
-        if leads(trio) {
+        if busy && leads(trio) {
             let leader = &mut trio.replica_mut(LEADER).replication;
             if leader.status().fast_path && leader.status().queued == 0 {
                 let _ = leader.submit(&command);
@@ -71,21 +71,20 @@ fn a_replica_that_sees_no_majority_alive_does_not_bid() {
     trio.formed();
     let tenure = trio.replica(LEADER).replication.status().leading;
     let mut starved = Seen::default();
-    run(&mut trio, detection() * 3, 0b011, 2, &mut starved);
+    run(&mut trio, detection() * 3, 0b011, false, 2, &mut starved);
     assert!(
         starved.alone > 0,
         "replica 2 declared both peers failed (the schedule tests what it means to)"
     );
     let mut after = Seen::default();
-    run(&mut trio, 2_000, 0, 2, &mut after);
+    run(&mut trio, 2_000, 0, true, 2, &mut after);
     assert_eq!(starved.bids + after.bids, 0, "replica 2 started no tenure");
     assert_eq!(
         trio.replica(LEADER).replication.status().leading,
         tenure,
         "the leader keeps its tenure"
     );
-    assert!(starved.applied > 0, "the leader replicated meanwhile");
-    assert!(after.applied > 0);
+    assert!(after.applied > 0, "the leader replicates");
 }
 
 #[test]
@@ -95,7 +94,7 @@ fn a_replica_cut_off_from_a_leader_the_others_follow_does_not_bid() {
     trio.formed();
     trio.world.set_reachable(LEADER, 1, false);
     let mut cut = Seen::default();
-    run(&mut trio, detection() * 6, 0, 1, &mut cut);
+    run(&mut trio, detection() * 6, 0, true, 1, &mut cut);
     assert_ne!(
         trio.alive_view(1) & 1,
         1,
@@ -103,7 +102,7 @@ fn a_replica_cut_off_from_a_leader_the_others_follow_does_not_bid() {
     );
     trio.world.set_reachable(LEADER, 1, true);
     let mut healed = Seen::default();
-    run(&mut trio, 2_000, 0, 1, &mut healed);
+    run(&mut trio, 2_000, 0, true, 1, &mut healed);
     assert_eq!(cut.bids + healed.bids, 0, "replica 1 started no tenure");
     assert_eq!(
         [0, 1, 2].map(|id| trio.leader_view(id)),
@@ -125,7 +124,7 @@ fn a_replica_alone_does_not_bid_even_against_a_dead_holder() {
     // background plane is starved: replica 2 is alone, and a bid of its own could gather nothing.
     trio.crash(LEADER);
     let mut starved = Seen::default();
-    run(&mut trio, detection() * 3, 0b010, 2, &mut starved);
+    run(&mut trio, detection() * 3, 0b010, true, 2, &mut starved);
     assert!(
         starved.alone > 0,
         "replica 2 took itself for the only replica alive"
