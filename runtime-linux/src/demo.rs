@@ -110,9 +110,12 @@ const ROUND_COMMANDS: u64 = 400;
 /// The cluster configuration the demo and the benchmark use. On isolated cores (`busy`) the
 /// detector reads every 20 µs and fate sharing stops a replica whose replication plane missed
 /// 12 read periods. With `shared` polling the spinning threads (the leader's replication plane,
-/// the client) may outnumber the cores, and a runnable thread can wait a scheduler time slice
-/// (milliseconds) for a core: reads every 200 µs, and fate sharing only after 20 ms, so that a
-/// live leader that was merely descheduled is not deposed.
+/// the client) may outnumber the cores, and a runnable thread can wait for a core: a woken
+/// plane waited out a busy neighbour's time slice, up to a 4 ms scheduler tick and at times
+/// 9-13 ms (scheduler traces of `mu demo` beside `yes`). A dead process is reported by the
+/// kernel at once, so the pull score only has to catch a hung one: reads every 1 ms (a silent
+/// peer is failed after 14 ms), and fate sharing after 20 ms, so that a live leader that was
+/// merely descheduled is not deposed.
 pub fn cluster_config(
     replicas: u8,
     payload: usize,
@@ -121,7 +124,7 @@ pub fn cluster_config(
 ) -> Config {
     let read_period = read_period_us.unwrap_or(match polling {
         Polling::Busy => 20,
-        Polling::Shared => 200,
+        Polling::Shared => 1000,
     });
     let mut config = Config::new(replicas);
     config.slot_count = 1 << 16;

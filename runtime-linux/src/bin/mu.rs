@@ -127,7 +127,7 @@ enum Action {
         /// Pin the planes: replica i's planes on cores FIRST+2i and FIRST+2i+1.
         #[arg(long)]
         pin_from: Option<usize>,
-        /// Detector read period in microseconds (default: 200 shared, 20 busy).
+        /// Detector read period in microseconds (default: 1000 shared, 20 busy).
         #[arg(long)]
         read_period_us: Option<u32>,
         #[command(flatten)]
