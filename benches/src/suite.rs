@@ -1098,27 +1098,26 @@ fn render_analysis(w: &mut String, results: &Results) {
         let period_us = detector.read_period_ticks as u64 * f.tick_ns / 1000;
         let why = match results.polling {
             Polling::Shared => {
-                "the period `shared` polling uses, chosen because with fewer cores than spinning \
-                 threads the detector must ride out scheduler delays"
+                "the period `shared` polling uses: with the kernel reporting deaths it only has \
+                 to catch a hung process, so it is sized to the scheduling delays of a host with \
+                 fewer cores than spinning threads"
             }
             Polling::Busy => "the period `busy` polling uses on cores of their own",
         };
         let _ = writeln!(
             w,
-            "- **Fail-over is mostly detection.** A live peer's pull score sits at {}; each \
-             read that finds the heartbeat unchanged lowers it by one, and below {} the peer is \
-             failed: {reads} reads, {} µs at a {period_us} µs read period ({why}). Measured \
-             detection p50: {:.0} µs. \"Permissions and prepare\" (p50 {:.0} µs) includes \
-             waiting for the surviving follower's own detector: it grants its log only to the \
-             replica it considers leader. By the same rule a 20 µs read period would give \
-             {} µs (computed, not measured here); the paper's sub-millisecond fail-over needs \
-             both a short read period and cores to poll at it.",
-            detector.score_max,
-            detector.fail_below,
-            reads * period_us,
+            "- **A killed leader is reported by the kernel, not found by the pull score.** The \
+             survivors' death watches wake when the dead process's robust mutexes are marked \
+             owner-died and fail it at once: detection p50 {:.0} µs. The pull score, which only \
+             a hung leader (`mu failover --fault stop`) has to drain, needs {reads} unchanged \
+             reads from a full score: {} µs at a {period_us} µs read period ({why}). After \
+             detection, switch and prepare took p50 {:.0} µs, of which permissions and prepare \
+             {:.0} µs: the survivors' planes being woken, getting a core and exchanging \
+             permission requests, revokes, grants and acks.",
             f.detection.value_at_quantile(0.5) as f64 / 1e3,
+            reads * period_us,
+            f.switch_and_prepare.value_at_quantile(0.5) as f64 / 1e3,
             f.prepare.value_at_quantile(0.5) as f64 / 1e3,
-            reads * 20
         );
     }
 }
