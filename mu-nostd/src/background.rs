@@ -451,7 +451,10 @@ impl<'s> BackgroundPlane<'s> {
                 self.deaths = self.deaths.wrapping_add(1);
             }
             // Until its successor's header is read, whatever answers is taken for the dead life.
+            // It shows no sign of life either: a new leader that counted a dead peer's last
+            // moves as one waited out the read timeout on its recycling (a 3 ms first commit).
             state.score.fail();
+            state.moved_at = None;
             state.suspected_at = None;
             state.voter = false;
             // Its successor's header names a new life; read it as soon as it is there.

@@ -22,6 +22,8 @@
 //! - `score <= score_max` always; `unchanged < patience` after every observation.
 //! - `alive` changes only across the hysteresis band: to failed when `score < fail_below`, to
 //!   alive when `score > recover_above`; or to failed at once by `fail`.
+//! - A score rises only on a read whose heartbeat, or whose readable applied position, differs
+//!   from the last one seen; a torn applied record neither raises it nor replaces the last one.
 
 use crate::config::DetectorConfig;
 

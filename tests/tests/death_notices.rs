@@ -65,3 +65,31 @@ fn a_notice_about_an_earlier_life_changes_nothing() {
         );
     }
 }
+
+#[test]
+fn a_dead_peer_shows_no_sign_of_life() {
+    let shared = Trio::shared(0);
+    let mut trio = Trio::new(Trio::config(), Faults::gentle(), &shared);
+    trio.formed();
+    // The leader commits, so that its heartbeat and applied position are seen moving.
+    for tick in 0..200u64 {
+        let leader = &mut trio.replica_mut(0).replication;
+        if leader.status().fast_path && leader.status().queued == 0 {
+            leader.submit(&tick.to_le_bytes()).unwrap();
+        }
+        trio.run(1);
+    }
+    assert!(shared[1].lively() & 1 != 0, "the leader was seen moving");
+    trio.crash(0);
+    trio.run(2);
+    // The new leader's recycling waits for every replica showing a sign of life: a dead one
+    // must not count until the read timeout passes.
+    for id in [1, 2] {
+        assert_eq!(shared[id].alive() & 1, 0, "replica {id} took the death");
+        assert_eq!(
+            shared[id].lively() & 1,
+            0,
+            "replica {id} sees no sign of life"
+        );
+    }
+}
