@@ -142,7 +142,8 @@ struct Peer {
     /// configuration, so its header is read again (a verified peer keeps its score meanwhile).
     recheck: bool,
     score: PullScore,
-    /// When a read last showed its heartbeat or applied position moving.
+    /// When a read last showed its heartbeat or applied position moving (or first showed them:
+    /// a peer is then alive by its score anyway, and `lively` only adds to `alive`).
     moved_at: Option<u64>,
     /// When a read last returned a readable heartbeat record.
     readable_at: Option<u64>,

@@ -81,7 +81,7 @@ impl PullScore {
 
     /// A heartbeat read completed and showed `heartbeat`, and `applied` unless that record was
     /// torn; `patience` unchanged reads in a row cost one point. Either moving is a change;
-    /// returns whether one of them moved since an earlier read showed it.
+    /// returns whether there was one.
     pub fn observe(
         &mut self,
         config: &DetectorConfig,
@@ -89,10 +89,6 @@ impl PullScore {
         applied: Option<u64>,
         patience: u8,
     ) -> bool {
-        let moved = self.last_heartbeat.is_some_and(|b| b != heartbeat)
-            || self
-                .last_applied
-                .is_some_and(|a| applied.is_some_and(|now| now != a));
         let changed = self.last_heartbeat != Some(heartbeat)
             || applied.is_some_and(|a| self.last_applied != Some(a));
         self.last_heartbeat = Some(heartbeat);
@@ -102,7 +98,7 @@ impl PullScore {
         } else {
             self.unchanged(config, patience);
         }
-        moved
+        changed
     }
 
     /// A heartbeat read did not complete in time: count it as unchanged.
@@ -203,7 +199,10 @@ mod tests {
     fn a_moving_applied_position_is_a_sign_of_life() {
         let config = DetectorConfig::paper(10);
         let mut p = PullScore::verified(&config);
-        assert!(!p.observe(&config, 7, Some(100), 1), "nothing seen before");
+        assert!(
+            p.observe(&config, 7, Some(100), 1),
+            "the first read is news"
+        );
         let start = p.score();
         // The heartbeat stands still while the applied position moves: no point lost.
         for applied in 101..140 {

@@ -8,8 +8,9 @@
 //!   leader in their heartbeats (a pre-vote). When the other two background planes were starved
 //!   together, the third declared both peers failed and bid alone (first test: the background
 //!   planes of replicas 0 and 1 go unpolled, their replication planes run on, idle: a leader
-//!   that commits is seen alive by its applied position); when one follower lost sight of the leader, it bid while the other still followed the leader (second
-//!   test: the link between replicas 0 and 1 is cut).
+//!   that commits is seen alive by its applied position); when one follower lost sight of the
+//!   leader, it bid while the other still followed the leader (second test: the link between
+//!   replicas 0 and 1 is cut).
 //! - A replica starts a tenure only while it considers a majority alive, itself included, even
 //!   against a holder that certainly died, which needs no pre-vote (third test: the leader dies
 //!   while replica 1's background plane is starved).
