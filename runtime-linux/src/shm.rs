@@ -69,7 +69,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mu_nostd::config::REPLICAS_MAX;
 use mu_nostd::layout::HEADER_BYTES;
@@ -1226,16 +1226,29 @@ fn watch(dir: &RegionDir, replicas: u8, own: &OwnRegion, stop: &AtomicBool) {
     let mut watched: Vec<Option<Watched>> = (0..replicas).map(|_| None).collect();
     // The last life reported ended per peer, so that a dead file is not reported again.
     let mut reported: Vec<Option<u64>> = vec![None; replicas as usize];
+    // Files are (re)opened, and the mappings of ended lives dropped, only at a rescan: opening
+    // and mapping a file, or unmapping one (a TLB shootdown across the cores), costs tens of
+    // µs on the core that the background plane woken by a death is queued on.
+    let mut rescan_at = Instant::now();
     while !stop.load(SeqCst) {
+        let now = Instant::now();
+        let rescan = now >= rescan_at;
+        if rescan {
+            rescan_at = now + WATCH_RESCAN;
+        }
         let mut waits = Vec::with_capacity(replicas as usize * (1 + LANES));
         for peer in (0..replicas).filter(|&p| p != me) {
+            let last_reported = reported[peer as usize];
             let slot = &mut watched[peer as usize];
-            if slot.is_none() {
-                *slot = open_owner(dir, peer, reported[peer as usize]);
+            let ended = |w: &Watched| last_reported == Some(w.incarnation);
+            if rescan && slot.as_ref().is_none_or(ended) {
+                *slot = open_owner(dir, peer, last_reported);
             }
-            let Some(w) = slot else { continue };
+            let Some(w) = slot.as_ref().filter(|w| !ended(w)) else {
+                continue;
+            };
             let peer_waits = waits.len();
-            let mut ended = None;
+            let mut ended_word = None;
             for (word, required) in life_words(&w.control) {
                 match arm(word, required) {
                     Arm::Sleep(value) => waits.push(FutexWaitv {
@@ -1245,19 +1258,19 @@ fn watch(dir: &RegionDir, replicas: u8, own: &OwnRegion, stop: &AtomicBool) {
                         reserved: 0,
                     }),
                     Arm::Skip => {}
-                    Arm::Ended => ended = Some(word),
+                    Arm::Ended => ended_word = Some(word),
                 }
             }
-            if let Some(word) = ended {
+            if let Some(word) = ended_word {
                 waits.truncate(peer_waits);
                 reported[peer as usize] = Some(w.incarnation);
-                // The kernel woke one sleeper of this mutex: pass it on to the others.
-                wake_all(word);
-                *slot = None;
+                // First the plane that acts on it; then the other sleepers of the word (the
+                // kernel woke one: another replica's watch, whose plane may be on the way).
                 own.background_bell().ring();
+                wake_all(word);
             }
         }
-        sleep_on(&waits, WATCH_RESCAN);
+        sleep_on(&waits, rescan_at.saturating_duration_since(Instant::now()));
     }
 }
 

@@ -19,12 +19,12 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mu_nostd::{Completion, Config, Fabric, Layout, PostError, ReplicaId, Status};
 use runtime_linux::shm::{
-    inspect_writer, Lane, OwnRegion, Previous, RegionDir, ShmError, ShmFabric, CONTROL_BYTES,
-    OUTSTANDING_MAX,
+    inspect_writer, DeathWatch, Lane, OwnRegion, Previous, RegionDir, ShmError, ShmFabric,
+    CONTROL_BYTES, OUTSTANDING_MAX,
 };
 
 /// Generous limit for anything that could hang (a revoke, reaping a child, a child's start).
@@ -1660,6 +1660,31 @@ fn a_plane_thread_that_dies_holding_its_life_ends_the_life() {
         r0.hold_life(Lane::Replication).is_err(),
         "an ended life stays ended"
     );
+}
+
+/// The death watch rings its replica's background bell when a peer process is killed, and
+/// again when that peer, started anew, is killed once more: it watches a restarted peer too.
+#[test]
+fn the_death_watch_rings_at_every_death_of_a_peer() {
+    let tmp = TestDir::new("watch");
+    let dir = tmp.open();
+    let r0 = Arc::new(OwnRegion::create(&dir, 0, &Config::new(3)).unwrap());
+    let _watch = DeathWatch::start(dir.clone(), 3, r0.clone(), || {}).unwrap();
+    let bell = r0.background_bell();
+    for life in 0..2 {
+        let mut child = ChildProc::spawn("owner", &tmp.path, 1);
+        child.expect_line(READY);
+        let seen = bell.seen();
+        assert_killed_by_sigkill(child.kill_and_reap(), "owner");
+        let deadline = Instant::now() + DEADLINE;
+        while bell.seen() == seen {
+            assert!(
+                Instant::now() < deadline,
+                "life {life} of replica 1 died; the watch of replica 0 never rang"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
