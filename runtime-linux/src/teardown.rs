@@ -13,7 +13,8 @@
 //! runs at `SCHED_IDLE` and does nothing but wait for the replica to exit. The replica's own
 //! threads then only drop their reference to the memory as they die; the reaper, the last user,
 //! unmaps it at idle priority, which every other thread preempts at the kernel's next
-//! rescheduling point.
+//! rescheduling point. Those points can be 2 ms apart in the unmapping, so the reaper first
+//! waits out the fail-over that the death starts (`SETTLE`).
 //!
 //! Invariants:
 //! - The reaper shares the memory and nothing else: before anything else it closes every
@@ -25,12 +26,24 @@
 //!   installed by the replica (a SIGTERM meant for a replica stops the replica; its reaper
 //!   follows it).
 //! - It exits only once the replica's pidfd is readable, that is once every thread of the
-//!   replica has left the memory.
+//!   replica has left the memory, and `SETTLE` after that.
 
 use std::io;
 
 /// The reaper's stack: it only makes system calls.
 const REAPER_STACK: usize = 16 * 1024;
+
+/// How long the reaper waits after the replica's exit before it unmaps the memory: past the
+/// fail-over that the death starts (a few ms at worst on a 2-core host). Once begun, the
+/// unmapping keeps its core for 0.2 to 2 ms, idle priority or not: a kernel without preemption
+/// (`preempt=none`) switches only where the kernel code allows it, and the unmapping of a
+/// replica's memory (some 3,500 small pages besides the huge ones) rarely does. Traced on a
+/// 2-core host, such a stretch held a survivor's thread or the client off their core in the
+/// middle of one fail-over in ten.
+const SETTLE: libc::timespec = libc::timespec {
+    tv_sec: 0,
+    tv_nsec: 100_000_000,
+};
 
 /// Starts the reaper of the calling process's memory (see the module's docs).
 ///
@@ -121,6 +134,11 @@ extern "C" fn reap(arg: *mut libc::c_void) -> libc::c_int {
                 return 1;
             }
         }
+        libc::syscall(
+            libc::SYS_nanosleep,
+            &SETTLE as *const libc::timespec,
+            core::ptr::null_mut::<libc::timespec>(),
+        );
     }
     0
 }
