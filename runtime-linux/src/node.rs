@@ -793,6 +793,16 @@ impl Parts {
 
 /// Runs replica `spec` until `stop` is set: both planes on their own threads.
 pub fn run(spec: &NodeSpec, stop: &AtomicBool) -> Result<(), NodeError> {
+    // Before any file is open: the reaper starts with a copy of the descriptor table, and a
+    // copy of the lock file's descriptor would hold the lock until the reaper sheds it, so that
+    // a replica killed in between could not be restarted at once ("already running").
+    if let Err(e) = crate::teardown::start_idle_reaper() {
+        eprintln!(
+            "replica {}: cannot start the reaper of its memory ({e}); when it dies, its last \
+             thread unmaps that memory at normal priority",
+            spec.id
+        );
+    }
     let parts = Parts::create(spec)?;
     eprintln!(
         "replica {}: pid {}, incarnation {}, {} polling; {}",
@@ -806,13 +816,6 @@ pub fn run(spec: &NodeSpec, stop: &AtomicBool) -> Result<(), NodeError> {
         IsolatedCores::detect().describe()
     );
     lock_memory(spec.id);
-    if let Err(e) = crate::teardown::start_idle_reaper() {
-        eprintln!(
-            "replica {}: cannot start the reaper of its memory ({e}); when it dies, its last \
-             thread unmaps that memory at normal priority",
-            spec.id
-        );
-    }
     let shared = Shared::new();
     #[cfg(feature = "verbs")]
     if let Some(endpoint) = &parts.endpoint {

@@ -260,9 +260,19 @@ fn a_killed_replicas_memory_is_unmapped_by_an_idle_reaper_that_holds_nothing_els
         assert!(Instant::now() < deadline, "replica 2 started no reaper");
         std::thread::sleep(Duration::from_millis(10));
     };
-    // proc(5): field 41, the policy; SCHED_IDLE is 5.
-    let fields = stat_fields(reaper).unwrap();
-    assert_eq!(fields[41 - 3], "5", "the reaper's scheduling policy");
+    // proc(5): field 41, the policy; SCHED_IDLE is 5. The reaper sheds its descriptors, then
+    // takes that policy, as soon as it runs: found at once, it may not have run yet.
+    let idle = |pid| stat_fields(pid).is_some_and(|f| f[41 - 3] == "5");
+    while !idle(reaper) {
+        if Instant::now() > deadline {
+            let _ = replica_2.kill();
+            panic!(
+                "the reaper never took SCHED_IDLE: {:?}",
+                stat_fields(reaper)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let descriptors: Vec<String> = std::fs::read_dir(format!("/proc/{reaper}/fd"))
         .unwrap()
         .map(|e| {
@@ -277,6 +287,12 @@ fn a_killed_replicas_memory_is_unmapped_by_an_idle_reaper_that_holds_nothing_els
         ["anon_inode:[pidfd]"],
         "the reaper holds only the replica's pidfd"
     );
+    // The reaper starts before the replica opens any file; the port comes after its region.
+    let port = dir.join("regions").join("client-2.port");
+    while !port.exists() {
+        assert!(Instant::now() < deadline, "replica 2 made no port");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let maps = std::fs::read_to_string(format!("/proc/{reaper}/maps")).unwrap();
     assert!(
         maps.contains("replica-2.region"),
