@@ -1107,8 +1107,8 @@ fn render_analysis(w: &mut String, results: &Results) {
         let _ = writeln!(
             w,
             "- **A killed leader is reported by the kernel, not found by the pull score.** The \
-             survivors' death watches wake when the dead process's robust mutexes are marked \
-             owner-died and fail it at once: detection p50 {:.0} µs. The pull score, which only \
+             survivors' resting background planes wake when the dead process's robust mutexes \
+             are marked owner-died and fail it at once: detection p50 {:.0} µs. The pull score, which only \
              a hung leader (`mu failover --fault stop`) has to drain, needs {reads} unchanged \
              reads from a full score: {} µs at a {period_us} µs read period ({why}). After \
              detection, switch and prepare took p50 {:.0} µs, of which permissions and prepare \

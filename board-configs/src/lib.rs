@@ -40,7 +40,7 @@
 //! background_core = 1        # optional CPU for the background plane
 //! polling = "shared"         # "busy" (spin, needs two distinct cores) or "shared" (default)
 //! realtime_priority = 0      # optional; 0 = normal scheduling, 1..=99 = SCHED_FIFO priority
-//!                            # (background plane and death watch; with "busy", both planes)
+//!                            # (background plane; with "busy", both planes)
 //! # verbs only, and then all required:
 //! # device = "rxe0", port = 1 (1..=255), gid_index = 1 (0..=255), address = "10.0.2.15:7470"
 //!
@@ -148,7 +148,7 @@ pub struct LinuxHost {
     /// How the planes wait for work.
     pub polling: Polling,
     /// `SCHED_FIFO` priority `1..=99`; `None` for normal scheduling (0 or absent in the file).
-    /// It applies to the background plane and the death watch, which sleep between polls, and
+    /// It applies to the background plane, which sleeps between polls, and
     /// with busy polling to the replication plane too: with shared polling, a leader's spinning
     /// replication plane in a real-time class would keep every other thread off its core.
     pub realtime_priority: Option<u8>,

@@ -13,6 +13,7 @@
 //!   sleeper sees the new count (and `FUTEX_WAIT` refuses to sleep on a changed word).
 //! - A sleep always has a timeout: a lost or missing ring costs at most the rest it replaces.
 
+use std::io;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::time::Duration;
 
@@ -46,26 +47,31 @@ impl<'a> Bell<'a> {
     pub fn sleep(&self, seen: u32, timeout: Duration) {
         self.sleepers.fetch_add(1, SeqCst);
         if self.count.load(SeqCst) == seen {
-            let timeout = libc::timespec {
-                tv_sec: timeout.as_secs() as libc::time_t,
-                tv_nsec: timeout.subsec_nanos() as libc::c_long,
-            };
-            // SAFETY: FUTEX_WAIT on a live, aligned 32-bit word with a relative timeout; the
-            // kernel only compares the word and sleeps. EAGAIN (the word changed), EINTR and
-            // ETIMEDOUT all mean: poll again.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.count.as_ptr(),
-                    libc::FUTEX_WAIT,
-                    seen,
-                    &timeout as *const libc::timespec,
-                    std::ptr::null::<u32>(),
-                    0u32,
-                );
+            futex_wait(self.count, seen, timeout);
+        }
+        self.sleepers.fetch_sub(1, SeqCst);
+    }
+
+    /// Sleeps as [`Bell::sleep`] does, and also until one of `others` is woken or no longer
+    /// holds its value (one `futex_waitv`). On a kernel without `futex_waitv` (before Linux
+    /// 5.16) it sleeps on the bell alone.
+    pub fn sleep_or(&self, seen: u32, others: &mut Vec<FutexWaitv>, timeout: Duration) {
+        if others.is_empty() {
+            return self.sleep(seen, timeout);
+        }
+        self.sleepers.fetch_add(1, SeqCst);
+        if self.count.load(SeqCst) == seen {
+            others.push(FutexWaitv::new(self.count, seen));
+            if !futex_wait_any(others, timeout) {
+                futex_wait(self.count, seen, timeout);
             }
         }
         self.sleepers.fetch_sub(1, SeqCst);
+    }
+
+    /// Whether a thread sleeps on the bell (or is about to).
+    pub fn has_sleepers(&self) -> bool {
+        self.sleepers.load(SeqCst) != 0
     }
 
     /// Rings: a sleeper wakes, and one about to sleep does not.
@@ -86,6 +92,82 @@ impl<'a> Bell<'a> {
             }
         }
     }
+}
+
+/// One entry of `futex_waitv(2)`'s array: sleep while a 32-bit word holds a value.
+#[repr(C)]
+pub struct FutexWaitv {
+    val: u64,
+    uaddr: u64,
+    flags: u32,
+    reserved: u32,
+}
+
+/// A 32-bit futex shared between processes (no `FUTEX_PRIVATE_FLAG`).
+const FUTEX2_SIZE_U32: u32 = 2;
+
+impl FutexWaitv {
+    /// Sleep while `word` (a word that other processes may share) holds `value`.
+    pub fn new(word: &AtomicU32, value: u32) -> FutexWaitv {
+        FutexWaitv {
+            val: value as u64,
+            uaddr: word.as_ptr() as u64,
+            flags: FUTEX2_SIZE_U32,
+            reserved: 0,
+        }
+    }
+}
+
+/// Sleeps while `word` holds `value`, until woken or `timeout` passes.
+fn futex_wait(word: &AtomicU32, value: u32, timeout: Duration) {
+    let timeout = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: FUTEX_WAIT on a live, aligned 32-bit word with a relative timeout; the kernel only
+    // compares the word and sleeps. EAGAIN (the word changed), EINTR and ETIMEDOUT all mean:
+    // poll again.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            value,
+            &timeout as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// Sleeps until one of `waits` is woken or no longer holds its value, or `timeout` passes.
+/// False when the kernel has no `futex_waitv` (nothing slept).
+fn futex_wait_any(waits: &[FutexWaitv], timeout: Duration) -> bool {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let nanos = now.tv_nsec as u64 + timeout.as_nanos() as u64;
+    let until = libc::timespec {
+        tv_sec: now.tv_sec + (nanos / 1_000_000_000) as libc::time_t,
+        tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: `waits` is a live array of futex_waitv entries whose words are aligned words of
+    // mappings the caller holds; the kernel only compares and sleeps. Every error but ENOSYS
+    // (EAGAIN: a word changed; ETIMEDOUT; EINTR) means: look again.
+    let woke = unsafe {
+        libc::syscall(
+            libc::SYS_futex_waitv,
+            waits.as_ptr(),
+            waits.len() as libc::c_uint,
+            0u32,
+            &until as *const libc::timespec,
+            libc::CLOCK_MONOTONIC,
+        )
+    };
+    !(woke < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ pub struct DemoOptions {
     pub fabric: DemoFabric,
     /// Slots of the log.
     pub slots: u32,
-    /// `SCHED_FIFO` priority of the replicas' background planes and death watches (see
+    /// `SCHED_FIFO` priority of the replicas' background planes (see
     /// `NodeSpec::realtime_priority`), if any.
     pub realtime_priority: Option<u8>,
 }
@@ -98,7 +98,7 @@ pub struct FailoverOptions {
     pub wrap_laps: u64,
     /// How the leader is taken out.
     pub fault: Fault,
-    /// `SCHED_FIFO` priority of the replicas' background planes and death watches, if any.
+    /// `SCHED_FIFO` priority of the replicas' background planes, if any.
     pub realtime_priority: Option<u8>,
 }
 
@@ -206,9 +206,7 @@ fn describe_priority(polling: Polling, priority: Option<u8>) -> String {
         Polling::Busy => "planes",
         Polling::Shared => "background planes",
     };
-    priority.map_or(String::new(), |p| {
-        format!(" ({threads} and death watches at SCHED_FIFO {p})")
-    })
+    priority.map_or(String::new(), |p| format!(" ({threads} at SCHED_FIFO {p})"))
 }
 
 fn polling_name(polling: Polling) -> &'static str {

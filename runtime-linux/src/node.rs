@@ -34,7 +34,7 @@ use crate::clock::{cycles_end, cycles_start, monotonic_ns, Ticker};
 use crate::kv::{self, Kv};
 use crate::port::{Outcome, Port, Response, Stat, COMMAND_MAX};
 use crate::procfs::IsolatedCores;
-use crate::shm::{DeathWatch, Lane, LifeHold, OwnRegion, Previous, RegionDir, ShmError, ShmFabric};
+use crate::shm::{Lane, LifeHold, LifeWatch, OwnRegion, Previous, RegionDir, ShmError, ShmFabric};
 #[cfg(feature = "verbs")]
 use crate::verbs::{wire::Plane, Endpoint, VerbsError, VerbsFabric};
 
@@ -92,7 +92,7 @@ pub struct NodeSpec {
     pub replication_core: Option<usize>,
     /// Core for the background plane's thread.
     pub background_core: Option<usize>,
-    /// SCHED_FIFO priority for the background plane and the death watch, and in `busy` polling
+    /// SCHED_FIFO priority for the background plane, and in `busy` polling
     /// for the replication plane too.
     pub realtime_priority: Option<u8>,
     /// Keys the replicated store holds (every replica of a cluster needs the same, or a
@@ -831,25 +831,20 @@ pub fn run(spec: &NodeSpec, stop: &AtomicBool) -> Result<(), NodeError> {
             VerbsFabric::new(endpoint.clone(), Plane::Replication),
             VerbsFabric::new(endpoint.clone(), Plane::Background),
         )?;
-        return run_loops(spec, stop, &parts, &shared, replication, background);
+        return run_loops(spec, stop, &parts, &shared, replication, background, None);
     }
     // Only the shared-memory fabric has the peers' owners on this host to watch.
-    let (id, priority) = (spec.id, spec.realtime_priority);
-    let _watch = DeathWatch::start(
-        parts.dir.clone(),
-        spec.config.replica_count,
-        parts.own.clone(),
-        move || place_thread(id, "death watch", None, priority),
-    )
-    .map_err(|e| {
-        NodeError::Shm(ShmError::Io {
-            path: parts.dir.path().to_path_buf(),
-            action: "start the death watch",
-            error: e,
-        })
-    })?;
+    let watch = LifeWatch::new(parts.dir.clone(), spec.config.replica_count, spec.id);
     let (replication, background) = parts.loops(spec, &shared)?;
-    run_loops(spec, stop, &parts, &shared, replication, background)
+    run_loops(
+        spec,
+        stop,
+        &parts,
+        &shared,
+        replication,
+        background,
+        Some(watch),
+    )
 }
 
 /// Runs both loops on their own threads until `stop`.
@@ -857,6 +852,8 @@ pub fn run(spec: &NodeSpec, stop: &AtomicBool) -> Result<(), NodeError> {
 /// In `shared` polling each plane rests on its own doorbell, and each rings the other when the
 /// words it hands over change: the background plane's grant of a tenure (or its withdrawal) to
 /// the replication plane, the replication plane's stepping down (or up) to the background plane.
+/// With a `watch` (the shared-memory fabric), the background plane also rests on the peers'
+/// lives, so that a peer's death wakes it.
 fn run_loops<F: Fabric + Send>(
     spec: &NodeSpec,
     stop: &AtomicBool,
@@ -864,6 +861,7 @@ fn run_loops<F: Fabric + Send>(
     shared: &Shared,
     mut replication: ReplicationLoop<'_, '_, F>,
     mut background: BackgroundLoop<'_, '_, F>,
+    mut watch: Option<LifeWatch>,
 ) -> Result<(), NodeError> {
     parts.port.set(Stat::Ready, 1);
     // A halted replica stops both planes and exits: left running, it would keep answering
@@ -895,7 +893,8 @@ fn run_loops<F: Fabric + Send>(
                 let _life = hold_life(own, id, Lane::Replication);
                 let mut acting = shared.acting();
                 let mut idle_since = None;
-                spin(stop, polling, replication_bell, || {
+                let rest = |bell: Bell<'_>, seen, rest| bell.sleep(seen, rest);
+                spin(stop, polling, replication_bell, rest, || {
                     if refused.load(Ordering::Relaxed) {
                         return Pace::Stop;
                     }
@@ -934,7 +933,13 @@ fn run_loops<F: Fabric + Send>(
                 place_thread(id, "background", bc, background_priority);
                 let _life = hold_life(own, id, Lane::Background);
                 let mut lead = shared.lead();
-                spin(stop, polling, background_bell, || {
+                let rest = |bell: Bell<'_>, seen, rest| match watch.as_mut() {
+                    Some(watch) => {
+                        watch.rest(bell, seen, rest);
+                    }
+                    None => bell.sleep(seen, rest),
+                };
+                spin(stop, polling, background_bell, rest, || {
                     if halted.load(Ordering::Relaxed) != 0 {
                         return Pace::Stop;
                     }
@@ -973,7 +978,13 @@ fn run_loops<F: Fabric + Send>(
 /// threads that need them; without that, on a host with fewer cores than threads, a
 /// background plane starved for a few scheduler slices misses heartbeats and deposes a healthy
 /// leader. A ring ends the rest at once.
-fn spin(stop: &AtomicBool, polling: Polling, bell: Bell<'_>, mut step: impl FnMut() -> Pace) {
+fn spin(
+    stop: &AtomicBool,
+    polling: Polling,
+    bell: Bell<'_>,
+    mut rest: impl FnMut(Bell<'_>, u32, Duration),
+    mut step: impl FnMut() -> Pace,
+) {
     if polling == Polling::Shared {
         // Sleeps end when asked, not up to 50 µs later.
         // SAFETY: prctl with integer arguments only.
@@ -987,7 +998,7 @@ fn spin(stop: &AtomicBool, polling: Polling, bell: Bell<'_>, mut step: impl FnMu
         match (polling, pace) {
             (_, Pace::Stop) => return,
             (Polling::Busy, _) => std::hint::spin_loop(),
-            (Polling::Shared, Pace::Rest(rest)) => bell.sleep(seen, rest),
+            (Polling::Shared, Pace::Rest(pause)) => rest(bell, seen, pause),
             (Polling::Shared, Pace::Spin) if polls % YIELD_EVERY == 0 => std::thread::yield_now(),
             (Polling::Shared, Pace::Spin) => std::hint::spin_loop(),
         }

@@ -25,13 +25,13 @@
 //! and releases it when it stops. After a SIGKILL the kernel marks a mutex only once its holder
 //! thread gets a core to exit on, which takes 0.1 to 0.5 ms on a loaded 2-core host: with three
 //! holders the first of them to exit marks the life ended, not the keeper alone in its turn, and
-//! the kernel wakes one sleeper per marked mutex, so more of the peers' watches hear it first hand.
+//! the kernel wakes one sleeper per marked mutex, so more of the peers' background planes hear it first hand.
 //!
 //! Certain death: a peer whose owner mutex is marked owner-died (or released by a clean exit),
 //! or one of whose plane life mutexes is marked owner-died, or whose file a successor retired,
-//! certainly ended that life, which `ended_life` reports. A [`DeathWatch`] thread sleeps on
-//! every peer's life mutexes and rings this replica's background bell the moment the kernel
-//! marks one owner-died, so that the background plane looks at once.
+//! certainly ended that life, which `ended_life` reports. A resting background plane sleeps on
+//! every peer's life mutexes too ([`LifeWatch`]), so that the kernel's marking of one wakes it
+//! at once.
 //!
 //! Doorbells (see [`crate::bell`]): the control page holds the background plane's bell; a
 //! background-plane write into a peer's region (a permission request, an ack, a transfer
@@ -67,7 +67,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -75,7 +75,7 @@ use mu_nostd::config::REPLICAS_MAX;
 use mu_nostd::layout::HEADER_BYTES;
 use mu_nostd::{Completion, Config, Fabric, Layout, PostError, ReplicaId, Status};
 
-use crate::bell::Bell;
+use crate::bell::{Bell, FutexWaitv};
 use crate::mem::{copy, page_size, Mapping};
 use crate::procfs::{self, Liveness};
 
@@ -1153,51 +1153,85 @@ impl Fabric for ShmFabric {
     }
 }
 
-/// How long the death watch waits before it looks for peers that (re)started.
+/// How often the life watch looks for peers that (re)started, and drops the mappings of ended
+/// lives.
 const WATCH_RESCAN: Duration = Duration::from_millis(10);
 
-/// A thread that sleeps on every peer's owner mutex, as a waiter of it would: when a peer's
-/// owner thread dies, the kernel marks the mutex owner-died and wakes a waiter as it processes
-/// the dead thread's robust list, early in the exit, before the process's memory is torn down
-/// (which takes milliseconds for a replica's locked memory; a pidfd becomes readable only after
-/// it). The watch then rings this replica's background bell, so that the background plane takes
-/// the death (`ended_life`) at once instead of at the end of its rest, and wakes every other
-/// sleeper of that mutex (the kernel wakes one: the other replicas' watches).
-pub struct DeathWatch {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// What the background plane rests on, besides its doorbell: every peer's life mutexes, as a
+/// waiter of them would. When a peer's thread dies holding one, the kernel marks it owner-died
+/// and wakes a waiter as it processes the dead thread's robust list, early in the exit, before
+/// the process's memory is torn down (a pidfd becomes readable only after that). So a resting
+/// background plane is woken by the death itself, with no thread in between, and takes it
+/// (`ended_life`) in the poll that follows. The kernel wakes one sleeper per mutex: the plane it
+/// woke wakes the others (the other replicas' background planes).
+///
+/// # Invariants
+/// - A life is reported (its rest returns at once) at most once: `reported` holds the last life
+///   reported ended per peer, and an ended life is not armed again.
+/// - Files are (re)opened, and the mappings of ended lives dropped, only at a rescan: opening
+///   and mapping a file, or unmapping one (a TLB shootdown across the cores), costs tens of µs
+///   on the core of a plane that has a death to act on.
+pub struct LifeWatch {
+    dir: RegionDir,
+    me: ReplicaId,
+    watched: Vec<Option<Watched>>,
+    reported: Vec<Option<u64>>,
+    rescan_at: Instant,
 }
 
-impl DeathWatch {
-    /// Watches the peers of `own` among `replicas` in `dir`, on a thread that first runs
-    /// `setup` (its placement and scheduling class).
-    pub fn start(
-        dir: RegionDir,
-        replicas: u8,
-        own: Arc<OwnRegion>,
-        setup: impl FnOnce() + Send + 'static,
-    ) -> io::Result<DeathWatch> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("mu-deathwatch".into())
-            .spawn(move || {
-                setup();
-                watch(&dir, replicas, &own, &flag)
-            })?;
-        Ok(DeathWatch {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for DeathWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+impl LifeWatch {
+    /// Watches the peers of replica `me` among `replicas` in `dir`.
+    pub fn new(dir: RegionDir, replicas: u8, me: ReplicaId) -> LifeWatch {
+        assert!(me < replicas && replicas <= REPLICAS_MAX);
+        LifeWatch {
+            dir,
+            me,
+            watched: (0..replicas).map(|_| None).collect(),
+            reported: vec![None; replicas as usize],
+            rescan_at: Instant::now(),
         }
+    }
+
+    /// Sleeps until `bell` rings after `seen`, a watched peer's life ends, or `timeout` passes.
+    /// Returns at once, true, when it finds a life ended that it had not reported.
+    pub fn rest(&mut self, bell: Bell<'_>, seen: u32, timeout: Duration) -> bool {
+        let now = Instant::now();
+        let rescan = now >= self.rescan_at;
+        if rescan {
+            self.rescan_at = now + WATCH_RESCAN;
+        }
+        let mut waits = Vec::with_capacity(self.watched.len() * (1 + LANES) + 1);
+        let mut ended_now = false;
+        for peer in (0..self.watched.len() as ReplicaId).filter(|&p| p != self.me) {
+            let last_reported = self.reported[peer as usize];
+            let slot = &mut self.watched[peer as usize];
+            let ended = |w: &Watched| last_reported == Some(w.incarnation);
+            if rescan && slot.as_ref().is_none_or(ended) {
+                *slot = open_owner(&self.dir, peer, last_reported);
+            }
+            let Some(w) = slot.as_ref().filter(|w| !ended(w)) else {
+                continue;
+            };
+            let peer_waits = waits.len();
+            for (word, required) in life_words(&w.control) {
+                match arm(word, required) {
+                    Arm::Sleep(value) => waits.push(FutexWaitv::new(word, value)),
+                    Arm::Skip => {}
+                    Arm::Ended => {
+                        waits.truncate(peer_waits);
+                        self.reported[peer as usize] = Some(w.incarnation);
+                        // The kernel woke one sleeper of this word; this one may not be it.
+                        wake_all(word);
+                        ended_now = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if !ended_now {
+            bell.sleep_or(seen, &mut waits, timeout);
+        }
+        ended_now
     }
 }
 
@@ -1207,72 +1241,8 @@ struct Watched {
     control: Mapping,
 }
 
-/// One entry of `futex_waitv(2)`'s array.
-#[repr(C)]
-struct FutexWaitv {
-    val: u64,
-    uaddr: u64,
-    flags: u32,
-    reserved: u32,
-}
-
-/// A 32-bit futex shared between processes (no `FUTEX_PRIVATE_FLAG`).
-const FUTEX2_SIZE_U32: u32 = 2;
 /// The futex word's bit that tells the owner's exit (or unlock) to wake a sleeper.
 const FUTEX_WAITERS: u32 = 0x8000_0000;
-
-fn watch(dir: &RegionDir, replicas: u8, own: &OwnRegion, stop: &AtomicBool) {
-    let me = own.id;
-    let mut watched: Vec<Option<Watched>> = (0..replicas).map(|_| None).collect();
-    // The last life reported ended per peer, so that a dead file is not reported again.
-    let mut reported: Vec<Option<u64>> = vec![None; replicas as usize];
-    // Files are (re)opened, and the mappings of ended lives dropped, only at a rescan: opening
-    // and mapping a file, or unmapping one (a TLB shootdown across the cores), costs tens of
-    // µs on the core that the background plane woken by a death is queued on.
-    let mut rescan_at = Instant::now();
-    while !stop.load(SeqCst) {
-        let now = Instant::now();
-        let rescan = now >= rescan_at;
-        if rescan {
-            rescan_at = now + WATCH_RESCAN;
-        }
-        let mut waits = Vec::with_capacity(replicas as usize * (1 + LANES));
-        for peer in (0..replicas).filter(|&p| p != me) {
-            let last_reported = reported[peer as usize];
-            let slot = &mut watched[peer as usize];
-            let ended = |w: &Watched| last_reported == Some(w.incarnation);
-            if rescan && slot.as_ref().is_none_or(ended) {
-                *slot = open_owner(dir, peer, last_reported);
-            }
-            let Some(w) = slot.as_ref().filter(|w| !ended(w)) else {
-                continue;
-            };
-            let peer_waits = waits.len();
-            let mut ended_word = None;
-            for (word, required) in life_words(&w.control) {
-                match arm(word, required) {
-                    Arm::Sleep(value) => waits.push(FutexWaitv {
-                        val: value as u64,
-                        uaddr: word.as_ptr() as u64,
-                        flags: FUTEX2_SIZE_U32,
-                        reserved: 0,
-                    }),
-                    Arm::Skip => {}
-                    Arm::Ended => ended_word = Some(word),
-                }
-            }
-            if let Some(word) = ended_word {
-                waits.truncate(peer_waits);
-                reported[peer as usize] = Some(w.incarnation);
-                // First the plane that acts on it; then the other sleepers of the word (the
-                // kernel woke one: another replica's watch, whose plane may be on the way).
-                own.background_bell().ring();
-                wake_all(word);
-            }
-        }
-        sleep_on(&waits, rescan_at.saturating_duration_since(Instant::now()));
-    }
-}
 
 /// What the watch does with one life word.
 enum Arm {
@@ -1299,41 +1269,6 @@ fn arm(word: &AtomicU32, required: bool) -> Arm {
         if value == armed || word.compare_exchange(value, armed, SeqCst, SeqCst).is_ok() {
             return Arm::Sleep(armed);
         }
-    }
-}
-
-/// Sleeps until one of `waits` is woken or no longer holds its value, or `timeout` passes.
-fn sleep_on(waits: &[FutexWaitv], timeout: Duration) {
-    if waits.is_empty() {
-        std::thread::sleep(timeout);
-        return;
-    }
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    let nanos = now.tv_nsec as u64 + timeout.as_nanos() as u64;
-    let until = libc::timespec {
-        tv_sec: now.tv_sec + (nanos / 1_000_000_000) as libc::time_t,
-        tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
-    };
-    // SAFETY: `waits` is a live array of futex_waitv entries whose addresses are aligned words
-    // of mappings the caller holds; the kernel only compares and sleeps. Every error (EAGAIN: a
-    // word changed; ETIMEDOUT; EINTR; ENOSYS on kernels before 5.16) means: look again.
-    let woke = unsafe {
-        libc::syscall(
-            libc::SYS_futex_waitv,
-            waits.as_ptr(),
-            waits.len() as libc::c_uint,
-            0u32,
-            &until as *const libc::timespec,
-            libc::CLOCK_MONOTONIC,
-        )
-    };
-    if woke < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
-        std::thread::sleep(timeout); // No futex_waitv: the rescan finds deaths.
     }
 }
 

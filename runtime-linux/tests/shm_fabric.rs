@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mu_nostd::{Completion, Config, Fabric, Layout, PostError, ReplicaId, Status};
 use runtime_linux::shm::{
-    inspect_writer, DeathWatch, Lane, OwnRegion, Previous, RegionDir, ShmError, ShmFabric,
+    inspect_writer, Lane, LifeWatch, OwnRegion, Previous, RegionDir, ShmError, ShmFabric,
     CONTROL_BYTES, OUTSTANDING_MAX,
 };
 
@@ -1662,28 +1662,55 @@ fn a_plane_thread_that_dies_holding_its_life_ends_the_life() {
     );
 }
 
-/// The death watch rings its replica's background bell when a peer process is killed, and
-/// again when that peer, started anew, is killed once more: it watches a restarted peer too.
+/// A rest on the life watch ends when a peer process is killed (long before its timeout), and
+/// so does a rest when that peer, started anew, is killed once more: a restarted peer is
+/// watched too. Each death is reported once.
 #[test]
-fn the_death_watch_rings_at_every_death_of_a_peer() {
+fn a_rest_on_the_life_watch_ends_at_every_death_of_a_peer() {
     let tmp = TestDir::new("watch");
     let dir = tmp.open();
-    let r0 = Arc::new(OwnRegion::create(&dir, 0, &Config::new(3)).unwrap());
-    let _watch = DeathWatch::start(dir.clone(), 3, r0.clone(), || {}).unwrap();
+    let r0 = OwnRegion::create(&dir, 0, &Config::new(3)).unwrap();
     let bell = r0.background_bell();
+    let mut watch = LifeWatch::new(dir.clone(), 3, 0);
     for life in 0..2 {
         let mut child = ChildProc::spawn("owner", &tmp.path, 1);
         child.expect_line(READY);
-        let seen = bell.seen();
-        assert_killed_by_sigkill(child.kill_and_reap(), "owner");
-        let deadline = Instant::now() + DEADLINE;
-        while bell.seen() == seen {
-            assert!(
-                Instant::now() < deadline,
-                "life {life} of replica 1 died; the watch of replica 0 never rang"
-            );
-            thread::sleep(Duration::from_millis(1));
-        }
+        // Past a rescan, so that the rest below watches the new life.
+        thread::sleep(Duration::from_millis(20));
+        let started = Instant::now();
+        let reported = thread::scope(|scope| {
+            // A rest that the death catches before it sleeps ends without reporting it; the
+            // next one reports it at once.
+            let resting = scope.spawn(|| {
+                while started.elapsed() < DEADLINE {
+                    if watch.rest(bell, bell.seen(), DEADLINE) {
+                        return true;
+                    }
+                }
+                false
+            });
+            while !bell.has_sleepers() {
+                assert!(
+                    !resting.is_finished(),
+                    "life {life}: the rest ended before the death"
+                );
+                thread::sleep(Duration::from_millis(1));
+            }
+            assert_killed_by_sigkill(child.kill_and_reap(), "owner");
+            resting.join().unwrap()
+        });
+        assert!(
+            reported,
+            "life {life}: the rest ended without reporting the death"
+        );
+        assert!(
+            started.elapsed() < DEADLINE / 2,
+            "life {life}: the rest ran to its timeout"
+        );
+        assert!(
+            !watch.rest(bell, bell.seen(), Duration::from_millis(1)),
+            "life {life}: reported twice"
+        );
     }
 }
 

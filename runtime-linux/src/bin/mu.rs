@@ -135,7 +135,7 @@ enum Action {
         /// Slots of the log (a power of two).
         #[arg(long, default_value_t = 65536)]
         slots: u32,
-        /// SCHED_FIFO priority (1-99) of the replicas' background planes and death watches,
+        /// SCHED_FIFO priority (1-99) of the replicas' background planes,
         /// and with busy polling of their replication planes too (needs CAP_SYS_NICE or an
         /// RLIMIT_RTPRIO of at least this).
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
@@ -192,7 +192,7 @@ enum Action {
         /// How the leader is taken out each round.
         #[arg(long, value_enum, default_value_t = FaultArg::Kill)]
         fault: FaultArg,
-        /// SCHED_FIFO priority (1-99) of the replicas' background planes and death watches,
+        /// SCHED_FIFO priority (1-99) of the replicas' background planes,
         /// and with busy polling of their replication planes too (needs CAP_SYS_NICE or an
         /// RLIMIT_RTPRIO of at least this).
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
