@@ -1177,7 +1177,15 @@ pub struct LifeWatch {
     watched: Vec<Option<Watched>>,
     reported: Vec<Option<u64>>,
     rescan_at: Instant,
+    /// The words of the next sleep, kept between rests so that a rest allocates nothing.
+    waits: Vec<FutexWaitv>,
 }
+
+/// The most words one `futex_waitv` takes.
+const FUTEX_WAITV_MAX: usize = 128;
+/// The most words a rest sleeps on: every peer's life words, and the doorbell.
+const REST_WORDS_MAX: usize = (REPLICAS_MAX as usize - 1) * (1 + LANES) + 1;
+const _: () = assert!(REST_WORDS_MAX <= FUTEX_WAITV_MAX);
 
 impl LifeWatch {
     /// Watches the peers of replica `me` among `replicas` in `dir`.
@@ -1189,6 +1197,7 @@ impl LifeWatch {
             watched: (0..replicas).map(|_| None).collect(),
             reported: vec![None; replicas as usize],
             rescan_at: Instant::now(),
+            waits: Vec::with_capacity(REST_WORDS_MAX),
         }
     }
 
@@ -1200,7 +1209,8 @@ impl LifeWatch {
         if rescan {
             self.rescan_at = now + WATCH_RESCAN;
         }
-        let mut waits = Vec::with_capacity(self.watched.len() * (1 + LANES) + 1);
+        let waits = &mut self.waits;
+        waits.clear();
         let mut ended_now = false;
         for peer in (0..self.watched.len() as ReplicaId).filter(|&p| p != self.me) {
             let last_reported = self.reported[peer as usize];
@@ -1229,7 +1239,7 @@ impl LifeWatch {
             }
         }
         if !ended_now {
-            bell.sleep_or(seen, &mut waits, timeout);
+            bell.sleep_or(seen, waits, timeout);
         }
         ended_now
     }
