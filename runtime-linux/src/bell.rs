@@ -45,24 +45,20 @@ impl<'a> Bell<'a> {
 
     /// Sleeps until the bell rings after `seen` was read, or `timeout` passes.
     pub fn sleep(&self, seen: u32, timeout: Duration) {
-        self.sleepers.fetch_add(1, SeqCst);
-        if self.count.load(SeqCst) == seen {
-            futex_wait(self.count, seen, timeout);
-        }
-        self.sleepers.fetch_sub(1, SeqCst);
+        self.sleep_or(seen, &mut Vec::new(), timeout);
     }
 
     /// Sleeps as [`Bell::sleep`] does, and also until one of `others` is woken or no longer
     /// holds its value (one `futex_waitv`). On a kernel without `futex_waitv` (before Linux
     /// 5.16) it sleeps on the bell alone.
     pub fn sleep_or(&self, seen: u32, others: &mut Vec<FutexWaitv>, timeout: Duration) {
-        if others.is_empty() {
-            return self.sleep(seen, timeout);
-        }
         self.sleepers.fetch_add(1, SeqCst);
         if self.count.load(SeqCst) == seen {
-            others.push(FutexWaitv::new(self.count, seen));
-            if !futex_wait_any(others, timeout) {
+            let slept = !others.is_empty() && {
+                others.push(FutexWaitv::new(self.count, seen));
+                futex_wait_any(others, timeout)
+            };
+            if !slept {
                 futex_wait(self.count, seen, timeout);
             }
         }

@@ -893,7 +893,7 @@ fn run_loops<F: Fabric + Send>(
                 let _life = hold_life(own, id, Lane::Replication);
                 let mut acting = shared.acting();
                 let mut idle_since = None;
-                let rest = |bell: Bell<'_>, seen, rest| bell.sleep(seen, rest);
+                let rest = |bell: Bell<'_>, seen, pause| bell.sleep(seen, pause);
                 spin(stop, polling, replication_bell, rest, || {
                     if refused.load(Ordering::Relaxed) {
                         return Pace::Stop;
@@ -933,11 +933,11 @@ fn run_loops<F: Fabric + Send>(
                 place_thread(id, "background", bc, background_priority);
                 let _life = hold_life(own, id, Lane::Background);
                 let mut lead = shared.lead();
-                let rest = |bell: Bell<'_>, seen, rest| match watch.as_mut() {
+                let rest = |bell: Bell<'_>, seen, pause| match watch.as_mut() {
                     Some(watch) => {
-                        watch.rest(bell, seen, rest);
+                        watch.rest(bell, seen, pause);
                     }
-                    None => bell.sleep(seen, rest),
+                    None => bell.sleep(seen, pause),
                 };
                 spin(stop, polling, background_bell, rest, || {
                     if halted.load(Ordering::Relaxed) != 0 {

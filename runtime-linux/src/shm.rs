@@ -25,7 +25,8 @@
 //! and releases it when it stops. After a SIGKILL the kernel marks a mutex only once its holder
 //! thread gets a core to exit on, which takes 0.1 to 0.5 ms on a loaded 2-core host: with three
 //! holders the first of them to exit marks the life ended, not the keeper alone in its turn, and
-//! the kernel wakes one sleeper per marked mutex, so more of the peers' background planes hear it first hand.
+//! the kernel wakes one sleeper per marked mutex, so more of the peers' background planes hear
+//! it first hand.
 //!
 //! Certain death: a peer whose owner mutex is marked owner-died (or released by a clean exit),
 //! or one of whose plane life mutexes is marked owner-died, or whose file a successor retired,
