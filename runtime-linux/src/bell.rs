@@ -74,7 +74,9 @@ impl<'a> Bell<'a> {
     pub fn ring(&self) {
         self.count.fetch_add(1, SeqCst);
         if self.sleepers.load(SeqCst) != 0 {
-            // SAFETY: FUTEX_WAKE on a live, aligned 32-bit word; it only wakes sleepers.
+            // SAFETY: `self.count` is a live, 4-aligned `AtomicU32` (borrowed for `'a`);
+            // FUTEX_WAKE only uses its address to find sleepers and reads no other argument
+            // but the count (the null pointers are ignored).
             unsafe {
                 libc::syscall(
                     libc::SYS_futex,
@@ -120,9 +122,10 @@ fn futex_wait(word: &AtomicU32, value: u32, timeout: Duration) {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
-    // SAFETY: FUTEX_WAIT on a live, aligned 32-bit word with a relative timeout; the kernel only
-    // compares the word and sleeps. EAGAIN (the word changed), EINTR and ETIMEDOUT all mean:
-    // poll again.
+    // SAFETY: `word` is a live, 4-aligned `AtomicU32`, which FUTEX_WAIT only reads (an atomic
+    // compare in the kernel); `timeout` is a live local timespec it only reads (relative);
+    // the last two arguments are ignored. EAGAIN (the word changed), EINTR and ETIMEDOUT all
+    // mean: poll again.
     unsafe {
         libc::syscall(
             libc::SYS_futex,
@@ -143,16 +146,19 @@ fn futex_wait_any(waits: &[FutexWaitv], timeout: Duration) -> bool {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: clock_gettime writes the timespec it is given.
+    // SAFETY: clock_gettime writes one timespec through the pointer, which points at `now`, a
+    // live local.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     let nanos = now.tv_nsec as u64 + timeout.as_nanos() as u64;
     let until = libc::timespec {
         tv_sec: now.tv_sec + (nanos / 1_000_000_000) as libc::time_t,
         tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
     };
-    // SAFETY: `waits` is a live array of futex_waitv entries whose words are aligned words of
-    // mappings the caller holds; the kernel only compares and sleeps. Every error but ENOSYS
-    // (EAGAIN: a word changed; ETIMEDOUT; EINTR) means: look again.
+    // SAFETY: the kernel reads `waits.len()` entries of the `struct futex_waitv` layout
+    // (`FutexWaitv` is `#[repr(C)]` with its fields) from `waits`, a live slice, and `until`,
+    // a live local timespec; it only reads and compares the 32-bit words the entries name (an
+    // address that is no longer mapped fails the call with EFAULT, it writes nothing there).
+    // Every error but ENOSYS (EAGAIN: a word changed; ETIMEDOUT; EINTR) means: look again.
     let woke = unsafe {
         libc::syscall(
             libc::SYS_futex_waitv,

@@ -8,7 +8,8 @@ pub fn monotonic_ns() -> u64 {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: clock_gettime writes into the timespec we pass.
+    // SAFETY: clock_gettime writes one timespec through the pointer, which points at `ts`, a
+    // live local; CLOCK_MONOTONIC is always supported.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
@@ -42,7 +43,8 @@ impl Ticker {
 #[inline]
 pub fn cycles_start() -> u64 {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: lfence and rdtsc have no preconditions on x86_64.
+    // SAFETY: `lfence` needs SSE2 and `rdtsc` needs the TSC, both part of every x86_64 CPU
+    // (SSE2 is in the x86_64 target's baseline); neither touches memory.
     unsafe {
         core::arch::x86_64::_mm_lfence();
         core::arch::x86_64::_rdtsc()
@@ -55,7 +57,10 @@ pub fn cycles_start() -> u64 {
 #[inline]
 pub fn cycles_end() -> u64 {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: rdtscp and lfence have no preconditions on x86_64.
+    // SAFETY: `lfence` is part of every x86_64 CPU (SSE2); `__rdtscp` writes the TSC_AUX value
+    // into `aux`, a live local, and touches no other memory. It needs the RDTSCP feature (AMD
+    // since K8 revision F, 2006; Intel since Nehalem, 2008); on an older CPU the instruction
+    // faults (SIGILL) and the process ends, without any access to memory.
     unsafe {
         let mut aux = 0u32;
         let t = core::arch::x86_64::__rdtscp(&mut aux);

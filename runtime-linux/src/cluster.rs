@@ -184,7 +184,9 @@ impl Cluster {
     pub fn signal(&self, id: u8, signal: i32) -> Option<u64> {
         let pid = self.pid(id)?;
         let at = monotonic_ns();
-        // SAFETY: kill(2) on our own, not yet reaped child.
+        // SAFETY: kill(2) takes two integers and touches no memory; `pid` is our own child,
+        // not yet reaped (`children` drops a child as soon as `try_wait` reaps it), so no other
+        // process can have its pid.
         unsafe { libc::kill(pid as i32, signal) };
         Some(at)
     }

@@ -18,6 +18,11 @@
 //! | [`teardown`] | a reaper process that unmaps a dead replica's memory at idle priority |
 //! | [`clock`] | ticks from `CLOCK_MONOTONIC`; the TSC for latency figures |
 
+// Every `unsafe` block states why it is sound; every `unsafe fn` says what its callers must
+// uphold, and its body spells out its own unsafe operations.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
 pub mod bell;
 pub mod clock;
 pub mod cluster;

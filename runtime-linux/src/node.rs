@@ -987,7 +987,8 @@ fn spin(
 ) {
     if polling == Polling::Shared {
         // Sleeps end when asked, not up to 50 µs later.
-        // SAFETY: prctl with integer arguments only.
+        // SAFETY: PR_SET_TIMERSLACK takes one integer (the slack in ns, passed as an unsigned
+        // long as the call expects) and sets the calling thread's timer slack; no pointer.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
     }
     let mut polls = 0u32;
@@ -1065,7 +1066,8 @@ fn place_thread(id: ReplicaId, plane: &str, core: Option<usize>, priority: Optio
         let param = libc::sched_param {
             sched_priority: priority as i32,
         };
-        // SAFETY: sets the calling thread's policy; `param` lives across the call.
+        // SAFETY: pid 0 is the calling thread; the kernel reads one sched_param through the
+        // pointer, which points at `param`, a live local.
         if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
             eprintln!(
                 "replica {id}: SCHED_FIFO {priority} for the {plane} plane failed: {}",

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
 use crate::bell::Bell;
-use crate::mem::{copy, Mapping};
+use crate::mem::{copy_in, copy_out, Mapping};
 
 /// Requests the ring holds.
 pub const REQUESTS: u64 = 32;
@@ -285,8 +285,11 @@ impl Port {
         self.mapping
             .word(entry + 8)
             .store(command.len() as u64, Relaxed);
-        // SAFETY: the entry holds COMMAND_MAX bytes (checked above) inside the mapping.
-        unsafe { copy(command.as_ptr(), self.mapping.at(entry + 16), command.len()) };
+        // SAFETY: `command.len() <= COMMAND_MAX` (checked above), the bytes an entry holds after
+        // its 16-byte header (`REQUEST_BYTES`); entry `t % REQUESTS` lies inside the request
+        // ring, which `FILE_BYTES`, the mapping's length, holds; the mapping lives while `self`
+        // does, and the replica reads these bytes only atomically.
+        unsafe { copy_in(command, self.mapping.at(entry + 16)) };
         tail.store(t + 1, Release);
         self.replica_bell().ring();
         true
@@ -312,8 +315,10 @@ impl Port {
         let entry = REQ_ENTRIES + (h % REQUESTS) as usize * REQUEST_BYTES;
         let seq = self.mapping.word(entry).load(Relaxed);
         let len = (self.mapping.word(entry + 8).load(Relaxed) as usize).min(COMMAND_MAX);
-        // SAFETY: `len <= COMMAND_MAX`, inside the entry and inside `buf`.
-        unsafe { copy(self.mapping.at(entry + 16), buf.as_mut_ptr(), len) };
+        // SAFETY: `len <= COMMAND_MAX` (clamped above), so the bytes lie inside entry
+        // `h % REQUESTS` of the request ring, inside the mapping, which lives while `self` does
+        // and which the client writes only atomically.
+        unsafe { copy_out(self.mapping.at(entry + 16), &mut buf[..len]) };
         Some((seq, len))
     }
 

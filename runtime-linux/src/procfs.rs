@@ -180,7 +180,8 @@ mod tests {
             .unwrap();
         let pid = child.id();
         let start = stat(pid).unwrap().1;
-        // SAFETY: plain syscalls on our own child.
+        // SAFETY: kill(2) takes two integers and touches no memory; `pid` is our own child,
+        // not yet reaped (`child` still owns it), so no other process can have its pid.
         unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
         let stopped = (0..1000).any(|_| {
             std::thread::sleep(std::time::Duration::from_millis(1));

@@ -77,7 +77,7 @@ use mu_nostd::layout::HEADER_BYTES;
 use mu_nostd::{Completion, Config, Fabric, Layout, PostError, ReplicaId, Status};
 
 use crate::bell::{Bell, FutexWaitv};
-use crate::mem::{copy, page_size, Mapping};
+use crate::mem::{copy, copy_in, copy_out, page_size, Mapping};
 use crate::procfs::{self, Liveness};
 
 /// Bytes before the region in a region file.
@@ -397,7 +397,8 @@ impl OwnRegion {
         assert!(config.validate().is_ok() && config.contains(id));
         let lock_path = dir.lock_path(id);
         let lock = open_private(&lock_path, true)?;
-        // SAFETY: flock on a descriptor we own.
+        // SAFETY: flock takes a descriptor and flags, no memory; `lock` is a file we hold open
+        // across the call.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let error = io::Error::last_os_error();
             if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
@@ -440,7 +441,11 @@ impl OwnRegion {
             OwnerKeeper::start(&mapping).map_err(io_error(&staging, "lock the owner mutex"))?;
         // Peers trust nothing in a file before the magic; it goes last.
         mapping.word(C_MAGIC).store(MAGIC, SeqCst);
-        fs::rename(&staging, &path).map_err(io_error(&path, "publish (rename)"))?;
+        if let Err(error) = fs::rename(&staging, &path) {
+            // Before the mapping goes: the keeper unlocks the mutex inside it.
+            keeper.release();
+            return Err(io_error(&path, "publish (rename)")(error));
+        }
         Ok(OwnRegion {
             id,
             path,
@@ -483,7 +488,9 @@ impl OwnRegion {
             return Err(io::Error::from_raw_os_error(libc::EOWNERDEAD));
         }
         let mutex = self.mapping.at(offset).cast::<libc::pthread_mutex_t>();
-        // SAFETY: an initialised robust mutex of our mapping, which outlives the hold.
+        // SAFETY: `mutex` is lane's life mutex, which `create` initialised (robust,
+        // process-shared, in 64 reserved bytes) in our own mapping; `self.mapping` keeps it
+        // mapped, and the hold borrows `self`, so the mapping outlives the hold's unlock.
         check(unsafe { libc::pthread_mutex_trylock(mutex) })?;
         Ok(LifeHold {
             mutex,
@@ -516,16 +523,17 @@ impl OwnRegion {
     /// Copies region bytes at `offset` into `buf` (what `Fabric::load` does on every fabric).
     pub fn load(&self, offset: u32, buf: &mut [u8]) {
         assert!(offset as u64 + buf.len() as u64 <= self.region_bytes as u64);
-        // SAFETY: in bounds of our own region (checked), mapped while `self` lives; `buf` is
-        // ours alone.
-        unsafe { copy(self.region(offset), buf.as_mut_ptr(), buf.len()) };
+        // SAFETY: in bounds of our own region (checked above), which `self.mapping` maps for as
+        // long as `self` lives; peers write it only atomically (`copy`).
+        unsafe { copy_out(self.region(offset), buf) };
     }
 
     /// Copies `bytes` into the region at `offset` (what `Fabric::store` does on every fabric).
     pub fn store(&self, offset: u32, bytes: &[u8]) {
         assert!(offset as u64 + bytes.len() as u64 <= self.region_bytes as u64);
-        // SAFETY: as in `load`.
-        unsafe { copy(bytes.as_ptr(), self.region(offset), bytes.len()) };
+        // SAFETY: in bounds of our own region (checked above), which `self.mapping` maps for as
+        // long as `self` lives; peers read it only atomically (`copy`).
+        unsafe { copy_in(bytes, self.region(offset)) };
     }
 }
 
@@ -557,7 +565,9 @@ pub struct LifeHold<'a> {
 
 impl Drop for LifeHold<'_> {
     fn drop(&mut self) {
-        // SAFETY: this thread locked it (`hold_life`), and the region's mapping outlives `'a`.
+        // SAFETY: this thread locked the mutex (`hold_life`): a hold is not `Send` (a raw
+        // pointer field), so it drops on the thread that locked; the region's mapping lives for
+        // `'a`, which the hold cannot outlive.
         unsafe { libc::pthread_mutex_unlock(self.mutex) };
     }
 }
@@ -582,12 +592,18 @@ impl OwnerKeeper {
             .stack_size(64 * 1024)
             .spawn(move || {
                 let mutex = address as *mut libc::pthread_mutex_t;
-                // SAFETY: the mapping outlives this thread: `OwnRegion::drop` joins it first.
+                // SAFETY: `mutex` is the robust, process-shared mutex `init_robust_mutex` just
+                // initialised in the mapping (64 reserved bytes, 64-aligned). The mapping
+                // outlives this thread: `start` waits for this lock, and once `start` returned
+                // the keeper, whoever drops the mapping (`OwnRegion::drop`, or `create` on an
+                // error) first releases the keeper, which joins this thread.
                 let code = unsafe { libc::pthread_mutex_lock(mutex) };
                 let _ = locked_tx.send(code);
                 if code == 0 {
-                    let _ = released.recv(); // Until the region is dropped.
-                                             // SAFETY: as above; this thread holds the lock.
+                    // Until the region is dropped.
+                    let _ = released.recv();
+                    // SAFETY: as for the lock; this thread locked the mutex (`code == 0`), so
+                    // it may unlock it, and the mapping stays until `release` has joined us.
                     unsafe { libc::pthread_mutex_unlock(mutex) };
                 }
             })?;
@@ -786,7 +802,10 @@ fn fence_writer(mapping: &Mapping, writer: ReplicaId, owner: ReplicaId, lane: La
                      write into this log after losing its permission; killing it to fence the \
                      write (shared memory cannot refuse a resumed copy)"
                 );
-                // SAFETY: kill(2) on a pid whose start time we just checked.
+                // SAFETY: kill(2) takes two integers and touches no memory of ours. Which
+                // process it hits is a matter of correctness, not of soundness: the pid's start
+                // time, just checked, makes it the stopped writer (a pid is reused only after
+                // its process was reaped).
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
                 std::thread::yield_now();
             }
@@ -1039,8 +1058,12 @@ impl ShmFabric {
             Status::Denied
         } else {
             let dst = mapping.at(CONTROL_BYTES + remote as usize);
-            // SAFETY: both ranges were checked against the region size, which both mappings
-            // hold in full (checked at connect).
+            // SAFETY: `write` checked `local..local + len` and `remote..remote + len` against
+            // the region size; our own mapping holds the whole region, and `connect` mapped the
+            // peer's whole file only after checking that it holds `CONTROL_BYTES` plus a region
+            // of that size (a header-only mapping returned above). Both mappings live across
+            // the call (`self.own`, and the peer's `Arc` borrowed from `self`), are readable and
+            // writable, and every process accesses them only atomically (`mem`).
             unsafe { copy(src, dst, len as usize) };
             Status::Ok
         };
@@ -1089,7 +1112,11 @@ impl Fabric for ShmFabric {
             }
             Some((mapping, _, _)) => {
                 let src = mapping.at(CONTROL_BYTES + remote_offset as usize);
-                // SAFETY: as in `copy_to_peer`.
+                // SAFETY: `local_offset..+len` and `remote_offset..+len` were checked against
+                // the region size above; a full mapping of the peer holds a whole region
+                // (checked in `connect`), and a header-only one is only read below
+                // `HEADER_BYTES` (the arm above); both mappings live across the call, are
+                // readable and writable, and are accessed only atomically (`mem`).
                 unsafe { copy(src, dst, len as usize) };
                 Status::Ok
             }

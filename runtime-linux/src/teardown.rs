@@ -49,7 +49,8 @@ const SETTLE: libc::timespec = libc::timespec {
 ///
 /// An error leaves the process as it was: its memory is then torn down by its last thread.
 pub fn start_idle_reaper() -> io::Result<()> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    // SAFETY: getpid has no preconditions; pidfd_open takes two integers (our own pid, no
+    // flags), touches no memory of ours, and returns a new descriptor or -1.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
     if pidfd < 0 {
         return Err(io::Error::last_os_error());
@@ -58,9 +59,12 @@ pub fn start_idle_reaper() -> io::Result<()> {
     // 16-byte words, so that the top of the stack is aligned as both ABIs want.
     let stack: &'static mut [u128] = Vec::leak(vec![0u128; REAPER_STACK / 16]);
     let top = stack.as_mut_ptr_range().end;
-    // SAFETY: the child runs `reap` on its own stack (`top`) inside this address space; `reap`
-    // upholds the module's invariants: raw system calls only, on a descriptor number passed by
-    // value.
+    // SAFETY: the child runs `reap` inside this address space (`CLONE_VM`) on `stack`, which is
+    // leaked, so it stays valid for as long as the child runs, and which nothing else uses;
+    // `top` is its end, 16-byte aligned (the slice's element type), since the stack grows down.
+    // `reap` touches only its own frame and the `SETTLE` constant, and makes raw system calls
+    // only (the module's invariants), so it races with no thread of this process. Its argument
+    // is the descriptor number, passed by value, not a pointer.
     let child = unsafe {
         libc::clone(
             reap,
@@ -75,7 +79,8 @@ pub fn start_idle_reaper() -> io::Result<()> {
         Ok(())
     };
     // The reaper holds its own copy of the pidfd.
-    // SAFETY: closes the descriptor opened above, owned by nothing else.
+    // SAFETY: `pidfd` is the descriptor pidfd_open returned above; no `File` or `OwnedFd` owns
+    // it, so closing it here cannot close a descriptor something else still uses.
     unsafe { libc::close(pidfd as libc::c_int) };
     cloned
 }
@@ -84,10 +89,16 @@ pub fn start_idle_reaper() -> io::Result<()> {
 /// replica (`arg`: its pidfd) to exit.
 extern "C" fn reap(arg: *mut libc::c_void) -> libc::c_int {
     let pidfd = arg as usize as libc::c_uint;
-    // SAFETY, for every call below: raw system calls on plain values and on memory of this
-    // frame; no libc function that could allocate or lock. A call that fails sets errno in the
-    // thread-local storage of the thread that started the reaper; none of these fail on a
-    // kernel with pidfds except `close_range` before Linux 5.9, after which the reaper exits.
+    // SAFETY: every call below is `libc::syscall`, a raw system call with no allocation and no
+    // lock, on plain values and on pointers to locals of this frame (`all`, `idle`, `ready`)
+    // or to the constant `SETTLE`, each valid for the call and of the type and size the kernel
+    // reads or writes (`rt_sigprocmask` reads the 8 bytes of `all`, `ppoll` writes `revents`
+    // of `ready`); null pointers only where the call takes them. `close_range` closes the
+    // reaper's own copies of the inherited descriptors (no `CLONE_FILES`: the replica's table
+    // is untouched). A failing call writes errno in the thread-local storage of the thread
+    // that started the reaper (the reaper shares its TLS pointer); none of these calls fail on
+    // a kernel with pidfds except `close_range` before Linux 5.9, after which the reaper exits
+    // at once.
     unsafe {
         // The kernel's signal set: one bit per signal, 64 of them.
         let all: u64 = !0;

@@ -4,6 +4,11 @@
 //! leading; a second process for the same replica is refused; a replica started from the
 //! example file of `board-configs/` runs; a killed replica leaves its memory to its idle reaper.
 
+// Every `unsafe` block states why it is sound; every `unsafe fn` says what its callers must
+// uphold, and its body spells out its own unsafe operations.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -5,6 +5,11 @@
 //! restarts after the survivors wrapped the log twice, so it must rejoin by state transfer.
 //! No timing is asserted.
 
+// Every `unsafe` block states why it is sound; every `unsafe fn` says what its callers must
+// uphold, and its body spells out its own unsafe operations.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
 use std::path::Path;
 
 use board_configs::Polling;

@@ -3,6 +3,11 @@
 //! submitted through the leader's client port while a counting global allocator watches. Every
 //! step of every plane of every replica counts, not just the leader's propose-to-commit path.
 
+// Every `unsafe` block states why it is sound; every `unsafe fn` says what its callers must
+// uphold, and its body spells out its own unsafe operations.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,24 +26,29 @@ thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
 }
 
-// SAFETY: forwards to the system allocator; only counts.
+// SAFETY: every method forwards its arguments unchanged to the system allocator, whose
+// results meet `GlobalAlloc`'s contract; the counting beside it neither allocates (a
+// thread-local `Cell` of a const initialiser and an atomic) nor unwinds.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if COUNTING.with(Cell::get) {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         }
-        // SAFETY: same contract as ours.
+        // SAFETY: our caller meets `GlobalAlloc::alloc`'s contract (`layout` of non-zero
+        // size), which is `System.alloc`'s.
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
+        // SAFETY: `ptr` was allocated with `layout` by this allocator, that is by `System`
+        // (our caller's promise, and every allocation here forwards to it).
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if COUNTING.with(Cell::get) {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         }
-        // SAFETY: same contract as ours.
+        // SAFETY: `ptr` was allocated with `layout` by `System` (as in `dealloc`) and
+        // `new_size` meets `realloc`'s contract (our caller's promise).
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }

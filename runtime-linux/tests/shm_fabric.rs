@@ -11,6 +11,11 @@
 //!
 //! Randomised tests print their seed; set `MU_SHMTEST_SEED` to replay one.
 
+// Every `unsafe` block states why it is sound; every `unsafe fn` says what its callers must
+// uphold, and its body spells out its own unsafe operations.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -235,7 +240,8 @@ fn copying(path: &Path, writer: ReplicaId) -> bool {
 fn waitpid(pid: i32, flags: i32) -> Option<i32> {
     loop {
         let mut status = 0;
-        // SAFETY: waitpid on our own child with a valid status pointer.
+        // SAFETY: waitpid writes one `int` through the pointer, which points at `status`, a
+        // live local; `pid` is our own child.
         let r = unsafe { libc::waitpid(pid, &mut status, flags) };
         if r == pid {
             return Some(status);
@@ -350,7 +356,8 @@ impl ChildProc {
 impl Drop for ChildProc {
     fn drop(&mut self) {
         if !self.reaped {
-            // SAFETY: kill(2) and waitpid(2) on our own, not yet reaped child.
+            // SAFETY: kill(2) takes integers only; `self.pid` is our own child, not yet reaped
+            // (so its pid is not reused); waitpid writes one `int` into `status`, a live local.
             unsafe {
                 libc::kill(self.pid, libc::SIGKILL);
                 let mut status = 0;
@@ -426,9 +433,9 @@ fn child_process() {
         .parse()
         .unwrap();
     let dir = RegionDir::open(&dir_path).expect("child: open the directory");
-    // SAFETY: getppid has no preconditions.
+    // SAFETY: getppid takes no argument, touches no memory and cannot fail.
     let parent = unsafe { libc::getppid() };
-    // SAFETY: as above.
+    // SAFETY: getppid takes no argument, touches no memory and cannot fail.
     let orphaned = || unsafe { libc::getppid() } != parent;
     match role.as_str() {
         // Replica `id` writing its whole log area into replica 1's log area, forever.
@@ -1160,7 +1167,9 @@ fn revoke_fences_a_writer_thread_of_this_process() {
 
 /// `ptrace` on one thread of a child process, without pointer arguments.
 fn ptrace(request: libc::c_uint, tid: i32, data: usize) -> Result<(), std::io::Error> {
-    // SAFETY: ptrace on a thread of our own child, with no pointer arguments.
+    // SAFETY: the requests used here (seize, interrupt, cont, detach) take `addr` 0 and an
+    // integer `data`, so the kernel reads or writes no memory of ours; they act on a thread of
+    // our own child, not on this process.
     let r = unsafe { libc::ptrace(request, tid, 0usize, data) };
     if r == -1 {
         Err(std::io::Error::last_os_error())
@@ -1183,7 +1192,8 @@ impl Traced {
     fn detach(&mut self) {
         if self.attached {
             if ptrace(libc::PTRACE_DETACH, self.tid, 0).is_err() {
-                // SAFETY: waitpid(2) on our traced thread with a valid status pointer.
+                // SAFETY: waitpid writes one `int` through the pointer, which points at
+                // `status`, a live local; `self.tid` is a thread we trace.
                 unsafe {
                     let mut status = 0;
                     libc::waitpid(self.tid, &mut status, libc::__WALL);
@@ -1197,7 +1207,8 @@ impl Traced {
 impl Drop for Traced {
     fn drop(&mut self) {
         if self.attached {
-            // SAFETY: kill(2) and waitpid(2) on our own child and its traced thread.
+            // SAFETY: kill(2) takes integers only, on our own child (not reaped while a thread
+            // of it is traced); waitpid writes one `int` into `status`, a live local.
             unsafe {
                 libc::kill(self.pid, libc::SIGKILL);
                 let mut status = 0;
@@ -1608,7 +1619,7 @@ fn recreating_a_region_on_one_thread_keeps_owner_death_visible() {
         })
     };
     assert_eq!(statuses(&mut f2), [Status::Ok, Status::Ok], "child alive");
-    // SAFETY: kill(2) on our own child.
+    // SAFETY: kill(2) takes integers only; `child` is our own child, not yet reaped.
     unsafe { libc::kill(child.pid, libc::SIGKILL) };
     let status = child.wait(0);
     assert!(

@@ -7,6 +7,10 @@
 //! Three endpoints live in this one process, each with its own region and handshake port, and
 //! talk through the device exactly as three processes would.
 #![cfg(feature = "verbs")]
+// Every `unsafe` block states why it is sound; every `unsafe fn` says what its callers must
+// uphold, and its body spells out its own unsafe operations.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

@@ -1,6 +1,11 @@
 //! The `mu` command: `mu demo` (a whole cluster on this machine, no set-up), `mu replica` (one
 //! replica of a cluster described by a config file) and `mu failover` (the fail-over benchmark).
 
+// Every `unsafe` block states why it is sound; every `unsafe fn` says what its callers must
+// uphold, and its body spells out its own unsafe operations.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -329,7 +334,8 @@ fn replica(config: &std::path::Path, id: u8, kv_keys: usize) -> Result<(), node:
         }),
     };
     for signal in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: installs an async-signal-safe handler that only stores an atomic.
+        // SAFETY: `on_stop_signal` is an `extern "C" fn(c_int)`, the handler type signal(2)
+        // expects, and it is async-signal-safe: it only stores to a lock-free atomic static.
         unsafe { libc::signal(signal, on_stop_signal as *const () as libc::sighandler_t) };
     }
     let spec = NodeSpec {

@@ -78,7 +78,8 @@ impl DeviceList {
     /// Lists the devices. An empty list is not an error here; callers say what is missing.
     pub fn get() -> Result<DeviceList> {
         let mut count = 0;
-        // SAFETY: `count` is a valid out-pointer; the list is freed in `Drop`.
+        // SAFETY: the call writes the device count through the pointer, which points at
+        // `count`, a live local; the list it returns is freed once, in `Drop`.
         let list = unsafe { ibv_get_device_list(&mut count) };
         if list.is_null() {
             let error = io::Error::last_os_error();
@@ -107,8 +108,10 @@ impl DeviceList {
 
     fn name(&self, i: usize) -> String {
         assert!(i < self.count);
-        // SAFETY: `i` is inside the list libibverbs returned; a device name is a NUL-terminated
-        // string owned by the device, which lives as long as the list.
+        // SAFETY: `i < count` (asserted), so `list + i` is inside the array of `count` device
+        // pointers libibverbs returned (not null: `count` is 0 for a null list), which lives
+        // until `Drop`; a device's name is a NUL-terminated string the device owns, and the
+        // device lives as long as the list; the `CStr` is copied out before `self` can go.
         unsafe { CStr::from_ptr(ibv_get_device_name(*self.list.add(i))) }
             .to_string_lossy()
             .into_owned()
@@ -132,8 +135,9 @@ impl DeviceList {
                 ),
             });
         };
-        // SAFETY: the device pointer comes from the live list; the context is closed in
-        // `Context::drop` and does not depend on the list staying allocated.
+        // SAFETY: `i < count` (`find` over `0..count`): the device pointer comes from the live
+        // list; the context is closed once, in `Context::drop`, and does not depend on the list
+        // staying allocated (libibverbs keeps an opened device referenced).
         let context = unsafe { ibv_open_device(*self.list.add(i)) };
         if context.is_null() {
             return Err(failed(format!("open RDMA device {name}")));
@@ -148,7 +152,8 @@ impl DeviceList {
 impl Drop for DeviceList {
     fn drop(&mut self) {
         if !self.list.is_null() {
-            // SAFETY: the list from `ibv_get_device_list`, freed once.
+            // SAFETY: the non-null list `ibv_get_device_list` returned, freed once (here); no
+            // pointer into it outlives `self` (`name` copies, `open` keeps only the context).
             unsafe { ibv_free_device_list(self.list) };
         }
     }
@@ -160,9 +165,11 @@ pub struct Context {
     name: String,
 }
 
-// SAFETY: libibverbs contexts may be used from any thread (the library locks internally).
+// SAFETY: libibverbs is thread-safe: a context may be used, and closed, from any thread, not
+// only the one that opened it (the library and its providers lock internally).
 unsafe impl Send for Context {}
-// SAFETY: as above.
+// SAFETY: through `&Context` threads only query the device (`device_attr`, `port_attr`, `gid`)
+// or create children from it, calls libibverbs allows concurrently on one context.
 unsafe impl Sync for Context {}
 
 /// What `ibv_query_device` says, the parts a deployment cares about.
@@ -218,15 +225,17 @@ impl Context {
 
     /// The device's limits.
     pub fn device_attr(&self) -> Result<DeviceAttr> {
-        // SAFETY: plain-old-data out-structure, zero is a valid bit pattern.
+        // SAFETY: `ibv_device_attr` is plain old data (integers, an integer array, a GUID), for
+        // which all-zero bytes are a valid value.
         let mut attr: ibv_device_attr = unsafe { std::mem::zeroed() };
-        // SAFETY: live context, valid out-pointer.
+        // SAFETY: `self.context` is open until `self` drops; the call writes one
+        // `ibv_device_attr` through the pointer, which points at `attr`, a live local.
         let rc = unsafe { ibv_query_device(self.context, &mut attr) };
         check(rc, || format!("query device {}", self.name))?;
-        // SAFETY: `fw_ver` is a NUL-terminated array filled by the provider.
-        let firmware = unsafe { CStr::from_ptr(attr.fw_ver.as_ptr()) }
-            .to_string_lossy()
-            .into_owned();
+        // Up to the first NUL, if the provider wrote one: the array is read in bounds either way.
+        let fw_ver = attr.fw_ver.map(|c| c as u8);
+        let end = fw_ver.iter().position(|&b| b == 0).unwrap_or(fw_ver.len());
+        let firmware = String::from_utf8_lossy(&fw_ver[..end]).into_owned();
         Ok(DeviceAttr {
             firmware,
             ports: attr.phys_port_cnt,
@@ -242,9 +251,12 @@ impl Context {
 
     /// Port `port`'s state.
     pub fn port_attr(&self, port: u8) -> Result<PortAttr> {
-        // SAFETY: as in `device_attr`.
+        // SAFETY: `ibv_port_attr` is plain old data (integers only), for which all-zero bytes
+        // are a valid value.
         let mut attr: ibv_port_attr = unsafe { std::mem::zeroed() };
-        // SAFETY: live context, valid out-pointer of the size the wrapper passes.
+        // SAFETY: `self.context` is open until `self` drops; the wrapper writes one
+        // `ibv_port_attr` (the size it passes to the provider is this struct's) through the
+        // pointer, which points at `attr`, a live local.
         let rc = unsafe { ___ibv_query_port(self.context, port, &mut attr) };
         check(rc, || format!("query port {port} of {}", self.name))?;
         Ok(PortAttr {
@@ -259,19 +271,23 @@ impl Context {
     /// Entry `index` of port `port`'s GID table.
     pub fn gid(&self, port: u8, index: u8) -> Result<[u8; 16]> {
         let mut gid = ibv_gid { raw: [0; 16] };
-        // SAFETY: live context, valid out-pointer.
+        // SAFETY: `self.context` is open until `self` drops; the call writes one 16-byte
+        // `ibv_gid` through the pointer, which points at `gid`, a live local.
         let rc = unsafe { ibv_query_gid(self.context, port, index as i32, &mut gid) };
         check(rc, || {
             format!("query GID {index} of {} port {port}", self.name)
         })?;
-        // SAFETY: every bit pattern of the union is a valid `[u8; 16]`.
+        // SAFETY: `gid` was initialised through `raw`, and every bit pattern the call wrote
+        // into the 16 bytes of the union is a valid `[u8; 16]`.
         Ok(unsafe { gid.raw })
     }
 }
 
 impl Drop for Context {
     fn drop(&mut self) {
-        // SAFETY: opened in `DeviceList::open`, closed once, after all children (they hold Arcs).
+        // SAFETY: opened in `DeviceList::open`, closed once (here); every child object (domain,
+        // queues, queue pairs, regions) holds an `Arc` of this context, directly or through its
+        // domain, so all of them were destroyed before this runs.
         unsafe { ibv_close_device(self.context) };
     }
 }
@@ -282,15 +298,18 @@ pub struct Pd {
     context: Arc<Context>,
 }
 
-// SAFETY: verbs objects may be used from any thread.
+// SAFETY: libibverbs is thread-safe: a protection domain may be used, and deallocated, from any
+// thread.
 unsafe impl Send for Pd {}
-// SAFETY: as above.
+// SAFETY: through `&Pd` threads only register memory and create queue pairs in the domain, which
+// libibverbs allows concurrently.
 unsafe impl Sync for Pd {}
 
 impl Pd {
     /// Allocates a protection domain on `context`.
     pub fn new(context: &Arc<Context>) -> Result<Arc<Pd>> {
-        // SAFETY: live context; the domain is deallocated in `Drop`.
+        // SAFETY: `context` is open (the `Arc` keeps it so, and the domain keeps a clone); the
+        // domain is deallocated once, in `Drop`.
         let pd = unsafe { ibv_alloc_pd(context.context) };
         if pd.is_null() {
             return Err(failed(format!(
@@ -307,7 +326,8 @@ impl Pd {
 
 impl Drop for Pd {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new`, released once after its regions and queue pairs.
+        // SAFETY: allocated in `new`, deallocated once (here); every region and queue pair in
+        // the domain holds an `Arc` of it, so all of them were destroyed before this runs.
         unsafe { ibv_dealloc_pd(self.pd) };
     }
 }
@@ -338,18 +358,24 @@ pub struct Mr {
     _pd: Arc<Pd>,
 }
 
-// SAFETY: verbs objects may be used from any thread.
+// SAFETY: libibverbs is thread-safe: a registration may be deregistered from any thread.
 unsafe impl Send for Mr {}
-// SAFETY: as above.
+// SAFETY: through `&Mr` threads only read its keys, which `ibv_reg_mr` wrote once and nothing
+// changes until `Drop`.
 unsafe impl Sync for Mr {}
 
 impl Mr {
     /// Registers `len` bytes at `addr` with `access`.
     ///
     /// # Safety
-    /// The memory must stay mapped until the returned region is dropped.
+    /// The memory must stay mapped until the returned region is dropped, and, for as long as it
+    /// is registered, be accessed only atomically or through raw pointers, never through Rust
+    /// references to plain bytes: with `access` beyond [`Access::NONE`] the device may write it
+    /// at any time (remote writes, local reads landing).
     pub unsafe fn register(pd: &Arc<Pd>, addr: *mut u8, len: usize, access: Access) -> Result<Mr> {
-        // SAFETY: the caller keeps the memory mapped for the region's lifetime.
+        // SAFETY: `pd` is live (the `Arc`, and the clone the region keeps); `addr..addr + len`
+        // is mapped for as long as the region lives and may change under the device's writes
+        // (the caller's promise); the region is deregistered once, in `Drop`.
         let mr = unsafe { ibv_reg_mr(pd.pd, addr.cast(), len, access.0 as i32) };
         if mr.is_null() {
             return Err(failed(format!(
@@ -365,20 +391,22 @@ impl Mr {
 
     /// The key local work requests use.
     pub fn lkey(&self) -> u32 {
-        // SAFETY: live region; the key never changes.
+        // SAFETY: `self.mr` points at the `ibv_mr` that `ibv_reg_mr` returned, valid until
+        // `Drop` deregisters it; nothing writes its keys meanwhile.
         unsafe { (*self.mr).lkey }
     }
 
     /// The key peers use.
     pub fn rkey(&self) -> u32 {
-        // SAFETY: as in `lkey`.
+        // SAFETY: `self.mr` is valid until `Drop`, and its keys never change (as in `lkey`).
         unsafe { (*self.mr).rkey }
     }
 }
 
 impl Drop for Mr {
     fn drop(&mut self) {
-        // SAFETY: registered in `register`, deregistered once.
+        // SAFETY: registered in `register`, deregistered once (here), while its domain is
+        // still allocated (the region holds an `Arc` of it).
         unsafe { ibv_dereg_mr(self.mr) };
     }
 }
@@ -389,9 +417,11 @@ pub struct Cq {
     _context: Arc<Context>,
 }
 
-// SAFETY: verbs objects may be used from any thread; each plane polls only its own queue.
+// SAFETY: libibverbs is thread-safe: a completion queue may be polled and destroyed from any
+// thread.
 unsafe impl Send for Cq {}
-// SAFETY: as above.
+// SAFETY: through `&Cq` threads only poll, which libibverbs providers serialise per queue with
+// their own lock (and each plane polls only its own queue anyway).
 unsafe impl Sync for Cq {}
 
 /// A work completion, as polled.
@@ -399,14 +429,17 @@ pub type Wc = ibv_wc;
 
 /// An empty completion to fill polling buffers with.
 pub fn empty_wc() -> Wc {
-    // SAFETY: plain-old-data (integers and an integer union); zero is valid.
+    // SAFETY: `ibv_wc` is plain old data (integers and a union of integers), for which
+    // all-zero bytes are a valid value.
     unsafe { std::mem::zeroed() }
 }
 
 impl Cq {
     /// A queue of `entries` completions.
     pub fn new(context: &Arc<Context>, entries: i32) -> Result<Arc<Cq>> {
-        // SAFETY: live context; no channel; destroyed in `Drop`.
+        // SAFETY: `context` is open (the `Arc`, and the clone the queue keeps); a null user context
+        // (`cq_context`) and a null channel are allowed (no completion events); destroyed once, in
+        // `Drop`.
         let cq = unsafe {
             ibv_create_cq(
                 context.context,
@@ -432,7 +465,8 @@ impl Cq {
     /// error.
     pub fn poll(&self, out: &mut [Wc]) -> std::result::Result<usize, i32> {
         let n = out.len().min(i32::MAX as usize) as i32;
-        // SAFETY: live queue; `out` has room for `n` entries.
+        // SAFETY: `self.cq` is live until `Drop`; the call writes at most `n <= out.len()`
+        // `ibv_wc` entries through the pointer, which points at `out`, borrowed mutably.
         let rc = unsafe { ibv_poll_cq(self.cq, n, out.as_mut_ptr()) };
         usize::try_from(rc).map_err(|_| rc)
     }
@@ -440,8 +474,8 @@ impl Cq {
 
 impl Drop for Cq {
     fn drop(&mut self) {
-        // SAFETY: created in `new`, destroyed once after the queue pairs using it (they hold
-        // Arcs).
+        // SAFETY: created in `new`, destroyed once (here); every queue pair using it holds an
+        // `Arc` of it, so all of them were destroyed before this runs.
         unsafe { ibv_destroy_cq(self.cq) };
     }
 }
@@ -488,14 +522,16 @@ pub struct Qp {
     _cqs: (Arc<Cq>, Arc<Cq>),
 }
 
-// SAFETY: verbs objects may be used from any thread; posting is done by one plane's thread,
-// state changes are serialised by the fabric's locks.
+// SAFETY: libibverbs is thread-safe: a queue pair may be used and destroyed from any thread.
 unsafe impl Send for Qp {}
-// SAFETY: as above.
+// SAFETY: through `&Qp` threads post (`ibv_post_send`, which providers serialise per send queue
+// with their own lock), query and modify (system calls the kernel serialises); besides, one
+// plane's thread does the posting and the fabric's locks serialise the state changes.
 unsafe impl Sync for Qp {}
 
 fn attr() -> ibv_qp_attr {
-    // SAFETY: plain-old-data; zero is valid for every field.
+    // SAFETY: `ibv_qp_attr` is plain old data (integers, and integer unions and arrays in its
+    // address vectors), for which all-zero bytes are a valid value.
     unsafe { std::mem::zeroed() }
 }
 
@@ -524,12 +560,14 @@ impl Qp {
             qp_type: ibv_qp_type::IBV_QPT_RC,
             sq_sig_all: 1,
         };
-        // SAFETY: live domain and queues; `init` is a valid in/out structure.
+        // SAFETY: `pd`, `send` and `recv` are live (the `Arc`s, and the clones the queue pair
+        // keeps); `init` is a fully initialised local that the call reads and updates (`cap`);
+        // the queue pair is destroyed once, in `Drop`.
         let mut qp = unsafe { ibv_create_qp(pd.pd, &mut init) };
         if qp.is_null() && inline > 0 {
             // Some devices refuse any inline data; writes then always gather from memory.
             init.cap.max_inline_data = 0;
-            // SAFETY: as above.
+            // SAFETY: as for the first try: live domain and queues, `init` a live local.
             qp = unsafe { ibv_create_qp(pd.pd, &mut init) };
         }
         if qp.is_null() {
@@ -548,7 +586,8 @@ impl Qp {
 
     /// Its number.
     pub fn qpn(&self) -> u32 {
-        // SAFETY: live queue pair; the number never changes.
+        // SAFETY: `self.qp` points at the `ibv_qp` that `ibv_create_qp` returned, valid until
+        // `Drop`; its number is set at creation and never changes.
         unsafe { (*self.qp).qp_num }
     }
 
@@ -558,7 +597,8 @@ impl Qp {
     }
 
     fn modify(&self, attr: &mut ibv_qp_attr, mask: ibv_qp_attr_mask, what: &str) -> Result<()> {
-        // SAFETY: live queue pair; `attr` is valid for the fields `mask` names.
+        // SAFETY: `self.qp` is live until `Drop`; the call reads the fields of `attr` (a live,
+        // fully initialised struct, borrowed) that `mask` names.
         let rc = unsafe { ibv_modify_qp(self.qp, attr, mask.0 as i32) };
         check(rc, || format!("queue pair {}: {what}", self.qpn()))
     }
@@ -649,10 +689,12 @@ impl Qp {
     /// The next packet sequence number it would send, and the next it expects.
     pub fn psns(&self) -> Result<(u32, u32)> {
         let mut a = attr();
-        // SAFETY: plain-old-data out-structure.
+        // SAFETY: `ibv_qp_init_attr` is plain old data (integers and pointers, null when zero),
+        // for which all-zero bytes are a valid value.
         let mut init: ibv_qp_init_attr = unsafe { std::mem::zeroed() };
         let mask = ibv_qp_attr_mask::IBV_QP_SQ_PSN | ibv_qp_attr_mask::IBV_QP_RQ_PSN;
-        // SAFETY: live queue pair; valid out-pointers.
+        // SAFETY: `self.qp` is live until `Drop`; the call writes one `ibv_qp_attr` and one
+        // `ibv_qp_init_attr` through the pointers, which point at `a` and `init`, live locals.
         let rc = unsafe { ibv_query_qp(self.qp, &mut a, mask.0 as i32, &mut init) };
         check(rc, || format!("queue pair {}: query", self.qpn()))?;
         Ok((a.sq_psn, a.rq_psn))
@@ -663,8 +705,9 @@ impl Qp {
     /// provider's errno when the work request was not posted (`ENOMEM`: send queue full).
     ///
     /// # Safety
-    /// `local..local+len` must be registered memory that stays mapped until the work request
-    /// completes or the queue pair is reset.
+    /// `local..local+len` must be memory registered under `lkey` that stays mapped until the
+    /// work request completes or the queue pair is reset or destroyed, and that is accessed only
+    /// atomically or through raw pointers meanwhile (a read lands there at any time).
     #[allow(clippy::too_many_arguments)] // The fields of one work request.
     pub unsafe fn post(
         &self,
@@ -683,8 +726,10 @@ impl Qp {
         };
         let mut wr = work_request(op, self.max_inline, wr_id, &mut sge, remote, rkey);
         let mut bad = ptr::null_mut();
-        // SAFETY: live queue pair; `wr` and `sge` live across the call (the provider copies
-        // them, and inline data, before returning); the caller keeps `local` registered.
+        // SAFETY: `self.qp` is live until `Drop`; `wr` and `sge` are live locals for the call
+        // (the provider copies them, and inline data, before returning) and `bad` a live
+        // out-pointer; the memory the work request names is registered and stays mapped until
+        // it completes (the caller's promise).
         let rc = unsafe { ibv_post_send(self.qp, &mut wr, &mut bad) };
         if rc == 0 {
             Ok(())
@@ -696,7 +741,9 @@ impl Qp {
 
 impl Drop for Qp {
     fn drop(&mut self) {
-        // SAFETY: created in `new`, destroyed once, before its domain and queues (held Arcs).
+        // SAFETY: created in `new`, destroyed once (here), while its domain and queues are
+        // still live (it holds `Arc`s of them); outstanding work requests are flushed by the
+        // destruction, so the device touches no memory for them afterwards.
         unsafe { ibv_destroy_qp(self.qp) };
     }
 }
@@ -768,7 +815,8 @@ mod tests {
         };
         let wr = work_request(op, 64, 42, &mut sge, 0xABC0, 9);
         assert_eq!((wr.num_sge, wr.next), (1, ptr::null_mut()));
-        // SAFETY: `work_request` wrote the `rdma` member; `sg_list` points at `sge`.
+        // SAFETY: `work_request` initialised the `rdma` member of the `wr` union (all integers,
+        // so reading it is valid); `sg_list` points at `sge`, a live local of this frame.
         let (remote, rkey, sge_addr) =
             unsafe { (wr.wr.rdma.remote_addr, wr.wr.rdma.rkey, (*wr.sg_list).addr) };
         assert_eq!(sge_addr, 0x1000);

@@ -229,10 +229,13 @@ impl VerbsFabric {
         let write = op == Op::Write;
         let (address, rkey) =
             wire::target(&self.layout, &state.window, self.plane, write, remote, len)?;
-        match self
-            .endpoint
-            .post(self.plane, peer, op, wr_id, local, len, address, rkey)
-        {
+        // SAFETY: `in_region(local, len)` held above: `local..local + len` lies inside the
+        // region, as `Endpoint::post` requires.
+        let posted = unsafe {
+            self.endpoint
+                .post(self.plane, peer, op, wr_id, local, len, address, rkey)
+        };
+        match posted {
             Ok(()) => {
                 state.outstanding += 1;
                 state.posted_on = Some(generation);

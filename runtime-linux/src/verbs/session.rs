@@ -251,7 +251,10 @@ impl Endpoint {
             let len = (area.end - area.start) as usize;
             // SAFETY: the area lies inside the region (see `registrations`), whose memory is
             // `own`'s mapping; the endpoint holds `own` and drops it after the registrations
-            // (field order).
+            // (field order), so the memory stays mapped for as long as the registration lives.
+            // The device may write it at any time (remote writes, reads landing), which is
+            // fine: the region is accessed only atomically (`mem`), never through references
+            // to plain bytes.
             registered
                 .push(unsafe { Mr::register(&pd, own.region(area.start), len, area.access)? });
         }
@@ -432,8 +435,14 @@ impl Endpoint {
         &self.own
     }
 
+    /// Posts one RDMA write or read between region bytes `local..local + len` and `remote`
+    /// (covered by `rkey`) on the requester of `plane` and `peer`.
+    ///
+    /// # Safety
+    /// `local..local + len` must lie inside the region: the device reads or writes those bytes
+    /// through the local registration, which covers the region and nothing else.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn post(
+    pub(super) unsafe fn post(
         &self,
         plane: Plane,
         peer: ReplicaId,
@@ -446,8 +455,12 @@ impl Endpoint {
     ) -> Result<(), i32> {
         let r = self.requester(plane, peer);
         let address = self.own.region(local) as u64;
-        // SAFETY: `local..local+len` is inside the region (checked by the fabric), which
-        // the local registration covers and the endpoint keeps mapped for its lifetime.
+        // SAFETY: `local..local + len` lies inside the region (this function's contract), so
+        // `address..address + len` lies inside `own`'s mapping, which the `LOCAL` registration
+        // (`lkey`) covers. The endpoint keeps that mapping (`own`) until after the
+        // registrations and queue pairs are gone (field order), so it stays mapped until the
+        // work request completes or its queue pair is reset or destroyed; the device's writes
+        // into it (reads landing) are fine, the region being accessed only atomically (`mem`).
         unsafe {
             r.qp.post(
                 op,
