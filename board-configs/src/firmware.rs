@@ -21,11 +21,11 @@
 
 use crate::read::{self, Parsed};
 use crate::{Cluster, ConfigFileError, FirmwareHost, Host};
-use runtime_embedded::run::{ENTRY_BYTES, SLOT_BYTES};
-use runtime_embedded::window::WindowLayout;
 use std::fmt::Write as _;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use window_layout::firmware::{ENTRY_BYTES, SLOT_BYTES};
+use window_layout::WindowLayout;
 
 #[cfg(test)]
 mod tests;
@@ -46,10 +46,10 @@ pub struct BoardRules {
     pub window_base_range: Range<u64>,
     /// The window is a PCI BAR: its size must be a power of two and its base a multiple of it.
     pub window_size_power_of_two: bool,
-    /// Bytes of the firmware's slot buffer (`runtime_embedded::run::SLOT_BYTES`): the largest
+    /// Bytes of the firmware's slot buffer (`window_layout::firmware::SLOT_BYTES`): the largest
     /// `cluster.slot_size`.
     pub slot_bytes_max: u32,
-    /// Bytes of the firmware's entry buffer (`runtime_embedded::run::ENTRY_BYTES`): the largest
+    /// Bytes of the firmware's entry buffer (`window_layout::firmware::ENTRY_BYTES`): the largest
     /// command, [`mu_nostd::Config::entry_bytes_max`].
     pub entry_bytes_max: u32,
     /// Frequency of the board's tick counter: a core tick must last at least one of its periods,
@@ -408,7 +408,7 @@ impl FirmwareImage {
         &self.replicas[0].1
     }
 
-    /// Bytes of the window the cluster uses (`runtime_embedded::window::WindowLayout::bytes`);
+    /// Bytes of the window the cluster uses (`window_layout::WindowLayout::bytes`);
     /// at most `host().window_size`.
     pub fn window_bytes(&self) -> u64 {
         self.window_bytes

@@ -6,7 +6,9 @@
 //! are all `[replica.firmware]`, e.g. `qemu-virt-a53-3.toml`) at build time through
 //! [`firmware::image`], which checks it against the board's [`firmware::BoardRules`] and turns
 //! it into Rust constants. So this is a plain `std` library; besides `toml_edit` it depends only
-//! on `mu-nostd` (the configuration) and `runtime-embedded` (the firmware window's layout).
+//! on `mu-nostd` (the configuration) and `window-layout` (the firmware window's layout and the
+//! firmware's buffer sizes, in a small `no_std` crate below both this one and
+//! `runtime-embedded`), not on the firmware runtime itself.
 //!
 //! # Schema
 //!
@@ -60,7 +62,7 @@
 //! # Firmware replicas
 //!
 //! Every firmware replica of a cluster maps one shared window, laid out by
-//! `runtime_embedded::window::WindowLayout` from the cluster values alone: a 4 KiB header (the
+//! `window_layout::WindowLayout` from the cluster values alone: a 4 KiB header (the
 //! control block and 8 telemetry blocks), then every replica's region (its log and
 //! headers, `mu_nostd::Layout`), each rounded up to 4 KiB, then one work-request ring per ordered
 //! pair of replicas (itself included) and plane, `2 * replicas^2` rings. `window_size` must be at
@@ -206,7 +208,7 @@ pub struct FirmwareHost {
     pub ram_size: u64,
     /// Start of the shared window (e.g. an ivshmem BAR) the fabric lives in.
     pub window_base: u64,
-    /// Bytes of the shared window; at least what `runtime_embedded::window::WindowLayout` needs
+    /// Bytes of the shared window; at least what `window_layout::WindowLayout` needs
     /// for the cluster (header, every replica's region, the rings).
     pub window_size: u64,
 }

@@ -7,10 +7,9 @@ use crate::{
     ReplicaSpec,
 };
 use mu_nostd::{Config, DetectorConfig};
-use runtime_embedded::ring;
-use runtime_embedded::window::{WindowLayout, REGION_ALIGN_BYTES};
 use std::ops::{Range, RangeInclusive};
 use std::path::PathBuf;
+use window_layout::{ring, WindowLayout, REGION_ALIGN_BYTES};
 
 type Result<T> = std::result::Result<T, ConfigFileError>;
 
@@ -697,7 +696,7 @@ fn firmware_host(t: &Table<'_>, cluster: &Cluster) -> Result<FirmwareHost> {
     Ok(host)
 }
 
-/// The window must hold everything the firmware puts in it (`runtime_embedded::window`): the
+/// The window must hold everything the firmware puts in it (`window_layout`): the
 /// header (control block and telemetry), every replica's region and the work-request rings.
 fn window_holds_the_cluster(t: &Table<'_>, cluster: &Cluster, window_size: u64) -> Result<()> {
     let fail = |reason: String| t.fail("window_size", t.at("window_size"), &reason);

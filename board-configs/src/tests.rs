@@ -1,7 +1,7 @@
 use crate::*;
 use mu_nostd::Config;
-use runtime_embedded::window::WindowLayout;
 use std::fs;
+use window_layout::WindowLayout;
 
 /// A valid two-replica Linux deployment; tests replace single lines of it, so its line numbers
 /// are the ones the assertions name.
@@ -762,7 +762,7 @@ fn a_firmware_window_holds_header_regions_and_rings() {
         (e.field.as_str(), e.line),
         ("replica[0].firmware.window_size", Some(21))
     );
-    // What the window holds, as `runtime_embedded::window` lays it out: the header, 2 regions
+    // What the window holds, as `window_layout` lays it out: the header, 2 regions
     // and a ring per ordered pair of replicas (self included) and plane.
     let stride = layout.region_stride;
     assert_eq!(bytes, 4096 + 2 * u64::from(stride) + 8 * 1152);

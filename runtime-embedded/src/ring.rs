@@ -32,14 +32,8 @@ use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use crate::words::Words;
 
-/// Requests a sender may have outstanding per ring; a power of two that divides `1 << 16`.
-pub const RING_DEPTH: u32 = 32;
-/// Bytes of one entry.
-pub const ENTRY_BYTES: u32 = 32;
-/// Bytes of the ring header: the two count words, on separate 64-byte lines.
-pub const HEADER_BYTES: u32 = 128;
-/// Bytes of one ring.
-pub const RING_BYTES: u32 = HEADER_BYTES + RING_DEPTH * ENTRY_BYTES;
+// The ring's geometry lives with the window layout, which places the rings.
+pub use window_layout::ring::{ENTRY_BYTES, HEADER_BYTES, RING_BYTES, RING_DEPTH};
 
 const POSTED_AT: usize = 0;
 const SERVED_AT: usize = 64;
@@ -57,6 +51,9 @@ const TAG_INVALID: u32 = u32::MAX;
 
 const _: () = assert!(RING_DEPTH.is_power_of_two() && (1 << 16) % RING_DEPTH == 0);
 const _: () = assert!(RING_BYTES % 64 == 0);
+// The fields fit the geometry the window layout reserves.
+const _: () = assert!(STATUS_AT + 4 <= ENTRY_BYTES as usize);
+const _: () = assert!(SERVED_AT + 8 <= HEADER_BYTES as usize);
 
 /// What a request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

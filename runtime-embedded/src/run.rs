@@ -21,10 +21,9 @@ use crate::telemetry::{self, control, word, Telemetry};
 use crate::window::{Plane, WindowError, WindowLayout};
 use crate::words::Words;
 
-/// Bytes of the slot buffer: the largest `slot_size` a firmware cluster may use.
-pub const SLOT_BYTES: usize = 256;
-/// Bytes of the entry buffer: the largest command.
-pub const ENTRY_BYTES: usize = 1024;
+// The slot and entry buffers' sizes live with the window layout: `board-configs` checks board
+// files against them at build time.
+pub use window_layout::firmware::{ENTRY_BYTES, SLOT_BYTES};
 /// Bytes of commands the leader may hold undecided.
 pub const QUEUE_BYTES: usize = 2048;
 /// Commands the workload submits per step at most.
