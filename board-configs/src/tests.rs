@@ -720,7 +720,7 @@ fn firmware_checks() {
 fn a_cluster_too_large_for_a_window_is_refused() {
     // Three regions of about 2 GB: the window would need offsets beyond u32.
     let mut config = Config::new(3);
-    config.slot_count = 16_000_000;
+    config.slot_count = 13_000_000;
     let mut d = Deployment::shm_linux("big", config, 1000, "/x".into(), Polling::Shared, &[]);
     for r in &mut d.replicas {
         r.host = Host::Firmware(FirmwareHost {

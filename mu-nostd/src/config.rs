@@ -9,6 +9,7 @@
 
 use crate::fabric::ReplicaId;
 use crate::hash::Hasher;
+use crate::layout::RECORD_BYTES;
 use crate::slot::SLOT_HEADER_BYTES;
 
 /// Most replicas a cluster may have.
@@ -212,9 +213,10 @@ impl Config {
             "must be at most 64 KiB",
         )?;
         check(
-            (self.slot_count as u64) * (self.slot_size as u64) <= (u32::MAX / 2) as u64,
+            (self.slot_count as u64) * (self.slot_size as u64 + 2 * RECORD_BYTES as u64)
+                <= (u32::MAX / 2) as u64,
             "slot_count",
-            "slot_count * slot_size must stay below 2 GiB",
+            "slot_count * (slot_size + 32) must stay below 2 GiB",
         )?;
         check(
             self.entry_slots_max >= 1,
@@ -274,7 +276,7 @@ impl Config {
             "must be 1 to 16",
         )?;
         check(
-            (self.slot_count as u64) * (self.slot_size as u64)
+            (self.slot_count as u64) * (self.slot_size as u64 + 2 * RECORD_BYTES as u64)
                 + 2 * (self.transfer_window as u64) * (self.transfer_chunk_bytes as u64)
                 <= (u32::MAX / 2) as u64,
             "transfer_chunk_bytes",
@@ -370,9 +372,9 @@ mod tests {
         c.pipeline_depth = 0;
         assert_eq!(c.validate().unwrap_err().field, "pipeline_depth");
         let mut c = Config::new(3);
-        c.slot_size = 64;
+        c.slot_size = 128;
         c.slot_count = 512;
-        c.entry_slots_max = 128;
+        c.entry_slots_max = 129;
         assert_eq!(c.validate().unwrap_err().field, "entry_slots_max");
         let mut c = Config::new(3);
         c.detector.score_max = 255;

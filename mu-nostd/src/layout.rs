@@ -6,10 +6,11 @@
 //!              (the incarnation of the process that wrote it), check
 //!              background area, writable by every peer:
 //!                heartbeat record, applied record, permission request[n], permission ack[n],
-//!                lap notice, transfer request[n]
+//!                transfer request[n]
 //!              log area, writable only by the granted peer:
-//!                min proposal records [2], standing record, commit record, then slot_count
-//!                slots
+//!                min proposal records [2], standing record, commit record, lap notice, then
+//!                slot_count slots, then the rewrite area: slot_count adoption records, then
+//!                slot_count decided marks (one of each per slot, see `slot`)
 //!              transfer area, read by peers, written only by the owner:
 //!                offer (64 B), progress record (padded to 64 B), transfer_window chunk slots
 //!                (a 64-byte header, then transfer_chunk_bytes)
@@ -27,7 +28,10 @@
 //! - Areas do not overlap and appear in the order above; the log area and every slot start on a
 //!   64-byte boundary.
 //! - Every record is 16 bytes at an 8-aligned offset; a record's check covers its own offset, so
-//!   a record copied to another place never validates.
+//!   a record copied to another place never validates (an adoption record's or decided mark's check
+//!   covers the chain of its value instead, which names its position).
+//! - Everything a leader writes into a member (slots, rewrite records, commit record, standing,
+//!   min proposals, lap notice) lies in the log area, under the member's grant.
 //! - The applied record follows the heartbeat record: the background plane reads both at once.
 //! - The whole region fits in `u32` offsets (guaranteed by [`Config::validate`]).
 
@@ -36,8 +40,10 @@ use crate::fabric::ReplicaId;
 use crate::hash::Hasher;
 
 /// Bumped whenever the layout, the slot format or a record's meaning changes (4: a heartbeat
-/// names its replica's leader view).
-pub const LAYOUT_VERSION: u32 = 4;
+/// names its replica's leader view; 5: the ballot moved out of the value's checksum into an
+/// acceptance record, an adoption record and a decided mark per slot, and the lap notice into
+/// the log area).
+pub const LAYOUT_VERSION: u32 = 5;
 /// Identifies a Mu region.
 pub const REGION_MAGIC: u64 = 0x4D55_5245_4749_4F4E; // "MUREGION"
 /// Bytes of the region header.
@@ -48,8 +54,8 @@ const HEADER_CHECKED: usize = 32;
 pub const RECORD_BYTES: u32 = 16;
 /// Bytes of the commit record (commit position, chain, check), padded.
 pub const COMMIT_RECORD_BYTES: u32 = 32;
-/// Bytes of the log area's header: two min-proposal records, the standing record and the commit
-/// record, padded.
+/// Bytes of the log area's header: two min-proposal records, the standing record, the commit
+/// record and the lap notice, padded.
 pub const LOG_HEADER_BYTES: u32 = 128;
 /// Bytes of the background plane's heartbeat read: the heartbeat record and the applied record,
 /// which follow each other.
@@ -84,6 +90,8 @@ pub struct Layout {
     pub log: u32,
     /// Start of slot 0.
     pub slots: u32,
+    /// Start of the rewrite area: the adoption records, then the decided marks.
+    pub rewrites: u32,
     /// Start of the transfer area.
     pub transfer: u32,
     /// Bytes of one transfer chunk and of the window.
@@ -123,10 +131,11 @@ impl Layout {
     pub const fn new(config: &Config) -> Layout {
         let n = config.replica_count as u32;
         let background = HEADER_BYTES;
-        let background_bytes = round_up_64((3 + 3 * n) * RECORD_BYTES);
+        let background_bytes = round_up_64((2 + 3 * n) * RECORD_BYTES);
         let log = background + background_bytes;
         let slots = log + LOG_HEADER_BYTES;
-        let transfer = slots + config.slot_count * config.slot_size;
+        let rewrites = slots + config.slot_count * config.slot_size;
+        let transfer = rewrites + 2 * config.slot_count * RECORD_BYTES;
         let chunk_bytes = config.transfer_chunk_bytes;
         let transfer_bytes = Layout::transfer_bytes(config);
         let scratch = transfer + transfer_bytes;
@@ -142,7 +151,7 @@ impl Layout {
         );
         let landing = outbox + outbox_bytes;
         // Landing, per peer: header, heartbeat and applied (the background plane's read),
-        // applied (the replication plane's), promises, one slot.
+        // applied (the replication plane's), promises, one slot and its rewrite record.
         let landing_bytes = n * Layout::landing_stride(config.slot_size);
         let landing_transfer = landing + landing_bytes;
         Layout {
@@ -152,6 +161,7 @@ impl Layout {
             background,
             log,
             slots,
+            rewrites,
             transfer,
             chunk_bytes,
             scratch,
@@ -175,7 +185,7 @@ impl Layout {
 
     /// Where `joiner` asks this replica for a snapshot: its nonce and the next chunk it wants.
     pub const fn transfer_request(&self, joiner: ReplicaId) -> u32 {
-        self.background + (3 + 2 * self.replica_count as u32 + joiner as u32) * RECORD_BYTES
+        self.background + (2 + 2 * self.replica_count as u32 + joiner as u32) * RECORD_BYTES
     }
     /// The offer of the snapshot this replica serves.
     pub const fn offer(&self) -> u32 {
@@ -207,12 +217,17 @@ impl Layout {
     }
 
     const fn landing_stride(slot_size: u32) -> u32 {
-        HEADER_BYTES + HEARTBEAT_READ_BYTES + RECORD_BYTES + PROMISE_BYTES + slot_size
+        HEADER_BYTES
+            + HEARTBEAT_READ_BYTES
+            + RECORD_BYTES
+            + PROMISE_BYTES
+            + slot_size
+            + 2 * RECORD_BYTES
     }
 
-    /// Bytes of the log area: its header and the slots.
+    /// Bytes of the log area: its header, the slots and the rewrite area.
     pub const fn log_bytes(&self) -> u32 {
-        LOG_HEADER_BYTES + self.slot_count * self.slot_size
+        LOG_HEADER_BYTES + self.slot_count * (self.slot_size + 2 * RECORD_BYTES)
     }
 
     /// True when `[offset, offset + len)` lies inside the log area.
@@ -241,11 +256,6 @@ impl Layout {
     pub const fn ack(&self, owner: ReplicaId) -> u32 {
         self.background + (2 + self.replica_count as u32 + owner as u32) * RECORD_BYTES
     }
-    /// Where a leader tells this replica it was lapped: the lowest position the leader's log
-    /// can still send; above this replica's applied position, it halts.
-    pub const fn lap_notice(&self) -> u32 {
-        self.background + (2 + 2 * self.replica_count as u32) * RECORD_BYTES
-    }
     /// Both min-proposal records.
     pub const fn min_proposal(&self) -> u32 {
         self.log
@@ -263,9 +273,23 @@ impl Layout {
     pub const fn commit_record(&self) -> u32 {
         self.log + PROMISE_BYTES + RECORD_BYTES
     }
+    /// Where a leader tells this replica it was lapped: the lowest position the leader's log
+    /// can still send; above this replica's applied position, it halts. In the log area, so
+    /// that only the leader this replica granted can write it (a deposed one is fenced).
+    pub const fn lap_notice(&self) -> u32 {
+        self.commit_record() + COMMIT_RECORD_BYTES
+    }
     /// The slot that holds `position`.
     pub const fn slot(&self, position: u64) -> u32 {
         self.slots + (position % self.slot_count as u64) as u32 * self.slot_size
+    }
+    /// The adoption record of the slot that holds `position` (see `slot`).
+    pub const fn adoption_record(&self, position: u64) -> u32 {
+        self.rewrites + (position % self.slot_count as u64) as u32 * RECORD_BYTES
+    }
+    /// The decided mark of the slot that holds `position` (see `slot`).
+    pub const fn decided_mark(&self, position: u64) -> u32 {
+        self.adoption_record(position) + self.slot_count * RECORD_BYTES
     }
     /// Outbox: my permission request, staged.
     pub const fn outbox_request(&self) -> u32 {
@@ -314,6 +338,14 @@ impl Layout {
     /// Landing buffer for one slot of `peer`.
     pub const fn landing_slot(&self, peer: ReplicaId) -> u32 {
         self.landing_promises(peer) + PROMISE_BYTES
+    }
+    /// Landing buffer for the adoption record of that slot.
+    pub const fn landing_adoption(&self, peer: ReplicaId) -> u32 {
+        self.landing_slot(peer) + self.slot_size
+    }
+    /// Landing buffer for the decided mark of that slot.
+    pub const fn landing_decided(&self, peer: ReplicaId) -> u32 {
+        self.landing_adoption(peer) + RECORD_BYTES
     }
 
     /// The region header of this configuration, written by life `life` of its replica (the
@@ -373,21 +405,27 @@ mod tests {
             config.slot_size = 192;
             let l = Layout::new(&config);
             assert!(HEADER_BYTES <= l.background);
-            assert!(l.ack(n - 1) + RECORD_BYTES <= l.lap_notice());
-            assert!(l.lap_notice() + RECORD_BYTES <= l.log);
+            assert!(l.ack(n - 1) + RECORD_BYTES <= l.transfer_request(0));
             assert_eq!(l.log % 64, 0);
             assert_eq!(l.slots % 64, 0);
             assert_eq!(l.slot(1) - l.slot(0), 192);
             assert_eq!(l.slot(config.slot_count as u64), l.slot(0));
+            assert_eq!(l.rewrites, l.slot(config.slot_count as u64 - 1) + 192);
+            let last = config.slot_count as u64 - 1;
+            assert_eq!(l.adoption_record(0), l.rewrites);
+            assert_eq!(l.adoption_record(1) - l.adoption_record(0), RECORD_BYTES);
+            assert_eq!(l.adoption_record(last + 1), l.adoption_record(0));
+            assert_eq!(l.adoption_record(last) + RECORD_BYTES, l.decided_mark(0));
+            assert_eq!(l.decided_mark(1) - l.decided_mark(0), RECORD_BYTES);
+            assert_eq!(l.decided_mark(last + 1), l.decided_mark(0));
+            assert_eq!(l.decided_mark(last) + RECORD_BYTES, l.transfer);
             assert_eq!(l.log + l.log_bytes(), l.transfer);
-            assert!(l.lap_notice() + RECORD_BYTES <= l.transfer_request(0));
             assert!(l.transfer_request(n - 1) + RECORD_BYTES <= l.log);
             assert_eq!(l.offer() % 64, 0);
             assert!(l.progress() + RECORD_BYTES <= l.chunk(0));
             let last = config.transfer_window as u32 - 1;
             assert!(l.chunk(last) + CHUNK_HEADER_BYTES + config.transfer_chunk_bytes <= l.scratch);
             assert!(l.outbox_transfer_request() + RECORD_BYTES <= l.landing_header(0));
-            assert!(l.landing_slot(n - 1) + 192 <= l.landing_offer());
             assert!(
                 l.landing_chunk(last) + CHUNK_HEADER_BYTES + config.transfer_chunk_bytes
                     <= l.region_bytes
@@ -397,8 +435,14 @@ mod tests {
             assert!(l.outbox_standing() + RECORD_BYTES <= l.outbox_transfer_request());
             assert_eq!(l.min_proposal() + MIN_PROPOSAL_BYTES, l.standing());
             assert!(l.standing() + RECORD_BYTES <= l.commit_record());
-            assert!(l.commit_record() + COMMIT_RECORD_BYTES <= l.slots);
+            assert!(l.commit_record() + COMMIT_RECORD_BYTES <= l.lap_notice());
+            assert!(l.lap_notice() + RECORD_BYTES <= l.slots);
+            assert!(l.in_log_area(l.lap_notice(), RECORD_BYTES));
+            assert!(l.in_log_area(l.adoption_record(3), RECORD_BYTES));
+            assert!(l.in_log_area(l.decided_mark(3), RECORD_BYTES));
             assert!(l.landing_promises(0) + PROMISE_BYTES <= l.landing_slot(0));
+            assert_eq!(l.landing_slot(0) + 192, l.landing_adoption(0));
+            assert!(l.landing_decided(n - 1) + RECORD_BYTES <= l.landing_offer());
             // The background plane reads both records in one read, into its own landing.
             assert_eq!(l.heartbeat() + RECORD_BYTES, l.applied());
             assert!(l.landing_heartbeat(0) + HEARTBEAT_READ_BYTES <= l.landing_applied(0));

@@ -17,6 +17,10 @@
 //! 5. `ReadSlot` / `Adopting`: read the slot at the first undecided position from the prepared
 //!    members; if any holds a value, adopt the one with the highest ballot (rewritten under this
 //!    ballot), wait until it is decided, and repeat at the next position.
+//!    The adopted value goes only to members whose copy of that position the slot read
+//!    returned, and to each by the write that leaves the record holding its copy's highest
+//!    ballot alone (see `slot`, "torn rewrites", and [`Adoption`]); the others get it once
+//!    it is decided.
 //! 6. `Streaming` (the fast path, no more prepare until the tenure ends): every poll encodes
 //!    queued commands into the leader's own log and posts, per member, one write of everything
 //!    not yet sent. A position is decided when a majority (leader included) holds it; the
@@ -27,7 +31,7 @@
 //! published applied positions every `recycle_period_ticks`); a failed replica does not hold the
 //! log back. A replica that comes back more than a lap behind gets no log writes (writing older
 //! positions over its slots could destroy values a newer leader decided there) but a lap notice
-//! in its background area, and halts (it needs a state transfer); it does not hold the log back
+//! in its log header (under its grant, so a deposed leader cannot halt it), and halts (it needs a state transfer); it does not hold the log back
 //! either.
 //!
 //! Recovery: a replica's memory is its acceptor state, so a replica that restarts with a fresh
@@ -78,9 +82,13 @@
 //!   answered may come from an earlier life).
 //! - `applied <= next`, `next - applied < ACK_WINDOW`; `acks[p % ACK_WINDOW]` describes `p` only
 //!   for `applied <= p < next`, and always includes the leader itself.
-//! - A position is written with a ballot only after that ballot was written to a majority's
-//!   min-proposal records (unless the tenure adopted nothing and went straight to the fast path
-//!   with the ballot it prepared).
+//! - A position is written with this tenure's ballot only after that ballot was written to a
+//!   majority's min-proposal records (unless the tenure adopted nothing and went straight to the
+//!   fast path with the ballot it prepared).
+//! - Rewrites (positions below `fresh_from`) never overwrite the only intact record of a copy's
+//!   highest ballot: a decided position's slot is written only after its decided mark landed
+//!   (`fenced`), an undecided one only as its member's [`Adoption`] plan says; the own log's
+//!   copies that catch-up reads may overwrite keep their ballot in their adoption records.
 //! - A member is sent positions in increasing order; its acks count only for positions this
 //!   tenure wrote to it.
 //! - Any `Denied` completion of this tenure aborts it: another leader was granted.
@@ -90,7 +98,7 @@ use crate::fabric::{Fabric, PostError, ReplicaId, Status};
 use crate::layout::{COMMIT_RECORD_BYTES, PROMISE_BYTES, RECORD_BYTES};
 use crate::record;
 use crate::replication::{encode_commit, ReplicationPlane, COMPLETION_BATCH};
-use crate::slot::{self, origin, SlotError, SlotHeader, SLOT_HEADER_BYTES};
+use crate::slot::{self, origin, Acceptance, Opened, SlotError, SlotHeader, SLOT_HEADER_BYTES};
 use crate::state_machine::StateMachine;
 use crate::wrid::{Kind, WrId};
 
@@ -100,6 +108,14 @@ const _: () = assert!(
     (crate::config::PIPELINE_DEPTH_MAX as usize - 1 + crate::config::ENTRY_SLOTS_MAX as usize)
         < ACK_WINDOW
 );
+/// Rewrites keep a copy's highest ballot intact (see `post_log_writes` and `slot`). The planted
+/// defect `bug-torn-rewrite` writes no decided marks or adoption records and rewrites every slot
+/// in one write, as before layout 5: a rewrite cut by a revoke can then leave a member's only
+/// copy of a decided value with no intact ballot, which a prepare counts as nothing accepted.
+const MARKED_REWRITES: bool = !cfg!(feature = "bug-torn-rewrite");
+/// Reads of one member's copy of the slot a prepare reads: the slot, its adoption record, its
+/// decided mark.
+const SLOT_READS: u8 = 3;
 /// Operations outstanding per connection that the plane keeps track of.
 const PENDING_MAX: usize = 96;
 const COMPLETION_BATCHES_MAX: usize = 8;
@@ -218,7 +234,7 @@ struct Member {
     state: MemberState,
     /// Behind by more than a lap (this log no longer holds what it needs). It gets no log
     /// writes (writing older positions over its slots could destroy values a newer leader
-    /// decided there), only a lap notice in its background area, after which it halts. It does
+    /// decided there), only a lap notice in its log header, after which it halts. It does
     /// not hold recycling back.
     lapped: bool,
     /// When to (re)send the lap notice.
@@ -236,6 +252,28 @@ struct Member {
     standing_inflight: bool,
     /// A counted recovering member is admitted once it applied this (and `streaming_from`).
     admit_at: u64,
+    /// Decided rewrites (see `post_log_writes`): the decided marks of the positions from
+    /// `sent` up to this landed in its log, so those slots may be rewritten.
+    fenced: u64,
+    /// Decided marks posted up to here.
+    fence_posted: u64,
+    /// How the value adopted at a position goes to it, as its copy read in the prepare says.
+    adoption: Option<(u64, Adoption)>,
+}
+
+/// How the adopted value goes to a member whose copy of its position the prepare read (this
+/// tenure is its only writer since, so the copy is still as read). Whatever it writes, the
+/// record that holds the copy's highest ballot is not the one overwritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Adoption {
+    /// Its copy of the value is marked decided: nothing to write, its vote counts.
+    Held,
+    /// Its copy of the value has its highest ballot in the slot's acceptance record: only the
+    /// adoption record is written.
+    Record,
+    /// Anything else (another value, a torn one, or a copy whose adoption record holds its
+    /// highest ballot): the slot is written.
+    Slot,
 }
 
 impl Member {
@@ -251,7 +289,24 @@ impl Member {
         promises: Promises::NONE,
         standing_inflight: false,
         admit_at: 0,
+        fenced: 0,
+        fence_posted: 0,
+        adoption: None,
     };
+
+    /// It will be sent everything from `from` again: nothing above is fenced yet, and what
+    /// the prepare read of it may have changed under writes of this tenure cut short.
+    fn resend_from(&mut self, from: u64) {
+        self.sent = from;
+        self.fence_from(from);
+        self.adoption = None;
+    }
+
+    /// Decided marks are fenced from `from` on only.
+    fn fence_from(&mut self, from: u64) {
+        self.fenced = from;
+        self.fence_posted = from;
+    }
 }
 
 /// An acceptor's promises: its two min-proposal records and its standing record.
@@ -322,6 +377,8 @@ pub(crate) struct Leader {
     ballot_floor: u64,
     members: [Member; REPLICAS_MAX as usize],
     replies: u8,
+    /// Per member: how many of the `SLOT_READS` reads of the current slot read completed.
+    reads_done: [u8; REPLICAS_MAX as usize],
     prepared: u8,
     next: u64,
     next_chain: u64,
@@ -355,6 +412,9 @@ pub(crate) struct Leader {
     /// the fast path, and it overwrites the oldest positions only: `next - slot_count` bounds
     /// the rest.
     held_from: Option<u64>,
+    /// The positions `[marked.0, marked.1)` of the own log carry their decided marks (see
+    /// `mark_decided_own`).
+    marked: (u64, u64),
 }
 
 /// A recount of the voters' promises for a recovering member that joined after the prepare.
@@ -456,6 +516,7 @@ impl Leader {
             ballot_floor: 0,
             members: [Member::NEW; REPLICAS_MAX as usize],
             replies: 0,
+            reads_done: [0; REPLICAS_MAX as usize],
             prepared: 0,
             next: applied,
             next_chain: chain,
@@ -476,6 +537,7 @@ impl Leader {
             streaming_from: None,
             recount: None,
             held_from: None,
+            marked: (applied, applied),
         }
     }
 
@@ -487,6 +549,12 @@ impl Leader {
     fn members_open(&self) -> bool {
         !matches!(self.phase, Phase::Survey | Phase::CatchUpSelf { .. })
     }
+
+    /// The first position this tenure writes fresh (its own proposals, never held by a member
+    /// before): where its fast path started. Everything below is a rewrite.
+    fn fresh_from(&self) -> u64 {
+        self.streaming_from.unwrap_or(u64::MAX)
+    }
 }
 
 /// What one replica's copy of the slot at the prepare position says.
@@ -495,16 +563,26 @@ enum SlotAnswer {
     Value(u64),
     /// Nothing was accepted there (never written, or an older lap).
     Nothing,
-    /// Torn or malformed: taken as nothing accepted (see `choose_value`).
+    /// A torn or malformed value, or a value with none of its three records intact: taken as
+    /// nothing accepted (see `choose_value`).
     Unknown,
     /// A later lap: that replica recycled past this position.
     Ahead,
 }
 
 impl SlotAnswer {
-    fn of(opened: Result<(SlotHeader, u64), SlotError>, position: u64) -> SlotAnswer {
+    /// The answer of a copy of the slot at `position`, with the bytes of its adoption record
+    /// and decided mark.
+    fn of(
+        opened: Result<Opened, SlotError>,
+        (adoption, decided): (&[u8], &[u8]),
+        position: u64,
+    ) -> SlotAnswer {
         match opened {
-            Ok((header, _)) => SlotAnswer::Value(header.ballot),
+            Ok(opened) => match slot::accepted_ballot(&opened, adoption, decided) {
+                Some(ballot) => SlotAnswer::Value(ballot),
+                None => SlotAnswer::Unknown,
+            },
             Err(SlotError::Empty) => SlotAnswer::Nothing,
             Err(SlotError::Stale { found }) if found < position => SlotAnswer::Nothing,
             Err(SlotError::Stale { .. }) => SlotAnswer::Ahead,
@@ -732,6 +810,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         member.promises = Promises::NONE;
         member.standing_inflight = false;
         member.admit_at = 0;
+        member.adoption = None;
         leader.replies &= !(1 << peer);
         leader.prepared &= !(1 << peer);
         leader.counted &= !(1 << peer);
@@ -889,7 +968,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             let lapped = !self.log_holds(fabric, from, next);
             let member = &mut self.leader_mut().members[peer as usize];
             member.lapped = lapped;
-            member.sent = from;
+            member.resend_from(from);
             member.commit_sent = 0; // A reset may have dropped the last commit record write.
             if !late {
                 member.state = MemberState::Active;
@@ -977,14 +1056,25 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             }
             Kind::ReadMinProposal if ok => self.complete_min_proposal_read(peer, fabric),
             Kind::WriteMinProposal if ok => self.leader_mut().prepared |= bit,
-            Kind::ReadSlot if ok => {
+            Kind::ReadSlot | Kind::ReadAdoption | Kind::ReadDecided if ok => {
                 let leader = self.leader_mut();
-                if leader.phase
-                    == (Phase::ReadSlot {
-                        position: pending.start,
-                    })
-                {
-                    leader.replies |= bit;
+                let current = Phase::ReadSlot {
+                    position: pending.start,
+                };
+                if leader.phase == current {
+                    let done = &mut leader.reads_done[peer as usize];
+                    *done += 1;
+                    assert!(*done <= SLOT_READS);
+                    if *done == SLOT_READS {
+                        leader.replies |= bit;
+                    }
+                }
+            }
+            Kind::WriteAdoption if ok => self.ack_range(peer, pending.start, pending.end),
+            Kind::WriteDecided if ok => {
+                let member = &mut self.leader_mut().members[peer as usize];
+                if pending.start <= member.fenced {
+                    member.fenced = member.fenced.max(pending.end);
                 }
             }
             Kind::WriteCommit if ok => self.leader_mut().commit_inflight &= !bit,
@@ -1235,6 +1325,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             self.start_transfer(now, upto, fabric);
             return;
         }
+        self.keep_own_ballots(self.applied, upto, fabric);
         let mut reads = 0u8;
         for (start, end) in ring_pieces(self.applied, upto, slot_count) {
             let offset = self.layout.slot(start);
@@ -1265,6 +1356,30 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         leader.deadline = deadline;
     }
 
+    /// The catch-up reads of `[from, to)` land slots in the own log, and a read cut short
+    /// could tear the acceptance record of a copy the own log holds: its highest ballot is
+    /// first copied into its adoption record, which the reads do not touch, so the copy keeps
+    /// it (see `slot`). `[from, to)` is at most a lap.
+    fn keep_own_ballots<F: Fabric>(&mut self, from: u64, to: u64, fabric: &mut F) {
+        if !MARKED_REWRITES {
+            return;
+        }
+        let mut adoption = [0u8; RECORD_BYTES as usize];
+        for position in from..to {
+            let Ok(copy) = self.open_local(fabric, position) else {
+                continue;
+            };
+            let Some(accepted) = copy.accepted else {
+                continue;
+            };
+            let at = self.layout.adoption_record(position);
+            fabric.load(at, &mut adoption);
+            if slot::decode_adoption(copy.chain, &adoption).is_none_or(|b| b < accepted.ballot) {
+                fabric.store(at, &slot::encode_adoption(copy.chain, accepted.ballot));
+            }
+        }
+    }
+
     fn finish_catch_up<F: Fabric, S: StateMachine>(
         &mut self,
         now: u64,
@@ -1276,8 +1391,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         let batch_end = upto.min(self.applied + CATCH_UP_APPLY_BATCH);
         while self.applied < batch_end {
             match self.open_local(fabric, self.applied) {
-                Ok((header, chain)) if header.chain_prev == self.applied_chain => {
-                    self.apply_slot(header, chain, sm);
+                Ok(opened) if opened.header.chain_prev == self.applied_chain => {
+                    self.apply_slot(opened.header, opened.chain, sm);
                 }
                 Err(SlotError::Torn) => {
                     // The source changed under the read. Try again later.
@@ -1316,6 +1431,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             let leader = self.leader_mut();
             leader.ballot = ballot;
             leader.phase = Phase::Streaming;
+            leader.streaming_from = Some(leader.next);
             return;
         }
         for peer in self.others() {
@@ -1508,7 +1624,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
     }
 
-    /// Reads the slot at `position` from every prepared member.
+    /// Reads the slot at `position`, its adoption record and its decided mark from every
+    /// prepared member.
     fn read_slot<F: Fabric>(&mut self, now: u64, position: u64, fabric: &mut F) {
         let deadline = now + self.phase_timeout();
         let leader = self.leader_mut();
@@ -1520,44 +1637,62 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         leader.phase = Phase::ReadSlot { position };
         leader.deadline = deadline;
         leader.replies = 0;
+        leader.reads_done = [0; REPLICAS_MAX as usize];
         let prepared = leader.prepared;
         for peer in self.others() {
             if prepared & (1 << peer) == 0 || !self.is_active(peer) {
                 continue;
             }
-            let local = self.layout.landing_slot(peer);
-            let remote = self.layout.slot(position);
-            let (tag, size) = (position as u32, self.config.slot_size);
-            if !self.post(
-                now,
-                fabric,
-                peer,
-                Kind::ReadSlot,
-                tag,
-                (position, position + 1),
-                local,
-                remote,
-                size,
-            ) {
-                self.reset_connection(now, peer, fabric);
+            let reads = [
+                (
+                    Kind::ReadSlot,
+                    self.layout.landing_slot(peer),
+                    self.layout.slot(position),
+                    self.config.slot_size,
+                ),
+                (
+                    Kind::ReadAdoption,
+                    self.layout.landing_adoption(peer),
+                    self.layout.adoption_record(position),
+                    RECORD_BYTES,
+                ),
+                (
+                    Kind::ReadDecided,
+                    self.layout.landing_decided(peer),
+                    self.layout.decided_mark(position),
+                    RECORD_BYTES,
+                ),
+            ];
+            const _: () = assert!(SLOT_READS == 3);
+            for (kind, local, remote, len) in reads {
+                let range = (position, position + 1);
+                if !self.post(now, fabric, peer, kind, 0, range, local, remote, len) {
+                    self.reset_connection(now, peer, fabric);
+                    break;
+                }
             }
         }
     }
 
-    /// Picks the value with the highest ballot among the slots read (this replica's own
-    /// included) and adopts it; with none, the tenure moves to the fast path.
+    /// Picks the value with the highest accepted ballot among the slots read (this replica's
+    /// own included) and adopts it; with none, the tenure moves to the fast path.
     ///
-    /// A torn copy counts as "nothing accepted". A leader that crashes in the middle of a write
-    /// leaves exactly such copies, and waiting for them to heal would stall the simplest
-    /// fail-over forever. The residual risk: a decided value is lost if interrupted *rewrites*
-    /// (adoption or catch-up writes of that same value, each cut by a revoke) tear its copies on
-    /// a whole quorum before any leader reads one intact. Closing it needs rewrites that cannot
-    /// destroy a copy (a separately recorded ballot per slot); see the crate's limitations.
+    /// A torn copy, or a copy with none of its three records intact, counts as "nothing
+    /// accepted". That is safe because no write tears a copy of a decided value: every later
+    /// write of its position carries the same value bytes (see `slot`), and no write overwrites
+    /// the record holding a copy's highest ballot while it is the only one (`post_log_writes`,
+    /// `adopt`), so a copy's reported ballot never goes down. A torn value is therefore one that
+    /// was not decided, which a leader that crashed in the middle of a write leaves behind, and
+    /// waiting for such copies to heal would stall the simplest fail-over forever.
     fn choose_value<F: Fabric>(&mut self, now: u64, position: u64, late: bool, fabric: &mut F) {
         let size = self.config.slot_size as usize;
         let mut best: Option<(u64, Option<ReplicaId>)> = None;
+        let mut adoption = [0u8; RECORD_BYTES as usize];
+        let mut decided = [0u8; RECORD_BYTES as usize];
+        fabric.load(self.layout.adoption_record(position), &mut adoption);
+        fabric.load(self.layout.decided_mark(position), &mut decided);
         let own = self.open_local(fabric, position);
-        let own_known = match SlotAnswer::of(own, position) {
+        let own_known = match SlotAnswer::of(own, (&adoption, &decided), position) {
             SlotAnswer::Value(ballot) => {
                 best = Some((ballot, None));
                 true
@@ -1571,7 +1706,10 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 continue;
             }
             fabric.load(self.layout.landing_slot(peer), &mut self.slot[..size]);
-            match SlotAnswer::of(slot::open(&self.slot[..size], position), position) {
+            fabric.load(self.layout.landing_adoption(peer), &mut adoption);
+            fabric.load(self.layout.landing_decided(peer), &mut decided);
+            let opened = slot::open(&self.slot[..size], position);
+            match SlotAnswer::of(opened, (&adoption, &decided), position) {
                 SlotAnswer::Value(ballot) => {
                     if best.is_none_or(|(b, _)| ballot > b) {
                         best = Some((ballot, Some(peer)));
@@ -1623,8 +1761,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
     }
 
-    /// Rewrites the chosen value under this tenure's ballot into the own log; members get it
-    /// through the ordinary log writes.
+    /// Rewrites the chosen value under this tenure's ballot into the own log, its adoption
+    /// record included, and plans how each member whose copy the prepare read gets it (see
+    /// [`Adoption`]); the others get it once it is decided, as a decided rewrite.
     fn adopt<F: Fabric>(
         &mut self,
         now: u64,
@@ -1638,33 +1777,44 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             None => self.layout.slot(position),
         };
         fabric.load(from, &mut self.slot[..size]);
-        let Ok((header, _)) = slot::open(&self.slot[..size], position) else {
+        let Ok(opened) = slot::open(&self.slot[..size], position) else {
             self.doom(); // Changed under us; cannot happen while this replica holds the grants.
             return;
         };
         let (applied, capacity) = (self.applied, self.config.slot_payload_bytes());
         let deadline = now + self.phase_timeout();
         let leader = self.leader.as_mut().expect("leading");
+        // A decided value keeps its value bytes: its chain_prev is the decided prefix's chain,
+        // which this leader applied. Only an undecided value may change (and tear) here.
         let adopted = SlotHeader {
+            chain_prev: leader.next_chain,
+            ..opened.header
+        };
+        let acceptance = Acceptance {
             ballot: leader.ballot,
             commit: applied,
-            chain_prev: leader.next_chain,
-            ..header
         };
-        let payload_end = SLOT_HEADER_BYTES as usize + header.frag_len(capacity) as usize;
+        let payload_end = SLOT_HEADER_BYTES as usize + opened.header.frag_len(capacity) as usize;
         let mut sealed = [0u8; SLOT_HEADER_BYTES as usize];
         let chain = adopted.seal(
             &self.slot[SLOT_HEADER_BYTES as usize..payload_end],
+            acceptance,
             &mut sealed,
         );
+        debug_assert!(adopted.chain_prev != opened.header.chain_prev || chain == opened.chain);
         self.slot[..SLOT_HEADER_BYTES as usize].copy_from_slice(&sealed);
         fabric.store(self.layout.slot(position), &self.slot[..size]);
+        if MARKED_REWRITES {
+            let record = self.layout.adoption_record(position);
+            fabric.store(record, &slot::encode_adoption(chain, acceptance.ballot));
+        }
         leader.next = position + 1;
         leader.next_chain = chain;
         leader.acks[(position % ACK_WINDOW as u64) as usize] = 1 << self.me;
         leader.phase = Phase::Adopting { position };
         leader.deadline = deadline;
-        debug!("adopted position {} (ballot {})", position, header.ballot);
+        debug!("adopted position {}", position);
+        self.plan_adoption(position, chain, fabric);
     }
 
     // ---- fast path ---------------------------------------------------------------------------
@@ -1722,16 +1872,18 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 let position = leader.next;
                 let header = SlotHeader {
                     position,
-                    ballot: leader.ballot,
-                    commit: applied,
                     chain_prev: leader.next_chain,
                     origin: origin(me, sequence),
                     entry_len: command.len() as u32,
                     frag_index: index as u16,
                     frag_count: frag_count as u16,
                 };
+                let acceptance = Acceptance {
+                    ballot: leader.ballot,
+                    commit: applied,
+                };
                 let mut sealed = [0u8; SLOT_HEADER_BYTES as usize];
-                leader.next_chain = header.seal(chunk, &mut sealed);
+                leader.next_chain = header.seal(chunk, acceptance, &mut sealed);
                 let offset = self.layout.slot(position);
                 fabric.store(offset, &sealed);
                 fabric.store(offset + SLOT_HEADER_BYTES, chunk);
@@ -1744,9 +1896,17 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     }
 
     /// Sends every active member what it has not been sent, in at most two writes each.
+    ///
+    /// Positions below `fresh_from` are *rewrites*: the member may hold their values already,
+    /// perhaps as the only intact copy of a decided one. Decided positions go in two phases:
+    /// their decided marks first, and their slots only once those completed, so that a slot
+    /// write cut anywhere leaves the copy marked decided (see `slot`). The value being adopted
+    /// goes only to members whose copy the prepare read (`post_adoption`). Fresh positions go
+    /// in one write.
     fn post_log_writes<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let slot_count = self.config.slot_count as u64;
-        let next = self.leader_mut().next;
+        let leader = self.leader_mut();
+        let (next, fresh_from) = (leader.next, leader.fresh_from());
         for peer in self.others() {
             if !self.is_active(peer) {
                 continue;
@@ -1772,7 +1932,29 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             if sent >= end {
                 continue;
             }
-            for (start, end) in ring_pieces(sent, end, slot_count) {
+            if member.fenced < sent {
+                member.fence_from(sent);
+            }
+            // On the fast path everything below `fresh_from` is decided; while adopting,
+            // everything below the own applied position.
+            let decided_end = end.min(fresh_from).min(self.applied);
+            let send_end = if sent < decided_end {
+                if !self.mark_decided_own(sent, decided_end, fabric) {
+                    self.leader_mut().members[peer as usize].lapped = true;
+                    continue;
+                }
+                match self.fence_decided(now, peer, decided_end, fabric) {
+                    fenced if fenced < decided_end => fenced,
+                    _ if decided_end == fresh_from => end,
+                    _ => decided_end,
+                }
+            } else if sent >= fresh_from {
+                end
+            } else {
+                self.post_adoption(now, peer, fabric);
+                continue;
+            };
+            for (start, end) in ring_pieces(sent, send_end, slot_count) {
                 let offset = self.layout.slot(start);
                 let len = (end - start) as u32 * self.config.slot_size;
                 if !self.post(
@@ -1793,7 +1975,173 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
     }
 
-    /// Tells a lapped member, in its background area (never its log), the lowest position
+    /// Phase one of the decided rewrites of `[sent, decided_end)` to `peer`: posts the decided
+    /// marks not posted yet. Returns how far its slots may be written now: the end of the marks
+    /// that landed (with the planted defect `bug-torn-rewrite`, `decided_end` at once).
+    fn fence_decided<F: Fabric>(
+        &mut self,
+        now: u64,
+        peer: ReplicaId,
+        decided_end: u64,
+        fabric: &mut F,
+    ) -> u64 {
+        if !MARKED_REWRITES {
+            return decided_end;
+        }
+        let slot_count = self.config.slot_count as u64;
+        let member = self.leader_mut().members[peer as usize];
+        assert!(member.sent <= member.fenced && member.fenced <= member.fence_posted);
+        if member.fence_posted < decided_end {
+            for (start, end) in ring_pieces(member.fence_posted, decided_end, slot_count) {
+                let offset = self.layout.decided_mark(start);
+                let len = (end - start) as u32 * RECORD_BYTES;
+                if !self.post(
+                    now,
+                    fabric,
+                    peer,
+                    Kind::WriteDecided,
+                    start as u32,
+                    (start, end),
+                    offset,
+                    offset,
+                    len,
+                ) {
+                    break;
+                }
+                self.leader_mut().members[peer as usize].fence_posted = end;
+            }
+        }
+        self.leader_mut().members[peer as usize].fenced
+    }
+
+    /// Writes the decided marks of the own log's positions `[from, to)` (all decided, below the
+    /// own applied position), which decided rewrites ship; keeps the marked positions one range.
+    /// False when a slot of the range does not open (recycled since): the member cannot be
+    /// served from this log.
+    fn mark_decided_own<F: Fabric>(&mut self, from: u64, to: u64, fabric: &mut F) -> bool {
+        assert!(from < to && to <= self.applied);
+        let (mut low, mut high) = self.leader.as_ref().expect("leading").marked;
+        assert!(low <= high);
+        if to <= low || from >= high {
+            // Disjoint: start the range afresh (positions are marked at most once more).
+            (low, high) = (from, from);
+        }
+        while high < to {
+            if !self.mark_decided_at(high, fabric) {
+                return false;
+            }
+            high += 1;
+            self.leader_mut().marked = (low, high);
+        }
+        while low > from {
+            if !self.mark_decided_at(low - 1, fabric) {
+                return false;
+            }
+            low -= 1;
+            self.leader_mut().marked = (low, high);
+        }
+        true
+    }
+
+    /// Marks the own copy of the decided `position` decided; false if it does not open.
+    fn mark_decided_at<F: Fabric>(&mut self, position: u64, fabric: &mut F) -> bool {
+        assert!(
+            position < self.applied,
+            "only a decided position is marked decided"
+        );
+        let Ok(opened) = self.open_local(fabric, position) else {
+            return false;
+        };
+        if MARKED_REWRITES {
+            let mark = slot::encode_decided(opened.chain);
+            fabric.store(self.layout.decided_mark(position), &mark);
+        }
+        true
+    }
+
+    /// Plans, for every member whose copy of `position` the prepare read, how the value adopted
+    /// there (whose chain is `chain`) goes to it: the write that leaves the record holding the
+    /// copy's highest ballot alone (see [`Adoption`]).
+    fn plan_adoption<F: Fabric>(&mut self, position: u64, chain: u64, fabric: &mut F) {
+        let size = self.config.slot_size as usize;
+        let replies = self.leader_mut().replies;
+        let mut adoption = [0u8; RECORD_BYTES as usize];
+        let mut decided = [0u8; RECORD_BYTES as usize];
+        for peer in self.others() {
+            if replies & (1 << peer) == 0 {
+                continue;
+            }
+            fabric.load(self.layout.landing_slot(peer), &mut self.slot[..size]);
+            fabric.load(self.layout.landing_adoption(peer), &mut adoption);
+            fabric.load(self.layout.landing_decided(peer), &mut decided);
+            let plan = match slot::open(&self.slot[..size], position) {
+                _ if !MARKED_REWRITES => Adoption::Slot,
+                Ok(copy) if copy.chain == chain && slot::is_decided(chain, &decided) => {
+                    Adoption::Held
+                }
+                Ok(copy) if copy.chain == chain => {
+                    let in_slot = copy.accepted.map(|a| a.ballot);
+                    match (in_slot, slot::decode_adoption(chain, &adoption)) {
+                        (Some(a), b) if b.is_none_or(|b| a >= b) => Adoption::Record,
+                        _ => Adoption::Slot,
+                    }
+                }
+                _ => Adoption::Slot,
+            };
+            self.leader_mut().members[peer as usize].adoption = Some((position, plan));
+        }
+    }
+
+    /// Sends `peer` the value adopted at the position it is due next, as planned; a member
+    /// without a plan for it gets it once it is decided.
+    fn post_adoption<F: Fabric>(&mut self, now: u64, peer: ReplicaId, fabric: &mut F) {
+        let member = self.leader_mut().members[peer as usize];
+        let Some((position, plan)) = member.adoption else {
+            return;
+        };
+        if position != member.sent {
+            return;
+        }
+        assert!(
+            position >= self.applied,
+            "an adoption under way is undecided"
+        );
+        let range = (position, position + 1);
+        let posted = match plan {
+            Adoption::Held => {
+                self.ack_range(peer, position, position + 1);
+                true
+            }
+            Adoption::Record => {
+                let offset = self.layout.adoption_record(position);
+                let (kind, tag) = (Kind::WriteAdoption, position as u32);
+                self.post(
+                    now,
+                    fabric,
+                    peer,
+                    kind,
+                    tag,
+                    range,
+                    offset,
+                    offset,
+                    RECORD_BYTES,
+                )
+            }
+            Adoption::Slot => {
+                let (offset, len) = (self.layout.slot(position), self.config.slot_size);
+                let (kind, tag) = (Kind::WriteLog, position as u32);
+                self.post(now, fabric, peer, kind, tag, range, offset, offset, len)
+            }
+        };
+        if posted {
+            let member = &mut self.leader_mut().members[peer as usize];
+            member.sent = position + 1;
+            member.fence_from(position + 1);
+            member.adoption = None;
+        }
+    }
+
+    /// Tells a lapped member, in its log header (never its slots), the lowest position
     /// from which this log can still send every position up to `next`; the member halts when
     /// that is above what it applied. Sent again every `recycle_period_ticks` while it stays a
     /// member: a lost or torn notice heals.
@@ -1808,7 +2156,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             // Its applied position was stale: this log can serve it after all.
             let member = &mut self.leader_mut().members[peer as usize];
             member.lapped = false;
-            member.sent = applied;
+            member.resend_from(applied);
             return;
         }
         let remote = self.layout.lap_notice();
@@ -1885,7 +2233,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         let member = &mut leader.members[p];
         member.lapped = !holds;
         if holds {
-            member.sent = applied;
+            member.resend_from(applied);
         }
         member.commit_sent = 0;
         leader.applied_moved_at[p] = now;
@@ -1918,11 +2266,14 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 return;
             }
             let position = self.applied;
-            let (header, chain) = self
+            let opened = self
                 .open_local(fabric, position)
                 .expect("the own log holds what the leader wrote");
-            assert_eq!(header.chain_prev, self.applied_chain, "the own log chains");
-            self.apply_slot(header, chain, sm);
+            assert_eq!(
+                opened.header.chain_prev, self.applied_chain,
+                "the own log chains"
+            );
+            self.apply_slot(opened.header, opened.chain, sm);
             self.leader_mut().progress_at = now;
         }
     }

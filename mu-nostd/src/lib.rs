@@ -23,7 +23,7 @@
 //! |---|---|
 //! | [`config`] | the cluster configuration, its validation (typed, naming the field) and hash |
 //! | [`layout`] | the region layout computed from the configuration; the region header check |
-//! | [`slot`] | the slot format: checksum, position, ballot, piggybacked commit, chain, fragments |
+//! | [`slot`] | the slot format: the value (chain digest, position, origin, fragments) and its acceptance record (ballot, piggybacked commit); adoption records and decided marks |
 //! | [`record`] | checked 16-byte records (heartbeat, applied, requests, acks, min proposals) |
 //! | [`hash`] | the 64-bit hash behind checksums and chains |
 //! | [`fabric`] | the `Fabric` trait: the contract every fabric honours |
@@ -40,9 +40,10 @@
 //!
 //! ## Planted defects
 //!
-//! The features `bug-skip-revoke`, `bug-skip-prepare`, `bug-small-quorum` and `bug-no-checksum`
-//! build the core with a known defect, so that the simulator can prove it catches each one.
-//! Never enable them elsewhere.
+//! The `bug-*` features (`bug-skip-revoke`, `bug-skip-prepare`, `bug-small-quorum`,
+//! `bug-no-checksum`, `bug-restart-votes`, `bug-unchecked-snapshot`, `bug-stale-death`,
+//! `bug-torn-rewrite`) build the core with a known defect, so that the simulator can prove it
+//! catches each one. Never enable them elsewhere.
 
 #[macro_use]
 mod fmt;

@@ -1,7 +1,7 @@
 //! The replication plane: the follower's replayer and the leader's replicator (in `leader`).
 //!
 //! Follower: the replayer polls its own log. A slot at the next position to apply is taken only
-//! when it opens (checksum, position) and its `chain_prev` equals the chain of everything applied
+//! when it opens (chain, position) and its `chain_prev` equals the chain of everything applied
 //! so far; a position is applied only below a commit point carried by a slot that chains back to
 //! the applied prefix (or by the commit record, which carries the chain digest it vouches for).
 //! So a torn slot, a slot of an earlier lap and an undecided value of an earlier leader are never
@@ -25,7 +25,7 @@ use crate::leader::{Connection, Leader, LeaderStatus};
 use crate::queue::RequestQueue;
 use crate::record;
 use crate::shared::Shared;
-use crate::slot::{self, SlotError, SlotHeader, CHAIN_GENESIS, SLOT_HEADER_BYTES};
+use crate::slot::{self, Opened, SlotError, SlotHeader, CHAIN_GENESIS, SLOT_HEADER_BYTES};
 use crate::state_machine::{StateMachine, Ticket};
 
 /// Why the replication plane stopped for good: it needs positions no log holds any more, and
@@ -442,7 +442,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         &mut self,
         fabric: &mut F,
         position: u64,
-    ) -> Result<(SlotHeader, u64), SlotError> {
+    ) -> Result<Opened, SlotError> {
         let size = self.config.slot_size as usize;
         fabric.load(self.layout.slot(position), &mut self.slot[..size]);
         slot::open(&self.slot[..size], position)
@@ -465,10 +465,13 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         let bound = self.scan_bound();
         for _ in 0..bound {
             match self.open_local(fabric, position) {
-                Ok((header, next_chain)) if header.chain_prev == chain => {
-                    // A writer's commit point never exceeds the position it wrote.
-                    self.commit_known = self.commit_known.max(header.commit.min(position));
-                    chain = next_chain;
+                Ok(opened) if opened.header.chain_prev == chain => {
+                    // A writer's commit point never exceeds the position it wrote; a torn
+                    // acceptance record (a rewrite cut short) just carries none.
+                    if let Some(accepted) = opened.accepted {
+                        self.commit_known = self.commit_known.max(accepted.commit.min(position));
+                    }
+                    chain = opened.chain;
                     position += 1;
                 }
                 Err(SlotError::Stale { found }) if found > position => {
@@ -484,8 +487,8 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         let decided_end = self.commit_known.min(position);
         while self.applied < decided_end {
             match self.open_local(fabric, self.applied) {
-                Ok((header, next_chain)) if header.chain_prev == self.applied_chain => {
-                    self.apply_slot(header, next_chain, sm);
+                Ok(opened) if opened.header.chain_prev == self.applied_chain => {
+                    self.apply_slot(opened.header, opened.chain, sm);
                 }
                 // Rewritten since the scan (by the leader, with the same decided value): retry.
                 _ => break,

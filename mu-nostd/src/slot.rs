@@ -2,49 +2,86 @@
 //! a command longer than one slot's payload spans consecutive positions as fragments.
 //!
 //! ```text
-//! 0  checksum   u64  hash of (chain, ballot, commit): detects torn and half-read slots
+//! 0  chain      u64  the value's digest, which is also its checksum (see below)
 //! 8  position   u64  the log position, so a slot of an earlier lap never passes for this one
-//! 16 ballot     u64  proposal number under which this value was accepted
-//! 24 commit     u64  the writer's first undecided position (piggybacked commit)
-//! 32 chain_prev u64  chain digest of the decided prefix up to position - 1
-//! 40 origin     u64  proposer id << 56 | proposer's request sequence (identifies the command)
-//! 48 entry_len  u32  length of the whole command in bytes
-//! 52 frag_index u16, frag_count u16
-//! 56 payload    this fragment's bytes, then zero padding
+//! 16 chain_prev u64  chain digest of the decided prefix up to position - 1
+//! 24 origin     u64  proposer id << 56 | proposer's request sequence (identifies the command)
+//! 32 entry_len  u32  length of the whole command in bytes
+//! 36 frag_index u16, frag_count u16
+//! 40 ballot     u64  } the acceptance record: the ballot this copy was written under and the
+//! 48 commit     u64  } writer's first undecided position (piggybacked commit), with a check
+//! 56 check      u64  } that binds both to the value's chain
+//! 64 payload    this fragment's bytes, then zero padding
 //! ```
 //!
 //! The chain digest of position `p` covers `chain_prev`, the position, the origin, the fragment
-//! fields and the payload, but not the ballot or the commit: two copies of the same decided
-//! value written by different leaders have the same chain. A follower applies a slot only when
-//! its `chain_prev` equals the chain of what it has applied so far, and only below a commit point
-//! carried by a slot that chains back to it (see `follower`).
+//! fields and the payload: every byte of the *value*, and nothing of the acceptance record.
+//! Every copy of a decided value therefore has the same value bytes, whoever wrote it and under
+//! whichever ballot, and a follower applies a slot only when its `chain_prev` equals the chain
+//! of what it has applied so far, and only below a commit point carried by a slot that chains
+//! back to it (see `replication`).
+//!
+//! # Why the ballot is not in the value's checksum (torn rewrites)
+//!
+//! A leader rewrites values a member may already hold: the value its prepare adopts, and the
+//! decided positions a member has not applied. A write can be cut anywhere (a revoke, the
+//! writer's crash), and its bytes land in any order. Were the ballot inside the checksum, a cut
+//! rewrite of the same value under a new ballot would leave the member's only copy torn, and a
+//! later prepare would count it as "nothing accepted" and could decide another value over a
+//! decided one (the gap the original Mu leaves open). Here:
+//!
+//! - A rewrite of a decided value writes byte-identical value bytes (the chain of a decided
+//!   prefix is the same everywhere), so no cut can tear the value: a torn value is only ever a
+//!   value that was not decided.
+//! - What a copy was accepted under lives in three checked records, each bound to the value's
+//!   chain: the *acceptance record* inside the slot (written with the slot), the *adoption
+//!   record* ([`encode_adoption`]) and the *decided mark* ([`encode_decided`]) in the log's
+//!   rewrite area. A write never overwrites the record that holds a copy's highest ballot
+//!   while it is the only one: a decided position is rewritten by landing its decided mark
+//!   first (one fixed content, so rewriting it cannot tear it), and only then its slot; an
+//!   adopted value is rewritten, on a member whose copy the prepare read, into whichever of the
+//!   acceptance and adoption records is not the higher one (see `leader`). Fresh values of the
+//!   fast path go in one write: their slot holds nothing decided (the prepare found nothing).
+//!
+//! A copy's *accepted ballot* is [`DECIDED`] when its decided mark is intact, else the higher of
+//! its intact acceptance and adoption records; a torn value, or a value with none of the three,
+//! counts as nothing accepted. The reported ballot of a copy of a decided value never goes down.
 //!
 //! # Invariants
-//! - A slot opens only if its checksum matches (so all fields are as one writer wrote them) and
-//!   its position is the one asked for.
+//! - A slot opens only if its chain matches (so every value byte is as one writer wrote it) and
+//!   its position is the one asked for; its acceptance is reported only if its check matches
+//!   that very chain.
 //! - `1 <= frag_count`, `frag_index < frag_count`, and `entry_len` is consistent with the fragment
 //!   count and the payload capacity; anything else is `Malformed`, never a panic.
+//! - An adoption record or decided mark decodes only against the chain of the value it was
+//!   written for; a decided mark is written only for a value its writer knows decided.
 
 use crate::hash::Hasher;
+use crate::layout::RECORD_BYTES;
 
-/// Bytes of a slot header.
-pub const SLOT_HEADER_BYTES: u32 = 56;
+/// Bytes of a slot header: the value's header and the acceptance record.
+pub const SLOT_HEADER_BYTES: u32 = 64;
+/// Where the acceptance record starts inside a slot.
+pub const ACCEPTANCE_AT: u32 = 40;
+/// Bytes of the acceptance record.
+pub const ACCEPTANCE_BYTES: u32 = SLOT_HEADER_BYTES - ACCEPTANCE_AT;
 /// Chain digest before position 0.
 pub const CHAIN_GENESIS: u64 = 0x4D75_4745_4E45_5349; // "MuGENESI"
 
 const CHAIN_DOMAIN: u64 = 0x0043_4841_494E; // "CHAIN"
-const SUM_DOMAIN: u64 = 0x0053_554D; // "SUM"
+const ACCEPT_DOMAIN: u64 = 0x4143_4345_5054; // "ACCEPT"
+const ADOPTION_DOMAIN: u64 = 0x4144_4F50_5421; // "ADOPT!"
+const DECIDED_DOMAIN: u64 = 0x4445_4349_4445; // "DECIDE"
 
-/// The decoded header of a slot.
+/// The accepted ballot of a copy whose decided mark is intact: above every real ballot.
+pub const DECIDED: u64 = u64::MAX;
+
+/// The decoded value header of a slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct SlotHeader {
     /// Log position.
     pub position: u64,
-    /// Ballot of the accepting leader.
-    pub ballot: u64,
-    /// Writer's first undecided position when it wrote this slot.
-    pub commit: u64,
     /// Chain digest through `position - 1`.
     pub chain_prev: u64,
     /// Who proposed the command and its request sequence there.
@@ -57,13 +94,36 @@ pub struct SlotHeader {
     pub frag_count: u16,
 }
 
+/// A slot's acceptance record: under which ballot its writer wrote this copy, and the writer's
+/// first undecided position then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Acceptance {
+    /// Ballot of the writing leader.
+    pub ballot: u64,
+    /// Its first undecided position when it wrote this copy.
+    pub commit: u64,
+}
+
+/// A slot that opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Opened {
+    /// Its value header.
+    pub header: SlotHeader,
+    /// The chain digest through its position.
+    pub chain: u64,
+    /// Its acceptance record, unless that is torn (a rewrite cut short).
+    pub accepted: Option<Acceptance>,
+}
+
 /// Why a slot does not open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum SlotError {
-    /// Never written (all-zero header).
+    /// Never written (all-zero value header).
     Empty,
-    /// Checksum mismatch: torn, half-read or garbage.
+    /// Chain mismatch: torn, half-read or garbage.
     Torn,
     /// Fragment fields that cannot be right.
     Malformed,
@@ -129,52 +189,113 @@ impl SlotHeader {
             .finish()
     }
 
-    fn checksum(&self, chain: u64) -> u64 {
-        Hasher::new(SUM_DOMAIN)
-            .word(chain)
-            .word(self.ballot)
-            .word(self.commit)
-            .finish()
-    }
-
-    /// Writes the header, checksum included, for `payload`; returns the chain digest.
-    pub fn seal(&self, payload: &[u8], out: &mut [u8]) -> u64 {
+    /// Writes the whole slot header for `payload`: the value's header and the acceptance
+    /// record. Returns the chain digest.
+    pub fn seal(&self, payload: &[u8], acceptance: Acceptance, out: &mut [u8]) -> u64 {
         assert!(out.len() >= SLOT_HEADER_BYTES as usize);
         assert!(self.frag_index < self.frag_count);
         let chain = self.chain(payload);
-        out[0..8].copy_from_slice(&self.checksum(chain).to_le_bytes());
+        out[0..8].copy_from_slice(&chain.to_le_bytes());
         out[8..16].copy_from_slice(&self.position.to_le_bytes());
-        out[16..24].copy_from_slice(&self.ballot.to_le_bytes());
-        out[24..32].copy_from_slice(&self.commit.to_le_bytes());
-        out[32..40].copy_from_slice(&self.chain_prev.to_le_bytes());
-        out[40..48].copy_from_slice(&self.origin.to_le_bytes());
-        out[48..52].copy_from_slice(&self.entry_len.to_le_bytes());
-        out[52..54].copy_from_slice(&self.frag_index.to_le_bytes());
-        out[54..56].copy_from_slice(&self.frag_count.to_le_bytes());
+        out[16..24].copy_from_slice(&self.chain_prev.to_le_bytes());
+        out[24..32].copy_from_slice(&self.origin.to_le_bytes());
+        out[32..36].copy_from_slice(&self.entry_len.to_le_bytes());
+        out[36..38].copy_from_slice(&self.frag_index.to_le_bytes());
+        out[38..40].copy_from_slice(&self.frag_count.to_le_bytes());
+        seal_acceptance(chain, acceptance, &mut out[ACCEPTANCE_AT as usize..]);
+        debug_assert_eq!(SlotHeader::parse(out), *self);
         chain
     }
 
-    /// Decodes the header fields without validating anything.
+    /// Decodes the value header's fields without validating anything.
     fn parse(slot: &[u8]) -> SlotHeader {
         SlotHeader {
             position: word(slot, 8),
-            ballot: word(slot, 16),
-            commit: word(slot, 24),
-            chain_prev: word(slot, 32),
-            origin: word(slot, 40),
-            entry_len: u32::from_le_bytes([slot[48], slot[49], slot[50], slot[51]]),
-            frag_index: u16::from_le_bytes([slot[52], slot[53]]),
-            frag_count: u16::from_le_bytes([slot[54], slot[55]]),
+            chain_prev: word(slot, 16),
+            origin: word(slot, 24),
+            entry_len: u32::from_le_bytes([slot[32], slot[33], slot[34], slot[35]]),
+            frag_index: u16::from_le_bytes([slot[36], slot[37]]),
+            frag_count: u16::from_le_bytes([slot[38], slot[39]]),
         }
     }
 }
 
-/// Validates a whole slot (`slot.len()` is the slot size) that should hold `position`; returns
-/// its header and its chain digest.
-pub fn open(slot: &[u8], position: u64) -> Result<(SlotHeader, u64), SlotError> {
+fn acceptance_check(chain: u64, acceptance: Acceptance) -> u64 {
+    Hasher::new(ACCEPT_DOMAIN)
+        .word(chain)
+        .word(acceptance.ballot)
+        .word(acceptance.commit)
+        .finish()
+}
+
+/// Writes the acceptance record (`ACCEPTANCE_BYTES`, at the start of `out`) of the value whose
+/// chain is `chain`.
+pub fn seal_acceptance(chain: u64, acceptance: Acceptance, out: &mut [u8]) {
+    assert!(out.len() >= ACCEPTANCE_BYTES as usize);
+    out[0..8].copy_from_slice(&acceptance.ballot.to_le_bytes());
+    out[8..16].copy_from_slice(&acceptance.commit.to_le_bytes());
+    out[16..24].copy_from_slice(&acceptance_check(chain, acceptance).to_le_bytes());
+    debug_assert_eq!(open_acceptance(chain, out), Some(acceptance));
+}
+
+/// Decodes an acceptance record (at the start of `bytes`) against the chain of the value it
+/// should belong to.
+fn open_acceptance(chain: u64, bytes: &[u8]) -> Option<Acceptance> {
+    let acceptance = Acceptance {
+        ballot: word(bytes, 0),
+        commit: word(bytes, 8),
+    };
+    (word(bytes, 16) == acceptance_check(chain, acceptance)).then_some(acceptance)
+}
+
+fn record_check(domain: u64, chain: u64, value: u64) -> u64 {
+    Hasher::new(domain).word(chain).word(value).finish()
+}
+
+fn encode_bound(domain: u64, chain: u64, value: u64) -> [u8; RECORD_BYTES as usize] {
+    let mut bytes = [0u8; RECORD_BYTES as usize];
+    bytes[0..8].copy_from_slice(&value.to_le_bytes());
+    bytes[8..16].copy_from_slice(&record_check(domain, chain, value).to_le_bytes());
+    bytes
+}
+
+fn decode_bound(domain: u64, chain: u64, bytes: &[u8]) -> Option<u64> {
+    if bytes.len() < RECORD_BYTES as usize {
+        return None;
+    }
+    let value = word(bytes, 0);
+    (word(bytes, 8) == record_check(domain, chain, value)).then_some(value)
+}
+
+/// The adoption record of the value whose chain is `chain`, adopted under `ballot`.
+pub fn encode_adoption(chain: u64, ballot: u64) -> [u8; RECORD_BYTES as usize] {
+    let bytes = encode_bound(ADOPTION_DOMAIN, chain, ballot);
+    debug_assert_eq!(decode_adoption(chain, &bytes), Some(ballot));
+    bytes
+}
+
+/// The ballot of an adoption record, if it is intact and was written for the value whose chain
+/// is `chain` (a record of another value, an earlier lap or a torn write decodes to `None`).
+pub fn decode_adoption(chain: u64, bytes: &[u8]) -> Option<u64> {
+    decode_bound(ADOPTION_DOMAIN, chain, bytes)
+}
+
+/// The decided mark of the value whose chain is `chain`: the same bytes from every writer.
+pub fn encode_decided(chain: u64) -> [u8; RECORD_BYTES as usize] {
+    let bytes = encode_bound(DECIDED_DOMAIN, chain, DECIDED);
+    debug_assert!(is_decided(chain, &bytes));
+    bytes
+}
+
+/// True when `bytes` hold an intact decided mark of the value whose chain is `chain`.
+pub fn is_decided(chain: u64, bytes: &[u8]) -> bool {
+    decode_bound(DECIDED_DOMAIN, chain, bytes) == Some(DECIDED)
+}
+
+/// Validates a whole slot (`slot.len()` is the slot size) that should hold `position`.
+pub fn open(slot: &[u8], position: u64) -> Result<Opened, SlotError> {
     assert!(slot.len() > SLOT_HEADER_BYTES as usize);
-    let header_bytes = &slot[..SLOT_HEADER_BYTES as usize];
-    if header_bytes.iter().all(|&b| b == 0) {
+    if slot[..ACCEPTANCE_AT as usize].iter().all(|&b| b == 0) {
         return Err(SlotError::Empty);
     }
     let capacity = slot.len() as u32 - SLOT_HEADER_BYTES;
@@ -183,10 +304,15 @@ pub fn open(slot: &[u8], position: u64) -> Result<(SlotHeader, u64), SlotError> 
         return Err(SlotError::Malformed);
     }
     let payload = &slot[SLOT_HEADER_BYTES as usize..][..header.frag_len(capacity) as usize];
-    let chain = header.chain(payload);
-    let checksum_ok = word(slot, 0) == header.checksum(chain);
-    // Planted defect: accept a slot whatever its checksum says.
-    if !checksum_ok && !cfg!(feature = "bug-no-checksum") {
+    let stored = word(slot, 0);
+    // Planted defect: take the slot's digest on trust instead of recomputing it, so a torn
+    // payload under an intact header passes.
+    let chain = if cfg!(feature = "bug-no-checksum") {
+        stored
+    } else {
+        header.chain(payload)
+    };
+    if stored != chain {
         return Err(SlotError::Torn);
     }
     if header.position != position {
@@ -194,18 +320,40 @@ pub fn open(slot: &[u8], position: u64) -> Result<(SlotHeader, u64), SlotError> 
             found: header.position,
         });
     }
-    Ok((header, chain))
+    let accepted = open_acceptance(chain, &slot[ACCEPTANCE_AT as usize..]);
+    Ok(Opened {
+        header,
+        chain,
+        accepted,
+    })
+}
+
+/// The ballot a copy of a value was accepted under, given the bytes of its position's adoption
+/// record and decided mark: [`DECIDED`] if the mark is intact, else the higher of its intact
+/// acceptance and adoption records. `None`: this copy counts as nothing accepted.
+pub fn accepted_ballot(opened: &Opened, adoption: &[u8], decided: &[u8]) -> Option<u64> {
+    if is_decided(opened.chain, decided) {
+        return Some(DECIDED);
+    }
+    let in_slot = opened.accepted.map(|a| a.ballot);
+    match (in_slot, decode_adoption(opened.chain, adoption)) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sealed(position: u64, payload: &[u8]) -> ([u8; 256], SlotHeader) {
+    const ACCEPTED: Acceptance = Acceptance {
+        ballot: 9,
+        commit: 77,
+    };
+
+    fn sealed(position: u64, payload: &[u8], acceptance: Acceptance) -> ([u8; 256], SlotHeader) {
         let header = SlotHeader {
             position,
-            ballot: 9,
-            commit: position,
             chain_prev: CHAIN_GENESIS,
             origin: origin(1, 5),
             entry_len: payload.len() as u32,
@@ -213,49 +361,124 @@ mod tests {
             frag_count: 1,
         };
         let mut slot = [0u8; 256];
-        header.seal(payload, &mut slot);
+        header.seal(payload, acceptance, &mut slot);
         slot[SLOT_HEADER_BYTES as usize..][..payload.len()].copy_from_slice(payload);
         (slot, header)
     }
 
     #[test]
     fn round_trip() {
-        let (slot, header) = sealed(77, b"set x 1");
-        let (opened, chain) = open(&slot[..128], 77).unwrap();
-        assert_eq!(opened, header);
-        assert_eq!(chain, header.chain(b"set x 1"));
+        let (slot, header) = sealed(77, b"set x 1", ACCEPTED);
+        let opened = open(&slot[..128], 77).unwrap();
+        assert_eq!(opened.header, header);
+        assert_eq!(opened.chain, header.chain(b"set x 1"));
+        assert_eq!(opened.accepted, Some(ACCEPTED));
     }
 
     #[test]
     fn rejects_empty_torn_stale_and_malformed() {
-        let (slot, _) = sealed(77, b"set x 1");
+        let (slot, _) = sealed(77, b"set x 1", ACCEPTED);
         assert_eq!(open(&[0u8; 128], 77), Err(SlotError::Empty));
         assert_eq!(
             open(&slot[..128], 77 + 64),
             Err(SlotError::Stale { found: 77 })
         );
-        for byte in 0..(SLOT_HEADER_BYTES as usize + 7) {
+        for byte in (0..ACCEPTANCE_AT as usize).chain(64..64 + 7) {
             let mut torn = slot;
             torn[byte] ^= 0x01;
             assert!(open(&torn[..128], 77).is_err(), "flip at {byte} accepted");
         }
         let mut malformed = slot;
-        malformed[54] = 0; // frag_count = 0
+        malformed[38] = 0; // frag_count = 0
         assert_eq!(open(&malformed[..128], 77), Err(SlotError::Malformed));
         let mut garbage = [0xA5u8; 128];
         garbage[0] = 1;
         assert!(open(&garbage, 77).is_err());
     }
 
+    /// A torn acceptance record loses the ballot of that copy, never its value.
     #[test]
-    fn chain_ignores_ballot_and_commit() {
-        let (_, a) = sealed(3, b"v");
-        let b = SlotHeader {
-            ballot: 100,
-            commit: 0,
-            ..a
+    fn a_torn_acceptance_leaves_the_value() {
+        let (slot, _) = sealed(77, b"set x 1", ACCEPTED);
+        for byte in ACCEPTANCE_AT as usize..SLOT_HEADER_BYTES as usize {
+            let mut torn = slot;
+            torn[byte] ^= 0x40;
+            let opened = open(&torn[..128], 77).unwrap();
+            assert_eq!(opened.accepted, None, "flip at {byte} kept the acceptance");
+        }
+    }
+
+    /// The same value rewritten under another ballot differs only in the acceptance record: any
+    /// mixture of the two copies opens as the value.
+    #[test]
+    fn a_rewrite_of_the_same_value_cannot_tear_it() {
+        let (old, _) = sealed(5, b"value", ACCEPTED);
+        let (new, _) = sealed(
+            5,
+            b"value",
+            Acceptance {
+                ballot: 17,
+                commit: 3,
+            },
+        );
+        assert_eq!(old[..ACCEPTANCE_AT as usize], new[..ACCEPTANCE_AT as usize]);
+        assert_eq!(old[64..], new[64..]);
+        for cut in 0..128 {
+            let mut mixed = old;
+            mixed[..cut].copy_from_slice(&new[..cut]);
+            let opened = open(&mixed[..128], 5).expect("the value survives any cut");
+            assert!(matches!(
+                opened.accepted.map(|a| a.ballot),
+                None | Some(9) | Some(17)
+            ));
+        }
+    }
+
+    #[test]
+    fn records_bind_to_their_value() {
+        let (slot, header) = sealed(5, b"value", ACCEPTED);
+        let opened = open(&slot[..128], 5).unwrap();
+        let none = [0u8; 16];
+        let adoption = encode_adoption(opened.chain, 25);
+        let decided = encode_decided(opened.chain);
+        assert_eq!(decode_adoption(opened.chain, &adoption), Some(25));
+        assert_eq!(accepted_ballot(&opened, &none, &none), Some(9));
+        assert_eq!(accepted_ballot(&opened, &adoption, &none), Some(25));
+        assert_eq!(accepted_ballot(&opened, &adoption, &decided), Some(DECIDED));
+        // Neither record passes for the other, nor for another value.
+        assert_eq!(accepted_ballot(&opened, &decided, &adoption), Some(9));
+        let other = SlotHeader {
+            origin: origin(2, 1),
+            ..header
+        }
+        .chain(b"value");
+        assert_eq!(decode_adoption(other, &adoption), None);
+        assert!(!is_decided(other, &decided));
+        let mut torn = adoption;
+        torn[3] ^= 1;
+        assert_eq!(accepted_ballot(&opened, &torn, &none), Some(9));
+        let lone = Opened {
+            accepted: None,
+            ..opened
         };
-        assert_eq!(a.chain(b"v"), b.chain(b"v"));
+        assert_eq!(accepted_ballot(&lone, &torn, &none), None);
+        assert_eq!(accepted_ballot(&lone, &adoption, &none), Some(25));
+        assert_eq!(accepted_ballot(&lone, &none, &decided), Some(DECIDED));
+    }
+
+    #[test]
+    fn chain_ignores_the_acceptance() {
+        let (_, a) = sealed(3, b"v", ACCEPTED);
         assert_ne!(a.chain(b"v"), a.chain(b"w"));
+        let (one, _) = sealed(3, b"v", ACCEPTED);
+        let (two, _) = sealed(
+            3,
+            b"v",
+            Acceptance {
+                ballot: 100,
+                commit: 0,
+            },
+        );
+        assert_eq!(word(&one, 0), word(&two, 0));
     }
 }

@@ -33,6 +33,15 @@ pub(crate) enum Kind {
     ReadOffer,
     ReadProgress,
     ReadChunk,
+    /// Decided marks of positions about to be rewritten (before their slots).
+    WriteDecided,
+    /// An adoption record: the adopted value, raised to the tenure's ballot on a member that
+    /// holds it.
+    WriteAdoption,
+    /// The adoption record of the slot the prepare reads.
+    ReadAdoption,
+    /// The decided mark of the slot the prepare reads.
+    ReadDecided,
 }
 
 impl Kind {
@@ -46,7 +55,9 @@ impl Kind {
             | Kind::WriteCommit
             | Kind::WriteLapNotice
             | Kind::WriteStanding
-            | Kind::WriteTransferRequest => true,
+            | Kind::WriteTransferRequest
+            | Kind::WriteDecided
+            | Kind::WriteAdoption => true,
             Kind::ReadHeader
             | Kind::ReadHeartbeat
             | Kind::ReadApplied
@@ -55,12 +66,14 @@ impl Kind {
             | Kind::ReadSlot
             | Kind::ReadOffer
             | Kind::ReadProgress
-            | Kind::ReadChunk => false,
+            | Kind::ReadChunk
+            | Kind::ReadAdoption
+            | Kind::ReadDecided => false,
         }
     }
 }
 
-const KINDS: [Kind; 17] = [
+const KINDS: [Kind; 21] = [
     Kind::ReadHeader,
     Kind::ReadHeartbeat,
     Kind::WriteRequest,
@@ -78,6 +91,10 @@ const KINDS: [Kind; 17] = [
     Kind::ReadOffer,
     Kind::ReadProgress,
     Kind::ReadChunk,
+    Kind::WriteDecided,
+    Kind::WriteAdoption,
+    Kind::ReadAdoption,
+    Kind::ReadDecided,
 ];
 
 /// A decoded work-request id.

@@ -29,8 +29,10 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::panic::{self, AssertUnwindSafe};
 
+use mu_nostd::slot;
 use mu_nostd::{Config, DetectorConfig, Layout, Replica, Shared, SubmitError};
 
+use crate::copies::Copies;
 use crate::history::{self, History};
 use crate::kv::{self, Kv, Outcome};
 use crate::rng::Rng;
@@ -99,7 +101,7 @@ impl Scenario {
         let counts = [1u8, 2, 3, 3, 3, 3, 4, 5, 5, 6, 7];
         let n = counts[rng.below(counts.len() as u64) as usize];
         let mut config = Config::new(n);
-        config.slot_size = [64, 128, 128, 192][rng.below(4) as usize];
+        config.slot_size = [128, 128, 128, 192][rng.below(4) as usize];
         let payload = config.slot_payload_bytes() as usize;
         // Commands of up to ~96 bytes; enough fragments for the largest.
         let frags_needed = 96usize.div_ceil(payload) as u16;
@@ -317,6 +319,12 @@ struct Sim<'s> {
     shared: &'s [Shared],
     /// Every replica was admitted as a voter once (the cluster formed).
     formed: bool,
+    /// The copies of decided values in the logs (see `copies`).
+    copies: Copies,
+    /// Per replica: up to where its applied positions were taken as decided for `copies`.
+    watched: Vec<u64>,
+    /// The chain through each decided position that `copies` learned.
+    decided_chains: std::collections::HashMap<u64, u64>,
 }
 
 /// Runs seed `seed`; with `trace`, returns the readable trace too.
@@ -405,7 +413,11 @@ impl<'s> Sim<'s> {
             trace: trace.then(String::new),
             shared,
             formed: false,
+            copies: Copies::new(layout, config.replica_count),
+            watched: vec![0; config.replica_count as usize],
+            decided_chains: std::collections::HashMap::new(),
         };
+        sim.world.watch_log_landings();
         if sim.scenario.garbage_start {
             for id in 0..config.replica_count {
                 let mut bytes = vec![0u8; layout.region_bytes as usize];
@@ -621,6 +633,8 @@ impl<'s> Sim<'s> {
         node.replica = replica;
         node.kv = Kv::new();
         node.checked = 0;
+        self.copies.forget(r);
+        self.watched[r as usize] = 0;
         node.life = Life::Running;
         node.last_status = None;
         self.report.restarts += 1;
@@ -873,10 +887,52 @@ impl<'s> Sim<'s> {
         for violation in self.world.take_violations() {
             self.fail("single writer", violation);
         }
+        self.watch_copies();
         for id in 0..self.nodes.len() {
             self.check_applies(id);
             self.check_chain(id);
             self.trace_status(id);
+        }
+    }
+
+    /// No write lowers the ballot of a copy of a decided value (see `copies`): the landings of
+    /// this tick are checked against what was seen, then new decisions are watched.
+    fn watch_copies(&mut self) {
+        for (replica, offset, len) in self.world.take_log_landings() {
+            let region = self.world.region(replica);
+            for problem in self.copies.landed(replica, region, offset, len) {
+                self.fail("decided copy kept", problem);
+            }
+        }
+        let layout = Layout::new(&self.scenario.config);
+        for id in 0..self.nodes.len() as u8 {
+            if self.nodes[id as usize].life == Life::Crashed {
+                continue;
+            }
+            let applied = self.nodes[id as usize].replica.replication.status().applied;
+            let from =
+                self.watched[id as usize].max(applied.saturating_sub(layout.slot_count as u64));
+            for position in from..applied {
+                let at = layout.slot(position) as usize;
+                let region = self.world.region(id);
+                let Ok(opened) = slot::open(&region[at..at + layout.slot_size as usize], position)
+                else {
+                    continue; // Installed from a snapshot, or recycled since.
+                };
+                if self.decided_chains.insert(position, opened.chain).is_some() {
+                    continue;
+                }
+                for r in 0..self.nodes.len() as u8 {
+                    let node = &self.nodes[r as usize];
+                    let behind = node.replica.replication.status().applied <= position;
+                    if node.life != Life::Crashed && behind {
+                        self.copies
+                            .decided(r, self.world.region(r), position, opened.chain);
+                    }
+                }
+            }
+            self.watched[id as usize] = self.watched[id as usize].max(applied);
+            self.copies.applied(id, applied);
         }
     }
 
@@ -918,9 +974,9 @@ impl<'s> Sim<'s> {
                         slots.push_str(&format!(
                             " [replica {r}: position {} ballot {} commit {} origin {:x}]",
                             w(1),
-                            w(2),
-                            w(3),
-                            w(5)
+                            w(5),
+                            w(6),
+                            w(3)
                         ));
                     }
                     let describe = |c: &[u8]| match kv::decode(c) {

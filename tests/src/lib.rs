@@ -1,11 +1,12 @@
 //! The deterministic simulator of Mu clusters: a seeded, adversarial fabric ([`world`]), a
 //! replicated key-value state machine ([`kv`]), client histories and their linearizability check
 //! ([`history`]), the cluster driver that runs a seed and checks every invariant at every tick
-//! ([`cluster`]), and three replicas polled by hand for directed tests ([`trio`]). The `sim`
+//! ([`cluster`]), the watch on copies of decided values ([`copies`]), and three replicas polled by hand for directed tests ([`trio`]). The `sim`
 //! binary runs many seeds or replays one with a trace. [`Recorder`] is the state machine of
 //! tests that script a schedule by hand.
 
 pub mod cluster;
+pub mod copies;
 pub mod history;
 pub mod kv;
 pub mod rng;

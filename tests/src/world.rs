@@ -159,6 +159,16 @@ struct Op {
     revokes: u64,
     fate: Fate,
     due: u64,
+    /// Cut by [`World::cut_next_write`]: once its one piece landed, its writer is cut off.
+    cut: bool,
+}
+
+/// A write to cut short (see [`World::cut_next_write`]).
+#[derive(Clone, Copy, Debug)]
+struct Cut {
+    poster: u8,
+    peer: u8,
+    at: u32,
 }
 
 /// A slab of ops addressed by generational ids, so that scheduled events of freed ops are
@@ -279,6 +289,10 @@ pub struct World {
     notices: Vec<(u8, u8, u32, u64)>,
     violations: Vec<String>,
     stats: Stats,
+    cut: Option<Cut>,
+    /// With [`World::watch_log_landings`]: (replica, offset, len) of every piece that landed in
+    /// a replica's log area since the last [`World::take_log_landings`].
+    log_landings: Option<Vec<(u8, u32, u32)>>,
 }
 
 fn plane_index(plane: Plane) -> usize {
@@ -354,6 +368,8 @@ impl World {
             notices: Vec::new(),
             violations: Vec::new(),
             stats: Stats::default(),
+            cut: None,
+            log_landings: None,
         }
     }
 
@@ -529,6 +545,31 @@ impl World {
         self.granted[owner as usize]
     }
 
+    /// The next write `poster` posts to `peer` whose remote range covers offset `at` lands only
+    /// its bytes below `at` (in one piece); then the writer is cut off, as by a revoke or a
+    /// crash right there: nothing more it posted on that connection lands or completes.
+    pub fn cut_next_write(&mut self, poster: u8, peer: u8, at: u32) {
+        self.cut = Some(Cut { poster, peer, at });
+    }
+
+    /// True while a write armed by [`World::cut_next_write`] was not posted yet.
+    pub fn cut_pending(&self) -> bool {
+        self.cut.is_some()
+    }
+
+    /// From now on, records where pieces land in log areas (see [`World::take_log_landings`]).
+    pub fn watch_log_landings(&mut self) {
+        self.log_landings.get_or_insert_with(Vec::new);
+    }
+
+    /// (replica, offset, len) of the pieces that landed in log areas since the last call.
+    pub fn take_log_landings(&mut self) -> Vec<(u8, u32, u32)> {
+        self.log_landings
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
     /// The invariant violations recorded since the last call.
     pub fn take_violations(&mut self) -> Vec<String> {
         std::mem::take(&mut self.violations)
@@ -608,7 +649,13 @@ impl World {
             revokes: self.revokes[peer as usize * self.n as usize + me as usize],
             fate: Fate::Running,
             due: 0,
+            cut: false,
         };
+        let cut = self.cut.filter(|c| {
+            kind == Kind::Write
+                && (c.poster, c.peer) == (me, peer)
+                && (remote..remote.saturating_add(len)).contains(&c.at)
+        });
         let id = self.ops.insert(op);
         self.conns[conn].queue.push_back(id);
         self.stats.ops_posted += 1;
@@ -622,7 +669,14 @@ impl World {
         if self.faults.pairing_ticks > 0 {
             self.conns[conn].used = true;
         }
-        let pieces = split(&mut self.rng, len, self.faults.torn_pieces_max);
+        let pieces = match cut {
+            Some(cut) => {
+                self.cut = None;
+                self.ops.get_mut(id).expect("just inserted").cut = true;
+                vec![(0, cut.at - remote)]
+            }
+            None => split(&mut self.rng, len, self.faults.torn_pieces_max),
+        };
         self.ops.get_mut(id).expect("just inserted").pieces_left = pieces.len() as u32;
         for (start, len) in pieces {
             let tick = self.now + self.rng.range(1, self.faults.delay_max * 2);
@@ -692,6 +746,15 @@ impl World {
     fn land(&mut self, piece: Piece) {
         let op = self.ops.get(piece.op).expect("running op").clone();
         let (local, remote) = (op.local + piece.start, op.remote + piece.start);
+        if let Some(landings) = &mut self.log_landings {
+            let (owner, at) = match op.kind {
+                Kind::Write => (op.peer, remote),
+                Kind::Read => (op.poster, local),
+            };
+            if self.layout.touches_log_area(at, piece.len) {
+                landings.push((owner, at, piece.len));
+            }
+        }
         match op.kind {
             Kind::Write => {
                 self.check_remote_write(op.poster, op.peer, remote, piece.len);
@@ -715,7 +778,13 @@ impl World {
         self.stats.pieces_landed += 1;
         let op = self.ops.get_mut(piece.op).expect("running op");
         op.pieces_left -= 1;
-        if op.pieces_left == 0 {
+        if op.pieces_left == 0 && op.cut {
+            // The writer is cut off right after the bytes that landed: nothing more of it
+            // lands or completes on this connection.
+            let conn = op.conn;
+            self.conns[conn].cut_off = true;
+            self.set_fate(piece.op, Fate::Silent);
+        } else if op.pieces_left == 0 {
             self.finished(piece.op);
         }
     }

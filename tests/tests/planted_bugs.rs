@@ -12,8 +12,10 @@ use std::process::Command;
 /// them shows only when it reads a chunk slot its donor refilled (seed 45 today: the cluster
 /// never commits again). A replica that takes a death notice of a peer's earlier life for its
 /// current one keeps the restarted peer failed forever, and the cluster never catches it up
-/// (seed 2 today).
-const DEFECTS: [(&str, u32); 7] = [
+/// (seed 2 today). A rewrite that tears the only ballot of a decided value's copy is caught by the
+/// watch on decided copies (`copies`) the moment it lands (seed 18 today); the loss it leads to
+/// needs a longer schedule, which `tests/torn_rewrite.rs` plays directly.
+const DEFECTS: [(&str, u32); 8] = [
     ("bug-skip-revoke", 300),
     ("bug-skip-prepare", 300),
     ("bug-small-quorum", 300),
@@ -21,6 +23,7 @@ const DEFECTS: [(&str, u32); 7] = [
     ("bug-restart-votes", 3000),
     ("bug-unchecked-snapshot", 1000),
     ("bug-stale-death", 300),
+    ("bug-torn-rewrite", 300),
 ];
 
 /// The workspace root and the target directory the defects are built in.
@@ -89,5 +92,25 @@ fn the_directed_restart_schedule_catches_a_restarted_voter() {
         !output.status.success() && stdout.contains("applied \"command-b\" at position 0"),
         "the restart schedule passed with bug-restart-votes:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The directed schedule of `tests/torn_rewrite.rs` loses a decided value with the defect it is
+/// about: the replica whose only copy was torn decides its own command over it.
+#[test]
+fn the_directed_torn_rewrite_schedule_catches_a_lost_ballot() {
+    let (workspace, target) = workspace_and_target();
+    let output = Command::new(env!("CARGO"))
+        .current_dir(workspace)
+        .args(["test", "--release", "-q", "-p", "mu-tests"])
+        .args(["--features", "bug-torn-rewrite", "--test", "torn_rewrite"])
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("cargo runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stdout.contains("applied \"command-w\" at position"),
+        "the torn-rewrite schedule passed with bug-torn-rewrite:\n{stdout}\n{stderr}"
     );
 }

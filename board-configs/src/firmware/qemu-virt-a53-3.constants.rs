@@ -29,7 +29,7 @@ pub const RAM_SIZE: u64 = 0x800_0000;
 #[allow(dead_code)]
 pub const WINDOW_BASE: u64 = 0x1000_0000;
 
-/// Bytes of the shared window (`window_size`); the cluster uses the first 442624 (0x6_c100).
+/// Bytes of the shared window (`window_size`); the cluster uses the first 540928 (0x8_4100).
 #[allow(dead_code)]
 pub const WINDOW_SIZE: u64 = 0x10_0000;
 

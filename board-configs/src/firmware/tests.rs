@@ -54,7 +54,7 @@ fn the_board_files_pass_their_boards_rules() {
     let qemu = image(&path("qemu-virt-a53-3.toml"), &QEMU).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(qemu.cluster().name, "qemu-virt-a53-3");
     assert_eq!(qemu.replicas().len(), 3);
-    assert_eq!(qemu.window_bytes(), 442_624);
+    assert_eq!(qemu.window_bytes(), 540_928);
     let host = FirmwareHost {
         board: "qemu-virt-a53".into(),
         ram_base: 0x4000_0000,
@@ -182,18 +182,24 @@ fn cluster_values_must_fit_the_firmware_and_the_board() {
         "at most 2 replicas (found 3)",
     );
     expect(
-        &with("slot_size", "slot_size = 320"),
+        // Half the slots, so that the larger slots still fit the window.
+        &replace_line(
+            &with("slot_count", "slot_count = 512"),
+            "slot_size",
+            0,
+            "slot_size = 320",
+        ),
         &QEMU,
         "cluster.slot_size",
         at("slot_size"),
         "the firmware's slot buffer holds 256 bytes (found 320)",
     );
     expect(
-        &with("entry_slots_max", "entry_slots_max = 15"),
+        &with("entry_slots_max", "entry_slots_max = 17"),
         &QEMU,
         "cluster.entry_slots_max",
         at("entry_slots_max"),
-        "15 slots of 72 payload bytes = 1080 bytes, exceeds the firmware's 1024-byte entry",
+        "17 slots of 64 payload bytes = 1088 bytes, exceeds the firmware's 1024-byte entry",
     );
     // 62.5 MHz: a period is 16 ns.
     expect(
@@ -356,7 +362,7 @@ fn file_and_parse_errors_come_through() {
     assert_eq!((e.line, e.field.as_str()), (None, ""), "{e}");
     // The parser's own window check.
     let small = replace_line(&qemu_source(), "window_size", 0, "window_size = 0x20000");
-    let reason = "need 442624 (0x6c100) bytes";
+    let reason = "need 540928 (0x84100) bytes";
     expect(
         &small,
         &QEMU,
