@@ -803,7 +803,7 @@ impl<'s> BackgroundPlane<'s> {
         }
         let fate = self.config.detector.fate_ticks as u64 * self.patience as u64;
         let stalled = now.saturating_sub(self.progress_seen_at) > fate;
-        let stopped = stalled || self.shared.halted() != 0;
+        let stopped = stalled || self.shared.halted().is_some();
         if stopped != self.heartbeat_stopped {
             warn!(
                 "heartbeat {}",
@@ -916,7 +916,7 @@ impl<'s> BackgroundPlane<'s> {
     /// switches stall the planes in turn, tenure after tenure.
     fn alive_mask(&self) -> u8 {
         let counted_out = self.heartbeat_stopped
-            && (self.shared.halted() != 0 || self.stop_outlived_detection(self.polled_at));
+            && (self.shared.halted().is_some() || self.stop_outlived_detection(self.polled_at));
         let mut alive = if counted_out { 0 } else { 1 << self.me };
         for peer in self.others() {
             let state = &self.peers[peer as usize];
@@ -1032,7 +1032,7 @@ impl<'s> BackgroundPlane<'s> {
     // ---- requester side ----------------------------------------------------------------------
 
     fn lead_or_follow<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
-        let want_lead = self.leader == Some(self.me) && self.shared.halted() == 0;
+        let want_lead = self.leader == Some(self.me) && self.shared.halted().is_none();
         if let Some(tenure) = self.tenure {
             if !want_lead || self.shared.aborted() == tenure {
                 self.end_tenure();
@@ -1166,7 +1166,7 @@ impl<'s> BackgroundPlane<'s> {
     // ---- owner side --------------------------------------------------------------------------
 
     fn serve_requests<F: Fabric>(&mut self, fabric: &mut F) {
-        if self.shared.halted() != 0 {
+        if self.shared.halted().is_some() {
             // A halted replica takes no further part: its heartbeat reads go on, and a view of
             // who leads that wanders must not move write access to its log around.
             return;

@@ -216,16 +216,99 @@ enum MemberState {
 }
 
 impl MemberState {
-    fn name(self) -> &'static str {
+    fn phase(self) -> MemberPhase {
         match self {
-            MemberState::Absent => "absent",
-            MemberState::Joining => "joining",
-            MemberState::Surveying => "surveying",
-            MemberState::Surveyed { .. } => "surveyed",
-            MemberState::Checking => "checking",
-            MemberState::Active => "active",
-            MemberState::Lost { .. } => "lost",
+            MemberState::Absent => MemberPhase::Absent,
+            MemberState::Joining => MemberPhase::Joining,
+            MemberState::Surveying => MemberPhase::Surveying,
+            MemberState::Surveyed { .. } => MemberPhase::Surveyed,
+            MemberState::Checking => MemberPhase::Checking,
+            MemberState::Active => MemberPhase::Active,
+            MemberState::Lost { .. } => MemberPhase::Lost,
         }
+    }
+}
+
+/// Where a peer stands in the current tenure (see [`MemberStatus`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum MemberPhase {
+    /// It has not granted the tenure.
+    #[default]
+    Absent,
+    /// It granted; its applied position is to be read.
+    Joining,
+    /// Its applied position is being read.
+    Surveying,
+    /// Its applied position is known.
+    Surveyed,
+    /// It joined after the prepare began: its promises are being read.
+    Checking,
+    /// It is sent the log.
+    Active,
+    /// Its connection was reset; it is surveyed again after a pause.
+    Lost,
+}
+
+impl MemberPhase {
+    /// The phase's name, for logs and status lines.
+    pub const fn name(self) -> &'static str {
+        match self {
+            MemberPhase::Absent => "absent",
+            MemberPhase::Joining => "joining",
+            MemberPhase::Surveying => "surveying",
+            MemberPhase::Surveyed => "surveyed",
+            MemberPhase::Checking => "checking",
+            MemberPhase::Active => "active",
+            MemberPhase::Lost => "lost",
+        }
+    }
+}
+
+impl core::fmt::Display for MemberPhase {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where a tenure is (see [`LeaderStatus`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum TenurePhase {
+    /// Reading the applied positions of the replicas that granted it.
+    Survey,
+    /// Reading the decided positions it lacks from the most advanced one.
+    CatchUp,
+    /// Reading the min-proposal records of a quorum.
+    ReadMinProposal,
+    /// Writing its ballot into them.
+    WriteMinProposal,
+    /// Reading the slot at its first undecided position.
+    ReadSlot,
+    /// Waiting for the value it adopted there to be decided.
+    Adopting,
+    /// The fast path.
+    Streaming,
+}
+
+impl TenurePhase {
+    /// The phase's name, for logs and status lines.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TenurePhase::Survey => "survey",
+            TenurePhase::CatchUp => "catch-up",
+            TenurePhase::ReadMinProposal => "read min proposal",
+            TenurePhase::WriteMinProposal => "write min proposal",
+            TenurePhase::ReadSlot => "read slot",
+            TenurePhase::Adopting => "adopting",
+            TenurePhase::Streaming => "streaming",
+        }
+    }
+}
+
+impl core::fmt::Display for TenurePhase {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -439,10 +522,8 @@ pub struct MemberStatus {
     pub applied: u64,
     /// Its standing, as last read in this tenure, says it is a voter.
     pub voter: bool,
-    /// Where it stands in this tenure: absent (it has not granted the tenure), joining,
-    /// surveying, surveyed, checking (its promises are read), active, or lost (its connection
-    /// was reset; it is surveyed again after a pause).
-    pub state: &'static str,
+    /// Where it stands in this tenure.
+    pub state: MemberPhase,
 }
 
 /// The leader's view of its tenure.
@@ -455,9 +536,8 @@ pub struct LeaderStatus {
     pub ballot: u64,
     /// The next position it writes.
     pub next: u64,
-    /// Where the tenure is: survey, catch-up, min-proposal read or write, slot read, adopting,
-    /// streaming (the fast path).
-    pub phase: &'static str,
+    /// Where the tenure is.
+    pub phase: TenurePhase,
     /// Per peer (this replica's own entry is unused).
     pub members: [MemberStatus; REPLICAS_MAX as usize],
     /// The replicas that granted this tenure (acked its permission request), as a bit mask;
@@ -478,17 +558,17 @@ impl Leader {
                 sent: member.sent,
                 applied,
                 voter: member.promises.voter,
-                state: member.state.name(),
+                state: member.state.phase(),
             };
         }
         let phase = match self.phase {
-            Phase::Survey => "survey",
-            Phase::CatchUpSelf { .. } => "catch-up",
-            Phase::ReadMinProposal => "read min proposal",
-            Phase::WriteMinProposal => "write min proposal",
-            Phase::ReadSlot { .. } => "read slot",
-            Phase::Adopting { .. } => "adopting",
-            Phase::Streaming => "streaming",
+            Phase::Survey => TenurePhase::Survey,
+            Phase::CatchUpSelf { .. } => TenurePhase::CatchUp,
+            Phase::ReadMinProposal => TenurePhase::ReadMinProposal,
+            Phase::WriteMinProposal => TenurePhase::WriteMinProposal,
+            Phase::ReadSlot { .. } => TenurePhase::ReadSlot,
+            Phase::Adopting { .. } => TenurePhase::Adopting,
+            Phase::Streaming => TenurePhase::Streaming,
         };
         LeaderStatus {
             tenure: self.tenure,

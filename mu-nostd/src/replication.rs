@@ -28,9 +28,41 @@ use crate::shared::Shared;
 use crate::slot::{self, Opened, SlotError, SlotHeader, CHAIN_GENESIS, SLOT_HEADER_BYTES};
 use crate::state_machine::{StateMachine, Ticket};
 
-/// Why the replication plane stopped for good: it needs positions no log holds any more, and
-/// its application cannot install a snapshot.
-pub const HALT_LAPPED: u32 = 1;
+/// Why the replication plane stopped for good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Halt {
+    /// It needs positions no log holds any more, and its application cannot install a
+    /// snapshot of another replica's state.
+    Lapped,
+}
+
+impl Halt {
+    /// The reason's number where a runtime publishes it as a word (never 0: 0 is "running").
+    pub const fn code(self) -> u32 {
+        match self {
+            Halt::Lapped => 1,
+        }
+    }
+
+    /// The reason a published word names; `None` for 0 (running) or an unknown number.
+    pub const fn from_code(code: u32) -> Option<Halt> {
+        match code {
+            1 => Some(Halt::Lapped),
+            _ => None,
+        }
+    }
+
+    /// What the reason means, for an operator.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Halt::Lapped => {
+                "it needs log positions that no replica holds any more and could not install a \
+                 snapshot of another replica's state"
+            }
+        }
+    }
+}
 
 /// Why a command was not accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,8 +103,8 @@ pub struct ReplicationStatus {
     pub fast_path: bool,
     /// Commands waiting in the leader's queue.
     pub queued: u32,
-    /// Nonzero when halted ([`HALT_LAPPED`]).
-    pub halted: u32,
+    /// Why it halted, once it did.
+    pub halted: Option<Halt>,
     /// This life of the replica is a voter: it was admitted (or the cluster was formed with it).
     /// A restarted replica is recovering until a leader admits it.
     pub voter: bool,
@@ -127,6 +159,7 @@ pub(crate) fn encode_commit(
     bytes[0..8].copy_from_slice(&commit.to_le_bytes());
     bytes[8..16].copy_from_slice(&chain.to_le_bytes());
     bytes[16..24].copy_from_slice(&check.to_le_bytes());
+    debug_assert_eq!(decode_commit(offset, &bytes), Some((commit, chain)));
     bytes
 }
 
@@ -171,7 +204,7 @@ pub struct ReplicationPlane<'s, const SLOT: usize, const ENTRY: usize, const QUE
     /// Tenures in a row (at most [`DEADLINE_DOUBLINGS_MAX`]) that ended before the fast path: each
     /// doubles the next tenure's phase and operation deadlines (see `phase_timeout`).
     pub(crate) deadline_doublings: u8,
-    halted: u32,
+    halted: Option<Halt>,
     /// Cached once true: a standing is never withdrawn within a life.
     pub(crate) voter: bool,
     published_applied: Option<u64>,
@@ -215,7 +248,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             leader: None,
             spent_tenure: 0,
             deadline_doublings: 0,
-            halted: 0,
+            halted: None,
             voter: false,
             published_applied: None,
             publish_at: 0,
@@ -243,7 +276,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     pub fn poll<F: Fabric, S: StateMachine>(&mut self, now: u64, fabric: &mut F, sm: &mut S) {
         self.shared.tick_progress();
         self.backlog = false;
-        if self.halted != 0 {
+        if self.halted.is_some() {
             // Whatever it queued as leader will never be decided through this replica.
             self.queue.drain(|ticket| sm.dropped(ticket));
             return;
@@ -260,7 +293,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 self.refresh_voter(fabric);
             }
         }
-        if self.halted == 0 {
+        if self.halted.is_none() {
             self.serve_transfers(now, fabric, sm);
         }
         self.publish_applied(now, fabric);
@@ -268,7 +301,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 
     /// Queues a command for replication; only the leader accepts commands.
     pub fn submit(&mut self, command: &[u8]) -> Result<Ticket, SubmitError> {
-        if self.halted != 0 {
+        if self.halted.is_some() {
             return Err(SubmitError::Halted);
         }
         if self.leader.is_none() {
@@ -418,10 +451,10 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         self.shared.abort(tenure);
     }
 
-    pub(crate) fn halt<F: Fabric>(&mut self, reason: u32, fabric: &mut F) {
-        warn!("replication halted: {}", reason);
+    pub(crate) fn halt<F: Fabric>(&mut self, reason: Halt, fabric: &mut F) {
+        warn!("replication halted: {}", reason.code());
         self.abort(fabric);
-        self.halted = reason;
+        self.halted = Some(reason);
         self.shared.halt(reason);
     }
 

@@ -169,9 +169,9 @@ impl Shared {
     }
 
     /// Replication: this replica can no longer take part (its log was lapped).
-    pub(crate) fn halt(&self, reason: u32) {
-        assert!(reason != 0);
-        self.halted.store(reason, SeqCst);
+    pub(crate) fn halt(&self, reason: crate::Halt) {
+        assert!(reason.code() != 0);
+        self.halted.store(reason.code(), SeqCst);
     }
 
     /// Replication: this replica is installing a snapshot (it is no candidate for leadership
@@ -214,8 +214,8 @@ impl Shared {
         self.catching_up.load(SeqCst) != 0
     }
 
-    /// Nonzero when the replica halted; see [`crate::HALT_LAPPED`].
-    pub fn halted(&self) -> u32 {
-        self.halted.load(SeqCst)
+    /// Why the replica halted, once it did.
+    pub fn halted(&self) -> Option<crate::Halt> {
+        crate::Halt::from_code(self.halted.load(SeqCst))
     }
 }

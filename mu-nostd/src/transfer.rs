@@ -43,7 +43,7 @@ use crate::hash::Hasher;
 use crate::layout::{CHUNK_HEADER_BYTES, OFFER_BYTES, RECORD_BYTES};
 use crate::leader::Pending;
 use crate::record;
-use crate::replication::{ReplicationPlane, HALT_LAPPED};
+use crate::replication::{Halt, ReplicationPlane};
 use crate::state_machine::StateMachine;
 use crate::wrid::Kind;
 
@@ -773,7 +773,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             warn!("the application cannot install a snapshot");
             self.transfer = None;
             self.shared.set_catching_up(false);
-            self.halt(HALT_LAPPED, fabric);
+            self.halt(Halt::Lapped, fabric);
             return;
         }
         info!(

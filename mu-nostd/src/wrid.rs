@@ -108,10 +108,12 @@ pub(crate) struct WrId {
 
 impl WrId {
     pub fn encode(self) -> u64 {
-        ((self.kind as u64) << 56)
+        let id = ((self.kind as u64) << 56)
             | ((self.peer as u64) << 48)
             | ((self.epoch as u64) << 32)
-            | self.tag as u64
+            | self.tag as u64;
+        debug_assert_eq!(WrId::decode(id), Some(self));
+        id
     }
 
     pub fn decode(id: u64) -> Option<WrId> {

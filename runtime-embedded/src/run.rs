@@ -9,7 +9,7 @@
 //!   `run` keeps in a static for the life of the board (it is about 40 KiB, mostly the leader's
 //!   per-member pending work, sized for the largest cluster).
 
-use mu_nostd::{Config, Replica, ReplicaError, ReplicaId, Shared, StateMachine};
+use mu_nostd::{Config, Halt, Replica, ReplicaError, ReplicaId, Shared, StateMachine};
 
 use crate::board::{Board, ExitCode};
 use crate::fabric::WindowFabric;
@@ -77,8 +77,8 @@ pub struct Report {
     pub leader: Option<ReplicaId>,
     /// This life of it is a voter (admitted, or formed the cluster).
     pub voter: bool,
-    /// Why its replication plane halted; 0 while it runs.
-    pub halted: u32,
+    /// Why its replication plane halted, once it did.
+    pub halted: Option<Halt>,
     /// What it did in state transfers.
     pub transfers: Transfers,
 }
@@ -110,7 +110,7 @@ pub struct Firmware<'w> {
     leader: Option<ReplicaId>,
     leader_changes: u32,
     /// The halt reason already reported on the console.
-    halt_reported: u32,
+    halt_reported: Option<Halt>,
 }
 
 impl<'w> Firmware<'w> {
@@ -157,7 +157,7 @@ impl<'w> Firmware<'w> {
             steps: 0,
             leader: None,
             leader_changes: 0,
-            halt_reported: 0,
+            halt_reported: None,
         })
     }
 
@@ -212,7 +212,9 @@ impl<'w> Firmware<'w> {
         }
         error!(
             "replica {=u8}: replication halted, reason {=u32} (applied {=u64})",
-            self.me, status.halted, status.applied
+            self.me,
+            status.halted.map_or(0, Halt::code),
+            status.applied
         );
         self.halt_reported = status.halted;
         true
@@ -266,7 +268,7 @@ impl<'w> Firmware<'w> {
         let status = self.replica.replication.status();
         let flags = [
             (status.fast_path, telemetry::FLAG_LEADING),
-            (status.halted != 0, telemetry::FLAG_HALTED),
+            (status.halted.is_some(), telemetry::FLAG_HALTED),
             (status.voter, telemetry::FLAG_VOTER),
             (status.catching_up, telemetry::FLAG_CATCHING_UP),
         ];
@@ -282,7 +284,7 @@ impl<'w> Firmware<'w> {
         t.set_u64(word::DIGEST, report.digest);
         t.set_u64(word::COMMITTED, report.committed);
         t.set(word::LEADER_CHANGES, report.leader_changes);
-        t.set(word::HALT, report.halted);
+        t.set(word::HALT, report.halted.map_or(0, Halt::code));
         t.set(word::INSTALLS, report.transfers.installs);
         t.set_u64(
             word::INSTALLED_POSITION,
@@ -420,7 +422,7 @@ pub fn run<B: Board>(
                 r.digest,
                 r.committed,
                 r.leader_changes,
-                r.halted,
+                r.halted.map_or(0, Halt::code),
                 r.transfers.installs,
                 r.transfers.donations
             );

@@ -53,7 +53,7 @@ pub mod word {
     /// Why it failed (`PHASE_FAILED`): one of the `CODE_*` values.
     pub const CODE: usize = 14;
     /// Why its replication plane halted ([`super::FLAG_HALTED`]): the core's reason,
-    /// [`mu_nostd::HALT_LAPPED`].
+    /// [`mu_nostd::Halt::code`].
     pub const HALT: usize = 15;
     /// Snapshots this life of the replica installed (state transfers it took part in as joiner).
     pub const INSTALLS: usize = 16;

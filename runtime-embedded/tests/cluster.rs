@@ -227,7 +227,7 @@ fn a_replica_restarted_after_the_log_wrapped_rejoins_by_state_transfer() {
         "{reports:?}"
     );
     assert!(
-        reports.iter().all(|r| r.halted == 0 && r.voter),
+        reports.iter().all(|r| r.halted.is_none() && r.voter),
         "{reports:?}"
     );
     // The state, not only its digest: every axis equal.
@@ -348,5 +348,5 @@ fn a_life_marked_ended_is_failed_at_once_and_its_successor_is_not() {
     assert!(cluster
         .reports()
         .iter()
-        .all(|r| r.leader.is_some() && r.halted == 0));
+        .all(|r| r.leader.is_some() && r.halted.is_none()));
 }

@@ -25,8 +25,8 @@ use std::time::Duration;
 use board_configs::Polling;
 use hdrhistogram::Histogram;
 use mu_nostd::{
-    planes, BackgroundPlane, Config, Fabric, ReplicaError, ReplicaId, ReplicationPlane, Shared,
-    Snapshot, StateMachine, SubmitError, Ticket, REQUESTS_MAX,
+    planes, BackgroundPlane, Config, Fabric, Halt, ReplicaError, ReplicaId, ReplicationPlane,
+    Shared, Snapshot, StateMachine, SubmitError, Ticket, REQUESTS_MAX,
 };
 
 use crate::bell::Bell;
@@ -116,22 +116,11 @@ pub enum NodeError {
     Port(std::io::Error),
     /// The deployment file or the command line.
     Config(String),
-    /// The replication plane halted with this reason (see [`halt_reason`]).
-    Halted(u32),
+    /// The replication plane halted for this reason.
+    Halted(Halt),
     /// So many peers run another layout or configuration that no quorum can include this
     /// replica: it stopped, and needs the cluster's configuration to start again.
     Refused,
-}
-
-/// What a halt reason code means.
-pub fn halt_reason(code: u32) -> &'static str {
-    match code {
-        mu_nostd::HALT_LAPPED => {
-            "it needs log positions that no replica holds any more and could not install a \
-             snapshot of another replica's state"
-        }
-        _ => "unknown reason",
-    }
 }
 
 impl std::fmt::Display for NodeError {
@@ -144,10 +133,11 @@ impl std::fmt::Display for NodeError {
             NodeError::Replica(e) => write!(f, "{e}"),
             NodeError::Port(e) => write!(f, "client port: {e}"),
             NodeError::Config(e) => write!(f, "{e}"),
-            NodeError::Halted(code) => write!(
+            NodeError::Halted(reason) => write!(
                 f,
-                "replication halted (reason {code}): {}; this replica takes no further part",
-                halt_reason(*code)
+                "replication halted (reason {}): {}; this replica takes no further part",
+                reason.code(),
+                reason.describe()
             ),
             NodeError::Refused => write!(
                 f,
@@ -390,9 +380,9 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
         }
     }
 
-    /// Nonzero once the replication plane halted: the reason.
-    pub fn halted(&self) -> u32 {
-        self.published[HALTED] as u32
+    /// Why the replication plane halted, once it did.
+    pub fn halted(&self) -> Option<Halt> {
+        Halt::from_code(self.published[HALTED] as u32)
     }
 
     /// Takes client commands from the port; true when it took any.
@@ -469,7 +459,7 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
             leading,
             status.fast_path as u64,
             status.applied,
-            status.halted as u64,
+            status.halted.map_or(0, |reason| reason.code() as u64),
             self.shared.leader().map_or(0, |l| l as u64 + 1),
             self.shared.alive() as u64,
             status.queued as u64,
@@ -553,11 +543,14 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
                 ),
             }
         }
-        if values[HALTED] != 0 && self.published[HALTED] == 0 {
+        if let (Some(reason), 0) = (
+            Halt::from_code(values[HALTED] as u32),
+            self.published[HALTED],
+        ) {
             eprintln!(
                 "[{at:.3} ms] replica {me}: HALTED (reason {}): {}",
-                values[HALTED],
-                halt_reason(values[HALTED] as u32)
+                reason.code(),
+                reason.describe()
             );
         }
     }
@@ -899,8 +892,8 @@ fn run_loops<F: Fabric + Send>(
                         return Pace::Stop;
                     }
                     let role = replication.step();
-                    if replication.halted() != 0 {
-                        halted.store(replication.halted(), Ordering::Relaxed);
+                    if let Some(reason) = replication.halted() {
+                        halted.store(reason.code(), Ordering::Relaxed);
                         background_bell.ring();
                         return Pace::Stop;
                     }
@@ -961,9 +954,9 @@ fn run_loops<F: Fabric + Send>(
     if refused.load(Ordering::Relaxed) {
         return Err(NodeError::Refused);
     }
-    match halted.load(Ordering::Relaxed) {
-        0 => Ok(()),
-        code => Err(NodeError::Halted(code)),
+    match Halt::from_code(halted.load(Ordering::Relaxed)) {
+        None => Ok(()),
+        Some(reason) => Err(NodeError::Halted(reason)),
     }
 }
 

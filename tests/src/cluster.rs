@@ -269,7 +269,7 @@ type StatusKey = (
     Option<u32>,
     bool,
     bool,
-    u32,
+    Option<mu_nostd::Halt>,
     bool,
     bool,
 );
@@ -1016,7 +1016,7 @@ impl<'s> Sim<'s> {
     fn trace_status(&mut self, id: usize) {
         let bg = self.nodes[id].replica.background.status();
         let rp = self.nodes[id].replica.replication.status();
-        if rp.halted != 0 {
+        if rp.halted.is_some() {
             let leaders: Vec<_> = self
                 .nodes
                 .iter()
@@ -1075,7 +1075,7 @@ impl<'s> Sim<'s> {
             rp.queued,
             rp.deadline_doublings,
             if bg.heartbeat_stopped { " HEARTBEAT STOPPED" } else { "" },
-            if rp.halted != 0 { " HALTED (lapped)" } else { "" },
+            if rp.halted.is_some() { " HALTED (lapped)" } else { "" },
             if rp.catching_up { " INSTALLING A SNAPSHOT" } else { "" },
         ));
     }
@@ -1091,13 +1091,13 @@ impl<'s> Sim<'s> {
         let running: Vec<usize> = (0..self.nodes.len())
             .filter(|&id| {
                 self.nodes[id].life == Life::Running
-                    && self.nodes[id].replica.replication.status().halted == 0
+                    && self.nodes[id].replica.replication.status().halted.is_none()
             })
             .collect();
         self.report.halts = self
             .nodes
             .iter()
-            .filter(|n| n.replica.replication.status().halted != 0)
+            .filter(|n| n.replica.replication.status().halted.is_some())
             .count() as u32;
         self.report.max_applied = self
             .nodes

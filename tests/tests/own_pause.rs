@@ -165,7 +165,7 @@ impl Seen {
         if member.catching_up {
             self.transfer_at.get_or_insert(tick);
         }
-        if member.halted != 0 {
+        if member.halted.is_some() {
             self.halted_at.get_or_insert(tick);
         }
         let view = trio.replicas[FOLLOWER as usize].background.status().leader;

@@ -242,8 +242,8 @@ fn main() -> ExitCode {
             id,
             kv_keys,
         } => match replica(&config, id, kv_keys) {
-            Err(node::NodeError::Halted(code)) => {
-                eprintln!("mu: replica {id}: {}", node::NodeError::Halted(code));
+            Err(node::NodeError::Halted(reason)) => {
+                eprintln!("mu: replica {id}: {}", node::NodeError::Halted(reason));
                 return ExitCode::from(EXIT_HALTED);
             }
             Err(node::NodeError::Refused) => {

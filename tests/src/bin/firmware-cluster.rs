@@ -806,10 +806,8 @@ fn print_console(cluster: &Cluster, id: u8, life: u32) {
 
 /// What a halt reason from the core means.
 fn halt_reason(code: u32) -> &'static str {
-    match code {
-        mu_nostd::HALT_LAPPED => {
-            "lapped: it needs positions no log holds and could not install a snapshot"
-        }
-        _ => "a reason this harness does not know",
+    match mu_nostd::Halt::from_code(code) {
+        Some(reason) => reason.describe(),
+        None => "a reason this harness does not know",
     }
 }
