@@ -25,11 +25,21 @@ impl Bytes {
     }
 }
 
+/// Rounds of a fuzz loop: all of them natively, a hundredth under Miri (which interprets every
+/// instruction: the full loops take minutes there).
+fn rounds(native: usize) -> usize {
+    if cfg!(miri) {
+        native / 100
+    } else {
+        native
+    }
+}
+
 #[test]
 fn random_slots_never_open() {
     let mut rng = Bytes(0x5EED);
     let mut buf = [0u8; 512];
-    for round in 0..20_000 {
+    for round in 0..rounds(20_000) {
         let size = [128usize, 192, 256, 512][round % 4];
         rng.fill(&mut buf[..size]);
         if round % 3 == 0 {
@@ -48,7 +58,7 @@ fn random_slots_never_open() {
 fn mutated_slots_never_open_as_something_else() {
     let mut rng = Bytes(0xF00D);
     let payload = [0xABu8; 40];
-    for round in 0..5_000u64 {
+    for round in 0..rounds(5_000) as u64 {
         let header = SlotHeader {
             position: round,
             chain_prev: rng.next(),
@@ -84,7 +94,7 @@ fn random_records_headers_commits_and_ids_are_rejected() {
     let mut rng = Bytes(0xBEEF);
     let config = Config::new(3);
     let mut bytes = [0u8; HEADER_BYTES as usize];
-    for _ in 0..20_000 {
+    for _ in 0..rounds(20_000) {
         rng.fill(&mut bytes);
         let offset = (rng.next() % 4096) as u32 & !7;
         assert_eq!(record::decode(offset, &bytes[..16]), None);
@@ -98,7 +108,7 @@ fn random_records_headers_commits_and_ids_are_rejected() {
 #[test]
 fn commit_records_round_trip_and_reject_flips() {
     let mut rng = Bytes(0xC0);
-    for _ in 0..2_000 {
+    for _ in 0..rounds(2_000) {
         let (offset, commit, chain) = (64 * (rng.next() % 100) as u32, rng.next(), rng.next());
         let mut bytes = encode_commit(offset, commit, chain);
         assert_eq!(
