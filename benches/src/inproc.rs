@@ -24,7 +24,7 @@ use mu_nostd::{
     Ticket,
 };
 use runtime_linux::clock::cycles_end;
-use runtime_linux::shm::{Lane, OwnRegion, RegionDir, ShmFabric};
+use runtime_linux::shm::{OwnRegion, RegionDir, ShmFabric};
 
 /// The largest payload a benchmark replicates (one slot).
 pub const PAYLOAD_MAX: usize = 4096;
@@ -259,12 +259,12 @@ impl<'s> Cluster<'s> {
             replication.push(ReplicationSide {
                 id,
                 plane,
-                fabric: fabric(Lane::Replication),
+                fabric: fabric(mu_nostd::fabric::Plane::Replication),
                 tally: Tally::default(),
             });
             background.push(BackgroundSide {
                 plane: bg,
-                fabric: fabric(Lane::Background),
+                fabric: fabric(mu_nostd::fabric::Plane::Background),
             });
         }
         Ok(Cluster {

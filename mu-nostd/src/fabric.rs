@@ -1,33 +1,173 @@
 //! The `Fabric`: one-sided reads and writes to the other replicas' regions, local access to this
-//! replica's own region, and the owner's permission switches. The contract every implementation
-//! honours (simulator, shared memory, verbs, firmware) is in `architecture.md`; in short:
+//! replica's own region, and the owner's permission switches.
 //!
-//! 1. Every replica's region has the same layout ([`crate::layout`]).
-//! 2. `write` and `read` are posted, never block, and complete later through `poll`, carrying the
-//!    work-request id the core chose. A successful write completion means the bytes are in the
-//!    peer's region. A write takes its bytes from this replica's own region at `local_offset`, at
-//!    any time until it completes; a read lands in this replica's own region at `local_offset`
-//!    and its bytes are meaningful only once it has completed successfully.
-//! 3. Operations to one peer complete in the order posted. Nothing is ordered across peers.
-//! 4. The bytes of one write may become visible in any order and a read may observe a write half
-//!    done. The core never relies on landing order: slots and records carry checksums.
-//! 5. The log area accepts writes from at most the peer its owner granted; `revoke` is
-//!    synchronous: once it returns, no write of that peer lands in the log area again, even one
-//!    already posted. The background area is writable by all.
-//! 6. A refused write completes with [`Status::Denied`] and breaks the writer's connection to that
-//!    peer: every later post fails with [`PostError::Broken`] until `reconnect`.
-//! 7. A crashed or cut-off peer may never complete an operation. `reconnect` drops whatever is
-//!    outstanding on the connection (it completes with `Failed` or never); the core ignores
-//!    completions that predate a reconnect and never waits without a deadline.
-//! 8. Outstanding work per peer is bounded; posting beyond the bound fails with
-//!    [`PostError::Busy`] and never allocates.
-//! 9. A fabric that learns for certain that a life of a peer ended (the kernel says its process
-//!    died, the board says its link or watchdog went down) reports it through `ended_life`,
-//!    naming the life. It may learn late or never, and a restarted peer's old life stays ended:
-//!    the core acts only on a notice for the life it currently trusts.
+//! # The contract
+//!
+//! Every fabric (the simulator's world, shared memory, verbs, the firmware's window) honours these
+//! rules; `docs/fabric-contract.md` says how each one meets them, and the simulator enforces them
+//! adversarially.
+//!
+//! 1. **One layout.** Each replica owns one region laid out identically everywhere
+//!    (`mu-nostd/src/layout.rs`), starting with a header (magic, layout version, replica count,
+//!    configuration hash, check). A replica trusts nothing of a peer before that peer's header
+//!    matched its own configuration.
+//! 2. **Posted, never blocking.** `write` and `read` return at once and complete later through
+//!    `poll`, carrying the caller's `wr_id`. A write takes its bytes from the writer's own region at
+//!    `local_offset`, at any moment until it completes (DMA reads late): the core does not change
+//!    those bytes meanwhile, and when it does anyway (a new tenure rewrites a slot), checksums reject
+//!    the mixture. A read lands in the reader's own region at `local_offset`; its bytes mean
+//!    something only after a successful completion. A successful write completion means the bytes
+//!    are in the peer's region.
+//! 3. **Per-peer completion order.** Operations of one plane to one peer complete in the order
+//!    posted. Nothing is ordered across peers or planes. The core does *not* rely on the order in
+//!    which the bytes of different writes become visible: the slot chain (below) makes a follower
+//!    wait for the slot it needs whatever order they land in.
+//! 4. **Torn bytes.** The bytes of one write may land in any order and a read may see a write half
+//!    done. Every slot carries a checksum over its header and payload and its position; every record
+//!    a check over its value and its own offset; so a torn, half-read, stale or misplaced item is
+//!    never taken for a valid one.
+//! 5. **One writer per log.** The log area of a region accepts writes only from the peer its owner
+//!    granted, and the background area from every peer's background plane. A replication-plane
+//!    write to an owner that has not granted the writer may be refused whatever the area (on
+//!    verbs the grant is the replication-plane queue pair's write access; the simulator refuses
+//!    such writes too), so the core sends what a non-leader writes into a peer's background area
+//!    (a state-transfer request) through its background plane. `grant` and `revoke` act on the owner's own
+//!    region and are synchronous: once `revoke(p)` returns, no write of `p` posted before it lands in
+//!    the log area, *even if `p` is granted again later*. The owner always revokes a requester
+//!    before granting it, and a leader that stands down drops its connections (rule 7): together
+//!    they fence every write of an earlier tenure, which on real queue pairs is checked against the
+//!    access flags when it executes, not when it was posted (the simulator found a stale write that
+//!    landed after a re-grant and overwrote a decided slot before these fences existed).
+//! 6. **Refusal breaks the connection.** A write refused by permissions completes with `Denied`,
+//!    and every later operation on that connection fails until `reconnect` (what RDMA does: remote
+//!    access error, queue pair in the error state).
+//! 7. **Deadlines are the core's job.** A crashed or cut-off peer may never complete an operation.
+//!    `reconnect(peer)` drops whatever is outstanding on that plane's connection to `peer`: those
+//!    operations complete with `Failed` or never, and **none of them lands after `reconnect`
+//!    returns**. The core ignores completions from before a reconnect (the work-request id carries
+//!    a connection epoch) and never waits without a deadline.
+//! 8. **Bounded work.** Outstanding work per connection is bounded; posting beyond the bound fails
+//!    with `Busy` and never allocates.
+//! 9. **Dead means unreachable.** Once a replica's process has died, operations to its region
+//!    fail (complete `Failed`): a successful completion always means a *live* replica holds the
+//!    bytes. The core counts a write completion as that replica holding the value, and a restarted
+//!    replica comes back with an empty log, so counting a dead process's leftover memory could
+//!    count a copy that a restart then throws away. (RDMA gives this by itself: the kernel tears
+//!    down a dead process's memory registrations and queue pairs.)
+//! 10. **A new life starts closed.** A replica that restarts (a new process, a re-launched VM) has
+//!     a new region that grants nobody, and no operation posted to or by its earlier life lands in
+//!     the new one: those complete `Failed` (or never) and break the connection, so a peer that
+//!     talked to the earlier life must `reconnect` and sees only the new one. The core relies on it
+//!     for recovery: what a tenure read from a member and its acks belong to one life of it, and a
+//!     write that lands in a member's log proves that this life granted the tenure. (The simulator's
+//!     restart event does exactly this; shared memory gets it from the fresh region file and the
+//!     incarnation word, verbs from the peer's new queue pairs, the firmware window from the
+//!     re-initialised part of the window.)
+//! 11. **Two planes, two fabric values.** The replication plane and the background plane each get
+//!     their own `Fabric` value (own connections, own completion queue) over the same region, so that
+//!     each drains only its own completions.
+//! 12. **Certain death is reported, never guessed.** `ended_life(peer)` names the latest life
+//!     (the incarnation the peer wrote into its region header) that the fabric knows for certain
+//!     ended: the kernel said the process died, the board said its link or watchdog went down. A
+//!     slow, stopped or cut-off peer is never reported. The notice may come late or never, and after
+//!     a restart it still names the old life. The core fails a peer at once only when the notice
+//!     names the life whose header it verified, and safety never depends on it (permissions
+//!     decide). The simulator delivers notices after a random delay, loses a quarter of them, keeps
+//!     them after restarts, and asserts that a notice never names a running life; the planted
+//!     defect `bug-stale-death` (take any notice, whatever life it names) keeps a restarted replica
+//!     failed forever and is caught.
+//! 13. **Post checks, one order.** Every fabric refuses a bad post the same way, with the checks of
+//!     [`check_post`] in their order (`NoSuchPeer`, then `OutOfBounds` for the local range, the
+//!     remote range and a background-plane write into the log area), then its connection's
+//!     (`Broken`, then `Busy`). A `grant` or `revoke` naming no other replica of the cluster does
+//!     nothing.
+
+use crate::layout::Layout;
 
 /// A replica's id: its index in the cluster configuration, `0..replica_count`.
 pub type ReplicaId = u8;
+
+/// Which of a replica's two planes a `Fabric` value serves (rule 11): each has its own
+/// connections and completion queue over the same region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[repr(u8)]
+pub enum Plane {
+    /// The leader's log replication (slots, records, catch-up, state transfer reads).
+    Replication = 0,
+    /// Heartbeats, failure detection, permission requests and acks, transfer requests.
+    Background = 1,
+}
+
+impl Plane {
+    /// Both planes.
+    pub const ALL: [Plane; 2] = [Plane::Replication, Plane::Background];
+
+    /// The plane a byte names (its `repr`), if any.
+    pub const fn from_byte(b: u8) -> Option<Plane> {
+        match b {
+            0 => Some(Plane::Replication),
+            1 => Some(Plane::Background),
+            _ => None,
+        }
+    }
+
+    /// Its name in messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Plane::Replication => "replication",
+            Plane::Background => "background",
+        }
+    }
+}
+
+/// What a posted operation does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Op {
+    /// A one-sided write into the peer's region.
+    Write,
+    /// A one-sided read of the peer's region.
+    Read,
+}
+
+/// The checks every fabric makes, in this order, when `me`'s `plane` posts `op` of `len` bytes
+/// between its own `local` offset and `peer`'s `remote` offset (rule 13); each fabric then
+/// checks its connection (`Broken`, then `Busy`).
+///
+/// 1. `NoSuchPeer` unless `peer` is another replica of the cluster.
+/// 2. `OutOfBounds` unless `[local, local + len)` lies in the region.
+/// 3. `OutOfBounds` unless `[remote, remote + len)` lies where peers may reach: a write inside
+///    the background area or inside the log area, a read anywhere below the scratch area.
+/// 4. `OutOfBounds` for a background-plane write into the log area: only the replication plane
+///    carries the grant (rule 5).
+pub fn check_post(
+    layout: &Layout,
+    me: ReplicaId,
+    plane: Plane,
+    op: Op,
+    peer: ReplicaId,
+    (local, remote, len): (u32, u32, u32),
+) -> Result<(), PostError> {
+    if peer >= layout.replica_count || peer == me {
+        return Err(PostError::NoSuchPeer);
+    }
+    let within = |offset: u32, start: u32, end: u32| {
+        offset >= start && (offset as u64 + len as u64) <= end as u64
+    };
+    if !within(local, 0, layout.region_bytes) {
+        return Err(PostError::OutOfBounds);
+    }
+    let in_log = within(remote, layout.log, layout.transfer);
+    let reachable = match op {
+        Op::Write => within(remote, layout.background, layout.log) || in_log,
+        Op::Read => within(remote, 0, layout.scratch),
+    };
+    if !reachable || (op == Op::Write && plane == Plane::Background && in_log) {
+        return Err(PostError::OutOfBounds);
+    }
+    Ok(())
+}
 
 /// How a posted operation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,4 +265,62 @@ pub trait Fabric {
 
     /// Writes bytes into this replica's own region.
     fn store(&mut self, offset: u32, bytes: &[u8]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn post_checks_come_in_one_order() {
+        let layout = Layout::new(&Config::new(3));
+        let check = |plane, op, peer, local, remote, len| {
+            check_post(&layout, 1, plane, op, peer, (local, remote, len))
+        };
+        let (r, b) = (Plane::Replication, Plane::Background);
+        let (slot, scratch) = (layout.slot(0), layout.scratch);
+        assert_eq!(check(r, Op::Write, 0, scratch, slot, 64), Ok(()));
+        assert_eq!(check(r, Op::Read, 2, scratch, layout.offer(), 64), Ok(()));
+        assert_eq!(
+            check(b, Op::Write, 0, scratch, layout.heartbeat(), 16),
+            Ok(())
+        );
+        // 1. The peer first, whatever else is wrong.
+        assert_eq!(
+            check(b, Op::Write, 1, u32::MAX, slot, 64),
+            Err(PostError::NoSuchPeer)
+        );
+        assert_eq!(
+            check(r, Op::Read, 3, scratch, slot, 64),
+            Err(PostError::NoSuchPeer)
+        );
+        let oob = Err(PostError::OutOfBounds);
+        // 2. The local range.
+        assert_eq!(
+            check(r, Op::Write, 0, layout.region_bytes - 8, slot, 64),
+            oob
+        );
+        assert_eq!(check(r, Op::Write, 0, u32::MAX, slot, 2), oob);
+        // 3. The remote range: a write within one area, a read below the scratch area.
+        assert_eq!(check(r, Op::Write, 0, scratch, layout.log - 8, 16), oob);
+        assert_eq!(check(r, Op::Write, 0, scratch, layout.offer(), 16), oob);
+        assert_eq!(
+            check(r, Op::Write, 0, scratch, 0, 16),
+            oob,
+            "the region header"
+        );
+        assert_eq!(check(r, Op::Read, 0, scratch, scratch, 16), oob);
+        // 4. A background-plane write into the log area, granted or not.
+        assert_eq!(check(b, Op::Write, 0, scratch, slot, 64), oob);
+        assert_eq!(check(b, Op::Read, 0, scratch, slot, 64), Ok(()));
+    }
+
+    #[test]
+    fn planes_round_trip_their_byte() {
+        for plane in Plane::ALL {
+            assert_eq!(Plane::from_byte(plane as u8), Some(plane));
+        }
+        assert_eq!(Plane::from_byte(2), None);
+    }
 }

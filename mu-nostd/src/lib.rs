@@ -70,7 +70,7 @@ mod fuzz_tests;
 
 pub use background::{BackgroundPlane, BackgroundStatus, PeerHeader};
 pub use config::{Config, ConfigError, DetectorConfig};
-pub use fabric::{Completion, Fabric, PostError, ReplicaId, Status};
+pub use fabric::{check_post, Completion, Fabric, Op, Plane, PostError, ReplicaId, Status};
 pub use layout::Layout;
 pub use leader::{LeaderStatus, MemberPhase, MemberStatus, TenurePhase};
 pub use queue::REQUESTS_MAX;

@@ -11,7 +11,7 @@
 //! - Outcomes of an older generation are never reported (rule 7).
 
 use mu_nostd::config::REPLICAS_MAX;
-use mu_nostd::{Completion, Fabric, PostError, ReplicaId, Status};
+use mu_nostd::{check_post, Completion, Fabric, Op, PostError, ReplicaId, Status};
 
 use crate::permissions::Permissions;
 use crate::ring::{self, Count, Kind, Request, Ring, RING_DEPTH};
@@ -102,23 +102,15 @@ impl<'w> WindowFabric<'w> {
     }
 
     fn post(&mut self, peer: ReplicaId, request: Request, wr_id: u64) -> Result<(), PostError> {
-        if peer >= self.layout.replica_count || peer == self.me {
-            return Err(PostError::NoSuchPeer);
-        }
-        let region = u64::from(self.layout.region.region_bytes);
-        let fits = |offset: u32| u64::from(offset) + u64::from(request.len) <= region;
-        if !fits(request.local) || !fits(request.remote) {
-            return Err(PostError::OutOfBounds);
-        }
-        let log_write = request.kind == Kind::Write as u32
-            && self
-                .layout
-                .region
-                .touches_log_area(request.remote, request.len);
-        if log_write && self.plane == Plane::Background {
-            // The background plane never writes a log; only replication rings are fenced.
-            return Err(PostError::OutOfBounds);
-        }
+        // Rule 13. The background plane never writes a log, so only replication rings are
+        // fenced at a revoke.
+        let op = if request.kind == Kind::Write as u32 {
+            Op::Write
+        } else {
+            Op::Read
+        };
+        let range = (request.local, request.remote, request.len);
+        check_post(&self.layout.region, self.me, self.plane, op, peer, range)?;
         let ring = self.ring(peer);
         let connection = &mut self.connections[peer as usize];
         if connection.broken {
@@ -230,6 +222,9 @@ impl Fabric for WindowFabric<'_> {
     }
 
     fn grant(&mut self, peer: ReplicaId) {
+        if peer >= self.layout.replica_count || peer == self.me {
+            return; // Rule 13: no other replica of the cluster, nothing to grant.
+        }
         self.permissions.grant(peer);
     }
 

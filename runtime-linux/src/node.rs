@@ -34,9 +34,9 @@ use crate::clock::{cycles_end, cycles_start, monotonic_ns, Ticker};
 use crate::kv::{self, Kv};
 use crate::port::{Outcome, Port, Response, Stat, COMMAND_MAX};
 use crate::procfs::IsolatedCores;
-use crate::shm::{Lane, LifeHold, LifeWatch, OwnRegion, Previous, RegionDir, ShmError, ShmFabric};
+use crate::shm::{LifeHold, LifeWatch, OwnRegion, Plane, Previous, RegionDir, ShmError, ShmFabric};
 #[cfg(feature = "verbs")]
-use crate::verbs::{wire::Plane, Endpoint, VerbsError, VerbsFabric};
+use crate::verbs::{Endpoint, VerbsError, VerbsFabric};
 
 /// What a verbs deployment says to a build without the verbs fabric.
 pub const NO_VERBS: &str = "this mu was built without the verbs fabric: rebuild with \
@@ -750,8 +750,8 @@ impl Parts {
         self.loops_over(
             spec,
             shared,
-            fabric(Lane::Replication),
-            fabric(Lane::Background),
+            fabric(Plane::Replication),
+            fabric(Plane::Background),
         )
     }
 
@@ -883,7 +883,7 @@ fn run_loops<F: Fabric + Send>(
         named("repl")
             .spawn_scoped(scope, move || {
                 place_thread(id, "replication", rc, replication_priority);
-                let _life = hold_life(own, id, Lane::Replication);
+                let _life = hold_life(own, id, Plane::Replication);
                 let mut acting = shared.acting();
                 let mut idle_since = None;
                 let rest = |bell: Bell<'_>, seen, pause| bell.sleep(seen, pause);
@@ -924,7 +924,7 @@ fn run_loops<F: Fabric + Send>(
         named("bg")
             .spawn_scoped(scope, move || {
                 place_thread(id, "background", bc, background_priority);
-                let _life = hold_life(own, id, Lane::Background);
+                let _life = hold_life(own, id, Plane::Background);
                 let mut lead = shared.lead();
                 let rest = |bell: Bell<'_>, seen, pause| match watch.as_mut() {
                     Some(watch) => {
@@ -1042,7 +1042,7 @@ fn lock_memory(id: ReplicaId) {
 
 /// Has the calling thread hold `lane`'s life mutex, saying so when it cannot (peers then learn
 /// of this replica's death from its owner mutex alone, a little later).
-fn hold_life(own: &OwnRegion, id: ReplicaId, lane: Lane) -> Option<LifeHold<'_>> {
+fn hold_life(own: &OwnRegion, id: ReplicaId, lane: Plane) -> Option<LifeHold<'_>> {
     own.hold_life(lane)
         .map_err(|e| eprintln!("replica {id}: cannot hold the {lane:?} plane's life mutex: {e}"))
         .ok()

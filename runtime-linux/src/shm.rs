@@ -74,7 +74,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mu_nostd::config::REPLICAS_MAX;
 use mu_nostd::layout::HEADER_BYTES;
-use mu_nostd::{Completion, Config, Fabric, Layout, PostError, ReplicaId, Status};
+use mu_nostd::{Completion, Config, Fabric, Layout, Op, PostError, ReplicaId, Status};
 
 use crate::bell::{Bell, FutexWaitv};
 use crate::mem::{copy, copy_in, copy_out, page_size, Mapping};
@@ -111,7 +111,7 @@ const C_OWNER_MUTEX: usize = 2048;
 const C_LIFE_MUTEXES: usize = C_OWNER_MUTEX + 64;
 const _: () = assert!(C_LIFE_MUTEXES + LANES * 64 <= C_BACKGROUND_BELL);
 
-fn life_mutex(lane: Lane) -> usize {
+fn life_mutex(lane: Plane) -> usize {
     C_LIFE_MUTEXES + 64 * lane as usize
 }
 const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
@@ -141,24 +141,18 @@ fn line(writer: ReplicaId, word: usize) -> usize {
     64 * (1 + writer as usize) + word
 }
 
-fn inflight(writer: ReplicaId, lane: Lane) -> usize {
+fn inflight(writer: ReplicaId, lane: Plane) -> usize {
     line(writer, L_LANES + lane as usize * LANE_BYTES)
 }
 
-fn copier(writer: ReplicaId, lane: Lane) -> usize {
+fn copier(writer: ReplicaId, lane: Plane) -> usize {
     inflight(writer, lane) + 8
 }
 
-/// Which plane of a replica a fabric serves: each plane's thread has its own in-flight marker
-/// in every peer's control page, so that one plane finishing a copy never clears the mark of a
-/// copy the other plane has under way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lane {
-    /// The replication plane.
-    Replication = 0,
-    /// The background plane.
-    Background = 1,
-}
+/// Which plane of a replica a fabric serves (the core's vocabulary): each plane's thread has its
+/// own in-flight marker in every peer's control page, so that one plane finishing a copy never
+/// clears the mark of a copy the other plane has under way.
+pub use mu_nostd::Plane;
 
 /// What a region file's control page says about one writer, for diagnostics and tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,11 +174,11 @@ pub fn inspect_writer(path: &Path, writer: ReplicaId) -> io::Result<WriterLine> 
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)?;
     let control = Mapping::map(&file, CONTROL_BYTES)?;
-    let lane = |lane: Lane| control.word(inflight(writer, lane)).load(SeqCst) != 0;
+    let lane = |lane: Plane| control.word(inflight(writer, lane)).load(SeqCst) != 0;
     Ok(WriterLine {
         granted: control.word(line(writer, L_GATE)).load(SeqCst) == GATE_OPEN,
         pid: control.word(line(writer, L_PID)).load(SeqCst) as u32,
-        in_flight: [lane(Lane::Replication), lane(Lane::Background)],
+        in_flight: [lane(Plane::Replication), lane(Plane::Background)],
     })
 }
 
@@ -433,7 +427,7 @@ impl OwnRegion {
             .word(C_OWNER_START)
             .store(procfs::own_start_time(), SeqCst);
         mapping.word(C_INCARNATION).store(incarnation, SeqCst);
-        for lane in [Lane::Replication, Lane::Background] {
+        for lane in [Plane::Replication, Plane::Background] {
             init_robust_mutex(&mapping, life_mutex(lane))
                 .map_err(io_error(&staging, "initialise a life mutex"))?;
         }
@@ -482,7 +476,7 @@ impl OwnRegion {
     /// dropped: a plane's thread holds it while it runs, so that the kernel marks this life
     /// ended as soon as that thread dies. Fails when another thread holds it, or when a thread
     /// already died holding it (this life is over: it must not look alive again).
-    pub fn hold_life(&self, lane: Lane) -> io::Result<LifeHold<'_>> {
+    pub fn hold_life(&self, lane: Plane) -> io::Result<LifeHold<'_>> {
         let offset = life_mutex(lane);
         if self.mapping.word32(offset).load(SeqCst) & FUTEX_OWNER_DIED != 0 {
             return Err(io::Error::from_raw_os_error(libc::EOWNERDEAD));
@@ -511,8 +505,8 @@ impl OwnRegion {
     /// Closes the log area to `writer` and waits until no copy of it is under way.
     pub fn revoke(&self, writer: ReplicaId) {
         self.gate(writer).store(GATE_CLOSED, SeqCst);
-        fence_writer(&self.mapping, writer, self.id, Lane::Replication);
-        fence_writer(&self.mapping, writer, self.id, Lane::Background);
+        fence_writer(&self.mapping, writer, self.id, Plane::Replication);
+        fence_writer(&self.mapping, writer, self.id, Plane::Background);
     }
 
     /// Where region offset `offset` is in this process (the region starts page-aligned).
@@ -662,8 +656,8 @@ fn owner_alive(mapping: &Mapping) -> bool {
 fn life_words(mapping: &Mapping) -> [(&AtomicU32, bool); 1 + LANES] {
     [
         (mapping.word32(C_OWNER_MUTEX), true),
-        (mapping.word32(life_mutex(Lane::Replication)), false),
-        (mapping.word32(life_mutex(Lane::Background)), false),
+        (mapping.word32(life_mutex(Plane::Replication)), false),
+        (mapping.word32(life_mutex(Plane::Background)), false),
     ]
 }
 
@@ -743,8 +737,8 @@ fn retire(path: &Path, id: ReplicaId) -> Result<(Previous, u64), ShmError> {
     for writer in 0..REPLICAS_MAX {
         old.word(line(writer, L_GATE)).store(GATE_CLOSED, SeqCst);
         if writer != id {
-            fence_writer(&old, writer, id, Lane::Replication);
-            fence_writer(&old, writer, id, Lane::Background);
+            fence_writer(&old, writer, id, Plane::Replication);
+            fence_writer(&old, writer, id, Plane::Background);
         }
     }
     let pid = old.word(C_OWNER_PID).load(SeqCst) as u32;
@@ -764,7 +758,7 @@ fn next_incarnation(last: u64) -> u64 {
 /// owner is `owner`). A marker of a dead writer or of an earlier incarnation is cleared; a
 /// writer whose copying thread is stopped in the middle of a copy is killed, the only way to
 /// fence it.
-fn fence_writer(mapping: &Mapping, writer: ReplicaId, owner: ReplicaId, lane: Lane) {
+fn fence_writer(mapping: &Mapping, writer: ReplicaId, owner: ReplicaId, lane: Plane) {
     let marker_word = mapping.word(inflight(writer, lane));
     let mut spins = 0u32;
     loop {
@@ -853,7 +847,7 @@ impl Peer {
 /// completion queue); both share the replica's [`OwnRegion`].
 pub struct ShmFabric {
     me: ReplicaId,
-    lane: Lane,
+    lane: Plane,
     config: Config,
     layout: Layout,
     dir: RegionDir,
@@ -864,7 +858,7 @@ pub struct ShmFabric {
 
 impl ShmFabric {
     /// The fabric of one plane (`lane`) of replica `own`'s process.
-    pub fn new(dir: RegionDir, config: Config, own: Arc<OwnRegion>, lane: Lane) -> ShmFabric {
+    pub fn new(dir: RegionDir, config: Config, own: Arc<OwnRegion>, lane: Plane) -> ShmFabric {
         ShmFabric {
             me: own.id,
             lane,
@@ -882,10 +876,9 @@ impl ShmFabric {
         self.peers.get(peer as usize)?.refusal.as_deref()
     }
 
-    fn check_peer(&self, peer: ReplicaId) -> Result<(), PostError> {
-        if !self.config.contains(peer) || peer == self.me {
-            return Err(PostError::NoSuchPeer);
-        }
+    /// Rule 13: the core's checks, then the connection's.
+    fn check_post(&self, op: Op, peer: ReplicaId, range: (u32, u32, u32)) -> Result<(), PostError> {
+        mu_nostd::check_post(&self.layout, self.me, self.lane, op, peer, range)?;
         let state = &self.peers[peer as usize];
         if state.broken {
             return Err(PostError::Broken);
@@ -894,21 +887,6 @@ impl ShmFabric {
             return Err(PostError::Busy);
         }
         Ok(())
-    }
-
-    fn in_region(&self, offset: u32, len: u32) -> bool {
-        offset as u64 + len as u64 <= self.layout.region_bytes as u64
-    }
-
-    /// Peers may write a region's header, background and log areas, and read its transfer area
-    /// too; its scratch area is never remote (as on the verbs fabric).
-    fn remote_visible(&self, offset: u32, len: u32, write: bool) -> bool {
-        let end = if write {
-            self.layout.transfer
-        } else {
-            self.layout.scratch
-        };
-        offset as u64 + len as u64 <= end as u64
     }
 
     /// Maps `peer`'s current region file, checking that it is a region of this cluster whose
@@ -1068,7 +1046,7 @@ impl ShmFabric {
             Status::Ok
         };
         inflight.store(0, SeqCst);
-        if lane == Lane::Background && status == Status::Ok {
+        if lane == Plane::Background && status == Status::Ok {
             Bell::in_mapping(mapping, C_BACKGROUND_BELL).ring();
         }
         status
@@ -1084,10 +1062,7 @@ impl Fabric for ShmFabric {
         len: u32,
         wr_id: u64,
     ) -> Result<(), PostError> {
-        self.check_peer(peer)?;
-        if !self.in_region(local_offset, len) || !self.remote_visible(remote_offset, len, true) {
-            return Err(PostError::OutOfBounds);
-        }
+        self.check_post(Op::Write, peer, (local_offset, remote_offset, len))?;
         let status = self.copy_to_peer(peer, local_offset, remote_offset, len);
         self.complete(peer, wr_id, status);
         Ok(())
@@ -1101,10 +1076,7 @@ impl Fabric for ShmFabric {
         len: u32,
         wr_id: u64,
     ) -> Result<(), PostError> {
-        self.check_peer(peer)?;
-        if !self.in_region(local_offset, len) || !self.remote_visible(remote_offset, len, false) {
-            return Err(PostError::OutOfBounds);
-        }
+        self.check_post(Op::Read, peer, (local_offset, remote_offset, len))?;
         let dst = self.own.region(local_offset);
         let status = match self.live_mapping(peer) {
             Some((_, _, true)) if remote_offset as u64 + len as u64 > HEADER_BYTES as u64 => {

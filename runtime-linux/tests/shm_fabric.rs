@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mu_nostd::{Completion, Config, Fabric, Layout, PostError, ReplicaId, Status};
 use runtime_linux::shm::{
-    inspect_writer, Lane, LifeWatch, OwnRegion, Previous, RegionDir, ShmError, ShmFabric,
+    inspect_writer, LifeWatch, OwnRegion, Plane, Previous, RegionDir, ShmError, ShmFabric,
     CONTROL_BYTES, OUTSTANDING_MAX,
 };
 
@@ -86,7 +86,7 @@ fn three_regions(dir: &RegionDir, config: &Config) -> [Arc<OwnRegion>; 3] {
 }
 
 fn fabric(dir: &RegionDir, config: Config, own: &Arc<OwnRegion>) -> ShmFabric {
-    ShmFabric::new(dir.clone(), config, own.clone(), Lane::Replication)
+    ShmFabric::new(dir.clone(), config, own.clone(), Plane::Replication)
 }
 
 /// What every fencing test starts from: replica 1's region (the big log) in a fresh directory, its
@@ -792,24 +792,20 @@ fn log_area_permissions() {
     // No grant: refused, nothing lands.
     denied(&mut f0, layout.log, 256, 10, "log write without grant");
     assert_same(&snapshot(&f1), &initial, "after a denied log write");
-    // Straddling the start of the log area: refused as a whole, the background part too.
-    denied(
-        &mut f0,
-        layout.log - 8,
-        16,
-        20,
-        "write across the log start",
-    );
     denied(&mut f0, log_end - 16, 16, 30, "write at the log end");
-    denied(
-        &mut f0,
-        layout.background,
-        log_end - layout.background,
-        40,
-        "write over the whole log",
-    );
-    // Beyond the log area lies the transfer area, which only its owner writes: refused at post.
+    // A write lies in one area (rule 13): one across the start of the log area is refused at
+    // post, as is one beyond it, into the transfer area, which only its owner writes.
     let oob = Err(PostError::OutOfBounds);
+    assert_eq!(
+        f0.write(1, 0, layout.log - 8, 16, 20),
+        oob,
+        "write across the log start"
+    );
+    assert_eq!(
+        f0.write(1, 0, layout.background, log_end - layout.background, 40),
+        oob,
+        "write over the whole log"
+    );
     assert_eq!(
         f0.write(1, 0, log_end - 8, 16, 41),
         oob,
@@ -857,7 +853,7 @@ fn log_area_permissions() {
     );
     assert_same(&snapshot(&f1), &expected, "after writing with 2 granted");
 
-    // Granted: the write lands, straddling ones too.
+    // Granted: the writes land.
     f1.grant(0);
     f0.write(1, layout.scratch, layout.log, 256, 80).unwrap();
     assert_eq!(one(&mut f0).status, Status::Ok);
@@ -875,10 +871,10 @@ fn log_area_permissions() {
     denied(&mut f0, layout.log, 256, 90, "log write after revoke");
     denied(
         &mut f0,
-        layout.log - 8,
+        log_end - 16,
         16,
         100,
-        "straddling write after revoke",
+        "write at the log end after revoke",
     );
     assert_same(&snapshot(&f1), &expected, "after a revoked log write");
 
@@ -891,7 +887,14 @@ fn log_area_permissions() {
         &sentinel(256, 1, 1),
         "after the re-grant",
     );
-    drop((f0, f1));
+    // The background plane never writes a log, granted or not (rule 13): refused at post.
+    let mut b0 = ShmFabric::new(dir.clone(), config, r0.clone(), Plane::Background);
+    assert_eq!(
+        b0.write(1, layout.scratch, layout.log, 64, 120),
+        Err(PostError::OutOfBounds),
+        "a background-plane write into a granted log"
+    );
+    drop((f0, f1, b0));
     drop((r0, r1, r2));
 }
 
@@ -1656,19 +1659,19 @@ fn a_plane_thread_that_dies_holding_its_life_ends_the_life() {
     assert_eq!(post(&mut f1), Status::Ok);
     // Joined by handle: that waits for the kernel's end of the thread, robust list included.
     thread::scope(|scope| {
-        let plane = scope.spawn(|| drop(r0.hold_life(Lane::Background).unwrap()));
+        let plane = scope.spawn(|| drop(r0.hold_life(Plane::Background).unwrap()));
         plane.join().unwrap();
     });
     assert_eq!(f1.ended_life(0), None, "a released hold ends nothing");
     assert_eq!(post(&mut f1), Status::Ok);
     thread::scope(|scope| {
-        let plane = scope.spawn(|| std::mem::forget(r0.hold_life(Lane::Replication).unwrap()));
+        let plane = scope.spawn(|| std::mem::forget(r0.hold_life(Plane::Replication).unwrap()));
         plane.join().unwrap();
     });
     assert_eq!(f1.ended_life(0), Some(r0.incarnation() as u32));
     assert_eq!(post(&mut f1), Status::Failed);
     assert!(
-        r0.hold_life(Lane::Replication).is_err(),
+        r0.hold_life(Plane::Replication).is_err(),
         "an ended life stays ended"
     );
 }

@@ -27,19 +27,14 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use mu_nostd::fabric::{Completion, Fabric, PostError, ReplicaId, Status};
+use mu_nostd::fabric::{self, Completion, Fabric, PostError, ReplicaId, Status};
 use mu_nostd::layout::Layout;
 
 use crate::rng::Rng;
 
-/// The two planes of a replica; each has its own connections and completion queue.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Plane {
-    /// The leader's log replication.
-    Replication,
-    /// Heartbeats, failure detection and permissions.
-    Background,
-}
+/// The two planes of a replica (the core's vocabulary); each has its own connections and
+/// completion queue.
+pub use mu_nostd::fabric::Plane;
 
 /// How hostile the fabric is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -597,18 +592,18 @@ impl World {
 
     fn check_post(&self, me: u8, plane: Plane, request: &Request) -> Result<usize, PostError> {
         let Request {
+            kind,
             peer,
             local,
             remote,
             len,
             ..
         } = *request;
-        if peer == me || peer >= self.n {
-            return Err(PostError::NoSuchPeer);
-        }
-        if !self.in_region(local, len) || !self.in_region(remote, len) {
-            return Err(PostError::OutOfBounds);
-        }
+        let op = match kind {
+            Kind::Write => fabric::Op::Write,
+            Kind::Read => fabric::Op::Read,
+        };
+        fabric::check_post(&self.layout, me, plane, op, peer, (local, remote, len))?;
         let conn = self.conn_index(me, peer, plane);
         if self.conns[conn].broken {
             return Err(PostError::Broken);

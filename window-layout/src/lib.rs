@@ -65,15 +65,8 @@ pub const TELEMETRY_BYTES: u64 = 128;
 /// Telemetry blocks reserved, one per possible replica id.
 pub const TELEMETRY_BLOCKS: u64 = 8;
 
-/// The two planes; each has its own connections, so its own rings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum Plane {
-    /// The replication plane (log writes, catch-up reads).
-    Replication = 0,
-    /// The background plane (heartbeats, permission requests and acks).
-    Background = 1,
-}
+/// The two planes (the core's vocabulary); each has its own connections, so its own rings.
+pub use mu_nostd::fabric::Plane;
 
 /// Why a configuration has no window layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

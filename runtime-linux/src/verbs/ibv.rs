@@ -794,14 +794,8 @@ fn work_request(
     }
 }
 
-/// A one-sided operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// RDMA WRITE.
-    Write,
-    /// RDMA READ.
-    Read,
-}
+/// What a work request does: the core's vocabulary.
+pub use mu_nostd::Op;
 
 #[cfg(test)]
 mod tests {

@@ -179,12 +179,6 @@ impl VerbsFabric {
         Ok(())
     }
 
-    fn in_region(&self, offset: u32, len: u32) -> bool {
-        offset
-            .checked_add(len)
-            .is_some_and(|end| end <= self.layout.region_bytes)
-    }
-
     fn post(
         &mut self,
         op: Op,
@@ -194,10 +188,15 @@ impl VerbsFabric {
         len: u32,
         wr_id: u64,
     ) -> Result<(), PostError> {
-        self.check_peer(peer)?;
-        if !self.in_region(local, len) {
-            return Err(PostError::OutOfBounds);
-        }
+        // Rule 13: the core's checks first, then the connection's.
+        mu_nostd::check_post(
+            &self.layout,
+            self.me,
+            self.plane,
+            op,
+            peer,
+            (local, remote, len),
+        )?;
         let state = &mut self.peers[peer as usize];
         if state.broken {
             return Err(PostError::Broken);

@@ -34,35 +34,8 @@ const LIFE_MAGIC: u32 = u32::from_le_bytes(*b"MULI");
 /// Bytes of every handshake message.
 pub const MESSAGE_BYTES: usize = 96;
 
-/// Which plane a queue pair serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Plane {
-    /// Slots, commit records, catch-up: the queue pairs that carry the log's grant.
-    Replication = 0,
-    /// Heartbeats, permission requests and acks.
-    Background = 1,
-}
-
-impl Plane {
-    /// Both planes.
-    pub const ALL: [Plane; 2] = [Plane::Replication, Plane::Background];
-
-    fn from_byte(b: u8) -> Option<Plane> {
-        match b {
-            0 => Some(Plane::Replication),
-            1 => Some(Plane::Background),
-            _ => None,
-        }
-    }
-
-    /// Its name in messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            Plane::Replication => "replication",
-            Plane::Background => "background",
-        }
-    }
-}
+/// Which plane a queue pair serves: the core's vocabulary.
+pub use mu_nostd::Plane;
 
 /// What both ends must agree on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
