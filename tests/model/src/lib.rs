@@ -2,16 +2,33 @@
 //!
 //! The model explores every interleaving of a small bounded cluster (breadth-first) and checks
 //! that a value decided at a log position is never contradicted by another decision there and
-//! never becomes unrecoverable. It has two slot formats ([`Variant`]):
+//! never becomes unrecoverable. It has three slot formats and rewrite protocols ([`Variant`]):
 //!
-//! - [`Variant::Fixed`]: the value part of a slot (position, `chain_prev`, origin, payload) is
-//!   protected by one checksum; what a copy was accepted under lives in two checked records,
-//!   each bound to the value's chain: the *acceptance record A* inside the slot and the
-//!   *rewrite record B* in a separate area of the log (under the same grant). Every rewrite
-//!   (adoption of a value the prepare found, catch-up of a position the leader knows decided) is
-//!   two-phase: the leader rewrites its own copy (A and B), then on each member lands B first
-//!   and, only after B's completion, posts the whole slot (value part + A). Fast-path writes are
-//!   one write (value + A).
+//! - [`Variant::Fixed`], the core's design (`mu-nostd/src/slot.rs`; `leader.rs`:
+//!   `post_log_writes`, `fence_decided`, `plan_adoption`, `post_adoption`). The value part of a
+//!   slot (position, `chain_prev`, origin, payload) is protected by one checksum; what a copy
+//!   was accepted under lives in three checked records, each bound to the value's chain: the
+//!   *acceptance record A* inside the slot (the ballot; every slot write writes it), and in the
+//!   log's rewrite area the *adoption record B* (a ballot) and the *decided mark D* (one fixed
+//!   content per value, "decided": identical bytes whoever writes it, so rewriting an intact D
+//!   never tears it). A copy's accepted ballot is [`DECIDED`] (above every ballot) when D is
+//!   valid for its value, else the higher of valid A and valid B; an empty or torn value, or a
+//!   valid one with none of the three, is "nothing accepted". Writes of a tenure with ballot b:
+//!   - a fresh value on the fast path: one slot write (value + A = b);
+//!   - a *decided rewrite* (a position the leader knows decided: it decided it itself, in this
+//!     or an earlier tenure of the same memory; or an adopted position decided since, for a
+//!     member that has no adoption write posted for it): the leader marks its own copy D (a
+//!     local store), posts D to the member (phase 1) and, only once that completed, the slot
+//!     as its own copy holds it (value + the own copy's record A, not re-sealed; phase 2);
+//!   - an *adoption* of value v at an undecided position: the leader writes its own copy
+//!     (v, A = b, B = b); each member whose copy the prepare read gets, by what it read:
+//!     *held* (v with a valid D: nothing written, counted as an acknowledgement at once),
+//!     *record* (v with a valid A and B invalid or not above A: record B := b alone, a
+//!     16-byte write whose cut tears only B), else *slot* (value + A = b). A member whose copy
+//!     was not read gets the position once it is decided, as a decided rewrite.
+//! - [`Variant::TwoPhase`], a rejected design: records A and B only; every rewrite (adoption,
+//!   catch-up of a known-decided position) is two-phase, B = (b, v) first and, once that
+//!   completed, the whole slot under the new ballot. It loses a decided value (below).
 //! - [`Variant::Planted`]: the old format, one checksum over value, ballot and commit, and
 //!   single-phase rewrites; catch-up copies the leader's own copy with its old ballot. A cut
 //!   rewrite of the same value under another ballot leaves the slot torn, and a prepare counts a
@@ -19,21 +36,56 @@
 //!
 //! # Findings
 //!
-//! - `planted` loses a decided value (found in seconds; `mu-model planted` prints the trace).
-//! - `fixed`, as specified, also loses one. Within 3 tenures and 1 crash no two decisions
-//!   differ, but a decided value can be left with no valid record on the only copy a quorum
-//!   still has (`recoverable` is violated); with a fourth tenure (no crash needed,
-//!   [`Bounds::deep`]) another value is decided at the same position. The shortest trace:
-//!   `A` decides `v1` at p0 with `B` (C never has it). `A`'s next tenure catches p0 up on `B`:
+//! - `fixed` holds: `agreement`, `no loss` and `recoverable` hold in every reachable state
+//!   within [`Bounds::positions`], [`Bounds::quick`] and [`Bounds::deep`] (numbers under
+//!   "Bounds"), and, checked once by hand (`mu-model fixed --tenures 4 --crashes 1 --restarts 0
+//!   --leaders 7 --positions 1`), within 1 position, 4 tenures, 1 crash, leaders `A`, `B`, `C`
+//!   (75,876,146 states, 455 s, 9.9 GiB: too big for the tests).
+//! - With three replicas these bounds cannot tell two of `fixed`'s rules from weaker ones:
+//!   variants of `fixed` that (1) always write record B alone to a copy holding the value (even
+//!   when B is its highest record) or (2) post a decided rewrite's slot together with its mark,
+//!   without waiting for the mark, also hold in all those bounds (variant 1 also within those
+//!   larger bounds; tried by hand, not kept). Both rules guard a copy whose highest
+//!   ballot sits in the one record a cut write tears. With three replicas the quorum that
+//!   misses the writer is the two others; the writer's own copy holds the decided value at its
+//!   highest, and in a decided rewrite the shipped record A is the very bytes the member
+//!   already holds unless a third leader rewrote it (and then holds the value itself), so a
+//!   failure needs more tenures, crashes or replicas than these bounds allow. So the model
+//!   shows these two rules are enough, not that they are needed; they are expected to matter
+//!   with five replicas or longer histories, which it does not reach. A variant that always
+//!   writes the slot (never record B alone) is caught within [`Bounds::quick`] (`recoverable`:
+//!   two cut slot writes tear the A records of both members, each of which had its ballot only
+//!   there).
+//! - `two-phase` loses a decided value. Within 3 tenures and 1 crash no two decisions differ,
+//!   but a decided value can be left with no valid record on the only copies a quorum still has
+//!   (`recoverable` fails); with a fourth tenure (no crash needed, [`Bounds::deep`]) another
+//!   value is decided at the same position. The shortest trace (`mu-model two-phase`): `A`
+//!   decides `v1` at p0 with `B` (C never has it). `A`'s next tenure catches p0 up on `B`:
 //!   phase 1 lands B = (6, v1), phase 2 is cut by `A`'s third tenure's revoke, which keeps the
 //!   value bytes (identical) but tears A. `B`'s copy now rests on record B alone. `A`'s third
-//!   tenure catches p0 up again: its phase 1 overwrites that very record B and is cut (by
-//!   `B` granting `B`'s own tenure), so `B`'s copy has a valid `v1` and neither record: nothing
+//!   tenure catches p0 up again: its phase 1 overwrites that very record B and is cut (by `B`
+//!   granting `B`'s own tenure), so `B`'s copy has a valid `v1` and neither record: nothing
 //!   accepted. `B` prepares with `C`, reads nothing accepted, and decides `v2` at p0. The flaw:
-//!   phase 1 overwrites record B in place even when B is the only valid record of the copy
-//!   (a torn phase 2 left A invalid). A remedy must never tear the record that holds a copy's
-//!   highest ballot while it is the only one, e.g. write the other record, or land a record
-//!   whose bytes every writer of a decided value writes identically.
+//!   phase 1 overwrites record B in place even when it is the only valid record of the copy.
+//!   `fixed` never does: its decided rewrites land D (identical bytes) first and ship the own
+//!   copy's record A unchanged, and its adoptions write only the record that is not the
+//!   copy's highest.
+//! - `planted` loses a decided value (found in seconds; `mu-model planted` prints the trace).
+//!
+//! # What changed from the first version of the model
+//!
+//! - The first version's `fixed` (records A and B, two-phase rewrites) is now `two-phase`,
+//!   unchanged (its state counts and traces are the same); `fixed` is the core's design above:
+//!   the decided mark D per position, adoption plans per member (held, record, slot) from the
+//!   copy the prepare read, decided rewrites that ship the own copy's record A as it is, and
+//!   the rule that a member whose copy was not read gets an adopted position only once it is
+//!   decided. Record B of `fixed` is written only by adoptions.
+//! - A step that acknowledges a position records every decision that follows (the first
+//!   version recorded one per step; `fixed`'s held acknowledgements and decided rewrites make
+//!   several in a row possible).
+//! - Two reachability witnesses of `fixed`: `adopted by record B alone`, `held copy counted`.
+//! - [`Stop::FirstViolation`] and `mu-model --first`: stop at the first counterexample to any
+//!   safety property, to try a variant in bounds too large to exhaust.
 //!
 //! # What the model covers
 //!
@@ -41,14 +93,14 @@
 //!   reads and writes: the promise `min_proposal`, `standing` (0 while a restarted replica is
 //!   recovering and may not vote; initially every replica is a voter with standing 1: a fresh
 //!   cluster already formed), the `grant` (which tenure may access this memory: at most one),
-//!   and per position a slot (value part, record A, record B). A reader sees a value part as
-//!   empty, valid (which value) or torn, and a record as valid only if its check binds it to the
-//!   valid value there; the *accepted ballot* is the higher valid record, and a torn value, or a
-//!   valid one with no valid record, is "nothing accepted".
+//!   and per position a slot (value part, record A) and its records in the rewrite area (B,
+//!   and in `fixed` D). A reader sees a value part as empty, valid (which value) or torn, and a
+//!   record as valid only if its check binds it to the valid value there.
 //! - A *tenure* of leader `L`. Every replica (`L` included), independently and in any
 //!   interleaving, revokes its grantee and grants the tenure. `L` leads only while it holds its
-//!   own grant: every access to its own memory requires it (remote accesses need only the
-//!   member's grant, so `L` may go on with members after granting someone else).
+//!   own grant: every step that reads or writes its own memory requires it (remote accesses need
+//!   only the member's grant, so `L` may go on with members after granting someone else; the
+//!   local store of a decided mark on its own copy, made when it posts one, is not held back).
 //!   Prepare: `L` reads promise and standing of any subset of the members that granted it (at
 //!   least one a voter; a recovering member does not count); the prepared quorum is `L` plus the
 //!   voters read. The ballot is the smallest `round * 3 + L` above every promise read, `L`'s own
@@ -57,15 +109,17 @@
 //!   own promise, then to each quorum member, and waits for those writes.
 //! - The log, one position at a time from `L`'s first undecided position (the positions it
 //!   decided itself: a CPU-side count lost in a crash). Positions below it are caught up on
-//!   every member from `L`'s own copy (`fixed`: a rewrite under the new ballot; `planted`: its
-//!   bytes as they are). From there `L` reads the slot of every quorum member and its own, and
-//!   adopts the value with the highest accepted ballot (a rewrite); if none has one, the fast
-//!   path starts there and `L` proposes its own value at this and every later position. `L`
-//!   writes its own copy first, then to every member it read in the prepare, per member in
-//!   position order: a member's next position is posted once the previous one's slot write is
-//!   posted (writes pipeline; phase 2 waits for phase 1's completion). A position is decided
-//!   when `L`'s copy plus the completions of the slot write from members `L` counts as voters
-//!   are a majority; then `L` moves on.
+//!   every member from `L`'s own copy (`fixed`: decided rewrites; `two-phase`: a two-phase
+//!   rewrite under the new ballot; `planted`: its bytes as they are). From there `L` reads the
+//!   slot of every quorum member and its own, and adopts the value with the highest accepted
+//!   ballot; if none has one, the fast path starts there and `L` proposes its own value at this
+//!   and every later position. `L` writes its own copy first, then to every member it read in
+//!   the prepare, per member in position order: a member's slot writes go in position order, a
+//!   phase 2 only after its phase 1 completed (`fixed` posts the decided marks of later decided
+//!   positions meanwhile, as `fence_decided` does). A position is decided when `L`'s copy plus
+//!   the acknowledgements of members `L` counts as voters are a majority (acknowledgements:
+//!   completion of a fast-path slot write, of a decided rewrite's phase 2, of an adoption
+//!   write, or a held copy); then `L` moves on.
 //! - Admission: once the tenure's recovery is over (its fast path started, or every position
 //!   was adopted) and a recovering member acknowledged every position the tenure caught up,
 //!   adopted or decided, `L` may write the member's standing = `b`; from its completion `L`
@@ -73,12 +127,12 @@
 //! - Permissions and tearing. A remote write lands only while its target grants the writing
 //!   tenure; a revoke fences every write posted before it, and so does the writer's crash. A
 //!   write lands whole (in posting order per connection) and completes, or is *cut*: it then
-//!   lands with any mixture of old and new bytes, independently per field (value part, record):
-//!   each field keeps its old bytes, takes the new ones whole, or is mixed, which tears it
-//!   unless the old and new bytes are identical (identical value bytes stay valid; an identical
-//!   record stays valid). A cut slot write of `planted` tears the whole slot unless identical.
-//!   The worst case (value torn unless identical, record torn unless identical) is one of the
-//!   outcomes. Reads, promises and standing are atomic words.
+//!   lands with any mixture of old and new bytes, independently per field it covers (value
+//!   part, record): each field keeps its old bytes, takes the new ones whole, or is mixed, which
+//!   tears it unless the old and new bytes are identical (identical value bytes stay valid; an
+//!   identical record stays valid). A cut slot write of `planted` tears the whole slot unless
+//!   identical. Reads, promises and standing are atomic words; the leader's stores to its own
+//!   memory are atomic.
 //! - Crash and restart: any replica may crash at any time: its tenure ends, every write it has
 //!   in flight is cut there and then, writes to it are lost. A restart gives it fresh memory:
 //!   empty log, promise 0, standing 0, no grant, no decided prefix.
@@ -86,8 +140,9 @@
 //! # Steps merged (without losing behaviours)
 //!
 //! - Reads of a member's memory happen in the leader's next local step (closing the prepare,
-//!   choosing a position's value): while the leader holds the member's grant nobody else can
-//!   write there, and a revoke before the read only ends what the leader could still do.
+//!   choosing a position's value and planning its adoption): while the leader holds the
+//!   member's grant nobody else can write there, and a revoke before the read only ends what
+//!   the leader could still do. So an adoption plan is made from the copy as it is when posted.
 //! - Writes are posted as soon as they may be: a write posted early and cut with its old bytes
 //!   kept is the same as one not posted yet.
 //! - A tenure starts with its first grant; a tenure that can never act again is ended; an ended
@@ -104,42 +159,80 @@
 //!   three live voters would, if a leader prepared with it now, adopt the decided value. When it
 //!   fails, one more tenure can decide another value.
 //! - Witnesses that the model is not vacuous (sometimes-properties): `every position decided`,
-//!   `restarted replica admitted`, `rewrite cut with value kept`.
+//!   `restarted replica admitted`, `rewrite cut with value kept` (a cut slot write kept a valid
+//!   value and tore its record A), and for `fixed`, `adopted by record B alone` and `held copy
+//!   counted`.
 //!
 //! # What the model abstracts away
 //!
 //! - Promises are atomic words (the real code keeps two checked records and overwrites the
 //!   older, so a torn promise never loses the highest value).
-//! - Bytes are a few abstract pieces: value part, record A, record B. A value is the id of the
-//!   tenure that proposed it (per position); "same value" means identical value bytes
-//!   (`chain_prev` is the digest of the decided prefix, which every later leader shares). The
-//!   commit point in A is left out: a rewrite by another tenure differs in ballot anyway, and a
-//!   tenure writes each record of a member at most once.
+//! - Bytes are a few abstract pieces: value part, records A, B, D. A value is the id of the
+//!   tenure that proposed it (per position); "same value" means identical value bytes. The core
+//!   re-seals an adopted value with the adopter's `chain_prev` (the chain of its decided
+//!   prefix), so two copies of one command at a position differ in bytes when written over
+//!   different prefixes. The model takes them as one value: it plans "record" or "held" and
+//!   keeps a cut value valid where the core would see another value (and write, or tear, the
+//!   slot). That only spares copies written over a prefix that was not the decided one; such a
+//!   copy is never a copy of a decided value (a leader decides in position order, so every
+//!   decided copy at `p` chains to the decided prefix), so what the model spares is never what
+//!   keeps a decision. With one position (the bounds with a crash and with four tenures) every
+//!   value chains to the genesis and the model is exact here.
+//! - The commit point in A is left out: a rewrite by another tenure differs in ballot anyway, and
+//!   a tenure writes each record of a member at most once (a decided rewrite ships the own
+//!   copy's record A, commit included, whole).
+//! - A decided rewrite ships the own copy's record A as the step that chose the position read
+//!   it (the catch-up step, or `L`'s own adoption write); the core ships the slot bytes as they
+//!   are when it posts phase 2. They differ only if another tenure wrote `L`'s memory in
+//!   between, which needs `L` to have granted it; its writes there carry the same value bytes,
+//!   and phase 2 is posted only after the mark landed, so whatever record A it carries the
+//!   member's copy reads as decided.
+//! - The leader's own catch-up (`CatchUpSelf`: reading decided slots from a more advanced
+//!   replica straight into its own log) and `keep_own_ballots` (which first copies each own
+//!   copy's record A into its record B, so that a read cut short cannot lose the own copy's
+//!   highest ballot) are not modelled: a leader's log here changes only by its own writes and
+//!   other tenures' writes, and it knows decided only what it decided itself. Leaving them out
+//!   is sound only by argument, not by the check: the reads land decided value bytes (the
+//!   source applied them), so they tear no decided value; on a copy that already holds that
+//!   value the only record they can tear is A, whose ballot `keep_own_ballots` has saved in B
+//!   (the reads never touch B or D), so the copy's accepted ballot never goes down; a copy of
+//!   another value there is not decided (the position is decided with the source's value), so
+//!   tearing it loses nothing a prepare must find. Without `keep_own_ballots` a cut read could
+//!   leave the own copy of a decided value with no record, exactly the `two-phase` failure on
+//!   the leader's own copy. What a leader learns this way it treats as decided (decided
+//!   rewrites with marks), which is true because the source applied it.
 //! - No circular-log recycling (laps), no state transfer, no failure detector, no clients, no
 //!   timing: tenures start whenever the bounds allow, and message timing is interleaving.
 //! - Followers do not learn commit points; only `L`'s own decisions shorten its recovery, and it
-//!   catches up every member at every position below that (it does not track what they applied).
+//!   catches up every member at every position below that (the core starts from what each
+//!   member applied: fewer rewrites).
 //! - A tenure collects grants only before its prepare closes and replicates to the members whose
-//!   promise it read; a refused access (Denied) simply disables that member for the tenure.
-//! - Three replicas, so a quorum is two.
+//!   promise it read; a refused access (Denied) simply disables that member for the tenure (the
+//!   core ends the tenure; the model keeps more behaviours). An adoption step needs every quorum
+//!   member still reachable (the core proceeds with a quorum of replies; the model's prepare may
+//!   read fewer members instead). No connection resets: a member once revoked stays out of the
+//!   tenure, so a lost adoption plan is never replanned. No recounts or full prepares (rules 2
+//!   and 4 of the core's recovery).
+//! - Three replicas, so a quorum is two (see "Findings" for what that leaves unchecked).
 //!
 //! # Bounds
 //!
 //! [`Bounds`] sets positions (at most [`MAX_POSITIONS`]), tenures in total (at most
 //! [`MAX_TENURES`]), crashes, restarts and which replicas may lead. Unique states and times
-//! measured on two shared cores, release build (`mu-model all`: 158 s, 4.3 GiB peak):
+//! measured on two shared cores, release build (`mu-model all`: 179 s, 3.7 GiB peak):
 //!
-//! - [`Bounds::positions`] (2 positions, 3 tenures, no crash): `fixed` 34,996,420 states, whole
-//!   space, 101 s, about 4 GiB.
-//! - [`Bounds::quick`] (1 position, 3 tenures, 1 crash, 1 restart; the integration test):
-//!   `fixed` 6,775,416 states, whole space, 19 s; `planted` stops at its first conflicting
-//!   decision after about 1.6 million.
-//! - [`Bounds::standard`] (2 positions, 3 tenures, 1 crash, 1 restart): `planted` stops after
-//!   5,572,411 states (14 s); `fixed`'s whole space does not fit a 24 GiB machine breadth-first
-//!   (over 10 GiB of frontier after five minutes, still growing), so `mu-model fixed` checks it
-//!   as the two bounds above.
-//! - [`Bounds::deep`] (1 position, 4 tenures, no crash, leaders `A` and `B`): `fixed` reaches
-//!   its conflicting decision after 9,057,358 states (25 s).
+//! | variant | bounds | unique states | time | result |
+//! |---|---|---|---|---|
+//! | `fixed` | [`Bounds::positions`]: 2 positions, 3 tenures, no crash | 24,994,258 | 84 s | holds (whole space, 3.7 GiB) |
+//! | `fixed` | [`Bounds::quick`]: 1 position, 3 tenures, 1 crash, 1 restart | 5,020,119 | 14 s | holds (whole space) |
+//! | `fixed` | [`Bounds::deep`]: 1 position, 4 tenures, no crash, leaders `A`, `B` | 6,407,579 | 22 s | holds (whole space) |
+//! | `two-phase` | [`Bounds::quick`] | 6,775,416 | 18 s | `recoverable` violated (whole space; no two decisions) |
+//! | `two-phase` | [`Bounds::deep`] | 9,057,358 | 25 s | agreement violated (stops at the first conflict) |
+//! | `planted` | [`Bounds::standard`]: 2 positions, 3 tenures, 1 crash, 1 restart | 5,572,411 | 14 s | agreement violated (stops at the first conflict) |
+//!
+//! [`Bounds::standard`]'s whole space does not fit a 24 GiB machine breadth-first (the first
+//! version's `fixed` had over 10 GiB of frontier after five minutes), so `fixed` is checked
+//! within the bounds above instead.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -167,8 +260,12 @@ const NAMES: [char; REPLICAS] = ['A', 'B', 'C'];
 /// Which slot format and rewrite protocol the model runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Variant {
-    /// Value part under its own checksum, records A and B bound to it, two-phase rewrites.
+    /// The core's design: acceptance record A in the slot, adoption record B and decided mark D
+    /// in the rewrite area; decided rewrites land D first, adoptions write whichever of the
+    /// slot and B leaves the record holding the copy's highest ballot alone.
     Fixed,
+    /// A rejected design: records A and B only, every rewrite two-phase (B, then the slot).
+    TwoPhase,
     /// One checksum over value, ballot and commit; single-phase rewrites.
     Planted,
 }
@@ -178,6 +275,7 @@ impl Variant {
     pub fn name(self) -> &'static str {
         match self {
             Variant::Fixed => "fixed",
+            Variant::TwoPhase => "two-phase",
             Variant::Planted => "planted",
         }
     }
@@ -277,24 +375,36 @@ pub struct Rec {
     pub bound: u8,
 }
 
+/// The accepted ballot of a copy whose decided mark is intact: above every real ballot.
+pub const DECIDED: u8 = u8::MAX;
+
 /// One log position of one replica. In the planted format `a` is the ballot part of the one
-/// checksummed slot (valid exactly when the value part is) and `b` is unused.
+/// checksummed slot (valid exactly when the value part is); `b` is used by `fixed` (the
+/// adoption record) and `two-phase` (the rewrite record), `d` by `fixed` only.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Slot {
     /// The value part.
     pub value: Bytes,
     /// Acceptance record inside the slot (`None`: torn or never written).
     pub a: Option<Rec>,
-    /// Rewrite record in the rewrite area (`None`: torn or never written).
+    /// Record B in the rewrite area (`None`: torn or never written).
     pub b: Option<Rec>,
+    /// Decided mark in the rewrite area: the value it is bound to (`None`: torn or never
+    /// written). Its content is fixed per value, so every writer writes identical bytes.
+    pub d: Option<u8>,
 }
 
 impl Slot {
-    /// The accepted `(ballot, value)`: the highest valid record bound to the valid value there.
+    /// The accepted `(ballot, value)`: [`DECIDED`] if the decided mark is bound to the valid
+    /// value there, else the highest valid record bound to it; `None` for an empty or torn
+    /// value, or a valid one with no valid record (nothing accepted).
     pub fn accepted(&self) -> Option<(u8, u8)> {
         let Bytes::Valid(v) = self.value else {
             return None;
         };
+        if self.d == Some(v) {
+            return Some((DECIDED, v));
+        }
         [self.a, self.b]
             .into_iter()
             .flatten()
@@ -302,6 +412,14 @@ impl Slot {
             .map(|r| r.ballot)
             .max()
             .map(|b| (b, v))
+    }
+
+    /// Whether record `r` counts for this copy (bound to its valid value).
+    fn holds(&self, r: Option<Rec>) -> Option<u8> {
+        match (self.value, r) {
+            (Bytes::Valid(v), Some(r)) if r.bound == v => Some(r.ballot),
+            _ => None,
+        }
     }
 }
 
@@ -319,19 +437,27 @@ pub enum Write {
         pos: u8,
         /// Value.
         val: u8,
-        /// Ballot carried in record A.
-        ballot: u8,
+        /// Record A as written (`fixed`'s decided rewrite ships the leader's own copy's record
+        /// A as it is, which may be torn: `None`).
+        rec: Option<Rec>,
     },
-    /// Phase 1 of a rewrite: record B.
-    Rewrite {
+    /// Record B alone: `two-phase`'s phase 1 of a rewrite; `fixed`'s adoption record write.
+    RecordB {
         /// Writing tenure.
         tenure: u8,
         /// Position.
         pos: u8,
-        /// Value the record is bound to.
+        /// The record.
+        rec: Rec,
+    },
+    /// `fixed`'s phase 1 of a decided rewrite: the decided mark of `val`.
+    Mark {
+        /// Writing tenure.
+        tenure: u8,
+        /// Position.
+        pos: u8,
+        /// The decided value the mark is bound to.
         val: u8,
-        /// Ballot.
-        ballot: u8,
     },
     /// Admission: the member's standing.
     Standing {
@@ -347,7 +473,8 @@ impl Write {
         match self {
             Write::Nothing => NO_POS,
             Write::Slot { tenure, .. }
-            | Write::Rewrite { tenure, .. }
+            | Write::RecordB { tenure, .. }
+            | Write::Mark { tenure, .. }
             | Write::Standing { tenure, .. } => tenure,
         }
     }
@@ -422,12 +549,23 @@ pub enum Stage {
     Ended,
 }
 
-/// Per member and position: how far the tenure's writes got.
+/// Per member and position: how far the tenure's writes got. Nothing posted yet.
 const P_NONE: u8 = 0;
+/// Phase 1 of a rewrite (`two-phase`: record B; `fixed`: the decided mark) posted.
 const P_B_POSTED: u8 = 1;
+/// Phase 1 completed: phase 2 (the slot) may be posted.
 const P_B_DONE: u8 = 2;
+/// The write that acknowledges the position (slot, or `fixed`'s adoption record) posted.
 const P_SLOT_POSTED: u8 = 3;
+/// Acknowledged: that write completed (or `fixed`'s "held": the copy is marked decided).
 const P_ACKED: u8 = 4;
+/// `fixed`, adoption planned from the copy the prepare read, not posted: "held" (the copy
+/// holds the value and its decided mark; counts as an acknowledgement when its turn comes).
+const P_PLAN_HELD: u8 = 5;
+/// `fixed`, adoption planned, not posted: write only the adoption record B.
+const P_PLAN_RECORD: u8 = 6;
+/// `fixed`, adoption planned, not posted: write the slot (value part + record A).
+const P_PLAN_SLOT: u8 = 7;
 
 /// A leader's tenure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -460,9 +598,11 @@ pub struct Tenure {
     fast_from: u8,
     /// Value of each position below `own_done`.
     vals: [u8; MAX_POSITIONS],
-    /// Ballot written with each position (planted catch-up keeps the old one).
-    wballot: [u8; MAX_POSITIONS],
-    /// Positions written as two-phase rewrites.
+    /// Record A written with each position (`planted` catch-up keeps the old ballot; `fixed`
+    /// ships the own copy's record A as it is).
+    wrec: [Option<Rec>; MAX_POSITIONS],
+    /// `two-phase`: positions written as two-phase rewrites (`fixed` tells its decided
+    /// rewrites by position: below `start`, or adopted and decided).
     rewrite: u8,
     /// Per member, per position: `P_*`.
     progress: [[u8; MAX_POSITIONS]; REPLICAS],
@@ -492,7 +632,7 @@ impl std::hash::Hash for Tenure {
         self.decided.hash(h);
         self.fast_from.hash(h);
         self.vals.hash(h);
-        self.wballot.hash(h);
+        self.wrec.hash(h);
         self.rewrite.hash(h);
         self.progress.hash(h);
         self.admitting.hash(h);
@@ -516,7 +656,7 @@ impl Tenure {
             decided: 0,
             fast_from: NO_POS,
             vals: [0; MAX_POSITIONS],
-            wballot: [0; MAX_POSITIONS],
+            wrec: [None; MAX_POSITIONS],
             rewrite: 0,
             progress: [[P_NONE; MAX_POSITIONS]; REPLICAS],
             admitting: 0,
@@ -559,6 +699,10 @@ pub struct State {
     pub admitted_after_restart: bool,
     /// Ghost: a cut rewrite kept a decided value's bytes while tearing its record A.
     pub cut_rewrite_kept_value: bool,
+    /// Ghost (`fixed`): an adoption record write (record B alone) completed.
+    pub adopted_by_record: bool,
+    /// Ghost (`fixed`): a member's copy marked decided counted as an acknowledgement (held).
+    pub held_counted: bool,
 }
 
 /// One step of the system.
@@ -661,9 +805,9 @@ impl MuModel {
     pub fn cut_outcomes(&self, w: Write) -> u8 {
         match (w, self.variant) {
             (Write::Nothing, _) => 1,
-            (Write::Slot { .. }, Variant::Fixed) => 9, // value part x record A
             (Write::Slot { .. }, Variant::Planted) => 3, // one checksum
-            (Write::Rewrite { .. }, _) => 3,
+            (Write::Slot { .. }, _) => 9,                // value part x record A
+            (Write::RecordB { .. } | Write::Mark { .. }, _) => 3,
             (Write::Standing { .. }, _) => 2, // atomic: not landed / landed
         }
     }
@@ -673,14 +817,11 @@ impl MuModel {
     fn land(&self, rep: &mut Replica, w: Write, code: Option<u8>) -> bool {
         match w {
             Write::Nothing => false,
-            Write::Slot {
-                pos, val, ballot, ..
-            } => {
+            Write::Slot { pos, val, rec, .. } => {
                 let slot = &mut rep.log[pos as usize];
-                let rec = Rec { ballot, bound: val };
                 let before = *slot;
                 match self.variant {
-                    Variant::Fixed => {
+                    Variant::Fixed | Variant::TwoPhase => {
                         let (vp, ap) = match code {
                             None => (Piece::New, Piece::New),
                             Some(c) => (PIECES[(c / 3) as usize], PIECES[(c % 3) as usize]),
@@ -696,9 +837,9 @@ impl MuModel {
                         }
                         match ap {
                             Piece::Old => {}
-                            Piece::New => slot.a = Some(rec),
+                            Piece::New => slot.a = rec,
                             Piece::Mixed => {
-                                if slot.a != Some(rec) {
+                                if slot.a != rec {
                                     slot.a = None;
                                 }
                             }
@@ -710,10 +851,10 @@ impl MuModel {
                             Piece::Old => {}
                             Piece::New => {
                                 slot.value = Bytes::Valid(val);
-                                slot.a = Some(rec);
+                                slot.a = rec;
                             }
                             Piece::Mixed => {
-                                if slot.value != Bytes::Valid(val) || slot.a != Some(rec) {
+                                if slot.value != Bytes::Valid(val) || slot.a != rec {
                                     slot.value = Bytes::Torn;
                                     slot.a = None;
                                 }
@@ -727,17 +868,27 @@ impl MuModel {
                     && before.a.is_some()
                     && slot.a.is_none()
             }
-            Write::Rewrite {
-                pos, val, ballot, ..
-            } => {
+            Write::RecordB { pos, rec, .. } => {
                 let slot = &mut rep.log[pos as usize];
-                let rec = Rec { ballot, bound: val };
                 match code.map_or(Piece::New, |c| PIECES[c as usize]) {
                     Piece::Old => {}
                     Piece::New => slot.b = Some(rec),
                     Piece::Mixed => {
                         if slot.b != Some(rec) {
                             slot.b = None;
+                        }
+                    }
+                }
+                false
+            }
+            Write::Mark { pos, val, .. } => {
+                let slot = &mut rep.log[pos as usize];
+                match code.map_or(Piece::New, |c| PIECES[c as usize]) {
+                    Piece::Old => {}
+                    Piece::New => slot.d = Some(val),
+                    Piece::Mixed => {
+                        if slot.d != Some(val) {
+                            slot.d = None;
                         }
                     }
                 }
@@ -764,18 +915,19 @@ impl MuModel {
         None
     }
 
-    /// Records the decision of the tenure's current position if a majority holds it.
-    fn try_decide(&self, s: &mut State, ti: u8) {
+    /// Records the decision of the tenure's first undecided position if a majority holds it;
+    /// returns whether it did.
+    fn try_decide(&self, s: &mut State, ti: u8) -> bool {
         let t = s.tenures[ti as usize];
         let q = t.decided;
         if t.stage != Stage::Log || q >= t.own_done || q < t.start {
-            return;
+            return false;
         }
         let acks = (0..REPLICAS as u8)
             .filter(|&m| has(t.voters, m) && t.progress[m as usize][q as usize] == P_ACKED)
             .count() as u32;
         if 1 + acks < QUORUM {
-            return;
+            return false;
         }
         let v = t.vals[q as usize];
         let qi = q as usize;
@@ -790,6 +942,18 @@ impl MuModel {
         let l = t.leader as usize;
         let d = t.decided;
         s.reps[l].known = s.reps[l].known.max(d);
+        true
+    }
+
+    /// Posts what the tenure may post, and records every decision that follows (a `fixed`
+    /// "held" acknowledgement counts when posted; a decision lets decided rewrites go out).
+    fn advance(&self, s: &mut State, ti: u8) {
+        loop {
+            self.post_all(s, ti);
+            if !self.try_decide(s, ti) {
+                break;
+            }
+        }
     }
 
     /// Clears what no longer matters, so equal situations are equal states: a tenure that can
@@ -943,7 +1107,7 @@ impl MuModel {
             if n > 0 {
                 out.push_str(" | in flight:");
                 for w in &r.inflight[..n] {
-                    let _ = write!(out, " [{}]", show_write(s, *w));
+                    let _ = write!(out, " [{}]", show_write(s, *w, self.variant));
                 }
             }
             out.push('\n');
@@ -988,11 +1152,22 @@ impl MuModel {
             }
         };
         let acc = match slot.accepted() {
+            Some((DECIDED, _)) => "accepted@DECIDED".into(),
             Some((b, _)) => format!("accepted@{b}"),
             None => "NOTHING accepted".into(),
         };
         match self.variant {
-            Variant::Fixed => format!("{val} A={} B={} => {acc}", rec(slot.a), rec(slot.b)),
+            Variant::Fixed => {
+                let d = match slot.d {
+                    None => "-".to_string(),
+                    Some(v) if slot.value == Bytes::Valid(v) => format!("v{}", v + 1),
+                    Some(v) => format!("v{}(stale)", v + 1),
+                };
+                format!("{val} A={} B={} D={d} => {acc}", rec(slot.a), rec(slot.b))
+            }
+            Variant::TwoPhase => {
+                format!("{val} A={} B={} => {acc}", rec(slot.a), rec(slot.b))
+            }
             Variant::Planted => format!("{val} ballot={} => {acc}", rec(slot.a)),
         }
     }
@@ -1041,7 +1216,7 @@ impl MuModel {
                     let _ = write!(
                         text,
                         "; its in-flight [{}] is CUT: {}",
-                        show_write(s, *w),
+                        show_write(s, *w, self.variant),
                         self.show_cut(*w, cut[i])
                     );
                 }
@@ -1111,15 +1286,36 @@ impl MuModel {
                             "reads p{q} [{}]: nothing accepted, so the fast path starts: proposes v{v}",
                             reads.join("; ")
                         )
+                    } else if self.variant == Variant::Fixed {
+                        let plans: Vec<String> = (0..REPLICAS as u8)
+                            .filter(|&m| has(t.quorum, m))
+                            .map(|m| {
+                                let how = match plan(
+                                    &s.reps[m as usize].log[q as usize],
+                                    t.vals[q as usize],
+                                ) {
+                                    P_PLAN_HELD => "held",
+                                    P_PLAN_RECORD => "record B only",
+                                    _ => "slot",
+                                };
+                                format!("{} {how}", name(m))
+                            })
+                            .collect();
+                        format!(
+                            "reads p{q} [{}]: adopts v{v}; plans: {}",
+                            reads.join("; "),
+                            plans.join(", ")
+                        )
                     } else {
                         format!("reads p{q} [{}]: adopts v{v}", reads.join("; "))
                     }
                 };
                 format!(
-                    "{} {}; own copy now {}{}",
+                    "{} {}; own copy now {}{}{}",
                     lead(ti),
                     what,
                     self.show_slot(&n.reps[t.leader as usize].log[q as usize]),
+                    decisions(s, &n, ti),
                     self.show_posted(s, &n, None)
                 )
             }
@@ -1132,18 +1328,7 @@ impl MuModel {
             Action::Land(m) => {
                 let w = s.reps[m as usize].inflight[0];
                 let ti = w.tenure() as usize;
-                let (before, after) = (s.tenures[ti], n.tenures[ti]);
-                let decided = if after.stage == Stage::Log && after.decided > before.decided {
-                    let p = before.decided as usize;
-                    format!(
-                        "; {} DECIDES v{} at p{}",
-                        tenure_name(s, ti as u8),
-                        after.vals[p] + 1,
-                        p
-                    )
-                } else {
-                    String::new()
-                };
+                let decided = decisions(s, &n, ti as u8);
                 let orphan = if s.tenures[ti].active() {
                     ""
                 } else {
@@ -1151,7 +1336,7 @@ impl MuModel {
                 };
                 format!(
                     "[{}] lands whole on {}{}{}{}",
-                    show_write(s, w),
+                    show_write(s, w, self.variant),
                     name(m),
                     orphan,
                     decided,
@@ -1169,7 +1354,7 @@ impl MuModel {
                         let _ = write!(
                             text,
                             "; its in-flight [{}] to {} is CUT: {}",
-                            show_write(s, *w),
+                            show_write(s, *w, self.variant),
                             NAMES[m],
                             self.show_cut(*w, cut[m][i])
                         );
@@ -1190,7 +1375,12 @@ impl MuModel {
         for (m, name) in NAMES.iter().enumerate() {
             let old = s.reps[m].inflight_len() - usize::from(popped == Some(m as u8));
             for w in &n.reps[m].inflight[old..n.reps[m].inflight_len()] {
-                let _ = write!(out, "; posts [{}] to {}", show_write(s, *w), name);
+                let _ = write!(
+                    out,
+                    "; posts [{}] to {}",
+                    show_write(s, *w, self.variant),
+                    name
+                );
             }
         }
         out
@@ -1203,14 +1393,15 @@ impl MuModel {
             Piece::Mixed => "mixed (torn unless identical)",
         };
         match (w, self.variant) {
-            (Write::Slot { .. }, Variant::Fixed) => format!(
+            (Write::Slot { .. }, Variant::Planted)
+            | (Write::RecordB { .. } | Write::Mark { .. }, _) => {
+                piece(PIECES[code as usize]).to_string()
+            }
+            (Write::Slot { .. }, _) => format!(
                 "value part {}, record A {}",
                 piece(PIECES[(code / 3) as usize]),
                 piece(PIECES[(code % 3) as usize])
             ),
-            (Write::Slot { .. }, Variant::Planted) | (Write::Rewrite { .. }, _) => {
-                piece(PIECES[code as usize]).to_string()
-            }
             (Write::Standing { .. }, _) => {
                 if code == 0 {
                     "not landed".into()
@@ -1244,17 +1435,20 @@ impl MuModel {
             if m == t.leader || !has(t.read, m) || !self.can_reach(s, ti, m) {
                 continue;
             }
+            if self.variant == Variant::Fixed {
+                self.post_fixed(s, ti, m);
+                continue;
+            }
             while let Some(q) = self.next_post(&s.tenures[ti as usize], m) {
                 let t = &mut s.tenures[ti as usize];
                 let qi = q as usize;
                 let p = &mut t.progress[m as usize][qi];
                 let w = if has(t.rewrite, q) && *p == P_NONE {
                     *p = P_B_POSTED;
-                    Write::Rewrite {
+                    Write::RecordB {
                         tenure: ti,
                         pos: q,
-                        val: t.vals[qi],
-                        ballot: t.wballot[qi],
+                        rec: t.wrec[qi].expect("a rewrite carries its record"),
                     }
                 } else {
                     *p = P_SLOT_POSTED;
@@ -1262,13 +1456,145 @@ impl MuModel {
                         tenure: ti,
                         pos: q,
                         val: t.vals[qi],
-                        ballot: t.wballot[qi],
+                        rec: t.wrec[qi],
                     }
                 };
                 s.reps[m as usize].push(w);
             }
         }
     }
+
+    /// `fixed`: posts to member `m`, in position order, what may go now (the core's
+    /// `post_log_writes`, `fence_decided`, `post_adoption`).
+    ///
+    /// - A decided rewrite (a position the tenure knew decided when it started, or an adopted
+    ///   position decided since that the member has no adoption write posted for): phase 1 is
+    ///   the decided mark (the own copy is marked first, a local store); phase 2, the slot as
+    ///   the own copy holds it, goes once the mark completed. Marks of later decided positions
+    ///   go out meanwhile; slots of later positions wait.
+    /// - An adopted position not decided yet: the member's plan (held: acknowledged at once;
+    ///   record: record B alone; slot: the slot), or, without a plan, nothing until it is
+    ///   decided.
+    /// - A fresh position: the slot, one write.
+    fn post_fixed(&self, s: &mut State, ti: u8, m: u8) {
+        let mi = m as usize;
+        // A slot write of an earlier position waits for its mark: later slots wait too.
+        let mut slots_wait = false;
+        for q in 0..s.tenures[ti as usize].own_done {
+            let t = s.tenures[ti as usize];
+            let qi = q as usize;
+            let p = t.progress[mi][qi];
+            if p == P_SLOT_POSTED || p == P_ACKED {
+                continue;
+            }
+            let v = t.vals[qi];
+            let adopted = q >= t.start && q < t.fast_from;
+            if q < t.start || (adopted && q < t.decided) {
+                match p {
+                    P_B_POSTED => slots_wait = true,
+                    P_B_DONE => {
+                        if !slots_wait {
+                            s.tenures[ti as usize].progress[mi][qi] = P_SLOT_POSTED;
+                            s.reps[mi].push(Write::Slot {
+                                tenure: ti,
+                                pos: q,
+                                val: v,
+                                rec: t.wrec[qi],
+                            });
+                        }
+                    }
+                    _ => {
+                        // The own copy must open (it holds the decided value) to be marked and
+                        // shipped; else this member cannot be served from this log.
+                        let own = &mut s.reps[t.leader as usize].log[qi];
+                        if own.value != Bytes::Valid(v) {
+                            return;
+                        }
+                        own.d = Some(v);
+                        let t = &mut s.tenures[ti as usize];
+                        t.progress[mi][qi] = P_B_POSTED;
+                        s.reps[mi].push(Write::Mark {
+                            tenure: ti,
+                            pos: q,
+                            val: v,
+                        });
+                        slots_wait = true;
+                    }
+                }
+                continue;
+            }
+            if slots_wait {
+                return;
+            }
+            let w = if !adopted {
+                Write::Slot {
+                    tenure: ti,
+                    pos: q,
+                    val: v,
+                    rec: t.wrec[qi],
+                }
+            } else {
+                match p {
+                    P_PLAN_HELD => {
+                        s.tenures[ti as usize].progress[mi][qi] = P_ACKED;
+                        if has(t.voters, m) {
+                            s.held_counted = true;
+                        }
+                        continue;
+                    }
+                    P_PLAN_RECORD => Write::RecordB {
+                        tenure: ti,
+                        pos: q,
+                        rec: t.wrec[qi].expect("an adoption carries its record"),
+                    },
+                    P_PLAN_SLOT => Write::Slot {
+                        tenure: ti,
+                        pos: q,
+                        val: v,
+                        rec: t.wrec[qi],
+                    },
+                    // No plan (its copy was not read): it gets the position once decided.
+                    _ => return,
+                }
+            };
+            s.tenures[ti as usize].progress[mi][qi] = P_SLOT_POSTED;
+            s.reps[mi].push(w);
+        }
+    }
+}
+
+/// `fixed`: how the value `v` adopted at a position goes to a member whose copy of it the
+/// prepare read as `copy` (the core's `plan_adoption`): held (it holds `v` marked decided),
+/// record B alone (it holds `v` with its highest ballot in record A), else the slot.
+fn plan(copy: &Slot, v: u8) -> u8 {
+    if copy.value != Bytes::Valid(v) {
+        return P_PLAN_SLOT;
+    }
+    if copy.d == Some(v) {
+        return P_PLAN_HELD;
+    }
+    match (copy.holds(copy.a), copy.holds(copy.b)) {
+        (Some(a), b) if b.is_none_or(|b| a >= b) => P_PLAN_RECORD,
+        _ => P_PLAN_SLOT,
+    }
+}
+
+/// The decisions tenure `ti` made in a step from `s` to `n`, as text.
+fn decisions(s: &State, n: &State, ti: u8) -> String {
+    let (before, after) = (&s.tenures[ti as usize], &n.tenures[ti as usize]);
+    let mut out = String::new();
+    if after.stage == Stage::Log {
+        for p in before.decided..after.decided {
+            let _ = write!(
+                out,
+                "; {} DECIDES v{} at p{}",
+                tenure_name(s, ti),
+                after.vals[p as usize] + 1,
+                p
+            );
+        }
+    }
+    out
 }
 
 fn tenure_name_raw(ti: u8, leader: u8) -> String {
@@ -1279,31 +1605,44 @@ fn tenure_name(s: &State, ti: u8) -> String {
     tenure_name_raw(ti, s.tenures[ti as usize].leader)
 }
 
-fn show_write(s: &State, w: Write) -> String {
+fn show_write(s: &State, w: Write, variant: Variant) -> String {
+    let rec = |r: Option<Rec>| match r {
+        None => "torn".to_string(),
+        Some(r) => format!("{}@v{}", r.ballot, r.bound + 1),
+    };
     match w {
         Write::Nothing => "-".into(),
         Write::Slot {
             tenure,
             pos,
             val,
-            ballot,
+            rec: a,
         } => format!(
-            "{} slot p{} = v{}, ballot {}",
+            "{} slot p{} = v{}, A {}",
             tenure_name(s, tenure),
             pos,
             val + 1,
-            ballot
+            rec(a)
         ),
-        Write::Rewrite {
+        Write::RecordB {
             tenure,
             pos,
-            val,
-            ballot,
+            rec: b,
         } => format!(
-            "{} phase-1 record B p{} = {}@v{}",
+            "{} {} p{} = {}",
+            tenure_name(s, tenure),
+            if variant == Variant::TwoPhase {
+                "phase-1 record B"
+            } else {
+                "adoption record B"
+            },
+            pos,
+            rec(Some(b))
+        ),
+        Write::Mark { tenure, pos, val } => format!(
+            "{} phase-1 decided mark p{} = D(v{})",
             tenure_name(s, tenure),
             pos,
-            ballot,
             val + 1
         ),
         Write::Standing { tenure, ballot } => {
@@ -1328,6 +1667,8 @@ impl Model for MuModel {
             later_differs: false,
             admitted_after_restart: false,
             cut_rewrite_kept_value: false,
+            adopted_by_record: false,
+            held_counted: false,
         }]
     }
 
@@ -1561,29 +1902,44 @@ impl MuModel {
                     .filter(|&m| has(t.quorum, m as u8))
                     .filter_map(|m| s.reps[m].log[q].accepted())
                     .max();
+                let rec_of = |v| {
+                    Some(Rec {
+                        ballot: b,
+                        bound: v,
+                    })
+                };
+                let reps = s.reps;
                 let t = &mut s.tenures[ti as usize];
                 let own = &mut s.reps[l].log[q];
                 if q < t.start as usize {
                     // Catch-up of a position it knows decided, from its own copy.
                     match self.variant {
                         Variant::Fixed => {
+                            // Decided rewrite: the own copy as it is (marked decided when the
+                            // first member's phase 1 is posted).
                             let Bytes::Valid(v) = own.value else {
                                 return None;
                             };
-                            let rec = Some(Rec {
-                                ballot: b,
-                                bound: v,
-                            });
-                            own.a = rec;
-                            own.b = rec;
                             t.vals[q] = v;
-                            t.wballot[q] = b;
+                            t.wrec[q] = own.a;
+                        }
+                        Variant::TwoPhase => {
+                            let Bytes::Valid(v) = own.value else {
+                                return None;
+                            };
+                            own.a = rec_of(v);
+                            own.b = rec_of(v);
+                            t.vals[q] = v;
+                            t.wrec[q] = rec_of(v);
                             t.rewrite |= bit(q as u8);
                         }
                         Variant::Planted => {
                             let (bo, v) = own.accepted()?;
                             t.vals[q] = v;
-                            t.wballot[q] = bo;
+                            t.wrec[q] = Some(Rec {
+                                ballot: bo,
+                                bound: v,
+                            });
                         }
                     }
                 } else {
@@ -1596,19 +1952,25 @@ impl MuModel {
                         }
                         best.map(|(_, v)| v)
                     };
-                    let rec_of = |v| {
-                        Some(Rec {
-                            ballot: b,
-                            bound: v,
-                        })
-                    };
                     match adopted {
                         Some(v) => {
                             own.value = Bytes::Valid(v);
                             own.a = rec_of(v);
-                            if self.variant == Variant::Fixed {
-                                own.b = rec_of(v);
-                                t.rewrite |= bit(q as u8);
+                            match self.variant {
+                                Variant::Fixed => {
+                                    own.b = rec_of(v);
+                                    // Plan each member whose copy the prepare read.
+                                    for (m, rep) in reps.iter().enumerate() {
+                                        if has(t.quorum, m as u8) {
+                                            t.progress[m][q] = plan(&rep.log[q], v);
+                                        }
+                                    }
+                                }
+                                Variant::TwoPhase => {
+                                    own.b = rec_of(v);
+                                    t.rewrite |= bit(q as u8);
+                                }
+                                Variant::Planted => {}
                             }
                             t.vals[q] = v;
                         }
@@ -1618,10 +1980,10 @@ impl MuModel {
                             t.vals[q] = ti;
                         }
                     }
-                    t.wballot[q] = b;
+                    t.wrec[q] = own.a;
                 }
                 t.own_done += 1;
-                self.post_all(&mut s, ti);
+                self.advance(&mut s, ti);
             }
             Action::Admit { tenure, member } => {
                 let t = &mut s.tenures[tenure as usize];
@@ -1641,7 +2003,14 @@ impl MuModel {
                 if s.tenures[ti as usize].active() {
                     let t = &mut s.tenures[ti as usize];
                     match w {
-                        Write::Rewrite { pos, .. } => {
+                        Write::RecordB { pos, .. } if self.variant == Variant::TwoPhase => {
+                            t.progress[m as usize][pos as usize] = P_B_DONE;
+                        }
+                        Write::RecordB { pos, .. } => {
+                            t.progress[m as usize][pos as usize] = P_ACKED;
+                            s.adopted_by_record = true;
+                        }
+                        Write::Mark { pos, .. } => {
                             t.progress[m as usize][pos as usize] = P_B_DONE;
                         }
                         Write::Slot { pos, .. } => {
@@ -1656,8 +2025,7 @@ impl MuModel {
                         }
                         Write::Nothing => unreachable!("empty queue entry landed"),
                     }
-                    self.try_decide(&mut s, ti);
-                    self.post_all(&mut s, ti);
+                    self.advance(&mut s, ti);
                 }
             }
             Action::Crash { replica: r, cut } => {
@@ -1709,17 +2077,34 @@ fn properties() -> Vec<Property<MuModel>> {
         Property::sometimes("rewrite cut with value kept", |_, s: &State| {
             s.cut_rewrite_kept_value
         }),
+        Property::sometimes("adopted by record B alone", |_, s: &State| {
+            s.adopted_by_record
+        }),
+        Property::sometimes("held copy counted", |_, s: &State| s.held_counted),
     ]
 }
 
 /// The safety properties (always-properties) of the model.
 pub const SAFETY: [&str; 3] = ["agreement", "no loss", "recoverable"];
-/// The reachability witnesses (sometimes-properties) of the model.
-pub const WITNESSES: [&str; 3] = [
+/// The reachability witnesses (sometimes-properties) of the model; the last two exist only in
+/// `fixed` (see [`Variant::witnesses`]).
+pub const WITNESSES: [&str; 5] = [
     "every position decided",
     "restarted replica admitted",
     "rewrite cut with value kept",
+    "adopted by record B alone",
+    "held copy counted",
 ];
+
+impl Variant {
+    /// The witnesses that `self` can reach (given bounds with a crash and a restart).
+    pub fn witnesses(self) -> &'static [&'static str] {
+        match self {
+            Variant::Fixed => &WITNESSES,
+            Variant::TwoPhase | Variant::Planted => &WITNESSES[..3],
+        }
+    }
+}
 
 /// What one exhaustive check found.
 #[derive(Debug)]
@@ -1759,6 +2144,8 @@ pub enum Stop {
     Exhaust,
     /// Stop at the first counterexample of `agreement` (breadth-first: a shortest one).
     FirstConflict,
+    /// Stop at the first counterexample of any safety property (breadth-first: a shortest one).
+    FirstViolation,
 }
 
 /// Checks `variant` within `bounds` by breadth-first search on `threads` threads.
@@ -1766,8 +2153,14 @@ pub fn check(variant: Variant, bounds: Bounds, stop: Stop, threads: usize) -> Re
     let model = MuModel::new(variant, bounds);
     let started = Instant::now();
     let mut builder = model.clone().checker().threads(threads);
-    if stop == Stop::FirstConflict {
-        builder = builder.finish_when(HasDiscoveries::AnyOf(BTreeSet::from(["agreement"])));
+    match stop {
+        Stop::Exhaust => {}
+        Stop::FirstConflict => {
+            builder = builder.finish_when(HasDiscoveries::AnyOf(BTreeSet::from(["agreement"])));
+        }
+        Stop::FirstViolation => {
+            builder = builder.finish_when(HasDiscoveries::AnyOf(BTreeSet::from(SAFETY)));
+        }
     }
     let checker = builder.spawn_bfs().join();
     let elapsed = started.elapsed();
@@ -1789,7 +2182,11 @@ pub fn check(variant: Variant, bounds: Bounds, stop: Stop, threads: usize) -> Re
         total_states: checker.state_count(),
         max_depth: checker.max_depth(),
         elapsed,
-        stopped_early: stop == Stop::FirstConflict && discoveries.contains_key("agreement"),
+        stopped_early: match stop {
+            Stop::Exhaust => false,
+            Stop::FirstConflict => discoveries.contains_key("agreement"),
+            Stop::FirstViolation => SAFETY.iter().any(|p| discoveries.contains_key(p)),
+        },
         violations,
         witnesses,
     }
@@ -1822,58 +2219,136 @@ mod tests {
         r
     }
 
+    fn rec(ballot: u8, bound: u8) -> Option<Rec> {
+        Some(Rec { ballot, bound })
+    }
+
     fn v1_at(ballot: u8) -> Slot {
         Slot {
             value: Bytes::Valid(0),
-            a: Some(Rec { ballot, bound: 0 }),
-            b: None,
+            a: rec(ballot, 0),
+            ..Slot::default()
         }
     }
 
+    fn slot_write(tenure: u8, val: u8, ballot: u8) -> Write {
+        Write::Slot {
+            tenure,
+            pos: 0,
+            val,
+            rec: rec(ballot, val),
+        }
+    }
+
+    /// Outcome code of a cut slot write: value part and record A both mixed (the worst case).
+    const BOTH_MIXED: u8 = 8;
+    /// Outcome code of a cut one-field write: mixed.
+    const MIXED: u8 = 2;
+
     #[test]
-    fn fixed_cut_rewrite_of_the_same_value_keeps_it_and_phase_one_record() {
-        let m = MuModel::new(Variant::Fixed, Bounds::quick());
+    fn two_phase_cut_rewrites_leave_nothing_accepted() {
+        let m = MuModel::new(Variant::TwoPhase, Bounds::quick());
         let mut r = rep_with(v1_at(3));
-        let phase1 = Write::Rewrite {
+        let phase1 = Write::RecordB {
             tenure: 1,
             pos: 0,
-            val: 0,
-            ballot: 6,
-        };
-        let phase2 = Write::Slot {
-            tenure: 1,
-            pos: 0,
-            val: 0,
-            ballot: 6,
+            rec: Rec {
+                ballot: 6,
+                bound: 0,
+            },
         };
         m.land(&mut r, phase1, None);
-        // Worst case: value part and record A both mixed.
-        assert!(m.land(&mut r, phase2, Some(8)));
+        assert!(m.land(&mut r, slot_write(1, 0, 6), Some(BOTH_MIXED)));
         assert_eq!(r.log[0].value, Bytes::Valid(0));
         assert_eq!(r.log[0].a, None);
         assert_eq!(r.log[0].accepted(), Some((6, 0)));
         // The next rewrite's phase 1, cut, tears the only valid record: nothing accepted.
-        let next = Write::Rewrite {
+        let next = Write::RecordB {
             tenure: 2,
             pos: 0,
-            val: 0,
-            ballot: 9,
+            rec: Rec {
+                ballot: 9,
+                bound: 0,
+            },
         };
-        m.land(&mut r, next, Some(2));
+        m.land(&mut r, next, Some(MIXED));
         assert_eq!(r.log[0].accepted(), None);
+    }
+
+    #[test]
+    fn fixed_decided_mark_survives_every_cut_rewrite() {
+        let m = MuModel::new(Variant::Fixed, Bounds::quick());
+        let mut r = rep_with(v1_at(3));
+        let mark = |tenure| Write::Mark {
+            tenure,
+            pos: 0,
+            val: 0,
+        };
+        m.land(&mut r, mark(1), None);
+        assert_eq!(r.log[0].accepted(), Some((DECIDED, 0)));
+        // Phase 2 cut: record A torn, the mark still says decided.
+        assert!(m.land(&mut r, slot_write(1, 0, 6), Some(BOTH_MIXED)));
+        assert_eq!(r.log[0].accepted(), Some((DECIDED, 0)));
+        // The next decided rewrite's phase 1, cut: identical bytes, nothing torn.
+        m.land(&mut r, mark(2), Some(MIXED));
+        assert_eq!(r.log[0].d, Some(0));
+        assert_eq!(r.log[0].accepted(), Some((DECIDED, 0)));
+        // A mark counts only with the value it is bound to.
+        m.land(&mut r, slot_write(3, 1, 9), None);
+        assert_eq!(r.log[0].accepted(), Some((9, 1)));
+    }
+
+    #[test]
+    fn fixed_adoption_plans_spare_the_highest_record() {
+        let v1 = Bytes::Valid(0);
+        let only_a = v1_at(3);
+        assert_eq!(plan(&only_a, 0), P_PLAN_RECORD);
+        let a_high = Slot {
+            b: rec(2, 0),
+            ..only_a
+        };
+        assert_eq!(plan(&a_high, 0), P_PLAN_RECORD);
+        let b_high = Slot {
+            b: rec(5, 0),
+            ..only_a
+        };
+        assert_eq!(plan(&b_high, 0), P_PLAN_SLOT);
+        let only_b = Slot {
+            value: v1,
+            b: rec(5, 0),
+            ..Slot::default()
+        };
+        assert_eq!(plan(&only_b, 0), P_PLAN_SLOT);
+        let marked = Slot {
+            d: Some(0),
+            ..only_b
+        };
+        assert_eq!(plan(&marked, 0), P_PLAN_HELD);
+        assert_eq!(plan(&only_a, 1), P_PLAN_SLOT);
+        assert_eq!(plan(&Slot::default(), 0), P_PLAN_SLOT);
+        // A cut record-B write keeps record A; a cut slot write keeps record B.
+        let m = MuModel::new(Variant::Fixed, Bounds::quick());
+        let mut r = rep_with(a_high);
+        let adopt = Write::RecordB {
+            tenure: 1,
+            pos: 0,
+            rec: Rec {
+                ballot: 7,
+                bound: 0,
+            },
+        };
+        m.land(&mut r, adopt, Some(MIXED));
+        assert_eq!(r.log[0].accepted(), Some((3, 0)));
+        let mut r = rep_with(b_high);
+        m.land(&mut r, slot_write(1, 0, 7), Some(BOTH_MIXED));
+        assert_eq!(r.log[0].accepted(), Some((5, 0)));
     }
 
     #[test]
     fn fixed_cut_write_of_another_value_tears_the_value() {
         let m = MuModel::new(Variant::Fixed, Bounds::quick());
         let mut r = rep_with(v1_at(3));
-        let w = Write::Slot {
-            tenure: 1,
-            pos: 0,
-            val: 1,
-            ballot: 4,
-        };
-        m.land(&mut r, w, Some(8));
+        m.land(&mut r, slot_write(1, 1, 4), Some(BOTH_MIXED));
         assert_eq!(r.log[0].value, Bytes::Torn);
         assert_eq!(r.log[0].accepted(), None);
     }
@@ -1882,24 +2357,12 @@ mod tests {
     fn planted_cut_rewrite_of_the_same_value_tears_the_slot() {
         let m = MuModel::new(Variant::Planted, Bounds::quick());
         let mut r = rep_with(v1_at(3));
-        let w = Write::Slot {
-            tenure: 1,
-            pos: 0,
-            val: 0,
-            ballot: 4,
-        };
-        m.land(&mut r, w, Some(2));
+        m.land(&mut r, slot_write(1, 0, 4), Some(MIXED));
         assert_eq!(r.log[0].value, Bytes::Torn);
         assert_eq!(r.log[0].accepted(), None);
         // An identical rewrite (same ballot) cannot tear it.
         let mut r = rep_with(v1_at(3));
-        let same = Write::Slot {
-            tenure: 1,
-            pos: 0,
-            val: 0,
-            ballot: 3,
-        };
-        m.land(&mut r, same, Some(2));
+        m.land(&mut r, slot_write(1, 0, 3), Some(MIXED));
         assert_eq!(r.log[0].accepted(), Some((3, 0)));
     }
 
@@ -1907,25 +2370,22 @@ mod tests {
     fn a_record_counts_only_with_the_value_it_is_bound_to() {
         let slot = Slot {
             value: Bytes::Valid(1),
-            a: Some(Rec {
-                ballot: 5,
-                bound: 0,
-            }),
-            b: Some(Rec {
-                ballot: 4,
-                bound: 1,
-            }),
+            a: rec(5, 0),
+            b: rec(4, 1),
+            d: Some(0),
         };
         assert_eq!(slot.accepted(), Some((4, 1)));
     }
 
     #[test]
     fn the_first_steps_are_grants_that_start_tenures() {
-        let m = MuModel::new(Variant::Fixed, Bounds::quick());
-        let init = m.init_states().remove(0);
-        let mut actions = Vec::new();
-        m.actions(&init, &mut actions);
-        assert_eq!(actions.len(), 9 + 3); // 3 leaders x 3 granting replicas, 3 crashes
-        assert!(m.recoverable(&init));
+        for variant in [Variant::Fixed, Variant::TwoPhase, Variant::Planted] {
+            let m = MuModel::new(variant, Bounds::quick());
+            let init = m.init_states().remove(0);
+            let mut actions = Vec::new();
+            m.actions(&init, &mut actions);
+            assert_eq!(actions.len(), 9 + 3); // 3 leaders x 3 granting replicas, 3 crashes
+            assert!(m.recoverable(&init));
+        }
     }
 }
