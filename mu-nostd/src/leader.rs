@@ -495,9 +495,6 @@ pub(crate) struct Leader {
     /// the fast path, and it overwrites the oldest positions only: `next - slot_count` bounds
     /// the rest.
     held_from: Option<u64>,
-    /// The positions `[marked.0, marked.1)` of the own log carry their decided marks (see
-    /// `mark_decided_own`).
-    marked: (u64, u64),
 }
 
 /// A recount of the voters' promises for a recovering member that joined after the prepare.
@@ -617,7 +614,6 @@ impl Leader {
             streaming_from: None,
             recount: None,
             held_from: None,
-            marked: (applied, applied),
         }
     }
 
@@ -2019,14 +2015,14 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             // everything below the own applied position.
             let decided_end = end.min(fresh_from).min(self.applied);
             let send_end = if sent < decided_end {
-                if !self.mark_decided_own(sent, decided_end, fabric) {
-                    self.leader_mut().members[peer as usize].lapped = true;
-                    continue;
-                }
                 match self.fence_decided(now, peer, decided_end, fabric) {
-                    fenced if fenced < decided_end => fenced,
-                    _ if decided_end == fresh_from => end,
-                    _ => decided_end,
+                    None => {
+                        self.leader_mut().members[peer as usize].lapped = true;
+                        continue;
+                    }
+                    Some(fenced) if fenced < decided_end => fenced,
+                    Some(_) if decided_end == fresh_from => end,
+                    Some(_) => decided_end,
                 }
             } else if sent >= fresh_from {
                 end
@@ -2055,72 +2051,45 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
     }
 
-    /// Phase one of the decided rewrites of `[sent, decided_end)` to `peer`: posts the decided
-    /// marks not posted yet. Returns how far its slots may be written now: the end of the marks
-    /// that landed (with the planted defect `bug-torn-rewrite`, `decided_end` at once).
+    /// Phase one of the decided rewrites of `[sent, decided_end)` to `peer`: marks the own
+    /// copies of the positions not posted yet decided and posts their marks, each position once
+    /// per resend. Returns how far its slots may be written now, the end of the marks that
+    /// landed (with the planted defect `bug-torn-rewrite`, `decided_end` at once); `None` when a
+    /// slot of the range does not open any more (recycled since): the member cannot be served
+    /// from this log.
     fn fence_decided<F: Fabric>(
         &mut self,
         now: u64,
         peer: ReplicaId,
         decided_end: u64,
         fabric: &mut F,
-    ) -> u64 {
-        if !MARKED_REWRITES {
-            return decided_end;
-        }
+    ) -> Option<u64> {
         let slot_count = self.config.slot_count as u64;
         let member = self.leader_mut().members[peer as usize];
         assert!(member.sent <= member.fenced && member.fenced <= member.fence_posted);
-        if member.fence_posted < decided_end {
-            for (start, end) in ring_pieces(member.fence_posted, decided_end, slot_count) {
-                let offset = self.layout.decided_mark(start);
-                let len = (end - start) as u32 * RECORD_BYTES;
-                if !self.post(
-                    now,
-                    fabric,
-                    peer,
-                    Kind::WriteDecided,
-                    start as u32,
-                    (start, end),
-                    offset,
-                    offset,
-                    len,
-                ) {
-                    break;
-                }
-                self.leader_mut().members[peer as usize].fence_posted = end;
+        if member.fence_posted >= decided_end {
+            return Some(member.fenced);
+        }
+        for (start, end) in ring_pieces(member.fence_posted, decided_end, slot_count) {
+            if !(start..end).all(|position| self.mark_decided_at(position, fabric)) {
+                return None;
             }
-        }
-        self.leader_mut().members[peer as usize].fenced
-    }
-
-    /// Writes the decided marks of the own log's positions `[from, to)` (all decided, below the
-    /// own applied position), which decided rewrites ship; keeps the marked positions one range.
-    /// False when a slot of the range does not open (recycled since): the member cannot be
-    /// served from this log.
-    fn mark_decided_own<F: Fabric>(&mut self, from: u64, to: u64, fabric: &mut F) -> bool {
-        assert!(from < to && to <= self.applied);
-        let (mut low, mut high) = self.leader.as_ref().expect("leading").marked;
-        assert!(low <= high);
-        if to <= low || from >= high {
-            // Disjoint: start the range afresh (positions are marked at most once more).
-            (low, high) = (from, from);
-        }
-        while high < to {
-            if !self.mark_decided_at(high, fabric) {
-                return false;
+            if !MARKED_REWRITES {
+                continue;
             }
-            high += 1;
-            self.leader_mut().marked = (low, high);
-        }
-        while low > from {
-            if !self.mark_decided_at(low - 1, fabric) {
-                return false;
+            let offset = self.layout.decided_mark(start);
+            let len = (end - start) as u32 * RECORD_BYTES;
+            let (kind, tag, range) = (Kind::WriteDecided, start as u32, (start, end));
+            if !self.post(now, fabric, peer, kind, tag, range, offset, offset, len) {
+                break;
             }
-            low -= 1;
-            self.leader_mut().marked = (low, high);
+            self.leader_mut().members[peer as usize].fence_posted = end;
         }
-        true
+        if !MARKED_REWRITES {
+            self.leader_mut().members[peer as usize].fence_from(decided_end);
+            return Some(decided_end);
+        }
+        Some(self.leader_mut().members[peer as usize].fenced)
     }
 
     /// Marks the own copy of the decided `position` decided; false if it does not open.

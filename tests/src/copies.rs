@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 
 use mu_nostd::layout::{Layout, RECORD_BYTES};
-use mu_nostd::slot::{self, SlotError};
+use mu_nostd::slot;
 
 /// What the last look at a watched copy saw.
 #[derive(Clone, Copy, Debug)]
@@ -102,11 +102,7 @@ impl Copies {
         let l = &self.layout;
         let slot_at = (l.slots + index * l.slot_size) as usize;
         let bytes = &region[slot_at..slot_at + l.slot_size as usize];
-        let opened = match slot::open(bytes, position) {
-            Ok(opened) => opened,
-            Err(SlotError::Empty | SlotError::Torn | SlotError::Malformed) => return None,
-            Err(SlotError::Stale { .. }) => return None,
-        };
+        let opened = slot::open(bytes, position).ok()?;
         let record = |at: u32| &region[at as usize..(at + RECORD_BYTES) as usize];
         let adoption = record(l.adoption_record(position));
         let decided = record(l.decided_mark(position));
