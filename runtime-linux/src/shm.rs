@@ -825,6 +825,10 @@ struct Peer {
     /// The peer runs another cluster configuration: only its region header may be read, so
     /// that the core sees the mismatch and judges it (a refusal can be final).
     header_only: bool,
+    /// The connection reached the mapped life: a later life of the peer (a restart, a new
+    /// file) is reached only after a `reconnect`, and a post meanwhile fails and breaks the
+    /// connection (contract rule 10).
+    bound: bool,
     broken: bool,
     waiting: usize,
     refusal: Option<String>,
@@ -836,6 +840,7 @@ impl Peer {
             mapping: None,
             incarnation: 0,
             header_only: false,
+            bound: false,
             broken: false,
             waiting: 0,
             refusal: None,
@@ -971,16 +976,21 @@ impl ShmFabric {
 
     /// The peer's mapping, its incarnation and whether only its header may be read, if its
     /// owner runs the incarnation this connection was made to; a peer that restarted (a new
-    /// file) is mapped anew.
+    /// file) is mapped anew once the connection was reconnected (rule 10: nothing posted on a
+    /// connection to an earlier life lands in the new one).
     fn live_mapping(&mut self, peer: ReplicaId) -> Option<(&Mapping, u64, bool)> {
         let state = &self.peers[peer as usize];
         let replaced = state
             .mapping
             .as_ref()
             .is_none_or(|m| m.word(C_INCARNATION).load(SeqCst) != state.incarnation);
+        if replaced && state.bound {
+            return None;
+        }
         if replaced {
             let outcome = self.connect(peer);
             let state = &mut self.peers[peer as usize];
+            state.bound = outcome.is_ok();
             match outcome {
                 Ok(()) if state.header_only => {}
                 Ok(()) => state.refusal = None,
@@ -1131,6 +1141,7 @@ impl Fabric for ShmFabric {
         let state = &mut self.peers[peer as usize];
         state.waiting = 0;
         state.broken = false;
+        state.bound = false;
         // The mapping stays: the next post remaps only if the peer restarted with a new file.
         Ok(())
     }
