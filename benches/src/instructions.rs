@@ -533,7 +533,7 @@ mod tests {
         .unwrap();
         assert_eq!(library.part(), Part::Fabric);
         let generic = parse_annotate_line(
-            "9 (0.1%)  mu-nostd/src/leader.rs:mu_nostd::leader::lead<runtime_linux::shm::ShmFabric> [/b]",
+            "9 (0.1%)  mu-nostd/src/tenure/mod.rs:mu_nostd::tenure::Leading::lead<runtime_linux::shm::ShmFabric> [/b]",
         )
         .unwrap();
         assert_eq!(generic.part(), Part::Core);

@@ -21,7 +21,7 @@
 //!
 //! Election: the leader is the lowest id among the voters considered alive (this replica counts
 //! itself alive while its heartbeat runs). A replica that restarted is recovering, not a voter,
-//! until a leader admits it (see `leader`, "Recovery"); its heartbeat says which, so that the
+//! until a leader admits it (see `tenure::admission`); its heartbeat says which, so that the
 //! others never wait for it to lead; a replica just admitted bids only once every live peer
 //! below it has shown its voter flag in a heartbeat read since (reads, not time: a plane that
 //! slept through its read timeout would bid against the leader that admitted it). While no
@@ -66,8 +66,9 @@
 
 use crate::config::{Config, REPLICAS_MAX};
 use crate::detector::PullScore;
-use crate::fabric::{Completion, Fabric, PostError, ReplicaId, Status};
+use crate::fabric::{Fabric, PostError, ReplicaId, Status};
 use crate::layout::{HeaderError, Layout, HEADER_BYTES, HEARTBEAT_READ_BYTES, RECORD_BYTES};
+use crate::links;
 use crate::record;
 use crate::shared::{Lead, Shared, TENURE_MASK};
 use crate::wrid::{Kind, WrId};
@@ -225,12 +226,10 @@ pub struct BackgroundStatus {
     pub refused: bool,
 }
 
-const COMPLETION_BATCH: usize = 16;
 const ZERO_CHUNK_BYTES: usize = 256;
 /// Read timeouts a peer's heartbeat may stay unreadable (torn) before reads count as misses.
 const UNREADABLE_TIMEOUTS: u64 = 4;
 const ZERO_CHUNKS_PER_POLL: u32 = 256;
-const COMPLETION_BATCHES_MAX: usize = 8;
 /// The top bit of a published heartbeat: this life of the replica is a voter and may lead (it
 /// is not installing a snapshot).
 const HEARTBEAT_VOTER: u64 = 1 << 63;
@@ -310,7 +309,6 @@ pub struct BackgroundPlane<'s> {
     acked: u8,
     /// The replication plane's transfer request, as this plane writes it to the donor.
     transfer_request: TransferRequest,
-    completions: [Completion; COMPLETION_BATCH],
 }
 
 /// Where the write of the replication plane's latest transfer request stands.
@@ -357,7 +355,6 @@ impl<'s> BackgroundPlane<'s> {
             tenure: None,
             acked: 0,
             transfer_request: TransferRequest::default(),
-            completions: [Completion::EMPTY; COMPLETION_BATCH],
         }
     }
 
@@ -569,33 +566,22 @@ impl<'s> BackgroundPlane<'s> {
 
     // ---- completions -------------------------------------------------------------------------
 
+    /// Takes this plane's completions, through the drain both planes share.
     fn drain_completions<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
-        for _ in 0..COMPLETION_BATCHES_MAX {
-            let count = fabric.poll(&mut self.completions).min(COMPLETION_BATCH);
-            for index in 0..count {
-                let completion = self.completions[index];
-                self.complete(now, completion, fabric);
-            }
-            if count < COMPLETION_BATCH {
-                break;
-            }
-        }
+        let (replicas, me) = (self.config.replica_count, self.me);
+        links::drain(fabric, replicas, me, |fabric, id, status| {
+            self.complete(now, id, status, fabric)
+        });
     }
 
-    fn complete<F: Fabric>(&mut self, now: u64, completion: Completion, fabric: &mut F) {
-        let Some(id) = WrId::decode(completion.wr_id) else {
-            return;
-        };
-        if !self.config.contains(id.peer) || id.peer == self.me {
-            return;
-        }
+    fn complete<F: Fabric>(&mut self, now: u64, id: WrId, status: Status, fabric: &mut F) {
         let patience = self.patience;
         let peer = &mut self.peers[id.peer as usize];
         if id.epoch != peer.epoch {
             return; // From before a reconnect.
         }
         let was_alive = peer.score.alive();
-        let ok = completion.status == Status::Ok;
+        let ok = status == Status::Ok;
         match id.kind {
             Kind::ReadHeader => {
                 peer.header_read_at = None;

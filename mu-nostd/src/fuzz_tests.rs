@@ -4,8 +4,8 @@
 
 use crate::config::Config;
 use crate::layout::{Layout, HEADER_BYTES};
+use crate::log::{decode_commit_for_tests, encode_commit};
 use crate::record;
-use crate::replication::{decode_commit_for_tests, encode_commit};
 use crate::slot::{self, origin, Acceptance, SlotHeader, ACCEPTANCE_AT, SLOT_HEADER_BYTES};
 use crate::wrid::WrId;
 

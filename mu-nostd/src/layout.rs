@@ -22,7 +22,7 @@
 //!
 //! The standing record says whether this life of the replica is a voter: zero (a fresh or
 //! restarted region) means it is recovering; a value is the ballot of the tenure that admitted
-//! it, and counts as a promise of that ballot (see `leader`, "Recovery").
+//! it, and counts as a promise of that ballot (see `tenure::admission`).
 //!
 //! # Invariants
 //! - Areas do not overlap and appear in the order above; the log area and every slot start on a
@@ -154,7 +154,7 @@ impl Layout {
         // applied (the replication plane's), promises, one slot and its rewrite record.
         let landing_bytes = n * Layout::landing_stride(config.slot_size);
         let landing_transfer = landing + landing_bytes;
-        Layout {
+        let layout = Layout {
             replica_count: config.replica_count,
             slot_count: config.slot_count,
             slot_size: config.slot_size,
@@ -169,7 +169,17 @@ impl Layout {
             landing,
             landing_transfer,
             region_bytes: landing_transfer + transfer_bytes,
-        }
+        };
+        // The areas follow each other in this order, the log, its slots and the transfer area
+        // on 64-byte boundaries (a slot never straddles a cache line more than it must, and the
+        // offer is read in one piece); the outbox ends before the landing buffers.
+        assert!(HEADER_BYTES <= background && background < log && log < slots);
+        assert!(slots < rewrites && rewrites < transfer && transfer < scratch);
+        assert!(scratch == outbox && outbox < landing && landing < landing_transfer);
+        assert!(log % 64 == 0 && slots % 64 == 0 && transfer % 64 == 0);
+        assert!(layout.outbox_transfer_request() + RECORD_BYTES <= landing);
+        assert!(log + layout.log_bytes() == transfer);
+        layout
     }
 
     /// Bytes of the transfer area (and of the transfer's landing buffers).

@@ -28,9 +28,11 @@
 //! | [`hash`] | the 64-bit hash behind checksums and chains |
 //! | [`fabric`] | the `Fabric` trait: the contract every fabric honours |
 //! | [`state_machine`] | the application trait |
-//! | [`replication`] | the replication plane: follower replayer, submit, apply |
+//! | [`replication`] | the replication plane: the follower or the tenure, submit, state transfer |
+//! | [`log`] | the own log below both roles: replay, apply, the chain, the queue of submitted commands |
+//! | [`links`] | the replication plane's connections, and the completion drain both planes use |
 //! | [`transfer`] | state transfer: a replica a lap behind installs another's snapshot |
-//! | `leader` | the leader's tenure: survey, bulk catch-up, prepare, adopt, fast path, recycling |
+//! | [`tenure`] | the leader's tenure, a type that exists only while leading: survey and catch-up, prepare and adoption, the fast path, recycling |
 //! | [`background`] | heartbeat, failure detection, election, permission requests, grants, acks |
 //! | [`detector`] | the pull score with hysteresis |
 //! | [`shared`] | the atomics the two planes share, and the step-down handshake |
@@ -54,7 +56,8 @@ pub mod detector;
 pub mod fabric;
 pub mod hash;
 pub mod layout;
-mod leader;
+pub mod links;
+pub mod log;
 mod queue;
 pub mod record;
 pub mod replica;
@@ -62,6 +65,7 @@ pub mod replication;
 pub mod shared;
 pub mod slot;
 pub mod state_machine;
+pub mod tenure;
 pub mod transfer;
 mod wrid;
 
@@ -72,10 +76,10 @@ pub use background::{BackgroundPlane, BackgroundStatus, PeerHeader};
 pub use config::{Config, ConfigError, DetectorConfig};
 pub use fabric::{check_post, Completion, Fabric, Op, Plane, PostError, ReplicaId, Status};
 pub use layout::Layout;
-pub use leader::{LeaderStatus, MemberPhase, MemberStatus, TenurePhase};
 pub use queue::REQUESTS_MAX;
 pub use replica::{planes, Replica, ReplicaError};
 pub use replication::{Halt, ReplicationPlane, ReplicationStatus, SubmitError};
 pub use shared::Shared;
 pub use state_machine::{Snapshot, StateMachine, Ticket};
+pub use tenure::{LeaderStatus, MemberPhase, MemberStatus, Tenure, TenurePhase};
 pub use transfer::TransferStatus;

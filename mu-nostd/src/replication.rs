@@ -1,32 +1,32 @@
-//! The replication plane: the follower's replayer and the leader's replicator (in `leader`).
+//! The replication plane: one replica's log replication, in one of two roles at a time.
 //!
-//! Follower: the replayer polls its own log. A slot at the next position to apply is taken only
-//! when it opens (chain, position) and its `chain_prev` equals the chain of everything applied
-//! so far; a position is applied only below a commit point carried by a slot that chains back to
-//! the applied prefix (or by the commit record, which carries the chain digest it vouches for).
-//! So a torn slot, a slot of an earlier lap and an undecided value of an earlier leader are never
-//! applied. A valid slot of a *later* lap at the next position, or a lap notice, means the leader
-//! recycled past this replica: it installs a snapshot of another replica instead (`transfer`).
+//! - **Follower**: it replays its own log ([`crate::log`]: the chain and commit rules that keep a
+//!   torn, stale or undecided slot from being applied) and, a lap behind, installs another
+//!   replica's snapshot ([`crate::transfer`]).
+//! - **Leader**: while the background plane says this replica leads, a [`Tenure`] exists and
+//!   drives the log from its grant to the fast path ([`crate::tenure`]); leader-only code runs
+//!   only through it, so it cannot run otherwise.
+//!
+//! Below both roles: the own log ([`crate::log`]) and the plane's connections ([`crate::links`]).
 //!
 //! # Invariants
-//! - `applied` only grows; `applied_chain` is the chain digest through `applied - 1`.
-//! - Every replica applies the same command at the same position (agreement), because every
-//!   applied slot chains to the same decided prefix.
-//! - A command submitted here is reported `committed` only when the command itself (its origin)
-//!   is applied, never when another value was decided in its place.
+//! - At most one tenure exists, and only while the background plane names this replica leader
+//!   for exactly that tenure and it is not transferring a snapshot; when it ends, everything it
+//!   posted is fenced (`fence_tenure`) before the background plane may grant the log.
+//! - A tenure's operations complete into the tenure that posted them, a transfer's (tenure 0)
+//!   into the transfer, anything older nowhere.
 //! - Work per poll is bounded: scans and applies stop after a fixed number of slots; completions
 //!   are drained in bounded batches.
 
-use crate::config::{Config, REPLICAS_MAX};
-use crate::fabric::{Completion, Fabric, ReplicaId};
-use crate::hash::Hasher;
-use crate::layout::{Layout, COMMIT_RECORD_BYTES};
-use crate::leader::{Connection, Leader, LeaderStatus};
-use crate::queue::RequestQueue;
+use crate::config::REPLICAS_MAX;
+use crate::fabric::{Fabric, ReplicaId};
+use crate::links::{self, Links, Readiness, Work};
+use crate::log::Log;
 use crate::record;
 use crate::shared::Shared;
-use crate::slot::{self, Opened, SlotError, SlotHeader, CHAIN_GENESIS, SLOT_HEADER_BYTES};
 use crate::state_machine::{StateMachine, Ticket};
+use crate::tenure::{LeaderStatus, Tenure};
+use crate::wrid::Kind;
 
 /// Why the replication plane stopped for good.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,89 +127,25 @@ pub struct ReplicationStatus {
 /// deadlines, not 16 (simulator seed 3905 waited 1,920 ticks in one adoption at 16).
 pub(crate) const DEADLINE_DOUBLINGS_MAX: u8 = 2;
 
-/// Reassembles commands that span several slots.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Assembly {
-    active: bool,
-    /// The position of its first fragment, and the chain before it.
-    start: u64,
-    start_chain: u64,
-    origin: u64,
-    entry_len: u32,
-    next_frag: u16,
-    filled: u32,
-}
-
-const COMMIT_DOMAIN: u64 = 0x434F_4D4D_4954;
-pub(crate) const COMPLETION_BATCH: usize = 16;
-
-/// Encodes the commit record: everything below `commit` is decided, and the chain through
-/// `commit - 1` is `chain`.
-pub(crate) fn encode_commit(
-    offset: u32,
-    commit: u64,
-    chain: u64,
-) -> [u8; COMMIT_RECORD_BYTES as usize] {
-    let mut bytes = [0u8; COMMIT_RECORD_BYTES as usize];
-    let check = Hasher::new(COMMIT_DOMAIN)
-        .word(offset as u64)
-        .word(commit)
-        .word(chain)
-        .finish();
-    bytes[0..8].copy_from_slice(&commit.to_le_bytes());
-    bytes[8..16].copy_from_slice(&chain.to_le_bytes());
-    bytes[16..24].copy_from_slice(&check.to_le_bytes());
-    debug_assert_eq!(decode_commit(offset, &bytes), Some((commit, chain)));
-    bytes
-}
-
-#[cfg(test)]
-pub(crate) fn decode_commit_for_tests(offset: u32, bytes: &[u8]) -> Option<(u64, u64)> {
-    decode_commit(offset, bytes.try_into().ok()?)
-}
-
-fn decode_commit(offset: u32, bytes: &[u8; COMMIT_RECORD_BYTES as usize]) -> Option<(u64, u64)> {
-    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
-    let (commit, chain, check) = (word(0), word(8), word(16));
-    let expected = Hasher::new(COMMIT_DOMAIN)
-        .word(offset as u64)
-        .word(commit)
-        .word(chain)
-        .finish();
-    (check == expected).then_some((commit, chain))
-}
-
 /// The replication plane of one replica.
 ///
 /// `SLOT` bounds the slot size, `ENTRY` the command size (and the response buffer), `QUEUE` the
 /// bytes of commands the leader may hold undecided.
 pub struct ReplicationPlane<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize> {
-    pub(crate) config: Config,
-    pub(crate) layout: Layout,
-    pub(crate) me: ReplicaId,
+    pub(crate) log: Log<SLOT, ENTRY, QUEUE>,
+    pub(crate) links: Links,
     pub(crate) shared: &'s Shared,
-    pub(crate) applied: u64,
-    pub(crate) applied_chain: u64,
-    commit_known: u64,
-    /// The last replay found valid slots up to its scan bound: more may follow.
-    backlog: bool,
-    assembly: Assembly,
-    entry: [u8; ENTRY],
-    pub(crate) slot: [u8; SLOT],
-    response: [u8; ENTRY],
-    pub(crate) queue: RequestQueue<QUEUE>,
-    pub(crate) connections: [Connection; REPLICAS_MAX as usize],
-    pub(crate) leader: Option<Leader>,
-    pub(crate) spent_tenure: u32,
+    /// The tenure this replica leads in, while it does.
+    tenure: Option<Tenure>,
+    spent_tenure: u32,
     /// Tenures in a row (at most [`DEADLINE_DOUBLINGS_MAX`]) that ended before the fast path: each
     /// doubles the next tenure's phase and operation deadlines (see `phase_timeout`).
-    pub(crate) deadline_doublings: u8,
+    deadline_doublings: u8,
     halted: Option<Halt>,
     /// Cached once true: a standing is never withdrawn within a life.
-    pub(crate) voter: bool,
+    voter: bool,
     published_applied: Option<u64>,
     publish_at: u64,
-    pub(crate) completions: [Completion; COMPLETION_BATCH],
     /// This replica's life, and its transfer attempts: a transfer's nonce is unique to both.
     pub(crate) incarnation: u32,
     pub(crate) attempts: u32,
@@ -226,33 +162,18 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 {
     /// The replication plane of replica `me`; the caller validated the configuration and checked
     /// it against the buffer sizes (see [`crate::Replica`]).
-    pub(crate) fn new(config: Config, me: ReplicaId, shared: &'s Shared) -> Self {
-        assert!(config.validate().is_ok());
-        assert!(config.slot_size as usize <= SLOT);
-        assert!(config.entry_bytes_max() as usize <= ENTRY);
+    pub(crate) fn new(config: crate::Config, me: ReplicaId, shared: &'s Shared) -> Self {
         ReplicationPlane {
-            config,
-            layout: Layout::new(&config),
-            me,
+            log: Log::new(config, me),
+            links: Links::NEW,
             shared,
-            applied: 0,
-            applied_chain: CHAIN_GENESIS,
-            commit_known: 0,
-            backlog: false,
-            assembly: Assembly::default(),
-            entry: [0; ENTRY],
-            slot: [0; SLOT],
-            response: [0; ENTRY],
-            queue: RequestQueue::new(),
-            connections: [Connection::NEW; REPLICAS_MAX as usize],
-            leader: None,
+            tenure: None,
             spent_tenure: 0,
             deadline_doublings: 0,
             halted: None,
             voter: false,
             published_applied: None,
             publish_at: 0,
-            completions: [Completion::EMPTY; COMPLETION_BATCH],
             incarnation: 0,
             attempts: 0,
             transfer: None,
@@ -268,28 +189,31 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// restarts.
     pub fn begin_incarnation(&mut self, incarnation: u32) {
         self.incarnation = incarnation;
-        self.queue
+        self.log
+            .queue
             .start_sequences_at(crate::slot::incarnation_base(incarnation));
     }
 
     /// Does one bounded round of replication work at time `now`.
     pub fn poll<F: Fabric, S: StateMachine>(&mut self, now: u64, fabric: &mut F, sm: &mut S) {
         self.shared.tick_progress();
-        self.backlog = false;
+        self.log.backlog = false;
         if self.halted.is_some() {
             // Whatever it queued as leader will never be decided through this replica.
-            self.queue.drain(|ticket| sm.dropped(ticket));
+            self.log.queue.drain(|ticket| sm.dropped(ticket));
             return;
         }
         self.follow_role(now, fabric, sm);
-        if self.leader.is_some() {
+        if self.tenure.is_some() {
             self.lead(now, fabric, sm);
         } else {
             self.drain_completions(now, fabric, sm);
             if self.transfer.is_some() {
                 self.step_transfer(now, fabric, sm);
             } else {
-                self.replay(now, fabric, sm);
+                if let Some(floor) = self.log.replay(fabric, sm) {
+                    self.start_transfer(now, floor, fabric);
+                }
                 self.refresh_voter(fabric);
             }
         }
@@ -304,7 +228,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         if self.halted.is_some() {
             return Err(SubmitError::Halted);
         }
-        if self.leader.is_none() {
+        if self.tenure.is_none() {
             return Err(SubmitError::NotLeader {
                 leader: self.shared.leader(),
             });
@@ -312,67 +236,56 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         if command.is_empty() {
             return Err(SubmitError::Empty);
         }
-        let max = self.config.entry_bytes_max();
+        let max = self.log.config.entry_bytes_max();
         if command.len() as u64 > max as u64 {
             return Err(SubmitError::TooLarge {
                 len: command.len().min(u32::MAX as usize) as u32,
                 max,
             });
         }
-        self.queue.push(command).ok_or(SubmitError::Busy)
+        self.log.queue.push(command).ok_or(SubmitError::Busy)
+    }
+
+    /// The tenure this replica leads in, while it does.
+    pub fn tenure(&self) -> Option<&Tenure> {
+        self.tenure.as_ref()
     }
 
     /// The leader's view of its tenure, while it leads.
     pub fn leader_status(&self) -> Option<LeaderStatus> {
         let confirmed = self.shared.lead().map_or(0, |l| l.confirmed);
-        self.leader.as_ref().map(|leader| leader.status(confirmed))
+        self.tenure.as_ref().map(|tenure| tenure.status(confirmed))
     }
 
     /// A snapshot for runtimes and tests.
     pub fn status(&self) -> ReplicationStatus {
         ReplicationStatus {
-            applied: self.applied,
-            applied_chain: self.applied_chain,
-            leading: self.leader.as_ref().map(|l| l.tenure),
-            fast_path: self.leader.as_ref().is_some_and(|l| l.fast_path()),
-            queued: self.queue.len() as u32,
+            applied: self.log.applied,
+            applied_chain: self.log.applied_chain,
+            leading: self.tenure.as_ref().map(Tenure::number),
+            fast_path: self.tenure.as_ref().is_some_and(Tenure::fast_path),
+            queued: self.log.queue.len() as u32,
             halted: self.halted,
             voter: self.voter,
             catching_up: self.transfer.is_some(),
             donating_to: self.donor.joiner(),
             deadline_doublings: self.deadline_doublings,
-            backlog: self.backlog,
-        }
-    }
-
-    /// The last command boundary: the position and chain the state machine's state stands
-    /// for. Below `applied` while a command spanning several slots is half applied (the state
-    /// machine has not seen its fragments yet).
-    pub(crate) fn boundary(&self) -> (u64, u64) {
-        let a = &self.assembly;
-        if a.active {
-            assert!(a.start < self.applied);
-            (a.start, a.start_chain)
-        } else {
-            (self.applied, self.applied_chain)
+            backlog: self.log.backlog,
         }
     }
 
     /// A snapshot covering every position below `position`, whose chain through `position - 1`
     /// is `chain`, was installed: the log continues from there.
     pub(crate) fn install_position(&mut self, position: u64, chain: u64) {
-        assert!(self.leader.is_none(), "a leader never installs a snapshot");
-        self.applied = position;
-        self.applied_chain = chain;
-        self.commit_known = position;
-        self.assembly = Assembly::default();
+        assert!(self.tenure.is_none(), "a leader never installs a snapshot");
+        self.log.install_position(position, chain);
         self.published_applied = None;
     }
 
     /// True when this life of the replica is a voter; reads the standing record until it is.
-    pub(crate) fn refresh_voter<F: Fabric>(&mut self, fabric: &mut F) -> bool {
+    fn refresh_voter<F: Fabric>(&mut self, fabric: &mut F) -> bool {
         if !self.voter {
-            self.voter = crate::background::own_voter(&self.layout, fabric);
+            self.voter = crate::background::own_voter(&self.log.layout, fabric);
         }
         self.voter
     }
@@ -380,18 +293,18 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// Takes up or gives up leadership as the background plane says.
     fn follow_role<F: Fabric, S: StateMachine>(&mut self, now: u64, fabric: &mut F, sm: &mut S) {
         let lead = self.shared.lead();
-        if let Some(leader) = &self.leader {
-            if lead.map(|l| l.tenure) == Some(leader.tenure) {
+        if let Some(tenure) = &self.tenure {
+            if lead.map(|l| l.tenure) == Some(tenure.number()) {
                 return;
             }
-            info!("tenure {} over", leader.tenure);
+            info!("tenure {} over", tenure.number());
             self.stand_down(fabric);
         }
         let Some(lead) = lead else {
             // Not leading any more, whether the tenure just ended or was aborted earlier (the
             // queue outlives an abort, for the next tenure): nothing queued will be proposed here.
-            if self.queue.len() > 0 {
-                self.queue.drain(|ticket| sm.dropped(ticket));
+            if self.log.queue.len() > 0 {
+                self.log.queue.drain(|ticket| sm.dropped(ticket));
             }
             return;
         };
@@ -404,18 +317,34 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
         info!(
             "leading in tenure {} from position {}",
-            lead.tenure, self.applied
+            lead.tenure, self.log.applied
         );
-        self.queue.restart_proposals();
+        self.log.queue.restart_proposals();
         let voter = self.refresh_voter(fabric);
         let timeout = self.phase_timeout();
-        self.leader = Some(Leader::new(
-            lead.tenure,
-            now,
-            (self.applied, self.applied_chain),
-            voter,
-            timeout,
-        ));
+        let from = (self.log.applied, self.log.applied_chain);
+        self.tenure = Some(Tenure::new(lead.tenure, now, from, voter, timeout));
+    }
+
+    /// One round of leader work; ends the tenure when it must end.
+    fn lead<F: Fabric, S: StateMachine>(&mut self, now: u64, fabric: &mut F, sm: &mut S) {
+        let timeout = self.phase_timeout();
+        let Some(tenure) = &mut self.tenure else {
+            return;
+        };
+        let ended = tenure
+            .leading(&mut self.log, &mut self.links, self.shared, timeout)
+            .poll(now, fabric, sm);
+        if tenure.fast_path() {
+            self.deadline_doublings = 0;
+        }
+        // A tenure that prepared with every replica admits itself (rule 4 of "Recovery").
+        self.voter |= tenure.voter();
+        match ended {
+            None => {}
+            Some(crate::tenure::End::Doomed) => self.abort(fabric),
+            Some(crate::tenure::End::Lapped { floor }) => self.start_transfer(now, floor, fabric),
+        }
     }
 
     /// Ticks a phase of the prepare, or an operation of it, may take: `op_timeout_ticks`,
@@ -424,21 +353,33 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// load) would otherwise end every tenure in its survey and start the next, which needs the
     /// same set-up again, forever; with the deadline growing, one tenure gets through, and the
     /// next fast path puts it back.
-    pub(crate) fn phase_timeout(&self) -> u64 {
+    fn phase_timeout(&self) -> u64 {
         debug_assert!(self.deadline_doublings <= DEADLINE_DOUBLINGS_MAX);
-        (self.config.op_timeout_ticks as u64) << self.deadline_doublings
+        (self.log.config.op_timeout_ticks as u64) << self.deadline_doublings
     }
 
     /// Stops acting as leader: nothing the tenure posted lands after this (see `fence_tenure`);
     /// only then may the background plane grant this replica's log to a peer.
     fn stand_down<F: Fabric>(&mut self, fabric: &mut F) -> Option<u32> {
-        let leader = self.leader.take()?;
-        if !leader.fast_path() {
+        let tenure = self.tenure.take()?;
+        if !tenure.fast_path() {
             self.deadline_doublings = (self.deadline_doublings + 1).min(DEADLINE_DOUBLINGS_MAX);
         }
         self.fence_tenure(fabric);
         self.shared.stop_acting();
-        Some(leader.tenure)
+        Some(tenure.number())
+    }
+
+    /// A tenure's operations never outlive it: when this replica stops acting as leader, every
+    /// connection with work outstanding is dropped, so that no write of the tenure lands in a
+    /// peer's log later (a peer that grants this replica again would let it in), and no read
+    /// lands in the own log after the background plane may have granted it to a peer.
+    fn fence_tenure<F: Fabric>(&mut self, fabric: &mut F) {
+        for peer in self.log.others() {
+            if self.links.front(peer).is_some() {
+                self.links.drop(peer, fabric);
+            }
+        }
     }
 
     /// Gives up the current tenure: the background plane will ask for permissions again.
@@ -461,191 +402,84 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// Publishes the applied position when it changes, and every `recycle_period_ticks` anyway
     /// (a damaged record heals).
     fn publish_applied<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
-        if self.published_applied == Some(self.applied) && now < self.publish_at {
+        let applied = self.log.applied;
+        if self.published_applied == Some(applied) && now < self.publish_at {
             return;
         }
-        let offset = self.layout.applied();
-        fabric.store(offset, &record::encode(offset, self.applied));
-        self.published_applied = Some(self.applied);
-        self.publish_at = now + self.config.recycle_period_ticks as u64;
+        let offset = self.log.layout.applied();
+        fabric.store(offset, &record::encode(offset, applied));
+        self.published_applied = Some(applied);
+        self.publish_at = now + self.log.config.recycle_period_ticks as u64;
     }
 
-    /// Loads the slot of `position` from this replica's own log into the scratch slot.
-    pub(crate) fn open_local<F: Fabric>(
+    // ---- a follower's connections (state transfer) -------------------------------------------
+
+    /// Takes the completions of a follower's operations: a state transfer's (tenure 0). A
+    /// tenure drains its own (`Leading::drain`); what an ended tenure posted is ignored.
+    fn drain_completions<F: Fabric, S: StateMachine>(
         &mut self,
+        now: u64,
         fabric: &mut F,
-        position: u64,
-    ) -> Result<Opened, SlotError> {
-        let size = self.config.slot_size as usize;
-        fabric.load(self.layout.slot(position), &mut self.slot[..size]);
-        slot::open(&self.slot[..size], position)
-    }
-
-    // ---- follower ----------------------------------------------------------------------------
-
-    fn scan_bound(&self) -> u32 {
-        self.config.pipeline_depth as u32 + self.config.entry_slots_max as u32 + 2
-    }
-
-    /// Finds how far the log is decided and chained, then applies up to there.
-    fn replay<F: Fabric, S: StateMachine>(&mut self, now: u64, fabric: &mut F, sm: &mut S) {
-        if let Some(floor) = self.lapped_by_notice(fabric) {
-            self.start_transfer(now, floor, fabric);
-            return;
-        }
-        let mut position = self.applied;
-        let mut chain = self.applied_chain;
-        let bound = self.scan_bound();
-        for _ in 0..bound {
-            match self.open_local(fabric, position) {
-                Ok(opened) if opened.header.chain_prev == chain => {
-                    // A writer's commit point never exceeds the position it wrote; a torn
-                    // acceptance record (a rewrite cut short) just carries none.
-                    if let Some(accepted) = opened.accepted {
-                        self.commit_known = self.commit_known.max(accepted.commit.min(position));
-                    }
-                    chain = opened.chain;
-                    position += 1;
-                }
-                Err(SlotError::Stale { found }) if found > position => {
-                    self.start_transfer(now, position + 1, fabric);
-                    return;
-                }
-                _ => break,
-            }
-        }
-        assert!(position - self.applied <= bound as u64);
-        self.backlog = position - self.applied == bound as u64;
-        self.read_commit_record(fabric, position, chain);
-        let decided_end = self.commit_known.min(position);
-        while self.applied < decided_end {
-            match self.open_local(fabric, self.applied) {
-                Ok(opened) if opened.header.chain_prev == self.applied_chain => {
-                    self.apply_slot(opened.header, opened.chain, sm);
-                }
-                // Rewritten since the scan (by the leader, with the same decided value): retry.
-                _ => break,
-            }
-        }
-    }
-
-    /// A leader left a lap notice: the lowest position it can still send is above what this
-    /// replica applied, so nobody will send it the positions it lacks. Returns that position.
-    fn lapped_by_notice<F: Fabric>(&self, fabric: &mut F) -> Option<u64> {
-        let offset = self.layout.lap_notice();
-        let mut bytes = [0u8; crate::layout::RECORD_BYTES as usize];
-        fabric.load(offset, &mut bytes);
-        record::decode(offset, &bytes).filter(|&floor| floor > self.applied)
-    }
-
-    /// The commit record vouches for positions below its commit point when this replica's
-    /// chain through `commit - 1` is the one it carries.
-    fn read_commit_record<F: Fabric>(&mut self, fabric: &mut F, scanned_end: u64, chain: u64) {
-        let offset = self.layout.commit_record();
-        let mut bytes = [0u8; COMMIT_RECORD_BYTES as usize];
-        fabric.load(offset, &mut bytes);
-        if let Some((commit, commit_chain)) = decode_commit(offset, &bytes) {
-            if commit == scanned_end && commit_chain == chain {
-                self.commit_known = self.commit_known.max(commit);
-            }
-        }
-    }
-
-    /// Applies the slot in the scratch buffer (already opened and chained) at `applied`.
-    pub(crate) fn apply_slot<S: StateMachine>(
-        &mut self,
-        header: SlotHeader,
-        chain: u64,
         sm: &mut S,
     ) {
-        assert_eq!(header.position, self.applied);
-        assert_eq!(header.chain_prev, self.applied_chain);
-        let capacity = self.config.slot_payload_bytes();
-        let frag_len = header.frag_len(capacity) as usize;
-        let start = SLOT_HEADER_BYTES as usize;
-        let single = header.frag_count == 1;
-        let complete = if single {
-            self.assembly.active = false;
-            true
-        } else {
-            self.assemble(header, frag_len)
+        let (replicas, me) = (self.log.config.replica_count, self.log.me);
+        links::drain(fabric, replicas, me, |fabric, id, status| {
+            let Some(pending) = self.links.take(id, status) else {
+                return;
+            };
+            if pending.tenure == 0 {
+                self.complete_transfer(now, id.peer, pending, status, fabric, sm);
+            }
+        });
+    }
+
+    /// Posts an operation of a state transfer; false when it could not be posted now.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn post<F: Fabric>(
+        &mut self,
+        now: u64,
+        fabric: &mut F,
+        peer: ReplicaId,
+        kind: Kind,
+        tag: u32,
+        range: (u64, u64),
+        local: u32,
+        remote: u32,
+        len: u32,
+    ) -> bool {
+        debug_assert!(self.tenure.is_none(), "a tenure posts its own operations");
+        match self.links.readiness(peer) {
+            Readiness::Draining => return false,
+            Readiness::Broken => self.links.drop(peer, fabric),
+            Readiness::Open => {}
+        }
+        let work = Work {
+            kind,
+            tag,
+            range,
+            local,
+            remote,
+            len,
         };
-        if complete {
-            let command = if single {
-                &self.slot[start..start + frag_len]
-            } else {
-                &self.entry[..header.entry_len as usize]
-            };
-            let (position, origin) = (header.position, header.origin);
-            deliver(
-                sm,
-                &mut self.queue,
-                &mut self.response,
-                self.me,
-                position,
-                origin,
-                command,
-            );
-        }
-        self.applied += 1;
-        self.applied_chain = chain;
+        self.links.post(now, fabric, peer, 0, work)
     }
 
-    /// Adds a fragment; true when it completed its command. Fragments out of sequence (a
-    /// command cut short by a leader change) are dropped the same way on every replica, because
-    /// every replica applies the same decided slots.
-    fn assemble(&mut self, header: SlotHeader, frag_len: usize) -> bool {
-        let fits =
-            header.entry_len as usize <= ENTRY && header.frag_count <= self.config.entry_slots_max;
-        if header.frag_index == 0 {
-            self.assembly = Assembly {
-                active: fits,
-                start: header.position,
-                start_chain: self.applied_chain,
-                origin: header.origin,
-                entry_len: header.entry_len,
-                next_frag: 0,
-                filled: 0,
-            };
-        }
-        let a = &mut self.assembly;
-        let in_sequence = a.active
-            && a.origin == header.origin
-            && a.entry_len == header.entry_len
-            && a.next_frag == header.frag_index;
-        if !in_sequence {
-            a.active = false;
-            return false;
-        }
-        let from = a.filled as usize;
-        let start = SLOT_HEADER_BYTES as usize;
-        self.entry[from..from + frag_len].copy_from_slice(&self.slot[start..start + frag_len]);
-        a.filled += frag_len as u32;
-        a.next_frag += 1;
-        if a.next_frag < header.frag_count {
-            return false;
-        }
-        assert_eq!(a.filled, header.entry_len);
-        a.active = false;
-        true
+    /// Drops what a state transfer has outstanding to `peer`: none of it lands any more.
+    pub(crate) fn drop_connection<F: Fabric>(&mut self, peer: ReplicaId, fabric: &mut F) {
+        self.links.drop(peer, fabric);
     }
-}
 
-/// Applies a complete command and, when this replica submitted it, reports its ticket.
-fn deliver<S: StateMachine, const QUEUE: usize>(
-    sm: &mut S,
-    queue: &mut RequestQueue<QUEUE>,
-    response: &mut [u8],
-    me: ReplicaId,
-    position: u64,
-    origin: u64,
-    command: &[u8],
-) {
-    let len = sm.apply(position, command, response).min(response.len());
-    let proposer = (origin >> 56) as u8;
-    let sequence = origin & ((1 << 56) - 1);
-    if proposer == me && queue.mark_decided(sequence) {
-        sm.committed(sequence, position, &response[..len]);
-        queue.pop_decided();
+    /// An operation past its deadline resets its connection.
+    pub(crate) fn expire_operations<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let timeout = self.phase_timeout();
+        for peer in self.log.others() {
+            let expired = self
+                .links
+                .front(peer)
+                .is_some_and(|front| now.saturating_sub(front.posted_at) > timeout);
+            if expired {
+                self.links.drop(peer, fabric);
+            }
+        }
     }
 }

@@ -40,7 +40,7 @@
 //!   while it is the only one: a decided position is rewritten by landing its decided mark
 //!   first (one fixed content, so rewriting it cannot tear it), and only then its slot; an
 //!   adopted value is rewritten, on a member whose copy the prepare read, into whichever of the
-//!   acceptance and adoption records is not the higher one (see `leader`). Fresh values of the
+//!   acceptance and adoption records is not the higher one (see `tenure`). Fresh values of the
 //!   fast path go in one write: their slot holds nothing decided (the prepare found nothing).
 //!
 //! A copy's *accepted ballot* is [`DECIDED`] when its decided mark is intact, else the higher of

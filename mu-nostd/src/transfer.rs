@@ -41,7 +41,7 @@ use crate::config::REPLICAS_MAX;
 use crate::fabric::{Fabric, ReplicaId, Status};
 use crate::hash::Hasher;
 use crate::layout::{CHUNK_HEADER_BYTES, OFFER_BYTES, RECORD_BYTES};
-use crate::leader::Pending;
+use crate::links::Pending;
 use crate::record;
 use crate::replication::{Halt, ReplicationPlane};
 use crate::state_machine::StateMachine;
@@ -261,7 +261,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// Where this replica's state transfer stands, while it installs a snapshot.
     pub fn transfer_status(&self) -> Option<TransferStatus> {
         let join = self.transfer?;
-        let chunk_bytes = self.config.transfer_chunk_bytes as u64;
+        let chunk_bytes = self.log.config.transfer_chunk_bytes as u64;
         let mut status = TransferStatus {
             nonce: join.nonce,
             attempts: self.attempts,
@@ -292,17 +292,17 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     }
 
     fn patience(&self) -> u64 {
-        PATIENCE_TIMEOUTS * self.config.op_timeout_ticks as u64
+        PATIENCE_TIMEOUTS * self.log.config.op_timeout_ticks as u64
     }
 
     fn window(&self) -> u64 {
-        self.config.transfer_window as u64
+        self.log.config.transfer_window as u64
     }
 
     /// Chunks move through the slot buffer in pieces of whole 64-byte blocks (so that every
     /// piece but a chunk's last holds whole words for the checksum).
     fn piece_bytes(&self) -> u32 {
-        let piece = self.slot.len() as u32 & !63;
+        let piece = self.log.slot.len() as u32 & !63;
         assert!(
             piece >= 64,
             "the slot buffer holds at least one slot of 64 bytes"
@@ -318,7 +318,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         if self.transfer.is_some() {
             return;
         }
-        if self.leader.is_some() {
+        if self.tenure().is_some() {
             self.abort(fabric);
         }
         self.attempts = self.attempts.wrapping_add(1);
@@ -326,7 +326,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         let nonce = (self.incarnation << 16) ^ (self.attempts & 0xFFFF) | 1 << 31;
         info!(
             "transfer {}: position {} is needed, applied {}",
-            nonce, floor, self.applied
+            nonce, floor, self.log.applied
         );
         self.shared.set_catching_up(true);
         self.transfer = Some(Join {
@@ -334,7 +334,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 answered: 0,
                 since: now,
             },
-            floor: floor.max(self.applied + 1),
+            floor: floor.max(self.log.applied + 1),
             nonce,
             deadline: now + self.patience(),
             request: 0,
@@ -344,8 +344,11 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     }
 
     fn survey_donors<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
-        for peer in self.others() {
-            let (local, remote) = (self.layout.landing_applied(peer), self.layout.applied());
+        for peer in self.log.others() {
+            let (local, remote) = (
+                self.log.layout.landing_applied(peer),
+                self.log.layout.applied(),
+            );
             self.post(
                 now,
                 fabric,
@@ -372,7 +375,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         };
         warn!("transfer {} starts over", join.nonce);
         if let Step::Ask { donor, .. } | Step::Fetch { donor, .. } = join.step {
-            self.drop_connection(now, donor, fabric); // Nothing of this attempt lands later.
+            self.drop_connection(donor, fabric); // Nothing of this attempt lands later.
         }
         sm.install_abandon();
         self.start_transfer(now, join.floor, fabric);
@@ -406,8 +409,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// advanced peer, else the most advanced peer.
     fn choose_donor<F: Fabric>(&mut self, now: u64, answered: u8, since: u64, fabric: &mut F) {
         let join = self.transfer.expect("transferring");
-        let alive = self.shared.alive() & !(1 << self.me);
-        let waited = now.saturating_sub(since) > self.config.op_timeout_ticks as u64;
+        let alive = self.shared.alive() & !(1 << self.log.me);
+        let waited = now.saturating_sub(since) > self.log.config.op_timeout_ticks as u64;
         if answered & alive != alive && !waited {
             return;
         }
@@ -416,6 +419,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             answered & (1 << peer) != 0 && self.survey_applied[peer as usize] >= join.floor
         };
         let ahead = self
+            .log
             .others()
             .filter(|&p| holds(p))
             .map(|p| self.survey_applied[p as usize])
@@ -425,9 +429,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         // still hold half a lap after its snapshot) and keeps the donor's work off the leader,
         // whose polls are the commit path.
         let near = |peer: ReplicaId| {
-            self.survey_applied[peer as usize] + self.config.slot_count as u64 / 2 >= ahead
+            self.survey_applied[peer as usize] + self.log.config.slot_count as u64 / 2 >= ahead
         };
-        let donor = self.others().filter(|&p| holds(p)).max_by_key(|&p| {
+        let donor = self.log.others().filter(|&p| holds(p)).max_by_key(|&p| {
             let follower = leader != Some(p) && near(p);
             (follower, self.survey_applied[p as usize])
         });
@@ -454,7 +458,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     }
 
     fn read_offer<F: Fabric>(&mut self, now: u64, donor: ReplicaId, fabric: &mut F) {
-        let (local, remote) = (self.layout.landing_offer(), self.layout.offer());
+        let (local, remote) = (self.log.layout.landing_offer(), self.log.layout.offer());
         if self.post(
             now,
             fabric,
@@ -522,8 +526,11 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             if (inflight | ready) & (1 << slot) != 0 {
                 continue;
             }
-            let (local, remote) = (self.layout.landing_chunk(slot), self.layout.chunk(slot));
-            let len = CHUNK_HEADER_BYTES + self.config.transfer_chunk_bytes;
+            let (local, remote) = (
+                self.log.layout.landing_chunk(slot),
+                self.log.layout.chunk(slot),
+            );
+            let len = CHUNK_HEADER_BYTES + self.log.config.transfer_chunk_bytes;
             if !self.post(
                 now,
                 fabric,
@@ -542,7 +549,10 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         let wants_progress = produced < (next + window) && !reading_progress;
         let mut progress_posted = false;
         if wants_progress {
-            let (local, remote) = (self.layout.landing_progress(), self.layout.progress());
+            let (local, remote) = (
+                self.log.layout.landing_progress(),
+                self.log.layout.progress(),
+            );
             progress_posted = self.post(
                 now,
                 fabric,
@@ -586,7 +596,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         else {
             return false;
         };
-        let chunk_bytes = self.config.transfer_chunk_bytes;
+        let chunk_bytes = self.log.config.transfer_chunk_bytes;
         let total = offer.chunks(chunk_bytes);
         if next == total {
             self.finish_transfer(now, offer, fabric, sm);
@@ -596,10 +606,10 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         if ready & (1 << slot) == 0 {
             return false;
         }
-        let data = self.layout.landing_chunk(slot) + CHUNK_HEADER_BYTES;
+        let data = self.log.layout.landing_chunk(slot) + CHUNK_HEADER_BYTES;
         let len = offer.chunk_len(next, chunk_bytes);
         for (done, take) in pieces(len, self.piece_bytes()) {
-            let buf = &mut self.slot[..take as usize];
+            let buf = &mut self.log.slot[..take as usize];
             fabric.load(data + done, buf);
             sm.install_write(next * chunk_bytes as u64 + done as u64, buf);
         }
@@ -639,11 +649,14 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         // Commands this replica queued while it led may be among the positions the snapshot
         // covers, which it never applies: their outcome is unknown here (and proposing them
         // again could decide them twice).
-        self.queue.drain(|ticket| sm.dropped(ticket));
+        self.log.queue.drain(|ticket| sm.dropped(ticket));
         // Tell the donor it is done (best effort: it drops the snapshot after its patience
         // anyway), so that it serves the next joiner at once.
         let join = self.transfer.as_mut().expect("transferring");
-        join.request = request_value(join.nonce, offer.chunks(self.config.transfer_chunk_bytes));
+        join.request = request_value(
+            join.nonce,
+            offer.chunks(self.log.config.transfer_chunk_bytes),
+        );
         self.send_request();
         self.transfer = None;
         self.shared.set_catching_up(false);
@@ -670,8 +683,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         match (pending.kind, join.step) {
             (Kind::ReadApplied, Step::Survey { answered, since }) => {
                 let mut bytes = [0u8; RECORD_BYTES as usize];
-                fabric.load(self.layout.landing_applied(peer), &mut bytes);
-                if let Some(applied) = record::decode(self.layout.applied(), &bytes) {
+                fabric.load(self.log.layout.landing_applied(peer), &mut bytes);
+                if let Some(applied) = record::decode(self.log.layout.applied(), &bytes) {
                     self.survey_applied[peer as usize] = applied;
                     let join = self.transfer.as_mut().expect("transferring");
                     join.step = Step::Survey {
@@ -685,8 +698,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             }
             (Kind::ReadProgress, Step::Fetch { donor, offer, .. }) if donor == peer => {
                 let mut bytes = [0u8; RECORD_BYTES as usize];
-                fabric.load(self.layout.landing_progress(), &mut bytes);
-                let value = record::decode(self.layout.progress(), &bytes);
+                fabric.load(self.log.layout.landing_progress(), &mut bytes);
+                let value = record::decode(self.log.layout.progress(), &bytes);
                 if let Some(Join {
                     step:
                         Step::Fetch {
@@ -747,12 +760,12 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         sm: &mut S,
     ) {
         let mut bytes = [0u8; OFFER_BYTES as usize];
-        fabric.load(self.layout.landing_offer(), &mut bytes);
+        fabric.load(self.log.layout.landing_offer(), &mut bytes);
         let join = self.transfer.expect("transferring");
-        let offer = Offer::decode(self.layout.offer(), &bytes);
+        let offer = Offer::decode(self.log.layout.offer(), &bytes);
         // Planted defect: take whatever the donor offers, to whomever.
         let mine = |o: &Offer| {
-            (o.owner == self.me && o.nonce == join.nonce)
+            (o.owner == self.log.me && o.nonce == join.nonce)
                 || cfg!(feature = "bug-unchecked-snapshot")
         };
         let Some(offer) = offer.filter(mine) else {
@@ -802,12 +815,12 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         slot: u32,
         fabric: &mut F,
     ) -> bool {
-        let at = self.layout.landing_chunk(slot);
+        let at = self.log.layout.landing_chunk(slot);
         let mut header = [0u8; 24];
         fabric.load(at, &mut header);
         let word =
             |k: usize| u64::from_le_bytes(header[k * 8..k * 8 + 8].try_into().unwrap_or([0; 8]));
-        let len = offer.chunk_len(index, self.config.transfer_chunk_bytes);
+        let len = offer.chunk_len(index, self.log.config.transfer_chunk_bytes);
         // Planted defect: take a chunk without checking that it belongs to the offer.
         if cfg!(feature = "bug-unchecked-snapshot") {
             return true;
@@ -817,7 +830,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
         let mut sum = offer.chunk_sum(index, len);
         for (done, take) in pieces(len, self.piece_bytes()) {
-            let buf = &mut self.slot[..take as usize];
+            let buf = &mut self.log.slot[..take as usize];
             fabric.load(at + CHUNK_HEADER_BYTES + done, buf);
             sum = mix(sum, buf);
         }
@@ -837,13 +850,13 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         if self.donor.serving.is_none() && now < self.donor.scan_at {
             return;
         }
-        self.donor.scan_at = now + self.config.recycle_period_ticks as u64;
+        self.donor.scan_at = now + self.log.config.recycle_period_ticks as u64;
         if let Some(serving) = self.donor.serving {
             // A request being rewritten reads torn: the last one read stands meanwhile.
             let (nonce, wanted) = self
                 .request_of(serving.offer.owner, fabric)
                 .unwrap_or((serving.offer.nonce, serving.wanted));
-            let chunks = serving.offer.chunks(self.config.transfer_chunk_bytes);
+            let chunks = serving.offer.chunks(self.log.config.transfer_chunk_bytes);
             let stale = now.saturating_sub(serving.moved_at) > self.patience();
             if nonce != serving.offer.nonce || wanted >= chunks || stale {
                 self.stop_serving(sm);
@@ -855,7 +868,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         if self.transfer.is_some() {
             return; // A replica that needs a snapshot has none to give.
         }
-        for joiner in self.others() {
+        for joiner in self.log.others() {
             let (nonce, _) = self.request_of(joiner, fabric).unwrap_or((0, 0));
             if nonce != 0 && nonce != self.donor.done[joiner as usize] {
                 self.begin_serving(now, joiner, nonce, fabric, sm);
@@ -866,7 +879,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 
     /// `joiner`'s request (nonce, next chunk wanted); `None` while it reads torn.
     fn request_of<F: Fabric>(&self, joiner: ReplicaId, fabric: &mut F) -> Option<(u32, u64)> {
-        let offset = self.layout.transfer_request(joiner);
+        let offset = self.log.layout.transfer_request(joiner);
         let mut bytes = [0u8; RECORD_BYTES as usize];
         fabric.load(offset, &mut bytes);
         record::decode(offset, &bytes).map(request_parts)
@@ -881,7 +894,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         sm: &mut S,
     ) {
         self.donor.done[joiner as usize] = nonce;
-        let (position, chain) = self.boundary();
+        let (position, chain) = self.log.boundary();
         let Some(snapshot) = sm.snapshot_begin(position) else {
             return; // This application keeps no snapshots: the joiner asks someone else.
         };
@@ -897,7 +910,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             "serving replica {}: {} bytes at position {}",
             joiner, offer.bytes, offer.position
         );
-        let offset = self.layout.offer();
+        let offset = self.log.layout.offer();
         fabric.store(offset, &offer.encode(offset));
         self.store_progress(nonce, 0, fabric);
         self.donor.serving = Some(Serving {
@@ -915,7 +928,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     }
 
     fn store_progress<F: Fabric>(&mut self, nonce: u32, produced: u64, fabric: &mut F) {
-        let offset = self.layout.progress();
+        let offset = self.log.layout.progress();
         fabric.store(
             offset,
             &record::encode(offset, request_value(nonce, produced)),
@@ -937,17 +950,17 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             serving.wanted = wanted;
             serving.moved_at = now;
         }
-        let chunk_bytes = self.config.transfer_chunk_bytes;
+        let chunk_bytes = self.log.config.transfer_chunk_bytes;
         let index = serving.produced;
         if index < serving.offer.chunks(chunk_bytes) && index < serving.wanted + self.window() {
             // The chunk this slot held is one the joiner no longer needs.
             assert!(index < self.window() || index - self.window() < serving.wanted);
             let slot = (index % self.window()) as u32;
-            let at = self.layout.chunk(slot);
+            let at = self.log.layout.chunk(slot);
             let len = serving.offer.chunk_len(index, chunk_bytes);
             let mut sum = serving.offer.chunk_sum(index, len);
             for (done, take) in pieces(len, self.piece_bytes()) {
-                let buf = &mut self.slot[..take as usize];
+                let buf = &mut self.log.slot[..take as usize];
                 sm.snapshot_read(index * chunk_bytes as u64 + done as u64, buf);
                 fabric.store(at + CHUNK_HEADER_BYTES + done, buf);
                 sum = mix(sum, buf);

@@ -9,7 +9,7 @@
 //! the member still needed. When the member rejoined, `log_holds` and `oldest_held` look only at
 //! the leader's own log (the other follower still held the position), so the member was lapped
 //! and sent a lap notice. At 4cc8392 the member halted; since 67647f3 it starts a state transfer
-//! it never needed. The fix (`discount_own_pause` in `mu-nostd/src/leader.rs`) moves the recency
+//! it never needed. The fix (`discount_own_pause` in `mu-nostd/src/tenure/mod.rs`) moves the recency
 //! marks forward by the leader's own gap between polls.
 //!
 //! Without the fix this test fails: "0 lapped 2". 0 writes position `A + slot_count` in the

@@ -103,7 +103,7 @@ impl<'s> Cluster<'s> {
 }
 
 /// A cluster forms only once every replica runs the same configuration (formation needs all of
-/// them; see `leader`, "Recovery"): a third replica misconfigured from the start keeps the two
+/// them; see `tenure::admission`): a third replica misconfigured from the start keeps the two
 /// others from ever counting as voters.
 #[test]
 fn a_cluster_forms_only_when_every_replica_agrees() {

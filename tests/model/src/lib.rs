@@ -4,7 +4,7 @@
 //! that a value decided at a log position is never contradicted by another decision there and
 //! never becomes unrecoverable. It has three slot formats and rewrite protocols ([`Variant`]):
 //!
-//! - [`Variant::Fixed`], the core's design (`mu-nostd/src/slot.rs`; `leader.rs`:
+//! - [`Variant::Fixed`], the core's design (`mu-nostd/src/slot.rs`; in `mu-nostd/src/tenure/`:
 //!   `post_log_writes`, `fence_decided`, `plan_adoption`, `post_adoption`). The value part of a
 //!   slot (position, `chain_prev`, origin, payload) is protected by one checksum; what a copy
 //!   was accepted under lives in three checked records, each bound to the value's chain: the

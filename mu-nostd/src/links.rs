@@ -1,0 +1,251 @@
+//! The replication plane's connections, below both of its roles (the tenure and the state
+//! transfer): per peer, a connection epoch and the operations outstanding on it in the order
+//! posted; and the completion drain that both planes (replication and background) use.
+//!
+//! # Invariants
+//! - Operations of one connection complete in the order posted (contract rule 3): a completion
+//!   of the current epoch always matches the front of its connection's queue, kind included.
+//! - A connection's epoch rises at every reconnect; a completion of an older epoch is ignored,
+//!   so nothing posted before a reconnect is ever taken for something posted after it.
+//! - At most `PENDING_MAX` operations are outstanding per connection; a post beyond that is
+//!   refused, never queued.
+//! - A broken connection takes no new posts until it is reset (`drop`), which happens only once
+//!   what was outstanding on it drained, or when it is dropped on purpose.
+
+use crate::config::REPLICAS_MAX;
+use crate::fabric::{Completion, Fabric, PostError, ReplicaId, Status};
+use crate::wrid::{Kind, WrId};
+
+/// Operations outstanding per connection that the plane keeps track of.
+const PENDING_MAX: usize = 96;
+/// Completions taken from a fabric in one `poll`.
+const COMPLETION_BATCH: usize = 16;
+/// Batches one drain takes at most: bounded work per poll.
+const COMPLETION_BATCHES_MAX: usize = 8;
+
+/// Polls `fabric` for up to `COMPLETION_BATCHES_MAX` batches of completions and hands each one
+/// whose id decodes and names another replica of the cluster (of `replicas`, not `me`) to
+/// `each`, in the order they completed. Both planes drain through it; each checks the epoch
+/// of its own connections.
+pub(crate) fn drain<F: Fabric>(
+    fabric: &mut F,
+    replicas: u8,
+    me: ReplicaId,
+    mut each: impl FnMut(&mut F, WrId, Status),
+) {
+    let mut completions = [Completion::EMPTY; COMPLETION_BATCH];
+    for _ in 0..COMPLETION_BATCHES_MAX {
+        let n = fabric.poll(&mut completions).min(COMPLETION_BATCH);
+        for completion in &completions[..n] {
+            let Some(id) = WrId::decode(completion.wr_id) else {
+                continue; // Not ours: a fabric returning a foreign id is ignored.
+            };
+            if id.peer >= replicas || id.peer == me {
+                continue;
+            }
+            each(fabric, id, completion.status);
+        }
+        if n < COMPLETION_BATCH {
+            break;
+        }
+    }
+}
+
+/// An operation posted on the replication plane, waiting for its completion.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pending {
+    pub(crate) kind: Kind,
+    /// The tenure that posted it; 0 for a state transfer's operations.
+    pub(crate) tenure: u32,
+    pub(crate) tag: u32,
+    /// The log positions it carries (or reads), if any.
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) posted_at: u64,
+}
+
+impl Pending {
+    const NONE: Pending = Pending {
+        kind: Kind::WriteLog,
+        tenure: 0,
+        tag: 0,
+        start: 0,
+        end: 0,
+        posted_at: 0,
+    };
+}
+
+/// One operation to post: what it is for and the bytes it moves.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Work {
+    pub(crate) kind: Kind,
+    pub(crate) tag: u32,
+    /// The log positions it carries; `(0, 0)` for anything else.
+    pub(crate) range: (u64, u64),
+    /// The offset in this replica's region (the source of a write, the target of a read).
+    pub(crate) local: u32,
+    /// The offset in the peer's region.
+    pub(crate) remote: u32,
+    pub(crate) len: u32,
+}
+
+/// This plane's connection to one peer: its epoch and the operations outstanding on it, in the
+/// order posted (which is the order they complete in).
+#[derive(Clone, Copy, Debug)]
+struct Connection {
+    epoch: u16,
+    broken: bool,
+    pending: [Pending; PENDING_MAX],
+    head: usize,
+    len: usize,
+}
+
+impl Connection {
+    const NEW: Connection = Connection {
+        epoch: 0,
+        broken: false,
+        pending: [Pending::NONE; PENDING_MAX],
+        head: 0,
+        len: 0,
+    };
+
+    fn push(&mut self, pending: Pending) {
+        assert!(self.len < PENDING_MAX);
+        self.pending[(self.head + self.len) % PENDING_MAX] = pending;
+        self.len += 1;
+    }
+
+    fn pop(&mut self) -> Option<Pending> {
+        if self.len == 0 {
+            return None;
+        }
+        let front = self.pending[self.head];
+        self.head = (self.head + 1) % PENDING_MAX;
+        self.len -= 1;
+        Some(front)
+    }
+
+    fn outstanding(&self) -> impl Iterator<Item = Pending> + '_ {
+        (0..self.len).map(|i| self.pending[(self.head + i) % PENDING_MAX])
+    }
+}
+
+/// The state of a connection, for a caller about to post on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Readiness {
+    /// It takes posts.
+    Open,
+    /// It broke, and what was outstanding on it still completes (failed): that comes first,
+    /// because one of those completions may be the `Denied` that must end a tenure.
+    Draining,
+    /// It broke and nothing is outstanding: reset it (`drop`) before posting.
+    Broken,
+}
+
+/// The replication plane's connections, one per peer.
+pub(crate) struct Links {
+    connections: [Connection; REPLICAS_MAX as usize],
+}
+
+impl Links {
+    pub(crate) const NEW: Links = Links {
+        connections: [Connection::NEW; REPLICAS_MAX as usize],
+    };
+
+    pub(crate) fn readiness(&self, peer: ReplicaId) -> Readiness {
+        let connection = &self.connections[peer as usize];
+        match (connection.broken, connection.len) {
+            (false, _) => Readiness::Open,
+            (true, 0) => Readiness::Broken,
+            (true, _) => Readiness::Draining,
+        }
+    }
+
+    /// Posts `work` to `peer` for `tenure` (0: a state transfer) on an open connection; false
+    /// when it could not be posted now (full, busy, or the connection broke: see `readiness`).
+    pub(crate) fn post<F: Fabric>(
+        &mut self,
+        now: u64,
+        fabric: &mut F,
+        peer: ReplicaId,
+        tenure: u32,
+        work: Work,
+    ) -> bool {
+        let connection = &mut self.connections[peer as usize];
+        if connection.broken || connection.len == PENDING_MAX {
+            return false;
+        }
+        let id = WrId {
+            kind: work.kind,
+            peer,
+            epoch: connection.epoch,
+            tag: work.tag,
+        }
+        .encode();
+        let posted = if work.kind.is_write() {
+            fabric.write(peer, work.local, work.remote, work.len, id)
+        } else {
+            fabric.read(peer, work.remote, work.local, work.len, id)
+        };
+        match posted {
+            Ok(()) => {
+                let (start, end) = work.range;
+                connection.push(Pending {
+                    kind: work.kind,
+                    tenure,
+                    tag: work.tag,
+                    start,
+                    end,
+                    posted_at: now,
+                });
+                true
+            }
+            Err(PostError::Broken) => {
+                connection.broken = true;
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// What a completion of `id` finished: the front of its connection, unless it comes from
+    /// before a reconnect. A failed one breaks the connection.
+    pub(crate) fn take(&mut self, id: WrId, status: Status) -> Option<Pending> {
+        let connection = &mut self.connections[id.peer as usize];
+        if id.epoch != connection.epoch {
+            return None; // From before a reconnect.
+        }
+        let pending = connection.pop()?;
+        assert_eq!(
+            pending.kind, id.kind,
+            "completions arrive in the order posted"
+        );
+        if status != Status::Ok {
+            connection.broken = true;
+        }
+        Some(pending)
+    }
+
+    /// The operations outstanding to `peer`, oldest first.
+    pub(crate) fn outstanding(&self, peer: ReplicaId) -> impl Iterator<Item = Pending> + '_ {
+        self.connections[peer as usize].outstanding()
+    }
+
+    /// The oldest operation outstanding to `peer`.
+    pub(crate) fn front(&self, peer: ReplicaId) -> Option<Pending> {
+        self.outstanding(peer).next()
+    }
+
+    /// Drops whatever is outstanding to `peer` and reconnects: after `Fabric::reconnect` none
+    /// of it lands any more, and its completions (of the old epoch) are ignored.
+    pub(crate) fn drop<F: Fabric>(&mut self, peer: ReplicaId, fabric: &mut F) {
+        let connection = &mut self.connections[peer as usize];
+        connection.epoch = connection.epoch.wrapping_add(1);
+        connection.head = 0;
+        connection.len = 0;
+        connection.broken = false;
+        // Only fails for a peer outside the cluster, which no caller names.
+        let reconnected = fabric.reconnect(peer);
+        debug_assert!(reconnected.is_ok());
+    }
+}

@@ -1,0 +1,336 @@
+//! The own log, below both roles of the replication plane (the follower's replay and the
+//! leader's tenure): what is applied, the chain through it, the scratch buffers a slot is
+//! opened and a command reassembled in, and the queue of commands this replica submitted.
+//!
+//! Replay: a slot at the next position to apply is taken only when it opens (chain, position)
+//! and its `chain_prev` equals the chain of everything applied so far; a position is applied
+//! only below a commit point carried by a slot that chains back to the applied prefix (or by the
+//! commit record, which carries the chain digest it vouches for). So a torn slot, a slot of an
+//! earlier lap and an undecided value of an earlier leader are never applied. A valid slot of a
+//! *later* lap at the next position, or a lap notice, means the leader recycled past this
+//! replica: it needs a snapshot of another replica instead (`transfer`).
+//!
+//! # Invariants
+//! - `applied` only grows, except when a snapshot is installed (`install_position`, never while
+//!   leading); `applied_chain` is the chain digest through `applied - 1`.
+//! - Every replica applies the same command at the same position (agreement), because every
+//!   applied slot chains to the same decided prefix.
+//! - A command submitted here is reported `committed` only when the command itself (its origin)
+//!   is applied, never when another value was decided in its place.
+//! - Work per replay is bounded: the scan and the applies stop after a fixed number of slots.
+
+use crate::config::Config;
+use crate::fabric::{Fabric, ReplicaId};
+use crate::hash::Hasher;
+use crate::layout::{Layout, COMMIT_RECORD_BYTES};
+use crate::queue::RequestQueue;
+use crate::record;
+use crate::slot::{self, Opened, SlotError, SlotHeader, CHAIN_GENESIS, SLOT_HEADER_BYTES};
+use crate::state_machine::StateMachine;
+
+/// Reassembles commands that span several slots.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Assembly {
+    active: bool,
+    /// The position of its first fragment, and the chain before it.
+    start: u64,
+    start_chain: u64,
+    origin: u64,
+    entry_len: u32,
+    next_frag: u16,
+    filled: u32,
+}
+
+const COMMIT_DOMAIN: u64 = 0x434F_4D4D_4954;
+
+/// Encodes the commit record: everything below `commit` is decided, and the chain through
+/// `commit - 1` is `chain`.
+pub(crate) fn encode_commit(
+    offset: u32,
+    commit: u64,
+    chain: u64,
+) -> [u8; COMMIT_RECORD_BYTES as usize] {
+    let mut bytes = [0u8; COMMIT_RECORD_BYTES as usize];
+    let check = Hasher::new(COMMIT_DOMAIN)
+        .word(offset as u64)
+        .word(commit)
+        .word(chain)
+        .finish();
+    bytes[0..8].copy_from_slice(&commit.to_le_bytes());
+    bytes[8..16].copy_from_slice(&chain.to_le_bytes());
+    bytes[16..24].copy_from_slice(&check.to_le_bytes());
+    debug_assert_eq!(decode_commit(offset, &bytes), Some((commit, chain)));
+    bytes
+}
+
+#[cfg(test)]
+pub(crate) fn decode_commit_for_tests(offset: u32, bytes: &[u8]) -> Option<(u64, u64)> {
+    decode_commit(offset, bytes.try_into().ok()?)
+}
+
+fn decode_commit(offset: u32, bytes: &[u8; COMMIT_RECORD_BYTES as usize]) -> Option<(u64, u64)> {
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+    let (commit, chain, check) = (word(0), word(8), word(16));
+    let expected = Hasher::new(COMMIT_DOMAIN)
+        .word(offset as u64)
+        .word(commit)
+        .word(chain)
+        .finish();
+    (check == expected).then_some((commit, chain))
+}
+
+/// The own log of one replica, as both roles of its replication plane use it.
+pub(crate) struct Log<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> {
+    pub(crate) config: Config,
+    pub(crate) layout: Layout,
+    pub(crate) me: ReplicaId,
+    pub(crate) applied: u64,
+    pub(crate) applied_chain: u64,
+    commit_known: u64,
+    /// The last replay found valid slots up to its scan bound: more may follow.
+    pub(crate) backlog: bool,
+    assembly: Assembly,
+    entry: [u8; ENTRY],
+    /// Scratch for one slot: the one being opened, applied or adopted.
+    pub(crate) slot: [u8; SLOT],
+    response: [u8; ENTRY],
+    /// The commands this replica submitted, until decided (or dropped).
+    pub(crate) queue: RequestQueue<QUEUE>,
+}
+
+impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY, QUEUE> {
+    /// The empty log of replica `me`; the caller validated the configuration against the buffer
+    /// sizes.
+    pub(crate) fn new(config: Config, me: ReplicaId) -> Self {
+        assert!(config.validate().is_ok());
+        assert!(config.slot_size as usize <= SLOT);
+        assert!(config.entry_bytes_max() as usize <= ENTRY);
+        assert!(config.contains(me));
+        Log {
+            config,
+            layout: Layout::new(&config),
+            me,
+            applied: 0,
+            applied_chain: CHAIN_GENESIS,
+            commit_known: 0,
+            backlog: false,
+            assembly: Assembly::default(),
+            entry: [0; ENTRY],
+            slot: [0; SLOT],
+            response: [0; ENTRY],
+            queue: RequestQueue::new(),
+        }
+    }
+
+    /// Every replica but this one.
+    pub(crate) fn others(&self) -> impl Iterator<Item = ReplicaId> {
+        let me = self.me;
+        (0..self.config.replica_count).filter(move |&p| p != me)
+    }
+
+    /// Loads the slot of `position` from this replica's own log into the scratch slot.
+    pub(crate) fn open_local<F: Fabric>(
+        &mut self,
+        fabric: &mut F,
+        position: u64,
+    ) -> Result<Opened, SlotError> {
+        let size = self.config.slot_size as usize;
+        fabric.load(self.layout.slot(position), &mut self.slot[..size]);
+        slot::open(&self.slot[..size], position)
+    }
+
+    /// The last command boundary: the position and chain the state machine's state stands
+    /// for. Below `applied` while a command spanning several slots is half applied (the state
+    /// machine has not seen its fragments yet).
+    pub(crate) fn boundary(&self) -> (u64, u64) {
+        let a = &self.assembly;
+        if a.active {
+            assert!(a.start < self.applied);
+            (a.start, a.start_chain)
+        } else {
+            (self.applied, self.applied_chain)
+        }
+    }
+
+    /// A snapshot covering every position below `position`, whose chain through `position - 1`
+    /// is `chain`, was installed: the log continues from there.
+    pub(crate) fn install_position(&mut self, position: u64, chain: u64) {
+        self.applied = position;
+        self.applied_chain = chain;
+        self.commit_known = position;
+        self.assembly = Assembly::default();
+    }
+
+    // ---- follower replay ------------------------------------------------------------------
+
+    fn scan_bound(&self) -> u32 {
+        self.config.pipeline_depth as u32 + self.config.entry_slots_max as u32 + 2
+    }
+
+    /// Finds how far the log is decided and chained, then applies up to there. Returns the
+    /// position from which this replica needs a snapshot instead, when the log was recycled
+    /// past it.
+    pub(crate) fn replay<F: Fabric, S: StateMachine>(
+        &mut self,
+        fabric: &mut F,
+        sm: &mut S,
+    ) -> Option<u64> {
+        if let Some(floor) = self.lapped_by_notice(fabric) {
+            return Some(floor);
+        }
+        let mut position = self.applied;
+        let mut chain = self.applied_chain;
+        let bound = self.scan_bound();
+        for _ in 0..bound {
+            match self.open_local(fabric, position) {
+                Ok(opened) if opened.header.chain_prev == chain => {
+                    // A writer's commit point never exceeds the position it wrote; a torn
+                    // acceptance record (a rewrite cut short) just carries none.
+                    if let Some(accepted) = opened.accepted {
+                        self.commit_known = self.commit_known.max(accepted.commit.min(position));
+                    }
+                    chain = opened.chain;
+                    position += 1;
+                }
+                Err(SlotError::Stale { found }) if found > position => {
+                    return Some(position + 1);
+                }
+                _ => break,
+            }
+        }
+        assert!(position - self.applied <= bound as u64);
+        self.backlog = position - self.applied == bound as u64;
+        self.read_commit_record(fabric, position, chain);
+        let decided_end = self.commit_known.min(position);
+        while self.applied < decided_end {
+            match self.open_local(fabric, self.applied) {
+                Ok(opened) if opened.header.chain_prev == self.applied_chain => {
+                    self.apply_slot(opened.header, opened.chain, sm);
+                }
+                // Rewritten since the scan (by the leader, with the same decided value): retry.
+                _ => break,
+            }
+        }
+        None
+    }
+
+    /// A leader left a lap notice: the lowest position it can still send is above what this
+    /// replica applied, so nobody will send it the positions it lacks. Returns that position.
+    fn lapped_by_notice<F: Fabric>(&self, fabric: &mut F) -> Option<u64> {
+        let offset = self.layout.lap_notice();
+        let mut bytes = [0u8; crate::layout::RECORD_BYTES as usize];
+        fabric.load(offset, &mut bytes);
+        record::decode(offset, &bytes).filter(|&floor| floor > self.applied)
+    }
+
+    /// The commit record vouches for positions below its commit point when this replica's
+    /// chain through `commit - 1` is the one it carries.
+    fn read_commit_record<F: Fabric>(&mut self, fabric: &mut F, scanned_end: u64, chain: u64) {
+        let offset = self.layout.commit_record();
+        let mut bytes = [0u8; COMMIT_RECORD_BYTES as usize];
+        fabric.load(offset, &mut bytes);
+        if let Some((commit, commit_chain)) = decode_commit(offset, &bytes) {
+            if commit == scanned_end && commit_chain == chain {
+                self.commit_known = self.commit_known.max(commit);
+            }
+        }
+    }
+
+    /// Applies the slot in the scratch buffer (already opened and chained) at `applied`.
+    pub(crate) fn apply_slot<S: StateMachine>(
+        &mut self,
+        header: SlotHeader,
+        chain: u64,
+        sm: &mut S,
+    ) {
+        assert_eq!(header.position, self.applied);
+        assert_eq!(header.chain_prev, self.applied_chain);
+        let capacity = self.config.slot_payload_bytes();
+        let frag_len = header.frag_len(capacity) as usize;
+        let start = SLOT_HEADER_BYTES as usize;
+        let single = header.frag_count == 1;
+        let complete = if single {
+            self.assembly.active = false;
+            true
+        } else {
+            self.assemble(header, frag_len)
+        };
+        if complete {
+            let command = if single {
+                &self.slot[start..start + frag_len]
+            } else {
+                &self.entry[..header.entry_len as usize]
+            };
+            let (position, origin) = (header.position, header.origin);
+            deliver(
+                sm,
+                &mut self.queue,
+                &mut self.response,
+                self.me,
+                position,
+                origin,
+                command,
+            );
+        }
+        self.applied += 1;
+        self.applied_chain = chain;
+    }
+
+    /// Adds a fragment; true when it completed its command. Fragments out of sequence (a
+    /// command cut short by a leader change) are dropped the same way on every replica, because
+    /// every replica applies the same decided slots.
+    fn assemble(&mut self, header: SlotHeader, frag_len: usize) -> bool {
+        let fits =
+            header.entry_len as usize <= ENTRY && header.frag_count <= self.config.entry_slots_max;
+        if header.frag_index == 0 {
+            self.assembly = Assembly {
+                active: fits,
+                start: header.position,
+                start_chain: self.applied_chain,
+                origin: header.origin,
+                entry_len: header.entry_len,
+                next_frag: 0,
+                filled: 0,
+            };
+        }
+        let a = &mut self.assembly;
+        let in_sequence = a.active
+            && a.origin == header.origin
+            && a.entry_len == header.entry_len
+            && a.next_frag == header.frag_index;
+        if !in_sequence {
+            a.active = false;
+            return false;
+        }
+        let from = a.filled as usize;
+        let start = SLOT_HEADER_BYTES as usize;
+        self.entry[from..from + frag_len].copy_from_slice(&self.slot[start..start + frag_len]);
+        a.filled += frag_len as u32;
+        a.next_frag += 1;
+        if a.next_frag < header.frag_count {
+            return false;
+        }
+        assert_eq!(a.filled, header.entry_len);
+        a.active = false;
+        true
+    }
+}
+
+/// Applies a complete command and, when this replica submitted it, reports its ticket.
+fn deliver<S: StateMachine, const QUEUE: usize>(
+    sm: &mut S,
+    queue: &mut RequestQueue<QUEUE>,
+    response: &mut [u8],
+    me: ReplicaId,
+    position: u64,
+    origin: u64,
+    command: &[u8],
+) {
+    let len = sm.apply(position, command, response).min(response.len());
+    let proposer = (origin >> 56) as u8;
+    let sequence = origin & ((1 << 56) - 1);
+    if proposer == me && queue.mark_decided(sequence) {
+        sm.committed(sequence, position, &response[..len]);
+        queue.pop_decided();
+    }
+}

@@ -1,0 +1,338 @@
+//! The fast path (phase 6): queued commands go into the own log and, per member, in one write
+//! of everything not yet sent; a position is decided when a majority (leader included) holds
+//! it, and applied in order. Rewrites of positions below `fresh_from` go in two steps (decided
+//! marks, then slots), so no write cut short leaves a member's only copy of a decided value
+//! without an intact ballot.
+//!
+//! # Invariants
+//! - A position is proposed only while a quorum of members takes writes whose acks count, and
+//!   never past the recycling limit.
+//! - A decided position's slot is rewritten to a member only after its decided mark landed
+//!   there (`fenced`).
+//! - A position is applied only when a quorum holds it, the leader among them.
+
+use super::{count, ring_pieces, Leading, MemberState, ACK_WINDOW, MARKED_REWRITES};
+use crate::fabric::{Fabric, ReplicaId};
+use crate::layout::{COMMIT_RECORD_BYTES, RECORD_BYTES};
+use crate::log::encode_commit;
+use crate::slot::{self, origin, Acceptance, SlotHeader, SLOT_HEADER_BYTES};
+use crate::state_machine::StateMachine;
+use crate::wrid::Kind;
+
+impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
+    Leading<'_, '_, SLOT, ENTRY, QUEUE>
+{
+    /// Encodes queued commands into the own log, as far as the pipeline and recycling allow,
+    /// and only while a majority of members takes writes whose acks count: proposing without one decides
+    /// nothing and overwrites slots of the own log that a lagging replica may still need.
+    pub(super) fn propose<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let leader = &*self.t;
+        let mut takers = 0u8;
+        for peer in self.log.others() {
+            let member = leader.members[peer as usize];
+            let counted = leader.counted & (1 << peer) != 0;
+            if member.state == MemberState::Active && counted && !member.lapped {
+                takers |= 1 << peer;
+            }
+        }
+        if !self.quorum_with(takers) {
+            return;
+        }
+        let limit = self.recycle_limit(now);
+        let capacity = self.log.config.slot_payload_bytes() as usize;
+        let depth = self.log.config.pipeline_depth as u64;
+        let (me, applied) = (self.log.me, self.log.applied);
+        let leader = &mut *self.t;
+        while leader.next - applied < depth {
+            let Some((sequence, command)) = self.log.queue.next_to_propose() else {
+                break;
+            };
+            let frag_count = command.len().div_ceil(capacity);
+            if leader.next + frag_count as u64 > limit {
+                break; // Recycling: wait until the slowest alive replica applied more.
+            }
+            for (index, chunk) in command.chunks(capacity).enumerate() {
+                let position = leader.next;
+                let header = SlotHeader {
+                    position,
+                    chain_prev: leader.next_chain,
+                    origin: origin(me, sequence),
+                    entry_len: command.len() as u32,
+                    frag_index: index as u16,
+                    frag_count: frag_count as u16,
+                };
+                let acceptance = Acceptance {
+                    ballot: leader.ballot,
+                    commit: applied,
+                };
+                let mut sealed = [0u8; SLOT_HEADER_BYTES as usize];
+                leader.next_chain = header.seal(chunk, acceptance, &mut sealed);
+                let offset = self.log.layout.slot(position);
+                fabric.store(offset, &sealed);
+                fabric.store(offset + SLOT_HEADER_BYTES, chunk);
+                leader.acks[(position % ACK_WINDOW as u64) as usize] = 1 << me;
+                leader.next += 1;
+            }
+            assert!(((leader.next - applied) as usize) < ACK_WINDOW);
+            self.log.queue.mark_proposed(sequence);
+        }
+    }
+
+    /// Sends every active member what it has not been sent, in at most two writes each.
+    ///
+    /// Positions below `fresh_from` are *rewrites*: the member may hold their values already,
+    /// perhaps as the only intact copy of a decided one. Decided positions go in two phases:
+    /// their decided marks first, and their slots only once those completed, so that a slot
+    /// write cut anywhere leaves the copy marked decided (see `slot`). The value being adopted
+    /// goes only to members whose copy the prepare read (`post_adoption`). Fresh positions go
+    /// in one write.
+    pub(super) fn post_log_writes<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let slot_count = self.log.config.slot_count as u64;
+        let leader = &mut *self.t;
+        let (next, fresh_from) = (leader.next, leader.fresh_from());
+        for peer in self.log.others() {
+            if !self.is_active(peer) {
+                continue;
+            }
+            self.resync_if_stuck(now, peer, fabric);
+            let leader = &mut *self.t;
+            let applied = leader.applied_of[peer as usize];
+            let member = &mut leader.members[peer as usize];
+            if !member.lapped && next > applied.saturating_add(slot_count) {
+                // It shows no sign of life, did not hold recycling back, and now needs a
+                // position this log no longer holds.
+                member.lapped = true;
+            }
+            if member.lapped {
+                self.post_lap_notice(now, peer, fabric);
+                continue;
+            }
+            // Never overwrite a position a member has not applied yet.
+            let end = next.min(applied.saturating_add(slot_count));
+            // More than a lap unsent only happens to a member that was ahead (it holds what it
+            // was not sent: end <= applied + slot_count).
+            let sent = member.sent.max(end.saturating_sub(slot_count));
+            if sent >= end {
+                continue;
+            }
+            if member.fenced < sent {
+                member.fence_from(sent);
+            }
+            // On the fast path everything below `fresh_from` is decided; while adopting,
+            // everything below the own applied position.
+            let decided_end = end.min(fresh_from).min(self.log.applied);
+            let send_end = if sent < decided_end {
+                match self.fence_decided(now, peer, decided_end, fabric) {
+                    None => {
+                        self.t.members[peer as usize].lapped = true;
+                        continue;
+                    }
+                    Some(fenced) if fenced < decided_end => fenced,
+                    Some(_) if decided_end == fresh_from => end,
+                    Some(_) => decided_end,
+                }
+            } else if sent >= fresh_from {
+                end
+            } else {
+                self.post_adoption(now, peer, fabric);
+                continue;
+            };
+            for (start, end) in ring_pieces(sent, send_end, slot_count) {
+                let offset = self.log.layout.slot(start);
+                let len = (end - start) as u32 * self.log.config.slot_size;
+                if !self.post(
+                    now,
+                    fabric,
+                    peer,
+                    Kind::WriteLog,
+                    start as u32,
+                    (start, end),
+                    offset,
+                    offset,
+                    len,
+                ) {
+                    break;
+                }
+                self.t.members[peer as usize].sent = end;
+            }
+        }
+    }
+
+    /// Phase one of the decided rewrites of `[sent, decided_end)` to `peer`: marks the own
+    /// copies of the positions not posted yet decided and posts their marks, each position once
+    /// per resend. Returns how far its slots may be written now, the end of the marks that
+    /// landed (with the planted defect `bug-torn-rewrite`, `decided_end` at once); `None` when a
+    /// slot of the range does not open any more (recycled since): the member cannot be served
+    /// from this log.
+    fn fence_decided<F: Fabric>(
+        &mut self,
+        now: u64,
+        peer: ReplicaId,
+        decided_end: u64,
+        fabric: &mut F,
+    ) -> Option<u64> {
+        let slot_count = self.log.config.slot_count as u64;
+        let member = self.t.members[peer as usize];
+        assert!(member.sent <= member.fenced && member.fenced <= member.fence_posted);
+        if member.fence_posted >= decided_end {
+            return Some(member.fenced);
+        }
+        for (start, end) in ring_pieces(member.fence_posted, decided_end, slot_count) {
+            if !(start..end).all(|position| self.mark_decided_at(position, fabric)) {
+                return None;
+            }
+            if !MARKED_REWRITES {
+                continue;
+            }
+            let offset = self.log.layout.decided_mark(start);
+            let len = (end - start) as u32 * RECORD_BYTES;
+            let (kind, tag, range) = (Kind::WriteDecided, start as u32, (start, end));
+            if !self.post(now, fabric, peer, kind, tag, range, offset, offset, len) {
+                break;
+            }
+            self.t.members[peer as usize].fence_posted = end;
+        }
+        if !MARKED_REWRITES {
+            self.t.members[peer as usize].fence_from(decided_end);
+            return Some(decided_end);
+        }
+        Some(self.t.members[peer as usize].fenced)
+    }
+
+    /// Marks the own copy of the decided `position` decided; false if it does not open.
+    fn mark_decided_at<F: Fabric>(&mut self, position: u64, fabric: &mut F) -> bool {
+        assert!(
+            position < self.log.applied,
+            "only a decided position is marked decided"
+        );
+        let Ok(opened) = self.log.open_local(fabric, position) else {
+            return false;
+        };
+        if MARKED_REWRITES {
+            let mark = slot::encode_decided(opened.chain);
+            fabric.store(self.log.layout.decided_mark(position), &mark);
+        }
+        true
+    }
+
+    /// Applies every position a majority holds, in order.
+    pub(super) fn advance_commit<F: Fabric, S: StateMachine>(
+        &mut self,
+        now: u64,
+        fabric: &mut F,
+        sm: &mut S,
+    ) {
+        loop {
+            let leader = &mut *self.t;
+            if self.log.applied >= leader.next {
+                // Nothing undecided. Idle only if nothing waits to be proposed either: queued
+                // commands that cannot be proposed (no majority of members, recycling held back)
+                // count as a stall, which ends the tenure and surveys everyone again.
+                if self.log.queue.next_to_propose().is_none() {
+                    leader.progress_at = now;
+                }
+                return;
+            }
+            let votes = leader.acks[(self.log.applied % ACK_WINDOW as u64) as usize];
+            assert!(
+                votes & (1 << self.log.me) != 0,
+                "the leader holds what it sends"
+            );
+            if count(votes) < self.log.config.quorum() {
+                return;
+            }
+            let position = self.log.applied;
+            let opened = self
+                .log
+                .open_local(fabric, position)
+                .expect("the own log holds what the leader wrote");
+            assert_eq!(
+                opened.header.chain_prev, self.log.applied_chain,
+                "the own log chains"
+            );
+            self.log.apply_slot(opened.header, opened.chain, sm);
+            self.t.progress_at = now;
+        }
+    }
+
+    /// When the leader is idle, followers learn the last commit point from the commit record
+    /// (otherwise they would lag one command behind until the next one); it is written from the
+    /// poll after the one that decided the last position (`just_decided`), since a command
+    /// arriving meanwhile carries the commit point in its slot for free. An idle leader also
+    /// writes it again every `permission_retry_ticks`: a write into the member's log is how it
+    /// learns that its grant was revoked meanwhile (another replica led for a while and the
+    /// others then chose this one again: they wait for its new request, which it makes only once
+    /// a write is refused).
+    pub(super) fn post_commit_record<F: Fabric>(
+        &mut self,
+        now: u64,
+        fabric: &mut F,
+        just_decided: bool,
+    ) {
+        let leader = &*self.t;
+        // Nothing undecided after `propose` ran: the leader is idle, or cannot propose what it
+        // queued (recycling held back, too few members). Then no slot carries the commit point
+        // either, and members that lack it would not apply what is decided (nor count as
+        // stuck only because of that; simulator seed 17772).
+        let idle = leader.fast_path() && self.log.applied == leader.next;
+        // Not in the poll that decided the last position: a client that sends its next command
+        // right after a commit (the common case under load) lets that command's slot carry the
+        // commit point, which saves a write per member per command; an idle leader writes the
+        // record at its next poll.
+        if !idle || just_decided {
+            return;
+        }
+        let applied = self.log.applied;
+        let offset = self.log.layout.commit_record();
+        let probe_period = self.log.config.permission_retry_ticks as u64;
+        let mut staged = false;
+        for peer in self.log.others() {
+            let leader = &mut *self.t;
+            let member = leader.members[peer as usize];
+            let in_flight = leader.commit_inflight & (1 << peer) != 0;
+            let probe_due = now.saturating_sub(member.commit_sent_at) >= probe_period;
+            if member.state != MemberState::Active
+                || member.sent < applied
+                || (member.commit_sent >= applied && !probe_due)
+                || in_flight
+            {
+                continue;
+            }
+            if !staged {
+                // Staged once per commit point; nothing of an older one is in flight to anyone
+                // who still needs this one.
+                fabric.store(
+                    self.log.layout.outbox_commit(),
+                    &encode_commit(offset, applied, self.log.applied_chain),
+                );
+                staged = true;
+            }
+            let local = self.log.layout.outbox_commit();
+            if self.post(
+                now,
+                fabric,
+                peer,
+                Kind::WriteCommit,
+                0,
+                (0, 0),
+                local,
+                offset,
+                COMMIT_RECORD_BYTES,
+            ) {
+                let leader = &mut *self.t;
+                leader.commit_inflight |= 1 << peer;
+                let member = &mut leader.members[peer as usize];
+                member.commit_sent = applied;
+                member.commit_sent_at = now;
+            }
+        }
+    }
+
+    /// True when a written position waited longer than `op_timeout_ticks` for a majority, or a
+    /// queued command waited that long to be proposed.
+    pub(super) fn stalled(&self, now: u64) -> bool {
+        let leader = &*self.t;
+        leader.fast_path()
+            && now.saturating_sub(leader.progress_at) > self.log.config.op_timeout_ticks as u64
+    }
+}
