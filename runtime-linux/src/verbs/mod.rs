@@ -1,8 +1,9 @@
 //! The verbs fabric: Mu over RDMA (InfiniBand or RoCE) through libibverbs.
 //!
 //! One [`Endpoint`] per replica process holds the device context, one protection domain, the
-//! replica's region registered as three memory regions (the header and background area, the
-//! log area, and the whole region for local access) and the queue pairs. Each plane's
+//! replica's region registered as four memory regions (the header and background area and the
+//! log area, writable by peers; everything below the scratch area, read-only, for peers'
+//! reads; and the whole region for local access) and the queue pairs. Each plane's
 //! [`VerbsFabric`] posts on its own queue pairs and polls its own completion queue.
 //!
 //! Queue pairs are directional: for every peer and plane there is a *requester* queue pair (this
@@ -225,9 +226,8 @@ impl VerbsFabric {
             state.window = self.endpoint.window_of(self.plane, peer);
             state.generation = generation;
         }
-        let write = op == Op::Write;
-        let (address, rkey) =
-            wire::target(&self.layout, &state.window, self.plane, write, remote, len)?;
+        // `check_post` above kept the range where peers may reach: no check to repeat here.
+        let (address, rkey) = wire::target(&self.layout, &state.window, op == Op::Write, remote);
         // SAFETY: `in_region(local, len)` held above: `local..local + len` lies inside the
         // region, as `Endpoint::post` requires.
         let posted = unsafe {

@@ -58,19 +58,21 @@ pub struct Registration {
 }
 
 /// Registrations of a replica's region.
-pub const REGISTRATIONS: usize = 5;
+pub const REGISTRATIONS: usize = 4;
 /// Indices into [`registrations`].
 const LOCAL: usize = 0;
 const BACKGROUND: usize = 1;
 const LOG: usize = 2;
-const LOG_READ: usize = 3;
-const TRANSFER: usize = 4;
+const READ: usize = 3;
 
 /// What a replica registers with the device: the whole region for local access (the source of
-/// writes, the landing place of reads); the header and background area and the log area for
-/// peers; the log area again, read-only, the key background-plane peers get, so that the
-/// device itself keeps their queue pairs out of the log; and the transfer area, read-only for
-/// every peer (only its owner writes its snapshot offers and chunks).
+/// writes, the landing place of reads); the header and background area and the log area,
+/// readable and writable by peers (the log only through a granted replication-plane queue
+/// pair); and everything peers may read (`0..scratch`: header, background, log and transfer
+/// areas) once more, read-only: the key of every peer's reads, and the log key
+/// background-plane peers get, so that the device itself keeps their writes out of the log.
+/// No key lets a peer write the transfer area (only its owner writes its offers and chunks) or
+/// reach the scratch area.
 pub fn registrations(layout: &Layout) -> [Registration; REGISTRATIONS] {
     let remote = Access::REMOTE_READ
         .with(Access::REMOTE_WRITE)
@@ -80,8 +82,7 @@ pub fn registrations(layout: &Layout) -> [Registration; REGISTRATIONS] {
     all[LOCAL] = area(0, layout.region_bytes, Access::LOCAL_WRITE);
     all[BACKGROUND] = area(0, layout.log, remote);
     all[LOG] = area(layout.log, layout.transfer, remote);
-    all[LOG_READ] = area(layout.log, layout.transfer, Access::REMOTE_READ);
-    all[TRANSFER] = area(layout.transfer, layout.scratch, Access::REMOTE_READ);
+    all[READ] = area(0, layout.scratch, Access::REMOTE_READ);
     all
 }
 
@@ -186,8 +187,6 @@ pub struct Endpoint {
     lid: u16,
     mtu: u32,
     window: Window,
-    /// The read-only key of the log area, for background-plane peers.
-    log_read_rkey: u32,
     addresses: Vec<SocketAddr>,
     device: String,
     /// The watch connections peers opened to this process (see `verbs/watch.rs`).
@@ -310,9 +309,8 @@ impl Endpoint {
                 base: own.region(0) as u64,
                 background_rkey: registered[BACKGROUND].rkey(),
                 log_rkey: registered[LOG].rkey(),
-                transfer_rkey: registered[TRANSFER].rkey(),
+                read_rkey: registered[READ].rkey(),
             },
-            log_read_rkey: registered[LOG_READ].rkey(),
             registered,
             me,
             config,
@@ -799,8 +797,9 @@ impl Endpoint {
             },
             window: match hello.plane {
                 Plane::Replication => self.window,
+                // Read-only: the device refuses a background-plane write into the log.
                 Plane::Background => Window {
-                    log_rkey: self.log_read_rkey,
+                    log_rkey: self.window.read_rkey,
                     ..self.window
                 },
             },

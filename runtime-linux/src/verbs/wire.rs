@@ -14,18 +14,19 @@
 //!
 //! # Invariants
 //! - Messages have a fixed size and a magic; a message of another size or magic never decodes.
-//! - An offset range translates only when it lies wholly inside one remotely visible area
-//!   (header and background area, the log area, or the transfer area); a background-plane write
-//!   never translates into the log area (only the replication plane's queue pairs carry the
-//!   grant), and no write translates into the transfer area (only its owner writes there, and
-//!   its key is registered read-only as well).
+//! - [`target`] translates only what `mu_nostd::check_post` accepted (rule 13), which keeps every
+//!   write inside the header and background area or the log area and every read below the
+//!   scratch area: a read goes through the read-only key of everything below the scratch area, a
+//!   write through the key of its area. A background-plane peer's log key is that read-only key,
+//!   so the device itself refuses it the log (only the replication plane's queue pairs carry the
+//!   grant), and no key lets a peer write the transfer area (only its owner writes there).
 
-use mu_nostd::{Layout, PostError, ReplicaId, Status};
+use mu_nostd::{Layout, ReplicaId, Status};
 
 use super::ibv::Path;
 
 /// Bumped when a handshake message changes.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"MUHI");
 const REPLY_MAGIC: u32 = u32::from_le_bytes(*b"MURE");
 const KICK_MAGIC: u32 = u32::from_le_bytes(*b"MUKI");
@@ -108,10 +109,11 @@ pub struct Window {
     pub base: u64,
     /// Key of the header and background area (`0..layout.log`).
     pub background_rkey: u32,
-    /// Key of the log area (`layout.log..layout.transfer`).
+    /// Key of the log area (`layout.log..layout.transfer`); for a background-plane peer, the
+    /// read-only key below.
     pub log_rkey: u32,
-    /// Key of the transfer area (`layout.transfer..layout.scratch`), read-only.
-    pub transfer_rkey: u32,
+    /// Key of everything peers may read (`0..layout.scratch`), read-only.
+    pub read_rkey: u32,
 }
 
 impl Window {
@@ -120,7 +122,7 @@ impl Window {
         base: 0,
         background_rkey: 0,
         log_rkey: 0,
-        transfer_rkey: 0,
+        read_rkey: 0,
     };
 }
 
@@ -403,7 +405,7 @@ impl Reply {
                 w.bytes(&window.base.to_le_bytes());
                 w.bytes(&window.background_rkey.to_le_bytes());
                 w.bytes(&window.log_rkey.to_le_bytes());
-                w.bytes(&window.transfer_rkey.to_le_bytes());
+                w.bytes(&window.read_rkey.to_le_bytes());
             }
             Reply::Refuse(Refusal::Protocol { ours }) => {
                 w.bytes(&[REFUSE_PROTOCOL]);
@@ -436,7 +438,7 @@ impl Reply {
                     base: r.u64(),
                     background_rkey: r.u32(),
                     log_rkey: r.u32(),
-                    transfer_rkey: r.u32(),
+                    read_rkey: r.u32(),
                 },
             },
             ACCEPT => Reply::Refuse(Refusal::Protocol { ours: version }),
@@ -465,32 +467,21 @@ pub fn screen(hello: &Hello, ours: Identity, me: ReplicaId, replicas: u8) -> Res
     Ok(())
 }
 
-/// The remote address and key of `len` bytes at region offset `offset`, for `plane`; `write`
-/// says whether the operation writes the remote region.
-pub fn target(
-    layout: &Layout,
-    window: &Window,
-    plane: Plane,
-    write: bool,
-    offset: u32,
-    len: u32,
-) -> Result<(u64, u32), PostError> {
-    let end = offset.checked_add(len).ok_or(PostError::OutOfBounds)?;
-    let rkey = if end <= layout.log {
+/// The remote address and key of an operation at region offset `offset` that
+/// `mu_nostd::check_post` accepted (which keeps a write inside the header and background area or
+/// the log area, and a read below the scratch area); `write` says whether it writes the remote
+/// region.
+pub fn target(layout: &Layout, window: &Window, write: bool, offset: u32) -> (u64, u32) {
+    let rkey = if !write {
+        window.read_rkey
+    } else if offset < layout.log {
         window.background_rkey
-    } else if offset >= layout.log && end <= layout.transfer {
-        if write && plane == Plane::Background {
-            return Err(PostError::OutOfBounds);
-        }
-        window.log_rkey
-    } else if offset >= layout.transfer && end <= layout.scratch && !write {
-        window.transfer_rkey
     } else {
-        return Err(PostError::OutOfBounds);
+        window.log_rkey
     };
     // A peer's base is whatever it sent: its addresses wrap rather than panic here (the device
     // refuses an address outside the registration).
-    Ok((window.base.wrapping_add(offset as u64), rkey))
+    (window.base.wrapping_add(offset as u64), rkey)
 }
 
 /// What a work completion's status means to the core: a refusal by the peer's permissions is
@@ -552,7 +543,7 @@ mod tests {
                     base: 0x7F00_1234_5000,
                     background_rkey: 11,
                     log_rkey: 12,
-                    transfer_rkey: 13,
+                    read_rkey: 13,
                 },
             },
             Reply::Refuse(Refusal::Protocol { ours: 7 }),
@@ -661,68 +652,40 @@ mod tests {
     }
 
     #[test]
-    fn offsets_translate_inside_one_area() {
+    fn offsets_translate_to_the_key_of_their_area() {
         let layout = Layout::new(&Config::new(3));
         let window = Window {
             base: 0x1000_0000,
             background_rkey: 5,
             log_rkey: 6,
-            transfer_rkey: 7,
+            read_rkey: 7,
         };
-        let t = |plane, write, offset, len| target(&layout, &window, plane, write, offset, len);
+        let t = |write, offset| target(&layout, &window, write, offset);
+        let at = |offset: u32| 0x1000_0000 + offset as u64;
+        // Writes: the background area's key, the log area's key from the log's first byte.
         let heartbeat = layout.heartbeat();
-        assert_eq!(
-            t(Plane::Background, false, heartbeat, 16),
-            Ok((0x1000_0000 + heartbeat as u64, 5))
-        );
-        assert_eq!(
-            t(Plane::Background, true, 0, layout.log),
-            Ok((0x1000_0000, 5))
-        );
+        assert_eq!(t(true, heartbeat), (at(heartbeat), 5));
+        assert_eq!(t(true, layout.log - 8), (at(layout.log - 8), 5));
+        assert_eq!(t(true, layout.log), (at(layout.log), 6));
         let slot = layout.slot(3);
-        assert_eq!(
-            t(Plane::Replication, true, slot, layout.slot_size),
-            Ok((0x1000_0000 + slot as u64, 6))
-        );
-        // The background plane reads the log area but never writes it.
-        assert_eq!(
-            t(Plane::Background, false, slot, 8),
-            Ok((0x1000_0000 + slot as u64, 6))
-        );
-        assert_eq!(
-            t(Plane::Background, true, slot, 8),
-            Err(PostError::OutOfBounds)
-        );
-        // Peers read the transfer area, with its own key, and never write it.
-        let offer = layout.transfer;
-        for plane in Plane::ALL {
-            assert_eq!(
-                t(plane, false, offer, 64),
-                Ok((0x1000_0000 + offer as u64, 7))
-            );
-            assert_eq!(t(plane, true, offer, 64), Err(PostError::OutOfBounds));
+        assert_eq!(t(true, slot), (at(slot), 6));
+        // Reads, anywhere below the scratch area and across areas: the read-only key.
+        for offset in [
+            0,
+            heartbeat,
+            layout.log - 8,
+            slot,
+            layout.transfer - 8,
+            layout.transfer,
+        ] {
+            assert_eq!(t(false, offset), (at(offset), 7));
         }
-        // Straddling areas, the scratch area, and overflow are out of bounds.
-        assert_eq!(
-            t(Plane::Replication, true, layout.log - 8, 16),
-            Err(PostError::OutOfBounds)
-        );
-        assert_eq!(
-            t(Plane::Replication, false, layout.transfer - 8, 16),
-            Err(PostError::OutOfBounds)
-        );
-        assert_eq!(
-            t(Plane::Replication, false, layout.scratch, 8),
-            Err(PostError::OutOfBounds)
-        );
-        assert_eq!(
-            t(Plane::Replication, false, layout.scratch - 8, 16),
-            Err(PostError::OutOfBounds)
-        );
-        assert_eq!(
-            t(Plane::Replication, false, u32::MAX, 2),
-            Err(PostError::OutOfBounds)
-        );
+        // A base near the top of the address space wraps instead of panicking.
+        let high = Window {
+            base: u64::MAX - 4,
+            ..window
+        };
+        assert_eq!(target(&layout, &high, false, 16).0, 11);
     }
 
     #[test]
