@@ -68,7 +68,7 @@ use crate::config::{Config, REPLICAS_MAX};
 use crate::detector::PullScore;
 use crate::fabric::{Fabric, PostError, ReplicaId, Status};
 use crate::layout::{HeaderError, Layout, HEADER_BYTES, HEARTBEAT_READ_BYTES, RECORD_BYTES};
-use crate::links;
+use crate::links::Inbox;
 use crate::record;
 use crate::shared::{Lead, Shared, TENURE_MASK};
 use crate::wrid::{Kind, WrId};
@@ -276,6 +276,7 @@ pub struct BackgroundPlane<'s> {
     layout: Layout,
     me: ReplicaId,
     shared: &'s Shared,
+    inbox: Inbox,
     /// This life's incarnation, published in the region header.
     life: u32,
     started_at: Option<u64>,
@@ -330,6 +331,7 @@ impl<'s> BackgroundPlane<'s> {
             layout: Layout::new(&config),
             me,
             shared,
+            inbox: Inbox::NEW,
             life: 0,
             started_at: None,
             zeroed: 0,
@@ -569,9 +571,9 @@ impl<'s> BackgroundPlane<'s> {
     /// Takes this plane's completions, through the drain both planes share.
     fn drain_completions<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let (replicas, me) = (self.config.replica_count, self.me);
-        links::drain(fabric, replicas, me, |fabric, id, status| {
-            self.complete(now, id, status, fabric)
-        });
+        while let Some((id, status)) = self.inbox.next(fabric, replicas, me) {
+            self.complete(now, id, status, fabric);
+        }
     }
 
     fn complete<F: Fabric>(&mut self, now: u64, id: WrId, status: Status, fabric: &mut F) {

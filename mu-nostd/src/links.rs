@@ -23,30 +23,64 @@ const COMPLETION_BATCH: usize = 16;
 /// Batches one drain takes at most: bounded work per poll.
 const COMPLETION_BATCHES_MAX: usize = 8;
 
-/// Polls `fabric` for up to `COMPLETION_BATCHES_MAX` batches of completions and hands each one
-/// whose id decodes and names another replica of the cluster (of `replicas`, not `me`) to
-/// `each`, in the order they completed. Both planes drain through it; each checks the epoch
+/// A plane's completion drain (both planes have one): hands out the completions of one
+/// bounded drain, polled from the fabric a batch at a time into a buffer kept between drains.
+///
+/// ```text
+/// while let Some((id, status)) = inbox.next(fabric, replicas, me) { ... }
+/// ```
+///
+/// One drain polls at most `COMPLETION_BATCHES_MAX` batches; the `None` that ends it resets the
+/// inbox for the next drain. Only completions whose id decodes and names another replica of the
+/// cluster come out (a fabric returning a foreign id is ignored); each plane checks the epoch
 /// of its own connections.
-pub(crate) fn drain<F: Fabric>(
-    fabric: &mut F,
-    replicas: u8,
-    me: ReplicaId,
-    mut each: impl FnMut(&mut F, WrId, Status),
-) {
-    let mut completions = [Completion::EMPTY; COMPLETION_BATCH];
-    for _ in 0..COMPLETION_BATCHES_MAX {
-        let n = fabric.poll(&mut completions).min(COMPLETION_BATCH);
-        for completion in &completions[..n] {
-            let Some(id) = WrId::decode(completion.wr_id) else {
-                continue; // Not ours: a fabric returning a foreign id is ignored.
-            };
-            if id.peer >= replicas || id.peer == me {
-                continue;
+pub(crate) struct Inbox {
+    completions: [Completion; COMPLETION_BATCH],
+    /// Completions in the buffer, and the next one to hand out.
+    len: usize,
+    next: usize,
+    /// Batches polled in this drain; the last one was the drain's last.
+    batches: usize,
+    last: bool,
+}
+
+impl Inbox {
+    pub(crate) const NEW: Inbox = Inbox {
+        completions: [Completion::EMPTY; COMPLETION_BATCH],
+        len: 0,
+        next: 0,
+        batches: 0,
+        last: false,
+    };
+
+    /// The next completion of this drain; `None` ends the drain.
+    #[inline(always)]
+    pub(crate) fn next<F: Fabric>(
+        &mut self,
+        fabric: &mut F,
+        replicas: u8,
+        me: ReplicaId,
+    ) -> Option<(WrId, Status)> {
+        loop {
+            debug_assert!(self.next <= self.len && self.len <= COMPLETION_BATCH);
+            if self.next < self.len {
+                let completion = self.completions[self.next];
+                self.next += 1;
+                match WrId::decode(completion.wr_id) {
+                    Some(id) if id.peer < replicas && id.peer != me => {
+                        return Some((id, completion.status))
+                    }
+                    _ => continue,
+                }
             }
-            each(fabric, id, completion.status);
-        }
-        if n < COMPLETION_BATCH {
-            break;
+            if self.last {
+                (self.len, self.next, self.batches, self.last) = (0, 0, 0, false);
+                return None;
+            }
+            self.len = fabric.poll(&mut self.completions).min(COMPLETION_BATCH);
+            self.next = 0;
+            self.batches += 1;
+            self.last = self.len < COMPLETION_BATCH || self.batches == COMPLETION_BATCHES_MAX;
         }
     }
 }
@@ -210,6 +244,7 @@ impl Links {
 
     /// What a completion of `id` finished: the front of its connection, unless it comes from
     /// before a reconnect. A failed one breaks the connection.
+    #[inline(always)]
     pub(crate) fn take(&mut self, id: WrId, status: Status) -> Option<Pending> {
         let connection = &mut self.connections[id.peer as usize];
         if id.epoch != connection.epoch {

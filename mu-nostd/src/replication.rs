@@ -20,7 +20,7 @@
 
 use crate::config::REPLICAS_MAX;
 use crate::fabric::{Fabric, ReplicaId};
-use crate::links::{self, Links, Readiness, Work};
+use crate::links::{Inbox, Links, Readiness, Work};
 use crate::log::Log;
 use crate::record;
 use crate::shared::Shared;
@@ -134,6 +134,7 @@ pub(crate) const DEADLINE_DOUBLINGS_MAX: u8 = 2;
 pub struct ReplicationPlane<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize> {
     pub(crate) log: Log<SLOT, ENTRY, QUEUE>,
     pub(crate) links: Links,
+    inbox: Inbox,
     pub(crate) shared: &'s Shared,
     /// The tenure this replica leads in, while it does.
     tenure: Option<Tenure>,
@@ -166,6 +167,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         ReplicationPlane {
             log: Log::new(config, me),
             links: Links::NEW,
+            inbox: Inbox::NEW,
             shared,
             tenure: None,
             spent_tenure: 0,
@@ -333,7 +335,13 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             return;
         };
         let ended = tenure
-            .leading(&mut self.log, &mut self.links, self.shared, timeout)
+            .leading(
+                &mut self.log,
+                &mut self.links,
+                &mut self.inbox,
+                self.shared,
+                timeout,
+            )
             .poll(now, fabric, sm);
         if tenure.fast_path() {
             self.deadline_doublings = 0;
@@ -423,14 +431,14 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         sm: &mut S,
     ) {
         let (replicas, me) = (self.log.config.replica_count, self.log.me);
-        links::drain(fabric, replicas, me, |fabric, id, status| {
+        while let Some((id, status)) = self.inbox.next(fabric, replicas, me) {
             let Some(pending) = self.links.take(id, status) else {
-                return;
+                continue;
             };
             if pending.tenure == 0 {
                 self.complete_transfer(now, id.peer, pending, status, fabric, sm);
             }
-        });
+        }
     }
 
     /// Posts an operation of a state transfer; false when it could not be posted now.

@@ -163,7 +163,9 @@ fn pieces(len: u32, piece: u32) -> impl Iterator<Item = (u32, u32)> {
 
 /// The transfer request record: the joiner's nonce and the next chunk it wants.
 fn request_value(nonce: u32, wanted: u64) -> u64 {
-    ((nonce as u64) << 32) | wanted.min(u32::MAX as u64)
+    let value = ((nonce as u64) << 32) | wanted.min(u32::MAX as u64);
+    debug_assert_eq!(request_parts(value), (nonce, wanted.min(u32::MAX as u64)));
+    value
 }
 
 fn request_parts(value: u64) -> (u32, u64) {

@@ -57,7 +57,7 @@ pub mod survey;
 
 use crate::config::REPLICAS_MAX;
 use crate::fabric::{Fabric, ReplicaId, Status};
-use crate::links::{self, Links, Pending, Readiness, Work};
+use crate::links::{Inbox, Links, Pending, Readiness, Work};
 use crate::log::Log;
 use crate::shared::Shared;
 use crate::state_machine::StateMachine;
@@ -418,6 +418,7 @@ impl Tenure {
         &'a mut self,
         log: &'a mut Log<SLOT, ENTRY, QUEUE>,
         links: &'a mut Links,
+        inbox: &'a mut Inbox,
         shared: &'s Shared,
         timeout: u64,
     ) -> Leading<'a, 's, SLOT, ENTRY, QUEUE> {
@@ -425,6 +426,7 @@ impl Tenure {
             t: self,
             log,
             links,
+            inbox,
             shared,
             timeout,
         }
@@ -528,6 +530,7 @@ pub(crate) struct Leading<'a, 's, const SLOT: usize, const ENTRY: usize, const Q
     t: &'a mut Tenure,
     log: &'a mut Log<SLOT, ENTRY, QUEUE>,
     links: &'a mut Links,
+    inbox: &'a mut Inbox,
     shared: &'s Shared,
     /// The deadline of a phase or an operation, in ticks (see `phase_timeout`).
     timeout: u64,
@@ -638,14 +641,14 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// Takes the completions of this tenure's operations (those of anything else are dropped).
     fn drain<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let (replicas, me) = (self.log.config.replica_count, self.log.me);
-        links::drain(fabric, replicas, me, |fabric, id, status| {
+        while let Some((id, status)) = self.inbox.next(fabric, replicas, me) {
             let Some(pending) = self.links.take(id, status) else {
-                return;
+                continue;
             };
             if pending.tenure == self.t.tenure {
                 self.complete(now, id.peer, pending, status, fabric);
             }
-        });
+        }
     }
 
     /// Resets the connection to `peer`: what was outstanding on it is dropped, so a member of
