@@ -281,8 +281,10 @@ enum Phase {
 /// Its parts, in the order a tenure goes through them (the module docs say why each is safe):
 /// - [`survey`]: the applied positions of the replicas that granted it, and the bulk catch-up
 ///   of what this replica lacks;
-/// - [`prepare`]: min proposals, the slot reads at the first undecided position, the adoption
-///   of what they found, and the admission of recovering replicas;
+/// - [`prepare`]: min proposals, the slot reads at the first undecided position, and the
+///   adoption of what they found;
+/// - [`admission`]: which members' acks count, and when a replica that restarted with an empty
+///   log becomes a voter again;
 /// - [`fast_path`]: proposing queued commands, the per-member log writes (fresh positions and
 ///   rewrites), decisions and the commit record;
 /// - [`recycling`]: reading the replicas' applied positions, holding the log back for the
