@@ -915,7 +915,9 @@ impl World {
 
     fn grant(&mut self, owner: u8, peer: u8) {
         if peer >= self.n || peer == owner {
-            return; // Rule 13: no other replica of the cluster, nothing to grant.
+            // Rule 13: nothing happens. The core never names no one, so it is recorded.
+            self.violation(format!("replica {owner} granted {peer}, no other replica"));
+            return;
         }
         self.granted[owner as usize] |= 1 << peer;
         let pair = owner as usize * self.n as usize + peer as usize;
@@ -929,7 +931,9 @@ impl World {
 
     fn revoke(&mut self, owner: u8, peer: u8) {
         if peer >= self.n || peer == owner {
-            return; // Rule 13: nobody else can hold a grant under that id.
+            // Rule 13: nothing happens. The core never names no one, so it is recorded.
+            self.violation(format!("replica {owner} revoked {peer}, no other replica"));
+            return;
         }
         let pair = owner as usize * self.n as usize + peer as usize;
         if self.faults.pairing_ticks > 0 && self.granted[owner as usize] & (1 << peer) != 0 {
