@@ -50,6 +50,9 @@
 //! - No input (commands, stream bytes, offsets) panics.
 
 use mu_nostd::hash::Hasher;
+use mu_nostd::{Snapshot, StateMachine};
+
+use crate::app::Application;
 
 const TAG_PUT: u8 = 1;
 const TAG_GET: u8 = 2;
@@ -525,6 +528,55 @@ impl Kv {
     /// The install was given up: the table keeps the records completed so far, consistently.
     pub fn install_abandon(&mut self) {
         self.install = Install::IDLE;
+    }
+}
+
+/// The store as the node hosts it: every reply is the answer word (8 bytes). The trait's
+/// methods call the store's own by their full path, since they share names.
+impl StateMachine for Kv {
+    fn apply(&mut self, _position: u64, command: &[u8], response: &mut [u8]) -> usize {
+        let (answer, _) = Kv::apply(self, command);
+        response[..8].copy_from_slice(&answer.to_le_bytes());
+        8
+    }
+
+    fn snapshot_begin(&mut self, _position: u64) -> Option<Snapshot> {
+        let (bytes, digest) = Kv::snapshot_begin(self);
+        Some(Snapshot { bytes, digest })
+    }
+
+    fn snapshot_read(&mut self, offset: u64, buf: &mut [u8]) {
+        Kv::snapshot_read(self, offset, buf);
+    }
+
+    fn snapshot_end(&mut self) {
+        Kv::snapshot_end(self);
+    }
+
+    fn install_begin(&mut self, _position: u64, bytes: u64) -> bool {
+        Kv::install_begin(self, bytes)
+    }
+
+    fn install_write(&mut self, offset: u64, bytes: &[u8]) {
+        Kv::install_write(self, offset, bytes);
+    }
+
+    fn install_end(&mut self) -> u64 {
+        Kv::install_end(self)
+    }
+
+    fn install_abandon(&mut self) {
+        Kv::install_abandon(self);
+    }
+}
+
+impl Application for Kv {
+    fn digest(&self) -> u64 {
+        Kv::digest(self)
+    }
+
+    fn journal_id(&self, command: &[u8]) -> Option<u64> {
+        command_id(command)
     }
 }
 

@@ -11,7 +11,8 @@
 //! | [`procfs`] | process liveness for fencing; isolated cores |
 //! | [`node`] | one replica: region, client port, planes on pinned threads, polling modes |
 //! | [`port`] | a replica's client port: request and response rings, status, journal |
-//! | [`kv`] | the replicated key-value store of the demo and the tests |
+//! | [`app`] | what a replica hosts: any `Application` (a state machine with a digest) |
+//! | [`kv`] | the replicated key-value store of the demo and the tests, one application |
 //! | [`cluster`] | replica processes on one host and a client that drives and checks them |
 //! | [`demo`] | `mu demo` and `mu failover` |
 //! | `doctor` | `mu doctor`: what this host has and lacks for a verbs deployment (feature `verbs`) |
@@ -23,6 +24,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
+pub mod app;
 pub mod bell;
 pub mod clock;
 pub mod cluster;

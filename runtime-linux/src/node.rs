@@ -29,9 +29,10 @@ use mu_nostd::{
     Shared, Snapshot, StateMachine, SubmitError, Ticket, REQUESTS_MAX,
 };
 
+use crate::app::{answer_word, Application};
 use crate::bell::Bell;
 use crate::clock::{cycles_end, cycles_start, monotonic_ns, Ticker};
-use crate::kv::{self, Kv};
+use crate::kv::Kv;
 use crate::port::{Outcome, Port, Response, Stat, COMMAND_MAX};
 use crate::procfs::IsolatedCores;
 use crate::shm::{LifeHold, LifeWatch, OwnRegion, Plane, Previous, RegionDir, ShmError, ShmFabric};
@@ -100,6 +101,26 @@ pub struct NodeSpec {
     pub kv_keys: usize,
 }
 
+impl NodeSpec {
+    /// Replica `id` of a cluster of processes on this host, over shared memory in `dir`, with
+    /// `shared` polling (no core of its own, no real-time priority) and ticks of 1 µs: what a
+    /// test or an example needs, without a deployment file.
+    pub fn local(id: ReplicaId, config: Config, dir: PathBuf) -> NodeSpec {
+        NodeSpec {
+            id,
+            config,
+            tick_ns: 1000,
+            dir,
+            verbs: None,
+            polling: Polling::Shared,
+            replication_core: None,
+            background_core: None,
+            realtime_priority: None,
+            kv_keys: KV_KEYS,
+        }
+    }
+}
+
 /// Why a replica could not start.
 #[derive(Debug)]
 pub enum NodeError {
@@ -159,10 +180,11 @@ struct Waiting {
     submitted: u64,
 }
 
-/// The application as the replication plane sees it: the store, the journal and client
-/// responses through the port, and the leader's propose-to-commit latency.
-pub struct App<'p> {
-    kv: Kv,
+/// The application as the replication plane sees it: the hosted application, with the
+/// journal, the client responses through the port and the leader's propose-to-commit latency
+/// around it.
+pub struct Hosted<'p, A: Application> {
+    app: A,
     port: &'p Port,
     me: ReplicaId,
     waiting: [Waiting; REQUESTS_MAX],
@@ -171,17 +193,22 @@ pub struct App<'p> {
     installing: Option<(u64, u64)>,
 }
 
-impl<'p> App<'p> {
-    /// An empty store of `kv_keys` keys answering through `port` for replica `me`.
-    pub fn new(port: &'p Port, me: ReplicaId, kv_keys: usize) -> App<'p> {
-        App {
-            kv: Kv::new(kv_keys),
+impl<'p, A: Application> Hosted<'p, A> {
+    /// `app`, answering through `port` for replica `me`.
+    pub fn new(app: A, port: &'p Port, me: ReplicaId) -> Hosted<'p, A> {
+        Hosted {
+            app,
             port,
             me,
             waiting: [Waiting::default(); REQUESTS_MAX],
             latency: Histogram::new_with_bounds(1, 1 << 40, 3).expect("static bounds"),
             installing: None,
         }
+    }
+
+    /// The hosted application.
+    pub fn app(&self) -> &A {
+        &self.app
     }
 
     fn respond(&mut self, ticket: Ticket, outcome: Outcome, position: u64, answer: u64) {
@@ -203,46 +230,42 @@ impl<'p> App<'p> {
     }
 }
 
-impl StateMachine for App<'_> {
+impl<A: Application> StateMachine for Hosted<'_, A> {
     fn apply(&mut self, position: u64, command: &[u8], response: &mut [u8]) -> usize {
-        let (answer, _) = self.kv.apply(command);
-        self.port
-            .journal(position, kv::command_id(command).unwrap_or(u64::MAX));
-        response[..8].copy_from_slice(&answer.to_le_bytes());
-        8
+        let len = self.app.apply(position, command, response);
+        let id = self.app.journal_id(command).unwrap_or(u64::MAX);
+        self.port.journal(position, id);
+        len
     }
 
     fn committed(&mut self, ticket: Ticket, position: u64, response: &[u8]) {
-        let answer = u64::from_le_bytes(response[..8].try_into().unwrap_or([0; 8]));
-        self.respond(ticket, Outcome::Committed, position, answer);
+        self.respond(ticket, Outcome::Committed, position, answer_word(response));
     }
 
     fn dropped(&mut self, ticket: Ticket) {
         self.respond(ticket, Outcome::Dropped, 0, 0);
     }
 
-    fn snapshot_begin(&mut self, _position: u64) -> Option<Snapshot> {
-        let (bytes, digest) = self.kv.snapshot_begin();
-        Some(Snapshot { bytes, digest })
+    fn snapshot_begin(&mut self, position: u64) -> Option<Snapshot> {
+        self.app.snapshot_begin(position)
     }
 
     fn snapshot_read(&mut self, offset: u64, buf: &mut [u8]) {
-        self.kv.snapshot_read(offset, buf);
+        self.app.snapshot_read(offset, buf);
     }
 
     fn snapshot_end(&mut self) {
-        self.kv.snapshot_end();
+        self.app.snapshot_end();
     }
 
     fn install_begin(&mut self, position: u64, bytes: u64) -> bool {
-        if !self.kv.install_begin(bytes) {
+        if !self.app.install_begin(position, bytes) {
             eprintln!(
-                "[{:.3} ms] replica {}: cannot install a snapshot of {bytes} bytes at position \
-                 {position} into a store of {} keys (start every replica with the same \
-                 --kv-keys)",
+                "[{:.3} ms] replica {}: the application cannot install a snapshot of {bytes} \
+                 bytes at position {position} (start every replica with the same application \
+                 and capacity, e.g. the same --kv-keys)",
                 monotonic_ns() as f64 / 1e6,
                 self.me,
-                self.kv.capacity()
             );
             return false;
         }
@@ -252,11 +275,11 @@ impl StateMachine for App<'_> {
     }
 
     fn install_write(&mut self, offset: u64, bytes: &[u8]) {
-        self.kv.install_write(offset, bytes);
+        self.app.install_write(offset, bytes);
     }
 
     fn install_end(&mut self) -> u64 {
-        let digest = self.kv.install_end();
+        let digest = self.app.install_end();
         if let Some((position, bytes)) = self.installing.take() {
             let port = self.port;
             port.set(Stat::InstallEndedNs, monotonic_ns());
@@ -268,7 +291,7 @@ impl StateMachine for App<'_> {
     }
 
     fn install_abandon(&mut self) {
-        self.kv.install_abandon();
+        self.app.install_abandon();
         self.installing = None;
     }
 }
@@ -314,14 +337,14 @@ const CATCHING_UP: usize = 8;
 const DONATING: usize = 9;
 
 /// What the replication thread does, one step at a time.
-pub struct ReplicationLoop<'s, 'p, F: Fabric = ShmFabric> {
+pub struct ReplicationLoop<'s, 'p, F: Fabric = ShmFabric, A: Application = Kv> {
     plane: Box<Replication<'s>>,
     fabric: F,
     me: ReplicaId,
     replicas: u8,
     /// Where the latency histogram goes when a client asks.
     dir: PathBuf,
-    app: App<'p>,
+    app: Hosted<'p, A>,
     ticker: Ticker,
     shared: &'s Shared,
     command: Box<[u8; COMMAND_MAX]>,
@@ -332,13 +355,13 @@ pub struct ReplicationLoop<'s, 'p, F: Fabric = ShmFabric> {
     preparing: Option<mu_nostd::LeaderStatus>,
 }
 
-impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
+impl<'s, 'p, F: Fabric, A: Application> ReplicationLoop<'s, 'p, F, A> {
     /// The loop over a built plane.
     pub fn new(
         spec: &NodeSpec,
         plane: Box<Replication<'s>>,
         fabric: F,
-        app: App<'p>,
+        app: Hosted<'p, A>,
         shared: &'s Shared,
     ) -> Self {
         ReplicationLoop {
@@ -498,7 +521,7 @@ impl<'s, 'p, F: Fabric> ReplicationLoop<'s, 'p, F> {
             }
         }
         if status.applied != self.digest_applied {
-            port.publish_digest(self.app.kv.digest(), status.applied);
+            port.publish_digest(self.app.app.digest(), status.applied);
             self.digest_applied = status.applied;
         }
         let dump = port.get(Stat::DumpRequest);
@@ -740,29 +763,40 @@ impl Parts {
         })
     }
 
-    /// Builds both loops over `shared`, on the shared-memory fabric.
-    pub fn loops<'s, 'p>(
+    /// Builds both loops over `shared`, on the shared-memory fabric, hosting `app`.
+    #[allow(clippy::type_complexity)]
+    pub fn loops<'s, 'p, A: Application>(
         &'p self,
         spec: &NodeSpec,
         shared: &'s Shared,
-    ) -> Result<(ReplicationLoop<'s, 'p>, BackgroundLoop<'s, 'p>), NodeError> {
+        app: A,
+    ) -> Result<
+        (
+            ReplicationLoop<'s, 'p, ShmFabric, A>,
+            BackgroundLoop<'s, 'p>,
+        ),
+        NodeError,
+    > {
         let fabric = |lane| ShmFabric::new(self.dir.clone(), spec.config, self.own.clone(), lane);
         self.loops_over(
             spec,
             shared,
             fabric(Plane::Replication),
             fabric(Plane::Background),
+            app,
         )
     }
 
-    /// Builds both loops over `shared`, each plane on its own fabric value.
-    pub fn loops_over<'s, 'p, F: Fabric>(
+    /// Builds both loops over `shared`, each plane on its own fabric value, hosting `app`.
+    #[allow(clippy::type_complexity)]
+    pub fn loops_over<'s, 'p, F: Fabric, A: Application>(
         &'p self,
         spec: &NodeSpec,
         shared: &'s Shared,
         replication_fabric: F,
         background_fabric: F,
-    ) -> Result<(ReplicationLoop<'s, 'p, F>, BackgroundLoop<'s, 'p, F>), NodeError> {
+        app: A,
+    ) -> Result<(ReplicationLoop<'s, 'p, F, A>, BackgroundLoop<'s, 'p, F>), NodeError> {
         let (replication, mut background) =
             planes::<SLOT_MAX, ENTRY_MAX, QUEUE_BYTES>(spec.config, spec.id, shared)
                 .map_err(NodeError::Replica)?;
@@ -776,7 +810,7 @@ impl Parts {
                 spec,
                 replication,
                 replication_fabric,
-                App::new(&self.port, spec.id, spec.kv_keys),
+                Hosted::new(app, &self.port, spec.id),
                 shared,
             ),
             BackgroundLoop::new(background, background_fabric, spec.id, ticker, &self.port),
@@ -784,8 +818,18 @@ impl Parts {
     }
 }
 
-/// Runs replica `spec` until `stop` is set: both planes on their own threads.
+/// Runs replica `spec` of the key-value store until `stop` is set (see [`run_app`]).
 pub fn run(spec: &NodeSpec, stop: &AtomicBool) -> Result<(), NodeError> {
+    run_app(spec, Kv::new(spec.kv_keys), stop)
+}
+
+/// Runs replica `spec` hosting `app` until `stop` is set: both planes on their own threads.
+/// Every replica of a cluster must host the same application, started from the same state.
+pub fn run_app<A: Application>(
+    spec: &NodeSpec,
+    app: A,
+    stop: &AtomicBool,
+) -> Result<(), NodeError> {
     // Before any file is open: the reaper starts with a copy of the descriptor table, and a
     // copy of the lock file's descriptor would hold the lock until the reaper sheds it, so that
     // a replica killed in between could not be restarted at once ("already running").
@@ -823,12 +867,13 @@ pub fn run(spec: &NodeSpec, stop: &AtomicBool) -> Result<(), NodeError> {
             &shared,
             VerbsFabric::new(endpoint.clone(), Plane::Replication),
             VerbsFabric::new(endpoint.clone(), Plane::Background),
+            app,
         )?;
         return run_loops(spec, stop, &parts, &shared, replication, background, None);
     }
     // Only the shared-memory fabric has the peers' owners on this host to watch.
     let watch = LifeWatch::new(parts.dir.clone(), spec.config.replica_count, spec.id);
-    let (replication, background) = parts.loops(spec, &shared)?;
+    let (replication, background) = parts.loops(spec, &shared, app)?;
     run_loops(
         spec,
         stop,
@@ -847,12 +892,12 @@ pub fn run(spec: &NodeSpec, stop: &AtomicBool) -> Result<(), NodeError> {
 /// the replication plane, the replication plane's stepping down (or up) to the background plane.
 /// With a `watch` (the shared-memory fabric), the background plane also rests on the peers'
 /// lives, so that a peer's death wakes it.
-fn run_loops<F: Fabric + Send>(
+fn run_loops<F: Fabric + Send, A: Application>(
     spec: &NodeSpec,
     stop: &AtomicBool,
     parts: &Parts,
     shared: &Shared,
-    mut replication: ReplicationLoop<'_, '_, F>,
+    mut replication: ReplicationLoop<'_, '_, F, A>,
     mut background: BackgroundLoop<'_, '_, F>,
     mut watch: Option<LifeWatch>,
 ) -> Result<(), NodeError> {

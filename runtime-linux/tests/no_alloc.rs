@@ -79,7 +79,10 @@ fn leader_propose_to_commit_allocates_nothing() {
     let parts: Vec<Parts> = specs.iter().map(|s| Parts::create(s).unwrap()).collect();
     let shared = [Shared::new(), Shared::new(), Shared::new()];
     let mut loops: Vec<_> = (0..3)
-        .map(|i| parts[i].loops(&specs[i], &shared[i]).unwrap())
+        .map(|i| {
+            let kv = runtime_linux::kv::Kv::new(specs[i].kv_keys);
+            parts[i].loops(&specs[i], &shared[i], kv).unwrap()
+        })
         .collect();
     let clients: Vec<Port> = (0..3).map(|id| Port::attach(&dir, id).unwrap()).collect();
     let mut step_all = || {
