@@ -10,6 +10,7 @@
 //! | [`mem`] | mapped shared memory and atomic byte copies |
 //! | [`procfs`] | process liveness for fencing; isolated cores |
 //! | [`node`] | one replica: region, client port, planes on pinned threads, polling modes |
+//! | [`intake`] | the in-process way into a replica: whole commands in, whole replies out |
 //! | [`port`] | a replica's client port: request and response rings, status, journal |
 //! | [`app`] | what a replica hosts: any `Application` (a state machine with a digest) |
 //! | [`kv`] | the replicated key-value store of the demo and the tests, one application |
@@ -31,6 +32,7 @@ pub mod cluster;
 pub mod demo;
 #[cfg(feature = "verbs")]
 pub mod doctor;
+pub mod intake;
 pub mod kv;
 pub mod mem;
 pub mod node;

@@ -32,8 +32,9 @@ use mu_nostd::{
 use crate::app::{answer_word, Application};
 use crate::bell::Bell;
 use crate::clock::{cycles_end, cycles_start, monotonic_ns, Ticker};
+use crate::intake::Intake;
 use crate::kv::Kv;
-use crate::port::{Outcome, Port, Response, Stat, COMMAND_MAX};
+use crate::port::{Outcome, Port, Response, Stat};
 use crate::procfs::IsolatedCores;
 use crate::shm::{LifeHold, LifeWatch, OwnRegion, Plane, Previous, RegionDir, ShmError, ShmFabric};
 #[cfg(feature = "verbs")]
@@ -99,6 +100,19 @@ pub struct NodeSpec {
     /// Keys the replicated store holds (every replica of a cluster needs the same, or a
     /// snapshot may not fit).
     pub kv_keys: usize,
+    /// It serves clients over the network through a front end (`mu serve`); `None`: only
+    /// through its shared-memory client port.
+    pub serve: Option<ServeSpec>,
+}
+
+/// Where a replica's network front end listens, and where every replica's does (a follower
+/// forwards its clients' commands to the leader's).
+#[derive(Clone, Debug)]
+pub struct ServeSpec {
+    /// This replica's listening address.
+    pub listen: std::net::SocketAddr,
+    /// Every replica's listening address, by id.
+    pub peers: Vec<std::net::SocketAddr>,
 }
 
 impl NodeSpec {
@@ -117,6 +131,7 @@ impl NodeSpec {
             background_core: None,
             realtime_priority: None,
             kv_keys: KV_KEYS,
+            serve: None,
         }
     }
 }
@@ -176,8 +191,11 @@ impl std::error::Error for NodeError {}
 #[derive(Clone, Copy, Default)]
 struct Waiting {
     ticket: Ticket,
+    /// The client's sequence number (port) or token (intake).
     seq: u64,
     submitted: u64,
+    /// It came through the intake, which takes the whole reply, not the port.
+    via_intake: bool,
 }
 
 /// The application as the replication plane sees it: the hosted application, with the
@@ -186,6 +204,7 @@ struct Waiting {
 pub struct Hosted<'p, A: Application> {
     app: A,
     port: &'p Port,
+    intake: Option<&'p Intake>,
     me: ReplicaId,
     waiting: [Waiting; REQUESTS_MAX],
     latency: Histogram<u64>,
@@ -194,11 +213,13 @@ pub struct Hosted<'p, A: Application> {
 }
 
 impl<'p, A: Application> Hosted<'p, A> {
-    /// `app`, answering through `port` for replica `me`.
-    pub fn new(app: A, port: &'p Port, me: ReplicaId) -> Hosted<'p, A> {
+    /// `app`, answering through `port` (and `intake`, when the replica has one) for replica
+    /// `me`.
+    pub fn new(app: A, port: &'p Port, intake: Option<&'p Intake>, me: ReplicaId) -> Hosted<'p, A> {
         Hosted {
             app,
             port,
+            intake,
             me,
             waiting: [Waiting::default(); REQUESTS_MAX],
             latency: Histogram::new_with_bounds(1, 1 << 40, 3).expect("static bounds"),
@@ -211,7 +232,7 @@ impl<'p, A: Application> Hosted<'p, A> {
         &self.app
     }
 
-    fn respond(&mut self, ticket: Ticket, outcome: Outcome, position: u64, answer: u64) {
+    fn respond(&mut self, ticket: Ticket, outcome: Outcome, position: u64, reply: &[u8]) {
         let waiting = self.waiting[ticket as usize % REQUESTS_MAX];
         assert_eq!(waiting.ticket, ticket, "a ticket stays until answered");
         if outcome == Outcome::Committed {
@@ -220,13 +241,20 @@ impl<'p, A: Application> Hosted<'p, A> {
             self.port
                 .set(Stat::Committed, self.port.get(Stat::Committed) + 1);
         }
-        self.port.push_response(Response {
-            seq: waiting.seq,
-            outcome,
-            position,
-            commit_ns: monotonic_ns(),
-            answer,
-        });
+        match self.intake {
+            Some(intake) if waiting.via_intake => {
+                intake.push_reply(waiting.seq, outcome, position, reply);
+            }
+            _ => {
+                self.port.push_response(Response {
+                    seq: waiting.seq,
+                    outcome,
+                    position,
+                    commit_ns: monotonic_ns(),
+                    answer: answer_word(reply),
+                });
+            }
+        }
     }
 }
 
@@ -239,11 +267,11 @@ impl<A: Application> StateMachine for Hosted<'_, A> {
     }
 
     fn committed(&mut self, ticket: Ticket, position: u64, response: &[u8]) {
-        self.respond(ticket, Outcome::Committed, position, answer_word(response));
+        self.respond(ticket, Outcome::Committed, position, response);
     }
 
     fn dropped(&mut self, ticket: Ticket) {
-        self.respond(ticket, Outcome::Dropped, 0, 0);
+        self.respond(ticket, Outcome::Dropped, 0, &[]);
     }
 
     fn snapshot_begin(&mut self, position: u64) -> Option<Snapshot> {
@@ -294,6 +322,15 @@ impl<A: Application> StateMachine for Hosted<'_, A> {
         self.app.install_abandon();
         self.installing = None;
     }
+}
+
+/// Where a client command comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The shared-memory client port of another process.
+    Port,
+    /// The in-process intake (the network front end).
+    Intake,
 }
 
 /// What a replication plane does, as far as its pace goes.
@@ -347,7 +384,8 @@ pub struct ReplicationLoop<'s, 'p, F: Fabric = ShmFabric, A: Application = Kv> {
     app: Hosted<'p, A>,
     ticker: Ticker,
     shared: &'s Shared,
-    command: Box<[u8; COMMAND_MAX]>,
+    /// A client command as taken, from either source.
+    command: Box<[u8; ENTRY_MAX]>,
     /// The values of [`PUBLISHED`] last written to the port.
     published: [u64; PUBLISHED.len()],
     digest_applied: u64,
@@ -373,7 +411,10 @@ impl<'s, 'p, F: Fabric, A: Application> ReplicationLoop<'s, 'p, F, A> {
             app,
             ticker: Ticker::new(spec.tick_ns),
             shared,
-            command: Box::new([0; COMMAND_MAX]),
+            command: vec![0; ENTRY_MAX]
+                .into_boxed_slice()
+                .try_into()
+                .expect("ENTRY_MAX bytes"),
             published: [u64::MAX; PUBLISHED.len()],
             digest_applied: u64::MAX,
             preparing: None,
@@ -408,24 +449,35 @@ impl<'s, 'p, F: Fabric, A: Application> ReplicationLoop<'s, 'p, F, A> {
         Halt::from_code(self.published[HALTED] as u32)
     }
 
-    /// Takes client commands from the port; true when it took any.
+    /// Takes client commands from the port and the intake; true when it took any.
     fn take_commands(&mut self) -> bool {
-        let port = self.app.port;
+        let from_port = self.take_from(Source::Port);
+        let from_intake = self.app.intake.is_some() && self.take_from(Source::Intake);
+        from_port || from_intake
+    }
+
+    /// Takes up to [`INTAKE_PER_STEP`] commands from `source`; true when it took any.
+    fn take_from(&mut self, source: Source) -> bool {
+        let (port, intake) = (self.app.port, self.app.intake);
         for taken in 0..INTAKE_PER_STEP {
-            if !port.can_respond() {
-                return taken > 0;
-            }
-            let Some((seq, len)) = port.peek_request(&mut self.command) else {
+            let peeked = match (source, intake) {
+                (Source::Port, _) if !port.can_respond() => None,
+                (Source::Port, _) => port.peek_request(&mut self.command[..]),
+                (Source::Intake, Some(intake)) => intake.peek_request(&mut self.command[..]),
+                (Source::Intake, None) => None,
+            };
+            let Some((seq, len)) = peeked else {
                 return taken > 0;
             };
             let submitted = cycles_start();
-            let outcome = match self.plane.submit(&self.command[..len]) {
+            let refusal = match self.plane.submit(&self.command[..len]) {
                 Ok(ticket) => {
                     let slot = &mut self.app.waiting[ticket as usize % REQUESTS_MAX];
                     *slot = Waiting {
                         ticket,
                         seq,
                         submitted,
+                        via_intake: source == Source::Intake,
                     };
                     None
                 }
@@ -441,15 +493,25 @@ impl<'s, 'p, F: Fabric, A: Application> ReplicationLoop<'s, 'p, F, A> {
                 }
                 Err(_) => Some((Outcome::Rejected, 0)),
             };
-            port.pop_request();
-            if let Some((outcome, position)) = outcome {
-                port.push_response(Response {
-                    seq,
-                    outcome,
-                    position,
-                    commit_ns: monotonic_ns(),
-                    answer: 0,
-                });
+            match (source, intake) {
+                (Source::Intake, Some(intake)) => {
+                    intake.pop_request();
+                    if let Some((outcome, position)) = refusal {
+                        intake.push_reply(seq, outcome, position, &[]);
+                    }
+                }
+                _ => {
+                    port.pop_request();
+                    if let Some((outcome, position)) = refusal {
+                        port.push_response(Response {
+                            seq,
+                            outcome,
+                            position,
+                            commit_ns: monotonic_ns(),
+                            answer: 0,
+                        });
+                    }
+                }
             }
         }
         true
@@ -721,6 +783,8 @@ pub struct Parts {
     pub dir: RegionDir,
     /// The client port.
     pub port: Port,
+    /// The in-process intake of a replica that serves clients over the network.
+    pub intake: Option<Intake>,
     /// The RDMA endpoint, with the verbs fabric.
     #[cfg(feature = "verbs")]
     pub endpoint: Option<Arc<Endpoint>>,
@@ -758,6 +822,7 @@ impl Parts {
             own,
             dir,
             port,
+            intake: spec.serve.as_ref().map(|_| Intake::new()),
             #[cfg(feature = "verbs")]
             endpoint,
         })
@@ -810,7 +875,7 @@ impl Parts {
                 spec,
                 replication,
                 replication_fabric,
-                Hosted::new(app, &self.port, spec.id),
+                Hosted::new(app, &self.port, self.intake.as_ref(), spec.id),
                 shared,
             ),
             BackgroundLoop::new(background, background_fabric, spec.id, ticker, &self.port),
@@ -828,6 +893,33 @@ pub fn run(spec: &NodeSpec, stop: &AtomicBool) -> Result<(), NodeError> {
 pub fn run_app<A: Application>(
     spec: &NodeSpec,
     app: A,
+    stop: &AtomicBool,
+) -> Result<(), NodeError> {
+    run_serving(spec, app, None::<NoFrontEnd>, stop)
+}
+
+/// A network front end: it runs on a thread of its own beside the planes of a replica whose
+/// spec says it serves (`NodeSpec::serve`), takes its clients' commands to the replication
+/// plane through the intake, and reads the replica's status from its port.
+pub trait FrontEnd: Send {
+    /// Serves until `over` is set (the replica stops, halts or is refused).
+    fn serve(&mut self, intake: &Intake, port: &Port, over: &AtomicBool);
+}
+
+/// The front end of a replica that serves no network clients.
+pub enum NoFrontEnd {}
+
+impl FrontEnd for NoFrontEnd {
+    fn serve(&mut self, _: &Intake, _: &Port, _: &AtomicBool) {
+        match *self {}
+    }
+}
+
+/// [`run_app`], with `front_end` serving network clients when `spec.serve` says so.
+pub fn run_serving<A: Application, E: FrontEnd>(
+    spec: &NodeSpec,
+    app: A,
+    front_end: Option<E>,
     stop: &AtomicBool,
 ) -> Result<(), NodeError> {
     // Before any file is open: the reaper starts with a copy of the descriptor table, and a
@@ -869,21 +961,22 @@ pub fn run_app<A: Application>(
             VerbsFabric::new(endpoint.clone(), Plane::Background),
             app,
         )?;
-        return run_loops(spec, stop, &parts, &shared, replication, background, None);
+        let loops = (replication, background, None);
+        return run_loops(spec, stop, &parts, &shared, loops, front_end);
     }
     // Only the shared-memory fabric has the peers' owners on this host to watch.
     let watch = LifeWatch::new(parts.dir.clone(), spec.config.replica_count, spec.id);
     let (replication, background) = parts.loops(spec, &shared, app)?;
-    run_loops(
-        spec,
-        stop,
-        &parts,
-        &shared,
-        replication,
-        background,
-        Some(watch),
-    )
+    let loops = (replication, background, Some(watch));
+    run_loops(spec, stop, &parts, &shared, loops, front_end)
 }
+
+/// Both loops, and the peers' lives to rest on (the shared-memory fabric only).
+type Loops<'s, 'p, F, A> = (
+    ReplicationLoop<'s, 'p, F, A>,
+    BackgroundLoop<'s, 'p, F>,
+    Option<LifeWatch>,
+);
 
 /// Runs both loops on their own threads until `stop`.
 ///
@@ -891,15 +984,15 @@ pub fn run_app<A: Application>(
 /// words it hands over change: the background plane's grant of a tenure (or its withdrawal) to
 /// the replication plane, the replication plane's stepping down (or up) to the background plane.
 /// With a `watch` (the shared-memory fabric), the background plane also rests on the peers'
-/// lives, so that a peer's death wakes it.
-fn run_loops<F: Fabric + Send, A: Application>(
+/// lives, so that a peer's death wakes it. A `front_end` serves on a third thread, until the
+/// replication thread ends.
+fn run_loops<F: Fabric + Send, A: Application, E: FrontEnd>(
     spec: &NodeSpec,
     stop: &AtomicBool,
     parts: &Parts,
     shared: &Shared,
-    mut replication: ReplicationLoop<'_, '_, F, A>,
-    mut background: BackgroundLoop<'_, '_, F>,
-    mut watch: Option<LifeWatch>,
+    (mut replication, mut background, mut watch): Loops<'_, '_, F, A>,
+    front_end: Option<E>,
 ) -> Result<(), NodeError> {
     parts.port.set(Stat::Ready, 1);
     // A halted replica stops both planes and exits: left running, it would keep answering
@@ -911,6 +1004,8 @@ fn run_loops<F: Fabric + Send, A: Application>(
     let replication_bell = parts.port.replica_bell();
     let background_bell = parts.own.background_bell();
     let own = &*parts.own;
+    let over = AtomicBool::new(false);
+    let over = &over;
     std::thread::scope(|scope| {
         let polling = spec.polling;
         // In `shared` polling a busy leader's replication plane spins: in a real-time class it
@@ -964,8 +1059,15 @@ fn run_loops<F: Fabric + Send, A: Application>(
                         Role::Following { backlog: false } => Pace::Rest(FOLLOWER_REST),
                     }
                 });
+                over.store(true, Ordering::Relaxed);
             })
             .expect("spawn the replication plane's thread");
+        if let (Some(mut front_end), Some(intake)) = (front_end, parts.intake.as_ref()) {
+            let port = &parts.port;
+            named("serve")
+                .spawn_scoped(scope, move || front_end.serve(intake, port, over))
+                .expect("spawn the front end's thread");
+        }
         named("bg")
             .spawn_scoped(scope, move || {
                 place_thread(id, "background", bc, background_priority);

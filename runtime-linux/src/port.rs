@@ -148,10 +148,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn code(self) -> u64 {
+    /// Its number in a ring entry (never 0).
+    pub fn code(self) -> u64 {
         self as u64 + 1
     }
-    fn from_code(code: u64) -> Option<Outcome> {
+    /// The outcome a ring entry's number names.
+    pub fn from_code(code: u64) -> Option<Outcome> {
         [
             Outcome::Committed,
             Outcome::NotLeader,
@@ -306,7 +308,8 @@ impl Port {
     }
 
     /// Replica side: the oldest queued command, copied into `buf`, without taking it.
-    pub fn peek_request(&self, buf: &mut [u8; COMMAND_MAX]) -> Option<(u64, usize)> {
+    pub fn peek_request(&self, buf: &mut [u8]) -> Option<(u64, usize)> {
+        assert!(buf.len() >= COMMAND_MAX);
         let (tail, head) = (self.mapping.word(REQ_TAIL), self.mapping.word(REQ_HEAD));
         let h = head.load(Relaxed);
         if tail.load(Acquire) == h {

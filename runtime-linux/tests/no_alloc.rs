@@ -74,6 +74,7 @@ fn leader_propose_to_commit_allocates_nothing() {
             background_core: None,
             realtime_priority: None,
             kv_keys: runtime_linux::node::KV_KEYS,
+            serve: None,
         })
         .collect();
     let parts: Vec<Parts> = specs.iter().map(|s| Parts::create(s).unwrap()).collect();

@@ -349,6 +349,7 @@ fn replica(config: &std::path::Path, id: u8, kv_keys: usize) -> Result<(), node:
         background_core: host.background_core,
         realtime_priority: host.realtime_priority,
         kv_keys,
+        serve: None,
     };
     node::run(&spec, &STOP)
 }
