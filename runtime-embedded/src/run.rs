@@ -1,22 +1,26 @@
 //! The run loop: one loop polls the responder, both planes and the workload, and publishes
 //! telemetry. [`Firmware`] is one replica's whole state, stepped by [`run`] on a board or by a
-//! test on the host.
+//! test on the host; it hosts any [`Application`], driven by any [`Workload`] (the setpoint
+//! table and its sweep on the boards here).
 //!
 //! # Invariants
 //! - Every step is bounded: the responder serves at most a ring's worth per peer and plane, the
 //!   workload submits at most `SUBMITS_PER_STEP` commands.
 //! - Nothing is allocated; the replica, its buffers and the fabrics live in `Firmware`, which
-//!   `run` keeps in a static for the life of the board (it is about 40 KiB, mostly the leader's
-//!   per-member pending work, sized for the largest cluster).
+//!   `run` keeps in the board's static ([`Statics`]) for the life of the board (it is about
+//!   40 KiB besides the application, mostly the leader's per-member pending work, sized for the
+//!   largest cluster).
+//! - `submitted` counts the commands the core took, each once: the workload's
+//!   [`Workload::advance`] runs exactly once per command taken.
 
-use mu_nostd::{Config, Halt, Replica, ReplicaError, ReplicaId, Shared, StateMachine};
+use mu_nostd::{Config, Halt, Replica, ReplicaError, ReplicaId, Shared, SubmitError};
 
+use crate::app::{Application, Hosted, Transfers, Workload};
 use crate::board::{Board, ExitCode};
 use crate::fabric::WindowFabric;
 use crate::fail_safe;
 use crate::permissions::Permissions;
 use crate::responder::Responder;
-use crate::setpoints::{Setpoints, Transfers, Workload, AXES};
 use crate::telemetry::{self, control, word, Telemetry};
 use crate::window::{Plane, WindowError, WindowLayout};
 use crate::words::Words;
@@ -67,7 +71,7 @@ pub struct Report {
     pub applied: u64,
     /// Chain digest of the applied log prefix.
     pub chain: u64,
-    /// Digest of the setpoint table.
+    /// Digest of the application's state ([`Application::digest`]).
     pub digest: u64,
     /// Commands this replica committed while it led.
     pub committed: u64,
@@ -92,16 +96,21 @@ pub enum Step {
     Finish,
 }
 
-/// One firmware replica: its planes, fabrics, responder, application and workload.
-pub struct Firmware<'w> {
+/// One firmware replica: its planes, fabrics, responder, application `A` and workload `W`.
+pub struct Firmware<'w, A, W> {
     me: ReplicaId,
     window: Words<'w>,
     replica: FirmwareReplica<'w>,
     replication: WindowFabric<'w>,
     background: WindowFabric<'w>,
     responder: Responder<'w>,
-    setpoints: Setpoints,
-    workload: Workload,
+    app: Hosted<A>,
+    workload: W,
+    /// Commands the core took from the workload.
+    submitted: u64,
+    /// Why the core refused the workload's command for good (empty, or longer than an entry),
+    /// once it did: this replica submits nothing more.
+    refused: Option<SubmitError>,
     telemetry: Telemetry<'w>,
     /// Commands after which a single replica finishes by itself (the self-test); `None` in a
     /// cluster, which the harness finishes.
@@ -113,17 +122,20 @@ pub struct Firmware<'w> {
     halt_reported: Option<Halt>,
 }
 
-impl<'w> Firmware<'w> {
-    /// Replica `me` of the cluster `config` over `window`; `shared` and `permissions` are this
-    /// replica's own (statics on a board).
+impl<'w, A: Application, W: Workload<A>> Firmware<'w, A, W> {
+    /// Replica `me` of the cluster `config` over `window`, hosting `app` (every replica of the
+    /// cluster starts from the same state) and submitting `workload` while it leads and the
+    /// control block lets it; `shared` and `permissions` are this replica's own (statics on a
+    /// board).
     pub fn new(
         config: Config,
         me: ReplicaId,
         window: Words<'w>,
         shared: &'w Shared,
         permissions: &'w Permissions,
-        commands_max: Option<u64>,
-    ) -> Result<Firmware<'w>, StartError> {
+        app: A,
+        workload: W,
+    ) -> Result<Firmware<'w, A, W>, StartError> {
         let layout = WindowLayout::new(&config).map_err(StartError::Window)?;
         if (window.len() as u64) < layout.bytes {
             return Err(StartError::WindowTooSmall {
@@ -150,15 +162,25 @@ impl<'w> Firmware<'w> {
             replication: WindowFabric::new(window, layout, me, Plane::Replication, permissions),
             background: WindowFabric::new(window, layout, me, Plane::Background, permissions),
             responder: Responder::new(window, layout, me, permissions),
-            setpoints: Setpoints::new(),
-            workload: Workload::new(me),
+            app: Hosted::new(app),
+            workload,
+            submitted: 0,
+            refused: None,
             telemetry,
-            commands_max,
+            commands_max: None,
             steps: 0,
             leader: None,
             leader_changes: 0,
             halt_reported: None,
         })
+    }
+
+    /// The single-node self-test: this replica submits `commands` commands regardless of the
+    /// control block, then finishes by itself once all were committed; [`Firmware::self_check`]
+    /// gives the verdict.
+    pub fn self_test(mut self, commands: u64) -> Firmware<'w, A, W> {
+        self.commands_max = Some(commands);
+        self
     }
 
     /// One pass of the loop at time `now` (core ticks).
@@ -172,7 +194,7 @@ impl<'w> Firmware<'w> {
             now,
             &mut self.replication,
             &mut self.background,
-            &mut self.setpoints,
+            &mut self.app,
         );
         self.follow_leader();
         let halted = self.report_halt();
@@ -222,19 +244,30 @@ impl<'w> Firmware<'w> {
 
     fn submit(&mut self) {
         let status = self.replica.replication.status();
-        if !status.fast_path || self.stopping() {
+        if !status.fast_path || self.stopping() || self.refused.is_some() {
             return;
         }
         for _ in 0..SUBMITS_PER_STEP {
-            if self
+            match self
                 .replica
                 .replication
-                .submit(&self.workload.command())
-                .is_err()
+                .submit(self.workload.command().as_ref())
             {
-                return; // Queue full, or no longer leading: try again next step.
+                Ok(_) => {}
+                Err(e @ (SubmitError::Empty | SubmitError::TooLarge { .. })) => {
+                    // The same command comes back every step: it never will be taken.
+                    error!(
+                        "replica {=u8}: the workload's command {=u64} cannot be submitted ({}); \
+                         submitting no more",
+                        self.me, self.submitted, e
+                    );
+                    self.refused = Some(e);
+                    return;
+                }
+                Err(_) => return, // Queue full, or no longer leading: try again next step.
             }
             self.workload.advance();
+            self.submitted += 1;
             if self.stopping() {
                 return;
             }
@@ -244,7 +277,7 @@ impl<'w> Firmware<'w> {
     fn stopping(&self) -> bool {
         let word = |index| telemetry::control_word(self.window, index);
         match self.commands_max {
-            Some(max) => self.workload.submitted() >= max,
+            Some(max) => self.submitted >= max,
             None => word(control::START) == 0 || word(control::STOP) != 0,
         }
     }
@@ -256,7 +289,7 @@ impl<'w> Firmware<'w> {
         let Some(max) = self.commands_max else {
             return false;
         };
-        self.setpoints.committed() >= max && self.replica.replication.status().queued == 0
+        self.app.commits() >= max && self.replica.replication.status().queued == 0
     }
 
     /// Writes the telemetry block with `phase`.
@@ -305,41 +338,36 @@ impl<'w> Firmware<'w> {
             me: self.me,
             applied: status.applied,
             chain: status.applied_chain,
-            digest: self.setpoints.digest(),
-            committed: self.setpoints.committed(),
+            digest: self.app.app().digest(),
+            committed: self.app.commits(),
             leader_changes: self.leader_changes,
             leader: self.leader,
             voter: status.voter,
             halted: status.halted,
-            transfers: self.setpoints.transfers(),
+            transfers: self.app.transfers(),
         }
     }
 
     /// The single-node self-test's verdict: every command submitted was committed, and the
-    /// setpoint table holds, per axis, the value of the last command submitted for it (so each
-    /// was applied, once, in order).
+    /// workload finds in the application what those commands make of it ([`Workload::check`]).
     pub fn self_check(&self) -> bool {
-        let submitted = self.workload.submitted();
-        let mut replay = Workload::new(self.me);
-        let mut expected = Setpoints::new();
-        for position in 0..submitted {
-            expected.apply(position, &replay.command(), &mut []);
-            replay.advance();
-        }
-        let axes_match = (0..AXES).all(|axis| self.setpoints.axis(axis) == expected.axis(axis));
-        self.setpoints.committed() == submitted
-            && self.setpoints.applied() >= submitted
-            && axes_match
+        self.app.commits() == self.submitted && self.workload.check(self.app.app(), self.submitted)
     }
 
-    /// The application state.
-    pub fn setpoints(&self) -> &Setpoints {
-        &self.setpoints
+    /// The application.
+    pub fn app(&self) -> &A {
+        self.app.app()
     }
 
-    /// Commands the workload submitted.
+    /// Commands the core took from the workload.
     pub fn submitted(&self) -> u64 {
-        self.workload.submitted()
+        self.submitted
+    }
+
+    /// Why the core refused the workload's command for good, if it did (this replica then
+    /// submits nothing more).
+    pub fn refused(&self) -> Option<SubmitError> {
+        self.refused
     }
 
     /// This replica's telemetry block.
@@ -374,25 +402,67 @@ impl Ticker {
     }
 }
 
-/// Where `run` keeps the replica: a static, so that its memory shows in the image's footprint
-/// (as .bss: an empty `Once` is all zeros).
-static FIRMWARE: spin::Once<spin::Mutex<Firmware<'static>>> = spin::Once::new();
+/// What [`run`] keeps for the life of the board, in one static the board declares (a generic
+/// function cannot declare a static of its type parameters): the state the two planes share,
+/// the log permissions the responder enforces, and the replica itself, empty until `run` starts
+/// it. Its memory shows in the image's footprint, mostly as .bss (an empty `Once` is all zeros).
+pub struct Statics<A, W> {
+    /// What the two planes share.
+    pub shared: Shared,
+    /// The log permissions the responder enforces.
+    pub permissions: Permissions,
+    firmware: spin::Once<spin::Mutex<Firmware<'static, A, W>>>,
+}
 
-/// Runs replica `board.replica_id()` of `config` on `board` until it finishes; never returns.
-/// `shared` and `permissions` are the board's statics.
-pub fn run<B: Board>(
+impl<A, W> Statics<A, W> {
+    /// Nothing started yet.
+    pub const fn new() -> Statics<A, W> {
+        Statics {
+            shared: Shared::new(),
+            permissions: Permissions::new(),
+            firmware: spin::Once::new(),
+        }
+    }
+}
+
+impl<A, W> Default for Statics<A, W> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs replica `board.replica_id()` of `config` on `board`, hosting `app` and submitting
+/// `workload` while it leads, until it finishes; never returns. `statics` is the board's (see
+/// [`Statics`]); `commands_max` makes the run a single-node self-test of that many commands
+/// ([`Firmware::self_test`]), whose verdict is the exit code.
+pub fn run<B: Board, A: Application, W: Workload<A>>(
     board: &mut B,
     config: Config,
     tick_ns: u64,
-    shared: &'static Shared,
-    permissions: &'static Permissions,
+    statics: &'static Statics<A, W>,
+    app: A,
+    workload: W,
     commands_max: Option<u64>,
 ) -> ! {
     let me = board.replica_id();
     let window = board.window();
-    let started = Firmware::new(config, me, window, shared, permissions, commands_max);
+    let (shared, permissions) = (&statics.shared, &statics.permissions);
+    let started =
+        Firmware::new(config, me, window, shared, permissions, app, workload).map(|firmware| {
+            match commands_max {
+                Some(commands) => firmware.self_test(commands),
+                None => firmware,
+            }
+        });
     let mut firmware = match started {
-        Ok(firmware) => FIRMWARE.call_once(|| spin::Mutex::new(firmware)).lock(),
+        Ok(firmware) => {
+            // `run` never returns, so it never starts a second replica in these statics.
+            assert!(!statics.firmware.is_completed(), "run started twice");
+            statics
+                .firmware
+                .call_once(|| spin::Mutex::new(firmware))
+                .lock()
+        }
         Err(e) => {
             error!("replica {=u8} cannot start: {}", me, e);
             board.halt(ExitCode::Start)
@@ -427,7 +497,7 @@ pub fn run<B: Board>(
                 r.transfers.donations
             );
             if commands_max.is_some() && !firmware.self_check() {
-                error!("self-test: the setpoint table does not match the commands submitted");
+                error!("self-test: the application's state does not match the commands submitted");
                 board.halt(ExitCode::SelfTest);
             }
             board.halt(ExitCode::Finished);

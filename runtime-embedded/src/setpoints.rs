@@ -1,13 +1,14 @@
-//! The replicated application of the firmware demo: a controller's setpoint table (one value per
-//! axis), and the workload a leading replica generates for it.
+//! The firmware's default application: a controller's setpoint table (one value per axis), and
+//! the workload a leading replica generates for it ([`Sweep`]). It is one [`Application`] of
+//! the runtime among any others (see [`crate::app`]).
 //!
 //! A command sets one axis: `sequence u64 | axis u8 | origin u8 | 2 pad | value i32` (16 bytes,
 //! little-endian). The state digest chains every applied command with its position, so two
 //! replicas with equal digests applied the same commands at the same positions.
 //!
-//! The replicated state (`State`) is the axes, the count of commands applied and that digest;
-//! what this replica committed as leader and its record of state transfers are its own. A
-//! snapshot for a state transfer is the state's image, frozen whole at `snapshot_begin` (the
+//! The replicated state (`State`) is the axes, the count of commands applied and that digest
+//! (what this replica committed as leader and its record of state transfers are its own, kept
+//! by the runtime: [`crate::app::Transfers`]). A snapshot for a state transfer is the state's image, frozen whole at `snapshot_begin` (the
 //! donor goes on applying) and staged whole on the joiner until `install_end`:
 //!
 //! ```text
@@ -25,7 +26,9 @@
 //!   make the joiner panic; a bad image leaves the state as it was and fails the digest check.
 
 use mu_nostd::hash::Hasher;
-use mu_nostd::{ReplicaId, Snapshot, StateMachine, Ticket};
+use mu_nostd::{ReplicaId, Snapshot, StateMachine};
+
+use crate::app::{Application, Workload};
 
 /// Axes of the controller.
 pub const AXES: usize = 16;
@@ -110,29 +113,13 @@ struct Install {
     written: Option<usize>,
 }
 
-/// What this replica did in state transfers (its own record, not replicated).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct Transfers {
-    /// Snapshots installed.
-    pub installs: u32,
-    /// The position the last snapshot installed covers (every position below it).
-    pub installed_position: u64,
-    /// Bytes of every snapshot installed.
-    pub installed_bytes: u64,
-    /// Snapshots frozen for a joiner.
-    pub donations: u32,
-}
-
 /// The setpoint table.
 pub struct Setpoints {
     state: State,
-    committed: u64,
     /// The donor's frozen copy, from `snapshot_begin` to `snapshot_end`.
     frozen: Option<Image>,
     /// The joiner's staged copy, from `install_begin` to `install_end` or `install_abandon`.
     install: Option<Install>,
-    transfers: Transfers,
 }
 
 impl Default for Setpoints {
@@ -146,15 +133,8 @@ impl Setpoints {
     pub const fn new() -> Setpoints {
         Setpoints {
             state: State::ZERO,
-            committed: 0,
             frozen: None,
             install: None,
-            transfers: Transfers {
-                installs: 0,
-                installed_position: 0,
-                installed_bytes: 0,
-                donations: 0,
-            },
         }
     }
 
@@ -163,24 +143,16 @@ impl Setpoints {
         self.state.applied
     }
 
-    /// Digest of everything applied (see the module doc).
-    pub fn digest(&self) -> u64 {
-        self.state.digest
-    }
-
-    /// Commands this replica submitted as leader and saw committed.
-    pub fn committed(&self) -> u64 {
-        self.committed
-    }
-
     /// The setpoint of `axis`.
     pub fn axis(&self, axis: usize) -> i32 {
         self.state.axes[axis % AXES]
     }
+}
 
-    /// What this replica did in state transfers.
-    pub fn transfers(&self) -> Transfers {
-        self.transfers
+impl Application for Setpoints {
+    /// Digest of everything applied (see the module doc).
+    fn digest(&self) -> u64 {
+        self.state.digest
     }
 }
 
@@ -205,14 +177,9 @@ impl StateMachine for Setpoints {
         len
     }
 
-    fn committed(&mut self, _ticket: Ticket, _position: u64, _response: &[u8]) {
-        self.committed += 1;
-    }
-
     fn snapshot_begin(&mut self, position: u64) -> Option<Snapshot> {
         let image = self.state.image(position);
         self.frozen = Some(image);
-        self.transfers.donations = self.transfers.donations.wrapping_add(1);
         Some(Snapshot {
             bytes: SNAPSHOT_BYTES as u64,
             digest: image_digest(&image),
@@ -264,7 +231,7 @@ impl StateMachine for Setpoints {
         };
         let whole = install.written == Some(SNAPSHOT_BYTES);
         let decoded = State::from_image(&install.image).filter(|_| whole);
-        let Some((position, state)) = decoded.filter(|&(p, _)| p == install.position) else {
+        let Some((_, state)) = decoded.filter(|&(p, _)| p == install.position) else {
             warn!(
                 "snapshot at position {=u64}: not a whole image of this format",
                 install.position
@@ -272,11 +239,7 @@ impl StateMachine for Setpoints {
             return 0;
         };
         self.state = state;
-        let t = &mut self.transfers;
-        t.installs = t.installs.wrapping_add(1);
-        t.installed_position = position;
-        t.installed_bytes = t.installed_bytes.wrapping_add(SNAPSHOT_BYTES as u64);
-        image_digest(&self.state.image(position))
+        image_digest(&self.state.image(install.position))
     }
 
     fn install_abandon(&mut self) {
@@ -284,20 +247,30 @@ impl StateMachine for Setpoints {
     }
 }
 
-/// The commands a leading replica submits: a sweep over every axis.
-pub struct Workload {
+/// The setpoint table's workload: a sweep over every axis, one command per axis in turn, each
+/// numbered and signed with the replica that submitted it.
+#[derive(Clone, Copy, Debug)]
+pub struct Sweep {
     origin: ReplicaId,
     next: u64,
 }
 
-impl Workload {
-    /// The workload of replica `origin`.
-    pub const fn new(origin: ReplicaId) -> Workload {
-        Workload { origin, next: 0 }
+impl Sweep {
+    /// The sweep replica `origin` submits, from its first command.
+    pub const fn new(origin: ReplicaId) -> Sweep {
+        Sweep { origin, next: 0 }
     }
 
-    /// The next command (not consumed until [`Workload::advance`]).
-    pub fn command(&self) -> [u8; COMMAND_BYTES] {
+    /// Commands moved past so far.
+    pub fn submitted(&self) -> u64 {
+        self.next
+    }
+}
+
+impl Workload<Setpoints> for Sweep {
+    type Command = [u8; COMMAND_BYTES];
+
+    fn command(&self) -> [u8; COMMAND_BYTES] {
         let mut command = [0u8; COMMAND_BYTES];
         command[..8].copy_from_slice(&self.next.to_le_bytes());
         command[8] = (self.next % AXES as u64) as u8;
@@ -307,14 +280,24 @@ impl Workload {
         command
     }
 
-    /// Moves past the command just submitted.
-    pub fn advance(&mut self) {
+    fn advance(&mut self) {
         self.next += 1;
     }
 
-    /// Commands submitted so far.
-    pub fn submitted(&self) -> u64 {
-        self.next
+    /// Per axis, the value of the last command submitted for it: so each was applied, once, in
+    /// order (the axes, not the digest: the digest also chains the positions, which the core chose).
+    fn check(&self, setpoints: &Setpoints, submitted: u64) -> bool {
+        // The runtime counts what it submitted; this sweep what it moved past: the same.
+        assert_eq!(submitted, self.next, "the sweep and the runtime disagree");
+        let mut replay = Sweep::new(self.origin);
+        let mut expected = Setpoints::new();
+        for position in 0..submitted {
+            expected.apply(position, &replay.command(), &mut []);
+            replay.advance();
+        }
+        debug_assert_eq!(expected.applied(), submitted);
+        setpoints.applied() >= submitted
+            && (0..AXES).all(|axis| setpoints.axis(axis) == expected.axis(axis))
     }
 }
 
@@ -325,7 +308,7 @@ mod tests {
     #[test]
     fn commands_set_axes_and_the_digest_depends_on_position_and_content() {
         let (mut a, mut b) = (Setpoints::new(), Setpoints::new());
-        let mut workload = Workload::new(1);
+        let mut workload = Sweep::new(1);
         let mut response = [0u8; 8];
         for position in 0..40 {
             let command = workload.command();
@@ -344,10 +327,42 @@ mod tests {
         assert_ne!(a.digest(), b.digest(), "same command, other position");
     }
 
+    #[test]
+    fn the_sweep_checks_every_command_applied_once_in_order() {
+        const SUBMITTED: usize = 2 * AXES + 3;
+        let submitted = SUBMITTED as u64;
+        let mut sweep = Sweep::new(1);
+        let commands: [[u8; COMMAND_BYTES]; SUBMITTED] = core::array::from_fn(|_| {
+            let command = sweep.command();
+            sweep.advance();
+            command
+        });
+        let table = |order: &[[u8; COMMAND_BYTES]]| {
+            let mut table = Setpoints::new();
+            for (position, command) in order.iter().enumerate() {
+                table.apply(position as u64 + 100, command, &mut []);
+            }
+            table
+        };
+        assert!(sweep.check(&table(&commands), submitted), "other positions");
+        // The last two commands for axis 1.
+        let mut swapped = commands;
+        swapped.swap(1 + AXES, 1 + 2 * AXES);
+        assert!(!sweep.check(&table(&swapped), submitted), "out of order");
+        let last = SUBMITTED - 1;
+        let lost = &commands[..last];
+        assert!(!sweep.check(&table(lost), submitted), "one lost");
+        let mut twice = [commands[0]; SUBMITTED + 1];
+        twice[..SUBMITTED].copy_from_slice(&commands);
+        twice[SUBMITTED] = commands[last - AXES];
+        assert!(!sweep.check(&table(&twice), submitted), "an old one again");
+        assert!(!sweep.check(&Setpoints::new(), submitted));
+    }
+
     /// A table after the workload of replica 1 applied at positions `0..count`.
     fn after(count: u64) -> Setpoints {
         let mut table = Setpoints::new();
-        let mut workload = Workload::new(1);
+        let mut workload = Sweep::new(1);
         for position in 0..count {
             table.apply(position, &workload.command(), &mut []);
             workload.advance();
@@ -379,7 +394,6 @@ mod tests {
     fn a_snapshot_round_trips_in_any_piece_size() {
         for piece in [1, 3, 7, 13, 64, 95, SNAPSHOT_BYTES] {
             let mut donor = after(7);
-            donor.committed = 5; // Local: never transferred.
             let snapshot = donor.snapshot_begin(7).unwrap();
             assert_eq!(snapshot.bytes, SNAPSHOT_BYTES as u64);
             assert_ne!(snapshot.digest, 0);
@@ -390,11 +404,6 @@ mod tests {
             assert_eq!(joiner.digest(), donor.digest());
             assert_eq!(joiner.applied(), 7);
             assert!((0..AXES).all(|axis| joiner.axis(axis) == donor.axis(axis)));
-            assert_eq!(joiner.committed(), 0);
-            let transfers = joiner.transfers();
-            assert_eq!((transfers.installs, transfers.installed_position), (1, 7));
-            assert_eq!(transfers.installed_bytes, SNAPSHOT_BYTES as u64);
-            assert_eq!(donor.transfers().donations, 1);
         }
     }
 
@@ -416,7 +425,7 @@ mod tests {
         assert_eq!(joiner.digest(), frozen.digest());
         assert_eq!(joiner.applied(), 7);
         // The joiner continues from the position where the donor froze it, in step with it.
-        let mut workload = Workload::new(1);
+        let mut workload = Sweep::new(1);
         for _ in 0..7 {
             workload.advance();
         }
@@ -451,7 +460,6 @@ mod tests {
             snapshot.digest
         );
         assert_eq!(joiner.digest(), donor.digest());
-        assert_eq!(joiner.transfers().installs, 1);
     }
 
     #[test]
@@ -489,7 +497,6 @@ mod tests {
             assert_eq!(joiner.install_end(), 0);
             assert_eq!(joiner.digest(), before);
         }
-        assert_eq!(joiner.transfers().installs, 0);
         // Reads past the frozen copy, or with none, are zeros.
         let mut buf = [7u8; 8];
         donor.snapshot_read(u64::MAX, &mut buf);

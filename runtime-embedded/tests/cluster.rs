@@ -4,90 +4,22 @@
 //! survivors must agree; a killed replica restarted after the log wrapped rejoins by state
 //! transfer, and then all three agree.
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use common::{window_for, zero_parts_of, Cluster, ROUNDS_MAX};
 use mu_nostd::{Config, Shared};
 use runtime_embedded::permissions::Permissions;
-use runtime_embedded::setpoints::{AXES, SNAPSHOT_BYTES};
+use runtime_embedded::setpoints::{Setpoints, Sweep, AXES, SNAPSHOT_BYTES};
 use runtime_embedded::telemetry::{self, control};
 use runtime_embedded::window::WindowLayout;
 use runtime_embedded::words::Words;
-use runtime_embedded::{Firmware, Report, Step};
+use runtime_embedded::{Firmware, Step};
 
-const ROUNDS_MAX: u64 = 2_000_000;
-
-struct Cluster<'w> {
-    replicas: Vec<Firmware<'w>>,
-    alive: Vec<bool>,
-    now: u64,
-}
-
-impl<'w> Cluster<'w> {
-    /// Replicas `0..3` in their first lives (numbered 1 in the control block, as a harness
-    /// does), run until a leader is on the fast path.
-    fn start(
-        config: Config,
-        window: Words<'w>,
-        shared: &'w [Shared],
-        permissions: &'w [Permissions],
-    ) -> Cluster<'w> {
-        let replicas = (0..3u8)
-            .map(|id| {
-                telemetry::set_control_word(window, telemetry::life_word(id), 1);
-                let (s, p) = (&shared[id as usize], &permissions[id as usize]);
-                Firmware::new(config, id, window, s, p, None).unwrap()
-            })
-            .collect();
-        let mut cluster = Cluster {
-            replicas,
-            alive: vec![true; 3],
-            now: 0,
-        };
-        cluster.until("a leader on the fast path", |c| c.leader().is_some());
-        cluster
-    }
-
-    fn round(&mut self) -> Vec<Step> {
-        self.now += 1;
-        let mut steps = Vec::new();
-        for (replica, alive) in self.replicas.iter_mut().zip(&self.alive) {
-            if *alive {
-                steps.push(replica.step(self.now));
-            }
-        }
-        steps
-    }
-
-    /// Runs rounds until `done` holds; panics after `ROUNDS_MAX`.
-    fn until(&mut self, what: &str, mut done: impl FnMut(&Cluster<'w>) -> bool) {
-        let start = self.now;
-        while !done(self) {
-            assert!(
-                self.now - start < ROUNDS_MAX,
-                "timed out waiting for {what}"
-            );
-            self.round();
-        }
-    }
-
-    fn leader(&self) -> Option<usize> {
-        let leading: Vec<usize> = (0..self.replicas.len())
-            .filter(|&i| self.alive[i] && self.replicas[i].report().leader == Some(i as u8))
-            .collect();
-        (leading.len() == 1).then(|| leading[0])
-    }
-
-    fn reports(&self) -> Vec<Report> {
-        (0..self.replicas.len())
-            .filter(|&i| self.alive[i])
-            .map(|i| self.replicas[i].report())
-            .collect()
-    }
-}
-
-fn window_for(config: &Config) -> Vec<AtomicU32> {
-    let layout = WindowLayout::new(config).unwrap();
-    (0..layout.bytes / 4).map(|_| AtomicU32::new(0)).collect()
+/// The setpoint table and replica `id`'s sweep: what every replica of these tests hosts.
+fn setpoints(id: u8) -> (Setpoints, Sweep) {
+    (Setpoints::new(), Sweep::new(id))
 }
 
 #[test]
@@ -97,7 +29,7 @@ fn a_new_leader_takes_over_and_the_survivors_agree() {
     let window = Words::new(&backing);
     let shared: Vec<Shared> = (0..3).map(|_| Shared::new()).collect();
     let permissions: Vec<Permissions> = (0..3).map(|_| Permissions::new()).collect();
-    let mut cluster = Cluster::start(config, window, &shared, &permissions);
+    let mut cluster = Cluster::start(config, window, &shared, &permissions, setpoints);
     for _ in 0..10_000 {
         cluster.round();
     }
@@ -108,38 +40,24 @@ fn a_new_leader_takes_over_and_the_survivors_agree() {
     telemetry::set_control_word(window, control::START, 1);
 
     cluster.until("a leader committing 500 commands", |c| {
-        c.leader()
-            .is_some_and(|l| c.replicas[l].setpoints().committed() >= 500)
+        c.leader_committed(500).is_some()
     });
     let old = cluster.leader().unwrap();
     let committed_before: u64 = cluster.reports().iter().map(|r| r.committed).sum();
     cluster.alive[old] = false;
 
     cluster.until("a new leader committing 300 commands", |c| {
-        c.leader()
-            .is_some_and(|l| l != old && c.replicas[l].setpoints().committed() >= 300)
+        c.leader_committed(300).is_some_and(|l| l != old)
     });
     let new = cluster.leader().unwrap();
     assert_ne!(new, old);
 
     telemetry::set_control_word(window, control::STOP, 1);
-    let mut stable = 0;
-    cluster.until("the survivors to converge", |c| {
-        let r = c.reports();
-        let same = r
-            .iter()
-            .all(|x| x.applied == r[0].applied && x.chain == r[0].chain);
-        stable = if same { stable + 1 } else { 0 };
-        stable > 20_000
-    });
+    cluster.converge("the survivors to converge");
     let reports = cluster.reports();
     assert_eq!(reports.len(), 2);
     assert_eq!(reports[0].digest, reports[1].digest, "{reports:?}");
-    let committed_total: u64 = cluster
-        .replicas
-        .iter()
-        .map(|f| f.setpoints().committed())
-        .sum();
+    let committed_total: u64 = cluster.replicas.iter().map(|f| f.report().committed).sum();
     assert!(committed_total >= committed_before + 300);
     // Every command committed by either leader is applied on both survivors.
     assert!(
@@ -153,15 +71,6 @@ fn a_new_leader_takes_over_and_the_survivors_agree() {
     assert!(cluster.round().iter().all(|s| *s == Step::Finish));
 }
 
-/// Zeroes what replica `id`'s life left in the window, as a re-launch with a fresh window part.
-fn zero_parts_of(backing: &[AtomicU32], layout: &WindowLayout, id: u8) {
-    for (at, len) in layout.parts_of(id) {
-        for word in &backing[at as usize / 4..(at + len) as usize / 4] {
-            word.store(0, Ordering::SeqCst);
-        }
-    }
-}
-
 #[test]
 fn a_replica_restarted_after_the_log_wrapped_rejoins_by_state_transfer() {
     let mut config = Config::new(3);
@@ -172,11 +81,10 @@ fn a_replica_restarted_after_the_log_wrapped_rejoins_by_state_transfer() {
     // One more life than replicas: the restarted one's.
     let shared: Vec<Shared> = (0..4).map(|_| Shared::new()).collect();
     let permissions: Vec<Permissions> = (0..4).map(|_| Permissions::new()).collect();
-    let mut cluster = Cluster::start(config, window, &shared, &permissions);
+    let mut cluster = Cluster::start(config, window, &shared, &permissions, setpoints);
     telemetry::set_control_word(window, control::START, 1);
     cluster.until("a leader committing 100 commands", |c| {
-        c.leader()
-            .is_some_and(|l| c.replicas[l].setpoints().committed() >= 100)
+        c.leader_committed(100).is_some()
     });
     let old = cluster.leader().unwrap();
     cluster.alive[old] = false;
@@ -189,7 +97,9 @@ fn a_replica_restarted_after_the_log_wrapped_rejoins_by_state_transfer() {
     zero_parts_of(&backing, &layout, old as u8);
     telemetry::set_control_word(window, telemetry::life_word(old as u8), 2);
     let life = (&shared[3], &permissions[3]);
-    cluster.replicas[old] = Firmware::new(config, old as u8, window, life.0, life.1, None).unwrap();
+    let (app, sweep) = setpoints(old as u8);
+    cluster.replicas[old] =
+        Firmware::new(config, old as u8, window, life.0, life.1, app, sweep).unwrap();
     cluster.alive[old] = true;
     assert!(
         !cluster.replicas[old].report().voter,
@@ -211,15 +121,7 @@ fn a_replica_restarted_after_the_log_wrapped_rejoins_by_state_transfer() {
     });
 
     telemetry::set_control_word(window, control::STOP, 1);
-    let mut stable = 0;
-    cluster.until("all three to converge", |c| {
-        let r = c.reports();
-        let same = r
-            .iter()
-            .all(|x| x.applied == r[0].applied && x.chain == r[0].chain);
-        stable = if same { stable + 1 } else { 0 };
-        stable > 20_000
-    });
+    cluster.converge("all three to converge");
     let reports = cluster.reports();
     assert_eq!(reports.len(), 3);
     assert!(
@@ -232,11 +134,8 @@ fn a_replica_restarted_after_the_log_wrapped_rejoins_by_state_transfer() {
     );
     // The state, not only its digest: every axis equal.
     for axis in 0..AXES {
-        let value = cluster.replicas[0].setpoints().axis(axis);
-        assert!(cluster
-            .replicas
-            .iter()
-            .all(|f| f.setpoints().axis(axis) == value));
+        let value = cluster.replicas[0].app().axis(axis);
+        assert!(cluster.replicas.iter().all(|f| f.app().axis(axis) == value));
     }
 }
 
@@ -246,7 +145,10 @@ fn a_single_node_finishes_its_self_test_by_itself() {
     let backing = window_for(&config);
     let window = Words::new(&backing);
     let (shared, permissions) = (Shared::new(), Permissions::new());
-    let mut firmware = Firmware::new(config, 0, window, &shared, &permissions, Some(500)).unwrap();
+    let (app, sweep) = setpoints(0);
+    let mut firmware = Firmware::new(config, 0, window, &shared, &permissions, app, sweep)
+        .unwrap()
+        .self_test(500);
     let mut now = 0;
     while firmware.step(now) == Step::Running {
         now += 1;
@@ -254,7 +156,8 @@ fn a_single_node_finishes_its_self_test_by_itself() {
     }
     assert!(firmware.self_check());
     assert_eq!(firmware.submitted(), 500);
-    assert_eq!(firmware.setpoints().committed(), 500);
+    assert_eq!(firmware.report().committed, 500);
+    assert_eq!(firmware.app().applied(), 500);
 }
 
 #[test]
@@ -264,7 +167,8 @@ fn the_control_block_can_make_one_replica_panic() {
     let backing = window_for(&config);
     let window = Words::new(&backing);
     let (shared, permissions) = (Shared::new(), Permissions::new());
-    let mut firmware = Firmware::new(config, 2, window, &shared, &permissions, None).unwrap();
+    let (app, sweep) = setpoints(2);
+    let mut firmware = Firmware::new(config, 2, window, &shared, &permissions, app, sweep).unwrap();
     telemetry::set_control_word(window, control::PANIC, 1);
     assert_eq!(
         firmware.step(1),
@@ -289,17 +193,13 @@ fn a_life_marked_ended_is_failed_at_once_and_its_successor_is_not() {
     let window = Words::new(&backing);
     let shared: Vec<Shared> = (0..4).map(|_| Shared::new()).collect();
     let permissions: Vec<Permissions> = (0..4).map(|_| Permissions::new()).collect();
-    let mut cluster = Cluster::start(config, window, &shared, &permissions);
+    let mut cluster = Cluster::start(config, window, &shared, &permissions, setpoints);
     telemetry::set_control_word(window, control::START, 1);
     // Admitted, the survivors may elect one of them (a cluster whose first leader dies before it
     // admitted anyone cannot: it never formed).
     cluster.until(
         "a leader committing 100 commands, every replica a voter",
-        |c| {
-            c.reports().iter().all(|r| r.voter)
-                && c.leader()
-                    .is_some_and(|l| c.replicas[l].setpoints().committed() >= 100)
-        },
+        |c| c.reports().iter().all(|r| r.voter) && c.leader_committed(100).is_some(),
     );
     let old = cluster.leader().unwrap();
     cluster.alive[old] = false;
@@ -316,8 +216,7 @@ fn a_life_marked_ended_is_failed_at_once_and_its_successor_is_not() {
         "{took} ticks"
     );
     cluster.until("a new leader committing", |c| {
-        c.leader()
-            .is_some_and(|l| l != old && c.replicas[l].setpoints().committed() >= 1)
+        c.leader_committed(1).is_some_and(|l| l != old)
     });
     let survivors: Vec<u8> = (0..3u8).filter(|&id| id != old as u8).collect();
     assert!(survivors
@@ -326,7 +225,8 @@ fn a_life_marked_ended_is_failed_at_once_and_its_successor_is_not() {
 
     // A replica never boots into a life marked ended: its peers would take it for dead.
     let (s, p) = (&shared[3], &permissions[3]);
-    let refused = Firmware::new(config, old as u8, window, s, p, None);
+    let (app, sweep) = setpoints(old as u8);
+    let refused = Firmware::new(config, old as u8, window, s, p, app, sweep);
     assert!(matches!(
         refused.err(),
         Some(runtime_embedded::StartError::LifeEnded { life: 1 })
@@ -334,7 +234,8 @@ fn a_life_marked_ended_is_failed_at_once_and_its_successor_is_not() {
     // Its successor, numbered 2, is not failed by the notice about life 1.
     zero_parts_of(&backing, &layout, old as u8);
     telemetry::set_control_word(window, telemetry::life_word(old as u8), 2);
-    cluster.replicas[old] = Firmware::new(config, old as u8, window, s, p, None).unwrap();
+    let (app, sweep) = setpoints(old as u8);
+    cluster.replicas[old] = Firmware::new(config, old as u8, window, s, p, app, sweep).unwrap();
     cluster.alive[old] = true;
     cluster.until("the restarted replica admitted as a voter", |c| {
         c.replicas[old].report().voter

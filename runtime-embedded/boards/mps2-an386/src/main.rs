@@ -1,7 +1,7 @@
 //! Mu firmware for the Arm MPS2 AN386 (Cortex-M4F) under QEMU `mps2-an386`: a single-node
-//! self-test. One replica replicates the setpoint workload through the whole stack (the core,
-//! the window fabric over a RAM window, the run loop), then checks that every command it
-//! submitted was committed and applied once, in order. QEMU's exit code is the verdict
+//! self-test. One replica replicates the setpoint table's workload (its sweep over the axes)
+//! through the whole stack (the core, the window fabric over a RAM window, the run loop), then
+//! checks that every command it submitted was committed and applied once, in order. QEMU's exit code is the verdict
 //! ([`ExitCode`]): 0 passed, 103 a wrong result, 101 a panic, 104 a fault.
 //!
 //! The cluster comes from the board file the build read (`board` below); the window is the
@@ -20,10 +20,10 @@ mod board {
 use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use cortex_m_rt::{entry, exception, ExceptionFrame};
-use mu_nostd::{ReplicaId, Shared};
-use runtime_embedded::permissions::Permissions;
+use mu_nostd::ReplicaId;
+use runtime_embedded::setpoints::{Setpoints, Sweep};
 use runtime_embedded::words::Words;
-use runtime_embedded::{fail_safe, Board, ExitCode};
+use runtime_embedded::{fail_safe, Board, ExitCode, Statics};
 
 use platform::timer;
 
@@ -35,8 +35,9 @@ const WINDOW_WORDS: usize = board::WINDOW_SIZE as usize / 4;
 /// code: `main` clears it).
 #[link_section = ".window"]
 static WINDOW: [AtomicU32; WINDOW_WORDS] = [const { AtomicU32::new(0) }; WINDOW_WORDS];
-static SHARED: Shared = Shared::new();
-static PERMISSIONS: Permissions = Permissions::new();
+/// The replica, what its planes share and its log permissions (`runtime_embedded::run` fills
+/// it).
+static STATICS: Statics<Setpoints, Sweep> = Statics::new();
 
 struct Mps2Board;
 
@@ -77,12 +78,14 @@ fn main() -> ! {
     for word in WINDOW.iter() {
         word.store(0, Relaxed);
     }
+    let me = Mps2Board.replica_id();
     runtime_embedded::run(
         &mut Mps2Board,
         board::CONFIG,
         board::TICK_NS,
-        &SHARED,
-        &PERMISSIONS,
+        &STATICS,
+        Setpoints::new(),
+        Sweep::new(me),
         Some(SELF_TEST_COMMANDS),
     )
 }

@@ -18,17 +18,17 @@ mod board {
 
 use core::sync::atomic::AtomicU32;
 
-use mu_nostd::{ReplicaId, Shared};
-use runtime_embedded::permissions::Permissions;
+use mu_nostd::ReplicaId;
+use runtime_embedded::setpoints::{Setpoints, Sweep};
 use runtime_embedded::words::Words;
-use runtime_embedded::{fail_safe, Board, ExitCode};
+use runtime_embedded::{fail_safe, Board, ExitCode, Statics};
 
 use platform::{ivshmem, semihosting, timer};
 
-/// What the two planes share, and the log permission the responder enforces: statics, so the
-/// panic handler's fail-safe and a responder core could reach them too.
-static SHARED: Shared = Shared::new();
-static PERMISSIONS: Permissions = Permissions::new();
+/// The replica (the setpoint table, submitting its sweep while it leads), what its two planes
+/// share and the log permissions the responder enforces: a static, so that the panic handler's
+/// fail-safe and a responder core could reach them too.
+static STATICS: Statics<Setpoints, Sweep> = Statics::new();
 
 struct VirtBoard {
     window: Words<'static>,
@@ -98,8 +98,9 @@ fn main() -> ! {
         &mut board,
         board::CONFIG,
         board::TICK_NS,
-        &SHARED,
-        &PERMISSIONS,
+        &STATICS,
+        Setpoints::new(),
+        Sweep::new(id),
         None,
     )
 }
