@@ -176,8 +176,8 @@ impl<'w, A: Application, W: Workload<A>> Firmware<'w, A, W> {
     }
 
     /// The single-node self-test: this replica submits `commands` commands regardless of the
-    /// control block, then finishes by itself once all were committed; [`Firmware::self_check`]
-    /// gives the verdict.
+    /// control block, then finishes by itself once all were committed (or once the core refused
+    /// one for good); [`Firmware::self_check`] gives the verdict.
     pub fn self_test(mut self, commands: u64) -> Firmware<'w, A, W> {
         self.commands_max = Some(commands);
         self
@@ -289,7 +289,9 @@ impl<'w, A: Application, W: Workload<A>> Firmware<'w, A, W> {
         let Some(max) = self.commands_max else {
             return false;
         };
-        self.app.commits() >= max && self.replica.replication.status().queued == 0
+        // A refused workload would never get there: the self-test ends, and fails.
+        self.refused.is_some()
+            || self.app.commits() >= max && self.replica.replication.status().queued == 0
     }
 
     /// Writes the telemetry block with `phase`.
@@ -348,10 +350,13 @@ impl<'w, A: Application, W: Workload<A>> Firmware<'w, A, W> {
         }
     }
 
-    /// The single-node self-test's verdict: every command submitted was committed, and the
-    /// workload finds in the application what those commands make of it ([`Workload::check`]).
+    /// The single-node self-test's verdict: the core took every command of the workload, every
+    /// one submitted was committed, and the workload finds in the application what those
+    /// commands make of it ([`Workload::check`]).
     pub fn self_check(&self) -> bool {
-        self.app.commits() == self.submitted && self.workload.check(self.app.app(), self.submitted)
+        self.refused.is_none()
+            && self.app.commits() == self.submitted
+            && self.workload.check(self.app.app(), self.submitted)
     }
 
     /// The application.
