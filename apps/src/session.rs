@@ -1137,7 +1137,10 @@ impl<A: StateMachine + ReadOnly, const CLIENTS: usize, const WINDOW: usize, cons
                 let (client, last_used, floor) = (word(g, 0), word(g, 8), word(g, 16));
                 let replies = word32(g, 24);
                 let rising = install.last_client.is_none_or(|last| client > last);
-                if client == FREE || !rising || replies as usize > WINDOW || word32(g, 28) != 0 {
+                // The snapshot covers the positions below its own: every session was opened
+                // and last used there, and opened no later than it was last used.
+                let placed = client <= last_used && last_used < install.position;
+                if !placed || !rising || replies as usize > WINDOW || word32(g, 28) != 0 {
                     return self.stop_install();
                 }
                 let slot = self.live;
@@ -2007,6 +2010,27 @@ mod tests {
         assert!(!sm.is_live(clients[C - 1]));
     }
 
+    /// `new` is a `const fn`: firmware places the wrapper in a `static`.
+    static _IN_A_STATIC: ExactlyOnce<(), 2, 2, 2> = ExactlyOnce::new(());
+
+    #[test]
+    fn a_snapshot_with_sessions_from_its_future_does_not_install() {
+        let mut rng = Rng(6);
+        let (mut donor, position) = populated();
+        let offer = donor.snapshot_begin(position).unwrap();
+        let stream = read_stream(&mut *donor, offer.bytes, &mut rng);
+        let mut joiner = wrapped(true);
+        // Its sessions were opened and used below `position`: not below `position - 2`.
+        assert_ne!(
+            install(&mut *joiner, position - 2, &stream, &mut rng),
+            offer.digest
+        );
+        assert_eq!(
+            install(&mut *joiner, position, &stream, &mut rng),
+            offer.digest
+        );
+    }
+
     #[test]
     fn committed_and_dropped_pass_through() {
         let mut sm = wrapped(false);
@@ -2214,6 +2238,7 @@ mod tests {
     fn the_frozen_stream_stays_as_it_was_while_apply_goes_on() {
         let mut rng = Rng(2);
         let (mut donor, mut position) = populated();
+        let at_begin = position;
         let offer = donor.snapshot_begin(position).unwrap();
         let mut fresh = wrapped(true);
         let (mut twin, _) = populated();
@@ -2245,7 +2270,10 @@ mod tests {
             twin.table_digest(),
             "the donor moved on"
         );
-        assert_eq!(install(&mut *fresh, 0, &stream, &mut rng), offer.digest);
+        assert_eq!(
+            install(&mut *fresh, at_begin, &stream, &mut rng),
+            offer.digest
+        );
         assert_eq!(fresh.table_digest(), twin.table_digest());
     }
 
