@@ -245,7 +245,8 @@ impl Install {
 
 impl<const ORDERS: usize, const LEVELS: usize> OrderBook<ORDERS, LEVELS> {
     /// The longest stream a book of this capacity can have: every slot resting.
-    pub(super) const STREAM_MAX: u64 = SNAPSHOT_HEADER_BYTES as u64 + ORDERS as u64 * RECORD_BYTES as u64;
+    pub(super) const STREAM_MAX: u64 =
+        SNAPSHOT_HEADER_BYTES as u64 + ORDERS as u64 * RECORD_BYTES as u64;
 
     fn header(&self) -> Header {
         Header {

@@ -966,7 +966,7 @@ fn codecs_round_trip_and_refuse_malformed() {
     assert_eq!(reply.unlisted(), 1);
     assert_eq!(Reply::decode(&bytes[..len - 1]), Err(DecodeError::Length));
     let mut lying = bytes;
-    lying[9] = 1; // filled 1 < the listed fill's 5 lots
+    lying[9] = 4; // filled 4: two fills fit, the listed one's 5 lots do not
     assert_eq!(Reply::decode(&lying[..len]), Err(DecodeError::Inconsistent));
     let mut rejected = [0u8; REPLY_HEADER_BYTES];
     Reply::rejected(Reject::LevelsFull, 0).encode(&mut rejected);
@@ -1189,6 +1189,13 @@ fn bad_streams_install_soundly_and_say_so() {
     joiner.install_write(200, &stream[200..]);
     assert_ne!(joiner.install_end(), snapshot.digest);
     assert_eq!(joiner.check(), Ok(()));
+    // The right bytes at the wrong offset stop the decoding too.
+    let records = SNAPSHOT_HEADER_BYTES + 2 * RECORD_BYTES;
+    assert!(joiner.install_begin(0, bytes));
+    joiner.install_write(0, &stream[..records]);
+    joiner.install_write(records as u64 + 1, &stream[records..bytes as usize - 1]);
+    assert_ne!(joiner.install_end(), snapshot.digest);
+    assert_eq!(joiner.resting(), 2);
     assert!(joiner.install_begin(0, bytes));
     joiner.install_write(0, &stream[..100]);
     joiner.install_write(0, &stream);
@@ -1276,6 +1283,17 @@ fn a_snapshot_begun_during_an_install_ends_it() {
         partial.digest
     );
     assert_same(&third, &joiner);
+}
+
+#[test]
+fn memory_is_as_documented() {
+    use core::mem::size_of;
+    assert_eq!(size_of::<Order>(), 40);
+    assert_eq!(size_of::<Level>(), 24);
+    let (orders, levels) = (65536, 4096);
+    let size = size_of::<OrderBook<65536, 4096>>();
+    assert!(size >= orders * 76 + 2 * levels * 24 && size < orders * 76 + 2 * levels * 24 + 512);
+    assert!(size > 5_100_000 && size < 5_200_000, "{size}");
 }
 
 // ---- the generator ---------------------------------------------------------------------------
