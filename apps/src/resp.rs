@@ -128,7 +128,10 @@ impl<const N: usize> Args<N> {
 
     /// The arguments as bytes of `input` (the input they were parsed from; an argument beyond
     /// a shorter `input` reads as empty).
-    pub fn iter<'s, 'i: 's>(&'s self, input: &'i [u8]) -> impl Iterator<Item = &'i [u8]> + 's {
+    pub fn iter<'s, 'i: 's>(
+        &'s self,
+        input: &'i [u8],
+    ) -> impl Iterator<Item = &'i [u8]> + Clone + 's {
         (0..self.len).map(move |i| self.get(i, input).unwrap_or(&[]))
     }
 
@@ -562,6 +565,33 @@ impl<'b> Writer<'b> {
     /// `-<text>\r\n` (`text` without line breaks, starting with its code: `ERR ...`).
     pub fn error(&mut self, text: &[u8]) -> Result<&mut Self, EncodeError> {
         self.line(b'-', text)
+    }
+
+    /// `-<parts...>\r\n`: an error line made of several pieces (none with line breaks).
+    pub fn error_parts(&mut self, parts: &[&[u8]]) -> Result<&mut Self, EncodeError> {
+        if parts
+            .iter()
+            .flat_map(|p| p.iter())
+            .any(|&b| b == b'\r' || b == b'\n')
+        {
+            return Err(EncodeError::LineBreak);
+        }
+        let start = self.len;
+        let needed = parts
+            .iter()
+            .map(|p| p.len())
+            .fold(3usize, usize::saturating_add);
+        let room = self.out.len() - self.len;
+        if needed > room {
+            return Err(EncodeError::NoRoom { needed, room });
+        }
+        self.pieces(&[b"-"])?;
+        for part in parts {
+            self.pieces(&[part])?;
+        }
+        self.pieces(&[b"\r\n"])?;
+        debug_assert_eq!(self.len - start, needed);
+        Ok(self)
     }
 
     /// `:<value>\r\n`.
@@ -1042,6 +1072,17 @@ mod tests {
             error(&mut out, b"ERR syntax error"),
             &out,
             b"-ERR syntax error\r\n",
+        );
+        let mut writer = Writer::new(&mut out);
+        writer.error_parts(&[b"ERR a '", b"get", b"' b"]).unwrap();
+        assert_eq!(writer.written(), b"-ERR a 'get' b\r\n");
+        assert_eq!(
+            writer.error_parts(&[b"x\n"]).err(),
+            Some(EncodeError::LineBreak)
+        );
+        assert_eq!(
+            Writer::new(&mut out[..5]).error_parts(&[b"ab", b"c"]).err(),
+            Some(EncodeError::NoRoom { needed: 6, room: 5 })
         );
         check(integer(&mut out, 0), &out, b":0\r\n");
         check(integer(&mut out, -12), &out, b":-12\r\n");
