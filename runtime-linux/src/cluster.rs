@@ -49,8 +49,9 @@ pub struct Cluster {
     exe: PathBuf,
     dir: PathBuf,
     config_path: PathBuf,
-    /// Keys of every replica's store (`mu replica --kv-keys`).
-    kv_keys: usize,
+    /// What every `mu replica` is started with beyond its config and id (its store's keys,
+    /// its application, its network front end).
+    replica_args: Vec<String>,
     replicas: u8,
     children: Vec<Option<Child>>,
     /// Killed children, by id, until reaped.
@@ -72,6 +73,16 @@ impl Cluster {
         deployment: &Deployment,
         kv_keys: usize,
     ) -> Result<Cluster, ClusterError> {
+        let args = ["--kv-keys".to_string(), kv_keys.to_string()];
+        Cluster::start_with_args(exe, deployment, &args)
+    }
+
+    /// [`Cluster::start`], every `mu replica` with `replica_args` beyond its config and id.
+    pub fn start_with_args(
+        exe: &Path,
+        deployment: &Deployment,
+        replica_args: &[String],
+    ) -> Result<Cluster, ClusterError> {
         let dir = match deployment.replicas.first().map(|r| &r.host) {
             // Verbs replicas on one host keep their client ports in one directory too.
             Some(board_configs::Host::Linux(host)) => host.fabric.dir().to_path_buf(),
@@ -86,7 +97,7 @@ impl Cluster {
             exe: exe.to_path_buf(),
             dir,
             config_path,
-            kv_keys,
+            replica_args: replica_args.to_vec(),
             replicas,
             children: (0..replicas).map(|_| None).collect(),
             killed: (0..replicas).map(|_| None).collect(),
@@ -125,8 +136,7 @@ impl Cluster {
             .arg(&self.config_path)
             .arg("--id")
             .arg(id.to_string())
-            .arg("--kv-keys")
-            .arg(self.kv_keys.to_string())
+            .args(&self.replica_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)

@@ -289,6 +289,31 @@ pub fn demo(options: &DemoOptions) -> Result<(), String> {
     conclude(cluster, &options.fabric, result, true)
 }
 
+/// `mu serve --local`'s cluster: `replicas` processes over shared memory with `shared` polling,
+/// each serving the Redis protocol on `127.0.0.1:first_port + id`, with stores of `keys` keys.
+pub fn serve_cluster(
+    exe: &std::path::Path,
+    replicas: u8,
+    first_port: u16,
+    keys: usize,
+) -> Result<Cluster, String> {
+    // Commands of the largest store entry fit one slot's payload several times over: most
+    // Redis commands are small, and a longer one spans slots.
+    let config = cluster_config(replicas, 1024, Polling::Shared, None);
+    // One directory per cluster: tests start several in one process, on other ports.
+    let name = format!("serve-{}-{first_port}", std::process::id());
+    let deployment = deployment(&name, config, Polling::Shared, None, &DemoFabric::Shm, None);
+    let args = [
+        "--kv-keys".to_string(),
+        keys.to_string(),
+        "--app".to_string(),
+        "resp".to_string(),
+        "--serve-port".to_string(),
+        first_port.to_string(),
+    ];
+    Cluster::start_with_args(exe, &deployment, &args).map_err(|e| e.to_string())
+}
+
 /// How every run ends: the permission switches the replicas logged (verbs, when `progress`),
 /// their logs when the run failed, and the cluster shut down.
 fn conclude<T>(

@@ -8,6 +8,7 @@
 //! | [`shm`] | the shared-memory fabric: region files, permissions with fencing, completions |
 //! | `verbs` | the RDMA fabric over libibverbs: queue pairs, permission switches, handshakes (feature `verbs`) |
 //! | [`mem`] | mapped shared memory and atomic byte copies |
+//! | [`serve`] | `mu serve`: the Redis protocol on every replica, through the log, exactly once |
 //! | [`procfs`] | process liveness for fencing; isolated cores |
 //! | [`node`] | one replica: region, client port, planes on pinned threads, polling modes |
 //! | [`intake`] | the in-process way into a replica: whole commands in, whole replies out |
@@ -38,6 +39,7 @@ pub mod mem;
 pub mod node;
 pub mod port;
 pub mod procfs;
+pub mod serve;
 pub mod shm;
 pub mod teardown;
 #[cfg(feature = "verbs")]

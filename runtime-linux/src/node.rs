@@ -202,7 +202,8 @@ struct Waiting {
 /// journal, the client responses through the port and the leader's propose-to-commit latency
 /// around it.
 pub struct Hosted<'p, A: Application> {
-    app: A,
+    /// Boxed: an application may be large (tables inline), and the loop moves to its thread.
+    app: Box<A>,
     port: &'p Port,
     intake: Option<&'p Intake>,
     me: ReplicaId,
@@ -217,7 +218,7 @@ impl<'p, A: Application> Hosted<'p, A> {
     /// `me`.
     pub fn new(app: A, port: &'p Port, intake: Option<&'p Intake>, me: ReplicaId) -> Hosted<'p, A> {
         Hosted {
-            app,
+            app: Box::new(app),
             port,
             intake,
             me,

@@ -1,5 +1,6 @@
-//! The `mu` command: `mu demo` (a whole cluster on this machine, no set-up), `mu replica` (one
-//! replica of a cluster described by a config file) and `mu failover` (the fail-over benchmark).
+//! The `mu` command: `mu demo` (a whole cluster on this machine, no set-up), `mu serve` (a
+//! cluster on this machine that speaks the Redis protocol), `mu replica` (one replica of a
+//! cluster described by a config file) and `mu failover` (the fail-over benchmark).
 
 // Every `unsafe` block states why it is sound; every `unsafe fn` says what its callers must
 // uphold, and its body spells out its own unsafe operations.
@@ -16,6 +17,7 @@ use runtime_linux::cluster::Fault;
 use runtime_linux::demo::{self, DemoFabric, DemoOptions, FailoverOptions};
 use runtime_linux::node::VerbsSpec;
 use runtime_linux::node::{self, NodeSpec};
+use runtime_linux::serve::{self, RespFrontEnd};
 
 #[derive(Parser)]
 #[command(
@@ -60,6 +62,14 @@ impl From<FaultArg> for Fault {
             FaultArg::Stop => Fault::Stop,
         }
     }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AppArg {
+    /// The key-value store of `mu demo`, behind the shared-memory client port.
+    Kv,
+    /// The Redis-protocol store of `mu serve`, with exactly-once sessions.
+    Resp,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -164,6 +174,27 @@ enum Action {
         /// of a cluster must use the same.
         #[arg(long, default_value_t = node::KV_KEYS, value_parser = kv_keys)]
         kv_keys: usize,
+        /// The application it replicates: `kv`, the demo's store behind the shared-memory
+        /// client port; `resp`, the Redis-protocol store of `mu serve` (needs --serve-port).
+        #[arg(long, value_enum, default_value_t = AppArg::Kv)]
+        app: AppArg,
+        /// With --app resp: replica i serves the Redis protocol on 127.0.0.1:SERVE_PORT+i.
+        #[arg(long)]
+        serve_port: Option<u16>,
+    },
+    /// Starts a whole cluster on this machine whose replicas all speak the Redis protocol
+    /// (RESP2 over TCP, loopback): `redis-cli -p PORT` works on any of the printed ports, and
+    /// every command goes through the replicated log. Runs until Ctrl-C.
+    Serve {
+        /// Replicas (processes) of a cluster on this machine.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=7))]
+        local: u8,
+        /// Replica i listens on 127.0.0.1:PORT+i.
+        #[arg(long, default_value_t = 7379)]
+        port: u16,
+        /// Keys the store holds (keys up to 64 bytes, values up to 512).
+        #[arg(long, default_value_t = 32768, value_parser = kv_keys)]
+        keys: usize,
     },
     /// Fail-over benchmark: kills the leader ROUNDS times (restarting it each time) and reports
     /// the time from SIGKILL to the first command committed by the new leader, split into
@@ -241,7 +272,9 @@ fn main() -> ExitCode {
             config,
             id,
             kv_keys,
-        } => match replica(&config, id, kv_keys) {
+            app,
+            serve_port,
+        } => match replica(&config, id, kv_keys, app, serve_port) {
             Err(node::NodeError::Halted(reason)) => {
                 eprintln!("mu: replica {id}: {}", node::NodeError::Halted(reason));
                 return ExitCode::from(EXIT_HALTED);
@@ -252,6 +285,7 @@ fn main() -> ExitCode {
             }
             outcome => outcome.map_err(|e| format!("replica {id}: {e}")),
         },
+        Action::Serve { local, port, keys } => serve_local(local, port, keys),
         Action::Doctor => match doctor() {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,
@@ -302,7 +336,13 @@ fn kv_keys(text: &str) -> Result<usize, String> {
     }
 }
 
-fn replica(config: &std::path::Path, id: u8, kv_keys: usize) -> Result<(), node::NodeError> {
+fn replica(
+    config: &std::path::Path,
+    id: u8,
+    kv_keys: usize,
+    app: AppArg,
+    serve_port: Option<u16>,
+) -> Result<(), node::NodeError> {
     let refused = |message: String| node::NodeError::Config(message);
     let deployment = board_configs::load(config).map_err(|e| refused(e.to_string()))?;
     let spec = deployment.replica(id).ok_or_else(|| {
@@ -351,7 +391,54 @@ fn replica(config: &std::path::Path, id: u8, kv_keys: usize) -> Result<(), node:
         kv_keys,
         serve: None,
     };
-    node::run(&spec, &STOP)
+    match (app, serve_port) {
+        (AppArg::Kv, _) => node::run(&spec, &STOP),
+        (AppArg::Resp, None) => Err(refused("--app resp needs --serve-port".into())),
+        (AppArg::Resp, Some(base)) => {
+            let replicas = spec.config.replica_count;
+            let address = |i: u8| std::net::SocketAddr::from(([127, 0, 0, 1], base + i as u16));
+            let serve = node::ServeSpec {
+                listen: address(id),
+                peers: (0..replicas).map(address).collect(),
+            };
+            let front_end = RespFrontEnd::new(serve.clone(), id);
+            let spec = NodeSpec {
+                serve: Some(serve),
+                ..spec
+            };
+            let app = serve::resp_app(kv_keys).map_err(refused)?;
+            node::run_serving(&spec, app, Some(front_end), &STOP)
+        }
+    }
+}
+
+/// `mu serve --local N`: N replica processes serving the Redis protocol, until Ctrl-C.
+fn serve_local(replicas: u8, port: u16, keys: usize) -> Result<(), String> {
+    let last = port as u32 + replicas as u32 - 1;
+    if last > u16::MAX as u32 {
+        return Err(format!(
+            "--port {port}: the last replica's port {last} is above 65535"
+        ));
+    }
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: as in `replica`: an async-signal-safe handler of the type signal(2) expects.
+        unsafe { libc::signal(signal, on_stop_signal as *const () as libc::sighandler_t) };
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let cluster = demo::serve_cluster(&exe, replicas, port, keys)?;
+    println!("mu serve: {replicas} replicas speak the Redis protocol; every command goes through the log");
+    for id in 0..replicas {
+        println!("  replica {id}: redis-cli -p {}", port + id as u16);
+    }
+    println!(
+        "replica logs: {}/replica-*.log; Ctrl-C stops the cluster",
+        cluster.dir().display()
+    );
+    while !STOP.load(Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    cluster.shutdown();
+    Ok(())
 }
 
 /// Every replica's handshake address, by id: all replicas must be verbs Linux hosts.
