@@ -12,7 +12,9 @@
 //! - A cluster owns its scratch directory and removes it when dropped, after every fabric and
 //!   region (fields drop in declaration order).
 //! - The state machine of every replica folds every applied entry into a digest, so the work
-//!   of applying is done and the replicas' agreement can be checked after a run.
+//!   of applying is done and the replicas' agreement can be checked after a run. The cluster is
+//!   generic over that application ([`Replica`]); [`Tally`] is the default, and the order book
+//!   benchmark runs `crate::orderbook::BookReplica`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,6 +97,27 @@ pub struct Tally {
     pub dropped: u64,
 }
 
+/// An application an in-process cluster can run: a state machine whose replicas' agreement can
+/// be read after a run, and whose leader counts the commands it lost.
+pub trait Replica: StateMachine + Send {
+    /// What must be equal on every replica once all applied the same entries: the entries
+    /// applied and a digest of them. Cheap: checked in a loop while the followers catch up.
+    fn fingerprint(&self) -> (u64, u64);
+
+    /// Commands this replica submitted that were dropped (its tenure ended).
+    fn dropped_count(&self) -> u64;
+}
+
+impl Replica for Tally {
+    fn fingerprint(&self) -> (u64, u64) {
+        (self.applied, self.digest)
+    }
+
+    fn dropped_count(&self) -> u64 {
+        self.dropped
+    }
+}
+
 impl StateMachine for Tally {
     fn apply(&mut self, position: u64, command: &[u8], _response: &mut [u8]) -> usize {
         self.digest = crate::digest(self.digest ^ position, command);
@@ -114,7 +137,7 @@ impl StateMachine for Tally {
 }
 
 /// One replica's replication plane with its fabric and application.
-pub struct ReplicationSide<'s> {
+pub struct ReplicationSide<'s, A = Tally> {
     /// The replica.
     pub id: ReplicaId,
     /// The plane (boxed: its queue and buffers are large).
@@ -122,14 +145,14 @@ pub struct ReplicationSide<'s> {
     /// Its fabric.
     pub fabric: ShmFabric,
     /// Its application.
-    pub tally: Tally,
+    pub app: A,
 }
 
-impl ReplicationSide<'_> {
+impl<A: StateMachine> ReplicationSide<'_, A> {
     /// One poll at `now`.
     #[inline]
     pub fn poll(&mut self, now: u64) {
-        self.plane.poll(now, &mut self.fabric, &mut self.tally);
+        self.plane.poll(now, &mut self.fabric, &mut self.app);
     }
 }
 
@@ -150,14 +173,14 @@ impl BackgroundSide<'_> {
 }
 
 /// Every plane but the leader's replication plane.
-pub struct Others<'a, 's> {
+pub struct Others<'a, 's, A = Tally> {
     /// The other replication sides.
-    pub followers: Vec<&'a mut ReplicationSide<'s>>,
+    pub followers: Vec<&'a mut ReplicationSide<'s, A>>,
     /// Every background side, the leader's included.
     pub background: &'a mut [BackgroundSide<'s>],
 }
 
-impl Others<'_, '_> {
+impl<A: StateMachine> Others<'_, '_, A> {
     /// Polls every follower's replication plane once, and every background plane before each
     /// of them. Background planes run on cores of their own in a deployment; here they share a
     /// thread with the followers, whose polls grow long when they apply large slots, and a
@@ -208,9 +231,9 @@ impl Drop for Scratch {
 }
 
 /// Every plane of an in-process cluster.
-pub struct Cluster<'s> {
+pub struct Cluster<'s, A = Tally> {
     /// Replication planes, by id.
-    pub replication: Vec<ReplicationSide<'s>>,
+    pub replication: Vec<ReplicationSide<'s, A>>,
     /// Background planes, by id.
     pub background: Vec<BackgroundSide<'s>>,
     /// The configuration.
@@ -219,8 +242,21 @@ pub struct Cluster<'s> {
 }
 
 impl<'s> Cluster<'s> {
-    /// Builds replicas `0..params.replicas`, one `Shared` each from `shared`.
+    /// Builds replicas `0..params.replicas` running a [`Tally`] each, one `Shared` each from
+    /// `shared`.
     pub fn new(params: &Params, shared: &'s [Shared]) -> Result<Cluster<'s>, String> {
+        Cluster::with_apps(params, shared, |_| Tally::default())
+    }
+}
+
+impl<'s, A: Replica> Cluster<'s, A> {
+    /// Builds replicas `0..params.replicas`, one `Shared` each from `shared`, replica `id`
+    /// running `app(id)`.
+    pub fn with_apps(
+        params: &Params,
+        shared: &'s [Shared],
+        mut app: impl FnMut(ReplicaId) -> A,
+    ) -> Result<Cluster<'s, A>, String> {
         static RUNS: AtomicU64 = AtomicU64::new(0);
         if !(1..=PAYLOAD_MAX).contains(&params.entry_bytes) {
             return Err(format!(
@@ -260,7 +296,7 @@ impl<'s> Cluster<'s> {
                 id,
                 plane,
                 fabric: fabric(mu_nostd::fabric::Plane::Replication),
-                tally: Tally::default(),
+                app: app(id),
             });
             background.push(BackgroundSide {
                 plane: bg,
@@ -306,7 +342,7 @@ impl<'s> Cluster<'s> {
     pub fn split(
         &mut self,
         leader: ReplicaId,
-    ) -> Option<(&mut ReplicationSide<'s>, Others<'_, 's>)> {
+    ) -> Option<(&mut ReplicationSide<'s, A>, Others<'_, 's, A>)> {
         let mut leader_side = None;
         let mut followers = Vec::new();
         for side in &mut self.replication {
@@ -327,16 +363,22 @@ impl<'s> Cluster<'s> {
 
     /// Whether every replica applied the same entries (same count, same digest).
     pub fn agreement(&self) -> Result<(u64, u64), String> {
-        let first = &self.replication[0].tally;
+        let (applied, digest) = self.replication[0].app.fingerprint();
         for side in &self.replication[1..] {
-            if (side.tally.applied, side.tally.digest) != (first.applied, first.digest) {
+            let (side_applied, side_digest) = side.app.fingerprint();
+            if (side_applied, side_digest) != (applied, digest) {
                 return Err(format!(
-                    "replica {} applied {} entries (digest {:016x}), replica 0 applied {} \
-                     (digest {:016x})",
-                    side.id, side.tally.applied, side.tally.digest, first.applied, first.digest
+                    "replica {} applied {side_applied} entries (digest {side_digest:016x}), \
+                     replica 0 applied {applied} (digest {digest:016x})",
+                    side.id
                 ));
             }
         }
-        Ok((first.applied, first.digest))
+        Ok((applied, digest))
+    }
+
+    /// The replicas' applications, by id (the cluster's planes and regions go).
+    pub fn into_apps(self) -> Vec<A> {
+        self.replication.into_iter().map(|side| side.app).collect()
     }
 }

@@ -120,16 +120,16 @@ pub fn probe(scenario: Scenario, iterations: u64) -> Result<(), String> {
             for i in 0..WARM_UP + iterations {
                 commit_one(&mut cluster.replication[leader], &mut command, i, now)?;
                 let follower = &mut cluster.replication[FOLLOWER];
-                let before = follower.tally.applied;
+                let before = follower.app.applied;
                 if i < WARM_UP {
                     follower.poll(now);
                 } else {
                     measured_follower_apply(black_box(follower), now);
                 }
-                if i > 0 && follower.tally.applied != before + 1 {
+                if i > 0 && follower.app.applied != before + 1 {
                     return Err(format!(
                         "follower applied {} slots in one poll, not 1",
-                        follower.tally.applied - before
+                        follower.app.applied - before
                     ));
                 }
             }
@@ -178,7 +178,7 @@ fn commit_one(
         .map_err(|e| format!("submit: {e:?}"))?;
     for _ in 0..POLLS_PER_COMMIT_MAX {
         side.poll(now);
-        if side.tally.last_ticket == Some(ticket) {
+        if side.app.last_ticket == Some(ticket) {
             return Ok(());
         }
     }

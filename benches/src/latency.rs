@@ -24,7 +24,8 @@ use hdrhistogram::Histogram;
 use mu_nostd::{Shared, SubmitError};
 use runtime_linux::clock::{cycles_start, Ticker};
 
-use crate::inproc::{Cluster, Params, ReplicationSide};
+use crate::inproc::{Cluster, Params, Replica, ReplicationSide, Tally};
+use mu_nostd::ReplicaId;
 
 /// The longest a run waits for one thing (a leader, a commit) before it gives up.
 pub const STALL_LIMIT: Duration = Duration::from_secs(10);
@@ -32,10 +33,10 @@ pub const STALL_LIMIT: Duration = Duration::from_secs(10);
 const TICK_NS: u64 = 1000;
 /// Detector read period: the polling thread has a core to itself, but shares it among every
 /// background plane and the followers.
-const READ_PERIOD_TICKS: u32 = 100;
+pub(crate) const READ_PERIOD_TICKS: u32 = 100;
 /// Polls between clock reads on the leader's thread; the core only needs the time for
 /// deadlines and periodic work.
-const POLLS_PER_CLOCK_READ: u32 = 256;
+pub(crate) const POLLS_PER_CLOCK_READ: u32 = 256;
 
 /// Why a run produced no figures.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,8 +131,19 @@ fn with_cluster<T: Send>(
     placement: Placement,
     leader_work: impl FnOnce(&mut ReplicationSide<'_>, &Ticker) -> Result<T, RunError> + Send,
 ) -> Result<T, RunError> {
+    with_apps(params, placement, |_| Tally::default(), leader_work).map(|(value, _)| value)
+}
+
+/// [`with_cluster`] for any application, replica `id` running `app(id)`; returns the
+/// applications too, once their fingerprints agree, for checks of their own.
+pub(crate) fn with_apps<A: Replica, T: Send>(
+    params: &Params,
+    placement: Placement,
+    app: impl FnMut(ReplicaId) -> A,
+    leader_work: impl FnOnce(&mut ReplicationSide<'_, A>, &Ticker) -> Result<T, RunError> + Send,
+) -> Result<(T, Vec<A>), RunError> {
     let shared: Vec<Shared> = (0..params.replicas).map(|_| Shared::new()).collect();
-    let mut cluster = Cluster::new(params, &shared)?;
+    let mut cluster = Cluster::with_apps(params, &shared, app)?;
     let stop = AtomicBool::new(false);
     let ticker = Ticker::new(TICK_NS);
     let result = {
@@ -166,11 +178,14 @@ fn with_cluster<T: Send>(
     };
     let value = result?;
     await_agreement(&mut cluster, &ticker)?;
-    Ok(value)
+    Ok((value, cluster.into_apps()))
 }
 
 /// Polls the leader until it is on the fast path.
-fn await_fast_path(leader: &mut ReplicationSide<'_>, ticker: &Ticker) -> Result<(), RunError> {
+fn await_fast_path<A: Replica>(
+    leader: &mut ReplicationSide<'_, A>,
+    ticker: &Ticker,
+) -> Result<(), RunError> {
     let started = Instant::now();
     while !leader.plane.status().fast_path {
         leader.poll(ticker.now());
@@ -184,7 +199,7 @@ fn await_fast_path(leader: &mut ReplicationSide<'_>, ticker: &Ticker) -> Result<
 }
 
 /// Keeps the leader polling briefly, so that its last commit reaches the followers.
-fn settle(leader: &mut ReplicationSide<'_>, ticker: &Ticker) {
+fn settle<A: Replica>(leader: &mut ReplicationSide<'_, A>, ticker: &Ticker) {
     let until = Instant::now() + Duration::from_millis(20);
     while Instant::now() < until {
         leader.poll(ticker.now());
@@ -192,7 +207,10 @@ fn settle(leader: &mut ReplicationSide<'_>, ticker: &Ticker) {
 }
 
 /// Polls everything from this thread until every replica applied the same entries.
-fn await_agreement(cluster: &mut Cluster<'_>, ticker: &Ticker) -> Result<(), String> {
+fn await_agreement<A: Replica>(
+    cluster: &mut Cluster<'_, A>,
+    ticker: &Ticker,
+) -> Result<(), String> {
     let started = Instant::now();
     loop {
         cluster.poll_all(ticker.now());
@@ -205,15 +223,15 @@ fn await_agreement(cluster: &mut Cluster<'_>, ticker: &Ticker) -> Result<(), Str
 }
 
 /// Fails when the leader is no longer on the fast path.
-fn still_leading(leader: &ReplicationSide<'_>) -> Result<(), RunError> {
+pub(crate) fn still_leading<A: Replica>(leader: &ReplicationSide<'_, A>) -> Result<(), RunError> {
     let status = leader.plane.status();
-    if status.fast_path && leader.tally.dropped == 0 {
+    let dropped = leader.app.dropped_count();
+    if status.fast_path && dropped == 0 {
         Ok(())
     } else {
         Err(RunError::Deposed(format!(
-            "replica 0 left the fast path during the run ({status:?}, {} commands dropped); \
-             is the polling thread starved?",
-            leader.tally.dropped
+            "replica 0 left the fast path during the run ({status:?}, {dropped} commands dropped); \
+             is the polling thread starved?"
         )))
     }
 }
@@ -262,7 +280,7 @@ pub fn serial_latency(
                 .submit(&command)
                 .map_err(|e| RunError::Failed(format!("submit: {e:?}")))?;
             let mut polls = 0u32;
-            while leader.tally.last_ticket != Some(ticket) {
+            while leader.app.last_ticket != Some(ticket) {
                 leader.poll(now);
                 polls += 1;
                 if polls % POLLS_PER_CLOCK_READ == 0 {
@@ -275,11 +293,7 @@ pub fn serial_latency(
             }
             if i >= warm_up {
                 histogram.saturating_record(
-                    leader
-                        .tally
-                        .last_commit_cycles
-                        .saturating_sub(started)
-                        .max(1),
+                    leader.app.last_commit_cycles.saturating_sub(started).max(1),
                 );
             }
         }
@@ -290,7 +304,7 @@ pub fn serial_latency(
 
 /// Errors once more than [`STALL_LIMIT`] passed since `started_cycles` (the TSC runs at
 /// least 1 GHz on any host this runs on, so this bound is generous).
-fn stalled(started_cycles: u64) -> Result<(), RunError> {
+pub(crate) fn stalled(started_cycles: u64) -> Result<(), RunError> {
     let limit = STALL_LIMIT.as_nanos() as u64 * 4;
     if cycles_start().saturating_sub(started_cycles) > limit {
         Err(RunError::Failed(format!(
@@ -363,12 +377,12 @@ pub fn throughput(
     with_cluster(&cluster, placement, move |leader, ticker| {
         let mut entry = vec![0u8; entry_bytes];
         let started = Instant::now();
-        let base = leader.tally.committed;
+        let base = leader.app.committed;
         let mut submitted = 0u64;
         let mut polls = 0u32;
         let mut now = ticker.now();
         loop {
-            while submitted - (leader.tally.committed - base) < window {
+            while submitted - (leader.app.committed - base) < window {
                 entry[..8].copy_from_slice(&submitted.to_le_bytes());
                 match leader.plane.submit(&entry) {
                     Ok(_) => submitted += 1,
@@ -387,10 +401,10 @@ pub fn throughput(
             }
         }
         let seconds = started.elapsed().as_secs_f64();
-        let entries = leader.tally.committed - base;
+        let entries = leader.app.committed - base;
         // The window still in flight must commit too.
         let drain = Instant::now();
-        while leader.tally.committed - base < submitted {
+        while leader.app.committed - base < submitted {
             leader.poll(ticker.now());
             if drain.elapsed() > STALL_LIMIT {
                 return Err(RunError::Failed("the last window did not commit".into()));

@@ -8,6 +8,7 @@
 //! | [`inproc`] | a Mu cluster inside this process over the shared-memory fabric |
 //! | [`instructions`] | instruction counts of the hot paths under callgrind; the baseline |
 //! | [`latency`] | leader-side latency and throughput on pinned threads |
+//! | [`orderbook`] | the order book, unreplicated and replicated by 3 replicas, in one run |
 //! | [`raft_peer`] | the peer: raft-rs 0.7, in-memory, in the same run |
 //! | [`rejoin`] | a follower 10 laps behind rejoins by a 64 MiB state transfer |
 //! | [`plot`] | the latency CDF as SVG |
@@ -21,6 +22,7 @@
 pub mod inproc;
 pub mod instructions;
 pub mod latency;
+pub mod orderbook;
 pub mod plot;
 pub mod raft_peer;
 pub mod rejoin;

@@ -1,6 +1,6 @@
 //! The whole suite in one run: instruction counts, Mu's latency and throughput, raft-rs's in
-//! the same process on the same machine, fail-over, steadiness beside a busy neighbour; then
-//! `BENCHMARKS.md` and the latency CDF.
+//! the same process on the same machine, fail-over, steadiness beside a busy neighbour, the
+//! order book unreplicated and replicated; then `BENCHMARKS.md` and the latency CDF.
 //!
 //! # Invariants
 //! - Every figure in the report was measured in this run; a part that could not run says why in
@@ -16,6 +16,7 @@ use hdrhistogram::Histogram;
 
 use crate::instructions::{self, Baseline, Count, Scenario};
 use crate::latency::{self, LatencyParams, Placement, RunError, ThroughputParams, ThroughputRun};
+use crate::orderbook::{self, OrderbookBench, OrderbookParams};
 use crate::plot::{self, Series};
 use crate::raft_peer;
 use crate::rejoin::{self, RejoinBench};
@@ -64,6 +65,15 @@ impl SuiteOptions {
 
     fn steady_duration(&self) -> Duration {
         Duration::from_secs(if self.quick { 1 } else { 60 })
+    }
+
+    fn orderbook(&self) -> OrderbookParams {
+        let orders = if self.quick { 2_000 } else { 100_000 };
+        OrderbookParams {
+            warm_up: orders / 10,
+            orders,
+            seed: orderbook::SEED,
+        }
     }
 
     fn instruction_iterations(&self) -> u64 {
@@ -150,6 +160,8 @@ pub struct Results {
     pub steadiness: Result<[Steady; 2], String>,
     /// Rejoin of a follower 10 laps behind by a 64 MiB state transfer, or why it did not run.
     pub rejoin: Result<RejoinBench, String>,
+    /// The order book, unreplicated and replicated by 3 replicas.
+    pub orderbook: OrderbookBench,
     /// Runs repeated because the leader was deposed.
     pub retries: Vec<String>,
     /// How the threads were placed.
@@ -254,6 +266,18 @@ pub fn run(options: &SuiteOptions) -> Result<Results, String> {
         );
     }
 
+    let params = options.orderbook();
+    println!(
+        "\n== order book: {} orders unreplicated, then replicated by {} replicas (same flow)",
+        params.orders,
+        orderbook::REPLICAS
+    );
+    let orderbook = attempt("order book", &mut retries, || {
+        orderbook::measure(&params, placement)
+    })?;
+    print!("{}", orderbook.table(tsc_hz));
+    println!("{}", orderbook.describe());
+
     println!(
         "\n== fail-over: {} SIGKILLs of the leader process",
         options.failover_rounds
@@ -305,6 +329,7 @@ pub fn run(options: &SuiteOptions) -> Result<Results, String> {
         failover,
         steadiness,
         rejoin,
+        orderbook,
         retries,
         placement,
         polling,
@@ -597,6 +622,14 @@ pub fn render(results: &Results, plot: &Path) -> String {
     render_failover(w, results);
     render_steadiness(w, results);
     render_rejoin(w, results);
+    w.push_str(&results.orderbook.render(
+        results.tsc_hz,
+        if results.quick {
+            "scripts/bench --quick"
+        } else {
+            "scripts/bench"
+        },
+    ));
     render_analysis(w, results);
     if !results.retries.is_empty() {
         let _ = writeln!(w, "\n## Repeated runs\n");

@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use mu_benches::instructions::{self, Baseline, Scenario};
 use mu_benches::latency::{self, LatencyParams, Placement, ThroughputParams};
+use mu_benches::orderbook::{self, OrderbookParams};
 use mu_benches::suite::{self, SuiteOptions};
 use runtime_linux::clock::cycles_per_second;
 
@@ -83,6 +84,22 @@ enum Action {
         window: usize,
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
+    },
+    /// The order book: submit to acknowledgement unreplicated and replicated by 3 replicas, one
+    /// seeded flow, in one run.
+    Orderbook {
+        /// Recorded orders per mode.
+        #[arg(long, default_value_t = 100_000)]
+        orders: u64,
+        /// Unrecorded orders first (default: a tenth of --orders).
+        #[arg(long)]
+        warm_up: Option<u64>,
+        /// The order flow's seed.
+        #[arg(long, default_value_t = mu_benches::orderbook::SEED)]
+        seed: u64,
+        /// Print the report's section (markdown) too.
+        #[arg(long)]
+        markdown: bool,
     },
     /// A follower 10 laps behind rejoins a 3-process cluster by a 64 MiB state transfer.
     Rejoin {
@@ -161,6 +178,12 @@ fn main() -> ExitCode {
                     )
                 })
         }
+        Action::Orderbook {
+            orders,
+            warm_up,
+            seed,
+            markdown,
+        } => run_orderbook(orders, warm_up.unwrap_or(orders / 10), seed, markdown),
         Action::Rejoin { mu } => mu_benches::rejoin::measure(&mu).map(|bench| {
             let ratio = bench.throughput_ratio();
             println!(
@@ -232,6 +255,26 @@ fn run_instructions(iterations: u64, bless: bool, work: &std::path::Path) -> Res
         };
         std::fs::write(&path, blessed.render()).map_err(|e| format!("{}: {e}", path.display()))?;
         println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn run_orderbook(orders: u64, warm_up: u64, seed: u64, markdown: bool) -> Result<(), String> {
+    let placement = Placement::last_two_cores();
+    let tsc_hz = cycles_per_second();
+    let params = OrderbookParams {
+        warm_up,
+        orders,
+        seed,
+    };
+    let bench = orderbook::measure(&params, placement).map_err(|e| e.to_string())?;
+    println!("{}; TSC {:.3} GHz", placement.describe(), tsc_hz / 1e9);
+    print!("{}", bench.table(tsc_hz));
+    println!("{}", bench.describe());
+    if markdown {
+        let command =
+            format!("mu-bench orderbook --orders {orders} --warm-up {warm_up} --seed {seed:#x}");
+        print!("{}", bench.render(tsc_hz, &command));
     }
     Ok(())
 }
