@@ -432,7 +432,7 @@ impl OrderbookBench {
     /// What the run did, in one sentence.
     pub fn describe(&self) -> String {
         format!(
-            "{} orders measured per mode after a warm-up of {}, seed {:#x}; {} rejected by the \
+            "{} orders measured per mode after a warm-up of {}, seed {}; {} rejected by the \
              book, {} fills, {} orders resting at the end; every replica's book and replies equal \
              the unreplicated run's (book digest {:016x})",
             self.params.orders,
@@ -466,13 +466,13 @@ impl OrderbookBench {
         let _ = writeln!(w, "\n{}.", self.describe());
         let _ = writeln!(
             w,
-            "\nFor reference only: Mu's paper measured the Liquibook order book at 4.08 µs per \
-             order unreplicated and 5.55 µs replicated (1.47 µs added, over RDMA between \
-             machines). The engines differ (Liquibook is a C++ library driven through its own \
-             client path; this is a fixed-memory engine called directly), and so does the \
-             setting: here the replicas are threads of one process on shared memory, the \
-             followers sharing one core, on a machine with 2 vCPUs shared with other work, so \
-             the tails especially carry this host's noise."
+            "\nFor reference only, not a comparison: Mu's paper reports the Liquibook order book \
+             at 4.08 µs per order unreplicated and 5.55 µs replicated (1.47 µs added), on its \
+             RDMA testbed. The engines differ (Liquibook is another matching engine, in C++; \
+             this is `mu_apps::orderbook`), and so do the setups: here the replicas are threads \
+             of one process on shared memory, the followers' planes sharing one core. On a host \
+             with few cores shared with other work (the machine table above) the tails \
+             especially carry the host's noise."
         );
         w
     }

@@ -273,7 +273,7 @@ fn run_orderbook(orders: u64, warm_up: u64, seed: u64, markdown: bool) -> Result
     println!("{}", bench.describe());
     if markdown {
         let command =
-            format!("mu-bench orderbook --orders {orders} --warm-up {warm_up} --seed {seed:#x}");
+            format!("mu-bench orderbook --orders {orders} --warm-up {warm_up} --seed {seed}");
         print!("{}", bench.render(tsc_hz, &command));
     }
     Ok(())
