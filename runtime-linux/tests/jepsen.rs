@@ -516,6 +516,15 @@ fn client(id: usize, seed: u64, base: u16, t0: Instant, stop: Arc<AtomicBool>) -
     history
 }
 
+/// Sets its flag when dropped: on the way out, panicking or not.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Waits for a settled cluster, or panics with its state and logs.
 fn settle(cluster: &Cluster) -> u8 {
     match cluster.await_settled(Duration::from_secs(30)) {
@@ -540,6 +549,8 @@ fn linearizable_across_leader_kills_and_restarts() {
 
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
+    // Should the nemesis panic, the clients stop too.
+    let _stop_clients = StopOnDrop(stop.clone());
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| {
             let stop = stop.clone();
@@ -596,6 +607,34 @@ fn linearizable_across_leader_kills_and_restarts() {
         .into_iter()
         .flat_map(|c| c.join().expect("a client thread"))
         .collect();
+    // What the front ends say they did (since each one's last start): proposals whose tenure
+    // ended and that were proposed again.
+    let retried: Vec<String> = (0..REPLICAS)
+        .map(|id| {
+            let info = connect(base + id as u16)
+                .and_then(|mut c| c.req_command(&redis::cmd("INFO")).ok())
+                .and_then(|v| match v {
+                    Value::BulkString(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap_or("?")
+                    .to_string()
+            };
+            format!(
+                "replica {id}: {} retried, {} commands",
+                field("proposals_retried:"),
+                field("commands_processed:")
+            )
+        })
+        .collect();
+    eprintln!(
+        "jepsen: since each replica's last start: {}",
+        retried.join("; ")
+    );
     cluster.shutdown();
     history.sort_by_key(|e| e.invoke);
 
