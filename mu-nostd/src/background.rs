@@ -224,6 +224,11 @@ pub struct BackgroundStatus {
     /// So many peers run another layout or configuration that no quorum can include this
     /// replica: it takes no part, and should be restarted with the right configuration.
     pub refused: bool,
+    /// Peers it refuses (bit per id): they run another layout or configuration.
+    pub refused_peers: u8,
+    /// Permission switches it made: grants of its log to a new tenure (each one revokes the
+    /// previous holder first).
+    pub permission_switches: u32,
 }
 
 const ZERO_CHUNK_BYTES: usize = 256;
@@ -299,6 +304,8 @@ pub struct BackgroundPlane<'s> {
     deaths: u32,
     false_suspicions: u32,
     refused: bool,
+    /// Grants of the log it made (see `BackgroundStatus::permission_switches`).
+    permission_switches: u32,
     peers: [Peer; REPLICAS_MAX as usize],
     leader: Option<ReplicaId>,
     holder: Option<ReplicaId>,
@@ -347,6 +354,7 @@ impl<'s> BackgroundPlane<'s> {
             patience_at: 0,
             deaths: 0,
             false_suspicions: 0,
+            permission_switches: 0,
             refused: false,
             peers: [Peer::NEW; REPLICAS_MAX as usize],
             leader: None,
@@ -543,6 +551,11 @@ impl<'s> BackgroundPlane<'s> {
             deaths: self.deaths,
             false_suspicions: self.false_suspicions,
             refused: self.refused,
+            refused_peers: self
+                .others()
+                .filter(|&p| matches!(self.peers[p as usize].header, PeerHeader::Mismatch(_)))
+                .fold(0, |mask, p| mask | 1 << p),
+            permission_switches: self.permission_switches,
         }
     }
 
@@ -1216,6 +1229,7 @@ impl<'s> BackgroundPlane<'s> {
         fabric.revoke(requester);
         fabric.grant(requester);
         self.holder = Some(requester);
+        self.permission_switches = self.permission_switches.wrapping_add(1);
         let peer = &mut self.peers[requester as usize];
         peer.served = number;
         peer.ack = Outgoing {

@@ -76,6 +76,7 @@ pub use background::{BackgroundPlane, BackgroundStatus, PeerHeader};
 pub use config::{Config, ConfigError, DetectorConfig};
 pub use fabric::{check_post, Completion, Fabric, Op, Plane, PostError, ReplicaId, Status};
 pub use layout::Layout;
+pub use log::{Blocked, Refusals};
 pub use queue::REQUESTS_MAX;
 pub use replica::{planes, Replica, ReplicaError};
 pub use replication::{Halt, ReplicationPlane, ReplicationStatus, SubmitError};

@@ -96,6 +96,35 @@ pub(crate) struct Log<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     response: [u8; ENTRY],
     /// The commands this replica submitted, until decided (or dropped).
     pub(crate) queue: RequestQueue<QUEUE>,
+    /// Where the last replay stopped at a slot that was written but could not be taken.
+    pub(crate) blocked: Option<(u64, Blocked)>,
+    /// Times a replay stopped at a new such slot, by reason; lap notices taken.
+    pub(crate) refusals: Refusals,
+}
+
+/// Why a follower's replay stopped at a slot that holds something, short of the next decided
+/// position: the leader is rewriting it (or tore it), or it is damaged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Blocked {
+    /// Its value does not open: torn (a write in flight or cut short), or corrupted.
+    Torn,
+    /// It opens but does not chain to what was applied: an earlier leader's undecided value,
+    /// waiting for the current leader's rewrite.
+    Unchained,
+}
+
+/// What a follower's replays refused, counted once per slot and reason: a count that keeps
+/// rising, or a [`Blocked`] that stays, explains a follower that does not keep up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Refusals {
+    /// Slots whose value did not open.
+    pub torn: u32,
+    /// Slots that did not chain to the applied prefix.
+    pub unchained: u32,
+    /// Lap notices taken: a leader said this replica needs positions no log holds.
+    pub lap_notices: u32,
 }
 
 impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY, QUEUE> {
@@ -119,6 +148,12 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
             slot: [0; SLOT],
             response: [0; ENTRY],
             queue: RequestQueue::new(),
+            blocked: None,
+            refusals: Refusals {
+                torn: 0,
+                unchained: 0,
+                lap_notices: 0,
+            },
         }
     }
 
@@ -176,14 +211,20 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
         sm: &mut S,
     ) -> Option<u64> {
         if let Some(floor) = self.lapped_by_notice(fabric) {
+            self.refusals.lap_notices = self.refusals.lap_notices.wrapping_add(1);
             return Some(floor);
         }
         let mut position = self.applied;
         let mut chain = self.applied_chain;
         let bound = self.scan_bound();
+        let mut stopped = None;
         for _ in 0..bound {
             match self.open_local(fabric, position) {
-                Ok(opened) if opened.header.chain_prev == chain => {
+                Ok(opened) if opened.header.chain_prev != chain => {
+                    stopped = Some(Blocked::Unchained);
+                    break;
+                }
+                Ok(opened) => {
                     // A writer's commit point never exceeds the position it wrote; a torn
                     // acceptance record (a rewrite cut short) just carries none.
                     if let Some(accepted) = opened.accepted {
@@ -195,9 +236,15 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
                 Err(SlotError::Stale { found }) if found > position => {
                     return Some(position + 1);
                 }
-                _ => break,
+                Err(SlotError::Torn | SlotError::Malformed) => {
+                    stopped = Some(Blocked::Torn);
+                    break;
+                }
+                // Not written in this lap yet: the end of what the leader sent.
+                Err(SlotError::Empty | SlotError::Stale { .. }) => break,
             }
         }
+        self.note_stop(position, stopped);
         assert!(position - self.applied <= bound as u64);
         self.backlog = position - self.applied == bound as u64;
         self.read_commit_record(fabric, position, chain);
@@ -212,6 +259,19 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
             }
         }
         None
+    }
+
+    /// Counts a replay's stop at a slot it could not take, once per slot and reason.
+    fn note_stop(&mut self, position: u64, stopped: Option<Blocked>) {
+        let now = stopped.map(|why| (position, why));
+        if now.is_some() && now != self.blocked {
+            let counter = match stopped {
+                Some(Blocked::Torn) => &mut self.refusals.torn,
+                _ => &mut self.refusals.unchained,
+            };
+            *counter = counter.wrapping_add(1);
+        }
+        self.blocked = now;
     }
 
     /// A leader left a lap notice: the lowest position it can still send is above what this

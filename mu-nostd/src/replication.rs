@@ -21,7 +21,7 @@
 use crate::config::REPLICAS_MAX;
 use crate::fabric::{Fabric, ReplicaId};
 use crate::links::{Inbox, Links, Readiness, Work};
-use crate::log::Log;
+use crate::log::{Blocked, Log, Refusals};
 use crate::record;
 use crate::shared::Shared;
 use crate::state_machine::{StateMachine, Ticket};
@@ -119,6 +119,13 @@ pub struct ReplicationStatus {
     /// follower that rests falls behind a leader of large commands by up to a lap, and the leader
     /// waits on its recycling (and, elected, would first apply that lap).
     pub backlog: bool,
+    /// Where its last replay stopped at a slot it could not take, and why: one that stays
+    /// says why a follower does not keep up (a damaged slot, a rewrite that never came).
+    pub blocked: Option<(u64, Blocked)>,
+    /// What its replays refused, and the lap notices it took.
+    pub refusals: Refusals,
+    /// State transfers it started (each attempt counts).
+    pub transfers: u32,
 }
 
 /// Most doublings of the prepare's deadlines after tenures that ended before the fast path: a
@@ -273,6 +280,9 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             donating_to: self.donor.joiner(),
             deadline_doublings: self.deadline_doublings,
             backlog: self.log.backlog,
+            blocked: self.log.blocked,
+            refusals: self.log.refusals,
+            transfers: self.attempts,
         }
     }
 

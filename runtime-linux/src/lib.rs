@@ -8,6 +8,7 @@
 //! | [`shm`] | the shared-memory fabric: region files, permissions with fencing, completions |
 //! | `verbs` | the RDMA fabric over libibverbs: queue pairs, permission switches, handshakes (feature `verbs`) |
 //! | [`mem`] | mapped shared memory and atomic byte copies |
+//! | [`status`] | `mu status`: every replica's role, progress and trouble counters, live |
 //! | [`serve`] | `mu serve`: the Redis protocol on every replica, through the log, exactly once |
 //! | [`procfs`] | process liveness for fencing; isolated cores |
 //! | [`node`] | one replica: region, client port, planes on pinned threads, polling modes |
@@ -41,6 +42,7 @@ pub mod port;
 pub mod procfs;
 pub mod serve;
 pub mod shm;
+pub mod status;
 pub mod teardown;
 #[cfg(feature = "verbs")]
 pub mod verbs;

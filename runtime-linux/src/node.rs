@@ -25,8 +25,8 @@ use std::time::Duration;
 use board_configs::Polling;
 use hdrhistogram::Histogram;
 use mu_nostd::{
-    planes, BackgroundPlane, Config, Fabric, Halt, ReplicaError, ReplicaId, ReplicationPlane,
-    Shared, Snapshot, StateMachine, SubmitError, Ticket, REQUESTS_MAX,
+    planes, BackgroundPlane, Blocked, Config, Fabric, Halt, ReplicaError, ReplicaId,
+    ReplicationPlane, Shared, Snapshot, StateMachine, SubmitError, Ticket, REQUESTS_MAX,
 };
 
 use crate::app::{answer_word, Application};
@@ -354,7 +354,7 @@ pub enum Role {
 
 /// Status words the replication loop keeps up to date, written only when they change; the
 /// values it computes in `publish` come in this order.
-const PUBLISHED: [Stat; 10] = [
+const PUBLISHED: [Stat; 16] = [
     Stat::Leading,
     Stat::FastPath,
     Stat::Applied,
@@ -365,6 +365,12 @@ const PUBLISHED: [Stat; 10] = [
     Stat::Voter,
     Stat::CatchingUp,
     Stat::DonatingTo,
+    Stat::SlotsTorn,
+    Stat::SlotsUnchained,
+    Stat::BlockedAt,
+    Stat::BlockedWhy,
+    Stat::LapNotices,
+    Stat::Transfers,
 ];
 const LEADING: usize = 0;
 const FAST_PATH: usize = 1;
@@ -552,6 +558,12 @@ impl<'s, 'p, F: Fabric, A: Application> ReplicationLoop<'s, 'p, F, A> {
             status.voter as u64,
             status.catching_up as u64,
             status.donating_to.map_or(0, |j| j as u64 + 1),
+            status.refusals.torn as u64,
+            status.refusals.unchained as u64,
+            status.blocked.map_or(0, |(at, _)| at + 1),
+            status.blocked.map_or(0, |(_, why)| blocked_code(why)),
+            status.refusals.lap_notices as u64,
+            status.transfers as u64,
         ];
         if values[FAST_PATH] != self.published[FAST_PATH] {
             // The poll that reached the fast path may already have committed (and answered a
@@ -688,6 +700,14 @@ impl<'s, 'p, F: Fabric, A: Application> ReplicationLoop<'s, 'p, F, A> {
     }
 }
 
+/// The number `Stat::BlockedWhy` publishes for a reason.
+pub fn blocked_code(why: Blocked) -> u64 {
+    match why {
+        Blocked::Torn => 1,
+        Blocked::Unchained => 2,
+    }
+}
+
 /// Where replica `id` writes its latency histogram when asked.
 pub fn latency_path(dir: &Path, id: ReplicaId) -> PathBuf {
     dir.join(format!("latency-{id}.hist"))
@@ -704,6 +724,8 @@ pub struct BackgroundLoop<'s, 'p, F: Fabric = ShmFabric> {
     seen: (Option<ReplicaId>, u8, Option<ReplicaId>),
     /// Deaths taken, false suspicions and patience, as last published.
     judged: (u32, u32, u8),
+    /// Permission switches and refused peers, as last published.
+    permissions: (u32, u8),
 }
 
 impl<'s, 'p, F: Fabric> BackgroundLoop<'s, 'p, F> {
@@ -723,6 +745,7 @@ impl<'s, 'p, F: Fabric> BackgroundLoop<'s, 'p, F> {
             port,
             seen: (None, 0, None),
             judged: (0, 0, 0),
+            permissions: (0, 0),
         }
     }
 
@@ -739,6 +762,13 @@ impl<'s, 'p, F: Fabric> BackgroundLoop<'s, 'p, F> {
         self.plane
             .poll(self.ticker.at(started_ns), &mut self.fabric);
         let status = self.plane.status();
+        let permissions = (status.permission_switches, status.refused_peers);
+        if permissions != self.permissions {
+            self.permissions = permissions;
+            let (switches, refused) = permissions;
+            self.port.set(Stat::PermissionSwitches, switches as u64);
+            self.port.set(Stat::RefusedPeers, refused as u64);
+        }
         let judged = (status.deaths, status.false_suspicions, status.patience);
         if judged != self.judged {
             self.judged = judged;

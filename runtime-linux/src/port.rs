@@ -122,9 +122,27 @@ pub enum Stat {
     FalseSuspicions = 240,
     /// Unchanged heartbeat reads that cost a peer one point of its score (1: the paper's).
     Patience = 248,
+    /// Slots its replays stopped at because their value did not open (torn or damaged),
+    /// counted once per slot.
+    SlotsTorn = 256,
+    /// Slots its replays stopped at because they did not chain to what it applied (an earlier
+    /// leader's value awaiting a rewrite), counted once per slot.
+    SlotsUnchained = 264,
+    /// The position its last replay stopped at a slot it could not take, plus one; 0: none.
+    BlockedAt = 272,
+    /// Why: 1 torn, 2 unchained (see `mu_nostd::Blocked`).
+    BlockedWhy = 280,
+    /// Lap notices it took: a leader said it needs positions no log holds.
+    LapNotices = 288,
+    /// State transfers it started (each attempt).
+    Transfers = 296,
+    /// Grants of its log to a new tenure it made (permission switches).
+    PermissionSwitches = 304,
+    /// Peers it refuses (bit per id): they run another layout or configuration.
+    RefusedPeers = 312,
 }
 
-const _: () = assert!(Stat::Patience as usize + 8 <= REQ_TAIL);
+const _: () = assert!(Stat::RefusedPeers as usize + 8 <= REQ_TAIL);
 
 /// The doorbell the replica's replication plane rests on: a client rings it with every request
 /// (and the replica's background plane with every change of tenure), so that a resting leader
@@ -132,7 +150,8 @@ const _: () = assert!(Stat::Patience as usize + 8 <= REQ_TAIL);
 const REPLICA_BELL: usize = 1024;
 /// The doorbell a client may rest on: the replica rings it with every response.
 const CLIENT_BELL: usize = 1088;
-const _: () = assert!(Stat::Patience as usize + 8 <= REPLICA_BELL && CLIENT_BELL + 8 <= REQ_TAIL);
+const _: () =
+    assert!(Stat::RefusedPeers as usize + 8 <= REPLICA_BELL && CLIENT_BELL + 8 <= REQ_TAIL);
 
 /// Outcome of a client command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -118,6 +118,8 @@ enum Purpose {
 
 /// A proposal from submission to final answer.
 struct Proposal {
+    /// When the command was parsed: its latency counts from here to its answer.
+    since: Instant,
     conn: usize,
     /// The connection's generation (a slot reused by a new connection has another).
     generation: u64,
@@ -229,6 +231,8 @@ struct Server<'a> {
     commands: u64,
     /// Proposals proposed again after their tenure ended (or the forwarding connection broke).
     retried: u64,
+    /// Microseconds from a command's proposal to its answer, for INFO.
+    latency: hdrhistogram::Histogram<u64>,
 }
 
 impl<'a> Server<'a> {
@@ -256,6 +260,8 @@ impl<'a> Server<'a> {
             started: Instant::now(),
             commands: 0,
             retried: 0,
+            latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
+                .expect("static bounds"),
         }
     }
 
@@ -483,7 +489,8 @@ impl<'a> Server<'a> {
         Some(out)
     }
 
-    /// `INFO`: the replica's role, the leader, where it is and what explains trouble.
+    /// `INFO`: the replica's role, the leader, where it is, its clients' latency, and the
+    /// counters that explain trouble.
     fn info(&self) -> String {
         let p = self.port;
         let role = if p.get(Stat::FastPath) == 1 {
@@ -493,31 +500,55 @@ impl<'a> Server<'a> {
         } else {
             "follower"
         };
-        let leader = p.get(Stat::LeaderView);
-        format!(
-            "# Replication\r\nrole:{role}\r\nreplica:{}\r\nleader:{}\r\napplied:{}\r\n\
-             voter:{}\r\ntenures_started:{}\r\nstate_transfers_installed:{}\r\n\
-             peers_failed_on_death_notice:{}\r\npeers_declared_failed_but_alive:{}\r\n\
-             # Clients\r\nconnected_clients:{}\r\ncommands_processed:{}\r\n\
-             proposals_in_flight:{}\r\nproposals_retried:{}\r\nuptime_in_seconds:{}\r\n",
-            self.me,
-            if leader == 0 {
-                "none".to_string()
-            } else {
-                (leader - 1).to_string()
-            },
-            p.get(Stat::Applied),
-            p.get(Stat::Voter),
-            p.get(Stat::Tenures),
-            p.get(Stat::Installs),
-            p.get(Stat::Deaths),
-            p.get(Stat::FalseSuspicions),
-            self.conns.iter().flatten().count(),
-            self.commands,
-            self.proposals.len(),
-            self.retried,
-            self.started.elapsed().as_secs(),
-        )
+        let leader = match p.get(Stat::LeaderView) {
+            0 => "none".to_string(),
+            view => (view - 1).to_string(),
+        };
+        let blocked = match (p.get(Stat::BlockedAt), p.get(Stat::BlockedWhy)) {
+            (0, _) => "none".to_string(),
+            (at, 1) => format!("{} (torn)", at - 1),
+            (at, _) => format!("{} (unchained)", at - 1),
+        };
+        let micros = |q: f64| self.latency.value_at_quantile(q);
+        let lines = [
+            "# Replication".to_string(),
+            format!("role:{role}"),
+            format!("replica:{}", self.me),
+            format!("leader:{leader}"),
+            format!("applied:{}", p.get(Stat::Applied)),
+            format!("voter:{}", p.get(Stat::Voter)),
+            format!("tenures_started:{}", p.get(Stat::Tenures)),
+            format!("permission_switches:{}", p.get(Stat::PermissionSwitches)),
+            format!("slots_refused_torn:{}", p.get(Stat::SlotsTorn)),
+            format!("slots_refused_unchained:{}", p.get(Stat::SlotsUnchained)),
+            format!("replay_blocked_at:{blocked}"),
+            format!("lap_notices:{}", p.get(Stat::LapNotices)),
+            format!("state_transfers_started:{}", p.get(Stat::Transfers)),
+            format!("state_transfers_installed:{}", p.get(Stat::Installs)),
+            format!("peers_refused:{:#b}", p.get(Stat::RefusedPeers)),
+            format!("peers_failed_on_death_notice:{}", p.get(Stat::Deaths)),
+            format!(
+                "peers_declared_failed_but_alive:{}",
+                p.get(Stat::FalseSuspicions)
+            ),
+            "# Clients".to_string(),
+            format!("connected_clients:{}", self.conns.iter().flatten().count()),
+            format!("commands_processed:{}", self.commands),
+            format!("proposals_in_flight:{}", self.proposals.len()),
+            format!("proposals_retried:{}", self.retried),
+            format!("proposals_answered:{}", self.latency.len()),
+            format!(
+                "proposal_latency_us:p50={},p90={},p99={},max={}",
+                micros(0.5),
+                micros(0.9),
+                micros(0.99),
+                self.latency.max()
+            ),
+            format!("uptime_in_seconds:{}", self.started.elapsed().as_secs()),
+        ];
+        let mut text = lines.join("\r\n");
+        text.push_str("\r\n");
+        text
     }
 
     /// Proposes connection `index`'s queued commands as far as its session allows; registers
@@ -579,6 +610,7 @@ impl<'a> Server<'a> {
         self.proposals.insert(
             token,
             Proposal {
+                since: Instant::now(),
                 conn,
                 generation,
                 purpose,
@@ -811,6 +843,10 @@ impl<'a> Server<'a> {
         }
         let proposal = self.proposals.remove(&token).expect("a proposal");
         let (conn, generation) = (proposal.conn, proposal.generation);
+        if matches!(proposal.purpose, Purpose::Request { .. }) {
+            let micros = proposal.since.elapsed().as_micros() as u64;
+            self.latency.saturating_record(micros.max(1));
+        }
         let answer = match outcome {
             Outcome::Committed => session::decode_reply(reply).ok(),
             _ => None,

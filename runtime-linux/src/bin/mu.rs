@@ -182,6 +182,17 @@ enum Action {
         #[arg(long)]
         serve_port: Option<u16>,
     },
+    /// Shows every replica of a running cluster on this host (role, leader, applied position,
+    /// and the counters that explain trouble), refreshed twice a second until Ctrl-C.
+    Status {
+        /// The cluster's directory (`mu serve` and `mu demo` print it; a deployment file's
+        /// `dir`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Print once and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Starts a whole cluster on this machine whose replicas all speak the Redis protocol
     /// (RESP2 over TCP, loopback): `redis-cli -p PORT` works on any of the printed ports, and
     /// every command goes through the replicated log. Runs until Ctrl-C.
@@ -286,6 +297,7 @@ fn main() -> ExitCode {
             outcome => outcome.map_err(|e| format!("replica {id}: {e}")),
         },
         Action::Serve { local, port, keys } => serve_local(local, port, keys),
+        Action::Status { dir, once } => status(&dir, once),
         Action::Doctor => match doctor() {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,
@@ -409,6 +421,30 @@ fn replica(
             let app = serve::resp_app(kv_keys).map_err(refused)?;
             node::run_serving(&spec, app, Some(front_end), &STOP)
         }
+    }
+}
+
+/// `mu status`: the cluster in `dir`, once or refreshed until Ctrl-C.
+fn status(dir: &std::path::Path, once: bool) -> Result<(), String> {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: as in `replica`: an async-signal-safe handler of the type signal(2) expects.
+        unsafe { libc::signal(signal, on_stop_signal as *const () as libc::sighandler_t) };
+    }
+    loop {
+        let table = runtime_linux::status::render(dir)
+            .ok_or_else(|| format!("{}: no replica's client port here", dir.display()))?;
+        if !once {
+            print!("\x1b[2J\x1b[H"); // Clear the terminal, as `watch` does.
+        }
+        println!(
+            "{}\n{table}\n{}",
+            dir.display(),
+            runtime_linux::status::LEGEND
+        );
+        if once || STOP.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 

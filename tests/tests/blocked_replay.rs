@@ -1,0 +1,70 @@
+//! A follower whose unapplied slot is damaged says so (issue 16: such a follower used to stall
+//! for up to most of a lap while nothing anywhere said why).
+//!
+//! Replica 0 leads; as soon as a slot landed whole in follower 2's log and 2 has not applied it
+//! yet, a byte of its value there is flipped. Follower 2's status must then name the
+//! position and the reason (`Blocked::Torn`), count the slot once however many polls stop
+//! there, and, once the leader's repair rewrote the slot, go on applying with the block gone.
+
+use mu_nostd::slot::SLOT_HEADER_BYTES;
+use mu_nostd::{Blocked, Layout};
+use mu_tests::trio::Trio;
+use mu_tests::world::Faults;
+
+#[test]
+fn a_damaged_slot_is_named_counted_once_and_repaired() {
+    let shared = Trio::shared(0);
+    let config = Trio::config();
+    let layout = Layout::new(&config);
+    let mut trio = Trio::new(config, Faults::gentle(), &shared);
+    trio.formed();
+    let mut damaged = None;
+    for attempt in 0..200 {
+        let before = trio.replica(0).replication.status().applied;
+        let command = format!("command-{attempt}");
+        trio.replica_mut(0)
+            .replication
+            .submit(command.as_bytes())
+            .expect("the leader takes it");
+        // Wait until the value landed whole in 2's log (a write still in flight would land
+        // over the damage), then damage it if 2 has not applied it yet.
+        let slot = layout.slot(before) as usize;
+        let size = config.slot_size as usize;
+        let landed = trio.run_until(1_000, |t| {
+            mu_nostd::slot::open(&t.world.region(2)[slot..slot + size], before).is_ok()
+        });
+        assert!(landed.is_some(), "command {attempt} reaches follower 2");
+        if trio.replica(2).replication.status().applied <= before {
+            trio.world.region_mut(2)[slot + SLOT_HEADER_BYTES as usize] ^= 0x5A;
+            damaged = Some(before);
+            break;
+        }
+        trio.run(50);
+    }
+    let position = damaged.expect("a decided position follower 2 had not applied yet");
+    let blocked = trio.run_until(1_000, |t| {
+        t.replica(2).replication.status().blocked == Some((position, Blocked::Torn))
+    });
+    assert!(
+        blocked.is_some(),
+        "follower 2 names the damaged position and why"
+    );
+    assert_eq!(trio.replica(2).replication.status().applied, position);
+    // The leader resends what a member holds but does not apply; every poll of 2 until then
+    // stops at the same slot, which counts once.
+    let repaired = trio.run_until(20 * config.op_timeout_ticks as u64, |t| {
+        t.replica(2).replication.status().applied > position
+    });
+    assert!(repaired.is_some(), "the leader's repair lets 2 apply on");
+    let status = trio.replica(2).replication.status();
+    assert_eq!(status.refusals.torn, 1, "one damaged slot, counted once");
+    assert_eq!(
+        status.blocked, None,
+        "nothing blocks 2 any more: {status:?}"
+    );
+    assert_eq!(
+        status.applied_chain,
+        trio.replica(0).replication.status().applied_chain,
+        "2 applied the same log"
+    );
+}
