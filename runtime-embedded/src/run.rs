@@ -13,7 +13,7 @@
 //! - `submitted` counts the commands the core took, each once: the workload's
 //!   [`Workload::advance`] runs exactly once per command taken.
 
-use mu_nostd::{Config, Halt, Replica, ReplicaError, ReplicaId, Shared, SubmitError};
+use mu_nostd::{Blocked, Config, Halt, Replica, ReplicaError, ReplicaId, Shared, SubmitError};
 
 use crate::app::{Application, Hosted, Transfers, Workload};
 use crate::board::{Board, ExitCode};
@@ -330,6 +330,21 @@ impl<'w, A: Application, W: Workload<A>> Firmware<'w, A, W> {
         let judged = self.replica.background.status();
         t.set(word::DEATHS, judged.deaths);
         t.set(word::FALSE_SUSPICIONS, judged.false_suspicions);
+        t.set(word::SLOTS_TORN, status.refusals.torn);
+        t.set(word::SLOTS_UNCHAINED, status.refusals.unchained);
+        t.set_u64(word::BLOCKED_AT, status.blocked.map_or(0, |(at, _)| at + 1));
+        let why = match status.blocked {
+            None => 0,
+            Some((_, Blocked::Torn)) => 1,
+            Some((_, Blocked::Unchained)) => 2,
+        };
+        t.set(
+            word::BLOCKED_WHY_REFUSED,
+            why | u32::from(judged.refused_peers) << 8,
+        );
+        t.set(word::LAP_NOTICES, status.refusals.lap_notices);
+        t.set(word::TRANSFERS, status.transfers);
+        t.set(word::PERMISSION_SWITCHES, judged.permission_switches);
         t.set(word::PHASE, phase);
     }
 

@@ -10,8 +10,14 @@
 //!   9-10 state digest  11-12 committed by this replica as leader  13 leader changes  14 code
 //!   15 halt reason  16 snapshots installed  17-18 position of the last one  19-20 bytes
 //!   installed  21 snapshots donated  22 peers failed on a notice of their end  23 peers
-//!   suspected wrongly
+//!   suspected wrongly  24 slots refused torn  25 slots refused unchained  26-27 blocked at + 1
+//!   28 blocked why | refused peers << 8  29 lap notices  30 transfers started  31 permission
+//!   switches
 //! ```
+//!
+//! Words 24 to 31 are the counters that explain trouble, as `mu serve`'s `INFO` and `mu status`
+//! show them on Linux (`mu_nostd::Refusals`, `mu_nostd::Blocked`, the background plane's
+//! permission switches and refused peers).
 //!
 //! 64-bit values are two little-endian words written one after the other: a reader that needs
 //! them exact reads twice and keeps a value it saw twice.
@@ -67,12 +73,27 @@ pub mod word {
     pub const DEATHS: usize = 22;
     /// Peers this replica declared failed by suspicion that turned out alive.
     pub const FALSE_SUSPICIONS: usize = 23;
+    /// Slots its replays stopped at because their value did not open, once per slot.
+    pub const SLOTS_TORN: usize = 24;
+    /// Slots its replays stopped at because they did not chain, once per slot.
+    pub const SLOTS_UNCHAINED: usize = 25;
+    /// The position its replay is blocked at, plus one; 0: none (64-bit).
+    pub const BLOCKED_AT: usize = 26;
+    /// Low byte: why it is blocked (1 torn, 2 unchained, 0 none); next byte: the peers it
+    /// refuses (bit per id).
+    pub const BLOCKED_WHY_REFUSED: usize = 28;
+    /// Lap notices it took.
+    pub const LAP_NOTICES: usize = 29;
+    /// State transfers it started (each attempt).
+    pub const TRANSFERS: usize = 30;
+    /// Grants of its log to a new tenure it made.
+    pub const PERMISSION_SWITCHES: usize = 31;
 }
 
 /// Words in a block.
 pub const WORDS: usize = (crate::window::TELEMETRY_BYTES / 4) as usize;
 
-const _: () = assert!(word::FALSE_SUSPICIONS < WORDS);
+const _: () = assert!(word::PERMISSION_SWITCHES < WORDS);
 
 /// Booting.
 pub const PHASE_BOOTING: u32 = 0;
