@@ -886,6 +886,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 
 /// Splits the positions `[start, end)` of a ring of `slot_count` slots into at most two
 /// contiguous pieces.
+// Inlined: every log write of the fast path goes through it (see `mu-bench instructions`).
+#[inline]
 fn ring_pieces(start: u64, end: u64, slot_count: u64) -> impl Iterator<Item = (u64, u64)> {
     assert!(start <= end && end - start <= slot_count);
     let boundary = start - start % slot_count + slot_count;
