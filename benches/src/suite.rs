@@ -555,8 +555,12 @@ fn write_outputs(results: &Results, report: &Path, plot_path: &Path) -> Result<(
         .parent()
         .and_then(|dir| plot_path.strip_prefix(dir).ok())
         .unwrap_or(plot_path);
-    std::fs::write(report, render(results, link))
-        .map_err(|e| format!("{}: {e}", report.display()))?;
+    let mut text = render(results, link);
+    // Sections other scripts wrote into the report (`scripts/bench-redis`) stay.
+    if let Ok(old) = std::fs::read_to_string(report) {
+        text.push_str(&kept_sections(&old));
+    }
+    std::fs::write(report, text).map_err(|e| format!("{}: {e}", report.display()))?;
     println!("\nwrote {} and {}", report.display(), plot_path.display());
     Ok(())
 }
@@ -592,6 +596,24 @@ fn core_per_op(count: &Count) -> f64 {
 
 fn ns(results: &Results, histogram: &Histogram<u64>, q: f64) -> f64 {
     histogram.value_at_quantile(q) as f64 * 1e9 / results.tsc_hz
+}
+
+/// What marks a section of `BENCHMARKS.md` that another script wrote: its first paragraph
+/// starts with it.
+pub const KEPT_MARK: &str = "Not written by `scripts/bench`";
+
+/// The sections of an earlier report that another script wrote (see [`KEPT_MARK`]), each with
+/// its `## ` title, in their order: the suite's own sections are written anew.
+pub fn kept_sections(report: &str) -> String {
+    report
+        .split("\n## ")
+        .skip(1)
+        .filter(|section| {
+            let body = section.split_once('\n').map_or("", |(_, body)| body);
+            body.trim_start().starts_with(KEPT_MARK)
+        })
+        .map(|section| format!("\n## {}", section.trim_end_matches('\n')) + "\n")
+        .collect()
 }
 
 /// `BENCHMARKS.md`.
@@ -1151,6 +1173,19 @@ fn render_analysis(w: &mut String, results: &Results) {
             reads * period_us,
             f.switch_and_prepare.value_at_quantile(0.5) as f64 / 1e3,
             f.prepare.value_at_quantile(0.5) as f64 / 1e3,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sections_of_other_scripts_are_kept_and_the_suites_are_not() {
+        let report = "# Benchmarks\n\n## Machine\n\nold figures\n\n## Redis protocol\n\nNot written by `scripts/bench`: x\n\n| a |\n\n## Fail-over\n\nold\n";
+        let kept = super::kept_sections(report);
+        assert_eq!(
+            kept,
+            "\n## Redis protocol\n\nNot written by `scripts/bench`: x\n\n| a |\n"
         );
     }
 }
