@@ -289,6 +289,19 @@ pub fn demo(options: &DemoOptions) -> Result<(), String> {
     conclude(cluster, &options.fabric, result, true)
 }
 
+/// The deployment of a demo of `options` (its fabric, polling, pinning and priority) named
+/// `name`.
+pub(crate) fn deployment_for(name: &str, config: Config, options: &DemoOptions) -> Deployment {
+    deployment(
+        name,
+        config,
+        options.polling,
+        options.pin_from,
+        &options.fabric,
+        options.realtime_priority,
+    )
+}
+
 /// `mu serve --local`'s cluster: `replicas` processes over shared memory with `shared` polling,
 /// each serving the Redis protocol on `127.0.0.1:first_port + id`, with stores of `keys` keys.
 pub fn serve_cluster(

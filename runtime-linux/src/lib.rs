@@ -15,6 +15,7 @@
 //! | [`intake`] | the in-process way into a replica: whole commands in, whole replies out |
 //! | [`port`] | a replica's client port: request and response rings, status, journal |
 //! | [`app`] | what a replica hosts: any `Application` (a state machine with a digest) |
+//! | [`book`] | the replicated order book: `--app orderbook` and its demo |
 //! | [`kv`] | the replicated key-value store of the demo and the tests, one application |
 //! | [`cluster`] | replica processes on one host and a client that drives and checks them |
 //! | [`demo`] | `mu demo` and `mu failover` |
@@ -29,6 +30,7 @@
 
 pub mod app;
 pub mod bell;
+pub mod book;
 pub mod clock;
 pub mod cluster;
 pub mod demo;

@@ -65,11 +65,21 @@ impl From<FaultArg> for Fault {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum DemoApp {
+    /// The key-value workload.
+    Kv,
+    /// The order book.
+    Orderbook,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum AppArg {
     /// The key-value store of `mu demo`, behind the shared-memory client port.
     Kv,
     /// The Redis-protocol store of `mu serve`, with exactly-once sessions.
     Resp,
+    /// The price-time order book (`mu demo --app orderbook`).
+    Orderbook,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -155,6 +165,11 @@ enum Action {
         /// RLIMIT_RTPRIO of at least this).
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
         realtime_priority: Option<u8>,
+        /// The application: `kv`, the key-value workload; `orderbook`, a seeded order flow
+        /// into the replicated order book, one order at a time, checked against an
+        /// unreplicated copy (--payload, --window and --slots apply to `kv` only).
+        #[arg(long, value_enum, default_value_t = DemoApp::Kv)]
+        app: DemoApp,
     },
     /// Lists RDMA devices, ports, GIDs and limits, the memlock limit, isolated cores and huge
     /// pages, and says what is missing for a verbs deployment (exit status 1 when something is).
@@ -267,18 +282,25 @@ fn main() -> ExitCode {
             fabric,
             slots,
             realtime_priority,
-        } => demo::demo(&DemoOptions {
-            replicas,
-            payload,
-            duration_s: duration,
-            window,
-            polling: polling.into(),
-            pin_from,
-            read_period_us,
-            fabric: fabric.into(),
-            slots,
-            realtime_priority,
-        }),
+            app,
+        } => {
+            let options = DemoOptions {
+                replicas,
+                payload,
+                duration_s: duration,
+                window,
+                polling: polling.into(),
+                pin_from,
+                read_period_us,
+                fabric: fabric.into(),
+                slots,
+                realtime_priority,
+            };
+            match app {
+                DemoApp::Kv => demo::demo(&options),
+                DemoApp::Orderbook => runtime_linux::book::demo(&options),
+            }
+        }
         Action::Replica {
             config,
             id,
@@ -405,6 +427,7 @@ fn replica(
     };
     match (app, serve_port) {
         (AppArg::Kv, _) => node::run(&spec, &STOP),
+        (AppArg::Orderbook, _) => node::run_app(&spec, *runtime_linux::book::new_book(), &STOP),
         (AppArg::Resp, None) => Err(refused("--app resp needs --serve-port".into())),
         (AppArg::Resp, Some(base)) => {
             let replicas = spec.config.replica_count;
