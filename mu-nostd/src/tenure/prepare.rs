@@ -355,12 +355,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             if replies & (1 << peer) == 0 {
                 continue;
             }
-            fabric.load(
-                self.log.layout.landing_slot(peer),
-                &mut self.log.slot[..size],
-            );
-            fabric.load(self.log.layout.landing_adoption(peer), &mut adoption);
-            fabric.load(self.log.layout.landing_decided(peer), &mut decided);
+            let (adoption, decided) = self.read_copy(peer, fabric);
             let opened = slot::open(&self.log.slot[..size], position);
             match SlotAnswer::of(opened, (&adoption, &decided), position) {
                 SlotAnswer::Value(ballot) => {
@@ -468,24 +463,34 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         self.plan_adoption(position, chain, fabric);
     }
 
+    /// Loads what the prepare read of `peer`'s copy of the slot it reads: the slot into the
+    /// scratch slot; returns its adoption record and decided mark.
+    fn read_copy<F: Fabric>(
+        &mut self,
+        peer: ReplicaId,
+        fabric: &mut F,
+    ) -> ([u8; RECORD_BYTES as usize], [u8; RECORD_BYTES as usize]) {
+        let size = self.log.config.slot_size as usize;
+        let layout = &self.log.layout;
+        let mut adoption = [0u8; RECORD_BYTES as usize];
+        let mut decided = [0u8; RECORD_BYTES as usize];
+        fabric.load(layout.landing_slot(peer), &mut self.log.slot[..size]);
+        fabric.load(layout.landing_adoption(peer), &mut adoption);
+        fabric.load(layout.landing_decided(peer), &mut decided);
+        (adoption, decided)
+    }
+
     /// Plans, for every member whose copy of `position` the prepare read, how the value adopted
     /// there (whose chain is `chain`) goes to it: the write that leaves the record holding the
     /// copy's highest ballot alone (see `Adoption`).
     fn plan_adoption<F: Fabric>(&mut self, position: u64, chain: u64, fabric: &mut F) {
         let size = self.log.config.slot_size as usize;
         let replies = self.t.replies;
-        let mut adoption = [0u8; RECORD_BYTES as usize];
-        let mut decided = [0u8; RECORD_BYTES as usize];
         for peer in self.log.others() {
             if replies & (1 << peer) == 0 {
                 continue;
             }
-            fabric.load(
-                self.log.layout.landing_slot(peer),
-                &mut self.log.slot[..size],
-            );
-            fabric.load(self.log.layout.landing_adoption(peer), &mut adoption);
-            fabric.load(self.log.layout.landing_decided(peer), &mut decided);
+            let (adoption, decided) = self.read_copy(peer, fabric);
             let plan = match slot::open(&self.log.slot[..size], position) {
                 _ if !MARKED_REWRITES => Adoption::Slot,
                 Ok(copy) if copy.chain == chain && slot::is_decided(chain, &decided) => {
