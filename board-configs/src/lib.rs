@@ -43,6 +43,8 @@
 //! polling = "shared"         # "busy" (spin, needs two distinct cores) or "shared" (default)
 //! realtime_priority = 0      # optional; 0 = normal scheduling, 1..=99 = SCHED_FIFO priority
 //!                            # (background plane; with "busy", both planes)
+//! serve = "10.0.0.1:7379"    # optional IP:port of its Redis-protocol front end (`--app resp`);
+//!                            # every Linux replica has one or none does, see below
 //! # verbs only, and then all required:
 //! # device = "rxe0", port = 1 (1..=255), gid_index = 1 (0..=255), address = "10.0.2.15:7470"
 //!
@@ -58,6 +60,20 @@
 //!
 //! Every `cluster` key is required except the transfer settings and the detector overrides; unknown keys are errors. The
 //! cluster values must also pass [`mu_nostd::Config::validate`].
+//!
+//! # Serve addresses
+//!
+//! `serve` is where a Linux replica's Redis-protocol front end (`mu replica --app resp`)
+//! listens, and where the other replicas' front ends reach it: a follower forwards its clients'
+//! commands to the leader's `serve` address. So it is one address with two uses, and the file
+//! refuses what would break either: anything but `IP:port` (no host names, as for the verbs
+//! `address`: every replica reads the same addresses, with no resolver in between), port 0 (the
+//! kernel would pick a port the peers cannot know), an unspecified IP such as `0.0.0.0` (one
+//! can listen on it but not forward to it), and an address another replica's `serve` or any
+//! replica's verbs `address` already uses (one TCP listener each). `serve` is all or nothing
+//! across the Linux replicas: a follower with no leader's address to forward to would serve
+//! nothing. Without `serve`, `mu replica --app resp --serve-port P` serves on
+//! `127.0.0.1:P+id`, and that flag wins over the file when both are given.
 //!
 //! # Firmware replicas
 //!
@@ -154,6 +170,10 @@ pub struct LinuxHost {
     /// with busy polling to the replication plane too: with shared polling, a leader's spinning
     /// replication plane in a real-time class would keep every other thread off its core.
     pub realtime_priority: Option<u8>,
+    /// Where its Redis-protocol front end listens and its peers forward to (`serve`); `None`
+    /// when the file gives none. Never port 0, never an unspecified IP, and distinct from
+    /// every other replica's `serve` and every verbs handshake `address` of the deployment.
+    pub serve: Option<std::net::SocketAddr>,
 }
 
 /// The fabric of a Linux replica.
@@ -288,7 +308,8 @@ impl Deployment {
     }
 
     /// The deployment as a file of the schema above; [`parse`] gives back an equal deployment
-    /// (a non-UTF-8 shm directory excepted: it is written lossily).
+    /// (a non-UTF-8 shm directory excepted: it is written lossily; and an IPv6 `serve` address
+    /// built in code with a flow label, which the `IP:port` text cannot carry).
     pub fn to_toml(&self) -> String {
         write::deployment(self)
     }
@@ -317,6 +338,7 @@ impl Deployment {
                         background_core,
                         polling,
                         realtime_priority: None,
+                        serve: None,
                     }),
                 }
             })

@@ -7,6 +7,7 @@ use crate::{
     ReplicaSpec,
 };
 use mu_nostd::{Config, DetectorConfig};
+use std::net::SocketAddr;
 use std::ops::{Range, RangeInclusive};
 use std::path::PathBuf;
 use window_layout::{ring, WindowLayout, REGION_ALIGN_BYTES};
@@ -467,7 +468,7 @@ fn replicas(
     let mut replicas: Vec<ReplicaSpec> = Vec::new();
     // Where each id was first seen, to name the other replica in a duplicate's error.
     let mut seen: Vec<Option<usize>> = vec![None; n as usize];
-    let mut fabrics = FabricsSeen::default();
+    let mut linux_seen = LinuxSeen::default();
     for (i, item) in items.iter().enumerate() {
         let path = format!("replica[{i}]");
         let at = start(&item.span).unwrap_or(array_at);
@@ -497,7 +498,7 @@ fn replicas(
         let host = match (t.table("linux")?, t.table("firmware")?) {
             (Some(linux), None) => {
                 let host = linux_host(&linux, cluster)?;
-                fabrics.check(&linux, i, &host.fabric)?;
+                linux_seen.check(&linux, i, &host)?;
                 Host::Linux(host)
             }
             (None, Some(firmware)) => Host::Firmware(firmware_host(&firmware, cluster)?),
@@ -530,18 +531,22 @@ fn replicas(
 }
 
 /// What the Linux replicas read so far use, to refuse a cluster that mixes fabrics (shared
-/// memory and RDMA replicas cannot reach each other) or gives two replicas one address.
+/// memory and RDMA replicas cannot reach each other), gives two TCP listeners one address, or
+/// gives some Linux replicas a `serve` address and others none.
 #[derive(Default)]
-struct FabricsSeen {
+struct LinuxSeen {
     /// The first Linux replica's entry index and whether it uses verbs.
     first: Option<(usize, bool)>,
-    /// Verbs addresses with the entry index that gave each.
-    addresses: Vec<(std::net::SocketAddr, usize)>,
+    /// The first Linux replica's entry index and whether it has a `serve` address.
+    first_serve: Option<(usize, bool)>,
+    /// Every TCP address a replica listens on (verbs `address`, `serve`), with the entry index
+    /// and the key that gave it.
+    addresses: Vec<(SocketAddr, usize, &'static str)>,
 }
 
-impl FabricsSeen {
-    fn check(&mut self, t: &Table<'_>, entry: usize, fabric: &FabricSpec) -> Result<()> {
-        let verbs = matches!(fabric, FabricSpec::Verbs { .. });
+impl LinuxSeen {
+    fn check(&mut self, t: &Table<'_>, entry: usize, host: &LinuxHost) -> Result<()> {
+        let verbs = matches!(host.fabric, FabricSpec::Verbs { .. });
         match self.first {
             None => self.first = Some((entry, verbs)),
             Some((first, kind)) if kind != verbs => {
@@ -556,20 +561,64 @@ impl FabricsSeen {
             }
             Some(_) => {}
         }
-        if let FabricSpec::Verbs { address, .. } = fabric {
-            // Checked by `linux_host`.
-            let Ok(address) = address.parse::<std::net::SocketAddr>() else {
-                return Ok(());
-            };
-            if let Some((_, first)) = self.addresses.iter().find(|(a, _)| *a == address) {
-                return Err(t.fail(
-                    "address",
-                    t.at("address"),
-                    &format!("replica[{first}] has the same address"),
-                ));
+        let serves = host.serve.is_some();
+        match self.first_serve {
+            None => self.first_serve = Some((entry, serves)),
+            Some((first, true)) if !serves => {
+                return Err(t.missing(
+                    "serve",
+                    &format!(
+                        "required: replica[{first}] has a serve address, and a follower \
+                         forwards to the leader's, so every Linux replica has one or none does"
+                    ),
+                ))
             }
-            self.addresses.push((address, entry));
+            Some((first, false)) if serves => {
+                return Err(t.fail(
+                    "serve",
+                    t.at("serve"),
+                    &format!(
+                        "replica[{first}] has no serve address, and a follower forwards to the \
+                         leader's, so every Linux replica has one or none does"
+                    ),
+                ))
+            }
+            Some(_) => {}
         }
+        if let FabricSpec::Verbs { address, .. } = &host.fabric {
+            // Checked by `linux_host`.
+            if let Ok(address) = address.parse::<SocketAddr>() {
+                self.listens(t, entry, "address", address)?;
+            }
+        }
+        if let Some(address) = host.serve {
+            self.listens(t, entry, "serve", address)?;
+        }
+        Ok(())
+    }
+
+    /// Records that replica entry `entry` listens on `address` (its `key`), which no listener
+    /// read before may use.
+    fn listens(
+        &mut self,
+        t: &Table<'_>,
+        entry: usize,
+        key: &'static str,
+        address: SocketAddr,
+    ) -> Result<()> {
+        if let Some(&(_, first, first_key)) = self.addresses.iter().find(|(a, ..)| *a == address) {
+            let other = if first == entry {
+                format!("this replica's {first_key}")
+            } else {
+                format!("replica[{first}].linux.{first_key}")
+            };
+            return Err(t.fail(
+                key,
+                t.at(key),
+                &format!("the same address as {other}; every listener needs its own"),
+            ));
+        }
+        self.addresses.push((address, entry, key));
         Ok(())
     }
 }
@@ -599,6 +648,7 @@ fn linux_host(t: &Table<'_>, cluster: &Cluster) -> Result<LinuxHost> {
         "port",
         "gid_index",
         "address",
+        "serve",
     ])?;
     let fabric = match t.choice("fabric", &["shm", "verbs"])? {
         None => return Err(t.missing("fabric", "required key is missing")),
@@ -658,7 +708,29 @@ fn linux_host(t: &Table<'_>, cluster: &Cluster) -> Result<LinuxHost> {
         background_core,
         polling,
         realtime_priority,
+        serve: serve(t)?,
     })
+}
+
+/// The front end's address: one the replica can listen on and its peers can connect to.
+fn serve(t: &Table<'_>) -> Result<Option<SocketAddr>> {
+    let Some(text) = t.str("serve")? else {
+        return Ok(None);
+    };
+    let fail = |reason: &str| Err(t.fail("serve", t.at("serve"), reason));
+    let Ok(address) = text.parse::<SocketAddr>() else {
+        return fail("must be IP:port, e.g. \"10.0.0.5:7379\" or \"[::1]:7379\"");
+    };
+    if address.port() == 0 {
+        return fail("port 0 would let the kernel pick a port the other replicas cannot know");
+    }
+    if address.ip().is_unspecified() {
+        return fail(
+            "an unspecified IP can be listened on but not connected to, and the other \
+             replicas forward to this address: give this host's IP",
+        );
+    }
+    Ok(Some(address))
 }
 
 fn firmware_host(t: &Table<'_>, cluster: &Cluster) -> Result<FirmwareHost> {

@@ -128,6 +128,13 @@ fn shm_3_examples_say_what_they_mean() {
         Polling::Shared,
         &[],
     );
+    let mut expected = expected;
+    for r in &mut expected.replicas {
+        let Host::Linux(linux) = &mut r.host else {
+            unreachable!()
+        };
+        linux.serve = Some(([127, 0, 0, 1], 7379 + u16::from(r.id)).into());
+    }
     assert_eq!(plain.cluster, expected.cluster);
     assert_eq!(plain.replicas, expected.replicas);
     config.detector = mu_nostd::DetectorConfig::paper(20);
@@ -174,7 +181,16 @@ fn to_toml_round_trips() {
         let Host::Linux(linux) = &mut r.host else {
             unreachable!()
         };
+        linux.serve = Some(format!("10.1.2.{}:7379", r.id).parse().unwrap());
+    }
+    round_trip(&d);
+    for r in &mut d.replicas {
+        let Host::Linux(linux) = &mut r.host else {
+            unreachable!()
+        };
         linux.realtime_priority = Some(99);
+        // IPv6, a link-local one with its interface: the text must carry the scope.
+        linux.serve = Some(format!("[fe80::{}%2]:6379", r.id + 1).parse().unwrap());
         linux.fabric = FabricSpec::Verbs {
             dir: "/srv/mu".into(),
             device: "rxe0".into(),
@@ -214,6 +230,7 @@ fn base_and_firmware_base_parse() {
             background_core: None,
             polling: Polling::Shared,
             realtime_priority: None,
+            serve: None,
         }
     );
     let d = parse(&firmware(FIRMWARE_OK), "t.toml").unwrap();
@@ -605,6 +622,7 @@ fn verbs_fields_go_with_verbs() {
             background_core: None,
             polling: Polling::Shared,
             realtime_priority: None,
+            serve: None,
         })
     );
     expect(
@@ -668,7 +686,167 @@ fn a_cluster_has_one_fabric_and_distinct_addresses() {
         &edits(&[(17, verbs), (21, verbs)]),
         "replica[1].linux.address",
         29,
-        "replica[0] has the same address",
+        "the same address as replica[0].linux.address",
+    );
+}
+
+/// `serve = "ADDRESS"` under `fabric = "shm"` (a replica's lines 17 and 21 of `BASE`).
+fn serving(address: &str) -> String {
+    format!("fabric = \"shm\"\nserve = \"{address}\"")
+}
+
+#[test]
+fn serve_addresses_parse() {
+    let d = parse(
+        &edits(&[
+            (17, &serving("10.0.0.1:7379")),
+            (21, &serving("[::1]:7379")),
+        ]),
+        "t.toml",
+    )
+    .unwrap();
+    let serve = |id: u8| match &d.replica(id).unwrap().host {
+        Host::Linux(linux) => linux.serve,
+        Host::Firmware(_) => unreachable!(),
+    };
+    assert_eq!(serve(0), Some(([10, 0, 0, 1], 7379).into()));
+    assert_eq!(serve(1), Some((std::net::Ipv6Addr::LOCALHOST, 7379).into()));
+    // Absent everywhere is the default: no address.
+    let d = parse(BASE, "t.toml").unwrap();
+    assert!(d
+        .replicas
+        .iter()
+        .all(|r| matches!(&r.host, Host::Linux(l) if l.serve.is_none())));
+    // The same port on two IPs of one host is two listeners.
+    parse(
+        &edits(&[
+            (17, &serving("127.0.0.1:7379")),
+            (21, &serving("127.0.0.2:7379")),
+        ]),
+        "t.toml",
+    )
+    .unwrap();
+    // All or none counts the Linux replicas only: a firmware board serves nothing.
+    let mixed = edits(&[
+        (17, &serving("127.0.0.1:7379")),
+        (
+            20,
+            &format!("[replica.firmware]\nboard = \"qemu-virt-a53\"\n{FIRMWARE_OK}"),
+        ),
+        (21, ""),
+    ]);
+    let d = parse(&mixed, "t.toml").unwrap_or_else(|e| panic!("{e}\n{mixed}"));
+    assert!(matches!(&d.replicas[1].host, Host::Firmware(_)));
+}
+
+#[test]
+fn serve_addresses_are_checked() {
+    // The address itself, on the line of its value (replica[1]'s serve is line 23).
+    let partner = |address: &str| edits(&[(17, &serving("10.9.9.9:1")), (21, &serving(address))]);
+    for bad in [
+        "10.0.0.5",
+        "localhost:7379",
+        "10.0.0.5:65536",
+        " 10.0.0.5:7379",
+        "",
+        "::1:7379",
+    ] {
+        expect(
+            &partner(bad),
+            "replica[1].linux.serve",
+            23,
+            "must be IP:port",
+        );
+    }
+    expect(
+        &partner("10.0.0.5:0"),
+        "replica[1].linux.serve",
+        23,
+        "port 0",
+    );
+    expect(
+        &partner("0.0.0.0:7379"),
+        "replica[1].linux.serve",
+        23,
+        "unspecified IP",
+    );
+    expect(
+        &partner("[::]:7379"),
+        "replica[1].linux.serve",
+        23,
+        "unspecified IP",
+    );
+    expect(
+        &edits(&[
+            (17, &serving("10.9.9.9:1")),
+            (21, "fabric = \"shm\"\nserve = 7379"),
+        ]),
+        "replica[1].linux.serve",
+        23,
+        "must be a string (found an integer)",
+    );
+    // Two replicas, one address.
+    expect(
+        &partner("10.9.9.9:1"),
+        "replica[1].linux.serve",
+        23,
+        "the same address as replica[0].linux.serve",
+    );
+    // Some Linux replicas with an address and some without: the second one found is named.
+    expect(
+        &edit(17, &serving("10.0.0.1:7379")),
+        "replica[1].linux.serve",
+        21,
+        "required: replica[0] has a serve address",
+    );
+    expect(
+        &edit(21, &serving("10.0.0.1:7379")),
+        "replica[1].linux.serve",
+        22,
+        "replica[0] has no serve address",
+    );
+    // A serve address is a TCP listener like a verbs handshake address: none may share one.
+    let verbs = |address: &str, serve: &str| {
+        format!(
+            "fabric = \"verbs\"\ndevice = \"rxe0\"\nport = 1\ngid_index = 1\n\
+             address = \"{address}\"\nserve = \"{serve}\""
+        )
+    };
+    // replica[1]'s address is line 30 and its serve line 31.
+    parse(
+        &edits(&[
+            (17, &verbs("10.0.0.1:7470", "10.0.0.1:7379")),
+            (21, &verbs("10.0.0.2:7470", "10.0.0.2:7379")),
+        ]),
+        "t.toml",
+    )
+    .unwrap();
+    expect(
+        &edits(&[
+            (17, &verbs("10.0.0.1:7470", "10.0.0.1:7379")),
+            (21, &verbs("10.0.0.2:7470", "10.0.0.1:7470")),
+        ]),
+        "replica[1].linux.serve",
+        31,
+        "the same address as replica[0].linux.address",
+    );
+    expect(
+        &edits(&[
+            (17, &verbs("10.0.0.1:7470", "10.0.0.1:7379")),
+            (21, &verbs("10.0.0.1:7379", "10.0.0.2:7379")),
+        ]),
+        "replica[1].linux.address",
+        30,
+        "the same address as replica[0].linux.serve",
+    );
+    expect(
+        &edits(&[
+            (17, &verbs("10.0.0.1:7470", "10.0.0.1:7379")),
+            (21, &verbs("10.0.0.2:7470", "10.0.0.2:7470")),
+        ]),
+        "replica[1].linux.serve",
+        31,
+        "the same address as this replica's address",
     );
 }
 

@@ -117,6 +117,9 @@ pub(crate) fn deployment(d: &Deployment) -> String {
                 if let Some(priority) = l.realtime_priority {
                     let _ = writeln!(out, "realtime_priority = {priority}");
                 }
+                if let Some(serve) = l.serve {
+                    let _ = writeln!(out, "serve = {}", quote(&serve.to_string()));
+                }
             }
             Host::Firmware(f) => {
                 let _ = writeln!(
