@@ -190,10 +190,12 @@ enum Action {
         #[arg(long, default_value_t = node::KV_KEYS, value_parser = kv_keys)]
         kv_keys: usize,
         /// The application it replicates: `kv`, the demo's store behind the shared-memory
-        /// client port; `resp`, the Redis-protocol store of `mu serve` (needs --serve-port).
+        /// client port; `resp`, the Redis-protocol store of `mu serve`, served on each
+        /// replica's `serve` address of the deployment file (or see --serve-port).
         #[arg(long, value_enum, default_value_t = AppArg::Kv)]
         app: AppArg,
-        /// With --app resp: replica i serves the Redis protocol on 127.0.0.1:SERVE_PORT+i.
+        /// With --app resp: replica i serves the Redis protocol on 127.0.0.1:SERVE_PORT+i
+        /// instead of the deployment file's `serve` addresses (all replicas on this host).
         #[arg(long)]
         serve_port: Option<u16>,
     },
@@ -407,6 +409,70 @@ fn replica(
                 .map_err(|e| refused(format!("{}: {e}", config.display())))?,
         }),
     };
+    let replicas = deployment.cluster.config.replica_count;
+    // Where the Redis-protocol front ends listen, by id (a follower forwards to the leader's),
+    // settled before anything starts.
+    let serve = match (app, serve_port) {
+        (AppArg::Resp, Some(base)) => {
+            // The loopback shortcut wins over the file: a whole cluster on this host.
+            let last = u32::from(base) + u32::from(replicas) - 1;
+            if last > u32::from(u16::MAX) {
+                return Err(refused(format!(
+                    "--serve-port {base}: replica {}'s port {last} is above 65535",
+                    replicas - 1
+                )));
+            }
+            let address = |i: u8| std::net::SocketAddr::from(([127, 0, 0, 1], base + u16::from(i)));
+            Some(node::ServeSpec {
+                listen: address(id),
+                peers: (0..replicas).map(address).collect(),
+            })
+        }
+        (AppArg::Resp, None) => {
+            let lacking: Vec<String> = deployment
+                .replicas
+                .iter()
+                .filter_map(|r| match &r.host {
+                    Host::Linux(host) if host.serve.is_some() => None,
+                    Host::Linux(_) => Some(r.id.to_string()),
+                    Host::Firmware(_) => Some(format!("{} (a firmware board)", r.id)),
+                })
+                .collect();
+            if !lacking.is_empty() {
+                let (whom, has) = match lacking.len() {
+                    1 => ("replica", "has"),
+                    _ => ("replicas", "have"),
+                };
+                return Err(refused(format!(
+                    "{}: --app resp needs where every replica serves the Redis protocol, and \
+                     {whom} {} {has} no serve address: add serve = \"IP:port\" to each \
+                     [replica.linux], or give --serve-port P to serve on 127.0.0.1:P+id",
+                    config.display(),
+                    lacking.join(", ")
+                )));
+            }
+            // `replicas` is sorted by id, so this is every address by id.
+            let peers: Vec<std::net::SocketAddr> = deployment
+                .replicas
+                .iter()
+                .filter_map(|r| match &r.host {
+                    Host::Linux(host) => host.serve,
+                    Host::Firmware(_) => None,
+                })
+                .collect();
+            assert_eq!(peers.len(), usize::from(replicas));
+            assert!(deployment
+                .replicas
+                .iter()
+                .enumerate()
+                .all(|(i, r)| usize::from(r.id) == i));
+            Some(node::ServeSpec {
+                listen: peers[usize::from(id)],
+                peers,
+            })
+        }
+        (AppArg::Kv | AppArg::Orderbook, _) => None,
+    };
     for signal in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: `on_stop_signal` is an `extern "C" fn(c_int)`, the handler type signal(2)
         // expects, and it is async-signal-safe: it only stores to a lock-free atomic static.
@@ -423,27 +489,17 @@ fn replica(
         background_core: host.background_core,
         realtime_priority: host.realtime_priority,
         kv_keys,
-        serve: None,
+        serve: serve.clone(),
     };
-    match (app, serve_port) {
+    match (app, serve) {
         (AppArg::Kv, _) => node::run(&spec, &STOP),
         (AppArg::Orderbook, _) => node::run_app(&spec, *runtime_linux::book::new_book(), &STOP),
-        (AppArg::Resp, None) => Err(refused("--app resp needs --serve-port".into())),
-        (AppArg::Resp, Some(base)) => {
-            let replicas = spec.config.replica_count;
-            let address = |i: u8| std::net::SocketAddr::from(([127, 0, 0, 1], base + i as u16));
-            let serve = node::ServeSpec {
-                listen: address(id),
-                peers: (0..replicas).map(address).collect(),
-            };
-            let front_end = RespFrontEnd::new(serve.clone(), id);
-            let spec = NodeSpec {
-                serve: Some(serve),
-                ..spec
-            };
+        (AppArg::Resp, Some(serve)) => {
+            let front_end = RespFrontEnd::new(serve, id);
             let app = serve::resp_app(kv_keys).map_err(refused)?;
             node::run_serving(&spec, app, Some(front_end), &STOP)
         }
+        (AppArg::Resp, None) => unreachable!("--app resp has its addresses or returned above"),
     }
 }
 
