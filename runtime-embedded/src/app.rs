@@ -38,11 +38,33 @@ pub trait Workload<A: Application> {
     /// refuses others, and the runtime then stops submitting and says why on the console).
     type Command: AsRef<[u8]>;
 
-    /// The next command; the same until [`Workload::advance`].
+    /// The next command; the same until [`Workload::advance`]. Not asked for while
+    /// [`Workload::waiting`].
     fn command(&self) -> Self::Command;
 
-    /// The core took the command [`Workload::command`] returned: move past it.
-    fn advance(&mut self);
+    /// Nothing to submit until a reply arrives (a session's register, a full window): the
+    /// runtime asks again next step. By default a workload always has a command.
+    fn waiting(&self) -> bool {
+        false
+    }
+
+    /// The core took the command [`Workload::command`] returned, as `ticket` (handed back to
+    /// [`Workload::committed`] or [`Workload::dropped`]): move past it.
+    fn advance(&mut self, ticket: Ticket);
+
+    /// The command of `ticket` was decided at `position` and applied on this replica, which
+    /// submitted it, with `response` (the application's reply): called once per ticket, after
+    /// the application's own `committed`.
+    fn committed(&mut self, ticket: Ticket, position: u64, response: &[u8]) {
+        let _ = (ticket, position, response);
+    }
+
+    /// This replica stopped leading before the command of `ticket` was decided through it: its
+    /// outcome is unknown (a later leader may still decide it). Called once per ticket, instead
+    /// of [`Workload::committed`].
+    fn dropped(&mut self, ticket: Ticket) {
+        let _ = ticket;
+    }
 
     /// The single-node self-test's verdict: does `app`, started from its initial state, hold
     /// what this workload's first `submitted` commands make of it when each was applied once, in
@@ -163,6 +185,59 @@ impl<A: Application> StateMachine for Hosted<A> {
     }
 }
 
+/// The application and the workload for one poll of the core: every call goes to the
+/// application (through [`Hosted`]), and the leader's replies and drops also reach the workload
+/// that submitted the commands, so that it can settle them (a session, [`crate::sessions`]).
+/// A borrow for one poll, not a home: each half stays where `Firmware` keeps it.
+pub(crate) struct Driven<'a, A, W> {
+    pub(crate) hosted: &'a mut Hosted<A>,
+    pub(crate) workload: &'a mut W,
+}
+
+impl<A: Application, W: Workload<A>> StateMachine for Driven<'_, A, W> {
+    fn apply(&mut self, position: u64, command: &[u8], response: &mut [u8]) -> usize {
+        self.hosted.apply(position, command, response)
+    }
+
+    fn committed(&mut self, ticket: Ticket, position: u64, response: &[u8]) {
+        self.hosted.committed(ticket, position, response);
+        self.workload.committed(ticket, position, response);
+    }
+
+    fn dropped(&mut self, ticket: Ticket) {
+        self.hosted.dropped(ticket);
+        self.workload.dropped(ticket);
+    }
+
+    fn snapshot_begin(&mut self, position: u64) -> Option<Snapshot> {
+        self.hosted.snapshot_begin(position)
+    }
+
+    fn snapshot_read(&mut self, offset: u64, buf: &mut [u8]) {
+        self.hosted.snapshot_read(offset, buf);
+    }
+
+    fn snapshot_end(&mut self) {
+        self.hosted.snapshot_end();
+    }
+
+    fn install_begin(&mut self, position: u64, bytes: u64) -> bool {
+        self.hosted.install_begin(position, bytes)
+    }
+
+    fn install_write(&mut self, offset: u64, bytes: &[u8]) {
+        self.hosted.install_write(offset, bytes);
+    }
+
+    fn install_end(&mut self) -> u64 {
+        self.hosted.install_end()
+    }
+
+    fn install_abandon(&mut self) {
+        self.hosted.install_abandon();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,7 +249,7 @@ mod tests {
         let mut sweep = Sweep::new(1);
         for position in 0..count {
             hosted.apply(position, &Workload::<Setpoints>::command(&sweep), &mut []);
-            Workload::<Setpoints>::advance(&mut sweep);
+            Workload::<Setpoints>::advance(&mut sweep, position);
         }
         hosted
     }

@@ -14,6 +14,8 @@
 //!   whose revoke holds even against a write in flight ([`permissions`]);
 //! - [`fail_safe`]: fate sharing from the panic handler;
 //! - [`telemetry`]: what each replica reports in the window;
+//! - [`sessions`]: exactly-once commands: an application inside
+//!   [`mu_apps::session::ExactlyOnce`], its workload submitting through [`sessions::Sessions`];
 //! - [`setpoints`]: the default application, a controller's setpoint table, with the snapshots
 //!   a restarted or lapped replica installs (state transfer), and its workload, a sweep over the
 //!   axes.
@@ -33,6 +35,7 @@ pub mod permissions;
 pub mod responder;
 pub mod ring;
 pub mod run;
+pub mod sessions;
 pub mod setpoints;
 pub mod telemetry;
 pub mod window;

@@ -15,7 +15,7 @@
 
 use mu_nostd::{Blocked, Config, Halt, Replica, ReplicaError, ReplicaId, Shared, SubmitError};
 
-use crate::app::{Application, Hosted, Transfers, Workload};
+use crate::app::{Application, Driven, Hosted, Transfers, Workload};
 use crate::board::{Board, ExitCode};
 use crate::fabric::WindowFabric;
 use crate::fail_safe;
@@ -194,7 +194,10 @@ impl<'w, A: Application, W: Workload<A>> Firmware<'w, A, W> {
             now,
             &mut self.replication,
             &mut self.background,
-            &mut self.app,
+            &mut Driven {
+                hosted: &mut self.app,
+                workload: &mut self.workload,
+            },
         );
         self.follow_leader();
         let halted = self.report_halt();
@@ -248,12 +251,15 @@ impl<'w, A: Application, W: Workload<A>> Firmware<'w, A, W> {
             return;
         }
         for _ in 0..SUBMITS_PER_STEP {
-            match self
+            if self.workload.waiting() {
+                return; // For a reply: the next step asks again.
+            }
+            let ticket = match self
                 .replica
                 .replication
                 .submit(self.workload.command().as_ref())
             {
-                Ok(_) => {}
+                Ok(ticket) => ticket,
                 Err(e @ (SubmitError::Empty | SubmitError::TooLarge { .. })) => {
                     // The same command comes back every step: it never will be taken.
                     error!(
@@ -265,8 +271,8 @@ impl<'w, A: Application, W: Workload<A>> Firmware<'w, A, W> {
                     return;
                 }
                 Err(_) => return, // Queue full, or no longer leading: try again next step.
-            }
-            self.workload.advance();
+            };
+            self.workload.advance(ticket);
             self.submitted += 1;
             if self.stopping() {
                 return;

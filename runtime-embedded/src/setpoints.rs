@@ -6,6 +6,13 @@
 //! little-endian). The state digest chains every applied command with its position, so two
 //! replicas with equal digests applied the same commands at the same positions.
 //!
+//! The boards run it inside exactly-once sessions ([`SessionSetpoints`], submitted by
+//! [`SessionSweep`], see [`crate::sessions`]): a sweep command re-sent after its leader stopped
+//! leading is answered from the session table instead of setting its axis again. The table
+//! holds [`SESSION_CLIENTS`] sessions of [`SESSION_WINDOW`] replies of [`REPLY_BYTES`] bytes,
+//! and doubles for a snapshot's copy-on-write shadow; its stream precedes the table's image in
+//! a snapshot.
+//!
 //! The replicated state (`State`) is the axes, the count of commands applied and that digest
 //! (what this replica committed as leader and its record of state transfers are its own, kept
 //! by the runtime: [`crate::app::Transfers`]). A snapshot for a state transfer is the state's image, frozen whole at `snapshot_begin` (the
@@ -26,9 +33,12 @@
 //!   make the joiner panic; a bad image leaves the state as it was and fails the digest check.
 
 use mu_nostd::hash::Hasher;
-use mu_nostd::{ReplicaId, Snapshot, StateMachine};
+use mu_nostd::{ReplicaId, Snapshot, StateMachine, Ticket};
+
+use mu_apps::session::{ExactlyOnce, ReadOnly};
 
 use crate::app::{Application, Workload};
+use crate::sessions::Sessions;
 
 /// Axes of the controller.
 pub const AXES: usize = 16;
@@ -41,6 +51,19 @@ const DIGEST_DOMAIN: u64 = 0x5345_5450_4F49_4E54; // "SETPOINT"
 const SNAPSHOT_DOMAIN: u64 = 0x534E_4150_5348_4F54; // "SNAPSHOT"
 /// The first word of an image: another firmware's snapshot is refused, not misread.
 const SNAPSHOT_FORMAT: u64 = 0x3130_5450_5345_5053; // "SPSETP01"
+
+/// Sessions the default firmware's table keeps: one per replica life that led, with room for
+/// restarts (the least recently used is evicted).
+pub const SESSION_CLIENTS: usize = 8;
+/// Requests a session keeps unsettled, and replies the table keeps per session.
+pub const SESSION_WINDOW: usize = 8;
+/// Bytes of a setpoint command's reply (the axis's previous value): the table keeps them whole.
+pub const REPLY_BYTES: usize = 4;
+
+/// The setpoint table inside exactly-once sessions: what the boards replicate.
+pub type SessionSetpoints = ExactlyOnce<Setpoints, SESSION_CLIENTS, SESSION_WINDOW, REPLY_BYTES>;
+/// The sweep, submitted through one session of [`SessionSetpoints`].
+pub type SessionSweep = Sessions<Sweep, SESSION_WINDOW, COMMAND_BYTES>;
 
 /// A snapshot's bytes.
 type Image = [u8; SNAPSHOT_BYTES];
@@ -156,6 +179,9 @@ impl Application for Setpoints {
     }
 }
 
+/// Every command sets an axis: none is read-only, so every reply is cached.
+impl ReadOnly for Setpoints {}
+
 impl StateMachine for Setpoints {
     fn apply(&mut self, position: u64, command: &[u8], response: &mut [u8]) -> usize {
         let state = &mut self.state;
@@ -265,6 +291,11 @@ impl Sweep {
     pub fn submitted(&self) -> u64 {
         self.next
     }
+
+    /// Moves past the current command (what [`Workload::advance`] does, without a ticket).
+    pub fn advance(&mut self) {
+        self.next += 1;
+    }
 }
 
 impl Workload<Setpoints> for Sweep {
@@ -280,8 +311,8 @@ impl Workload<Setpoints> for Sweep {
         command
     }
 
-    fn advance(&mut self) {
-        self.next += 1;
+    fn advance(&mut self, _ticket: Ticket) {
+        Sweep::advance(self);
     }
 
     /// Per axis, the value of the last command submitted for it: so each was applied, once, in

@@ -9,17 +9,24 @@ mod common;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use common::{window_for, zero_parts_of, Cluster, ROUNDS_MAX};
+use mu_apps::session::STREAM_HEADER_BYTES;
 use mu_nostd::{Config, Shared};
 use runtime_embedded::permissions::Permissions;
-use runtime_embedded::setpoints::{Setpoints, Sweep, AXES, SNAPSHOT_BYTES};
+use runtime_embedded::setpoints::{
+    SessionSetpoints, SessionSweep, Setpoints, Sweep, AXES, SNAPSHOT_BYTES,
+};
 use runtime_embedded::telemetry::{self, control};
 use runtime_embedded::window::WindowLayout;
 use runtime_embedded::words::Words;
 use runtime_embedded::{Firmware, Step};
 
-/// The setpoint table and replica `id`'s sweep: what every replica of these tests hosts.
-fn setpoints(id: u8) -> (Setpoints, Sweep) {
-    (Setpoints::new(), Sweep::new(id))
+/// The setpoint table and replica `id`'s sweep, through exactly-once sessions: what the boards
+/// host, and every replica of these tests.
+fn setpoints(id: u8) -> (SessionSetpoints, SessionSweep) {
+    (
+        SessionSetpoints::new(Setpoints::new()),
+        SessionSweep::new(Sweep::new(id)),
+    )
 }
 
 #[test]
@@ -110,7 +117,9 @@ fn a_replica_restarted_after_the_log_wrapped_rejoins_by_state_transfer() {
     });
     let transfers = cluster.replicas[old].report().transfers;
     assert!(transfers.installed_position >= 100 + laps, "{transfers:?}");
-    assert_eq!(transfers.installed_bytes, SNAPSHOT_BYTES as u64);
+    // The session table's stream, then the setpoints' image.
+    let table = transfers.installed_bytes - SNAPSHOT_BYTES as u64;
+    assert!(table > STREAM_HEADER_BYTES as u64, "{transfers:?}");
     let donations: u32 = (0..3)
         .filter(|&i| i != old)
         .map(|i| cluster.replicas[i].report().transfers.donations)
@@ -134,8 +143,11 @@ fn a_replica_restarted_after_the_log_wrapped_rejoins_by_state_transfer() {
     );
     // The state, not only its digest: every axis equal.
     for axis in 0..AXES {
-        let value = cluster.replicas[0].app().axis(axis);
-        assert!(cluster.replicas.iter().all(|f| f.app().axis(axis) == value));
+        let value = cluster.replicas[0].app().inner().axis(axis);
+        assert!(cluster
+            .replicas
+            .iter()
+            .all(|f| f.app().inner().axis(axis) == value));
     }
 }
 
@@ -157,7 +169,9 @@ fn a_single_node_finishes_its_self_test_by_itself() {
     assert!(firmware.self_check());
     assert_eq!(firmware.submitted(), 500);
     assert_eq!(firmware.report().committed, 500);
-    assert_eq!(firmware.app().applied(), 500);
+    // A register, then 499 of the sweep's commands, each applied once.
+    assert_eq!(firmware.app().inner().applied(), 499);
+    assert_eq!(firmware.app().sessions(), 1);
 }
 
 #[test]

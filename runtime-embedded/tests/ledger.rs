@@ -11,7 +11,7 @@ mod common;
 
 use common::{window_for, Cluster, ROUNDS_MAX};
 use mu_nostd::hash::Hasher;
-use mu_nostd::{Config, Shared, StateMachine, SubmitError};
+use mu_nostd::{Config, Shared, StateMachine, SubmitError, Ticket};
 use runtime_embedded::permissions::Permissions;
 use runtime_embedded::telemetry::{self, control};
 use runtime_embedded::words::Words;
@@ -86,6 +86,10 @@ impl Payments {
     fn new(origin: u8) -> Payments {
         Payments { origin, next: 0 }
     }
+
+    fn advance(&mut self) {
+        self.next += 1;
+    }
 }
 
 impl Workload<Ledger> for Payments {
@@ -99,8 +103,8 @@ impl Workload<Ledger> for Payments {
         [(mix % 4) as u8, (mix / 4 % 4) as u8, low, high]
     }
 
-    fn advance(&mut self) {
-        self.next += 1;
+    fn advance(&mut self, _ticket: Ticket) {
+        Payments::advance(self);
     }
 
     fn check(&self, ledger: &Ledger, submitted: u64) -> bool {
@@ -217,7 +221,7 @@ impl Workload<Ledger> for Empty {
         []
     }
 
-    fn advance(&mut self) {
+    fn advance(&mut self, _ticket: Ticket) {
         unreachable!("the core took an empty command");
     }
 

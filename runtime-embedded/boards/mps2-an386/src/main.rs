@@ -1,7 +1,8 @@
 //! Mu firmware for the Arm MPS2 AN386 (Cortex-M4F) under QEMU `mps2-an386`: a single-node
-//! self-test. One replica replicates the setpoint table's workload (its sweep over the axes)
-//! through the whole stack (the core, the window fabric over a RAM window, the run loop), then
-//! checks that every command it submitted was committed and applied once, in order. QEMU's exit code is the verdict
+//! self-test. One replica replicates the setpoint table's workload (its sweep over the axes,
+//! through an exactly-once session: `runtime_embedded::sessions`) through the whole stack (the
+//! core, the window fabric over a RAM window, the run loop), then checks that every command it
+//! submitted was committed and applied once, in order. QEMU's exit code is the verdict
 //! ([`ExitCode`]): 0 passed, 103 a wrong result, 101 a panic, 104 a fault.
 //!
 //! The cluster comes from the board file the build read (`board` below); the window is the
@@ -21,7 +22,7 @@ use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use cortex_m_rt::{entry, exception, ExceptionFrame};
 use mu_nostd::ReplicaId;
-use runtime_embedded::setpoints::{Setpoints, Sweep};
+use runtime_embedded::setpoints::{SessionSetpoints, SessionSweep, Setpoints, Sweep};
 use runtime_embedded::words::Words;
 use runtime_embedded::{fail_safe, Board, ExitCode, Statics};
 
@@ -37,7 +38,7 @@ const WINDOW_WORDS: usize = board::WINDOW_SIZE as usize / 4;
 static WINDOW: [AtomicU32; WINDOW_WORDS] = [const { AtomicU32::new(0) }; WINDOW_WORDS];
 /// The replica, what its planes share and its log permissions (`runtime_embedded::run` fills
 /// it).
-static STATICS: Statics<Setpoints, Sweep> = Statics::new();
+static STATICS: Statics<SessionSetpoints, SessionSweep> = Statics::new();
 
 struct Mps2Board;
 
@@ -84,8 +85,8 @@ fn main() -> ! {
         board::CONFIG,
         board::TICK_NS,
         &STATICS,
-        Setpoints::new(),
-        Sweep::new(me),
+        SessionSetpoints::new(Setpoints::new()),
+        SessionSweep::new(Sweep::new(me)),
         Some(SELF_TEST_COMMANDS),
     )
 }

@@ -19,16 +19,17 @@ mod board {
 use core::sync::atomic::AtomicU32;
 
 use mu_nostd::ReplicaId;
-use runtime_embedded::setpoints::{Setpoints, Sweep};
+use runtime_embedded::setpoints::{SessionSetpoints, SessionSweep, Setpoints, Sweep};
 use runtime_embedded::words::Words;
 use runtime_embedded::{fail_safe, Board, ExitCode, Statics};
 
 use platform::{ivshmem, semihosting, timer};
 
-/// The replica (the setpoint table, submitting its sweep while it leads), what its two planes
-/// share and the log permissions the responder enforces: a static, so that the panic handler's
-/// fail-safe and a responder core could reach them too.
-static STATICS: Statics<Setpoints, Sweep> = Statics::new();
+/// The replica (the setpoint table inside exactly-once sessions, submitting its sweep through
+/// one while it leads), what its two planes share and the log permissions the responder
+/// enforces: a static, so that the panic handler's fail-safe and a responder core could reach
+/// them too.
+static STATICS: Statics<SessionSetpoints, SessionSweep> = Statics::new();
 
 struct VirtBoard {
     window: Words<'static>,
@@ -99,8 +100,8 @@ fn main() -> ! {
         board::CONFIG,
         board::TICK_NS,
         &STATICS,
-        Setpoints::new(),
-        Sweep::new(id),
+        SessionSetpoints::new(Setpoints::new()),
+        SessionSweep::new(Sweep::new(id)),
         None,
     )
 }
