@@ -275,6 +275,13 @@ impl Links {
         self.outstanding(peer).next()
     }
 
+    /// True when the oldest operation outstanding to `peer` was posted more than `timeout`
+    /// ticks before `now`: a peer that may never complete it holds the connection.
+    pub(crate) fn expired(&self, peer: ReplicaId, now: u64, timeout: u64) -> bool {
+        self.front(peer)
+            .is_some_and(|front| now.saturating_sub(front.posted_at) > timeout)
+    }
+
     /// Drops whatever is outstanding to `peer` and reconnects: after `Fabric::reconnect` none
     /// of it lands any more, and its completions (of the old epoch) are ignored.
     pub(crate) fn drop<F: Fabric>(&mut self, peer: ReplicaId, fabric: &mut F) {

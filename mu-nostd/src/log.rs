@@ -114,6 +114,34 @@ pub enum Blocked {
     Unchained,
 }
 
+impl Blocked {
+    /// The reason's number where a runtime publishes it as a word (never 0: 0 is "not
+    /// blocked").
+    pub const fn code(self) -> u32 {
+        match self {
+            Blocked::Torn => 1,
+            Blocked::Unchained => 2,
+        }
+    }
+
+    /// The reason a published word names; `None` for 0 (not blocked) or an unknown number.
+    pub const fn from_code(code: u32) -> Option<Blocked> {
+        match code {
+            1 => Some(Blocked::Torn),
+            2 => Some(Blocked::Unchained),
+            _ => None,
+        }
+    }
+
+    /// Its name in status lines.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Blocked::Torn => "torn",
+            Blocked::Unchained => "unchained",
+        }
+    }
+}
+
 /// What a follower's replays refused, counted once per slot and reason: a count that keeps
 /// rising, or a [`Blocked`] that stays, explains a follower that does not keep up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -392,5 +420,20 @@ fn deliver<S: StateMachine, const QUEUE: usize>(
     if proposer == me && queue.mark_decided(sequence) {
         sm.committed(sequence, position, &response[..len]);
         queue.pop_decided();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Blocked;
+
+    #[test]
+    fn blocked_reasons_round_trip_their_code() {
+        for why in [Blocked::Torn, Blocked::Unchained] {
+            assert_ne!(why.code(), 0, "0 means not blocked");
+            assert_eq!(Blocked::from_code(why.code()), Some(why));
+        }
+        assert_eq!(Blocked::from_code(0), None);
+        assert_eq!(Blocked::from_code(3), None);
     }
 }

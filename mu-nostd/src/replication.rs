@@ -491,11 +491,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     pub(crate) fn expire_operations<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let timeout = self.phase_timeout();
         for peer in self.log.others() {
-            let expired = self
-                .links
-                .front(peer)
-                .is_some_and(|front| now.saturating_sub(front.posted_at) > timeout);
-            if expired {
+            if self.links.expired(peer, now, timeout) {
                 self.links.drop(peer, fabric);
             }
         }

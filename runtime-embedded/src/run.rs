@@ -13,7 +13,7 @@
 //! - `submitted` counts the commands the core took, each once: the workload's
 //!   [`Workload::advance`] runs exactly once per command taken.
 
-use mu_nostd::{Blocked, Config, Halt, Replica, ReplicaError, ReplicaId, Shared, SubmitError};
+use mu_nostd::{Config, Halt, Replica, ReplicaError, ReplicaId, Shared, SubmitError};
 
 use crate::app::{Application, Driven, Hosted, Transfers, Workload};
 use crate::board::{Board, ExitCode};
@@ -339,11 +339,7 @@ impl<'w, A: Application, W: Workload<A>> Firmware<'w, A, W> {
         t.set(word::SLOTS_TORN, status.refusals.torn);
         t.set(word::SLOTS_UNCHAINED, status.refusals.unchained);
         t.set_u64(word::BLOCKED_AT, status.blocked.map_or(0, |(at, _)| at + 1));
-        let why = match status.blocked {
-            None => 0,
-            Some((_, Blocked::Torn)) => 1,
-            Some((_, Blocked::Unchained)) => 2,
-        };
+        let why = status.blocked.map_or(0, |(_, why)| why.code());
         t.set(
             word::BLOCKED_WHY_REFUSED,
             why | u32::from(judged.refused_peers) << 8,

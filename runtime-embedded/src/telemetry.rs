@@ -79,8 +79,8 @@ pub mod word {
     pub const SLOTS_UNCHAINED: usize = 25;
     /// The position its replay is blocked at, plus one; 0: none (64-bit).
     pub const BLOCKED_AT: usize = 26;
-    /// Low byte: why it is blocked (1 torn, 2 unchained, 0 none); next byte: the peers it
-    /// refuses (bit per id).
+    /// Low byte: why it is blocked (`mu_nostd::Blocked::code`, 0 none); next byte: the peers
+    /// it refuses (bit per id).
     pub const BLOCKED_WHY_REFUSED: usize = 28;
     /// Lap notices it took.
     pub const LAP_NOTICES: usize = 29;

@@ -266,10 +266,7 @@ impl Cluster {
         let live = self.live();
         let votes = |id: u8| {
             live.iter()
-                .filter(|&&v| {
-                    self.port(v)
-                        .is_some_and(|p| p.get(Stat::LeaderView) == id as u64 + 1)
-                })
+                .filter(|&&v| self.port(v).is_some_and(|p| p.leader_view() == Some(id)))
                 .count()
         };
         let mut leaders: Vec<(usize, u8)> = live
@@ -304,7 +301,7 @@ impl Cluster {
                 let applied = self.port(leader).map_or(0, |p| p.get(Stat::Applied));
                 let settled = live.iter().all(|&id| {
                     self.port(id).is_some_and(|p| {
-                        p.get(Stat::LeaderView) == leader as u64 + 1
+                        p.leader_view() == Some(leader)
                             && p.get(Stat::Alive) & mask == mask
                             && p.get(Stat::Applied) >= applied
                             && p.get(Stat::Voter) == 1

@@ -25,8 +25,8 @@ use std::time::Duration;
 use board_configs::Polling;
 use hdrhistogram::Histogram;
 use mu_nostd::{
-    planes, BackgroundPlane, Blocked, Config, Fabric, Halt, ReplicaError, ReplicaId,
-    ReplicationPlane, Shared, Snapshot, StateMachine, SubmitError, Ticket, REQUESTS_MAX,
+    planes, BackgroundPlane, Config, Fabric, Halt, ReplicaError, ReplicaId, ReplicationPlane,
+    Shared, Snapshot, StateMachine, SubmitError, Ticket, REQUESTS_MAX,
 };
 
 use crate::app::{answer_word, Application};
@@ -561,7 +561,7 @@ impl<'s, 'p, F: Fabric, A: Application> ReplicationLoop<'s, 'p, F, A> {
             status.refusals.torn as u64,
             status.refusals.unchained as u64,
             status.blocked.map_or(0, |(at, _)| at + 1),
-            status.blocked.map_or(0, |(_, why)| blocked_code(why)),
+            status.blocked.map_or(0, |(_, why)| why.code() as u64),
             status.refusals.lap_notices as u64,
             status.transfers as u64,
         ];
@@ -697,14 +697,6 @@ impl<'s, 'p, F: Fabric, A: Application> ReplicationLoop<'s, 'p, F, A> {
         if serialized && std::fs::write(&path, &bytes).is_ok() {
             self.app.port.set(Stat::Dumped, request);
         }
-    }
-}
-
-/// The number `Stat::BlockedWhy` publishes for a reason.
-pub fn blocked_code(why: Blocked) -> u64 {
-    match why {
-        Blocked::Torn => 1,
-        Blocked::Unchained => 2,
     }
 }
 

@@ -25,6 +25,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
+use mu_nostd::Blocked;
+
 use crate::bell::Bell;
 use crate::mem::{copy_in, copy_out, Mapping};
 
@@ -130,7 +132,7 @@ pub enum Stat {
     SlotsUnchained = 264,
     /// The position its last replay stopped at a slot it could not take, plus one; 0: none.
     BlockedAt = 272,
-    /// Why: 1 torn, 2 unchained (see `mu_nostd::Blocked`).
+    /// Why: `mu_nostd::Blocked::code`.
     BlockedWhy = 280,
     /// Lap notices it took: a leader said it needs positions no log holds.
     LapNotices = 288,
@@ -252,6 +254,17 @@ impl Port {
     /// Reads a status word.
     pub fn get(&self, stat: Stat) -> u64 {
         self.mapping.word(stat as usize).load(Acquire)
+    }
+
+    /// Who the replica considers leader (`Stat::LeaderView`).
+    pub fn leader_view(&self) -> Option<u8> {
+        self.get(Stat::LeaderView).checked_sub(1).map(|id| id as u8)
+    }
+
+    /// Where its replay is blocked and why (`Stat::BlockedAt`, `Stat::BlockedWhy`).
+    pub fn blocked(&self) -> Option<(u64, Blocked)> {
+        let at = self.get(Stat::BlockedAt).checked_sub(1)?;
+        Some((at, Blocked::from_code(self.get(Stat::BlockedWhy) as u32)?))
     }
 
     /// Writes a status word.

@@ -528,15 +528,12 @@ impl<'a> Server<'a> {
         } else {
             "follower"
         };
-        let leader = match p.get(Stat::LeaderView) {
-            0 => "none".to_string(),
-            view => (view - 1).to_string(),
-        };
-        let blocked = match (p.get(Stat::BlockedAt), p.get(Stat::BlockedWhy)) {
-            (0, _) => "none".to_string(),
-            (at, 1) => format!("{} (torn)", at - 1),
-            (at, _) => format!("{} (unchained)", at - 1),
-        };
+        let leader = p
+            .leader_view()
+            .map_or("none".to_string(), |id| id.to_string());
+        let blocked = p.blocked().map_or("none".to_string(), |(at, why)| {
+            format!("{at} ({})", why.name())
+        });
         let micros = |q: f64| self.latency.value_at_quantile(q);
         let lines = [
             "# Replication".to_string(),
@@ -654,10 +651,7 @@ impl<'a> Server<'a> {
         if self.port.get(Stat::Leading) != 0 {
             return Some(self.me);
         }
-        match self.port.get(Stat::LeaderView) {
-            0 => None,
-            view => Some((view - 1) as ReplicaId),
-        }
+        self.port.leader_view()
     }
 
     /// Submits every pending proposal that is due: into the intake when this replica leads,
@@ -800,24 +794,7 @@ impl<'a> Server<'a> {
         let Some(upstream) = self.upstream.as_mut() else {
             return;
         };
-        let mut broken = false;
-        while !upstream.output.is_empty() {
-            match upstream.stream.write(&upstream.output) {
-                Ok(0) => {
-                    broken = true;
-                    break;
-                }
-                Ok(n) => {
-                    upstream.output.drain(..n);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => {
-                    broken = true;
-                    break;
-                }
-            }
-        }
+        let broken = flush(&mut upstream.stream, &mut upstream.output);
         if broken {
             self.drop_upstream();
         }
@@ -933,24 +910,7 @@ impl<'a> Server<'a> {
             return;
         };
         conn.collect();
-        let mut broken = false;
-        while !conn.output.is_empty() {
-            match conn.stream.write(&conn.output) {
-                Ok(0) => {
-                    broken = true;
-                    break;
-                }
-                Ok(n) => {
-                    conn.output.drain(..n);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => {
-                    broken = true;
-                    break;
-                }
-            }
-        }
+        let broken = flush(&mut conn.stream, &mut conn.output);
         let done = conn.closing && conn.output.is_empty() && conn.answers.is_empty();
         if broken || done {
             self.close(index);
@@ -964,6 +924,23 @@ impl<'a> Server<'a> {
     fn close(&mut self, index: usize) {
         self.conns[index] = None;
     }
+}
+
+/// Writes as much of `output` as the socket takes now, dropping what it took; true when the
+/// connection broke.
+fn flush(stream: &mut TcpStream, output: &mut Vec<u8>) -> bool {
+    while !output.is_empty() {
+        match stream.write(output) {
+            Ok(0) => return true,
+            Ok(n) => {
+                output.drain(..n);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+    false
 }
 
 /// The configuration parameters `CONFIG GET` answers: the store keeps no files, and has one

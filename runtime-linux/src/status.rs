@@ -54,15 +54,10 @@ fn line(id: u8, p: &Port) -> String {
     } else {
         "follower"
     };
-    let view = match p.get(Stat::LeaderView) {
-        0 => "-".to_string(),
-        v => (v - 1).to_string(),
-    };
-    let blocked = match (p.get(Stat::BlockedAt), p.get(Stat::BlockedWhy)) {
-        (0, _) => "-".to_string(),
-        (at, 1) => format!("{} torn", at - 1),
-        (at, _) => format!("{} unch.", at - 1),
-    };
+    let view = p.leader_view().map_or("-".to_string(), |id| id.to_string());
+    let blocked = p
+        .blocked()
+        .map_or("-".to_string(), |(at, why)| format!("{at} {}", why.name()));
     format!(
         "{id:<4} {:<8} {role:<10} {view:<4} {:<12} {:<7} {:<8} {:<5} {:<6} {blocked:<15} {:<5} \
          {:<6} {:#09b} {:#09b}",
@@ -100,7 +95,7 @@ mod tests {
         port.set(Stat::Applied, 4242);
         port.set(Stat::SlotsTorn, 7);
         port.set(Stat::BlockedAt, 4243);
-        port.set(Stat::BlockedWhy, 1);
+        port.set(Stat::BlockedWhy, mu_nostd::Blocked::Torn.code() as u64);
         let text = render(&dir).unwrap();
         let row = text.lines().nth(1).unwrap();
         assert!(row.starts_with("1    "), "{row}");

@@ -752,11 +752,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// tenure outstanding there is lost (and rejoins later).
     fn expire_operations<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         for peer in self.log.others() {
-            let expired = self
-                .links
-                .front(peer)
-                .is_some_and(|front| now.saturating_sub(front.posted_at) > self.timeout);
-            if expired {
+            if self.links.expired(peer, now, self.timeout) {
                 self.drop_connection(now, peer, fabric);
             }
         }
