@@ -64,7 +64,7 @@ impl RejoinBench {
 /// Runs the benchmark with `mu_exe`'s replicas, printing progress.
 pub fn measure(mu_exe: &Path) -> Result<RejoinBench, String> {
     let value_bytes = kv::VALUE_MAX;
-    let payload = kv::HEADER_BYTES + value_bytes;
+    let payload = kv::CLIENT_HEADER_BYTES + value_bytes;
     let mut config = cluster_config(3, payload, Polling::Shared, None);
     // The fill's 4 KiB puts span slots; the small puts take one.
     config.slot_count = SLOTS;
@@ -98,7 +98,7 @@ fn run(cluster: &mut Cluster, slots: u32, payload: usize) -> Result<RejoinBench,
     let mut client = Client::new(4, SMALL_PUT, 1, WINDOW);
     println!(
         "filled {KEYS} keys of {} B values in {:.1} s",
-        payload - kv::HEADER_BYTES,
+        payload - kv::CLIENT_HEADER_BYTES,
         filling.elapsed().as_secs_f64()
     );
     let follower = (leader + 1) % cluster.replicas();
@@ -138,7 +138,7 @@ fn run(cluster: &mut Cluster, slots: u32, payload: usize) -> Result<RejoinBench,
         slots,
         laps: LAPS,
         keys: KEYS,
-        value_bytes: payload - kv::HEADER_BYTES,
+        value_bytes: payload - kv::CLIENT_HEADER_BYTES,
         before,
         rejoin,
     })

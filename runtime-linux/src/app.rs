@@ -9,8 +9,9 @@
 //! # Invariants
 //! - `apply` is deterministic: every replica that applied the same positions publishes the same
 //!   [`Application::digest`].
-//! - A reply's first 8 bytes, little-endian, are the answer word the shared-memory client port
-//!   carries ([`crate::port::Response::answer`]); shorter replies are padded with zeros.
+//! - A reply's first 8 bytes, little-endian, are its answer word
+//!   ([`crate::port::Response::answer`]); shorter replies are padded with zeros. The
+//!   shared-memory client port carries a reply's first [`crate::port::REPLY_HEAD`] bytes.
 
 use mu_nostd::StateMachine;
 
@@ -21,10 +22,11 @@ pub trait Application: StateMachine + Send {
     fn digest(&self) -> u64;
 
     /// The client's id of `command`, which the port's journal records at the position it was
-    /// applied (clients check from it that nothing was lost or applied twice); `None` when the
-    /// application does not number its commands.
-    fn journal_id(&self, command: &[u8]) -> Option<u64> {
-        let _ = command;
+    /// decided (clients check from it that nothing was lost or applied twice); `None` when the
+    /// application does not number its commands, or did not apply this one (`reply` is what
+    /// it answered).
+    fn journal_id(&self, command: &[u8], reply: &[u8]) -> Option<u64> {
+        let _ = (command, reply);
         None
     }
 }

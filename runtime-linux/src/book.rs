@@ -191,7 +191,7 @@ fn await_response(cluster: &Cluster, leader: u8, seq: u64) -> Option<(Outcome, O
     while Instant::now() < deadline {
         match port.take_response() {
             Some(response) if response.seq == seq => {
-                return Some((response.outcome, Some(response.answer)))
+                return Some((response.outcome, Some(response.answer())))
             }
             Some(_) => {}
             None if cluster.pid(leader).is_none() => return None,

@@ -2,11 +2,13 @@
 //! the process fault tests and the fail-over benchmark are made of.
 //!
 //! Each replica is a `mu replica --config FILE --id N` child process over the shared-memory
-//! fabric. The client talks to every replica through its client port (one client per cluster),
-//! keeps a window of commands in flight at the leader, re-sends what comes back uncommitted, and
-//! records every command reported committed with its position. [`Cluster::verify`] then checks,
-//! on every live replica, that each of those commands is in the journal at its position (nothing
-//! committed is lost) and that the state digests are identical. [`kill_leader`] times a
+//! fabric. The client talks to every replica through its client port (one client per cluster)
+//! within an exactly-once session (`mu_apps::session`), keeps a window of commands in flight at
+//! the leader, re-sends what comes back undecided or went to a replica that died (the session
+//! answers from its cache one that had been decided), and records every command reported
+//! committed with its position. [`Cluster::verify`] then checks, on every live replica, that
+//! each of those commands is in the journal at its position (nothing committed is lost), that
+//! no command is in it twice (nothing applied twice) and that the state digests are identical. [`kill_leader`] times a
 //! fail-over, and splits it with the take-over timestamps the new leader published in its port.
 //!
 //! # Invariants
@@ -16,6 +18,7 @@
 //! - The client never has more than `window` commands in flight, and each in-flight command is
 //!   tracked by the port it went to, so a killed leader's commands are re-sent elsewhere.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,10 +26,11 @@ use std::time::{Duration, Instant};
 
 use board_configs::Deployment;
 use hdrhistogram::Histogram;
+use mu_apps::session::{self, Refusal, Reply, Session, SessionError};
 
 use crate::clock::monotonic_ns;
 use crate::kv;
-use crate::port::{Outcome, Port, Stat, JOURNAL_POSITIONS};
+use crate::port::{Outcome, Port, Response, Stat, JOURNAL_POSITIONS};
 
 /// A failure of the harness or of a check, with what was seen.
 #[derive(Debug)]
@@ -366,8 +370,9 @@ impl Cluster {
     }
 
     /// Waits until every live replica applied the same prefix, then checks that their state
-    /// digests agree and that every command in `committed` is in every live replica's journal
-    /// at its position. Returns the digest and the applied position.
+    /// digests agree, that every command in `committed` is in every live replica's journal
+    /// at its position, and that no journal holds a command id twice (nothing was applied
+    /// twice). Returns the digest and the applied position.
     pub fn verify(
         &self,
         committed: &[(u64, u64)],
@@ -418,6 +423,14 @@ impl Cluster {
                          but replica {id} applied {found:#x} there"
                     ));
                 }
+            }
+            let first = installed_at.max(applied.saturating_sub(JOURNAL_POSITIONS));
+            let journal = (first..applied).map(|position| (position, port.journal_at(position)));
+            if let Some((command, at)) = applied_twice(journal) {
+                return fail(format!(
+                    "applied twice: replica {id} applied command {command:#x} at positions \
+                     {at:?}"
+                ));
             }
         }
         Ok((digest, applied))
@@ -555,6 +568,21 @@ impl FailOver {
     pub fn first_commit(&self) -> Option<u64> {
         self.marks.map(|m| self.committed_at - m.fast_path_at)
     }
+}
+
+/// The first command id found at two positions of a journal, with both positions. Positions
+/// that name no command (0: never written; `u64::MAX`: nothing applied there) are skipped.
+fn applied_twice(journal: impl Iterator<Item = (u64, u64)>) -> Option<(u64, [u64; 2])> {
+    let mut seen = HashMap::new();
+    for (position, command) in journal {
+        if command == 0 || command == u64::MAX {
+            continue;
+        }
+        if let Some(first) = seen.insert(command, position) {
+            return Some((command, [first, position]));
+        }
+    }
+    None
 }
 
 /// How long [`kill_leader`] waits for the new leader's `ElectedNs` and `FastPathNs` after its
@@ -800,16 +828,20 @@ pub fn restart_and_rejoin(
     }
 }
 
-/// A command the client sent and has not heard back about.
+/// A request the client sent and has not heard back about.
 #[derive(Clone, Copy, Debug)]
 struct InFlight {
     replica: u8,
     /// The replica's incarnation when it was sent: a restarted replica never answers it.
     incarnation: u64,
-    /// The command id, which is also the request's sequence number in the port.
+    /// The put's command id, also the request's sequence number in the port
+    /// ([`REGISTER_ID`] for the session's registration).
     id: u64,
     sent_ns: u64,
 }
+
+/// The port sequence number of a session registration (command ids are never 0).
+const REGISTER_ID: u64 = 0;
 
 /// What the client saw.
 pub struct Client {
@@ -818,10 +850,23 @@ pub struct Client {
     keys: u64,
     window: usize,
     next: u64,
+    /// Its exactly-once session, once registered.
+    session: Option<Session>,
+    /// The requests of the session not yet settled: sequence number to command id.
+    unsettled: BTreeMap<u64, u64>,
     in_flight: Vec<InFlight>,
+    /// Requests to send again (sequence numbers): their replica went away or did not decide them.
     resend: Vec<u64>,
-    /// Commands reported committed: (position, command id).
+    /// Commands the store applied: (position, command id).
     pub committed: Vec<(u64, u64)>,
+    /// Requests sent again and answered from the session's cache: decided before (through a
+    /// leader that went away before it answered), applied once.
+    pub duplicates: u64,
+    /// Requests whose outcome the client cannot learn: their session was evicted, or the
+    /// session no longer remembers them. Never sent again.
+    pub unknown: u64,
+    /// Requests sent again: their replica went away, or answered before deciding them.
+    pub resent: u64,
     /// Client round trips (send to committed response), in ns.
     pub round_trip: Histogram<u64>,
     /// Responses other than committed (not leader, dropped, rejected).
@@ -832,6 +877,8 @@ pub struct Client {
     /// A replica whose commits the watch ignores (a stopped leader answering what it committed
     /// just before its signal).
     watch_excluded: Option<u8>,
+    /// The put being built, and its envelope.
+    put: Vec<u8>,
     command: Vec<u8>,
     /// When the client last heard a commit (ns), for [`Client::pump`]'s rest.
     active_at: u64,
@@ -846,25 +893,34 @@ const CLIENT_SPIN_GRACE_NS: u64 = 200_000;
 const CLIENT_REST: Duration = Duration::from_micros(100);
 
 impl Client {
-    /// A client sending puts of `payload` bytes (command bytes, header included) over `keys`
-    /// keys, with at most `window` in flight.
+    /// A client of a `mu replica --app kv` cluster sending puts of `payload` bytes (command
+    /// bytes, session and store headers included: at least [`kv::CLIENT_HEADER_BYTES`]) over
+    /// `keys` keys, with at most `window` in flight (at most the session's window).
     pub fn new(client_id: u16, payload: usize, keys: u64, window: usize) -> Client {
-        let value = payload.saturating_sub(kv::HEADER_BYTES).min(kv::VALUE_MAX);
+        let value = payload
+            .saturating_sub(kv::CLIENT_HEADER_BYTES)
+            .min(kv::VALUE_MAX);
         Client {
             client_id: client_id as u64,
             payload: (0..value).map(|i| i as u8).collect(),
             keys: keys.max(1),
-            window: window.max(1),
+            window: window.clamp(1, kv::SESSION_WINDOW),
             next: 0,
+            session: None,
+            unsettled: BTreeMap::new(),
             in_flight: Vec::new(),
             resend: Vec::new(),
             committed: Vec::new(),
+            duplicates: 0,
+            unknown: 0,
+            resent: 0,
             round_trip: Histogram::new_with_bounds(1, 1 << 40, 3).expect("static bounds"),
             retries: 0,
             first_commit_after: None,
             watch_after: u64::MAX,
             watch_excluded: None,
-            command: vec![0; kv::HEADER_BYTES + kv::VALUE_MAX],
+            put: vec![0; kv::HEADER_BYTES + kv::VALUE_MAX],
+            command: vec![0; kv::CLIENT_HEADER_BYTES + kv::VALUE_MAX],
             active_at: monotonic_ns(),
         }
     }
@@ -882,13 +938,13 @@ impl Client {
         self.watch_excluded = Some(replica);
     }
 
-    /// Commands reported committed so far.
+    /// Commands reported committed so far: applied now, or answered from the session's cache.
     pub fn committed_count(&self) -> u64 {
-        self.committed.len() as u64
+        self.committed.len() as u64 + self.duplicates
     }
 
     /// One round: collect responses, then fill the window at the leader (or, with no known
-    /// leader, probe every live replica with one command each so that a new leader is used the
+    /// leader, probe every live replica with one request each so that a new leader is used the
     /// moment it leads).
     /// After 200 µs without a commit it rests before it returns: on the leader's response
     /// doorbell, or (no leader known) asleep, up to 100 µs.
@@ -911,7 +967,7 @@ impl Client {
         }
     }
 
-    /// Fills the window at `leader`, or probes.
+    /// Fills the window at `leader`, or probes; registers the session first.
     fn send(&mut self, cluster: &Cluster, leader: Option<u8>) {
         let targets: Vec<u8> = match leader {
             Some(l) => vec![l],
@@ -930,14 +986,11 @@ impl Client {
                 < limit
                 && self.in_flight.len() < self.window * cluster.replicas() as usize
             {
-                let id = self.resend.pop().unwrap_or_else(|| {
-                    self.next += 1;
-                    self.client_id << 48 | self.next
-                });
-                let key = id % self.keys;
-                let len = kv::encode_put(&mut self.command, key, id, &self.payload);
+                let Some((id, len)) = self.next_request() else {
+                    break;
+                };
                 if !port.push_request(id, &self.command[..len]) {
-                    self.resend.push(id);
+                    self.unsent(id);
                     break;
                 }
                 self.in_flight.push(InFlight {
@@ -950,13 +1003,59 @@ impl Client {
         }
     }
 
+    /// Builds the next request into `command`: the registration while there is no session
+    /// (one at a time), else a request to send again, else a new put. Returns its port
+    /// sequence number and length; `None` when nothing may be sent now.
+    fn next_request(&mut self) -> Option<(u64, usize)> {
+        let Some(session) = &mut self.session else {
+            if self.in_flight.iter().any(|f| f.id == REGISTER_ID) {
+                return None;
+            }
+            let len = session::encode_register(&mut self.command).expect("fits");
+            return Some((REGISTER_ID, len));
+        };
+        if let Some(seq) = self.resend.pop() {
+            self.resent += 1;
+            let id = self.unsettled[&seq];
+            let len = kv::encode_put(&mut self.put, id % self.keys, id, &self.payload);
+            let len = session
+                .retry(seq, &self.put[..len], &mut self.command)
+                .expect("an unsettled request of this session");
+            return Some((id, len));
+        }
+        let id = self.client_id << 48 | (self.next + 1);
+        let len = kv::encode_put(&mut self.put, id % self.keys, id, &self.payload);
+        match session.request(&self.put[..len], &mut self.command) {
+            Ok((seq, len)) => {
+                self.next += 1;
+                self.unsettled.insert(seq, id);
+                Some((id, len))
+            }
+            Err(SessionError::WindowFull) => None,
+            Err(e) => unreachable!("the command buffer holds the largest put: {e:?}"),
+        }
+    }
+
+    /// A request built for `id` did not reach a replica: it is sent again later.
+    fn unsent(&mut self, id: u64) {
+        if let Some(seq) = self.seq_of(id) {
+            self.resend.push(seq);
+        }
+    }
+
+    /// The session's sequence number of the put `id`, while unsettled.
+    fn seq_of(&self, id: u64) -> Option<u64> {
+        self.unsettled
+            .iter()
+            .find_map(|(&seq, &unsettled)| (unsettled == id).then_some(seq))
+    }
+
     /// Takes every response; true when any was a commit (a replica that answers "not the
     /// leader" at once would otherwise keep a probing client polling through a take-over).
     fn collect(&mut self, cluster: &Cluster) -> bool {
         let mut heard = false;
-        // Commands sent to a replica that went away (or was restarted) never come back: send
-        // them again.
-        let live = cluster.live();
+        // Requests sent to a replica that went away (or was restarted) never come back: send
+        // them again. The session answers from its cache the ones that had been decided.
         let answerable = |f: &InFlight| {
             cluster
                 .port(f.replica)
@@ -965,8 +1064,10 @@ impl Client {
         let (kept, gone): (Vec<InFlight>, Vec<InFlight>) =
             self.in_flight.drain(..).partition(answerable);
         self.in_flight = kept;
-        self.resend.extend(gone.iter().map(|f| f.id));
-        for id in live {
+        for flight in gone {
+            self.unsent(flight.id);
+        }
+        for id in cluster.live() {
             let Some(port) = cluster.port(id) else {
                 continue;
             };
@@ -979,9 +1080,13 @@ impl Client {
                     continue;
                 };
                 let flight = self.in_flight.swap_remove(index);
-                if response.outcome == Outcome::Committed {
+                if response.outcome != Outcome::Committed {
+                    self.retries += 1;
+                    self.unsent(flight.id);
+                    continue;
+                }
+                if self.settle(&flight, &response) {
                     heard = true;
-                    self.committed.push((response.position, flight.id));
                     let rtt = monotonic_ns().saturating_sub(flight.sent_ns);
                     self.round_trip.saturating_record(rtt.max(1));
                     if response.commit_ns >= self.watch_after
@@ -990,13 +1095,44 @@ impl Client {
                     {
                         self.first_commit_after = Some((id, response.commit_ns));
                     }
-                } else {
-                    self.retries += 1;
-                    self.resend.push(flight.id);
                 }
             }
         }
         heard
+    }
+
+    /// Takes the session's reply to a decided request; true when it was a put's commit
+    /// (applied now or before).
+    fn settle(&mut self, flight: &InFlight, response: &Response) -> bool {
+        let reply = session::decode_reply(response.reply());
+        if flight.id == REGISTER_ID {
+            if let (Ok(Reply::Registered { client }), None) = (reply, self.session) {
+                self.session = Some(Session::new(client, kv::SESSION_WINDOW));
+            }
+            return false;
+        }
+        let Some(seq) = self.seq_of(flight.id) else {
+            return false; // Settled already, or of a session that expired.
+        };
+        match reply {
+            Ok(Reply::Applied(_)) => self.committed.push((response.position, flight.id)),
+            Ok(Reply::Duplicate(_)) => self.duplicates += 1,
+            Ok(Reply::Refused(Refusal::Expired)) => {
+                // The table evicted the session: nothing it sent can be settled any more.
+                self.unknown += self.unsettled.len() as u64;
+                self.unsettled.clear();
+                self.resend.clear();
+                self.in_flight.retain(|f| f.id == REGISTER_ID);
+                self.session = None;
+                return false;
+            }
+            _ => self.unknown += 1,
+        }
+        self.unsettled.remove(&seq);
+        if let Some(session) = &mut self.session {
+            session.settle(seq);
+        }
+        matches!(reply, Ok(Reply::Applied(_) | Reply::Duplicate(_)))
     }
 
     /// Waits until nothing is in flight (or `limit` passes), collecting responses.
@@ -1027,6 +1163,19 @@ mod tests {
             committed_at: 2_000,
             marks: marks.within(1_000, 2_000),
         }
+    }
+
+    #[test]
+    fn a_command_at_two_positions_is_applied_twice() {
+        let journal = [(10, 0x1_0001), (11, u64::MAX), (12, 0), (13, 0x1_0002)];
+        assert_eq!(applied_twice(journal.into_iter()), None);
+        let twice = [
+            (10, 0x1_0001),
+            (11, u64::MAX),
+            (12, u64::MAX),
+            (14, 0x1_0001),
+        ];
+        assert_eq!(applied_twice(twice.into_iter()), Some((0x1_0001, [10, 14])));
     }
 
     #[test]

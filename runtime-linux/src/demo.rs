@@ -222,12 +222,14 @@ fn cores() -> usize {
 
 /// Runs `mu demo`.
 pub fn demo(options: &DemoOptions) -> Result<(), String> {
-    if options.payload < kv::HEADER_BYTES || options.payload > kv::HEADER_BYTES + kv::VALUE_MAX {
+    let (least, most) = (
+        kv::CLIENT_HEADER_BYTES,
+        kv::CLIENT_HEADER_BYTES + kv::VALUE_MAX,
+    );
+    if !(least..=most).contains(&options.payload) {
         return Err(format!(
-            "--payload must be {}..={} bytes (a put: {} header bytes, then the value)",
-            kv::HEADER_BYTES,
-            kv::HEADER_BYTES + kv::VALUE_MAX,
-            kv::HEADER_BYTES
+            "--payload must be {least}..={most} bytes (a put in its session's envelope: \
+             {least} header bytes, then the value)"
         ));
     }
     if !(0.1..=3600.0).contains(&options.duration_s) {
@@ -409,10 +411,11 @@ fn run_demo(
         .map_err(|e| e.to_string())?;
     println!(
         "agreement: replicas {:?} hold identical state, digest {digest:016x} after {applied} \
-         positions; all {} commands reported committed are in every journal",
+         positions; all {} commands reported applied are in every journal, none twice",
         cluster.live(),
-        client.committed_count()
+        client.committed.len()
     );
+    println!("exactly once: {}", Sessions::of(&client).describe());
     Ok(())
 }
 
@@ -689,6 +692,38 @@ pub struct FailoverReport {
     pub config: Config,
     /// Nanoseconds per tick.
     pub tick_ns: u64,
+    /// The client's session across the rounds: what it sent again, and how that was settled.
+    pub sessions: Sessions,
+}
+
+/// What a client's exactly-once session did across fail-overs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sessions {
+    /// Requests sent again: their replica died, or answered before deciding them.
+    pub resent: u64,
+    /// Of those, answered from the session's cache as decided before (applied once).
+    pub duplicates: u64,
+    /// Requests of unknown outcome (the session was evicted or forgot them).
+    pub unknown: u64,
+}
+
+impl Sessions {
+    fn of(client: &Client) -> Sessions {
+        Sessions {
+            resent: client.resent,
+            duplicates: client.duplicates,
+            unknown: client.unknown,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} requests sent again (their replica died or had not decided them), {} of them \
+             answered from the session's cache as decided before (applied once), {} of unknown \
+             outcome",
+            self.resent, self.duplicates, self.unknown
+        )
+    }
 }
 
 impl FailoverReport {
@@ -706,6 +741,7 @@ impl FailoverReport {
             fault,
             config,
             tick_ns: TICK_NS,
+            sessions: Sessions::default(),
         }
     }
 
@@ -819,6 +855,10 @@ impl FailoverReport {
                 voter[voter.len() - 1]
             );
         }
+        println!(
+            "exactly once: {}; no journal holds a command twice",
+            self.sessions.describe()
+        );
     }
 }
 
@@ -954,5 +994,6 @@ fn run_failover(
         }
         report.rejoins.push(rejoin);
     }
+    report.sessions = Sessions::of(&client);
     Ok(report)
 }

@@ -49,6 +49,7 @@
 //! - A snapshot and an install never overlap: beginning one ends the other.
 //! - No input (commands, stream bytes, offsets) panics.
 
+use mu_apps::session::{self, Envelope, ExactlyOnce, ReadOnly, Reply};
 use mu_nostd::hash::Hasher;
 use mu_nostd::{Snapshot, StateMachine};
 
@@ -575,8 +576,59 @@ impl Application for Kv {
         Kv::digest(self)
     }
 
-    fn journal_id(&self, command: &[u8]) -> Option<u64> {
+    fn journal_id(&self, command: &[u8], _reply: &[u8]) -> Option<u64> {
         command_id(command)
+    }
+}
+
+/// A get changes nothing: a retried get is applied again, never cached.
+impl ReadOnly for Kv {
+    fn read_only(&self, command: &[u8]) -> bool {
+        command.first() == Some(&TAG_GET)
+    }
+}
+
+/// Client sessions a `mu replica --app kv` keeps (port clients, cluster-wide); the least
+/// recently used is evicted beyond.
+pub const SESSIONS: usize = 32;
+/// Replies a session keeps, so requests a client may have in flight.
+pub const SESSION_WINDOW: usize = 64;
+/// Bytes of a reply a session keeps: the store's answer word.
+pub const REPLY_KEPT: usize = 8;
+/// Bytes before the value in the put a port client sends: the session envelope's header, then
+/// the store's.
+pub const CLIENT_HEADER_BYTES: usize = session::REQUEST_HEADER_BYTES + HEADER_BYTES;
+const _: () = assert!(CLIENT_HEADER_BYTES == 43, "`mu demo --help` says 43");
+
+/// What `mu replica --app kv` replicates: the store inside exactly-once client sessions, so a
+/// put sent again after a fail-over is applied once (`mu_apps::session`).
+pub type KvApp = ExactlyOnce<Kv, SESSIONS, SESSION_WINDOW, REPLY_KEPT>;
+
+/// The store of `capacity` keys, inside client sessions.
+pub fn kv_app(capacity: usize) -> KvApp {
+    ExactlyOnce::new(Kv::new(capacity))
+}
+
+impl Application for KvApp {
+    fn digest(&self) -> u64 {
+        Hasher::new(0x004B_5653_4553_5300)
+            .word(self.table_digest())
+            .word(self.inner().digest())
+            .finish()
+    }
+
+    /// The put's id, at the position where the store applied it: a request answered from the
+    /// session's cache (a duplicate) or refused leaves no id, so a command id twice in the
+    /// journal is a command applied twice.
+    fn journal_id(&self, command: &[u8], reply: &[u8]) -> Option<u64> {
+        let Ok(Envelope::Request { payload, .. } | Envelope::Plain { payload }) =
+            session::decode(command)
+        else {
+            return None;
+        };
+        matches!(session::decode_reply(reply), Ok(Reply::Applied(_)))
+            .then(|| command_id(payload))
+            .flatten()
     }
 }
 
@@ -936,5 +988,53 @@ mod tests {
         assert_eq!(now, old);
         assert_eq!(&now[20..28], &7u64.to_le_bytes());
         kv.snapshot_end();
+    }
+
+    /// The store in its sessions as the node hosts it: a retried put is answered from the
+    /// cache and journalled nowhere, a get is applied every time.
+    #[test]
+    fn a_retried_put_is_applied_once_and_journalled_once() {
+        let mut app = kv_app(16);
+        let mut reply = [0u8; 64];
+        let mut envelope = [0u8; CLIENT_HEADER_BYTES + 8];
+        let len = session::encode_register(&mut envelope).unwrap();
+        let n = StateMachine::apply(&mut app, 5, &envelope[..len], &mut reply);
+        assert_eq!(
+            session::decode_reply(&reply[..n]),
+            Ok(Reply::Registered { client: 5 })
+        );
+        let mut session = session::Session::new(5, SESSION_WINDOW);
+        let mut put = [0u8; HEADER_BYTES + 8];
+        let put_len = encode_put(&mut put, 3, 0x2_0001, &[7; 8]);
+        let (seq, len) = session.request(&put[..put_len], &mut envelope).unwrap();
+        assert_eq!(len, CLIENT_HEADER_BYTES + 8);
+        let n = StateMachine::apply(&mut app, 6, &envelope[..len], &mut reply);
+        assert_eq!(
+            session::decode_reply(&reply[..n]),
+            Ok(Reply::Applied(&1u64.to_le_bytes()[..]))
+        );
+        assert_eq!(
+            app.journal_id(&envelope[..len], &reply[..n]),
+            Some(0x2_0001)
+        );
+        let digest = Application::digest(&app);
+
+        let len = session.retry(seq, &put[..put_len], &mut envelope).unwrap();
+        let n = StateMachine::apply(&mut app, 7, &envelope[..len], &mut reply);
+        assert_eq!(
+            session::decode_reply(&reply[..n]),
+            Ok(Reply::Duplicate(&1u64.to_le_bytes()[..]))
+        );
+        assert_eq!(app.journal_id(&envelope[..len], &reply[..n]), None);
+        assert_eq!(app.inner().applied(), 1, "the store applied the put once");
+        assert_ne!(
+            Application::digest(&app),
+            digest,
+            "the session's last use moved"
+        );
+
+        assert!(!app.inner().read_only(&put[..put_len]));
+        let get_len = encode_get(&mut put, 3, 0x2_0002);
+        assert!(app.inner().read_only(&put[..get_len]));
     }
 }

@@ -29,7 +29,7 @@ use mu_nostd::{
     Shared, Snapshot, StateMachine, SubmitError, Ticket, REQUESTS_MAX,
 };
 
-use crate::app::{answer_word, Application};
+use crate::app::Application;
 use crate::bell::Bell;
 use crate::clock::{cycles_end, cycles_start, monotonic_ns, Ticker};
 use crate::intake::Intake;
@@ -247,13 +247,13 @@ impl<'p, A: Application> Hosted<'p, A> {
                 intake.push_reply(waiting.seq, outcome, position, reply);
             }
             _ => {
-                self.port.push_response(Response {
-                    seq: waiting.seq,
+                self.port.push_response(Response::new(
+                    waiting.seq,
                     outcome,
                     position,
-                    commit_ns: monotonic_ns(),
-                    answer: answer_word(reply),
-                });
+                    monotonic_ns(),
+                    reply,
+                ));
             }
         }
     }
@@ -262,7 +262,10 @@ impl<'p, A: Application> Hosted<'p, A> {
 impl<A: Application> StateMachine for Hosted<'_, A> {
     fn apply(&mut self, position: u64, command: &[u8], response: &mut [u8]) -> usize {
         let len = self.app.apply(position, command, response);
-        let id = self.app.journal_id(command).unwrap_or(u64::MAX);
+        let id = self
+            .app
+            .journal_id(command, &response[..len])
+            .unwrap_or(u64::MAX);
         self.port.journal(position, id);
         len
     }
@@ -510,13 +513,13 @@ impl<'s, 'p, F: Fabric, A: Application> ReplicationLoop<'s, 'p, F, A> {
                 _ => {
                     port.pop_request();
                     if let Some((outcome, position)) = refusal {
-                        port.push_response(Response {
+                        port.push_response(Response::new(
                             seq,
                             outcome,
                             position,
-                            commit_ns: monotonic_ns(),
-                            answer: 0,
-                        });
+                            monotonic_ns(),
+                            &[],
+                        ));
                     }
                 }
             }
@@ -906,9 +909,10 @@ impl Parts {
     }
 }
 
-/// Runs replica `spec` of the key-value store until `stop` is set (see [`run_app`]).
+/// Runs replica `spec` of the key-value store, inside client sessions, until `stop` is set
+/// (see [`run_app`]).
 pub fn run(spec: &NodeSpec, stop: &AtomicBool) -> Result<(), NodeError> {
-    run_app(spec, Kv::new(spec.kv_keys), stop)
+    run_app(spec, crate::kv::kv_app(spec.kv_keys), stop)
 }
 
 /// Runs replica `spec` hosting `app` until `stop` is set: both planes on their own threads.

@@ -36,12 +36,17 @@ pub const REQUESTS: u64 = 32;
 pub const RESPONSES: u64 = 256;
 /// Largest command a client may send through the port.
 pub const COMMAND_MAX: usize = 4096 + 64;
+/// Bytes of a reply a response carries (a session's status and the store's answer word fit).
+pub const REPLY_HEAD: usize = 16;
 /// Positions the journal remembers (it wraps).
 pub const JOURNAL_POSITIONS: u64 = 1 << 20;
 
-const MAGIC: u64 = u64::from_le_bytes(*b"MUPORT02");
+const MAGIC: u64 = u64::from_le_bytes(*b"MUPORT03");
 const REQUEST_BYTES: usize = 16 + COMMAND_MAX;
 const RESPONSE_BYTES: usize = 64;
+/// Words of a response entry: sequence, outcome, position, time, the reply's head and length.
+const RESPONSE_WORDS: usize = 4 + REPLY_HEAD / 8 + 1;
+const _: () = assert!(RESPONSE_WORDS * 8 <= RESPONSE_BYTES && REPLY_HEAD % 8 == 0);
 const REQ_TAIL: usize = 4096;
 const REQ_HEAD: usize = 4096 + 64;
 const REQ_ENTRIES: usize = 4096 + 128;
@@ -158,7 +163,7 @@ const _: () =
 /// Outcome of a client command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Decided at `position` and applied; the state machine answered `answer`.
+    /// Decided at `position` and applied; the state machine's reply is in the response.
     Committed,
     /// This replica does not lead; `position` carries who it thinks leads plus one (0: nobody).
     NotLeader,
@@ -197,8 +202,37 @@ pub struct Response {
     pub position: u64,
     /// `CLOCK_MONOTONIC` nanoseconds when the leader applied it.
     pub commit_ns: u64,
-    /// The state machine's answer word.
-    pub answer: u64,
+    /// The state machine's reply, its first [`REPLY_HEAD`] bytes (zeros beyond `reply_len`).
+    pub reply_head: [u8; REPLY_HEAD],
+    /// The length of the whole reply, which may be longer than its head.
+    pub reply_len: u64,
+}
+
+impl Response {
+    /// A response carrying `reply`'s head.
+    pub fn new(seq: u64, outcome: Outcome, position: u64, commit_ns: u64, reply: &[u8]) -> Self {
+        let mut reply_head = [0; REPLY_HEAD];
+        let n = reply.len().min(REPLY_HEAD);
+        reply_head[..n].copy_from_slice(&reply[..n]);
+        Response {
+            seq,
+            outcome,
+            position,
+            commit_ns,
+            reply_head,
+            reply_len: reply.len() as u64,
+        }
+    }
+
+    /// The reply as far as the port carries it.
+    pub fn reply(&self) -> &[u8] {
+        &self.reply_head[..(self.reply_len as usize).min(REPLY_HEAD)]
+    }
+
+    /// The reply's answer word: its first 8 bytes, little-endian, padded with zeros.
+    pub fn answer(&self) -> u64 {
+        crate::app::answer_word(self.reply())
+    }
 }
 
 /// The port file, from either side.
@@ -378,12 +412,17 @@ impl Port {
         let tail = self.mapping.word(RESP_TAIL);
         let t = tail.load(Relaxed);
         let entry = RESP_ENTRIES + (t % RESPONSES) as usize * RESPONSE_BYTES;
-        let words = [
+        let head = |i: usize| {
+            u64::from_le_bytes(response.reply_head[i * 8..i * 8 + 8].try_into().expect("8"))
+        };
+        let words: [u64; RESPONSE_WORDS] = [
             response.seq,
             response.outcome.code(),
             response.position,
             response.commit_ns,
-            response.answer,
+            head(0),
+            head(1),
+            response.reply_len,
         ];
         for (i, word) in words.into_iter().enumerate() {
             self.mapping.word(entry + 8 * i).store(word, Relaxed);
@@ -402,12 +441,16 @@ impl Port {
         }
         let entry = RESP_ENTRIES + (h % RESPONSES) as usize * RESPONSE_BYTES;
         let word = |i: usize| self.mapping.word(entry + 8 * i).load(Relaxed);
+        let mut reply_head = [0; REPLY_HEAD];
+        reply_head[..8].copy_from_slice(&word(4).to_le_bytes());
+        reply_head[8..].copy_from_slice(&word(5).to_le_bytes());
         let response = Response {
             seq: word(0),
             outcome: Outcome::from_code(word(1)).unwrap_or(Outcome::Rejected),
             position: word(2),
             commit_ns: word(3),
-            answer: word(4),
+            reply_head,
+            reply_len: word(6),
         };
         head.store(h + 1, Release);
         Some(response)
@@ -439,15 +482,13 @@ mod tests {
             assert_eq!(server.peek_request(&mut buf), Some((seq, 100)));
             assert_eq!(buf[99], seq as u8);
             server.pop_request();
-            let response = Response {
-                seq,
-                outcome: Outcome::Committed,
-                position: seq * 2,
-                commit_ns: 5,
-                answer: 1,
-            };
+            let reply: Vec<u8> = (0..seq as u8 % 24).collect();
+            let response = Response::new(seq, Outcome::Committed, seq * 2, 5, &reply);
             assert!(server.push_response(response));
-            assert_eq!(client.take_response(), Some(response));
+            let taken = client.take_response().unwrap();
+            assert_eq!(taken, response);
+            assert_eq!(taken.reply(), &reply[..reply.len().min(REPLY_HEAD)]);
+            assert_eq!(taken.reply_len, reply.len() as u64);
         }
         assert_eq!(server.peek_request(&mut buf), None);
         server.publish_digest(0xABCD, 42);

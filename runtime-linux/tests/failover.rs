@@ -3,6 +3,8 @@
 //! total. A replica that published no take-over timestamps, stale ones of an earlier tenure, or
 //! ones out of order leaves a round without a split, and the test fails. Each killed leader
 //! restarts after the survivors wrapped the log twice, so it must rejoin by state transfer.
+//! The client's requests in flight at each kill are sent again in its session: none may be
+//! applied twice (every round's verify reads the journals) or be left of unknown outcome.
 //! No timing is asserted.
 
 // Every `unsafe` block states why it is sound; every `unsafe fn` says what its callers must
@@ -33,6 +35,9 @@ fn every_fail_over_splits_into_segments_that_add_up() {
     let report = failover_report(&options, Path::new(env!("CARGO_BIN_EXE_mu")), false)
         .expect("the fail-over rounds run");
     assert_eq!(report.fail_overs.len(), 2);
+    // Every round's verify found no command applied twice; every request sent again was
+    // settled (applied, or answered from the session's cache).
+    assert_eq!(report.sessions.unknown, 0, "{:?}", report.sessions);
     assert_eq!(report.rejoins.len(), 2);
     for rejoin in &report.rejoins {
         // Two laps behind, no log holds what the restarted replica lacks.

@@ -137,7 +137,7 @@ enum Action {
         /// Replicas (processes).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=7))]
         replicas: u8,
-        /// Command size in bytes (a key-value put; at least 17).
+        /// Command size in bytes (a key-value put in its session's envelope; at least 43).
         #[arg(long, default_value_t = 64)]
         payload: usize,
         /// Seconds of steady workload before the leader is killed.
