@@ -8,21 +8,29 @@
 //! run inside them (a shared-memory "one-sided write" is a copy by the leader's CPU); the fabric's
 //! share is reported apart: the instructions of its source files, wherever they were inlined.
 //!
+//! Busy paths are measured at several command sizes, so that the per-byte share (copies,
+//! checksums) shows apart from the per-command share; idle polls are measured too, because a
+//! plane spends most of its polls finding nothing, and the length of such a poll delays the
+//! poll that finds the next command.
+//!
 //! The counts go in a committed baseline file; [`compare`] prints the change. They depend on
 //! the compiler and on how the core's generic code is inlined into the probe binary, so an edit
 //! elsewhere in this crate can move them by a few tenths of a percent.
 //!
 //! # Invariants
 //! - A probe fails (exit 1) rather than count a call that did not do its operation: every
-//!   measured leader call commits exactly its one command, every measured follower call applies
-//!   exactly one slot, and every background round polls twice at a new read period.
+//!   measured leader call commits exactly its one command, which fills its slot; every measured
+//!   follower call applies exactly one slot; every background round polls twice at a new read
+//!   period; and every idle poll finds no completion waiting, leaves none behind (nothing
+//!   posted) and changes nothing its plane's status, its tenure's status or its application
+//!   shows.
 
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mu_nostd::Shared;
+use mu_nostd::{Completion, Fabric, Layout, LeaderStatus, ReplicationStatus, Shared};
 
 use crate::inproc::{BackgroundSide, Cluster, Params, ReplicationSide};
 
@@ -32,28 +40,60 @@ pub enum Scenario {
     /// The leader's propose-to-commit fast path: submit one 64-byte command, poll until it is
     /// committed (written to both followers, completions seen, applied, reported).
     LeaderCommit,
+    /// The same with a 1,024-byte command.
+    LeaderCommit1024,
+    /// The same with a 4,096-byte command, the largest a benchmark replicates.
+    LeaderCommit4096,
+    /// A leader's poll with nothing submitted, nothing undecided and nothing in flight (the
+    /// commit record of its last decision landed and completed).
+    LeaderIdlePoll,
     /// A follower's poll that applies one slot (the leader's next write told it the slot is
     /// committed).
     FollowerApply,
+    /// The same with 1,024-byte slots.
+    FollowerApply1024,
+    /// The same with 4,096-byte slots.
+    FollowerApply4096,
+    /// A follower's poll when nothing new was written: it applied every position the leader
+    /// wrote.
+    FollowerIdlePoll,
     /// One background-plane round at a new read period: the poll that beats and posts the
     /// heartbeat reads, and the poll that takes their completions, scores and elects.
     BackgroundRound,
+    /// A background poll just after such a round, within the read period: no beat due, no read
+    /// due, no completion to take.
+    BackgroundIdlePoll,
 }
 
 impl Scenario {
-    /// Every scenario, in report order.
-    pub const ALL: [Scenario; 3] = [
+    /// Every scenario, in report order: by plane, busy paths (by command size) before idle
+    /// polls.
+    pub const ALL: [Scenario; 10] = [
         Scenario::LeaderCommit,
+        Scenario::LeaderCommit1024,
+        Scenario::LeaderCommit4096,
+        Scenario::LeaderIdlePoll,
         Scenario::FollowerApply,
+        Scenario::FollowerApply1024,
+        Scenario::FollowerApply4096,
+        Scenario::FollowerIdlePoll,
         Scenario::BackgroundRound,
+        Scenario::BackgroundIdlePoll,
     ];
 
     /// The name in the baseline file and on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Scenario::LeaderCommit => "leader_commit_64b_3r",
+            Scenario::LeaderCommit1024 => "leader_commit_1024b_3r",
+            Scenario::LeaderCommit4096 => "leader_commit_4096b_3r",
+            Scenario::LeaderIdlePoll => "leader_idle_poll_3r",
             Scenario::FollowerApply => "follower_apply_64b_3r",
+            Scenario::FollowerApply1024 => "follower_apply_1024b_3r",
+            Scenario::FollowerApply4096 => "follower_apply_4096b_3r",
+            Scenario::FollowerIdlePoll => "follower_idle_poll_3r",
             Scenario::BackgroundRound => "background_round_3r",
+            Scenario::BackgroundIdlePoll => "background_idle_poll_3r",
         }
     }
 
@@ -63,9 +103,26 @@ impl Scenario {
             Scenario::LeaderCommit => {
                 "leader: submit a 64 B command and poll until committed (3 replicas)"
             }
+            Scenario::LeaderCommit1024 => {
+                "leader: submit a 1,024 B command and poll until committed (3 replicas)"
+            }
+            Scenario::LeaderCommit4096 => {
+                "leader: submit a 4,096 B command and poll until committed (3 replicas)"
+            }
+            Scenario::LeaderIdlePoll => {
+                "leader: one poll with nothing submitted, undecided or in flight"
+            }
             Scenario::FollowerApply => "follower: one poll that applies one 64 B slot",
+            Scenario::FollowerApply1024 => "follower: one poll that applies one 1,024 B slot",
+            Scenario::FollowerApply4096 => "follower: one poll that applies one 4,096 B slot",
+            Scenario::FollowerIdlePoll => {
+                "follower: one poll with nothing new written (everything written applied)"
+            }
             Scenario::BackgroundRound => {
                 "background plane: one read period (beat, read 2 heartbeats, score, elect)"
+            }
+            Scenario::BackgroundIdlePoll => {
+                "background plane: one poll within a read period (no beat, read or completion)"
             }
         }
     }
@@ -74,30 +131,56 @@ impl Scenario {
     pub fn parse(name: &str) -> Option<Scenario> {
         Scenario::ALL.into_iter().find(|s| s.name() == name)
     }
+
+    /// The cluster it runs on: slots sized to its commands; the idle polls and the background
+    /// plane run on the 64 B cluster, so that they compare with the 64 B paths.
+    fn params(self) -> Params {
+        let entry_bytes = match self {
+            Scenario::LeaderCommit1024 | Scenario::FollowerApply1024 => 1024,
+            Scenario::LeaderCommit4096 | Scenario::FollowerApply4096 => 4096,
+            Scenario::LeaderCommit
+            | Scenario::LeaderIdlePoll
+            | Scenario::FollowerApply
+            | Scenario::FollowerIdlePoll
+            | Scenario::BackgroundRound
+            | Scenario::BackgroundIdlePoll => 64,
+        };
+        Params {
+            replicas: REPLICAS,
+            entry_bytes,
+            pipeline_depth: 8,
+            read_period_ticks: 20,
+        }
+    }
+
+    /// The most measured calls its probe takes: warm-up and measured commands stay within half
+    /// the log, so that no call meets recycling (which is not on the measured path) and the
+    /// followers the busy probes never poll do not hold the leader back.
+    pub fn iterations_max(self) -> u64 {
+        let slots = self.params().config().slot_count as u64;
+        ((slots - 1) / 2).saturating_sub(WARM_UP)
+    }
 }
 
-const PAYLOAD: usize = 64;
 const REPLICAS: u8 = 3;
 const WARM_UP: u64 = 256;
 const FOLLOWER: usize = 1;
 /// Polls one serial command may take on a cluster whose fabric completes work when posted.
 const POLLS_PER_COMMIT_MAX: u32 = 64;
+/// Rounds of replication polls a cluster may take to come to rest after the warm-up commands
+/// (the followers, never polled while they were committed, catch up a scan bound per poll).
+const QUIESCE_ROUNDS_MAX: u32 = 1000;
 
 /// Runs `scenario` `iterations` times (after a warm-up); the body of `mu-bench probe`.
 pub fn probe(scenario: Scenario, iterations: u64) -> Result<(), String> {
     let shared: Vec<Shared> = (0..REPLICAS).map(|_| Shared::new()).collect();
-    let params = Params {
-        replicas: REPLICAS,
-        entry_bytes: PAYLOAD,
-        pipeline_depth: 8,
-        read_period_ticks: 20,
-    };
-    let mut cluster = Cluster::new(&params, &shared)?;
-    if (WARM_UP + iterations) * 2 >= cluster.config.slot_count as u64 {
+    let mut cluster = Cluster::new(&scenario.params(), &shared)?;
+    if iterations > scenario.iterations_max() {
         return Err(format!(
-            "at most {} iterations: the probe never wraps the log (recycling is not on the \
-             measured path)",
-            cluster.config.slot_count as u64 / 2 - WARM_UP - 1
+            "at most {} iterations of {}: the probe never wraps the log (recycling is not on \
+             the measured path)",
+            scenario.iterations_max(),
+            scenario.name()
         ));
     }
     let mut now = 0;
@@ -105,69 +188,159 @@ pub fn probe(scenario: Scenario, iterations: u64) -> Result<(), String> {
     if leader == FOLLOWER {
         return Err("replica 1 leads; the probe expects another leader".into());
     }
-    let mut command = [0u8; PAYLOAD];
+    let cluster = &mut cluster;
     match scenario {
-        Scenario::LeaderCommit => {
+        Scenario::LeaderCommit => leader_commit::<64>(cluster, leader, now, iterations),
+        Scenario::LeaderCommit1024 => leader_commit::<1024>(cluster, leader, now, iterations),
+        Scenario::LeaderCommit4096 => leader_commit::<4096>(cluster, leader, now, iterations),
+        Scenario::LeaderIdlePoll => {
+            quiesce(cluster, leader, now)?;
+            let layout = Layout::new(&cluster.config);
             let side = &mut cluster.replication[leader];
-            for i in 0..WARM_UP {
-                commit_one(side, &mut command, i, now)?;
-            }
-            for i in WARM_UP..WARM_UP + iterations {
-                measured_leader_commit(black_box(side), &mut command, i, now)?;
-            }
+            idle_polls(side, &layout, now, iterations, measured_leader_idle_poll)
         }
-        Scenario::FollowerApply => {
-            for i in 0..WARM_UP + iterations {
-                commit_one(&mut cluster.replication[leader], &mut command, i, now)?;
-                let follower = &mut cluster.replication[FOLLOWER];
-                let before = follower.app.applied;
-                if i < WARM_UP {
-                    follower.poll(now);
-                } else {
-                    measured_follower_apply(black_box(follower), now);
-                }
-                if i > 0 && follower.app.applied != before + 1 {
-                    return Err(format!(
-                        "follower applied {} slots in one poll, not 1",
-                        follower.app.applied - before
-                    ));
-                }
-            }
+        Scenario::FollowerApply => follower_apply::<64>(cluster, leader, now, iterations),
+        Scenario::FollowerApply1024 => follower_apply::<1024>(cluster, leader, now, iterations),
+        Scenario::FollowerApply4096 => follower_apply::<4096>(cluster, leader, now, iterations),
+        Scenario::FollowerIdlePoll => {
+            quiesce(cluster, leader, now)?;
+            let layout = Layout::new(&cluster.config);
+            let side = &mut cluster.replication[FOLLOWER];
+            idle_polls(side, &layout, now, iterations, measured_follower_idle_poll)
         }
-        Scenario::BackgroundRound => {
-            let period = cluster.config.detector.read_period_ticks as u64;
-            for i in 0..WARM_UP + iterations {
-                now += period;
-                // Everyone else keeps beating and polling, so that the measured replica's view
-                // stays steady: every peer alive, the same leader.
-                for (id, side) in cluster.background.iter_mut().enumerate() {
-                    if id != FOLLOWER {
-                        side.poll(now);
-                    }
-                }
-                for side in &mut cluster.replication {
-                    side.poll(now);
-                }
-                let side = &mut cluster.background[FOLLOWER];
-                if i < WARM_UP {
-                    background_round(side, now);
-                } else {
-                    measured_background_round(black_box(side), now);
-                }
-                let status = side.plane.status();
-                if status.leader != Some(leader as u8) || status.alive.count_ones() != 3 {
-                    return Err(format!("the view changed at round {i}: {status:?}"));
-                }
-            }
+        Scenario::BackgroundRound => background(cluster, leader, now, iterations, false),
+        Scenario::BackgroundIdlePoll => background(cluster, leader, now, iterations, true),
+    }
+}
+
+/// A command of `N` bytes must fill its slot, or a larger command would be measured on a
+/// smaller path than it names.
+fn fills_slot<const N: usize>(cluster: &Cluster<'_>) -> Result<(), String> {
+    let max = cluster.config.entry_bytes_max() as usize;
+    if max != N || cluster.config.entry_slots_max != 1 {
+        return Err(format!(
+            "a {N} B command does not fill one slot (largest entry {max} B, {} slots)",
+            cluster.config.entry_slots_max
+        ));
+    }
+    Ok(())
+}
+
+fn leader_commit<const N: usize>(
+    cluster: &mut Cluster<'_>,
+    leader: usize,
+    now: u64,
+    iterations: u64,
+) -> Result<(), String> {
+    fills_slot::<N>(cluster)?;
+    let mut command = [0u8; N];
+    let side = &mut cluster.replication[leader];
+    for i in 0..WARM_UP {
+        commit_one(side, &mut command, i, now)?;
+    }
+    for i in WARM_UP..WARM_UP + iterations {
+        measured_leader_commit(black_box(side), &mut command, i, now)?;
+    }
+    Ok(())
+}
+
+fn follower_apply<const N: usize>(
+    cluster: &mut Cluster<'_>,
+    leader: usize,
+    now: u64,
+    iterations: u64,
+) -> Result<(), String> {
+    fills_slot::<N>(cluster)?;
+    let mut command = [0u8; N];
+    for i in 0..WARM_UP + iterations {
+        commit_one(&mut cluster.replication[leader], &mut command, i, now)?;
+        let follower = &mut cluster.replication[FOLLOWER];
+        let before = follower.app.applied;
+        if i < WARM_UP {
+            follower.poll(now);
+        } else {
+            measured_follower_apply(black_box(follower), now);
+        }
+        if i > 0 && follower.app.applied != before + 1 {
+            return Err(format!(
+                "follower applied {} slots in one poll, not 1",
+                follower.app.applied - before
+            ));
         }
     }
     Ok(())
 }
 
+fn background(
+    cluster: &mut Cluster<'_>,
+    leader: usize,
+    mut now: u64,
+    iterations: u64,
+    idle: bool,
+) -> Result<(), String> {
+    let period = cluster.config.detector.read_period_ticks as u64;
+    for i in 0..WARM_UP + iterations {
+        now += period;
+        // Everyone else keeps beating and polling, so that the measured replica's view
+        // stays steady: every peer alive, the same leader.
+        for (id, side) in cluster.background.iter_mut().enumerate() {
+            if id != FOLLOWER {
+                side.poll(now);
+            }
+        }
+        for side in &mut cluster.replication {
+            side.poll(now);
+        }
+        let side = &mut cluster.background[FOLLOWER];
+        if i < WARM_UP || idle {
+            background_round(side, now);
+        } else {
+            measured_background_round(black_box(side), now);
+        }
+        if idle {
+            // The round beat at `now` and read at `now`: the next beat is half a read period
+            // on, the next read a whole one, so a poll one tick later has nothing due.
+            background_idle_poll(side, now + 1, i >= WARM_UP)?;
+        }
+        let status = side.plane.status();
+        if status.leader != Some(leader as u8) || status.alive.count_ones() != 3 {
+            return Err(format!("the view changed at round {i}: {status:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// One background poll at `at` that must be idle: no completion to take, no beat (the
+/// heartbeat counter is in the status), nothing posted (it would wait on the fabric), no change
+/// to the view.
+fn background_idle_poll(
+    side: &mut BackgroundSide<'_>,
+    at: u64,
+    measure: bool,
+) -> Result<(), String> {
+    let before = side.plane.status();
+    if completion_waiting(&mut side.fabric) {
+        return Err(format!("a completion waited before the idle poll at {at}"));
+    }
+    if measure {
+        measured_background_idle_poll(black_box(side), at);
+    } else {
+        side.poll(at);
+    }
+    let after = side.plane.status();
+    if after != before || completion_waiting(&mut side.fabric) {
+        return Err(format!(
+            "the background poll at {at} was not idle: {before:?} became {after:?}, or it \
+             posted work"
+        ));
+    }
+    Ok(())
+}
+
 /// Submits command `i` at the leader and polls until it is committed.
-fn commit_one(
+fn commit_one<const N: usize>(
     side: &mut ReplicationSide<'_>,
-    command: &mut [u8; PAYLOAD],
+    command: &mut [u8; N],
     i: u64,
     now: u64,
 ) -> Result<(), String> {
@@ -187,10 +360,133 @@ fn commit_one(
     ))
 }
 
-#[inline(never)]
-fn measured_leader_commit(
+/// What an idle replication poll leaves as it found: everything its plane's status and its
+/// tenure's status show (applied position, queue, blocked slot, members' positions, next
+/// position), and what its application applied and heard committed.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    status: ReplicationStatus,
+    tenure: Option<LeaderStatus>,
+    applied: u64,
+    committed: u64,
+}
+
+impl Seen {
+    fn of(side: &ReplicationSide<'_>) -> Seen {
+        Seen {
+            status: side.plane.status(),
+            tenure: side.plane.leader_status(),
+            applied: side.app.applied,
+            committed: side.app.committed,
+        }
+    }
+}
+
+/// True when an operation's completion waits on `fabric`, which then loses it: call it only
+/// where that ends the probe. The shared-memory fabric completes an operation when it is
+/// posted, so an empty queue after a poll means the poll left nothing in flight, and an empty
+/// queue before it means the poll had no completion to take.
+fn completion_waiting<F: Fabric>(fabric: &mut F) -> bool {
+    fabric.poll(&mut [Completion::EMPTY]) > 0
+}
+
+/// Brings the replication planes to rest at `now`, as a cluster whose clients stopped: commands
+/// committed serially, then every replication plane polled until a round changes nothing and
+/// every follower applied what the leader wrote (the leader's commit record, written in the
+/// poll after its last decision, tells them that the last position is decided).
+fn quiesce(cluster: &mut Cluster<'_>, leader: usize, now: u64) -> Result<(), String> {
+    let mut command = [0u8; 64];
+    for i in 0..WARM_UP {
+        commit_one(&mut cluster.replication[leader], &mut command, i, now)?;
+    }
+    for _ in 0..QUIESCE_ROUNDS_MAX {
+        let before: Vec<Seen> = cluster.replication.iter().map(Seen::of).collect();
+        for side in &mut cluster.replication {
+            side.poll(now);
+        }
+        let after: Vec<Seen> = cluster.replication.iter().map(Seen::of).collect();
+        let lead = &after[leader];
+        let written = lead.tenure.as_ref().map(|t| t.next);
+        let at_rest = lead.status.queued == 0
+            && written == Some(lead.status.applied)
+            && after
+                .iter()
+                .all(|s| s.status.applied == lead.status.applied);
+        if at_rest && after == before {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "the replication planes did not come to rest in {QUIESCE_ROUNDS_MAX} rounds"
+    ))
+}
+
+/// Fails unless `side` has nothing to replicate: no command queued, and its own log holds
+/// nothing at the position it applies next (no proposal undecided at a leader, nothing new from
+/// the leader at a follower). The status alone would not tell: a follower that finds a new slot
+/// it may not apply yet changes nothing it shows. The probes never wrap the log, so that slot
+/// is still all zeros unless it was written in this run.
+fn nothing_new(
     side: &mut ReplicationSide<'_>,
-    command: &mut [u8; PAYLOAD],
+    layout: &Layout,
+    slot: &mut [u8],
+) -> Result<(), String> {
+    let status = side.plane.status();
+    if status.queued != 0 {
+        return Err(format!(
+            "replica {} has {} commands queued",
+            side.id, status.queued
+        ));
+    }
+    let position = status.applied;
+    side.fabric.load(layout.slot(position), slot);
+    if slot.iter().all(|&b| b == 0) {
+        Ok(())
+    } else {
+        Err(format!(
+            "replica {} holds a slot at position {position}, which it did not apply",
+            side.id
+        ))
+    }
+}
+
+/// Polls `side` at `now` (warm-up, then `iterations` measured calls) with nothing else polled
+/// in between, failing at the first poll that was not idle.
+fn idle_polls(
+    side: &mut ReplicationSide<'_>,
+    layout: &Layout,
+    now: u64,
+    iterations: u64,
+    measured: fn(&mut ReplicationSide<'_>, u64),
+) -> Result<(), String> {
+    let mut slot = vec![0u8; layout.slot_size as usize];
+    for i in 0..WARM_UP + iterations {
+        nothing_new(side, layout, &mut slot)?;
+        let before = Seen::of(side);
+        if completion_waiting(&mut side.fabric) {
+            return Err(format!("a completion waited before idle poll {i}"));
+        }
+        if i < WARM_UP {
+            side.poll(now);
+        } else {
+            measured(black_box(side), now);
+        }
+        let after = Seen::of(side);
+        if after != before || completion_waiting(&mut side.fabric) {
+            return Err(format!(
+                "replica {} poll {i} was not idle: {before:?} became {after:?}, or it posted \
+                 work",
+                side.id
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[inline(never)]
+fn measured_leader_commit<const N: usize>(
+    side: &mut ReplicationSide<'_>,
+    command: &mut [u8; N],
     i: u64,
     now: u64,
 ) -> Result<(), String> {
@@ -198,7 +494,17 @@ fn measured_leader_commit(
 }
 
 #[inline(never)]
+fn measured_leader_idle_poll(side: &mut ReplicationSide<'_>, now: u64) {
+    side.poll(now);
+}
+
+#[inline(never)]
 fn measured_follower_apply(side: &mut ReplicationSide<'_>, now: u64) {
+    side.poll(now);
+}
+
+#[inline(never)]
+fn measured_follower_idle_poll(side: &mut ReplicationSide<'_>, now: u64) {
     side.poll(now);
 }
 
@@ -210,6 +516,11 @@ fn background_round(side: &mut BackgroundSide<'_>, now: u64) {
 #[inline(never)]
 fn measured_background_round(side: &mut BackgroundSide<'_>, now: u64) {
     background_round(side, now);
+}
+
+#[inline(never)]
+fn measured_background_idle_poll(side: &mut BackgroundSide<'_>, now: u64) {
+    side.poll(now);
 }
 
 /// One scenario's count.
@@ -559,6 +870,52 @@ mod tests {
         let error = Baseline::parse("# c\nleader 12 extra\n", path).unwrap_err();
         assert!(error.starts_with("b:2:"), "{error}");
         assert!(Baseline::parse("leader many\n", path).is_err());
+    }
+
+    #[test]
+    fn scenarios_have_distinct_names_and_hold_the_default_iterations() {
+        for scenario in Scenario::ALL {
+            assert_eq!(Scenario::parse(scenario.name()), Some(scenario));
+            // 2,000: what `mu-bench instructions` and the suite measure by default.
+            assert!(
+                scenario.iterations_max() >= 2_000,
+                "{}: {}",
+                scenario.name(),
+                scenario.iterations_max()
+            );
+        }
+    }
+
+    #[test]
+    fn idle_probes_refuse_a_plane_with_work() {
+        let shared: Vec<Shared> = (0..REPLICAS).map(|_| Shared::new()).collect();
+        let mut cluster = Cluster::new(&Scenario::LeaderIdlePoll.params(), &shared).unwrap();
+        let mut now = 0;
+        let leader = cluster.settle_virtual(&mut now).unwrap() as usize;
+        let follower = (leader + 1) % REPLICAS as usize;
+        let period = cluster.config.detector.read_period_ticks as u64;
+        let error = background_idle_poll(&mut cluster.background[follower], now + period, false)
+            .unwrap_err();
+        assert!(error.contains("not idle"), "{error}");
+
+        quiesce(&mut cluster, leader, now).unwrap();
+        let layout = Layout::new(&cluster.config);
+        let poll = measured_leader_idle_poll;
+        for id in [leader, follower] {
+            idle_polls(&mut cluster.replication[id], &layout, now, 1, poll).unwrap();
+        }
+        let side = &mut cluster.replication[leader];
+        side.plane.submit(&[1; 64]).unwrap();
+        let error = idle_polls(side, &layout, now, 1, poll).unwrap_err();
+        assert!(error.contains("queued"), "{error}");
+        // Proposed, written to the followers and decided: the leader's next poll writes the
+        // commit record, and the followers hold a slot they did not apply.
+        side.poll(now);
+        let error = idle_polls(side, &layout, now, 1, poll).unwrap_err();
+        assert!(error.contains("not idle"), "{error}");
+        let side = &mut cluster.replication[follower];
+        let error = idle_polls(side, &layout, now, 1, poll).unwrap_err();
+        assert!(error.contains("did not apply"), "{error}");
     }
 
     #[test]
