@@ -10,6 +10,7 @@
 //! | [`latency`] | leader-side latency and throughput on pinned threads |
 //! | [`orderbook`] | the order book, unreplicated and replicated by 3 replicas, in one run |
 //! | [`raft_peer`] | the peer: raft-rs 0.7, in-memory, in the same run |
+//! | [`raft_tcp`] | the peer as deployed: raft-rs 0.7 nodes on their own threads over loopback TCP |
 //! | [`rejoin`] | a follower 10 laps behind rejoins by a 64 MiB state transfer |
 //! | [`plot`] | the latency CDF as SVG |
 //! | [`suite`] | the whole run and `BENCHMARKS.md` |
@@ -25,6 +26,7 @@ pub mod latency;
 pub mod orderbook;
 pub mod plot;
 pub mod raft_peer;
+pub mod raft_tcp;
 pub mod rejoin;
 pub mod suite;
 

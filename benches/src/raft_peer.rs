@@ -128,11 +128,25 @@ const QUIESCE_ROUNDS: usize = 1_000_000;
 const STALL_ROUNDS: usize = 10_000;
 /// Applied entries between storage compactions: rare enough to cost nothing, frequent enough to
 /// keep each `MemStorage` small.
-const COMPACT_EVERY: u64 = 4096;
+pub(crate) const COMPACT_EVERY: u64 = 4096;
 /// The leader: node id 1, at index 0.
-const LEADER: usize = 0;
+pub(crate) const LEADER: usize = 0;
 /// Bytes at the start of every command that carry its sequence number.
 const SEQ_BYTES: usize = 8;
+
+/// Checks a cluster's shape before anything is built: at least one node, and commands long
+/// enough for their sequence numbers.
+pub(crate) fn check_shape(nodes: usize, payload: usize) -> Result<(), String> {
+    if nodes == 0 {
+        return Err("raft cluster: needs at least one node".into());
+    }
+    if payload < SEQ_BYTES {
+        return Err(format!(
+            "raft cluster: payload of {payload} bytes cannot carry the {SEQ_BYTES}-byte sequence number"
+        ));
+    }
+    Ok(())
+}
 
 /// An in-process raft-rs cluster and the commands proposed to it.
 struct Cluster {
@@ -150,18 +164,9 @@ struct Cluster {
 impl Cluster {
     /// Builds `nodes` raft nodes and drives them until node 1 leads and everything settles.
     fn elect(nodes: usize, payload: usize) -> Result<Self, String> {
-        if nodes == 0 {
-            return Err("raft cluster: needs at least one node".into());
-        }
-        if payload < SEQ_BYTES {
-            return Err(format!(
-                "raft cluster: payload of {payload} bytes cannot carry the {SEQ_BYTES}-byte sequence number"
-            ));
-        }
-        let voters: Vec<u64> = (1..=nodes as u64).collect();
-        let nodes = voters
-            .iter()
-            .map(|&id| Node::new(id, &voters))
+        check_shape(nodes, payload)?;
+        let nodes = (1..=nodes as u64)
+            .map(|id| Node::new(id, nodes))
             .collect::<Result<Vec<_>, _>>()?;
         let mut cluster = Cluster {
             inboxes: (0..nodes.len()).map(|_| VecDeque::new()).collect(),
@@ -185,7 +190,7 @@ impl Cluster {
     }
 
     fn leads(&self) -> bool {
-        self.leader().raw.raft.state == StateRole::Leader
+        self.leader().leads()
     }
 
     fn outstanding(&self) -> u64 {
@@ -211,16 +216,8 @@ impl Cluster {
     }
 
     fn propose(&mut self) -> Result<(), String> {
-        if !self.leads() {
-            return Err("raft propose: node 1 lost leadership".into());
-        }
         let seq = self.proposed + 1;
-        self.payload[..SEQ_BYTES].copy_from_slice(&seq.to_le_bytes());
-        // raft takes the command by value, so one copy per proposal is unavoidable.
-        self.nodes[LEADER]
-            .raw
-            .propose(Vec::new(), self.payload.clone())
-            .map_err(|e| format!("raft propose of command {seq}: {e}"))?;
+        self.nodes[LEADER].propose(&mut self.payload, seq)?;
         self.proposed = seq;
         Ok(())
     }
@@ -278,7 +275,8 @@ impl Cluster {
         let node = &mut self.nodes[index];
         let mut progressed = node.step_inbox(&mut self.inboxes[index])?;
         if node.raw.has_ready() {
-            node.handle_ready(&mut self.inboxes)?;
+            let inboxes = &mut self.inboxes;
+            node.handle_ready(&mut |messages| send(messages, inboxes))?;
             progressed = true;
         }
         Ok(progressed)
@@ -298,11 +296,7 @@ impl Cluster {
         let matched = leader.raw.raft.prs().iter().map(|(_, p)| p.matched);
         let floor = applied.chain(matched).min().unwrap_or(0);
         for node in &self.nodes {
-            node.raw
-                .store()
-                .wl()
-                .compact(floor)
-                .map_err(|e| format!("raft compact to {floor}: {e}"))?;
+            node.compact(floor)?;
         }
         self.compacted_at = self.leader().applied_index;
         Ok(())
@@ -330,23 +324,24 @@ impl Cluster {
     }
 }
 
-/// One raft node and the state machine it applies to.
-struct Node {
-    raw: RawNode<MemStorage>,
+/// One raft node and the state machine it applies to; the peer over TCP runs the same.
+pub(crate) struct Node {
+    pub(crate) raw: RawNode<MemStorage>,
     /// Index of the last entry applied, commands and no-ops alike.
-    applied_index: u64,
+    pub(crate) applied_index: u64,
     /// Commands applied.
-    commands: u64,
+    pub(crate) commands: u64,
     /// Order-sensitive digest of every command applied.
-    digest: u64,
+    pub(crate) digest: u64,
     /// Sequence number of the last command applied.
-    last_seq: u64,
+    pub(crate) last_seq: u64,
     /// TSC when this node last applied a command: the moment the leader sees a commit.
-    applied_at: u64,
+    pub(crate) applied_at: u64,
 }
 
 impl Node {
-    fn new(id: u64, voters: &[u64]) -> Result<Self, String> {
+    /// Node `id` of a cluster of voters `1..=nodes`.
+    pub(crate) fn new(id: u64, nodes: usize) -> Result<Self, String> {
         let config = Config {
             id,
             election_tick: 10,
@@ -364,7 +359,7 @@ impl Node {
         config
             .validate()
             .map_err(|e| format!("raft config of node {id}: {e}"))?;
-        let storage = MemStorage::new_with_conf_state((voters.to_vec(), Vec::new()));
+        let storage = MemStorage::new_with_conf_state((1..=nodes as u64, Vec::new()));
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let raw =
             RawNode::new(&config, storage, &logger).map_err(|e| format!("raft node {id}: {e}"))?;
@@ -378,8 +373,33 @@ impl Node {
         })
     }
 
-    fn id(&self) -> u64 {
+    pub(crate) fn id(&self) -> u64 {
         self.raw.raft.id
+    }
+
+    pub(crate) fn leads(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// Proposes command `seq`: `payload` with the sequence number written into its first bytes.
+    pub(crate) fn propose(&mut self, payload: &mut [u8], seq: u64) -> Result<(), String> {
+        if !self.leads() {
+            return Err(format!("raft propose: node {} lost leadership", self.id()));
+        }
+        payload[..SEQ_BYTES].copy_from_slice(&seq.to_le_bytes());
+        // raft takes the command by value, so one copy per proposal is unavoidable.
+        self.raw
+            .propose(Vec::new(), payload.to_vec())
+            .map_err(|e| format!("raft propose of command {seq}: {e}"))
+    }
+
+    /// Drops this node's entries up to `floor`, which no node may need from it again.
+    pub(crate) fn compact(&self, floor: u64) -> Result<(), String> {
+        self.raw
+            .store()
+            .wl()
+            .compact(floor)
+            .map_err(|e| format!("raft node {} compact to {floor}: {e}", self.id()))
     }
 
     /// Steps every message waiting for this node; returns whether there were any.
@@ -393,11 +413,15 @@ impl Node {
         Ok(any)
     }
 
-    /// Handles one `Ready` and the `LightReady` that follows it, in the order raft 0.7 requires.
-    fn handle_ready(&mut self, inboxes: &mut [VecDeque<Message>]) -> Result<(), String> {
+    /// Handles one `Ready` and the `LightReady` that follows it, in the order raft 0.7 requires;
+    /// `send` takes each batch of messages at the moment they may go out.
+    pub(crate) fn handle_ready(
+        &mut self,
+        send: &mut impl FnMut(Vec<Message>) -> Result<(), String>,
+    ) -> Result<(), String> {
         let mut ready = self.raw.ready();
         // These may go out before persisting: they are the leader's appends, safe in parallel.
-        send(ready.take_messages(), inboxes)?;
+        send(ready.take_messages())?;
         if !ready.snapshot().is_empty() {
             return Err(format!(
                 "raft node {}: unexpected snapshot; MemStorage snapshots carry no applied state",
@@ -406,13 +430,13 @@ impl Node {
         }
         self.persist(&ready)?;
         // These promise the persisted state, so only now may they go out.
-        send(ready.take_persisted_messages(), inboxes)?;
+        send(ready.take_persisted_messages())?;
         self.apply(ready.take_committed_entries())?;
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
             self.raw.store().wl().mut_hard_state().set_commit(commit);
         }
-        send(light.take_messages(), inboxes)?;
+        send(light.take_messages())?;
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
         Ok(())
