@@ -1054,12 +1054,16 @@ impl Client {
     /// leader" at once would otherwise keep a probing client polling through a take-over).
     fn collect(&mut self, cluster: &Cluster) -> bool {
         let mut heard = false;
-        // Requests sent to a replica that went away (or was restarted) never come back: send
-        // them again. The session answers from its cache the ones that had been decided.
+        // Requests sent to a replica that went away (or was restarted) never come back, and
+        // one that another replica now leads may not answer for long (stopped, starved): send
+        // them again to the leader. The session answers from its cache the ones that had been
+        // decided, and the other replica's late answer is ignored.
+        let leader = cluster.leader();
         let answerable = |f: &InFlight| {
-            cluster
-                .port(f.replica)
-                .is_some_and(|p| p.get(Stat::Incarnation) == f.incarnation)
+            leader.is_none_or(|l| l == f.replica)
+                && cluster
+                    .port(f.replica)
+                    .is_some_and(|p| p.get(Stat::Incarnation) == f.incarnation)
         };
         let (kept, gone): (Vec<InFlight>, Vec<InFlight>) =
             self.in_flight.drain(..).partition(answerable);
