@@ -771,6 +771,7 @@ fn render_goals(w: &mut String, results: &Results) {
         ),
         Some(unbatched >= 5e6),
     );
+    render_diet_goals(&mut row, results);
     match &results.failover {
         Ok(f) => {
             let (p50, p99) = (
@@ -840,6 +841,100 @@ fn render_goals(w: &mut String, results: &Results) {
 
 /// Starts a section of the report titled `title`: what it reports, or `None` after saying why
 /// it was not measured.
+/// The fast path diet's goals: instructions of the hot paths and of idle polls, latency at
+/// 64 B and 4 KiB against both raft-rs peers, pipelined throughput.
+fn render_diet_goals(row: &mut impl FnMut(&str, String, Option<bool>), results: &Results) {
+    let count = |scenario| {
+        results
+            .instructions
+            .as_ref()
+            .ok()
+            .and_then(|counts| counts.iter().find(|c: &&Count| c.scenario == scenario))
+    };
+    let at_most = |row: &mut dyn FnMut(&str, String, Option<bool>),
+                   goal: &str,
+                   scenario,
+                   limit: f64| match count(scenario) {
+        Some(c) => row(goal, format!("{:.0}", c.per_op), Some(c.per_op <= limit)),
+        None => row(goal, "not counted".into(), None),
+    };
+    at_most(
+        row,
+        "leader 64 B commit ≤ 1,200 instructions, 3 replicas (core and fabric)",
+        Scenario::LeaderCommit,
+        1200.0,
+    );
+    match count(Scenario::LeaderCommit) {
+        Some(c) => {
+            let core = core_per_op(c);
+            row(
+                "of which the core's ≤ 600",
+                format!("{core:.0}"),
+                Some(core <= 600.0),
+            );
+        }
+        None => row("of which the core's ≤ 600", "not counted".into(), None),
+    }
+    at_most(
+        row,
+        "follower apply of one 64 B slot ≤ 800 instructions",
+        Scenario::FollowerApply,
+        800.0,
+    );
+    at_most(
+        row,
+        "idle follower poll ≤ 100 instructions",
+        Scenario::FollowerIdlePoll,
+        100.0,
+    );
+    at_most(
+        row,
+        "idle background poll ≤ 400 instructions",
+        Scenario::BackgroundIdlePoll,
+        400.0,
+    );
+    let cell = |replicas: u8, payload: usize| {
+        results
+            .latency
+            .iter()
+            .find(|r| r.replicas == replicas && r.payload == payload)
+    };
+    if let Some(r) = cell(3, 64) {
+        let p50 = ns(results, &r.mu, 0.5);
+        row(
+            "p50 ≤ 250 ns (3 replicas, 64 B)",
+            format!("{p50:.0} ns"),
+            Some(p50 <= 250.0),
+        );
+        let ratio = ns(results, &r.raft, 0.5) / p50;
+        row(
+            "in-memory raft-rs / Mu p50 ≥ 10 (3 replicas, 64 B)",
+            format!("{ratio:.1}"),
+            Some(ratio >= 10.0),
+        );
+    }
+    if let Some(r) = cell(3, 4096) {
+        let ratio = ns(results, &r.raft, 0.5) / ns(results, &r.mu, 0.5);
+        row(
+            "in-memory raft-rs / Mu p50 ≥ 2 (3 replicas, 4,096 B)",
+            format!("{ratio:.1}"),
+            Some(ratio >= 2.0),
+        );
+        let p99 = ns(results, &r.mu, 0.99) / 1e3;
+        row(
+            "p99 ≤ 10 µs (3 replicas, 4,096 B)",
+            format!("{p99:.1} µs"),
+            Some(p99 <= 10.0),
+        );
+    }
+    let unbatched = results.pipelined(System::Mu);
+    row(
+        "≥ 6 M commands/s pipelined without batching (64 B)",
+        format!("{:.2} M/s", unbatched / 1e6),
+        Some(unbatched >= 6e6),
+    );
+}
+
 fn section<'r, T>(w: &mut String, title: &str, measured: &'r Result<T, String>) -> Option<&'r T> {
     let _ = writeln!(w, "\n## {title}\n");
     match measured {

@@ -10,6 +10,17 @@
 //! *later* lap at the next position, or a lap notice, means the leader recycled past this
 //! replica: it needs a snapshot of another replica instead (`transfer`).
 //!
+//! Every byte of a value is hashed once on a follower, when it is applied. The scan that finds
+//! how far the log is decided walks slot *headers* ([`slot::peek`]): each slot's `chain_prev`
+//! must equal the chain its predecessor stored, and a commit point counts only from an
+//! acceptance record bound to its slot's stored chain. Chains are digests of whole prefixes, so
+//! a slot that links to the walked prefix was written by a leader that held the same values
+//! there (or a torn header, which the apply's [`slot::open`] refuses); the apply then takes a
+//! position only if its value hashes to its chain and links to the applied prefix. The walk is
+//! kept between replays (`walk`) while each finds new slots, so a streaming follower reads a
+//! header once; a `chain_prev` that no longer links (the leader rewrote walked slots) restarts
+//! it from `applied`, and so does a replay that found nothing new.
+//!
 //! # Invariants
 //! - `applied` only grows, except when a snapshot is installed (`install_position`, never while
 //!   leading); `applied_chain` is the chain digest through `applied - 1`.
@@ -18,6 +29,9 @@
 //! - A command submitted here is reported `committed` only when the command itself (its origin)
 //!   is applied, never when another value was decided in its place.
 //! - Work per replay is bounded: the scan and the applies stop after a fixed number of slots.
+//! - `applied <= walk.end <= applied + scan bound` whenever a walk is kept; it is forgotten
+//!   when this replica starts leading (its proposals rewrite its own log) or installs a
+//!   snapshot.
 
 use crate::config::Config;
 use crate::fabric::{Fabric, ReplicaId};
@@ -25,7 +39,7 @@ use crate::hash::Hasher;
 use crate::layout::{Layout, COMMIT_RECORD_BYTES};
 use crate::queue::RequestQueue;
 use crate::record;
-use crate::slot::{self, Opened, SlotError, SlotHeader, CHAIN_GENESIS, SLOT_HEADER_BYTES};
+use crate::slot::{self, Opened, Peeked, SlotError, SlotHeader, CHAIN_GENESIS, SLOT_HEADER_BYTES};
 use crate::state_machine::StateMachine;
 
 /// Reassembles commands that span several slots.
@@ -79,6 +93,20 @@ fn decode_commit(offset: u32, bytes: &[u8; COMMIT_RECORD_BYTES as usize]) -> Opt
     (check == expected).then_some((commit, chain))
 }
 
+/// How far a follower's scan walked the log: the headers of `[applied, end)` link, each to its
+/// predecessor's stored chain, and `chain` is the last one's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Walk {
+    end: u64,
+    chain: u64,
+}
+
+/// What a scan found: where its walk ended, and the slot it could not take short of that.
+struct Walked {
+    end: u64,
+    stopped: Option<(u64, Blocked)>,
+}
+
 /// The own log of one replica, as both roles of its replication plane use it.
 pub(crate) struct Log<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> {
     pub(crate) config: Config,
@@ -87,6 +115,8 @@ pub(crate) struct Log<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     pub(crate) applied: u64,
     pub(crate) applied_chain: u64,
     commit_known: u64,
+    /// What the follower's scans walked so far, kept between replays.
+    walk: Option<Walk>,
     /// The last replay found valid slots up to its scan bound: more may follow.
     pub(crate) backlog: bool,
     assembly: Assembly,
@@ -170,6 +200,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
             applied: 0,
             applied_chain: CHAIN_GENESIS,
             commit_known: 0,
+            walk: None,
             backlog: false,
             assembly: Assembly::default(),
             entry: [0; ENTRY],
@@ -189,6 +220,27 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
     pub(crate) fn others(&self) -> impl Iterator<Item = ReplicaId> {
         let me = self.me;
         (0..self.config.replica_count).filter(move |&p| p != me)
+    }
+
+    /// Loads the slot of `position` that this replica wrote as leader, from its own log into
+    /// the scratch slot, without hashing its value again ([`slot::open_own`]).
+    pub(crate) fn open_own<F: Fabric>(&mut self, fabric: &mut F, position: u64) -> Option<Opened> {
+        let size = self.config.slot_size as usize;
+        fabric.load(self.layout.slot(position), &mut self.slot[..size]);
+        slot::open_own(&self.slot[..size], position)
+    }
+
+    /// Reads the header of the slot of `position` in this replica's own log.
+    fn peek_local<F: Fabric>(&self, fabric: &mut F, position: u64) -> Result<Peeked, SlotError> {
+        let mut header = [0u8; SLOT_HEADER_BYTES as usize];
+        fabric.load(self.layout.slot(position), &mut header);
+        slot::peek(&header, self.config.slot_payload_bytes(), position)
+    }
+
+    /// The scan walks from this replica's own log again, from what is applied: it starts
+    /// leading (its proposals rewrite the log) or installed a snapshot.
+    pub(crate) fn forget_walk(&mut self) {
+        self.walk = None;
     }
 
     /// Loads the slot of `position` from this replica's own log into the scratch slot.
@@ -218,6 +270,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
     /// A snapshot covering every position below `position`, whose chain through `position - 1`
     /// is `chain`, was installed: the log continues from there.
     pub(crate) fn install_position(&mut self, position: u64, chain: u64) {
+        self.forget_walk();
         self.applied = position;
         self.applied_chain = chain;
         self.commit_known = position;
@@ -242,64 +295,123 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
             self.refusals.lap_notices = self.refusals.lap_notices.wrapping_add(1);
             return Some(floor);
         }
-        let mut position = self.applied;
-        let mut chain = self.applied_chain;
-        let bound = self.scan_bound();
-        let mut stopped = None;
-        for _ in 0..bound {
-            match self.open_local(fabric, position) {
-                Ok(opened) if opened.header.chain_prev != chain => {
-                    stopped = Some(Blocked::Unchained);
+        let walked = match self.walk_on(fabric) {
+            Ok(walked) => walked,
+            Err(floor) => return Some(floor),
+        };
+        let mut stopped = walked.stopped;
+        let decided_end = self.commit_known.min(walked.end);
+        while self.applied < decided_end {
+            match self.open_local(fabric, self.applied) {
+                Ok(opened) if opened.header.chain_prev == self.applied_chain => {
+                    self.apply_slot(opened.header, opened.chain, sm);
+                }
+                // The value does not hash to its chain (torn, damaged, or rewritten as this
+                // replay read it), or another value is there now: walk again next time.
+                refused => {
+                    let why = match refused {
+                        Ok(_) => Blocked::Unchained,
+                        Err(_) => Blocked::Torn,
+                    };
+                    stopped = Some((self.applied, why));
+                    self.forget_walk();
                     break;
                 }
-                Ok(opened) => {
+            }
+        }
+        self.note_stop(stopped);
+        None
+    }
+
+    /// Walks slot headers on from where the last scan stopped (from `applied` when there is
+    /// no walk, or when the walked slots were rewritten), as far as they link, up to the scan
+    /// bound; takes the commit points they carry, and the commit record's. Returns where the
+    /// walk ended and why it stopped short of an empty slot, or the position from which this
+    /// replica needs a snapshot.
+    fn walk_on<F: Fabric>(&mut self, fabric: &mut F) -> Result<Walked, u64> {
+        let from_applied = Walk {
+            end: self.applied,
+            chain: self.applied_chain,
+        };
+        let limit = self.applied + self.scan_bound() as u64;
+        let mut walk = self
+            .walk
+            .filter(|w| w.end >= self.applied && w.end <= limit)
+            .unwrap_or(from_applied);
+        let kept_end = walk.end;
+        let mut stopped = None;
+        // A kept walk may restart once: at most twice the scan bound.
+        let mut may_restart = walk != from_applied;
+        while walk.end < limit {
+            match self.peek_local(fabric, walk.end) {
+                Ok(peeked) if peeked.header.chain_prev != walk.chain => {
+                    if may_restart {
+                        may_restart = false;
+                        walk = from_applied; // Rewritten since it was walked.
+                        continue;
+                    }
+                    stopped = Some((walk.end, Blocked::Unchained));
+                    break;
+                }
+                Ok(peeked) => {
                     // A writer's commit point never exceeds the position it wrote; a torn
                     // acceptance record (a rewrite cut short) just carries none.
-                    if let Some(accepted) = opened.accepted {
-                        self.commit_known = self.commit_known.max(accepted.commit.min(position));
+                    if let Some(accepted) = peeked.accepted {
+                        self.commit_known = self.commit_known.max(accepted.commit.min(walk.end));
                     }
-                    chain = opened.chain;
-                    position += 1;
+                    walk.chain = peeked.stored_chain;
+                    walk.end += 1;
                 }
-                Err(SlotError::Stale { found }) if found > position => {
-                    return Some(position + 1);
+                Err(SlotError::Stale { found }) if found > walk.end => {
+                    if self.holds_later_lap(fabric, walk.end) {
+                        self.forget_walk();
+                        return Err(walk.end + 1);
+                    }
+                    stopped = Some((walk.end, Blocked::Torn));
+                    break;
                 }
                 Err(SlotError::Torn | SlotError::Malformed) => {
-                    stopped = Some(Blocked::Torn);
+                    stopped = Some((walk.end, Blocked::Torn));
                     break;
                 }
                 // Not written in this lap yet: the end of what the leader sent.
                 Err(SlotError::Empty | SlotError::Stale { .. }) => break,
             }
         }
-        self.note_stop(position, stopped);
-        assert!(position - self.applied <= bound as u64);
-        self.backlog = position - self.applied == bound as u64;
-        self.read_commit_record(fabric, position, chain);
-        let decided_end = self.commit_known.min(position);
-        while self.applied < decided_end {
-            match self.open_local(fabric, self.applied) {
-                Ok(opened) if opened.header.chain_prev == self.applied_chain => {
-                    self.apply_slot(opened.header, opened.chain, sm);
-                }
-                // Rewritten since the scan (by the leader, with the same decided value): retry.
-                _ => break,
-            }
-        }
-        None
+        assert!(walk.end >= self.applied && walk.end <= limit);
+        self.backlog = walk.end == limit;
+        self.read_commit_record(fabric, walk.end, walk.chain);
+        // Kept only while it finds new slots: a walk that found nothing new reads the headers
+        // from `applied` again next time, so that commit points the leader rewrote into
+        // walked slots (a repair, a new tenure's rewrite) are seen. An idle follower has
+        // nothing between `applied` and the end to read again.
+        self.walk = (walk.end > kept_end).then_some(walk);
+        Ok(Walked {
+            end: walk.end,
+            stopped,
+        })
+    }
+
+    /// True when the slot at `position` is a whole, valid slot of a later lap: the leader
+    /// recycled past this replica. A header alone (perhaps torn) is not enough to give up on
+    /// the log.
+    fn holds_later_lap<F: Fabric>(&mut self, fabric: &mut F, position: u64) -> bool {
+        matches!(
+            self.open_local(fabric, position),
+            Err(SlotError::Stale { found }) if found > position
+        )
     }
 
     /// Counts a replay's stop at a slot it could not take, once per slot and reason.
-    fn note_stop(&mut self, position: u64, stopped: Option<Blocked>) {
-        let now = stopped.map(|why| (position, why));
-        if now.is_some() && now != self.blocked {
-            let counter = match stopped {
-                Some(Blocked::Torn) => &mut self.refusals.torn,
-                _ => &mut self.refusals.unchained,
+    fn note_stop(&mut self, stopped: Option<(u64, Blocked)>) {
+        if let Some((_, why)) = stopped.filter(|&now| Some(now) != self.blocked) {
+            let counter = match why {
+                Blocked::Torn => &mut self.refusals.torn,
+                Blocked::Unchained => &mut self.refusals.unchained,
             };
             *counter = counter.wrapping_add(1);
         }
-        self.blocked = now;
+        self.blocked = stopped;
     }
 
     /// A leader left a lap notice: the lowest position it can still send is above what this

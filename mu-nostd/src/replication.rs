@@ -332,6 +332,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             lead.tenure, self.log.applied
         );
         self.log.queue.restart_proposals();
+        self.log.forget_walk();
         let voter = self.refresh_voter(fabric);
         let timeout = self.phase_timeout();
         let from = (self.log.applied, self.log.applied_chain);

@@ -292,6 +292,62 @@ pub fn is_decided(chain: u64, bytes: &[u8]) -> bool {
     decode_bound(DECIDED_DOMAIN, chain, bytes) == Some(DECIDED)
 }
 
+/// A slot's header read without its payload: what a follower's scan walks. Its chain is the
+/// one the writer stored, not recomputed from the value, so nothing may be applied from it:
+/// applying takes [`open`] (the one place a slot's value is hashed on a follower).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Peeked {
+    /// Its value header.
+    pub header: SlotHeader,
+    /// The chain digest its writer stored (unverified).
+    pub stored_chain: u64,
+    /// Its acceptance record, when intact and bound to `stored_chain`.
+    pub accepted: Option<Acceptance>,
+}
+
+/// Reads the header of a slot that should hold `position` (`header` holds at least the slot
+/// header; `capacity` is the slot's payload capacity), without its payload. Never
+/// [`SlotError::Torn`]: only [`open`] can tell.
+pub fn peek(header: &[u8], capacity: u32, position: u64) -> Result<Peeked, SlotError> {
+    assert!(header.len() >= SLOT_HEADER_BYTES as usize);
+    if header[..ACCEPTANCE_AT as usize].iter().all(|&b| b == 0) {
+        return Err(SlotError::Empty);
+    }
+    let parsed = SlotHeader::parse(header);
+    if !parsed.well_formed(capacity) {
+        return Err(SlotError::Malformed);
+    }
+    if parsed.position != position {
+        return Err(SlotError::Stale {
+            found: parsed.position,
+        });
+    }
+    let stored_chain = word(header, 0);
+    Ok(Peeked {
+        header: parsed,
+        stored_chain,
+        accepted: open_acceptance(stored_chain, &header[ACCEPTANCE_AT as usize..]),
+    })
+}
+
+/// Opens a slot of the own log that this replica wrote itself while it leads (nobody else
+/// writes there meanwhile): its value is not hashed again. `None` when the header is not the
+/// one for `position`; in debug builds the value is checked all the same.
+pub fn open_own(slot: &[u8], position: u64) -> Option<Opened> {
+    let capacity = slot.len() as u32 - SLOT_HEADER_BYTES;
+    let peeked = peek(slot, capacity, position).ok()?;
+    debug_assert_eq!(
+        open(slot, position).map(|o| o.chain),
+        Ok(peeked.stored_chain)
+    );
+    Some(Opened {
+        header: peeked.header,
+        chain: peeked.stored_chain,
+        accepted: peeked.accepted,
+    })
+}
+
 /// Validates a whole slot (`slot.len()` is the slot size) that should hold `position`.
 pub fn open(slot: &[u8], position: u64) -> Result<Opened, SlotError> {
     assert!(slot.len() > SLOT_HEADER_BYTES as usize);
@@ -394,6 +450,38 @@ mod tests {
         let mut garbage = [0xA5u8; 128];
         garbage[0] = 1;
         assert!(open(&garbage, 77).is_err());
+    }
+
+    /// A peek reads the header and the acceptance bound to the stored chain, and cannot see a
+    /// damaged value: only `open`, which hashes it, refuses that.
+    #[test]
+    fn a_peek_reads_the_header_and_leaves_the_value_to_open() {
+        let (slot, header) = sealed(77, b"set x 1", ACCEPTED);
+        let capacity = 128 - SLOT_HEADER_BYTES;
+        let peeked = peek(&slot[..64], capacity, 77).unwrap();
+        assert_eq!(peeked.header, header);
+        assert_eq!(peeked.stored_chain, header.chain(b"set x 1"));
+        assert_eq!(peeked.accepted, Some(ACCEPTED));
+        assert_eq!(peek(&[0u8; 64], capacity, 77), Err(SlotError::Empty));
+        assert_eq!(
+            peek(&slot[..64], capacity, 78),
+            Err(SlotError::Stale { found: 77 })
+        );
+        let mut malformed = slot;
+        malformed[38] = 0;
+        assert_eq!(
+            peek(&malformed[..64], capacity, 77),
+            Err(SlotError::Malformed)
+        );
+        let mut damaged = slot;
+        damaged[SLOT_HEADER_BYTES as usize] ^= 1;
+        assert_eq!(peek(&damaged[..64], capacity, 77), Ok(peeked));
+        assert_eq!(open(&damaged[..128], 77), Err(SlotError::Torn));
+        assert_eq!(
+            open_own(&slot[..128], 77).map(|o| o.chain),
+            Some(peeked.stored_chain)
+        );
+        assert_eq!(open_own(&slot[..128], 78), None);
     }
 
     /// A torn acceptance record loses the ballot of that copy, never its value.

@@ -272,6 +272,7 @@ type StatusKey = (
     Option<mu_nostd::Halt>,
     bool,
     bool,
+    Option<(u64, mu_nostd::Blocked)>,
 );
 
 #[derive(Clone, Copy, Debug)]
@@ -1052,6 +1053,7 @@ impl<'s> Sim<'s> {
             rp.halted,
             rp.voter,
             rp.catching_up,
+            rp.blocked,
         );
         let last = self.nodes[id].last_status;
         if last == Some(key) {
@@ -1062,7 +1064,7 @@ impl<'s> Sim<'s> {
         }
         self.nodes[id].last_status = Some(key);
         self.note(format_args!(
-            "replica {id}: view leader {:?} alive {:07b} voters {:07b} holder {:?} tenure {:?} | {} leading {:?} fast path {} applied {} queued {} doublings {}{}{}{}",
+            "replica {id}: view leader {:?} alive {:07b} voters {:07b} holder {:?} tenure {:?} | {} leading {:?} fast path {} applied {} queued {} doublings {}{}{}{}{}",
             bg.leader,
             bg.alive,
             bg.voters,
@@ -1077,6 +1079,7 @@ impl<'s> Sim<'s> {
             if bg.heartbeat_stopped { " HEARTBEAT STOPPED" } else { "" },
             if rp.halted.is_some() { " HALTED (lapped)" } else { "" },
             if rp.catching_up { " INSTALLING A SNAPSHOT" } else { "" },
+            rp.blocked.map_or(String::new(), |(at, why)| format!(" blocked at {at} ({})", why.name())),
         ));
     }
 

@@ -244,7 +244,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             let position = self.log.applied;
             let opened = self
                 .log
-                .open_local(fabric, position)
+                .open_own(fabric, position)
                 .expect("the own log holds what the leader wrote");
             assert_eq!(
                 opened.header.chain_prev, self.log.applied_chain,
