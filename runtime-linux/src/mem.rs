@@ -6,11 +6,16 @@
 //! be a data race). Relaxed is enough: the core checks every slot and record it reads, and the
 //! fabric orders what it must with `SeqCst` accesses to its control words.
 //!
+//! Copies move 8-byte words on the 8-byte grid of addresses, eight words a loop step ([`copy`]),
+//! and single bytes only at unaligned edges: two instructions a word plus a little per step,
+//! the least relaxed 64-bit atomics allow (they are never merged into wider accesses).
+//!
 //! # Invariants
 //! - A `Mapping` is valid for `len` bytes from `base` until it is dropped; `len` is a multiple of
 //!   the page size; a mapping of at least a huge page starts on a huge-page boundary.
 //! - Copies stay inside the bounds the caller checked; the `unsafe` here is confined to pointer
-//!   arithmetic inside those bounds and to `mmap`/`munmap`.
+//!   arithmetic inside those bounds, to plain accesses of the caller's own buffer in `copy_in`
+//!   and `copy_out`, and to `mmap`/`munmap`.
 
 use std::fs::File;
 use std::io;
@@ -205,56 +210,22 @@ pub fn page_size() -> usize {
 }
 
 /// Copies `len` bytes from `src` to `dst` (both mapped memory, as a rule) with relaxed atomic
-/// accesses: words when both are equally aligned, bytes otherwise.
+/// accesses: words when both are equally aligned, bytes otherwise (the core's layout aligns its
+/// areas, slots and records on 8 bytes, so words are the rule).
 ///
 /// # Safety
 /// Both ranges must be valid for reads and writes of `len` bytes for the whole call (memory of
 /// a live [`Mapping`], which is mapped readable and writable, or a buffer of the caller's), and
 /// every other access to them meanwhile, by any thread or process, must be atomic.
 pub unsafe fn copy(src: *const u8, dst: *mut u8, len: usize) {
-    let mut i = 0;
-    if (src as usize) % 8 == (dst as usize) % 8 {
-        while i < len && (src as usize + i) % 8 != 0 {
-            // SAFETY: `i < len`, inside both ranges (the caller's promise).
-            unsafe { copy_byte(src, dst, i) };
-            i += 1;
-        }
-        while i + 8 <= len {
-            // SAFETY: `i + 8 <= len`, so both words lie inside the ranges the caller promised
-            // valid for reads and writes for the whole call; both are 8-aligned (the loop above
-            // aligned `src`, and `dst` has the same alignment); every other access to them is
-            // atomic (the caller's promise).
-            let (s, d) = unsafe {
-                (
-                    AtomicU64::from_ptr(src.add(i).cast_mut().cast::<u64>()),
-                    AtomicU64::from_ptr(dst.add(i).cast::<u64>()),
-                )
-            };
-            d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
-            i += 8;
-        }
+    if (src as usize ^ dst as usize) % 8 == 0 {
+        // SAFETY: the caller's promise; `src`, the side the words are aligned on, has the
+        // alignment of `dst`.
+        unsafe { bulk::<MappedToMapped>(src, dst, len, src as usize) };
+    } else {
+        // SAFETY: the caller's promise, for every byte of the ranges.
+        unsafe { bytes::<MappedToMapped>(src, dst, len) };
     }
-    while i < len {
-        // SAFETY: `i < len`, inside both ranges (the caller's promise).
-        unsafe { copy_byte(src, dst, i) };
-        i += 1;
-    }
-}
-
-/// Copies byte `i` from `src` to `dst` with relaxed atomic accesses.
-///
-/// # Safety
-/// `src + i` and `dst + i` must be bytes of ranges as [`copy`] requires them.
-unsafe fn copy_byte(src: *const u8, dst: *mut u8, i: usize) {
-    // SAFETY: both bytes are valid for reads and writes for the whole call, and accessed by
-    // others only atomically (the caller's promise); a byte is always aligned.
-    let (s, d) = unsafe {
-        (
-            AtomicU8::from_ptr(src.add(i).cast_mut()),
-            AtomicU8::from_ptr(dst.add(i)),
-        )
-    };
-    d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
 }
 
 /// Copies `src`, a buffer of this thread's, into mapped memory at `dst` with relaxed atomic
@@ -267,25 +238,9 @@ unsafe fn copy_byte(src: *const u8, dst: *mut u8, i: usize) {
 /// `dst` must be valid for writes of `src.len()` bytes for the whole call (memory of a live
 /// [`Mapping`], as a rule), and every other access to them meanwhile must be atomic.
 pub unsafe fn copy_in(src: &[u8], dst: *mut u8) {
-    let len = src.len();
-    let mut i = 0;
-    while i < len && (dst as usize + i) % 8 != 0 {
-        // SAFETY: `i < len`: inside the range the caller promised; a byte is aligned.
-        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(src[i], Ordering::Relaxed);
-        i += 1;
-    }
-    while i + 8 <= len {
-        let word = u64::from_ne_bytes(src[i..i + 8].try_into().expect("8 bytes"));
-        // SAFETY: `i + 8 <= len`: inside the range the caller promised, 8-aligned (the loop
-        // above); other accesses to it are atomic (the caller's promise).
-        unsafe { AtomicU64::from_ptr(dst.add(i).cast::<u64>()) }.store(word, Ordering::Relaxed);
-        i += 8;
-    }
-    while i < len {
-        // SAFETY: as in the first loop.
-        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(src[i], Ordering::Relaxed);
-        i += 1;
-    }
+    // SAFETY: `src` is readable for its length, and nothing writes it while it is borrowed;
+    // `dst` is the caller's promise, and the side the words are aligned on.
+    unsafe { bulk::<PlainToMapped>(src.as_ptr(), dst, src.len(), dst as usize) };
 }
 
 /// Copies mapped memory at `src` into `dst`, a buffer of this thread's, with relaxed atomic
@@ -296,25 +251,175 @@ pub unsafe fn copy_in(src: &[u8], dst: *mut u8) {
 /// live [`Mapping`], which is mapped readable and writable), and every other access to them
 /// meanwhile must be atomic. `AtomicU8::from_ptr` asks for writable memory even to load.
 pub unsafe fn copy_out(src: *const u8, dst: &mut [u8]) {
-    let len = dst.len();
-    let mut i = 0;
-    while i < len && (src as usize + i) % 8 != 0 {
-        // SAFETY: `i < len`: inside the range the caller promised; a byte is aligned.
-        dst[i] = unsafe { AtomicU8::from_ptr(src.add(i).cast_mut()) }.load(Ordering::Relaxed);
-        i += 1;
+    // SAFETY: `dst` is writable for its length and borrowed exclusively for the call; `src` is
+    // the caller's promise, and the side the words are aligned on.
+    unsafe { bulk::<MappedToPlain>(src, dst.as_mut_ptr(), dst.len(), src as usize) };
+}
+
+/// How a copy moves one word and one byte, by which side is mapped memory (accessed only
+/// atomically) and which a buffer of this thread's (accessed plainly, at any alignment).
+///
+/// # Safety
+/// An implementation must access a mapped side only through relaxed atomics.
+unsafe trait Move {
+    /// Moves the word at `src` to `dst`.
+    ///
+    /// # Safety
+    /// Both words must be valid for the access the implementation makes (reads of `src`,
+    /// writes of `dst`, and reads and writes of a mapped side) for the whole call; the mapped
+    /// side's word must be 8-aligned and accessed by others only atomically.
+    unsafe fn word(src: *const u64, dst: *mut u64);
+
+    /// Moves the byte at `src` to `dst`, as [`Move::word`] with bytes.
+    ///
+    /// # Safety
+    /// As for [`Move::word`], for one byte.
+    unsafe fn byte(src: *const u8, dst: *mut u8);
+}
+
+/// Mapped memory on both sides: [`copy`].
+struct MappedToMapped;
+/// A buffer of this thread's into mapped memory: [`copy_in`].
+struct PlainToMapped;
+/// Mapped memory into a buffer of this thread's: [`copy_out`].
+struct MappedToPlain;
+
+// SAFETY: both sides are mapped, and both accessed only through relaxed atomics.
+unsafe impl Move for MappedToMapped {
+    #[inline(always)]
+    unsafe fn word(src: *const u64, dst: *mut u64) {
+        // SAFETY: the caller's promise: both words aligned, valid for reads and writes, accessed
+        // by others only atomically.
+        let (s, d) = unsafe {
+            (
+                AtomicU64::from_ptr(src.cast_mut()),
+                AtomicU64::from_ptr(dst),
+            )
+        };
+        d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
     }
-    while i + 8 <= len {
-        // SAFETY: `i + 8 <= len`: inside the range the caller promised, 8-aligned (the loop
-        // above); other accesses to it are atomic (the caller's promise).
-        let word = unsafe { AtomicU64::from_ptr(src.add(i).cast_mut().cast::<u64>()) }
-            .load(Ordering::Relaxed);
-        dst[i..i + 8].copy_from_slice(&word.to_ne_bytes());
-        i += 8;
+
+    #[inline(always)]
+    unsafe fn byte(src: *const u8, dst: *mut u8) {
+        // SAFETY: as for `word`; a byte is always aligned.
+        let (s, d) = unsafe { (AtomicU8::from_ptr(src.cast_mut()), AtomicU8::from_ptr(dst)) };
+        d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
     }
-    while i < len {
-        // SAFETY: as in the first loop.
-        dst[i] = unsafe { AtomicU8::from_ptr(src.add(i).cast_mut()) }.load(Ordering::Relaxed);
-        i += 1;
+}
+
+// SAFETY: the mapped side, `dst`, is only stored to atomically.
+unsafe impl Move for PlainToMapped {
+    #[inline(always)]
+    unsafe fn word(src: *const u64, dst: *mut u64) {
+        // SAFETY: `src` is readable (the caller's promise), at any alignment; `dst` is aligned,
+        // valid for reads and writes and accessed by others only atomically.
+        unsafe { AtomicU64::from_ptr(dst).store(src.read_unaligned(), Ordering::Relaxed) };
+    }
+
+    #[inline(always)]
+    unsafe fn byte(src: *const u8, dst: *mut u8) {
+        // SAFETY: as for `word`; a byte is always aligned.
+        unsafe { AtomicU8::from_ptr(dst).store(src.read(), Ordering::Relaxed) };
+    }
+}
+
+// SAFETY: the mapped side, `src`, is only loaded from atomically.
+unsafe impl Move for MappedToPlain {
+    #[inline(always)]
+    unsafe fn word(src: *const u64, dst: *mut u64) {
+        // SAFETY: `src` is aligned, valid for reads and writes and accessed by others only
+        // atomically; `dst` is writable (the caller's promise), at any alignment.
+        unsafe {
+            let word = AtomicU64::from_ptr(src.cast_mut()).load(Ordering::Relaxed);
+            dst.write_unaligned(word);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn byte(src: *const u8, dst: *mut u8) {
+        // SAFETY: as for `word`; a byte is always aligned.
+        unsafe { dst.write(AtomicU8::from_ptr(src.cast_mut()).load(Ordering::Relaxed)) };
+    }
+}
+
+/// Words a copy moves per step of its word loop.
+///
+/// Why unrolled by hand: LLVM neither merges relaxed atomic accesses into wider ones nor
+/// vectorises them, and leaves a loop over them rolled, so a word at a time costs a load, a
+/// store and the loop's own count, check and branch (about nine instructions a word under
+/// `mu-bench instructions`). Eight words a step keep the two moves per word and spread the
+/// loop's cost over 64 bytes. Wider single accesses would need 128-bit or vector atomics, which
+/// stable Rust does not have (inline assembly would step outside the memory model the module's
+/// rule relies on).
+const UNROLL: usize = 8;
+
+/// Moves `len` bytes from `src` to `dst` with `M`: bytes up to the first 8-aligned address of
+/// `aligned` (the address of whichever of the two sides must be aligned for words: a mapped
+/// one), words from there, [`UNROLL`] a step, bytes after the last whole word.
+///
+/// # Safety
+/// `M`'s contract for every byte and word of the two ranges of `len` bytes; `aligned` is `src`
+/// or `dst`, and when both are mapped they are equally aligned.
+#[inline(always)]
+unsafe fn bulk<M: Move>(src: *const u8, dst: *mut u8, len: usize, aligned: usize) {
+    let head = (aligned.wrapping_neg() % 8).min(len);
+    // Both remainders computed as such, so that LLVM knows the edges hold fewer than 8 bytes
+    // and moves them without a loop.
+    let (words, tail) = ((len - head) / 8, (len - head) % 8);
+    // SAFETY: the bytes `..head`, the words from `head` and the last `tail` bytes partition the
+    // ranges; the words start on an 8-aligned address of the side `M` needs aligned.
+    unsafe {
+        bytes::<M>(src, dst, head);
+        let (s, d) = (src.add(head).cast::<u64>(), dst.add(head).cast::<u64>());
+        // One index for both sides: a step costs one add, compare and branch.
+        for step_index in 0..words / UNROLL {
+            let k = step_index * UNROLL;
+            step::<M, UNROLL>(s.add(k), d.add(k));
+        }
+        // The words left, fewer than a step, in straight pieces: LLVM unrolls a loop over them
+        // again, behind a prologue that costs a short copy more than its few words.
+        let (mut k, left) = (words / UNROLL * UNROLL, words % UNROLL);
+        if left & 4 != 0 {
+            step::<M, 4>(s.add(k), d.add(k));
+            k += 4;
+        }
+        if left & 2 != 0 {
+            step::<M, 2>(s.add(k), d.add(k));
+            k += 2;
+        }
+        if left & 1 != 0 {
+            M::word(s.add(k), d.add(k));
+        }
+        let end = len - tail;
+        bytes::<M>(src.add(end), dst.add(end), tail);
+    }
+}
+const _: () = assert!(
+    UNROLL == 8,
+    "`bulk` moves the words left in pieces of 4, 2 and 1"
+);
+
+/// Moves `N` consecutive words with `M`, in straight-line code.
+///
+/// # Safety
+/// `M::word`'s contract for each of the `N` words from `src` and `dst`.
+#[inline(always)]
+unsafe fn step<M: Move, const N: usize>(src: *const u64, dst: *mut u64) {
+    for k in 0..N {
+        // SAFETY: word `k < N` of the caller's words.
+        unsafe { M::word(src.add(k), dst.add(k)) };
+    }
+}
+
+/// Moves `len` bytes with `M`, one at a time.
+///
+/// # Safety
+/// `M::byte`'s contract for each of the `len` bytes from `src` and `dst`.
+#[inline(always)]
+unsafe fn bytes<M: Move>(src: *const u8, dst: *mut u8, len: usize) {
+    for i in 0..len {
+        // SAFETY: byte `i < len` of the caller's bytes.
+        unsafe { M::byte(src.add(i), dst.add(i)) };
     }
 }
 
@@ -322,16 +427,21 @@ pub unsafe fn copy_out(src: *const u8, dst: &mut [u8]) {
 mod tests {
     use super::*;
 
-    const LENGTHS: [usize; 9] = [0, 1, 7, 8, 9, 63, 64, 65, 150];
+    /// Around the edges of a word, of a whole step of the word loops (`BLOCK_BYTES`) and of two.
+    const LENGTHS: [usize; 16] = [
+        0, 1, 7, 8, 9, 15, 16, 63, 64, 65, 71, 72, 127, 128, 129, 200,
+    ];
+    const BUFFER: usize = 9 + 200;
 
     /// Runs `f(from, to, len, src, dst)` for every alignment of both ends and every length, and
     /// checks that exactly `dst[to..to + len]` became `src[from..from + len]`.
     fn every_alignment_and_length(mut f: impl FnMut(usize, usize, usize, &mut [u8], &mut [u8])) {
-        let mut src: Vec<u8> = (0..200u8).collect();
+        // Never 0xEE, and not periodic in words: a byte missed or misplaced shows.
+        let mut src: Vec<u8> = (0..BUFFER).map(|i| (i % 199) as u8).collect();
         for from in 0..9 {
             for to in 0..9 {
                 for len in LENGTHS {
-                    let mut dst = vec![0xEEu8; 200];
+                    let mut dst = vec![0xEEu8; BUFFER];
                     f(from, to, len, &mut src, &mut dst);
                     assert_eq!(&dst[to..to + len], &src[from..from + len]);
                     assert!(dst[..to].iter().all(|&b| b == 0xEE));
@@ -344,8 +454,8 @@ mod tests {
     #[test]
     fn copies_every_alignment_and_length() {
         every_alignment_and_length(|from, to, len, src, dst| {
-            // SAFETY: both ranges are inside the local buffers (from, to < 9, len <= 150, of
-            // 200 bytes), borrowed mutably for the call, so nothing else touches them.
+            // SAFETY: both ranges are inside the local buffers (from, to < 9, len <= 200, of
+            // `BUFFER` bytes), borrowed mutably for the call, so nothing else touches them.
             unsafe { copy(src.as_mut_ptr().add(from), dst.as_mut_ptr().add(to), len) };
         });
     }
@@ -353,11 +463,12 @@ mod tests {
     #[test]
     fn copies_in_and_out_at_every_alignment_and_length() {
         every_alignment_and_length(|from, to, len, src, dst| {
-            // SAFETY: `to + len <= 200`: inside the local buffer, borrowed mutably for the call.
+            // SAFETY: `to + len <= BUFFER`: inside the local buffer, borrowed mutably for the
+            // call.
             unsafe { copy_in(&src[from..from + len], dst.as_mut_ptr().add(to)) };
         });
         every_alignment_and_length(|from, to, len, src, dst| {
-            // SAFETY: `from + len <= 200`: inside the local buffer, borrowed mutably for the
+            // SAFETY: `from + len <= BUFFER`: inside the local buffer, borrowed mutably for the
             // call.
             unsafe { copy_out(src.as_mut_ptr().add(from), &mut dst[to..to + len]) };
         });

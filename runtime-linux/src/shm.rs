@@ -54,6 +54,16 @@
 //! after the revoke; the only way to fence it in shared memory is to kill it, which `revoke`
 //! does (and says so on stderr). An RDMA NIC needs no such step: it checks permissions itself.
 //!
+//! The marker brackets each write, not a batch of writes. `Fabric` posts one operation per call
+//! and this fabric executes it within the call, so a batch would exist only if posts waited for
+//! `poll`; a write that waited would then have to be refused when its writer's grant was revoked
+//! after the post and given again before `poll` (rule 5), which needs a gate that tells one grant
+//! from the next. A marker left set from one call to the next instead would hold a revoke until
+//! the writer's next poll (for ever, where the thread that revokes is the one that would poll).
+//! Neither would save much: the core sends a peer its run of new slots in one write, so a peer
+//! seldom gets a second write between two polls (where that run wraps around the end of the
+//! log, for one).
+//!
 //! # Invariants
 //! - At most one live process per replica id (the lock file), and it writes only its own
 //!   writer line of each peer's control page.
