@@ -181,12 +181,20 @@ pub(crate) enum Readiness {
 /// The replication plane's connections, one per peer.
 pub(crate) struct Links {
     connections: [Connection; REPLICAS_MAX as usize],
+    /// Operations posted so far (wrapping): a poll that posted nothing has nothing to drain.
+    posts: u32,
 }
 
 impl Links {
     pub(crate) const NEW: Links = Links {
         connections: [Connection::NEW; REPLICAS_MAX as usize],
+        posts: 0,
     };
+
+    /// Operations posted so far, wrapping: compare two readings to tell whether any was.
+    pub(crate) fn posts(&self) -> u32 {
+        self.posts
+    }
 
     pub(crate) fn readiness(&self, peer: ReplicaId) -> Readiness {
         let connection = &self.connections[peer as usize];
@@ -227,6 +235,7 @@ impl Links {
         };
         match posted {
             Ok(()) => {
+                self.posts = self.posts.wrapping_add(1);
                 let (start, end) = work.range;
                 connection.push(Pending {
                     kind: work.kind,

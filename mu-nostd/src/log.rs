@@ -101,9 +101,11 @@ struct Walk {
     chain: u64,
 }
 
-/// What a scan found: where its walk ended, and the slot it could not take short of that.
+/// What a scan found: where its walk ended, whether it found new slots, and the slot it could
+/// not take short of that.
 struct Walked {
     end: u64,
+    advanced: bool,
     stopped: Option<(u64, Blocked)>,
 }
 
@@ -117,6 +119,8 @@ pub(crate) struct Log<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     commit_known: u64,
     /// What the follower's scans walked so far, kept between replays.
     walk: Option<Walk>,
+    /// When a replay that finds nothing new reads the lap notice next.
+    lap_check_at: u64,
     /// The last replay found valid slots up to its scan bound: more may follow.
     pub(crate) backlog: bool,
     assembly: Assembly,
@@ -201,6 +205,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
             applied_chain: CHAIN_GENESIS,
             commit_known: 0,
             walk: None,
+            lap_check_at: 0,
             backlog: false,
             assembly: Assembly::default(),
             entry: [0; ENTRY],
@@ -224,7 +229,11 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
 
     /// Loads the slot of `position` that this replica wrote as leader, from its own log into
     /// the scratch slot, without hashing its value again ([`slot::open_own`]).
-    pub(crate) fn open_own<F: Fabric>(&mut self, fabric: &mut F, position: u64) -> Option<Opened> {
+    pub(crate) fn open_own<F: Fabric>(
+        &mut self,
+        fabric: &mut F,
+        position: u64,
+    ) -> Option<(SlotHeader, u64)> {
         let size = self.config.slot_size as usize;
         fabric.load(self.layout.slot(position), &mut self.slot[..size]);
         slot::open_own(&self.slot[..size], position)
@@ -286,19 +295,28 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
     /// Finds how far the log is decided and chained, then applies up to there. Returns the
     /// position from which this replica needs a snapshot instead, when the log was recycled
     /// past it.
+    ///
+    /// A lapped follower is sent nothing but lap notices, so its replays find nothing new: only
+    /// such a replay reads the lap notice, at most once every `recycle_period_ticks` (the
+    /// period at which a leader writes it), which keeps it off the polls of a follower that
+    /// keeps up.
     pub(crate) fn replay<F: Fabric, S: StateMachine>(
         &mut self,
+        now: u64,
         fabric: &mut F,
         sm: &mut S,
     ) -> Option<u64> {
-        if let Some(floor) = self.lapped_by_notice(fabric) {
-            self.refusals.lap_notices = self.refusals.lap_notices.wrapping_add(1);
-            return Some(floor);
-        }
         let walked = match self.walk_on(fabric) {
             Ok(walked) => walked,
             Err(floor) => return Some(floor),
         };
+        if !walked.advanced && now >= self.lap_check_at {
+            self.lap_check_at = now + self.config.recycle_period_ticks as u64;
+            if let Some(floor) = self.lapped_by_notice(fabric) {
+                self.refusals.lap_notices = self.refusals.lap_notices.wrapping_add(1);
+                return Some(floor);
+            }
+        }
         let mut stopped = walked.stopped;
         let decided_end = self.commit_known.min(walked.end);
         while self.applied < decided_end {
@@ -380,14 +398,19 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
         }
         assert!(walk.end >= self.applied && walk.end <= limit);
         self.backlog = walk.end == limit;
-        self.read_commit_record(fabric, walk.end, walk.chain);
+        // Nothing walked waits for a decision: the record cannot tell more.
+        if self.commit_known < walk.end {
+            self.read_commit_record(fabric, walk.end, walk.chain);
+        }
+        let advanced = walk.end > kept_end;
         // Kept only while it finds new slots: a walk that found nothing new reads the headers
         // from `applied` again next time, so that commit points the leader rewrote into
         // walked slots (a repair, a new tenure's rewrite) are seen. An idle follower has
         // nothing between `applied` and the end to read again.
-        self.walk = (walk.end > kept_end).then_some(walk);
+        self.walk = advanced.then_some(walk);
         Ok(Walked {
             end: walk.end,
+            advanced,
             stopped,
         })
     }

@@ -220,7 +220,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             if self.transfer.is_some() {
                 self.step_transfer(now, fabric, sm);
             } else {
-                if let Some(floor) = self.log.replay(fabric, sm) {
+                if let Some(floor) = self.log.replay(now, fabric, sm) {
                     self.start_transfer(now, floor, fabric);
                 }
                 self.refresh_voter(fabric);

@@ -308,20 +308,24 @@ pub struct Peeked {
 
 /// Reads the header of a slot that should hold `position` (`header` holds at least the slot
 /// header; `capacity` is the slot's payload capacity), without its payload. Never
-/// [`SlotError::Torn`]: only [`open`] can tell.
+/// [`SlotError::Torn`]: only [`open`] can tell. A slot not written in this lap yet, whether
+/// never written or of an earlier lap, is [`SlotError::Empty`]: nothing new there.
 pub fn peek(header: &[u8], capacity: u32, position: u64) -> Result<Peeked, SlotError> {
     assert!(header.len() >= SLOT_HEADER_BYTES as usize);
-    if header[..ACCEPTANCE_AT as usize].iter().all(|&b| b == 0) {
-        return Err(SlotError::Empty);
+    // The position word first: it tells a poll with nothing new at once (an empty header
+    // names position 0, so only there are the bytes checked).
+    let found = word(header, 8);
+    if found != position || found == 0 {
+        if found < position || header[..ACCEPTANCE_AT as usize].iter().all(|&b| b == 0) {
+            return Err(SlotError::Empty);
+        }
+        if found != position {
+            return Err(SlotError::Stale { found });
+        }
     }
     let parsed = SlotHeader::parse(header);
     if !parsed.well_formed(capacity) {
         return Err(SlotError::Malformed);
-    }
-    if parsed.position != position {
-        return Err(SlotError::Stale {
-            found: parsed.position,
-        });
     }
     let stored_chain = word(header, 0);
     Ok(Peeked {
@@ -332,20 +336,18 @@ pub fn peek(header: &[u8], capacity: u32, position: u64) -> Result<Peeked, SlotE
 }
 
 /// Opens a slot of the own log that this replica wrote itself while it leads (nobody else
-/// writes there meanwhile): its value is not hashed again. `None` when the header is not the
-/// one for `position`; in debug builds the value is checked all the same.
-pub fn open_own(slot: &[u8], position: u64) -> Option<Opened> {
+/// writes there meanwhile): its header and chain, without hashing its value again or reading
+/// its acceptance record. `None` when the header is not the one for `position`; in debug
+/// builds the value is checked all the same.
+pub fn open_own(slot: &[u8], position: u64) -> Option<(SlotHeader, u64)> {
     let capacity = slot.len() as u32 - SLOT_HEADER_BYTES;
-    let peeked = peek(slot, capacity, position).ok()?;
-    debug_assert_eq!(
-        open(slot, position).map(|o| o.chain),
-        Ok(peeked.stored_chain)
-    );
-    Some(Opened {
-        header: peeked.header,
-        chain: peeked.stored_chain,
-        accepted: peeked.accepted,
-    })
+    let header = SlotHeader::parse(slot);
+    if header.position != position || !header.well_formed(capacity) {
+        return None;
+    }
+    let chain = word(slot, 0);
+    debug_assert_eq!(open(slot, position).map(|o| o.chain), Ok(chain));
+    Some((header, chain))
 }
 
 /// Validates a whole slot (`slot.len()` is the slot size) that should hold `position`.
@@ -463,8 +465,10 @@ mod tests {
         assert_eq!(peeked.stored_chain, header.chain(b"set x 1"));
         assert_eq!(peeked.accepted, Some(ACCEPTED));
         assert_eq!(peek(&[0u8; 64], capacity, 77), Err(SlotError::Empty));
+        assert_eq!(peek(&[0u8; 64], capacity, 0), Err(SlotError::Empty));
+        assert_eq!(peek(&slot[..64], capacity, 78), Err(SlotError::Empty));
         assert_eq!(
-            peek(&slot[..64], capacity, 78),
+            peek(&slot[..64], capacity, 76),
             Err(SlotError::Stale { found: 77 })
         );
         let mut malformed = slot;
@@ -478,8 +482,8 @@ mod tests {
         assert_eq!(peek(&damaged[..64], capacity, 77), Ok(peeked));
         assert_eq!(open(&damaged[..128], 77), Err(SlotError::Torn));
         assert_eq!(
-            open_own(&slot[..128], 77).map(|o| o.chain),
-            Some(peeked.stored_chain)
+            open_own(&slot[..128], 77),
+            Some((header, peeked.stored_chain))
         );
         assert_eq!(open_own(&slot[..128], 78), None);
     }

@@ -26,6 +26,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// and only while a majority of members takes writes whose acks count: proposing without one decides
     /// nothing and overwrites slots of the own log that a lagging replica may still need.
     pub(super) fn propose<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        if self.log.queue.next_to_propose().is_none() {
+            return; // The common idle poll: nothing to work out.
+        }
         let leader = &*self.t;
         let mut takers = 0u8;
         for peer in self.log.others() {
@@ -242,15 +245,15 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 return;
             }
             let position = self.log.applied;
-            let opened = self
+            let (header, chain) = self
                 .log
                 .open_own(fabric, position)
                 .expect("the own log holds what the leader wrote");
             assert_eq!(
-                opened.header.chain_prev, self.log.applied_chain,
+                header.chain_prev, self.log.applied_chain,
                 "the own log chains"
             );
-            self.log.apply_slot(opened.header, opened.chain, sm);
+            self.log.apply_slot(header, chain, sm);
             self.t.progress_at = now;
         }
     }

@@ -585,6 +585,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         let applied_before = self.log.applied;
         self.discount_own_pause(now);
         self.drain(now, fabric);
+        let posts = self.links.posts();
         self.expire_operations(now, fabric);
         if !self.carry_on() {
             return;
@@ -603,8 +604,10 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         self.post_log_writes(now, fabric);
         // A fabric that completes writes within microseconds (shared memory, a NIC next door)
         // often has them done already: taking their completions now decides the positions in
-        // this poll rather than the next.
-        self.drain(now, fabric);
+        // this poll rather than the next. A poll that posted nothing has nothing new to take.
+        if self.links.posts() != posts {
+            self.drain(now, fabric);
+        }
         if !self.carry_on() {
             return;
         }

@@ -28,6 +28,24 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 {
     /// Confirmed followers (and lost ones, after a pause) are asked for their applied position.
     pub(super) fn admit_members<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        // To survey, or surveyed and waiting to be activated below.
+        let waiting = |state: &MemberState| {
+            matches!(
+                state,
+                MemberState::Absent
+                    | MemberState::Joining
+                    | MemberState::Lost { .. }
+                    | MemberState::Surveyed { .. }
+            )
+        };
+        let members = &self.t.members;
+        if !self
+            .log
+            .others()
+            .any(|peer| waiting(&members[peer as usize].state))
+        {
+            return; // Every member is being surveyed or active: the common poll.
+        }
         let confirmed = self.shared.lead().map_or(0, |l| l.confirmed);
         for peer in self.log.others() {
             let state = self.t.members[peer as usize].state;
