@@ -1276,9 +1276,9 @@ fn render_analysis(w: &mut String, results: &Results) {
              to shrink to about {:.0} instructions. The fabric's share is, per write, an \
              in-flight marker set and cleared with `SeqCst`, the permission gate and the region \
              incarnation checked, the bytes copied with relaxed atomics, and a completion \
-             queued; the function table above shows the core's share: sealing and checksumming \
-             slots, posting and completing one log write per follower, re-opening its own slot \
-             (checksum) before applying it, walking every member in each poll.",
+             queued; the function table above shows the core's share: sealing (hashing) each slot \
+             once, posting and completing one log write per follower, loading its own slot \
+             back to apply it (not hashed again), walking every member in each poll.",
             c.per_op,
             core_per_op(c),
             c.fabric_per_op,
@@ -1333,18 +1333,16 @@ fn render_analysis(w: &mut String, results: &Results) {
     {
         let _ = writeln!(
             w,
-            "- **Large commands.** At 4096 B the leader hashes each slot twice (sealing it, then \
-             checking it before applying) and copies it into each follower's region a word at a \
-             time with atomics (the shared-memory fabric's rule for memory other processes \
-             write), where raft-rs moves its bytes with plain copies: that is where a 4 KiB \
-             commit's median goes (an inference from the code paths, not profiled at 4 KiB). \
-             The p99 is {:.1} µs against a p50 of {:.1} µs. A likely cause (an inference): the \
-             followers share one thread here, and each \
-             checksums a 4 KiB slot more than once (when it scans its log for the commit point, \
-             and when it applies), so together they apply more slowly than the leader writes; \
-             the leader never runs a lap of the log ahead of a live follower, so now and then it \
-             waits for them. With a core per follower the wait should not arise (not measured \
-             here).",
+            "- **Large commands.** At 4096 B each replica hashes a slot's bytes once (the \
+             leader when it seals it, a follower when it applies it), and the shared-memory \
+             fabric moves them with relaxed 64-bit atomics, eight words a loop step (the rule \
+             for memory other processes write), where raft-rs moves its bytes with plain \
+             copies: the hash and those copies are where a 4 KiB commit's median goes (the \
+             4,096 B probes above count them). The p99 is {:.1} µs against a p50 of {:.1} µs. \
+             A likely cause (an inference): the followers share one thread here, so together \
+             they apply more slowly than the leader writes, and the leader never runs a lap of \
+             the log ahead of a live follower, so now and then it waits for them. With a core \
+             per follower the wait should not arise (not measured here).",
             ns(results, &r.mu, 0.99) / 1e3,
             ns(results, &r.mu, 0.5) / 1e3
         );
