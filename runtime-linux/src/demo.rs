@@ -718,9 +718,9 @@ impl Sessions {
 
     fn describe(&self) -> String {
         format!(
-            "{} requests sent again (their replica died or had not decided them), {} of them \
-             answered from the session's cache as decided before (applied once), {} of unknown \
-             outcome",
+            "sent again {} (their replica died, stopped leading or had not decided them), of \
+             which answered from the session's cache as decided before (applied once) {}; of \
+             unknown outcome {}",
             self.resent, self.duplicates, self.unknown
         )
     }
