@@ -34,9 +34,9 @@ fn a_damaged_slot_is_named_counted_once_and_repaired() {
             mu_nostd::slot::open(&t.world.region(2)[slot..slot + size], before).is_ok()
         });
         assert!(landed.is_some(), "command {attempt} reaches follower 2");
-        // Not the tenure's first position: a member that joins the tenure after it was written
-        // gets it again from its applied position, and that rewrite of the same value can
-        // repair the damage before the follower looks (it looks when it applies).
+        // Not the tenure's first position: there the same value landed again two ticks after
+        // the damage (the leader's view of the member did not change; not traced further) and
+        // repaired it before the follower looked, which it does when it applies.
         if attempt >= 1 && trio.replica(2).replication.status().applied <= before {
             trio.world.region_mut(2)[slot + SLOT_HEADER_BYTES as usize] ^= 0x5A;
             damaged = Some(before);
