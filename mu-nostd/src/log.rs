@@ -10,16 +10,16 @@
 //! *later* lap at the next position, or a lap notice, means the leader recycled past this
 //! replica: it needs a snapshot of another replica instead (`transfer`).
 //!
-//! Every byte of a value is hashed once on a follower, when it is applied. The scan that finds
-//! how far the log is decided walks slot *headers* ([`slot::peek`]): each slot's `chain_prev`
-//! must equal the chain its predecessor stored, and a commit point counts only from an
-//! acceptance record bound to its slot's stored chain. Chains are digests of whole prefixes, so
-//! a slot that links to the walked prefix was written by a leader that held the same values
-//! there (or a torn header, which the apply's [`slot::open`] refuses); the apply then takes a
-//! position only if its value hashes to its chain and links to the applied prefix. The walk is
-//! kept between replays (`walk`) while each finds new slots, so a streaming follower reads a
-//! header once; a `chain_prev` that no longer links (the leader rewrote walked slots) restarts
-//! it from `applied`, and so does a replay that found nothing new.
+//! A follower hashes a value twice: when its scan first reaches the slot, and when it applies
+//! it. The scan opens each slot it walks (the value against its chain) and records its chain,
+//! so a commit point is trusted only from a slot whose whole chain back to the applied prefix
+//! was verified; headers alone are not enough, since a torn header can pair one writer's
+//! `chain_prev` with another's chain. The walk is kept between replays while they find new
+//! slots or apply, so a streaming follower opens each slot once in its scan; a slot that no
+//! longer chains to the walk (the leader rewrote walked slots) restarts it from `applied`, and
+//! so does a replay that found and applied nothing. The apply opens the slot again and takes
+//! it only if it is still the value the walk verified (the recorded chain): the bytes may
+//! have been rewritten since, or be torn as a rewrite lands.
 //!
 //! # Invariants
 //! - `applied` only grows, except when a snapshot is installed (`install_position`, never while
@@ -29,17 +29,19 @@
 //! - A command submitted here is reported `committed` only when the command itself (its origin)
 //!   is applied, never when another value was decided in its place.
 //! - Work per replay is bounded: the scan and the applies stop after a fixed number of slots.
-//! - `applied <= walk.end <= applied + scan bound` whenever a walk is kept; it is forgotten
-//!   when this replica starts leading (its proposals rewrite its own log) or installs a
-//!   snapshot.
+//! - `applied <= walk.end <= applied + scan bound <= applied + WALK_MAX` whenever a walk is
+//!   kept, and `walked` holds the verified chain of every position in `[applied, walk.end)`; the
+//!   walk is forgotten when this replica starts leading (its proposals rewrite its own log) or
+//!   installs a snapshot.
+//! - A position is applied only if its slot opens now with the chain the walk verified there.
 
-use crate::config::Config;
+use crate::config::{Config, ENTRY_SLOTS_MAX, PIPELINE_DEPTH_MAX};
 use crate::fabric::{Fabric, ReplicaId};
 use crate::hash::Hasher;
 use crate::layout::{Layout, COMMIT_RECORD_BYTES};
 use crate::queue::RequestQueue;
 use crate::record;
-use crate::slot::{self, Opened, Peeked, SlotError, SlotHeader, CHAIN_GENESIS, SLOT_HEADER_BYTES};
+use crate::slot::{self, Opened, SlotError, SlotHeader, CHAIN_GENESIS, SLOT_HEADER_BYTES};
 use crate::state_machine::StateMachine;
 
 /// Reassembles commands that span several slots.
@@ -93,8 +95,12 @@ fn decode_commit(offset: u32, bytes: &[u8; COMMIT_RECORD_BYTES as usize]) -> Opt
     (check == expected).then_some((commit, chain))
 }
 
-/// How far a follower's scan walked the log: the headers of `[applied, end)` link, each to its
-/// predecessor's stored chain, and `chain` is the last one's.
+/// The most positions a scan walks past `applied` (`scan_bound` at the largest pipeline and
+/// command the configuration allows).
+const WALK_MAX: usize = PIPELINE_DEPTH_MAX as usize + ENTRY_SLOTS_MAX as usize + 2;
+
+/// How far a follower's scan walked the log: the slots of `[applied, end)` opened (hashed) and
+/// chain, each to its predecessor, and `chain` is the last one's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Walk {
     end: u64,
@@ -119,6 +125,9 @@ pub(crate) struct Log<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     commit_known: u64,
     /// What the follower's scans walked so far, kept between replays.
     walk: Option<Walk>,
+    /// The chain of each walked position in `[applied, walk.end)`, by position modulo
+    /// `WALK_MAX`: the value the walk verified, which the apply must find again.
+    walked: [u64; WALK_MAX],
     /// When a replay that finds nothing new reads the lap notice next.
     lap_check_at: u64,
     /// The last replay found valid slots up to its scan bound: more may follow.
@@ -205,6 +214,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
             applied_chain: CHAIN_GENESIS,
             commit_known: 0,
             walk: None,
+            walked: [0; WALK_MAX],
             lap_check_at: 0,
             backlog: false,
             assembly: Assembly::default(),
@@ -237,13 +247,6 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
         let size = self.config.slot_size as usize;
         fabric.load(self.layout.slot(position), &mut self.slot[..size]);
         slot::open_own(&self.slot[..size], position)
-    }
-
-    /// Reads the header of the slot of `position` in this replica's own log.
-    fn peek_local<F: Fabric>(&self, fabric: &mut F, position: u64) -> Result<Peeked, SlotError> {
-        let mut header = [0u8; SLOT_HEADER_BYTES as usize];
-        fabric.load(self.layout.slot(position), &mut header);
-        slot::peek(&header, self.config.slot_payload_bytes(), position)
     }
 
     /// The scan walks from this replica's own log again, from what is applied: it starts
@@ -318,14 +321,19 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
             }
         }
         let mut stopped = walked.stopped;
+        let applied_before = self.applied;
         let decided_end = self.commit_known.min(walked.end);
         while self.applied < decided_end {
+            let walked_chain = self.walked[(self.applied % WALK_MAX as u64) as usize];
             match self.open_local(fabric, self.applied) {
-                Ok(opened) if opened.header.chain_prev == self.applied_chain => {
+                Ok(opened)
+                    if opened.header.chain_prev == self.applied_chain
+                        && opened.chain == walked_chain =>
+                {
                     self.apply_slot(opened.header, opened.chain, sm);
                 }
-                // The value does not hash to its chain (torn, damaged, or rewritten as this
-                // replay read it), or another value is there now: walk again next time.
+                // Not the value the walk verified: rewritten since (the walk restarts), or
+                // torn or damaged now.
                 refused => {
                     let why = match refused {
                         Ok(_) => Blocked::Unchained,
@@ -337,14 +345,22 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
                 }
             }
         }
+        // A replay that neither found nor applied anything walks from `applied` again next
+        // time, so that commit points the leader rewrote into walked slots (a repair, a new
+        // tenure's rewrite) are seen. An idle follower has nothing between `applied` and the
+        // end to read again.
+        if !walked.advanced && self.applied == applied_before {
+            self.forget_walk();
+        }
         self.note_stop(stopped);
         None
     }
 
-    /// Walks slot headers on from where the last scan stopped (from `applied` when there is
-    /// no walk, or when the walked slots were rewritten), as far as they link, up to the scan
-    /// bound; takes the commit points they carry, and the commit record's. Returns where the
-    /// walk ended and why it stopped short of an empty slot, or the position from which this
+    /// Walks on from where the last scan stopped (from `applied` when there is no walk, or
+    /// when the walked slots were rewritten), opening each new slot (its value hashed against
+    /// its chain) as far as they chain, up to the scan bound, and records each one's chain;
+    /// takes the commit points they carry, and the commit record's. Returns where the walk
+    /// ended and why it stopped short of an empty slot, or the position from which this
     /// replica needs a snapshot.
     fn walk_on<F: Fabric>(&mut self, fabric: &mut F) -> Result<Walked, u64> {
         let from_applied = Walk {
@@ -361,8 +377,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
         // A kept walk may restart once: at most twice the scan bound.
         let mut may_restart = walk != from_applied;
         while walk.end < limit {
-            match self.peek_local(fabric, walk.end) {
-                Ok(peeked) if peeked.header.chain_prev != walk.chain => {
+            match self.open_new(fabric, walk.end) {
+                Ok(opened) if opened.header.chain_prev != walk.chain => {
                     if may_restart {
                         may_restart = false;
                         walk = from_applied; // Rewritten since it was walked.
@@ -371,22 +387,19 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
                     stopped = Some((walk.end, Blocked::Unchained));
                     break;
                 }
-                Ok(peeked) => {
+                Ok(opened) => {
                     // A writer's commit point never exceeds the position it wrote; a torn
                     // acceptance record (a rewrite cut short) just carries none.
-                    if let Some(accepted) = peeked.accepted {
+                    if let Some(accepted) = opened.accepted {
                         self.commit_known = self.commit_known.max(accepted.commit.min(walk.end));
                     }
-                    walk.chain = peeked.stored_chain;
+                    self.walked[(walk.end % WALK_MAX as u64) as usize] = opened.chain;
+                    walk.chain = opened.chain;
                     walk.end += 1;
                 }
                 Err(SlotError::Stale { found }) if found > walk.end => {
-                    if self.holds_later_lap(fabric, walk.end) {
-                        self.forget_walk();
-                        return Err(walk.end + 1);
-                    }
-                    stopped = Some((walk.end, Blocked::Torn));
-                    break;
+                    self.forget_walk();
+                    return Err(walk.end + 1);
                 }
                 Err(SlotError::Torn | SlotError::Malformed) => {
                     stopped = Some((walk.end, Blocked::Torn));
@@ -397,32 +410,30 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
             }
         }
         assert!(walk.end >= self.applied && walk.end <= limit);
+        assert!(walk.end - self.applied <= WALK_MAX as u64);
         self.backlog = walk.end == limit;
         // Nothing walked waits for a decision: the record cannot tell more.
         if self.commit_known < walk.end {
             self.read_commit_record(fabric, walk.end, walk.chain);
         }
-        let advanced = walk.end > kept_end;
-        // Kept only while it finds new slots: a walk that found nothing new reads the headers
-        // from `applied` again next time, so that commit points the leader rewrote into
-        // walked slots (a repair, a new tenure's rewrite) are seen. An idle follower has
-        // nothing between `applied` and the end to read again.
-        self.walk = advanced.then_some(walk);
+        self.walk = Some(walk);
         Ok(Walked {
             end: walk.end,
-            advanced,
+            advanced: walk.end > kept_end,
             stopped,
         })
     }
 
-    /// True when the slot at `position` is a whole, valid slot of a later lap: the leader
-    /// recycled past this replica. A header alone (perhaps torn) is not enough to give up on
-    /// the log.
-    fn holds_later_lap<F: Fabric>(&mut self, fabric: &mut F, position: u64) -> bool {
-        matches!(
-            self.open_local(fabric, position),
-            Err(SlotError::Stale { found }) if found > position
-        )
+    /// Opens the slot of `position` in the own log if anything of this lap is there: its first
+    /// words tell a poll with nothing new at once, without loading the rest. A later lap is
+    /// believed only of a slot that opens (a header alone may be torn).
+    fn open_new<F: Fabric>(&mut self, fabric: &mut F, position: u64) -> Result<Opened, SlotError> {
+        let mut head = [0u8; slot::VALUE_HEADER_BYTES as usize];
+        fabric.load(self.layout.slot(position), &mut head);
+        match slot::probe(&head, position) {
+            Err(SlotError::Empty) => Err(SlotError::Empty),
+            _ => self.open_local(fabric, position),
+        }
     }
 
     /// Counts a replay's stop at a slot it could not take, once per slot and reason.

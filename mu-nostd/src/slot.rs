@@ -292,47 +292,27 @@ pub fn is_decided(chain: u64, bytes: &[u8]) -> bool {
     decode_bound(DECIDED_DOMAIN, chain, bytes) == Some(DECIDED)
 }
 
-/// A slot's header read without its payload: what a follower's scan walks. Its chain is the
-/// one the writer stored, not recomputed from the value, so nothing may be applied from it:
-/// applying takes [`open`] (the one place a slot's value is hashed on a follower).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct Peeked {
-    /// Its value header.
-    pub header: SlotHeader,
-    /// The chain digest its writer stored (unverified).
-    pub stored_chain: u64,
-    /// Its acceptance record, when intact and bound to `stored_chain`.
-    pub accepted: Option<Acceptance>,
-}
+/// Bytes of a slot's value header (before the acceptance record): what [`probe`] reads.
+pub const VALUE_HEADER_BYTES: u32 = ACCEPTANCE_AT;
 
-/// Reads the header of a slot that should hold `position` (`header` holds at least the slot
-/// header; `capacity` is the slot's payload capacity), without its payload. Never
-/// [`SlotError::Torn`]: only [`open`] can tell. A slot not written in this lap yet, whether
-/// never written or of an earlier lap, is [`SlotError::Empty`]: nothing new there.
-pub fn peek(header: &[u8], capacity: u32, position: u64) -> Result<Peeked, SlotError> {
-    assert!(header.len() >= SLOT_HEADER_BYTES as usize);
+/// What the value header of a slot that should hold `position` says before it is opened:
+/// [`SlotError::Empty`] when nothing of this lap is there (never written, or a slot of an
+/// earlier lap), [`SlotError::Stale`] for a later lap, `Ok` when it names `position` (only
+/// [`open`] can tell whether it is whole). `head` holds at least [`VALUE_HEADER_BYTES`].
+pub fn probe(head: &[u8], position: u64) -> Result<(), SlotError> {
+    assert!(head.len() >= VALUE_HEADER_BYTES as usize);
     // The position word first: it tells a poll with nothing new at once (an empty header
     // names position 0, so only there are the bytes checked).
-    let found = word(header, 8);
-    if found != position || found == 0 {
-        if found < position || header[..ACCEPTANCE_AT as usize].iter().all(|&b| b == 0) {
-            return Err(SlotError::Empty);
-        }
-        if found != position {
-            return Err(SlotError::Stale { found });
-        }
+    let found = word(head, 8);
+    if found < position
+        || (found == 0 && head[..VALUE_HEADER_BYTES as usize].iter().all(|&b| b == 0))
+    {
+        return Err(SlotError::Empty);
     }
-    let parsed = SlotHeader::parse(header);
-    if !parsed.well_formed(capacity) {
-        return Err(SlotError::Malformed);
+    if found != position {
+        return Err(SlotError::Stale { found });
     }
-    let stored_chain = word(header, 0);
-    Ok(Peeked {
-        header: parsed,
-        stored_chain,
-        accepted: open_acceptance(stored_chain, &header[ACCEPTANCE_AT as usize..]),
-    })
+    Ok(())
 }
 
 /// Opens a slot of the own log that this replica wrote itself while it leads (nobody else
@@ -454,37 +434,23 @@ mod tests {
         assert!(open(&garbage, 77).is_err());
     }
 
-    /// A peek reads the header and the acceptance bound to the stored chain, and cannot see a
-    /// damaged value: only `open`, which hashes it, refuses that.
+    /// A probe tells nothing new, a later lap and this position apart from the position word
+    /// (and an empty header at position 0); it cannot see a damaged value, which `open`
+    /// refuses.
     #[test]
-    fn a_peek_reads_the_header_and_leaves_the_value_to_open() {
+    fn a_probe_reads_the_position_and_leaves_the_value_to_open() {
         let (slot, header) = sealed(77, b"set x 1", ACCEPTED);
-        let capacity = 128 - SLOT_HEADER_BYTES;
-        let peeked = peek(&slot[..64], capacity, 77).unwrap();
-        assert_eq!(peeked.header, header);
-        assert_eq!(peeked.stored_chain, header.chain(b"set x 1"));
-        assert_eq!(peeked.accepted, Some(ACCEPTED));
-        assert_eq!(peek(&[0u8; 64], capacity, 77), Err(SlotError::Empty));
-        assert_eq!(peek(&[0u8; 64], capacity, 0), Err(SlotError::Empty));
-        assert_eq!(peek(&slot[..64], capacity, 78), Err(SlotError::Empty));
-        assert_eq!(
-            peek(&slot[..64], capacity, 76),
-            Err(SlotError::Stale { found: 77 })
-        );
-        let mut malformed = slot;
-        malformed[38] = 0;
-        assert_eq!(
-            peek(&malformed[..64], capacity, 77),
-            Err(SlotError::Malformed)
-        );
+        assert_eq!(probe(&slot[..40], 77), Ok(()));
+        assert_eq!(probe(&[0u8; 40], 77), Err(SlotError::Empty));
+        assert_eq!(probe(&[0u8; 40], 0), Err(SlotError::Empty));
+        assert_eq!(probe(&slot[..40], 78), Err(SlotError::Empty));
+        assert_eq!(probe(&slot[..40], 76), Err(SlotError::Stale { found: 77 }));
         let mut damaged = slot;
         damaged[SLOT_HEADER_BYTES as usize] ^= 1;
-        assert_eq!(peek(&damaged[..64], capacity, 77), Ok(peeked));
+        assert_eq!(probe(&damaged[..40], 77), Ok(()));
         assert_eq!(open(&damaged[..128], 77), Err(SlotError::Torn));
-        assert_eq!(
-            open_own(&slot[..128], 77),
-            Some((header, peeked.stored_chain))
-        );
+        let chain = header.chain(b"set x 1");
+        assert_eq!(open_own(&slot[..128], 77), Some((header, chain)));
         assert_eq!(open_own(&slot[..128], 78), None);
     }
 

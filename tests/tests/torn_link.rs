@@ -1,0 +1,128 @@
+//! A follower trusts a commit point only through slots whose values it verified: a torn header
+//! can pair one writer's `chain_prev` with another's chain, and a scan that linked headers
+//! alone would follow it to a later leader's commit point and apply an undecided value below.
+//!
+//! Follower 2 is cut off with everything applied up to `a`. Its log is then written by hand:
+//! at `a` the value `v1` of a deposed leader; at `a + 1` a header torn between the deposed
+//! leader's slot (its `chain_prev`, the chain of `v1`) and a later leader's (its chain and
+//! acceptance, for a prefix holding `w` at `a`); at `a + 2` the later leader's slot, whose
+//! commit point says `a` and `a + 1` are decided. Position `a` is decided as `w`, not `v1`: the
+//! follower must apply nothing. A scan that walked headers by their stored chains (as the core
+//! did for one commit, `e20c1f1`) applied `v1`.
+
+use mu_nostd::slot::{origin, Acceptance, SlotHeader, SLOT_HEADER_BYTES};
+use mu_nostd::Layout;
+use mu_tests::trio::Trio;
+use mu_tests::world::Faults;
+
+/// Writes the slot of `header` holding `payload`, accepted as `acceptance`, at its position in
+/// `region`; returns its chain.
+fn write_slot(
+    region: &mut [u8],
+    layout: &Layout,
+    size: usize,
+    header: SlotHeader,
+    payload: &[u8],
+    acceptance: Acceptance,
+) -> u64 {
+    let at = layout.slot(header.position) as usize;
+    let slot = &mut region[at..at + size];
+    slot.fill(0);
+    let chain = header.seal(payload, acceptance, slot);
+    slot[SLOT_HEADER_BYTES as usize..][..payload.len()].copy_from_slice(payload);
+    chain
+}
+
+fn header(position: u64, chain_prev: u64, proposer: u8, payload: &[u8]) -> SlotHeader {
+    SlotHeader {
+        position,
+        chain_prev,
+        origin: origin(proposer, position + 1),
+        entry_len: payload.len() as u32,
+        frag_index: 0,
+        frag_count: 1,
+    }
+}
+
+#[test]
+fn a_torn_header_never_links_a_later_commit_point_to_an_undecided_value() {
+    let shared = Trio::shared(0);
+    let config = Trio::config();
+    let layout = Layout::new(&config);
+    let size = config.slot_size as usize;
+    let mut trio = Trio::new(config, Faults::gentle(), &shared);
+    trio.formed();
+    for i in 0..3 {
+        let before = trio.replica(2).replication.status().applied;
+        trio.replica_mut(0)
+            .replication
+            .submit(format!("command-{i}").as_bytes())
+            .expect("0 leads");
+        let applied = trio.run_until(2_000, |t| {
+            t.replica(2).replication.status().applied > before
+        });
+        assert!(applied.is_some(), "follower 2 applies command {i}");
+    }
+    trio.world.set_reachable(0, 2, false);
+    trio.world.set_reachable(1, 2, false);
+    trio.run(50);
+    let status = trio.replica(2).replication.status();
+    let (a, chain_a) = (status.applied, status.applied_chain);
+    let applied_before = trio.log(2).applied.len();
+
+    let region = trio.world.region_mut(2);
+    let deposed = Acceptance {
+        ballot: 5,
+        commit: a,
+    };
+    let later = Acceptance {
+        ballot: 9,
+        commit: a,
+    };
+    // The deposed leader's `v1` at `a` and its slot at `a + 1`, both whole.
+    let v1 = write_slot(
+        region,
+        &layout,
+        size,
+        header(a, chain_a, 1, b"v1"),
+        b"v1",
+        deposed,
+    );
+    let deposed_next = header(a + 1, v1, 1, b"x1");
+    write_slot(region, &layout, size, deposed_next, b"x1", deposed);
+    // The later leader's prefix: `w` at `a` (never written here), `x2` at `a + 1`, `y` at
+    // `a + 2`, whose commit point is `a + 2`.
+    let w = header(a, chain_a, 0, b"w").chain(b"w");
+    let later_next = header(a + 1, w, 0, b"x2");
+    let mut torn = [0u8; 512];
+    let x2 = later_next.seal(b"x2", later, &mut torn[..size]);
+    let commit = Acceptance {
+        ballot: 9,
+        commit: a + 2,
+    };
+    write_slot(
+        region,
+        &layout,
+        size,
+        header(a + 2, x2, 0, b"y"),
+        b"y",
+        commit,
+    );
+    // Slot `a + 1`: the later leader's header and value, but the deposed leader's
+    // `chain_prev` word is still there (the word of the later write that did not land yet).
+    let at = layout.slot(a + 1) as usize;
+    let kept_chain_prev: [u8; 8] = region[at + 16..at + 24].try_into().unwrap();
+    region[at..at + SLOT_HEADER_BYTES as usize]
+        .copy_from_slice(&torn[..SLOT_HEADER_BYTES as usize]);
+    region[at + SLOT_HEADER_BYTES as usize..][..2].copy_from_slice(b"x2");
+    region[at + 16..at + 24].copy_from_slice(&kept_chain_prev);
+    assert_eq!(u64::from_le_bytes(kept_chain_prev), v1);
+
+    trio.run(200);
+    let applied: Vec<_> = trio.log(2).applied[applied_before..].to_vec();
+    assert!(
+        applied.is_empty(),
+        "follower 2 applied {applied:?} below a commit point it reached through a torn header"
+    );
+    assert_eq!(trio.replica(2).replication.status().applied, a);
+}
