@@ -1333,8 +1333,9 @@ fn render_analysis(w: &mut String, results: &Results) {
     {
         let _ = writeln!(
             w,
-            "- **Large commands.** At 4096 B each replica hashes a slot's bytes once (the \
-             leader when it seals it, a follower when it applies it), and the shared-memory \
+            "- **Large commands.** At 4096 B the leader hashes a slot's bytes once (when it \
+             seals it) and a follower twice (when its scan first opens the slot, and when it \
+             applies it, which must find the value the scan verified), and the shared-memory \
              fabric moves them with relaxed 64-bit atomics, eight words a loop step (the rule \
              for memory other processes write), where raft-rs moves its bytes with plain \
              copies: the hash and those copies are where a 4 KiB commit's median goes (the \
