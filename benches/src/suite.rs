@@ -841,6 +841,9 @@ fn render_goals(w: &mut String, results: &Results) {
 
 /// Starts a section of the report titled `title`: what it reports, or `None` after saying why
 /// it was not measured.
+/// An instruction goal: its words, the probe, the most allowed, and what of the count it takes.
+type InstructionGoal = (&'static str, Scenario, f64, fn(&Count) -> f64);
+
 /// The fast path diet's goals: instructions of the hot paths and of idle polls, latency at
 /// 64 B and 4 KiB against both raft-rs peers, pipelined throughput.
 fn render_diet_goals(row: &mut impl FnMut(&str, String, Option<bool>), results: &Results) {
@@ -851,48 +854,48 @@ fn render_diet_goals(row: &mut impl FnMut(&str, String, Option<bool>), results: 
             .ok()
             .and_then(|counts| counts.iter().find(|c: &&Count| c.scenario == scenario))
     };
-    let at_most = |row: &mut dyn FnMut(&str, String, Option<bool>),
-                   goal: &str,
-                   scenario,
-                   limit: f64| match count(scenario) {
-        Some(c) => row(goal, format!("{:.0}", c.per_op), Some(c.per_op <= limit)),
-        None => row(goal, "not counted".into(), None),
-    };
-    at_most(
-        row,
-        "leader 64 B commit ≤ 1,200 instructions, 3 replicas (core and fabric)",
-        Scenario::LeaderCommit,
-        1200.0,
-    );
-    match count(Scenario::LeaderCommit) {
-        Some(c) => {
-            let core = core_per_op(c);
-            row(
-                "of which the core's ≤ 600",
-                format!("{core:.0}"),
-                Some(core <= 600.0),
-            );
+    let per_op = |c: &Count| c.per_op;
+    let limits: [InstructionGoal; 5] = [
+        (
+            "leader 64 B commit ≤ 1,200 instructions, 3 replicas (core and fabric)",
+            Scenario::LeaderCommit,
+            1200.0,
+            per_op,
+        ),
+        (
+            "of which the core's ≤ 600",
+            Scenario::LeaderCommit,
+            600.0,
+            core_per_op,
+        ),
+        (
+            "follower apply of one 64 B slot ≤ 800 instructions",
+            Scenario::FollowerApply,
+            800.0,
+            per_op,
+        ),
+        (
+            "idle follower poll ≤ 100 instructions",
+            Scenario::FollowerIdlePoll,
+            100.0,
+            per_op,
+        ),
+        (
+            "idle background poll ≤ 400 instructions",
+            Scenario::BackgroundIdlePoll,
+            400.0,
+            per_op,
+        ),
+    ];
+    for (goal, scenario, limit, measure) in limits {
+        match count(scenario) {
+            Some(c) => {
+                let n = measure(c);
+                row(goal, format!("{n:.0}"), Some(n <= limit));
+            }
+            None => row(goal, "not counted".into(), None),
         }
-        None => row("of which the core's ≤ 600", "not counted".into(), None),
     }
-    at_most(
-        row,
-        "follower apply of one 64 B slot ≤ 800 instructions",
-        Scenario::FollowerApply,
-        800.0,
-    );
-    at_most(
-        row,
-        "idle follower poll ≤ 100 instructions",
-        Scenario::FollowerIdlePoll,
-        100.0,
-    );
-    at_most(
-        row,
-        "idle background poll ≤ 400 instructions",
-        Scenario::BackgroundIdlePoll,
-        400.0,
-    );
     let cell = |replicas: u8, payload: usize| {
         results
             .latency

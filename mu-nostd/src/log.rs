@@ -428,12 +428,16 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
     /// words tell a poll with nothing new at once, without loading the rest. A later lap is
     /// believed only of a slot that opens (a header alone may be torn).
     fn open_new<F: Fabric>(&mut self, fabric: &mut F, position: u64) -> Result<Opened, SlotError> {
-        let mut head = [0u8; slot::VALUE_HEADER_BYTES as usize];
-        fabric.load(self.layout.slot(position), &mut head);
-        match slot::probe(&head, position) {
-            Err(SlotError::Empty) => Err(SlotError::Empty),
-            _ => self.open_local(fabric, position),
+        let (offset, size) = (self.layout.slot(position), self.config.slot_size as usize);
+        let head = slot::VALUE_HEADER_BYTES;
+        // The head goes into the scratch slot, and only the rest is loaded after it: `open`
+        // checks the whole as one, whatever landed between the two loads.
+        fabric.load(offset, &mut self.slot[..head as usize]);
+        if slot::probe(&self.slot[..head as usize], position) == Err(SlotError::Empty) {
+            return Err(SlotError::Empty);
         }
+        fabric.load(offset + head, &mut self.slot[head as usize..size]);
+        slot::open(&self.slot[..size], position)
     }
 
     /// Counts a replay's stop at a slot it could not take, once per slot and reason.

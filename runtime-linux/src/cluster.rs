@@ -837,6 +837,8 @@ struct InFlight {
     /// The put's command id, also the request's sequence number in the port
     /// ([`REGISTER_ID`] for the session's registration).
     id: u64,
+    /// Its number in the session; `None` for the registration.
+    seq: Option<u64>,
     sent_ns: u64,
 }
 
@@ -986,17 +988,18 @@ impl Client {
                 < limit
                 && self.in_flight.len() < self.window * cluster.replicas() as usize
             {
-                let Some((id, len)) = self.next_request() else {
+                let Some((id, seq, len)) = self.next_request() else {
                     break;
                 };
                 if !port.push_request(id, &self.command[..len]) {
-                    self.unsent(id);
+                    self.unsent(seq);
                     break;
                 }
                 self.in_flight.push(InFlight {
                     replica: target,
                     incarnation: port.get(Stat::Incarnation),
                     id,
+                    seq,
                     sent_ns: monotonic_ns(),
                 });
             }
@@ -1005,14 +1008,15 @@ impl Client {
 
     /// Builds the next request into `command`: the registration while there is no session
     /// (one at a time), else a request to send again, else a new put. Returns its port
-    /// sequence number and length; `None` when nothing may be sent now.
-    fn next_request(&mut self) -> Option<(u64, usize)> {
+    /// sequence number, its number in the session and its length; `None` when nothing may be
+    /// sent now.
+    fn next_request(&mut self) -> Option<(u64, Option<u64>, usize)> {
         let Some(session) = &mut self.session else {
-            if self.in_flight.iter().any(|f| f.id == REGISTER_ID) {
+            if self.in_flight.iter().any(|f| f.seq.is_none()) {
                 return None;
             }
             let len = session::encode_register(&mut self.command).expect("fits");
-            return Some((REGISTER_ID, len));
+            return Some((REGISTER_ID, None, len));
         };
         if let Some(seq) = self.resend.pop() {
             self.resent += 1;
@@ -1021,7 +1025,7 @@ impl Client {
             let len = session
                 .retry(seq, &self.put[..len], &mut self.command)
                 .expect("an unsettled request of this session");
-            return Some((id, len));
+            return Some((id, Some(seq), len));
         }
         let id = self.client_id << 48 | (self.next + 1);
         let len = kv::encode_put(&mut self.put, id % self.keys, id, &self.payload);
@@ -1029,25 +1033,19 @@ impl Client {
             Ok((seq, len)) => {
                 self.next += 1;
                 self.unsettled.insert(seq, id);
-                Some((id, len))
+                Some((id, Some(seq), len))
             }
             Err(SessionError::WindowFull) => None,
             Err(e) => unreachable!("the command buffer holds the largest put: {e:?}"),
         }
     }
 
-    /// A request built for `id` did not reach a replica: it is sent again later.
-    fn unsent(&mut self, id: u64) {
-        if let Some(seq) = self.seq_of(id) {
+    /// Request `seq` of the session did not reach a replica or was not decided there: it is
+    /// sent again later, while unsettled (a registration is simply made again).
+    fn unsent(&mut self, seq: Option<u64>) {
+        if let Some(seq) = seq.filter(|seq| self.unsettled.contains_key(seq)) {
             self.resend.push(seq);
         }
-    }
-
-    /// The session's sequence number of the put `id`, while unsettled.
-    fn seq_of(&self, id: u64) -> Option<u64> {
-        self.unsettled
-            .iter()
-            .find_map(|(&seq, &unsettled)| (unsettled == id).then_some(seq))
     }
 
     /// Takes every response; true when any was a commit (a replica that answers "not the
@@ -1069,7 +1067,7 @@ impl Client {
             self.in_flight.drain(..).partition(answerable);
         self.in_flight = kept;
         for flight in gone {
-            self.unsent(flight.id);
+            self.unsent(flight.seq);
         }
         for id in cluster.live() {
             let Some(port) = cluster.port(id) else {
@@ -1086,7 +1084,7 @@ impl Client {
                 let flight = self.in_flight.swap_remove(index);
                 if response.outcome != Outcome::Committed {
                     self.retries += 1;
-                    self.unsent(flight.id);
+                    self.unsent(flight.seq);
                     continue;
                 }
                 if self.settle(&flight, &response) {
@@ -1109,15 +1107,15 @@ impl Client {
     /// (applied now or before).
     fn settle(&mut self, flight: &InFlight, response: &Response) -> bool {
         let reply = session::decode_reply(response.reply());
-        if flight.id == REGISTER_ID {
+        let Some(seq) = flight.seq else {
             if let (Ok(Reply::Registered { client }), None) = (reply, self.session) {
                 self.session = Some(Session::new(client, kv::SESSION_WINDOW));
             }
             return false;
-        }
-        let Some(seq) = self.seq_of(flight.id) else {
-            return false; // Settled already, or of a session that expired.
         };
+        if !self.unsettled.contains_key(&seq) {
+            return false; // Settled already, or of a session that expired.
+        }
         match reply {
             Ok(Reply::Applied(_)) => self.committed.push((response.position, flight.id)),
             Ok(Reply::Duplicate(_)) => self.duplicates += 1,
@@ -1126,7 +1124,7 @@ impl Client {
                 self.unknown += self.unsettled.len() as u64;
                 self.unsettled.clear();
                 self.resend.clear();
-                self.in_flight.retain(|f| f.id == REGISTER_ID);
+                self.in_flight.retain(|f| f.seq.is_none());
                 self.session = None;
                 return false;
             }
