@@ -42,8 +42,8 @@ use crate::hash::Hasher;
 /// Bumped whenever the layout, the slot format or a record's meaning changes (4: a heartbeat
 /// names its replica's leader view; 5: the ballot moved out of the value's checksum into an
 /// acceptance record, an adoption record and a decided mark per slot, and the lap notice into
-/// the log area).
-pub const LAYOUT_VERSION: u32 = 5;
+/// the log area; 6: a slot stores its payload's digest, and its chain is a hash of its header).
+pub const LAYOUT_VERSION: u32 = 6;
 /// Identifies a Mu region.
 pub const REGION_MAGIC: u64 = 0x4D55_5245_4749_4F4E; // "MUREGION"
 /// Bytes of the region header.

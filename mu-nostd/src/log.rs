@@ -10,16 +10,17 @@
 //! *later* lap at the next position, or a lap notice, means the leader recycled past this
 //! replica: it needs a snapshot of another replica instead (`transfer`).
 //!
-//! A follower hashes a value twice: when its scan first reaches the slot, and when it applies
-//! it. The scan opens each slot it walks (the value against its chain) and records its chain,
-//! so a commit point is trusted only from a slot whose whole chain back to the applied prefix
-//! was verified; headers alone are not enough, since a torn header can pair one writer's
-//! `chain_prev` with another's chain. The walk is kept between replays while they find new
-//! slots or apply, so a streaming follower opens each slot once in its scan; a slot that no
-//! longer chains to the walk (the leader rewrote walked slots) restarts it from `applied`, and
-//! so does a replay that found and applied nothing. The apply opens the slot again and takes
-//! it only if it is still the value the walk verified (the recorded chain): the bytes may
-//! have been rewritten since, or be torn as a rewrite lands.
+//! A follower hashes a value once, when it applies it. Its scan reads headers only: each new
+//! slot's chain is a hash of its header words, the body digest among them (`slot`), and the
+//! scan records it. A commit point is trusted only from a slot whose chain links header by
+//! header back to the applied prefix; a header torn between two writers yields a chain nobody
+//! wrote, which neither the next slot's `chain_prev` nor any acceptance record matches. The
+//! walk is kept between replays while they find new slots or apply, so a streaming follower
+//! reads each header once in its scan; a slot that no longer chains to the walk (the leader
+//! rewrote walked slots) restarts it from `applied`, and so does a replay that found and
+//! applied nothing. The apply opens the whole slot and takes it only if its header yields the
+//! chain the walk recorded and its payload matches the body digest: the bytes may have been
+//! rewritten since, or be torn as a write lands.
 //!
 //! # Invariants
 //! - `applied` only grows, except when a snapshot is installed (`install_position`, never while
@@ -30,7 +31,7 @@
 //!   is applied, never when another value was decided in its place.
 //! - Work per replay is bounded: the scan and the applies stop after a fixed number of slots.
 //! - `applied <= walk.end <= applied + scan bound <= applied + WALK_MAX` whenever a walk is
-//!   kept, and `walked` holds the verified chain of every position in `[applied, walk.end)`; the
+//!   kept, and `walked` holds the linked chain of every position in `[applied, walk.end)`; the
 //!   walk is forgotten when this replica starts leading (its proposals rewrite its own log) or
 //!   installs a snapshot.
 //! - A position is applied only if its slot opens now with the chain the walk verified there.
@@ -99,8 +100,8 @@ fn decode_commit(offset: u32, bytes: &[u8; COMMIT_RECORD_BYTES as usize]) -> Opt
 /// command the configuration allows).
 const WALK_MAX: usize = PIPELINE_DEPTH_MAX as usize + ENTRY_SLOTS_MAX as usize + 2;
 
-/// How far a follower's scan walked the log: the slots of `[applied, end)` opened (hashed) and
-/// chain, each to its predecessor, and `chain` is the last one's.
+/// How far a follower's scan walked the log: the headers of `[applied, end)` opened and
+/// chained, each to its predecessor, and `chain` is the last one's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Walk {
     end: u64,
@@ -126,7 +127,7 @@ pub(crate) struct Log<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// What the follower's scans walked so far, kept between replays.
     walk: Option<Walk>,
     /// The chain of each walked position in `[applied, walk.end)`, by position modulo
-    /// `WALK_MAX`: the value the walk verified, which the apply must find again.
+    /// `WALK_MAX`: the value the walk linked, which the apply must find again.
     walked: [u64; WALK_MAX],
     /// When a replay that finds nothing new reads the lap notice next.
     lap_check_at: u64,
@@ -332,8 +333,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
                 {
                     self.apply_slot(opened.header, opened.chain, sm);
                 }
-                // Not the value the walk verified: rewritten since (the walk restarts), or
-                // torn or damaged now.
+                // Not the value the walk linked: rewritten since (the walk restarts), or torn
+                // or damaged now.
                 refused => {
                     let why = match refused {
                         Ok(_) => Blocked::Unchained,
@@ -357,8 +358,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
     }
 
     /// Walks on from where the last scan stopped (from `applied` when there is no walk, or
-    /// when the walked slots were rewritten), opening each new slot (its value hashed against
-    /// its chain) as far as they chain, up to the scan bound, and records each one's chain;
+    /// when the walked slots were rewritten), opening each new slot's header as far as they
+    /// chain, up to the scan bound, and records each one's chain;
     /// takes the commit points they carry, and the commit record's. Returns where the walk
     /// ended and why it stopped short of an empty slot, or the position from which this
     /// replica needs a snapshot.
@@ -424,20 +425,16 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
         })
     }
 
-    /// Opens the slot of `position` in the own log if anything of this lap is there: its first
-    /// words tell a poll with nothing new at once, without loading the rest. A later lap is
-    /// believed only of a slot that opens (a header alone may be torn).
+    /// Opens the header of the slot of `position` in the own log if anything of this lap is
+    /// there, leaving its payload to the apply: the position word tells a poll with nothing new
+    /// at once. A later lap is believed only of a header its acceptance record vouches for.
     fn open_new<F: Fabric>(&mut self, fabric: &mut F, position: u64) -> Result<Opened, SlotError> {
-        let (offset, size) = (self.layout.slot(position), self.config.slot_size as usize);
-        let head = slot::VALUE_HEADER_BYTES;
-        // The head goes into the scratch slot, and only the rest is loaded after it: `open`
-        // checks the whole as one, whatever landed between the two loads.
-        fabric.load(offset, &mut self.slot[..head as usize]);
-        if slot::probe(&self.slot[..head as usize], position) == Err(SlotError::Empty) {
+        let head = &mut self.slot[..SLOT_HEADER_BYTES as usize];
+        fabric.load(self.layout.slot(position), head);
+        if slot::probe(head, position) == Err(SlotError::Empty) {
             return Err(SlotError::Empty);
         }
-        fabric.load(offset + head, &mut self.slot[head as usize..size]);
-        slot::open(&self.slot[..size], position)
+        slot::open_header(head, self.config.slot_payload_bytes(), position)
     }
 
     /// Counts a replay's stop at a slot it could not take, once per slot and reason.

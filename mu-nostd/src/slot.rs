@@ -2,7 +2,7 @@
 //! a command longer than one slot's payload spans consecutive positions as fragments.
 //!
 //! ```text
-//! 0  chain      u64  the value's digest, which is also its checksum (see below)
+//! 0  body       u64  digest of this fragment's payload bytes (their checksum)
 //! 8  position   u64  the log position, so a slot of an earlier lap never passes for this one
 //! 16 chain_prev u64  chain digest of the decided prefix up to position - 1
 //! 24 origin     u64  proposer id << 56 | proposer's request sequence (identifies the command)
@@ -15,11 +15,22 @@
 //! ```
 //!
 //! The chain digest of position `p` covers `chain_prev`, the position, the origin, the fragment
-//! fields and the payload: every byte of the *value*, and nothing of the acceptance record.
-//! Every copy of a decided value therefore has the same value bytes, whoever wrote it and under
+//! fields and the body digest, so every byte of the *value* (the payload through its digest),
+//! and nothing of the acceptance record. It is computed from the header, never stored. Every
+//! copy of a decided value therefore has the same value bytes, whoever wrote it and under
 //! whichever ballot, and a follower applies a slot only when its `chain_prev` equals the chain
 //! of what it has applied so far, and only below a commit point carried by a slot that chains
 //! back to it (see `replication`).
+//!
+//! # Each payload byte is hashed once per replica
+//!
+//! The leader hashes a payload once, when it seals it ([`body_digest`]); a follower hashes it
+//! once, when it applies it ([`open`]). Everything else reads headers ([`open_header`]): the
+//! chain is a hash of five header words. A header torn between two writers yields a chain no
+//! writer computed, so no acceptance record, adoption record or decided mark verifies against
+//! it and no slot's `chain_prev` names it: it counts as nothing accepted and links to nothing,
+//! as a torn value does. Only a header its own acceptance record vouches for tells another lap
+//! ([`SlotError::Stale`]); a torn one could name any position.
 //!
 //! # Why the ballot is not in the value's checksum (torn rewrites)
 //!
@@ -48,9 +59,9 @@
 //! counts as nothing accepted. The reported ballot of a copy of a decided value never goes down.
 //!
 //! # Invariants
-//! - A slot opens only if its chain matches (so every value byte is as one writer wrote it) and
-//!   its position is the one asked for; its acceptance is reported only if its check matches
-//!   that very chain.
+//! - A slot opens only if its payload matches its body digest and its header names the position
+//!   asked for; its acceptance is reported only if its check matches the chain its header
+//!   yields. A chain some record or link verifies is one writer's whole value.
 //! - `1 <= frag_count`, `frag_index < frag_count`, and `entry_len` is consistent with the fragment
 //!   count and the payload capacity; anything else is `Malformed`, never a panic.
 //! - An adoption record or decided mark decodes only against the chain of the value it was
@@ -69,6 +80,7 @@ pub const ACCEPTANCE_BYTES: u32 = SLOT_HEADER_BYTES - ACCEPTANCE_AT;
 pub const CHAIN_GENESIS: u64 = 0x4D75_4745_4E45_5349; // "MuGENESI"
 
 const CHAIN_DOMAIN: u64 = 0x0043_4841_494E; // "CHAIN"
+const BODY_DOMAIN: u64 = 0x0000_424F_4459; // "BODY"
 const ACCEPT_DOMAIN: u64 = 0x4143_4345_5054; // "ACCEPT"
 const ADOPTION_DOMAIN: u64 = 0x4144_4F50_5421; // "ADOPT!"
 const DECIDED_DOMAIN: u64 = 0x4445_4349_4445; // "DECIDE"
@@ -105,13 +117,15 @@ pub struct Acceptance {
     pub commit: u64,
 }
 
-/// A slot that opened.
+/// A slot that opened (or a header, [`open_header`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Opened {
     /// Its value header.
     pub header: SlotHeader,
-    /// The chain digest through its position.
+    /// The digest of its payload, as stored.
+    pub body: u64,
+    /// The chain digest through its position, as its header yields it.
     pub chain: u64,
     /// Its acceptance record, unless that is torn (a rewrite cut short).
     pub accepted: Option<Acceptance>,
@@ -175,8 +189,8 @@ impl SlotHeader {
             && len > (count - 1) * capacity as u64
     }
 
-    /// Chain digest through this slot's position.
-    pub fn chain(&self, payload: &[u8]) -> u64 {
+    /// Chain digest through this slot's position, for the payload whose digest is `body`.
+    pub fn link(&self, body: u64) -> u64 {
         let frag = ((self.entry_len as u64) << 32)
             | ((self.frag_index as u64) << 16)
             | self.frag_count as u64;
@@ -185,17 +199,28 @@ impl SlotHeader {
             .word(self.position)
             .word(self.origin)
             .word(frag)
-            .bytes(payload)
+            .word(body)
             .finish()
+    }
+
+    /// Chain digest through this slot's position, holding `payload`.
+    pub fn chain(&self, payload: &[u8]) -> u64 {
+        self.link(body_digest(payload))
     }
 
     /// Writes the whole slot header for `payload`: the value's header and the acceptance
     /// record. Returns the chain digest.
     pub fn seal(&self, payload: &[u8], acceptance: Acceptance, out: &mut [u8]) -> u64 {
+        self.seal_body(body_digest(payload), acceptance, out)
+    }
+
+    /// [`SlotHeader::seal`] for the payload whose digest is `body` (a value read and checked
+    /// before, sealed again under another `chain_prev` or acceptance).
+    pub fn seal_body(&self, body: u64, acceptance: Acceptance, out: &mut [u8]) -> u64 {
         assert!(out.len() >= SLOT_HEADER_BYTES as usize);
         assert!(self.frag_index < self.frag_count);
-        let chain = self.chain(payload);
-        out[0..8].copy_from_slice(&chain.to_le_bytes());
+        let chain = self.link(body);
+        out[0..8].copy_from_slice(&body.to_le_bytes());
         out[8..16].copy_from_slice(&self.position.to_le_bytes());
         out[16..24].copy_from_slice(&self.chain_prev.to_le_bytes());
         out[24..32].copy_from_slice(&self.origin.to_le_bytes());
@@ -315,6 +340,11 @@ pub fn probe(head: &[u8], position: u64) -> Result<(), SlotError> {
     Ok(())
 }
 
+/// The digest of a fragment's payload bytes: its checksum, and through it part of the chain.
+pub fn body_digest(payload: &[u8]) -> u64 {
+    Hasher::new(BODY_DOMAIN).bytes(payload).finish()
+}
+
 /// Opens a slot of the own log that this replica wrote itself while it leads (nobody else
 /// writes there meanwhile): its header and chain, without hashing its value again or reading
 /// its acceptance record. `None` when the header is not the one for `position`; in debug
@@ -325,45 +355,64 @@ pub fn open_own(slot: &[u8], position: u64) -> Option<(SlotHeader, u64)> {
     if header.position != position || !header.well_formed(capacity) {
         return None;
     }
-    let chain = word(slot, 0);
+    let chain = header.link(word(slot, 0));
     debug_assert_eq!(open(slot, position).map(|o| o.chain), Ok(chain));
     Some((header, chain))
 }
 
-/// Validates a whole slot (`slot.len()` is the slot size) that should hold `position`.
-pub fn open(slot: &[u8], position: u64) -> Result<Opened, SlotError> {
-    assert!(slot.len() > SLOT_HEADER_BYTES as usize);
-    if slot[..ACCEPTANCE_AT as usize].iter().all(|&b| b == 0) {
+/// Opens the header (its first [`SLOT_HEADER_BYTES`] in `head`) of a slot of `capacity`
+/// payload bytes that should hold `position`, without reading its payload: the chain its
+/// header yields and its acceptance. Whether the payload is whole is left to [`check_body`].
+pub fn open_header(head: &[u8], capacity: u32, position: u64) -> Result<Opened, SlotError> {
+    assert!(head.len() >= SLOT_HEADER_BYTES as usize);
+    if head[..VALUE_HEADER_BYTES as usize].iter().all(|&b| b == 0) {
         return Err(SlotError::Empty);
     }
-    let capacity = slot.len() as u32 - SLOT_HEADER_BYTES;
-    let header = SlotHeader::parse(slot);
+    let header = SlotHeader::parse(head);
     if !header.well_formed(capacity) {
         return Err(SlotError::Malformed);
     }
-    let payload = &slot[SLOT_HEADER_BYTES as usize..][..header.frag_len(capacity) as usize];
-    let stored = word(slot, 0);
-    // Planted defect: take the slot's digest on trust instead of recomputing it, so a torn
-    // payload under an intact header passes.
-    let chain = if cfg!(feature = "bug-no-checksum") {
-        stored
-    } else {
-        header.chain(payload)
-    };
-    if stored != chain {
-        return Err(SlotError::Torn);
-    }
+    let body = word(head, 0);
+    let chain = header.link(body);
+    let accepted = open_acceptance(chain, &head[ACCEPTANCE_AT as usize..]);
     if header.position != position {
-        return Err(SlotError::Stale {
-            found: header.position,
+        return Err(match accepted {
+            Some(_) => SlotError::Stale {
+                found: header.position,
+            },
+            None => SlotError::Torn,
         });
     }
-    let accepted = open_acceptance(chain, &slot[ACCEPTANCE_AT as usize..]);
     Ok(Opened {
         header,
+        body,
         chain,
         accepted,
     })
+}
+
+/// Checks that the payload of `slot` (the whole slot, its header opened as `opened`) is the one
+/// its header's body digest names: [`SlotError::Torn`] if not.
+pub fn check_body(slot: &[u8], opened: &Opened) -> Result<(), SlotError> {
+    let capacity = slot.len() as u32 - SLOT_HEADER_BYTES;
+    let payload = &slot[SLOT_HEADER_BYTES as usize..][..opened.header.frag_len(capacity) as usize];
+    // Planted defect: take the slot's digest on trust instead of recomputing it, so a torn
+    // payload under an intact header passes.
+    if cfg!(feature = "bug-no-checksum") || body_digest(payload) == opened.body {
+        Ok(())
+    } else {
+        Err(SlotError::Torn)
+    }
+}
+
+/// Validates a whole slot (`slot.len()` is the slot size) that should hold `position`: its
+/// header, and its payload against the header's body digest.
+pub fn open(slot: &[u8], position: u64) -> Result<Opened, SlotError> {
+    assert!(slot.len() > SLOT_HEADER_BYTES as usize);
+    let capacity = slot.len() as u32 - SLOT_HEADER_BYTES;
+    let opened = open_header(slot, capacity, position)?;
+    check_body(slot, &opened)?;
+    Ok(opened)
 }
 
 /// The ballot a copy of a value was accepted under, given the bytes of its position's adoption
@@ -421,10 +470,25 @@ mod tests {
             open(&slot[..128], 77 + 64),
             Err(SlotError::Stale { found: 77 })
         );
-        for byte in (0..ACCEPTANCE_AT as usize).chain(64..64 + 7) {
+        // The body digest, the position and the payload are checked as such.
+        for byte in (0..16).chain(64..64 + 7) {
             let mut torn = slot;
             torn[byte] ^= 0x01;
-            assert!(open(&torn[..128], 77).is_err(), "flip at {byte} accepted");
+            assert_eq!(
+                open(&torn[..128], 77),
+                Err(SlotError::Torn),
+                "flip at {byte}"
+            );
+        }
+        // The other header words yield another chain: nothing vouches for it.
+        let chain = open(&slot[..128], 77).unwrap().chain;
+        for byte in 16..ACCEPTANCE_AT as usize {
+            let mut torn = slot;
+            torn[byte] ^= 0x01;
+            if let Ok(opened) = open(&torn[..128], 77) {
+                assert_ne!(opened.chain, chain, "flip at {byte} kept the chain");
+                assert_eq!(opened.accepted, None, "flip at {byte} kept the acceptance");
+            }
         }
         let mut malformed = slot;
         malformed[38] = 0; // frag_count = 0
@@ -448,10 +512,32 @@ mod tests {
         let mut damaged = slot;
         damaged[SLOT_HEADER_BYTES as usize] ^= 1;
         assert_eq!(probe(&damaged[..40], 77), Ok(()));
+        let head = open_header(&damaged[..64], 64, 77).expect("the header is whole");
+        assert_eq!(check_body(&damaged[..128], &head), Err(SlotError::Torn));
         assert_eq!(open(&damaged[..128], 77), Err(SlotError::Torn));
         let chain = header.chain(b"set x 1");
         assert_eq!(open_own(&slot[..128], 77), Some((header, chain)));
         assert_eq!(open_own(&slot[..128], 78), None);
+    }
+
+    /// Only a header its own acceptance record vouches for names another lap: a header with a
+    /// torn position word is torn, not stale.
+    #[test]
+    fn only_a_vouched_header_tells_another_lap() {
+        let (slot, _) = sealed(77, b"set x 1", ACCEPTED);
+        assert_eq!(
+            open_header(&slot[..64], 64, 13),
+            Err(SlotError::Stale { found: 77 })
+        );
+        let mut unvouched = slot;
+        unvouched[ACCEPTANCE_AT as usize] ^= 1;
+        assert_eq!(open_header(&unvouched[..64], 64, 13), Err(SlotError::Torn));
+        let mut torn_position = slot;
+        torn_position[12] ^= 1;
+        assert_eq!(
+            open_header(&torn_position[..64], 64, 77),
+            Err(SlotError::Torn)
+        );
     }
 
     /// A torn acceptance record loses the ballot of that copy, never its value.

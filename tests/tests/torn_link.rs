@@ -1,6 +1,7 @@
-//! A follower trusts a commit point only through slots whose values it verified: a torn header
-//! can pair one writer's `chain_prev` with another's chain, and a scan that linked headers
-//! alone would follow it to a later leader's commit point and apply an undecided value below.
+//! A follower trusts a commit point only through headers that link, each by the chain its own
+//! words yield: a torn header can pair one writer's `chain_prev` with another's chain, and a
+//! scan that linked headers by a stored chain would follow it to a later leader's commit point
+//! and apply an undecided value below.
 //!
 //! Follower 2 is cut off with everything applied up to `a`. Its log is then written by hand:
 //! at `a` the value `v1` of a deposed leader; at `a + 1` a header torn between the deposed
@@ -8,7 +9,8 @@
 //! acceptance, for a prefix holding `w` at `a`); at `a + 2` the later leader's slot, whose
 //! commit point says `a` and `a + 1` are decided. Position `a` is decided as `w`, not `v1`: the
 //! follower must apply nothing. A scan that walked headers by their stored chains (as the core
-//! did for one commit, `e20c1f1`) applied `v1`.
+//! did for one commit, `e20c1f1`) applied `v1`. Since layout 6 no chain is stored: the torn
+//! header's words hash to a chain nobody wrote, and the walk stops there.
 
 use mu_nostd::slot::{origin, Acceptance, SlotHeader, SLOT_HEADER_BYTES};
 use mu_nostd::Layout;

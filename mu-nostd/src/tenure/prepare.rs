@@ -427,7 +427,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             self.doom(); // Changed under us; cannot happen while this replica holds the grants.
             return;
         };
-        let (applied, capacity) = (self.log.applied, self.log.config.slot_payload_bytes());
+        let applied = self.log.applied;
         let deadline = now + self.timeout;
         let leader = &mut *self.t;
         // A decided value keeps its value bytes: its chain_prev is the decided prefix's chain,
@@ -440,13 +440,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             ballot: leader.ballot,
             commit: applied,
         };
-        let payload_end = SLOT_HEADER_BYTES as usize + opened.header.frag_len(capacity) as usize;
         let mut sealed = [0u8; SLOT_HEADER_BYTES as usize];
-        let chain = adopted.seal(
-            &self.log.slot[SLOT_HEADER_BYTES as usize..payload_end],
-            acceptance,
-            &mut sealed,
-        );
+        let chain = adopted.seal_body(opened.body, acceptance, &mut sealed);
         debug_assert!(adopted.chain_prev != opened.header.chain_prev || chain == opened.chain);
         self.log.slot[..SLOT_HEADER_BYTES as usize].copy_from_slice(&sealed);
         fabric.store(self.log.layout.slot(position), &self.log.slot[..size]);
