@@ -1,4 +1,5 @@
-//! The 64-bit hash behind slot checksums, log chains, record checks and the configuration hash.
+//! The 64-bit hash behind log chains, record checks and the configuration hash: short inputs of
+//! a few words. Payloads are hashed with XXH3 (`slot::body_digest`).
 //!
 //! Not cryptographic: it detects torn writes, half-read slots and stale data, where any mix of
 //! old and new words must change the result. Every word goes through a multiply and a
