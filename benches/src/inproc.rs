@@ -322,18 +322,21 @@ impl<'s, A: Replica> Cluster<'s, A> {
     }
 
     /// Drives every plane on a virtual clock (one tick per round, from `*now`) until a leader
-    /// is on the fast path; returns it.
+    /// is on the fast path and every replica is a voter (the steady state: a replica not yet
+    /// admitted reads its standing record on every poll); returns the leader.
     pub fn settle_virtual(&mut self, now: &mut u64) -> Result<ReplicaId, String> {
         const ROUNDS_MAX: u32 = 1_000_000;
         for _ in 0..ROUNDS_MAX {
             self.poll_all(*now);
             *now += 1;
-            if let Some(side) = self.replication.iter().find(|s| s.plane.status().fast_path) {
+            let leader = self.replication.iter().find(|s| s.plane.status().fast_path);
+            let voters = self.replication.iter().all(|s| s.plane.status().voter);
+            if let Some(side) = leader.filter(|_| voters) {
                 return Ok(side.id);
             }
         }
         Err(format!(
-            "no leader on the fast path after {ROUNDS_MAX} rounds"
+            "no leader on the fast path with every replica a voter after {ROUNDS_MAX} rounds"
         ))
     }
 

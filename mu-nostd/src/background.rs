@@ -66,7 +66,7 @@
 
 use crate::config::{Config, REPLICAS_MAX};
 use crate::detector::PullScore;
-use crate::fabric::{Fabric, PostError, ReplicaId, Status};
+use crate::fabric::{Fabric, Ids, PostError, ReplicaId, Status};
 use crate::layout::{HeaderError, Layout, HEADER_BYTES, HEARTBEAT_READ_BYTES, RECORD_BYTES};
 use crate::links::Inbox;
 use crate::record;
@@ -105,6 +105,11 @@ impl Outgoing {
         value: 0,
         send: Send::Idle,
     };
+
+    /// Due, or in flight (and so maybe due again).
+    fn pending(&self) -> bool {
+        matches!(self.send, Send::Due | Send::InFlight { .. })
+    }
 }
 
 /// Whether a peer's voter flag, as last read, is news since this replica was admitted (see
@@ -173,6 +178,16 @@ struct Peer {
 }
 
 impl Peer {
+    /// Alive, as far as this replica's detector tells.
+    fn counts_alive(&self) -> bool {
+        self.header == PeerHeader::Verified && self.score.alive()
+    }
+
+    /// A voter, as its last heartbeat said.
+    fn counts_voter(&self) -> bool {
+        self.header == PeerHeader::Verified && self.voter
+    }
+
     const NEW: Peer = Peer {
         epoch: 0,
         header: PeerHeader::Unknown,
@@ -317,6 +332,23 @@ pub struct BackgroundPlane<'s> {
     acked: u8,
     /// The replication plane's transfer request, as this plane writes it to the donor.
     transfer_request: TransferRequest,
+    /// The view last published to the replication plane: alive, lively, leader.
+    published: Option<(u8, u8, Option<ReplicaId>)>,
+}
+
+/// What the election reads of the peers (see `census`).
+struct Census {
+    alive: u8,
+    voters: u8,
+    /// Whose heartbeat or applied position moved within a read timeout (see
+    /// [`crate::Shared::lively`]).
+    lively: u8,
+    /// A heartbeat of every peer's current life was read.
+    everyone_heard: bool,
+    /// Some peer's header was never read.
+    header_unknown: bool,
+    /// Every live peer below this replica showed its voter flag since the admission.
+    settled: bool,
 }
 
 /// Where the write of the replication plane's latest transfer request stands.
@@ -365,6 +397,7 @@ impl<'s> BackgroundPlane<'s> {
             tenure: None,
             acked: 0,
             transfer_request: TransferRequest::default(),
+            published: None,
         }
     }
 
@@ -574,9 +607,8 @@ impl<'s> BackgroundPlane<'s> {
         self.peers[peer as usize].score
     }
 
-    fn others(&self) -> impl Iterator<Item = ReplicaId> {
-        let me = self.me;
-        (0..self.config.replica_count).filter(move |&p| p != me)
+    fn others(&self) -> Ids {
+        Ids::others(self.config.replica_count, self.me)
     }
 
     // ---- completions -------------------------------------------------------------------------
@@ -916,16 +948,24 @@ impl<'s> BackgroundPlane<'s> {
     /// switch, on verbs new pairings) a moment later; in the Soft-RoCE guest, where those
     /// switches stall the planes in turn, tenure after tenure.
     fn alive_mask(&self) -> u8 {
-        let counted_out = self.heartbeat_stopped
-            && (self.shared.halted().is_some() || self.stop_outlived_detection(self.polled_at));
-        let mut alive = if counted_out { 0 } else { 1 << self.me };
+        let mut alive = self.own_alive_bit();
         for peer in self.others() {
-            let state = &self.peers[peer as usize];
-            if state.header == PeerHeader::Verified && state.score.alive() {
+            if self.peers[peer as usize].counts_alive() {
                 alive |= 1 << peer;
             }
         }
         alive
+    }
+
+    /// This replica's bit in `alive_mask`.
+    fn own_alive_bit(&self) -> u8 {
+        let counted_out = self.heartbeat_stopped
+            && (self.shared.halted().is_some() || self.stop_outlived_detection(self.polled_at));
+        if counted_out {
+            0
+        } else {
+            1 << self.me
+        }
     }
 
     /// A majority of the replicas, this one included, is considered alive. A tenure needs grants
@@ -968,34 +1008,75 @@ impl<'s> BackgroundPlane<'s> {
     /// Replicas that may lead, as far as this replica knows (itself included): voters whose
     /// heartbeat does not say they are recovering or installing a snapshot.
     fn voter_mask(&self) -> u8 {
-        let mut voters = if self.candidate() { 1 << self.me } else { 0 };
+        let mut voters = self.own_voter_bit();
         for peer in self.others() {
-            let state = &self.peers[peer as usize];
-            if state.header == PeerHeader::Verified && state.voter {
+            if self.peers[peer as usize].counts_voter() {
                 voters |= 1 << peer;
             }
         }
         voters
     }
 
+    /// This replica's bit in `voter_mask`.
+    fn own_voter_bit(&self) -> u8 {
+        if self.candidate() {
+            1 << self.me
+        } else {
+            0
+        }
+    }
+
+    /// What the election reads of the peers, gathered in one pass (it runs every poll).
+    fn census(&self, now: u64) -> Census {
+        let recent = self.config.detector.read_timeout_ticks as u64;
+        let own = self.own_alive_bit();
+        let mut census = Census {
+            alive: own,
+            voters: self.own_voter_bit(),
+            lively: own,
+            everyone_heard: true,
+            header_unknown: false,
+            settled: true,
+        };
+        for peer in self.others() {
+            let state = &self.peers[peer as usize];
+            let bit = 1 << peer;
+            if state.counts_alive() {
+                census.alive |= bit;
+                if peer < self.me {
+                    census.settled &= state.flag == Flag::Current;
+                }
+            }
+            if state.counts_voter() {
+                census.voters |= bit;
+            }
+            census.everyone_heard &= state.heard;
+            census.header_unknown |= state.header == PeerHeader::Unknown;
+            if state
+                .moved_at
+                .is_some_and(|at| now.saturating_sub(at) <= recent)
+            {
+                census.lively |= bit;
+            }
+        }
+        census
+    }
+
     fn elect(&mut self, now: u64) {
-        let alive = self.alive_mask();
+        let census = self.census(now);
+        let alive = census.alive;
         let started_at = self.started_at.unwrap_or(now);
-        let warming_up = now < started_at + self.config.detector.read_timeout_ticks as u64
-            && self
-                .others()
-                .any(|p| self.peers[p as usize].header == PeerHeader::Unknown);
+        let warming_up = census.header_unknown
+            && now < started_at + self.config.detector.read_timeout_ticks as u64;
         let everyone = ((1u16 << self.config.replica_count) - 1) as u8;
-        let voters = self.voter_mask();
         // Only a heartbeat says a peer's life is no voter: a peer whose header was verified but
         // whose heartbeat was not read yet may well be one (a restarted replica took the
         // leader and its follower for non-voters and formed a cluster of its own, as the
         // lowest id).
-        let everyone_heard = self.others().all(|p| self.peers[p as usize].heard);
-        let mut candidates = if voters == 0 && alive == everyone && everyone_heard {
+        let mut candidates = if census.voters == 0 && alive == everyone && census.everyone_heard {
             alive // Nobody is a voter: the cluster forms once everyone is up.
         } else {
-            alive & voters
+            alive & census.voters
         };
         // A replica just admitted may not have read yet that the leader which admitted it is a
         // voter too; it would take itself for the only one and bid. It stands for election only
@@ -1003,11 +1084,7 @@ impl<'s> BackgroundPlane<'s> {
         // admitted itself keeps its tenure). Counted in reads, not time: a plane descheduled
         // for milliseconds by a busy neighbour woke up past a read timeout with the flags of
         // before its admission, bid, and revoked the leader that had just admitted it.
-        let settled = self
-            .others()
-            .filter(|&p| p < self.me && alive & (1 << p) != 0)
-            .all(|p| self.peers[p as usize].flag == Flag::Current);
-        if self.voter && !settled && self.tenure.is_none() {
+        if self.voter && !census.settled && self.tenure.is_none() {
             candidates &= !(1 << self.me);
         }
         let leader = if warming_up || candidates == 0 || self.refused {
@@ -1019,15 +1096,13 @@ impl<'s> BackgroundPlane<'s> {
             info!("leader view: {}", leader);
             self.leader = leader;
         }
-        let recent = self.config.detector.read_timeout_ticks as u64;
-        let mut lively = alive & (1 << self.me);
-        for peer in self.others() {
-            let moved_at = self.peers[peer as usize].moved_at;
-            if moved_at.is_some_and(|at| now.saturating_sub(at) <= recent) {
-                lively |= 1 << peer;
-            }
+        let view = (alive, census.lively, leader);
+        // The replication plane reads the view on every poll: an unchanged one is not stored
+        // again, which would take its cache line from that core each time.
+        if self.published != Some(view) {
+            self.shared.set_view(alive, census.lively, leader);
+            self.published = Some(view);
         }
-        self.shared.set_view(alive, lively, leader);
     }
 
     // ---- requester side ----------------------------------------------------------------------
@@ -1246,6 +1321,10 @@ impl<'s> BackgroundPlane<'s> {
     fn send_outgoing<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let retry = self.config.permission_retry_ticks as u64;
         for peer in self.others() {
+            let state = &self.peers[peer as usize];
+            if !state.request.pending() && !state.ack.pending() {
+                continue; // The common poll: nothing to deliver.
+            }
             for kind in [Kind::WriteRequest, Kind::WriteAck] {
                 let outgoing = match kind {
                     Kind::WriteRequest => self.peers[peer as usize].request,

@@ -87,6 +87,32 @@ use crate::layout::Layout;
 /// A replica's id: its index in the cluster configuration, `0..replica_count`.
 pub type ReplicaId = u8;
 
+/// The ids of a set of replicas (bit per id), lowest first: a loop over the peers in a few
+/// instructions per peer, which the planes run on every poll.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ids(pub(crate) u8);
+
+impl Ids {
+    /// Every replica of a cluster of `count` but `me`.
+    pub(crate) const fn others(count: u8, me: ReplicaId) -> Ids {
+        Ids((((1u16 << count) - 1) as u8) & !(1 << me))
+    }
+}
+
+impl Iterator for Ids {
+    type Item = ReplicaId;
+
+    #[inline]
+    fn next(&mut self) -> Option<ReplicaId> {
+        if self.0 == 0 {
+            return None;
+        }
+        let id = self.0.trailing_zeros() as ReplicaId;
+        self.0 &= self.0 - 1;
+        Some(id)
+    }
+}
+
 /// Which of a replica's two planes a `Fabric` value serves (rule 11): each has its own
 /// connections and completion queue over the same region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
