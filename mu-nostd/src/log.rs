@@ -18,9 +18,9 @@
 //! walk is kept between replays while they find new slots or apply, so a streaming follower
 //! reads each header once in its scan; a slot that no longer chains to the walk (the leader
 //! rewrote walked slots) restarts it from `applied`, and so does a replay that found and
-//! applied nothing. The apply opens the whole slot and takes it only if its header yields the
-//! chain the walk recorded and its payload matches the body digest: the bytes may have been
-//! rewritten since, or be torn as a write lands.
+//! applied nothing. The apply loads the whole slot and takes it only if its header yields the
+//! chain the walk recorded and its payload matches the body digest (`slot::reopen`): the bytes
+//! may have been rewritten since, or be torn as a write lands.
 //!
 //! # Invariants
 //! - `applied` only grows, except when a snapshot is installed (`install_position`, never while
@@ -42,7 +42,9 @@ use crate::hash::Hasher;
 use crate::layout::{Layout, COMMIT_RECORD_BYTES};
 use crate::queue::RequestQueue;
 use crate::record;
-use crate::slot::{self, Opened, SlotError, SlotHeader, CHAIN_GENESIS, SLOT_HEADER_BYTES};
+use crate::slot::{
+    self, Opened, Reopened, SlotError, SlotHeader, CHAIN_GENESIS, SLOT_HEADER_BYTES,
+};
 use crate::state_machine::StateMachine;
 
 /// Reassembles commands that span several slots.
@@ -324,27 +326,24 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
         let mut stopped = walked.stopped;
         let applied_before = self.applied;
         let decided_end = self.commit_known.min(walked.end);
+        let size = self.config.slot_size as usize;
         while self.applied < decided_end {
             let walked_chain = self.walked[(self.applied % WALK_MAX as u64) as usize];
-            match self.open_local(fabric, self.applied) {
-                Ok(opened)
-                    if opened.header.chain_prev == self.applied_chain
-                        && opened.chain == walked_chain =>
-                {
-                    self.apply_slot(opened.header, opened.chain, sm);
+            fabric.load(self.layout.slot(self.applied), &mut self.slot[..size]);
+            let why = match slot::reopen(&self.slot[..size], walked_chain) {
+                Reopened::Same(header) if header.chain_prev == self.applied_chain => {
+                    debug_assert_eq!(header.position, self.applied);
+                    self.apply_slot(header, walked_chain, sm);
+                    continue;
                 }
-                // Not the value the walk linked: rewritten since (the walk restarts), or torn
-                // or damaged now.
-                refused => {
-                    let why = match refused {
-                        Ok(_) => Blocked::Unchained,
-                        Err(_) => Blocked::Torn,
-                    };
-                    stopped = Some((self.applied, why));
-                    self.forget_walk();
-                    break;
-                }
-            }
+                // Not the value the walk linked: rewritten since (the walk restarts).
+                Reopened::Same(_) | Reopened::Other => Blocked::Unchained,
+                // Its payload is landing, or damaged.
+                Reopened::Torn => Blocked::Torn,
+            };
+            stopped = Some((self.applied, why));
+            self.forget_walk();
+            break;
         }
         // A replay that neither found nor applied anything walks from `applied` again next
         // time, so that commit points the leader rewrote into walked slots (a repair, a new

@@ -410,6 +410,38 @@ pub fn check_body(slot: &[u8], opened: &Opened) -> Result<(), SlotError> {
     }
 }
 
+/// What a slot holds now, of a value whose chain is known (see [`reopen`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reopened {
+    /// That value, whole.
+    Same(SlotHeader),
+    /// That value's header over a torn payload: a write is landing, or was cut.
+    Torn,
+    /// Anything else: another value (the slot was rewritten), a later lap, a torn header.
+    Other,
+}
+
+/// Whether the whole `slot` still holds the value whose chain is `chain` (which names its
+/// position): its header must yield that chain, and its payload match the body digest. Its
+/// acceptance record is not read: a follower applies a value the walk linked below a commit
+/// point, whatever ballot this copy carries.
+pub fn reopen(slot: &[u8], chain: u64) -> Reopened {
+    assert!(slot.len() > SLOT_HEADER_BYTES as usize);
+    let capacity = slot.len() as u32 - SLOT_HEADER_BYTES;
+    let header = SlotHeader::parse(slot);
+    let body = word(slot, 0);
+    if !header.well_formed(capacity) || header.link(body) != chain {
+        return Reopened::Other;
+    }
+    let payload = &slot[SLOT_HEADER_BYTES as usize..][..header.frag_len(capacity) as usize];
+    // Planted defect (as in `check_body`): the digest taken on trust.
+    if cfg!(feature = "bug-no-checksum") || body_digest(payload) == body {
+        Reopened::Same(header)
+    } else {
+        Reopened::Torn
+    }
+}
+
 /// Validates a whole slot (`slot.len()` is the slot size) that should hold `position`: its
 /// header, and its payload against the header's body digest.
 pub fn open(slot: &[u8], position: u64) -> Result<Opened, SlotError> {
@@ -519,6 +551,9 @@ mod tests {
         assert_eq!(probe(&damaged[..40], 77), Ok(()));
         let head = open_header(&damaged[..64], 64, 77).expect("the header is whole");
         assert_eq!(check_body(&damaged[..128], &head), Err(SlotError::Torn));
+        assert_eq!(reopen(&damaged[..128], head.chain), Reopened::Torn);
+        assert_eq!(reopen(&slot[..128], head.chain), Reopened::Same(header));
+        assert_eq!(reopen(&slot[..128], head.chain ^ 1), Reopened::Other);
         assert_eq!(open(&damaged[..128], 77), Err(SlotError::Torn));
         let chain = header.chain(b"set x 1");
         assert_eq!(open_own(&slot[..128], 77), Some((header, chain)));

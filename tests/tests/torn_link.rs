@@ -128,3 +128,75 @@ fn a_torn_header_never_links_a_later_commit_point_to_an_undecided_value() {
     );
     assert_eq!(trio.replica(2).replication.status().applied, a);
 }
+
+/// The scan links headers without reading payloads, so a decided position may be reached while
+/// its payload is still landing: the apply checks the payload against the header's body digest
+/// and waits for the bytes, then applies the value.
+#[test]
+fn a_torn_payload_under_a_linked_header_waits_for_its_bytes() {
+    let shared = Trio::shared(0);
+    let config = Trio::config();
+    let layout = Layout::new(&config);
+    let size = config.slot_size as usize;
+    let mut trio = Trio::new(config, Faults::gentle(), &shared);
+    trio.formed();
+    trio.world.set_reachable(0, 2, false);
+    trio.world.set_reachable(1, 2, false);
+    trio.run(50);
+    let status = trio.replica(2).replication.status();
+    let (a, chain_a) = (status.applied, status.applied_chain);
+    let applied_before = trio.log(2).applied.len();
+
+    let region = trio.world.region_mut(2);
+    let accepted = Acceptance {
+        ballot: 9,
+        commit: a,
+    };
+    let v = write_slot(
+        region,
+        &layout,
+        size,
+        header(a, chain_a, 0, b"value"),
+        b"value",
+        accepted,
+    );
+    let commit = Acceptance {
+        ballot: 9,
+        commit: a + 1,
+    };
+    write_slot(
+        region,
+        &layout,
+        size,
+        header(a + 1, v, 0, b"next"),
+        b"next",
+        commit,
+    );
+    // The payload of `a` has not landed yet: the old bytes are still there.
+    let payload_at = layout.slot(a) as usize + SLOT_HEADER_BYTES as usize;
+    region[payload_at..payload_at + 5].copy_from_slice(b"vaLUE");
+
+    trio.run(200);
+    assert_eq!(
+        trio.log(2).applied.len(),
+        applied_before,
+        "follower 2 applied a payload its header's digest does not match"
+    );
+    assert_eq!(
+        trio.replica(2)
+            .replication
+            .status()
+            .blocked
+            .map(|(_, why)| why),
+        Some(mu_nostd::Blocked::Torn)
+    );
+
+    let region = trio.world.region_mut(2);
+    region[payload_at..payload_at + 5].copy_from_slice(b"value");
+    let landed = trio.run_until(2_000, |t| t.replica(2).replication.status().applied > a);
+    assert!(
+        landed.is_some(),
+        "follower 2 applies the value once its bytes landed"
+    );
+    assert_eq!(trio.log(2).applied[applied_before].1, b"value".to_vec());
+}
