@@ -14,7 +14,10 @@
 //!   them sees the other's store.
 //! - Tenures are 24-bit, never 0.
 
-use core::sync::atomic::{AtomicU32, Ordering::SeqCst};
+use core::sync::atomic::{
+    AtomicU32,
+    Ordering::{Relaxed, Release, SeqCst},
+};
 
 /// Bits of a tenure number.
 pub const TENURE_MASK: u32 = 0x00FF_FFFF;
@@ -161,7 +164,10 @@ impl Shared {
 
     /// Replication: one more poll happened (fate sharing watches this).
     pub(crate) fn tick_progress(&self) {
-        self.progress.fetch_add(1, SeqCst);
+        // Its one writer needs no read-modify-write: a plain store keeps a locked instruction
+        // off every poll. The background plane only compares it with what it saw before.
+        let next = self.progress.load(Relaxed).wrapping_add(1);
+        self.progress.store(next, Release);
     }
 
     pub(crate) fn progress(&self) -> u32 {
