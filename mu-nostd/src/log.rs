@@ -312,9 +312,18 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
         fabric: &mut F,
         sm: &mut S,
     ) -> Option<u64> {
-        let walked = match self.walk_on(fabric) {
-            Ok(walked) => walked,
-            Err(floor) => return Some(floor),
+        let walked = if self.walk.is_none() && self.unwritten(fabric, self.applied) {
+            // The common idle poll: nothing at the next position, so nowhere to walk.
+            Walked {
+                end: self.applied,
+                advanced: false,
+                stopped: None,
+            }
+        } else {
+            match self.walk_on(fabric) {
+                Ok(walked) => walked,
+                Err(floor) => return Some(floor),
+            }
         };
         if !walked.advanced && now >= self.lap_check_at {
             self.lap_check_at = now + self.config.recycle_period_ticks as u64;
@@ -422,6 +431,14 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
             advanced: walk.end > kept_end,
             stopped,
         })
+    }
+
+    /// True when the slot of `position` in the own log holds nothing of this lap, by its
+    /// position word alone (at position 0 that word cannot tell).
+    fn unwritten<F: Fabric>(&self, fabric: &mut F, position: u64) -> bool {
+        let mut found = [0u8; 8];
+        fabric.load(self.layout.slot(position) + slot::POSITION_AT, &mut found);
+        u64::from_le_bytes(found) < position
     }
 
     /// Opens the header of the slot of `position` in the own log if anything of this lap is

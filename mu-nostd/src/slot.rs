@@ -74,6 +74,8 @@ use crate::layout::RECORD_BYTES;
 pub const SLOT_HEADER_BYTES: u32 = 64;
 /// Where the acceptance record starts inside a slot.
 pub const ACCEPTANCE_AT: u32 = 40;
+/// Where the position word is inside a slot.
+pub const POSITION_AT: u32 = 8;
 /// Bytes of the acceptance record.
 pub const ACCEPTANCE_BYTES: u32 = SLOT_HEADER_BYTES - ACCEPTANCE_AT;
 /// Chain digest before position 0.
@@ -234,7 +236,7 @@ impl SlotHeader {
     /// Decodes the value header's fields without validating anything.
     fn parse(slot: &[u8]) -> SlotHeader {
         SlotHeader {
-            position: word(slot, 8),
+            position: word(slot, POSITION_AT as usize),
             chain_prev: word(slot, 16),
             origin: word(slot, 24),
             entry_len: u32::from_le_bytes([slot[32], slot[33], slot[34], slot[35]]),
@@ -327,7 +329,7 @@ pub fn probe(head: &[u8], position: u64) -> Result<(), SlotError> {
     assert!(head.len() >= VALUE_HEADER_BYTES as usize);
     // The position word first: it tells a poll with nothing new at once (an empty header
     // names position 0, so only there are the bytes checked).
-    let found = word(head, 8);
+    let found = word(head, POSITION_AT as usize);
     if found < position
         || (found == 0 && head[..VALUE_HEADER_BYTES as usize].iter().all(|&b| b == 0))
     {
