@@ -889,7 +889,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 #[inline]
 fn ring_pieces(start: u64, end: u64, slot_count: u64) -> impl Iterator<Item = (u64, u64)> {
     assert!(start <= end && end - start <= slot_count);
-    let boundary = start - start % slot_count + slot_count;
+    let boundary = start - crate::layout::ring_index(start, slot_count) + slot_count;
     let first = (start, end.min(boundary));
     let second = (boundary, end);
     [first, second].into_iter().filter(|(a, b)| a < b)
