@@ -1277,9 +1277,10 @@ fn render_analysis(w: &mut String, results: &Results) {
              cycles; callgrind ran the same path on a virtual clock). 100 ns is {budget:.0} TSC \
              cycles here, so at this rate (an inference, not a measurement) the path would have \
              to shrink to about {:.0} instructions. The fabric's share is, per write, an \
-             in-flight marker set and cleared with `SeqCst`, the permission gate and the region \
-             incarnation checked, the bytes copied with relaxed atomics, and a completion \
-             queued; the function table above shows the core's share: sealing (hashing) each slot \
+             in-flight marker set with `SeqCst` and cleared with a release store, the \
+             permission gate and the region incarnation checked, the bytes copied with relaxed \
+             atomics, and a completion queued; the function table above shows the core's share: \
+             sealing (hashing) each slot \
              once, posting and completing one log write per follower, loading its own slot \
              back to apply it (not hashed again), walking the members in each poll.",
             c.per_op,

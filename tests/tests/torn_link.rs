@@ -46,6 +46,20 @@ fn header(position: u64, chain_prev: u64, proposer: u8, payload: &[u8]) -> SlotH
     }
 }
 
+/// Cuts follower 2 off from both other replicas and lets it settle: returns its applied
+/// position, the chain through it, and how many commands its log applied.
+fn cut_off_follower(trio: &mut Trio<'_>) -> (u64, u64, usize) {
+    trio.world.set_reachable(0, 2, false);
+    trio.world.set_reachable(1, 2, false);
+    trio.run(50);
+    let status = trio.replica(2).replication.status();
+    (
+        status.applied,
+        status.applied_chain,
+        trio.log(2).applied.len(),
+    )
+}
+
 #[test]
 fn a_torn_header_never_links_a_later_commit_point_to_an_undecided_value() {
     let shared = Trio::shared(0);
@@ -65,12 +79,7 @@ fn a_torn_header_never_links_a_later_commit_point_to_an_undecided_value() {
         });
         assert!(applied.is_some(), "follower 2 applies command {i}");
     }
-    trio.world.set_reachable(0, 2, false);
-    trio.world.set_reachable(1, 2, false);
-    trio.run(50);
-    let status = trio.replica(2).replication.status();
-    let (a, chain_a) = (status.applied, status.applied_chain);
-    let applied_before = trio.log(2).applied.len();
+    let (a, chain_a, applied_before) = cut_off_follower(&mut trio);
 
     let region = trio.world.region_mut(2);
     let deposed = Acceptance {
@@ -140,12 +149,7 @@ fn a_torn_payload_under_a_linked_header_waits_for_its_bytes() {
     let size = config.slot_size as usize;
     let mut trio = Trio::new(config, Faults::gentle(), &shared);
     trio.formed();
-    trio.world.set_reachable(0, 2, false);
-    trio.world.set_reachable(1, 2, false);
-    trio.run(50);
-    let status = trio.replica(2).replication.status();
-    let (a, chain_a) = (status.applied, status.applied_chain);
-    let applied_before = trio.log(2).applied.len();
+    let (a, chain_a, applied_before) = cut_off_follower(&mut trio);
 
     let region = trio.world.region_mut(2);
     let accepted = Acceptance {
