@@ -39,7 +39,7 @@
 use crate::config::{Config, ENTRY_SLOTS_MAX, PIPELINE_DEPTH_MAX};
 use crate::fabric::{Fabric, ReplicaId};
 use crate::hash::Hasher;
-use crate::layout::{Layout, COMMIT_RECORD_BYTES};
+use crate::layout::{Layout, COMMIT_RECORD_BYTES, RECORD_BYTES};
 use crate::queue::RequestQueue;
 use crate::record;
 use crate::slot::{
@@ -269,6 +269,30 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
         slot::open(&self.slot[..size], position)
     }
 
+    /// Loads the slot of `position` from this replica's own log into the scratch slot, and opens
+    /// it only if a record vouches for its header: its acceptance record, or the adoption record
+    /// or decided mark of its position ([`SlotError::Unvouched`] otherwise). For whoever takes a
+    /// slot on its own, with no chain to link it to: a header torn between two writers yields a
+    /// chain none of them was written for, and what is shipped or applied must be one writer's.
+    pub(crate) fn open_vouched<F: Fabric>(
+        &mut self,
+        fabric: &mut F,
+        position: u64,
+    ) -> Result<Opened, SlotError> {
+        let opened = self.open_local(fabric, position)?;
+        if opened.accepted.is_some() {
+            return Ok(opened);
+        }
+        let mut adoption = [0u8; RECORD_BYTES as usize];
+        let mut decided = [0u8; RECORD_BYTES as usize];
+        fabric.load(self.layout.adoption_record(position), &mut adoption);
+        fabric.load(self.layout.decided_mark(position), &mut decided);
+        match slot::accepted_ballot(&opened, &adoption, &decided) {
+            Some(_) => Ok(opened),
+            None => Err(SlotError::Unvouched),
+        }
+    }
+
     /// The last command boundary: the position and chain the state machine's state stands
     /// for. Below `applied` while a command spanning several slots is half applied (the state
     /// machine has not seen its fragments yet).
@@ -410,7 +434,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
                     self.forget_walk();
                     return Err(walk.end + 1);
                 }
-                Err(SlotError::Torn | SlotError::Malformed) => {
+                Err(SlotError::Torn | SlotError::Malformed | SlotError::Unvouched) => {
                     stopped = Some((walk.end, Blocked::Torn));
                     break;
                 }

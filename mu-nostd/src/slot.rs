@@ -30,7 +30,10 @@
 //! writer computed, so no acceptance record, adoption record or decided mark verifies against
 //! it and no slot's `chain_prev` names it: it counts as nothing accepted and links to nothing,
 //! as a torn value does. Only a header its own acceptance record vouches for tells another lap
-//! ([`SlotError::Stale`]); a torn one could name any position.
+//! ([`SlotError::Stale`]); a torn one could name any position. Whoever takes a slot on its own,
+//! with no chain to link it to (a leader shipping or marking its own decided copies, a catch-up
+//! applying what it read), takes it only when one of its records verifies against that chain
+//! ([`SlotError::Unvouched`] otherwise): then the header is one writer's.
 //!
 //! # Why the ballot is not in the value's checksum (torn rewrites)
 //!
@@ -147,6 +150,9 @@ pub enum SlotError {
         /// The position the slot holds.
         found: u64,
     },
+    /// Its value opens, but no record vouches for its header (see `Log::open_vouched`): a
+    /// header torn between two writers, or a copy whose three records are all torn.
+    Unvouched,
 }
 
 fn word(bytes: &[u8], at: usize) -> u64 {

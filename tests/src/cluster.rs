@@ -29,6 +29,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::panic::{self, AssertUnwindSafe};
 
+use mu_nostd::layout::RECORD_BYTES;
 use mu_nostd::slot;
 use mu_nostd::{Config, DetectorConfig, Layout, Replica, Shared, SubmitError};
 
@@ -920,6 +921,17 @@ impl<'s> Sim<'s> {
                 else {
                     continue; // Installed from a snapshot, or recycled since.
                 };
+                // Only a header a record vouches for names the decided value's chain: a header
+                // torn between two writers opens with a chain nobody wrote.
+                let record = |at: u32| &region[at as usize..(at + RECORD_BYTES) as usize];
+                let vouched = slot::accepted_ballot(
+                    &opened,
+                    record(layout.adoption_record(position)),
+                    record(layout.decided_mark(position)),
+                );
+                if vouched.is_none() {
+                    continue;
+                }
                 if self.decided_chains.insert(position, opened.chain).is_some() {
                     continue;
                 }

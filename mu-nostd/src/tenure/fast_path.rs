@@ -213,7 +213,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             position < self.log.applied,
             "only a decided position is marked decided"
         );
-        let Ok(opened) = self.log.open_local(fabric, position) else {
+        // Vouched for: the mark binds to the chain the header yields, and the slot goes out next.
+        let Ok(opened) = self.log.open_vouched(fabric, position) else {
             return false;
         };
         if MARKED_REWRITES {

@@ -115,7 +115,9 @@ impl SlotAnswer {
             Err(SlotError::Empty) => SlotAnswer::Nothing,
             Err(SlotError::Stale { found }) if found < position => SlotAnswer::Nothing,
             Err(SlotError::Stale { .. }) => SlotAnswer::Ahead,
-            Err(SlotError::Torn | SlotError::Malformed) => SlotAnswer::Unknown,
+            Err(SlotError::Torn | SlotError::Malformed | SlotError::Unvouched) => {
+                SlotAnswer::Unknown
+            }
         }
     }
 }

@@ -145,9 +145,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         if to - from > self.log.config.slot_count as u64 {
             return false;
         }
-        // The whole slot must open: a torn copy in the own log must never be shipped as if it
-        // were the value.
-        (from..to).all(|position| self.log.open_local(fabric, position).is_ok())
+        // The whole slot must open, its header vouched for: a torn copy in the own log must
+        // never be shipped as if it were the value.
+        (from..to).all(|position| self.log.open_vouched(fabric, position).is_ok())
     }
 
     pub(super) fn complete_applied_read<F: Fabric>(
@@ -293,7 +293,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         // Bounded work per poll: a lap of catch-up is applied over several polls.
         let batch_end = upto.min(self.log.applied + CATCH_UP_APPLY_BATCH);
         while self.log.applied < batch_end {
-            match self.log.open_local(fabric, self.log.applied) {
+            // Vouched for: a read that raced a write may land one writer's header words over
+            // another's, and such a header's chain is nobody's.
+            match self.log.open_vouched(fabric, self.log.applied) {
                 Ok(opened) if opened.header.chain_prev == self.log.applied_chain => {
                     self.log.apply_slot(opened.header, opened.chain, sm);
                 }
