@@ -34,7 +34,8 @@
 //!   kept, and `walked` holds the linked chain of every position in `[applied, walk.end)`; the
 //!   walk is forgotten when this replica starts leading (its proposals rewrite its own log) or
 //!   installs a snapshot.
-//! - A position is applied only if its slot opens now with the chain the walk verified there.
+//! - A position is applied only if its slot opens now with the chain the walk linked there, below
+//!   a commit point the same walk learned (`commit_known == applied` whenever no walk is kept).
 
 use crate::config::{Config, ENTRY_SLOTS_MAX, PIPELINE_DEPTH_MAX};
 use crate::fabric::{Fabric, ReplicaId};
@@ -256,6 +257,15 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
     /// leading (its proposals rewrite the log) or installed a snapshot.
     pub(crate) fn forget_walk(&mut self) {
         self.walk = None;
+        self.forget_commit_points();
+    }
+
+    /// A commit point is only as good as the walk that linked it: the position it covers may
+    /// hold another header by the next walk (whose chain nothing vouches for, if it is torn
+    /// between two writers), so a new walk learns its commit points again, from the slots and
+    /// the commit record, which stay in the log.
+    fn forget_commit_points(&mut self) {
+        self.commit_known = self.commit_known.min(self.applied);
     }
 
     /// Loads the slot of `position` from this replica's own log into the scratch slot.
@@ -270,17 +280,19 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
     }
 
     /// Loads the slot of `position` from this replica's own log into the scratch slot, and opens
-    /// it only if a record vouches for its header: its acceptance record, or the adoption record
-    /// or decided mark of its position ([`SlotError::Unvouched`] otherwise). For whoever takes a
-    /// slot on its own, with no chain to link it to: a header torn between two writers yields a
-    /// chain none of them was written for, and what is shipped or applied must be one writer's.
+    /// it only if something vouches for its header ([`SlotError::Unvouched`] otherwise): its
+    /// acceptance record, the next position's slot naming its chain as `chain_prev` (its writer
+    /// computed that chain from these very words), or the adoption record or decided mark of its
+    /// position. For whoever takes a slot on its own, with no chain to link it to: a header torn
+    /// between two writers yields a chain nobody wrote, and what is shipped or applied must be
+    /// one writer's.
     pub(crate) fn open_vouched<F: Fabric>(
         &mut self,
         fabric: &mut F,
         position: u64,
     ) -> Result<Opened, SlotError> {
         let opened = self.open_local(fabric, position)?;
-        if opened.accepted.is_some() {
+        if opened.accepted.is_some() || self.linked_from_next(fabric, position, opened.chain) {
             return Ok(opened);
         }
         let mut adoption = [0u8; RECORD_BYTES as usize];
@@ -291,6 +303,17 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
             Some(_) => Ok(opened),
             None => Err(SlotError::Unvouched),
         }
+    }
+
+    /// True when the slot after `position` in the own log names `chain` as its `chain_prev`
+    /// (its word alone is read: the scratch slot keeps what it holds).
+    fn linked_from_next<F: Fabric>(&self, fabric: &mut F, position: u64, chain: u64) -> bool {
+        let mut word = [0u8; 8];
+        fabric.load(
+            self.layout.slot(position + 1) + slot::CHAIN_PREV_AT,
+            &mut word,
+        );
+        u64::from_le_bytes(word) == chain
     }
 
     /// The last command boundary: the position and chain the state machine's state stands
@@ -415,6 +438,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
                     if may_restart {
                         may_restart = false;
                         walk = from_applied; // Rewritten since it was walked.
+                        self.forget_commit_points();
                         continue;
                     }
                     stopped = Some((walk.end, Blocked::Unchained));

@@ -79,6 +79,8 @@ pub const SLOT_HEADER_BYTES: u32 = 64;
 pub const ACCEPTANCE_AT: u32 = 40;
 /// Where the position word is inside a slot.
 pub const POSITION_AT: u32 = 8;
+/// Where the `chain_prev` word is inside a slot.
+pub const CHAIN_PREV_AT: u32 = 16;
 /// Bytes of the acceptance record.
 pub const ACCEPTANCE_BYTES: u32 = SLOT_HEADER_BYTES - ACCEPTANCE_AT;
 /// Chain digest before position 0.
@@ -243,7 +245,7 @@ impl SlotHeader {
     fn parse(slot: &[u8]) -> SlotHeader {
         SlotHeader {
             position: word(slot, POSITION_AT as usize),
-            chain_prev: word(slot, 16),
+            chain_prev: word(slot, CHAIN_PREV_AT as usize),
             origin: word(slot, 24),
             entry_len: u32::from_le_bytes([slot[32], slot[33], slot[34], slot[35]]),
             frag_index: u16::from_le_bytes([slot[36], slot[37]]),

@@ -204,3 +204,89 @@ fn a_torn_payload_under_a_linked_header_waits_for_its_bytes() {
     );
     assert_eq!(trio.log(2).applied[applied_before].1, b"value".to_vec());
 }
+
+/// A commit point is only as good as the walk that linked it: when the walk restarts (here, the
+/// apply met a payload still landing), the position it covered may hold another header by the
+/// next walk. Slot `a` then gets a later writer's body digest, origin and payload with the old
+/// position and `chain_prev` words: the walk links that header (its `chain_prev` is the applied
+/// chain) and records the chain its words yield, which nothing vouches for; it must not be
+/// applied below the commit point learned through the earlier header. (Found by review: the
+/// core kept `commit_known` across walks.)
+#[test]
+fn a_commit_point_learned_by_an_earlier_walk_never_covers_another_header() {
+    let shared = Trio::shared(0);
+    let config = Trio::config();
+    let layout = Layout::new(&config);
+    let size = config.slot_size as usize;
+    let mut trio = Trio::new(config, Faults::gentle(), &shared);
+    trio.formed();
+    let (a, chain_a, applied_before) = cut_off_follower(&mut trio);
+
+    let region = trio.world.region_mut(2);
+    let accepted = Acceptance {
+        ballot: 9,
+        commit: a,
+    };
+    let v = write_slot(
+        region,
+        &layout,
+        size,
+        header(a, chain_a, 0, b"value"),
+        b"value",
+        accepted,
+    );
+    let commit = Acceptance {
+        ballot: 9,
+        commit: a + 1,
+    };
+    write_slot(
+        region,
+        &layout,
+        size,
+        header(a + 1, v, 0, b"next"),
+        b"next",
+        commit,
+    );
+    let slot_at = layout.slot(a) as usize;
+    let payload_at = slot_at + SLOT_HEADER_BYTES as usize;
+    region[payload_at..payload_at + 5].copy_from_slice(b"vaLUE");
+    trio.run(200);
+    assert_eq!(
+        trio.log(2).applied.len(),
+        applied_before,
+        "nothing applied yet"
+    );
+    assert_eq!(
+        trio.replica(2)
+            .replication
+            .status()
+            .blocked
+            .map(|(_, why)| why),
+        Some(mu_nostd::Blocked::Torn),
+        "blocked at the apply, below the commit point a + 1"
+    );
+
+    let slot_count = config.slot_count as u64;
+    let later = SlotHeader {
+        origin: origin(1, 77),
+        ..header(a + slot_count, 0x1234_5678, 1, b"LATER")
+    };
+    let mut bytes = vec![0u8; size];
+    let lap = Acceptance {
+        ballot: 17,
+        commit: a + slot_count,
+    };
+    later.seal(b"LATER", lap, &mut bytes);
+    bytes[SLOT_HEADER_BYTES as usize..][..5].copy_from_slice(b"LATER");
+    let region = trio.world.region_mut(2);
+    let old: Vec<u8> = region[slot_at..slot_at + size].to_vec();
+    region[slot_at..slot_at + size].copy_from_slice(&bytes);
+    region[slot_at + 8..slot_at + 24].copy_from_slice(&old[8..24]);
+
+    trio.run(200);
+    let applied: Vec<_> = trio.log(2).applied[applied_before..].to_vec();
+    assert!(
+        applied.is_empty(),
+        "follower 2 applied {applied:?} at {a} under a header torn between two writers"
+    );
+}
