@@ -88,8 +88,13 @@ impl Promises {
 
 /// What one replica's copy of the slot at the prepare position says.
 enum SlotAnswer {
-    /// A value accepted under this ballot.
-    Value(u64),
+    /// A value accepted under `ballot`, whose chain is `chain`.
+    Value {
+        /// The ballot.
+        ballot: u64,
+        /// Its chain (a record verified against it).
+        chain: u64,
+    },
     /// Nothing was accepted there (never written, or an older lap).
     Nothing,
     /// A torn or malformed value, or a value with none of its three records intact: taken as
@@ -109,7 +114,10 @@ impl SlotAnswer {
     ) -> SlotAnswer {
         match opened {
             Ok(opened) => match slot::accepted_ballot(&opened, adoption, decided) {
-                Some(ballot) => SlotAnswer::Value(ballot),
+                Some(ballot) => SlotAnswer::Value {
+                    ballot,
+                    chain: opened.chain,
+                },
                 None => SlotAnswer::Unknown,
             },
             Err(SlotError::Empty) => SlotAnswer::Nothing,
@@ -338,15 +346,16 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         fabric: &mut F,
     ) {
         let size = self.log.config.slot_size as usize;
-        let mut best: Option<(u64, Option<ReplicaId>)> = None;
+        // The highest ballot, its copy and that copy's chain.
+        let mut best: Option<(u64, Option<ReplicaId>, u64)> = None;
         let mut adoption = [0u8; RECORD_BYTES as usize];
         let mut decided = [0u8; RECORD_BYTES as usize];
         fabric.load(self.log.layout.adoption_record(position), &mut adoption);
         fabric.load(self.log.layout.decided_mark(position), &mut decided);
         let own = self.log.open_local(fabric, position);
         let own_known = match SlotAnswer::of(own, (&adoption, &decided), position) {
-            SlotAnswer::Value(ballot) => {
-                best = Some((ballot, None));
+            SlotAnswer::Value { ballot, chain } => {
+                best = Some((ballot, None, chain));
                 true
             }
             SlotAnswer::Nothing | SlotAnswer::Unknown => true,
@@ -360,9 +369,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             let (adoption, decided) = self.read_copy(peer, fabric);
             let opened = slot::open(&self.log.slot[..size], position);
             match SlotAnswer::of(opened, (&adoption, &decided), position) {
-                SlotAnswer::Value(ballot) => {
-                    if best.is_none_or(|(b, _)| ballot > b) {
-                        best = Some((ballot, Some(peer)));
+                SlotAnswer::Value { ballot, chain } => {
+                    if best.is_none_or(|(b, _, _)| ballot > b) {
+                        best = Some((ballot, Some(peer), chain));
                     }
                 }
                 SlotAnswer::Nothing | SlotAnswer::Unknown => {}
@@ -381,7 +390,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
         match best {
             None => self.start_streaming(now, position, fabric),
-            Some((_, source)) => self.adopt(now, position, source, fabric),
+            Some((_, source, chain)) => self.adopt(now, position, source, chain, fabric),
         }
     }
 
@@ -409,14 +418,16 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
     }
 
-    /// Rewrites the chosen value under this tenure's ballot into the own log, its adoption
-    /// record included, and plans how each member whose copy the prepare read gets it (see
-    /// `Adoption`); the others get it once it is decided, as a decided rewrite.
+    /// Rewrites the chosen value (the copy at `source` whose records vouched for `chosen`) under
+    /// this tenure's ballot into the own log, its adoption record included, and plans how each
+    /// member whose copy the prepare read gets it (see `Adoption`); the others get it once it is
+    /// decided, as a decided rewrite.
     fn adopt<F: Fabric>(
         &mut self,
         now: u64,
         position: u64,
         source: Option<ReplicaId>,
+        chosen: u64,
         fabric: &mut F,
     ) {
         let size = self.log.config.slot_size as usize;
@@ -425,9 +436,13 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             None => self.log.layout.slot(position),
         };
         fabric.load(from, &mut self.log.slot[..size]);
-        let Ok(opened) = slot::open(&self.log.slot[..size], position) else {
-            self.doom(); // Changed under us; cannot happen while this replica holds the grants.
-            return;
+        let opened = match slot::open(&self.log.slot[..size], position) {
+            Ok(opened) if opened.chain == chosen => opened,
+            // Changed under us; cannot happen while this replica holds the grants.
+            _ => {
+                self.doom();
+                return;
+            }
         };
         let applied = self.log.applied;
         let deadline = now + self.timeout;
