@@ -243,13 +243,15 @@ impl SlotHeader {
 
     /// Decodes the value header's fields without validating anything.
     fn parse(slot: &[u8]) -> SlotHeader {
+        // The fragment fields are one little-endian word: entry_len, frag_index, frag_count.
+        let frag = word(slot, 32);
         SlotHeader {
             position: word(slot, POSITION_AT as usize),
             chain_prev: word(slot, CHAIN_PREV_AT as usize),
             origin: word(slot, 24),
-            entry_len: u32::from_le_bytes([slot[32], slot[33], slot[34], slot[35]]),
-            frag_index: u16::from_le_bytes([slot[36], slot[37]]),
-            frag_count: u16::from_le_bytes([slot[38], slot[39]]),
+            entry_len: frag as u32,
+            frag_index: (frag >> 32) as u16,
+            frag_count: (frag >> 48) as u16,
         }
     }
 }
