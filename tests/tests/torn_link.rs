@@ -138,19 +138,16 @@ fn a_torn_header_never_links_a_later_commit_point_to_an_undecided_value() {
     assert_eq!(trio.replica(2).replication.status().applied, a);
 }
 
-/// The scan links headers without reading payloads, so a decided position may be reached while
-/// its payload is still landing: the apply checks the payload against the header's body digest
-/// and waits for the bytes, then applies the value.
-#[test]
-fn a_torn_payload_under_a_linked_header_waits_for_its_bytes() {
-    let shared = Trio::shared(0);
-    let config = Trio::config();
-    let layout = Layout::new(&config);
-    let size = config.slot_size as usize;
-    let mut trio = Trio::new(config, Faults::gentle(), &shared);
-    trio.formed();
-    let (a, chain_a, applied_before) = cut_off_follower(&mut trio);
-
+/// Writes `value` at `a` into follower 2's log (its payload still landing: "vaLUE" where
+/// "value" belongs) and at `a + 1` a slot whose commit point says `a` is decided, then runs:
+/// follower 2 must be blocked at `a` (torn). Returns where `a`'s payload is in the region.
+fn decided_with_its_payload_landing(
+    trio: &mut Trio<'_>,
+    layout: &Layout,
+    a: u64,
+    chain_a: u64,
+) -> usize {
+    let size = layout.slot_size as usize;
     let region = trio.world.region_mut(2);
     let accepted = Acceptance {
         ballot: 9,
@@ -158,7 +155,7 @@ fn a_torn_payload_under_a_linked_header_waits_for_its_bytes() {
     };
     let v = write_slot(
         region,
-        &layout,
+        layout,
         size,
         header(a, chain_a, 0, b"value"),
         b"value",
@@ -170,29 +167,45 @@ fn a_torn_payload_under_a_linked_header_waits_for_its_bytes() {
     };
     write_slot(
         region,
-        &layout,
+        layout,
         size,
         header(a + 1, v, 0, b"next"),
         b"next",
         commit,
     );
-    // The payload of `a` has not landed yet: the old bytes are still there.
     let payload_at = layout.slot(a) as usize + SLOT_HEADER_BYTES as usize;
     region[payload_at..payload_at + 5].copy_from_slice(b"vaLUE");
-
     trio.run(200);
-    assert_eq!(
-        trio.log(2).applied.len(),
-        applied_before,
-        "follower 2 applied a payload its header's digest does not match"
-    );
     assert_eq!(
         trio.replica(2)
             .replication
             .status()
             .blocked
             .map(|(_, why)| why),
-        Some(mu_nostd::Blocked::Torn)
+        Some(mu_nostd::Blocked::Torn),
+        "follower 2 waits at {a} for the payload, below the commit point {}",
+        a + 1
+    );
+    payload_at
+}
+
+/// The scan links headers without reading payloads, so a decided position may be reached while
+/// its payload is still landing: the apply checks the payload against the header's body digest
+/// and waits for the bytes, then applies the value.
+#[test]
+fn a_torn_payload_under_a_linked_header_waits_for_its_bytes() {
+    let shared = Trio::shared(0);
+    let config = Trio::config();
+    let layout = Layout::new(&config);
+    let mut trio = Trio::new(config, Faults::gentle(), &shared);
+    trio.formed();
+    let (a, chain_a, applied_before) = cut_off_follower(&mut trio);
+
+    let payload_at = decided_with_its_payload_landing(&mut trio, &layout, a, chain_a);
+    assert_eq!(
+        trio.log(2).applied.len(),
+        applied_before,
+        "follower 2 applied a payload its header's digest does not match"
     );
 
     let region = trio.world.region_mut(2);
@@ -222,49 +235,13 @@ fn a_commit_point_learned_by_an_earlier_walk_never_covers_another_header() {
     trio.formed();
     let (a, chain_a, applied_before) = cut_off_follower(&mut trio);
 
-    let region = trio.world.region_mut(2);
-    let accepted = Acceptance {
-        ballot: 9,
-        commit: a,
-    };
-    let v = write_slot(
-        region,
-        &layout,
-        size,
-        header(a, chain_a, 0, b"value"),
-        b"value",
-        accepted,
-    );
-    let commit = Acceptance {
-        ballot: 9,
-        commit: a + 1,
-    };
-    write_slot(
-        region,
-        &layout,
-        size,
-        header(a + 1, v, 0, b"next"),
-        b"next",
-        commit,
-    );
-    let slot_at = layout.slot(a) as usize;
-    let payload_at = slot_at + SLOT_HEADER_BYTES as usize;
-    region[payload_at..payload_at + 5].copy_from_slice(b"vaLUE");
-    trio.run(200);
+    decided_with_its_payload_landing(&mut trio, &layout, a, chain_a);
     assert_eq!(
         trio.log(2).applied.len(),
         applied_before,
         "nothing applied yet"
     );
-    assert_eq!(
-        trio.replica(2)
-            .replication
-            .status()
-            .blocked
-            .map(|(_, why)| why),
-        Some(mu_nostd::Blocked::Torn),
-        "blocked at the apply, below the commit point a + 1"
-    );
+    let slot_at = layout.slot(a) as usize;
 
     let slot_count = config.slot_count as u64;
     let later = SlotHeader {
