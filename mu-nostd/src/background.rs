@@ -332,8 +332,6 @@ pub struct BackgroundPlane<'s> {
     acked: u8,
     /// The replication plane's transfer request, as this plane writes it to the donor.
     transfer_request: TransferRequest,
-    /// The view last published to the replication plane: alive, lively, leader.
-    published: Option<(u8, u8, Option<ReplicaId>)>,
 }
 
 /// What the election reads of the peers (see `census`).
@@ -397,7 +395,6 @@ impl<'s> BackgroundPlane<'s> {
             tenure: None,
             acked: 0,
             transfer_request: TransferRequest::default(),
-            published: None,
         }
     }
 
@@ -1096,13 +1093,7 @@ impl<'s> BackgroundPlane<'s> {
             info!("leader view: {}", leader);
             self.leader = leader;
         }
-        let view = (alive, census.lively, leader);
-        // The replication plane reads the view on every poll: an unchanged one is not stored
-        // again, which would take its cache line from that core each time.
-        if self.published != Some(view) {
-            self.shared.set_view(alive, census.lively, leader);
-            self.published = Some(view);
-        }
+        self.shared.set_view(alive, census.lively, leader);
     }
 
     // ---- requester side ----------------------------------------------------------------------

@@ -295,14 +295,24 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
         if opened.accepted.is_some() || self.linked_from_next(fabric, position, opened.chain) {
             return Ok(opened);
         }
-        let mut adoption = [0u8; RECORD_BYTES as usize];
-        let mut decided = [0u8; RECORD_BYTES as usize];
-        fabric.load(self.layout.adoption_record(position), &mut adoption);
-        fabric.load(self.layout.decided_mark(position), &mut decided);
+        let (adoption, decided) = self.own_records(fabric, position);
         match slot::accepted_ballot(&opened, &adoption, &decided) {
             Some(_) => Ok(opened),
             None => Err(SlotError::Unvouched),
         }
+    }
+
+    /// The adoption record and decided mark of `position` in the own log.
+    pub(crate) fn own_records<F: Fabric>(
+        &self,
+        fabric: &mut F,
+        position: u64,
+    ) -> ([u8; RECORD_BYTES as usize], [u8; RECORD_BYTES as usize]) {
+        let mut adoption = [0u8; RECORD_BYTES as usize];
+        let mut decided = [0u8; RECORD_BYTES as usize];
+        fabric.load(self.layout.adoption_record(position), &mut adoption);
+        fabric.load(self.layout.decided_mark(position), &mut decided);
+        (adoption, decided)
     }
 
     /// True when the slot after `position` in the own log names `chain` as its `chain_prev`

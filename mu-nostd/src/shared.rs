@@ -2,8 +2,9 @@
 //! of 32 bits (the widest every target has).
 //!
 //! # Invariants
-//! - `lead` is written only by the background plane; `acting`, `aborted`, `progress`, `halted`,
-//!   `catching_up` and the transfer request words only by the replication plane.
+//! - `lead` and the view (`alive`, `lively`, `leader`) are written only by the background
+//!   plane; `acting`, `aborted`, `progress`, `halted`, `catching_up` and the transfer request
+//!   words only by the replication plane.
 //! - The transfer request (donor, nonce, chunk wanted) is published under a sequence word that
 //!   is odd while it is being written and never 0 once published: a reader that sees the same
 //!   even sequence before and after reading the other words read one whole request.
@@ -136,10 +137,9 @@ impl Shared {
     /// Background: the detector's view of who is alive, who showed a moving heartbeat within
     /// the read timeout, and of the leader.
     pub(crate) fn set_view(&self, alive: u8, lively: u8, leader: Option<u8>) {
-        self.alive.store(alive as u32, SeqCst);
-        self.lively.store(lively as u32, SeqCst);
-        self.leader
-            .store(leader.map_or(0, |l| l as u32 + 1), SeqCst);
+        store_changed(&self.alive, alive as u32);
+        store_changed(&self.lively, lively as u32);
+        store_changed(&self.leader, leader.map_or(0, |l| l as u32 + 1));
     }
 
     /// Replicas the failure detector considers alive (bit per id).
@@ -223,5 +223,14 @@ impl Shared {
     /// Why the replica halted, once it did.
     pub fn halted(&self) -> Option<crate::Halt> {
         crate::Halt::from_code(self.halted.load(SeqCst))
+    }
+}
+
+/// Stores `value` into a word this side alone writes, unless it holds it already: the view is
+/// set on every background poll and read on every replication poll, and an unchanged store
+/// would still take the cache line from the reader's core.
+fn store_changed(word: &AtomicU32, value: u32) {
+    if word.load(Relaxed) != value {
+        word.store(value, SeqCst);
     }
 }

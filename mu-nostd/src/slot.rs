@@ -411,15 +411,20 @@ pub fn open_header(head: &[u8], capacity: u32, position: u64) -> Result<Opened, 
 /// Checks that the payload of `slot` (the whole slot, its header opened as `opened`) is the one
 /// its header's body digest names: [`SlotError::Torn`] if not.
 pub fn check_body(slot: &[u8], opened: &Opened) -> Result<(), SlotError> {
-    let capacity = slot.len() as u32 - SLOT_HEADER_BYTES;
-    let payload = &slot[SLOT_HEADER_BYTES as usize..][..opened.header.frag_len(capacity) as usize];
-    // Planted defect: take the slot's digest on trust instead of recomputing it, so a torn
-    // payload under an intact header passes.
-    if cfg!(feature = "bug-no-checksum") || body_digest(payload) == opened.body {
+    if body_matches(slot, &opened.header, opened.body) {
         Ok(())
     } else {
         Err(SlotError::Torn)
     }
+}
+
+/// True when the payload of the whole `slot`, as long as `header` says, hashes to `body`.
+fn body_matches(slot: &[u8], header: &SlotHeader, body: u64) -> bool {
+    let capacity = slot.len() as u32 - SLOT_HEADER_BYTES;
+    let payload = &slot[SLOT_HEADER_BYTES as usize..][..header.frag_len(capacity) as usize];
+    // Planted defect: take the slot's digest on trust instead of recomputing it, so a torn
+    // payload under an intact header passes.
+    cfg!(feature = "bug-no-checksum") || body_digest(payload) == body
 }
 
 /// What a slot holds now, of a value whose chain is known (see [`reopen`]).
@@ -443,11 +448,8 @@ pub fn reopen(slot: &[u8], chain: u64) -> Reopened {
     let header = SlotHeader::parse(slot);
     let body = word(slot, 0);
     if !header.well_formed(capacity) || header.link(body) != chain {
-        return Reopened::Other;
-    }
-    let payload = &slot[SLOT_HEADER_BYTES as usize..][..header.frag_len(capacity) as usize];
-    // Planted defect (as in `check_body`): the digest taken on trust.
-    if cfg!(feature = "bug-no-checksum") || body_digest(payload) == body {
+        Reopened::Other
+    } else if body_matches(slot, &header, body) {
         Reopened::Same(header)
     } else {
         Reopened::Torn

@@ -143,6 +143,23 @@ impl<'s> Trio<'s> {
         std::mem::take(&mut self.logs[id as usize])
     }
 
+    /// Submits `command` at `leader` and runs until replica `watcher` applied one more position.
+    pub fn commit(&mut self, leader: u8, watcher: u8, command: &[u8]) {
+        let before = self.replica(watcher).replication.status().applied;
+        self.replica_mut(leader)
+            .replication
+            .submit(command)
+            .expect("the leader takes the command");
+        let applied = self.run_until(2_000, |t| {
+            t.replica(watcher).replication.status().applied > before
+        });
+        assert!(
+            applied.is_some(),
+            "replica {watcher} applies {:?}",
+            String::from_utf8_lossy(command)
+        );
+    }
+
     /// Runs until the cluster formed with replica 0 leading, then 100 ticks more.
     pub fn formed(&mut self) {
         let took = self.run_until(2_000, |t| {

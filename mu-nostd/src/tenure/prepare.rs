@@ -348,10 +348,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         let size = self.log.config.slot_size as usize;
         // The highest ballot, its copy and that copy's chain.
         let mut best: Option<(u64, Option<ReplicaId>, u64)> = None;
-        let mut adoption = [0u8; RECORD_BYTES as usize];
-        let mut decided = [0u8; RECORD_BYTES as usize];
-        fabric.load(self.log.layout.adoption_record(position), &mut adoption);
-        fabric.load(self.log.layout.decided_mark(position), &mut decided);
+        let (adoption, decided) = self.log.own_records(fabric, position);
         let own = self.log.open_local(fabric, position);
         let own_known = match SlotAnswer::of(own, (&adoption, &decided), position) {
             SlotAnswer::Value { ballot, chain } => {
