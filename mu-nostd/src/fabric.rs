@@ -289,6 +289,17 @@ pub trait Fabric {
     /// Copies bytes of this replica's own region into `buf`.
     fn load(&self, offset: u32, buf: &mut [u8]);
 
+    /// The 8 bytes of this replica's own region at `offset` (8-aligned), little-endian: what
+    /// `load` would copy, with no more atomicity than it gives (a word a peer is writing may read
+    /// torn). A fabric whose region is word-addressable reads it in one load; the idle polls
+    /// check one word of the log this way.
+    fn load_word(&self, offset: u32) -> u64 {
+        debug_assert!(offset % 8 == 0);
+        let mut word = [0u8; 8];
+        self.load(offset, &mut word);
+        u64::from_le_bytes(word)
+    }
+
     /// Writes bytes into this replica's own region.
     fn store(&mut self, offset: u32, bytes: &[u8]);
 }

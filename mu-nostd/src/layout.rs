@@ -47,6 +47,7 @@ pub const LAYOUT_VERSION: u32 = 6;
 /// Where `position` falls in a ring of `count` slots: a mask when `count` is a power of two
 /// (every shipped configuration), since a 64-bit division costs tens of cycles and the fast
 /// path computes this for every slot it touches; a division otherwise.
+#[inline(always)]
 pub(crate) const fn ring_index(position: u64, count: u64) -> u64 {
     if count.is_power_of_two() {
         position & (count - 1)
@@ -302,10 +303,12 @@ impl Layout {
         self.commit_record() + COMMIT_RECORD_BYTES
     }
     /// The slot that holds `position`.
+    #[inline]
     pub const fn slot(&self, position: u64) -> u32 {
         self.slots + self.ring_index(position) * self.slot_size
     }
     /// The adoption record of the slot that holds `position` (see `slot`).
+    #[inline]
     pub const fn adoption_record(&self, position: u64) -> u32 {
         self.rewrites + self.ring_index(position) * RECORD_BYTES
     }
@@ -313,6 +316,7 @@ impl Layout {
         ring_index(position, self.slot_count as u64) as u32
     }
     /// The decided mark of the slot that holds `position` (see `slot`).
+    #[inline]
     pub const fn decided_mark(&self, position: u64) -> u32 {
         self.adoption_record(position) + self.slot_count * RECORD_BYTES
     }

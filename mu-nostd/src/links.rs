@@ -20,8 +20,10 @@ use crate::wrid::{Kind, WrId};
 const PENDING_MAX: usize = 96;
 /// Completions taken from a fabric in one `poll`.
 const COMPLETION_BATCH: usize = 16;
-/// Batches one drain takes at most: bounded work per poll.
+/// Batches one drain takes at most: bounded work per poll. More than one: `Inbox::empty`
+/// takes the first batch, and the drain may take another.
 const COMPLETION_BATCHES_MAX: usize = 8;
+const _: () = assert!(COMPLETION_BATCHES_MAX > 1);
 
 /// A plane's completion drain (both planes have one): hands out the completions of one
 /// bounded drain, polled from the fabric a batch at a time into a buffer kept between drains.
@@ -31,7 +33,8 @@ const COMPLETION_BATCHES_MAX: usize = 8;
 /// ```
 ///
 /// One drain polls at most `COMPLETION_BATCHES_MAX` batches; the `None` that ends it resets the
-/// inbox for the next drain. Only completions whose id decodes and names another replica of the
+/// inbox for the next drain. An idle poll asks `empty` first: one poll of the fabric, whose
+/// batch, if any, starts the next drain. Only completions whose id decodes and names another replica of the
 /// cluster come out (a fabric returning a foreign id is ignored); each plane checks the epoch
 /// of its own connections.
 pub(crate) struct Inbox {
@@ -82,6 +85,21 @@ impl Inbox {
             self.batches += 1;
             self.last = self.len < COMPLETION_BATCH || self.batches == COMPLETION_BATCHES_MAX;
         }
+    }
+
+    /// Polls the first batch of the next drain ahead of it: true when the fabric had nothing,
+    /// so that drain would end at once. What it polled otherwise waits in the inbox for that
+    /// drain, which starts with it.
+    #[inline(always)]
+    pub(crate) fn empty<F: Fabric>(&mut self, fabric: &mut F) -> bool {
+        debug_assert!(self.len == 0 && self.next == 0 && self.batches == 0 && !self.last);
+        let len = fabric.poll(&mut self.completions).min(COMPLETION_BATCH);
+        if len == 0 {
+            return true;
+        }
+        (self.len, self.batches) = (len, 1);
+        self.last = len < COMPLETION_BATCH; // Not the drain's last batch of all (see below).
+        false
     }
 }
 

@@ -493,10 +493,21 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
 
     /// True when the slot of `position` in the own log holds nothing of this lap, by its
     /// position word alone (at position 0 that word cannot tell).
-    fn unwritten<F: Fabric>(&self, fabric: &mut F, position: u64) -> bool {
-        let mut found = [0u8; 8];
-        fabric.load(self.layout.slot(position) + slot::POSITION_AT, &mut found);
-        u64::from_le_bytes(found) < position
+    #[inline(always)]
+    fn unwritten<F: Fabric>(&self, fabric: &F, position: u64) -> bool {
+        fabric.load_word(self.layout.slot(position) + slot::POSITION_AT) < position
+    }
+
+    /// True when a replay now would change nothing and find nothing: no walk or stop to
+    /// remember, no commit point above what is applied, no lap notice due, and nothing at the
+    /// next position. An idle follower's poll asks this instead of replaying.
+    #[inline(always)]
+    pub(crate) fn quiet<F: Fabric>(&self, now: u64, fabric: &F) -> bool {
+        self.walk.is_none()
+            && self.blocked.is_none()
+            && self.commit_known <= self.applied
+            && now < self.lap_check_at
+            && self.unwritten(fabric, self.applied)
     }
 
     /// Opens the header of the slot of `position` in the own log if anything of this lap is

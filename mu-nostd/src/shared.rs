@@ -84,6 +84,7 @@ impl Shared {
     }
 
     /// The current leadership grant, if any.
+    #[inline]
     pub fn lead(&self) -> Option<Lead> {
         let word = self.lead.load(SeqCst);
         if word == 0 {

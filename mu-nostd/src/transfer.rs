@@ -221,6 +221,13 @@ impl Donor {
     pub(crate) fn joiner(&self) -> Option<ReplicaId> {
         self.serving.map(|s| s.offer.owner)
     }
+
+    /// True when there is nothing to serve at `now`: nobody is being served, and the next look
+    /// for new requests is not due.
+    #[inline(always)]
+    pub(crate) fn idle(&self, now: u64) -> bool {
+        self.serving.is_none() && now < self.scan_at
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -849,7 +856,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         fabric: &mut F,
         sm: &mut S,
     ) {
-        if self.donor.serving.is_none() && now < self.donor.scan_at {
+        if self.donor.idle(now) {
             return;
         }
         self.donor.scan_at = now + self.log.config.recycle_period_ticks as u64;

@@ -92,6 +92,7 @@ impl Mapping {
     }
 
     /// The 64-bit word at byte `offset` (8-aligned).
+    #[inline]
     pub fn word(&self, offset: usize) -> &AtomicU64 {
         assert!(offset % 8 == 0 && offset + 8 <= self.len);
         // SAFETY: `offset + 8 <= len` (asserted): inside the mapping; 8-aligned, since

@@ -413,6 +413,10 @@ impl Fabric for VerbsFabric {
         self.endpoint.own().load(offset, buf);
     }
 
+    fn load_word(&self, offset: u32) -> u64 {
+        self.endpoint.own().load_word(offset)
+    }
+
     fn store(&mut self, offset: u32, bytes: &[u8]) {
         self.endpoint.own().store(offset, bytes);
     }

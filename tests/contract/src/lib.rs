@@ -156,6 +156,10 @@ impl<F: Fabric + ?Sized> Fabric for Lend<'_, F> {
         self.0.load(offset, buf);
     }
 
+    fn load_word(&self, offset: u32) -> u64 {
+        self.0.load_word(offset)
+    }
+
     fn store(&mut self, offset: u32, bytes: &[u8]) {
         self.0.store(offset, bytes);
     }
@@ -480,7 +484,8 @@ pub mod rules {
 
     /// Rules 2 and 11: `store` and `load` reach the replica's own region, whole and exact, at
     /// odd offsets and lengths, up to the region's last byte; both planes' fabrics of a replica
-    /// address the same region; no replica's store reaches another's region.
+    /// address the same region; no replica's store reaches another's region; `load_word` reads
+    /// the bytes `load` reads.
     pub fn load_and_store_reach_the_own_region_from_both_planes<H: Harness>() {
         let mut c = Cluster::<H>::start("load_and_store_reach_the_own_region_from_both_planes", 0);
         let l = c.l;
@@ -500,6 +505,16 @@ pub mod rules {
                 c.h.fabric(r, from).load(offset, &mut back);
                 let what = format!("{}: replica {r}, {len} bytes at {offset}", c.at());
                 assert_same(&back, &bytes, &what);
+                // A word load reads the same bytes as `load`, from either plane.
+                let word = (offset + 7) & !7;
+                if word + 8 <= offset + len {
+                    let at = (word - offset) as usize;
+                    let expected = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+                    for plane in [REP, BG] {
+                        let got = c.h.fabric(r, plane).load_word(word);
+                        assert_eq!(got, expected, "{what}: the word at {word}");
+                    }
+                }
             }
         }
         // Each replica holds its own bytes: the stores of the others went elsewhere.
