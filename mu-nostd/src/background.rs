@@ -63,6 +63,12 @@
 //! - `1 <= patience <= PATIENCE_MAX`; a refused replica has no leader in view and no tenure.
 //! - A peer's flag is `Current` only after a heartbeat read posted since this replica's
 //!   admission showed it a voter, or showed its counter move past the first such read's.
+//! - The election and the probes run again whenever what they read may have changed: a peer's
+//!   state changes only in a completion, a reconnect, a death notice, a pause discounted, the
+//!   own admission (each marks both `dirty`) and the probes themselves; what the election reads
+//!   of this replica is compared (`Own`); and each keeps the first tick at which one of its
+//!   time terms may flip (a peer's liveliness or the warm-up; a read or a timeout due). A poll
+//!   that skips them would have elected the same and posted nothing (checked in debug builds).
 
 use crate::config::{Config, REPLICAS_MAX};
 use crate::detector::PullScore;
@@ -295,6 +301,8 @@ pub struct BackgroundPlane<'s> {
     config: Config,
     layout: Layout,
     me: ReplicaId,
+    /// Every replica but this one.
+    others: Ids,
     shared: &'s Shared,
     inbox: Inbox,
     /// This life's incarnation, published in the region header.
@@ -332,6 +340,48 @@ pub struct BackgroundPlane<'s> {
     acked: u8,
     /// The replication plane's transfer request, as this plane writes it to the donor.
     transfer_request: TransferRequest,
+    /// A peer's state changed since the last election, or the last probes (see the
+    /// invariants).
+    dirty: Dirty,
+    /// The last election, and what it read of this replica.
+    elected: Elected,
+    elected_own: Own,
+    /// The first tick at which a probe may be due, as of the last probes.
+    probe_at: u64,
+}
+
+/// What the election reads of this replica itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Own {
+    alive_bit: u8,
+    voter_bit: u8,
+    voter: bool,
+    leading: bool,
+    refused: bool,
+}
+
+/// Whose inputs changed since they last ran: the election's and the probes'.
+#[derive(Clone, Copy, Debug)]
+struct Dirty {
+    elect: bool,
+    probe: bool,
+}
+
+impl Dirty {
+    const ALL: Dirty = Dirty {
+        elect: true,
+        probe: true,
+    };
+}
+
+/// What an election decided, and until when nothing of its time terms changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Elected {
+    alive: u8,
+    lively: u8,
+    leader: Option<ReplicaId>,
+    /// The first tick at which a time term of this election may flip.
+    until: u64,
 }
 
 /// What the election reads of the peers (see `census`).
@@ -341,6 +391,8 @@ struct Census {
     /// Whose heartbeat or applied position moved within a read timeout (see
     /// [`crate::Shared::lively`]).
     lively: u8,
+    /// The first tick at which a peer counted lively stops being so.
+    lively_until: u64,
     /// A heartbeat of every peer's current life was read.
     everyone_heard: bool,
     /// Some peer's header was never read.
@@ -367,6 +419,7 @@ impl<'s> BackgroundPlane<'s> {
             config,
             layout: Layout::new(&config),
             me,
+            others: Ids::others(config.replica_count, me),
             shared,
             inbox: Inbox::NEW,
             life: 0,
@@ -395,6 +448,21 @@ impl<'s> BackgroundPlane<'s> {
             tenure: None,
             acked: 0,
             transfer_request: TransferRequest::default(),
+            dirty: Dirty::ALL,
+            probe_at: 0,
+            elected: Elected {
+                alive: 0,
+                lively: 0,
+                leader: None,
+                until: 0,
+            },
+            elected_own: Own {
+                alive_bit: 0,
+                voter_bit: 0,
+                voter: false,
+                leading: false,
+                refused: false,
+            },
         }
     }
 
@@ -422,6 +490,7 @@ impl<'s> BackgroundPlane<'s> {
         }
         if !self.voter && own_voter(&self.layout, fabric) {
             self.voter = true;
+            self.dirty = Dirty::ALL;
             for peer in self.peers.iter_mut() {
                 peer.flag = match peer.heartbeat_read_at {
                     Some(_) => Flag::Stale,
@@ -446,6 +515,7 @@ impl<'s> BackgroundPlane<'s> {
     /// its own (descheduled, stopped) must not make them look silent, or a leader back from one
     /// recycles past members that still need its log (seed 316614). Their marks move on by the
     /// gap.
+    #[inline]
     fn discount_own_pause(&mut self, now: u64) {
         let gap = now.saturating_sub(self.polled_at);
         self.polled_at = now;
@@ -454,6 +524,7 @@ impl<'s> BackgroundPlane<'s> {
         }
         // Reads and records posted before the pause were answered meanwhile or not: their
         // deadlines move on too, or a late completion would count as the peer's miss.
+        self.dirty = Dirty::ALL;
         let shift = |at: &mut Option<u64>| {
             if let Some(at) = at.as_mut() {
                 *at = (*at + gap).min(now);
@@ -491,6 +562,7 @@ impl<'s> BackgroundPlane<'s> {
             // Until its successor's header is read, whatever answers is taken for the dead life.
             // It shows no sign of life either: a new leader that counted a dead peer's last
             // moves as one waited out the read timeout on its recycling (a 3 ms first commit).
+            self.dirty = Dirty::ALL;
             state.score.fail();
             state.moved_at = None;
             state.suspected_at = None;
@@ -537,6 +609,7 @@ impl<'s> BackgroundPlane<'s> {
         assert!((1..=PATIENCE_MAX).contains(&self.patience));
     }
 
+    #[inline]
     fn decay_patience(&mut self, now: u64) {
         let period = PATIENCE_DECAY_READS * self.config.detector.read_period_ticks as u64;
         if self.patience > 1 && now.saturating_sub(self.patience_at) > period {
@@ -604,16 +677,21 @@ impl<'s> BackgroundPlane<'s> {
         self.peers[peer as usize].score
     }
 
+    #[inline]
     fn others(&self) -> Ids {
-        Ids::others(self.config.replica_count, self.me)
+        self.others
     }
 
     // ---- completions -------------------------------------------------------------------------
 
     /// Takes this plane's completions, through the drain both planes share.
     fn drain_completions<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        if self.inbox.empty(fabric) {
+            return;
+        }
         let (replicas, me) = (self.config.replica_count, self.me);
         while let Some((id, status)) = self.inbox.next(fabric, replicas, me) {
+            self.dirty = Dirty::ALL;
             self.complete(now, id, status, fabric);
         }
     }
@@ -765,6 +843,7 @@ impl<'s> BackgroundPlane<'s> {
 
     /// Resets this plane's connection to `peer`; whatever was outstanding on it is forgotten.
     fn reconnect<F: Fabric>(&mut self, peer: ReplicaId, fabric: &mut F) {
+        self.dirty = Dirty::ALL;
         let state = &mut self.peers[peer as usize];
         state.epoch = state.epoch.wrapping_add(1);
         state.header_read_at = None;
@@ -868,24 +947,64 @@ impl<'s> BackgroundPlane<'s> {
 
     // ---- failure detection -------------------------------------------------------------------
 
+    /// Posts the reads that are due and resets connections whose reads are late, when anything
+    /// may be (see the invariants): an idle poll compares a flag and a tick.
+    #[inline(always)]
     fn probe_peers<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
-        let detector = self.config.detector;
+        if !self.dirty.probe && now < self.probe_at {
+            debug_assert!(now < self.probe_due(), "a probe skipped was due");
+            return;
+        }
+        self.dirty.probe = false;
+        self.probe_now(now, fabric);
+        self.probe_at = self.probe_due();
+    }
+
+    /// The first tick at which a probe may post a read or find one late, by the peers' state.
+    fn probe_due(&self) -> u64 {
+        let late = self.config.detector.read_timeout_ticks as u64 + 1;
+        let due = |read_at: Option<u64>, next_read_at: u64| match read_at {
+            Some(posted_at) => posted_at.saturating_add(late),
+            None => next_read_at,
+        };
+        let mut at = u64::MAX;
         for peer in self.others() {
-            let state = self.peers[peer as usize];
-            if state.header != PeerHeader::Verified {
+            let state = &self.peers[peer as usize];
+            let verified = state.header == PeerHeader::Verified;
+            if !verified || state.recheck {
+                at = at.min(due(state.header_read_at, state.next_read_at));
+            }
+            if verified {
+                at = at.min(due(state.heartbeat_read_at, state.next_read_at));
+            }
+        }
+        at
+    }
+
+    /// The probes themselves: per peer, its header read while unverified or rechecked, its
+    /// heartbeat read every read period, and a read past its timeout counted as a miss.
+    #[inline(never)]
+    fn probe_now<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        let timeout = self.config.detector.read_timeout_ticks as u64;
+        let period = self.config.detector.read_period_ticks as u64;
+        for peer in self.others() {
+            let state = &self.peers[peer as usize];
+            let (header, recheck) = (state.header, state.recheck);
+            let (read_at, next_read_at) = (state.heartbeat_read_at, state.next_read_at);
+            if header != PeerHeader::Verified {
                 self.probe_header(now, fabric, peer);
                 continue;
             }
-            if state.recheck {
+            if recheck {
                 self.probe_header(now, fabric, peer);
             }
-            if let Some(posted_at) = state.heartbeat_read_at {
-                if now.saturating_sub(posted_at) > detector.read_timeout_ticks as u64 {
+            if let Some(posted_at) = read_at {
+                if now.saturating_sub(posted_at) > timeout {
                     self.reconnect(peer, fabric); // Counts the read as a miss.
                 }
                 continue;
             }
-            if now >= state.next_read_at {
+            if now >= next_read_at {
                 let remote = self.layout.heartbeat();
                 let local = self.layout.landing_heartbeat(peer);
                 if self.post_read(
@@ -898,7 +1017,7 @@ impl<'s> BackgroundPlane<'s> {
                 ) {
                     let state = &mut self.peers[peer as usize];
                     state.heartbeat_read_at = Some(now);
-                    state.next_read_at = now + detector.read_period_ticks as u64;
+                    state.next_read_at = now + period;
                 }
             }
         }
@@ -1023,7 +1142,7 @@ impl<'s> BackgroundPlane<'s> {
         }
     }
 
-    /// What the election reads of the peers, gathered in one pass (it runs every poll).
+    /// What the election reads of the peers, gathered in one pass.
     fn census(&self, now: u64) -> Census {
         let recent = self.config.detector.read_timeout_ticks as u64;
         let own = self.own_alive_bit();
@@ -1031,6 +1150,7 @@ impl<'s> BackgroundPlane<'s> {
             alive: own,
             voters: self.own_voter_bit(),
             lively: own,
+            lively_until: u64::MAX,
             everyone_heard: true,
             header_unknown: false,
             settled: true,
@@ -1049,22 +1169,64 @@ impl<'s> BackgroundPlane<'s> {
             }
             census.everyone_heard &= state.heard;
             census.header_unknown |= state.header == PeerHeader::Unknown;
-            if state
-                .moved_at
-                .is_some_and(|at| now.saturating_sub(at) <= recent)
-            {
-                census.lively |= bit;
+            if let Some(at) = state.moved_at {
+                if now.saturating_sub(at) <= recent {
+                    census.lively |= bit;
+                    census.lively_until = census.lively_until.min(at.saturating_add(recent + 1));
+                }
             }
         }
         census
     }
 
+    /// What this replica itself contributes to the election now.
+    #[inline(always)]
+    fn own(&self) -> Own {
+        Own {
+            alive_bit: self.own_alive_bit(),
+            voter_bit: self.own_voter_bit(),
+            voter: self.voter,
+            leading: self.tenure.is_some(),
+            refused: self.refused,
+        }
+    }
+
+    /// Elects again when what the election reads may have changed since it last ran (see the
+    /// invariants): an idle poll reads only this replica's own terms.
+    #[inline(always)]
     fn elect(&mut self, now: u64) {
+        let own = self.own();
+        if !self.dirty.elect && own == self.elected_own && now < self.elected.until {
+            debug_assert_eq!(
+                self.decide(now),
+                self.elected,
+                "an election skipped as unchanged would have decided otherwise"
+            );
+            return;
+        }
+        self.elect_now(now, own);
+    }
+
+    /// Elects, and publishes the view.
+    #[inline(never)]
+    fn elect_now(&mut self, now: u64, own: Own) {
+        let elected = self.decide(now);
+        if elected.leader != self.leader {
+            info!("leader view: {}", elected.leader);
+            self.leader = elected.leader;
+        }
+        self.shared
+            .set_view(elected.alive, elected.lively, elected.leader);
+        (self.elected, self.elected_own, self.dirty.elect) = (elected, own, false);
+    }
+
+    /// The election: who is alive, lively and leader as this replica sees it at `now`.
+    fn decide(&self, now: u64) -> Elected {
         let census = self.census(now);
         let alive = census.alive;
         let started_at = self.started_at.unwrap_or(now);
-        let warming_up = census.header_unknown
-            && now < started_at + self.config.detector.read_timeout_ticks as u64;
+        let warm_until = started_at + self.config.detector.read_timeout_ticks as u64;
+        let warming_up = census.header_unknown && now < warm_until;
         let everyone = ((1u16 << self.config.replica_count) - 1) as u8;
         // Only a heartbeat says a peer's life is no voter: a peer whose header was verified but
         // whose heartbeat was not read yet may well be one (a restarted replica took the
@@ -1089,11 +1251,17 @@ impl<'s> BackgroundPlane<'s> {
         } else {
             Some(candidates.trailing_zeros() as u8)
         };
-        if leader != self.leader {
-            info!("leader view: {}", leader);
-            self.leader = leader;
+        let until = if warming_up {
+            census.lively_until.min(warm_until)
+        } else {
+            census.lively_until
+        };
+        Elected {
+            alive,
+            lively: census.lively,
+            leader,
+            until,
         }
-        self.shared.set_view(alive, census.lively, leader);
     }
 
     // ---- requester side ----------------------------------------------------------------------
@@ -1250,17 +1418,18 @@ impl<'s> BackgroundPlane<'s> {
             return;
         }
         let offset = self.layout.request(leader);
-        let mut bytes = [0u8; RECORD_BYTES as usize];
-        fabric.load(offset, &mut bytes);
-        let Some(value) = record::decode(offset, &bytes) else {
-            return;
-        };
-        let number = value >> 8;
         let peer = &mut self.peers[leader as usize];
+        // The idle poll's answer, without the check: the record's value is the one last taken
+        // (a torn record that reads the same value would be ignored all the same).
+        let value = fabric.load_word(offset);
         if value == peer.seen {
             return;
         }
+        let Some(value) = record::verify(offset, value, fabric.load_word(offset + 8)) else {
+            return;
+        };
         peer.seen = value;
+        let number = value >> 8;
         if number == peer.served && self.holder == Some(leader) {
             // Asked again for what it holds: its ack went missing. Ack again.
             peer.ack.send = Send::Due;
@@ -1339,10 +1508,11 @@ impl<'s> BackgroundPlane<'s> {
     /// Writes the replication plane's latest transfer request into its donor's background area,
     /// one write at a time, again after a failure or `permission_retry_ticks` without an answer.
     fn send_transfer_request<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
-        let Some((seq, donor, value)) = self.shared.transfer_request() else {
+        let landed = self.transfer_request.landed;
+        let Some((seq, donor, value)) = self.shared.transfer_request(landed) else {
             return;
         };
-        if seq == self.transfer_request.landed || !self.config.contains(donor) || donor == self.me {
+        if !self.config.contains(donor) || donor == self.me {
             return;
         }
         if let Some((_, posted_to, posted_at)) = self.transfer_request.in_flight {

@@ -94,6 +94,7 @@ pub(crate) struct Ids(pub(crate) u8);
 
 impl Ids {
     /// Every replica of a cluster of `count` but `me`.
+    #[inline]
     pub(crate) const fn others(count: u8, me: ReplicaId) -> Ids {
         Ids((((1u16 << count) - 1) as u8) & !(1 << me))
     }

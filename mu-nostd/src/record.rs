@@ -35,11 +35,12 @@ pub fn decode(offset: u32, bytes: &[u8]) -> Option<u64> {
     }
     let value = u64::from_le_bytes(bytes[0..8].try_into().ok()?);
     let stored = u64::from_le_bytes(bytes[8..16].try_into().ok()?);
-    if stored == check(offset, value) {
-        Some(value)
-    } else {
-        None
-    }
+    verify(offset, value, stored)
+}
+
+/// Decodes the record at `offset` from its two words, `value` and `stored` check, as `decode`.
+pub fn verify(offset: u32, value: u64, stored: u64) -> Option<u64> {
+    (stored == check(offset, value)).then_some(value)
 }
 
 #[cfg(test)]

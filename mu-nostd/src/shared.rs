@@ -204,10 +204,11 @@ impl Shared {
     }
 
     /// Background: the last transfer request published (its sequence, donor and value), if one
-    /// was and it was not being rewritten meanwhile.
-    pub(crate) fn transfer_request(&self) -> Option<(u32, u8, u64)> {
+    /// was, its sequence is not `known` (the idle poll's answer, in one load), and it was not
+    /// being rewritten meanwhile.
+    pub(crate) fn transfer_request(&self, known: u32) -> Option<(u32, u8, u64)> {
         let seq = self.request_seq.load(SeqCst);
-        if seq == 0 || seq % 2 == 1 {
+        if seq == known || seq == 0 || seq % 2 == 1 {
             return None;
         }
         let donor = self.request_donor.load(SeqCst) as u8;

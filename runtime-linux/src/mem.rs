@@ -103,6 +103,7 @@ impl Mapping {
     }
 
     /// The 32-bit word at byte `offset` (4-aligned).
+    #[inline]
     pub fn word32(&self, offset: usize) -> &AtomicU32 {
         assert!(offset % 4 == 0 && offset + 4 <= self.len);
         // SAFETY: as in `word`: `offset + 4 <= len` (asserted), 4-aligned, mapped readable and

@@ -672,6 +672,7 @@ fn check(code: libc::c_int) -> io::Result<()> {
 
 /// Whether the owner of the region mapped by `mapping` is alive: its owner mutex held, and
 /// none of its life mutexes marked by the kernel as left by a dead thread.
+#[inline]
 fn owner_alive(mapping: &Mapping) -> bool {
     life_words(mapping)
         .iter()
@@ -680,6 +681,7 @@ fn owner_alive(mapping: &Mapping) -> bool {
 
 /// The owner mutex's word, which a live owner must hold, then the planes' life mutexes' words,
 /// which it holds only while those planes run.
+#[inline]
 fn life_words(mapping: &Mapping) -> [(&AtomicU32, bool); 1 + LANES] {
     [
         (mapping.word32(C_OWNER_MUTEX), true),
@@ -690,6 +692,7 @@ fn life_words(mapping: &Mapping) -> [(&AtomicU32, bool); 1 + LANES] {
 
 /// True unless a life word's value says its life ended: marked owner-died by the kernel, or, for
 /// a `required` word, not held.
+#[inline]
 fn live_word(value: u32, required: bool) -> bool {
     value & FUTEX_OWNER_DIED == 0 && (!required || value & FUTEX_TID_MASK != 0)
 }
@@ -1199,6 +1202,7 @@ impl Fabric for ShmFabric {
 
     /// The kernel's word: the owner mutex of the mapped life is marked owner-died (or was
     /// released by a clean exit), or the file was retired by a successor.
+    #[inline]
     fn ended_life(&self, peer: ReplicaId) -> Option<u32> {
         let state = self.peers.get(peer as usize)?;
         let mapping = state.mapping.as_deref()?;
