@@ -168,6 +168,7 @@ pub enum Op {
 ///    the background area or inside the log area, a read anywhere below the scratch area.
 /// 4. `OutOfBounds` for a background-plane write into the log area: only the replication plane
 ///    carries the grant (rule 5).
+#[inline]
 pub fn check_post(
     layout: &Layout,
     me: ReplicaId,

@@ -259,6 +259,7 @@ impl Layout {
     }
 
     /// True when `[offset, offset + len)` overlaps the log area.
+    #[inline]
     pub const fn touches_log_area(&self, offset: u32, len: u32) -> bool {
         (offset as u64 + len as u64) > self.log as u64 && offset < self.log + self.log_bytes()
     }

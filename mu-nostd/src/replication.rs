@@ -475,6 +475,9 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         fabric: &mut F,
         sm: &mut S,
     ) {
+        if self.inbox.empty(fabric) {
+            return;
+        }
         let (replicas, me) = (self.log.config.replica_count, self.log.me);
         while let Some((id, status)) = self.inbox.next(fabric, replicas, me) {
             let Some(pending) = self.links.take(id, status) else {

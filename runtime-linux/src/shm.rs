@@ -1091,9 +1091,7 @@ impl ShmFabric {
         }
         status
     }
-}
 
-impl ShmFabric {
     /// Moves waiting completions into `completions` (`Fabric::poll` when some wait).
     fn take_completions(&mut self, completions: &mut [Completion]) -> usize {
         let mut n = 0;
