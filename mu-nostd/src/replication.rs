@@ -17,6 +17,8 @@
 //!   into the transfer, anything older nowhere.
 //! - Work per poll is bounded: scans and applies stop after a fixed number of slots; completions
 //!   are drained in bounded batches.
+//! - A poll skips its work only in a state on which every step of that work returns at once
+//!   (`quiet`); a completion polled on the way waits in the inbox for the next drain.
 
 use crate::config::REPLICAS_MAX;
 use crate::fabric::{Fabric, ReplicaId};
