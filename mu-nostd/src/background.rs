@@ -387,6 +387,8 @@ struct Elected {
 /// What the election reads of the peers (see `census`).
 struct Census {
     alive: u8,
+    /// Replicas that may lead, as far as this replica knows (itself included): voters whose
+    /// heartbeat does not say they are recovering or installing a snapshot.
     voters: u8,
     /// Whose heartbeat or applied position moved within a read timeout (see
     /// [`crate::Shared::lively`]).
@@ -641,13 +643,13 @@ impl<'s> BackgroundPlane<'s> {
 
     /// A snapshot for runtimes and tests.
     pub fn status(&self) -> BackgroundStatus {
-        let alive = self.alive_mask();
+        let census = self.census(self.polled_at, self.own());
         BackgroundStatus {
             heartbeat: self.heartbeat,
             heartbeat_stopped: self.heartbeat_stopped,
             leader: self.leader,
-            alive,
-            voters: self.voter_mask(),
+            alive: census.alive,
+            voters: census.voters,
             holder: self.holder,
             tenure: self.tenure,
             patience: self.patience,
@@ -1064,16 +1066,10 @@ impl<'s> BackgroundPlane<'s> {
     /// switch, on verbs new pairings) a moment later; in the Soft-RoCE guest, where those
     /// switches stall the planes in turn, tenure after tenure.
     fn alive_mask(&self) -> u8 {
-        let mut alive = self.own_alive_bit();
-        for peer in self.others() {
-            if self.peers[peer as usize].counts_alive() {
-                alive |= 1 << peer;
-            }
-        }
-        alive
+        self.census(self.polled_at, self.own()).alive
     }
 
-    /// This replica's bit in `alive_mask`.
+    /// This replica's bit in `alive_mask` (the census's `alive`).
     fn own_alive_bit(&self) -> u8 {
         let counted_out = self.heartbeat_stopped
             && (self.shared.halted().is_some() || self.stop_outlived_detection(self.polled_at));
@@ -1121,19 +1117,7 @@ impl<'s> BackgroundPlane<'s> {
         self.voter && !self.shared.catching_up()
     }
 
-    /// Replicas that may lead, as far as this replica knows (itself included): voters whose
-    /// heartbeat does not say they are recovering or installing a snapshot.
-    fn voter_mask(&self) -> u8 {
-        let mut voters = self.own_voter_bit();
-        for peer in self.others() {
-            if self.peers[peer as usize].counts_voter() {
-                voters |= 1 << peer;
-            }
-        }
-        voters
-    }
-
-    /// This replica's bit in `voter_mask`.
+    /// This replica's bit in the census's `voters`.
     fn own_voter_bit(&self) -> u8 {
         if self.candidate() {
             1 << self.me
@@ -1142,14 +1126,14 @@ impl<'s> BackgroundPlane<'s> {
         }
     }
 
-    /// What the election reads of the peers, gathered in one pass.
-    fn census(&self, now: u64) -> Census {
+    /// What the election reads of the peers, gathered in one pass, with this replica's `own`
+    /// bits.
+    fn census(&self, now: u64, own: Own) -> Census {
         let recent = self.config.detector.read_timeout_ticks as u64;
-        let own = self.own_alive_bit();
         let mut census = Census {
-            alive: own,
-            voters: self.own_voter_bit(),
-            lively: own,
+            alive: own.alive_bit,
+            voters: own.voter_bit,
+            lively: own.alive_bit,
             lively_until: u64::MAX,
             everyone_heard: true,
             header_unknown: false,
@@ -1198,7 +1182,7 @@ impl<'s> BackgroundPlane<'s> {
         let own = self.own();
         if !self.dirty.elect && own == self.elected_own && now < self.elected.until {
             debug_assert_eq!(
-                self.decide(now),
+                self.decide(now, own),
                 self.elected,
                 "an election skipped as unchanged would have decided otherwise"
             );
@@ -1210,7 +1194,7 @@ impl<'s> BackgroundPlane<'s> {
     /// Elects, and publishes the view.
     #[inline(never)]
     fn elect_now(&mut self, now: u64, own: Own) {
-        let elected = self.decide(now);
+        let elected = self.decide(now, own);
         if elected.leader != self.leader {
             info!("leader view: {}", elected.leader);
             self.leader = elected.leader;
@@ -1220,9 +1204,10 @@ impl<'s> BackgroundPlane<'s> {
         (self.elected, self.elected_own, self.dirty.elect) = (elected, own, false);
     }
 
-    /// The election: who is alive, lively and leader as this replica sees it at `now`.
-    fn decide(&self, now: u64) -> Elected {
-        let census = self.census(now);
+    /// The election: who is alive, lively and leader as this replica sees it at `now`, from the
+    /// peers' state and what it reads of this replica (`own`, nothing else of it).
+    fn decide(&self, now: u64, own: Own) -> Elected {
+        let census = self.census(now, own);
         let alive = census.alive;
         let started_at = self.started_at.unwrap_or(now);
         let warm_until = started_at + self.config.detector.read_timeout_ticks as u64;
@@ -1243,10 +1228,10 @@ impl<'s> BackgroundPlane<'s> {
         // admitted itself keeps its tenure). Counted in reads, not time: a plane descheduled
         // for milliseconds by a busy neighbour woke up past a read timeout with the flags of
         // before its admission, bid, and revoked the leader that had just admitted it.
-        if self.voter && !census.settled && self.tenure.is_none() {
+        if own.voter && !census.settled && !own.leading {
             candidates &= !(1 << self.me);
         }
-        let leader = if warming_up || candidates == 0 || self.refused {
+        let leader = if warming_up || candidates == 0 || own.refused {
             None
         } else {
             Some(candidates.trailing_zeros() as u8)

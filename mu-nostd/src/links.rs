@@ -20,10 +20,8 @@ use crate::wrid::{Kind, WrId};
 const PENDING_MAX: usize = 96;
 /// Completions taken from a fabric in one `poll`.
 const COMPLETION_BATCH: usize = 16;
-/// Batches one drain takes at most: bounded work per poll. More than one: `Inbox::empty`
-/// takes the first batch, and the drain may take another.
+/// Batches one drain takes at most: bounded work per poll.
 const COMPLETION_BATCHES_MAX: usize = 8;
-const _: () = assert!(COMPLETION_BATCHES_MAX > 1);
 
 /// A plane's completion drain (both planes have one): hands out the completions of one
 /// bounded drain, polled from the fabric a batch at a time into a buffer kept between drains.
@@ -34,9 +32,9 @@ const _: () = assert!(COMPLETION_BATCHES_MAX > 1);
 ///
 /// One drain polls at most `COMPLETION_BATCHES_MAX` batches; the `None` that ends it resets the
 /// inbox for the next drain. An idle poll asks `empty` first: one poll of the fabric, whose
-/// batch, if any, starts the next drain. Only completions whose id decodes and names another replica of the
-/// cluster come out (a fabric returning a foreign id is ignored); each plane checks the epoch
-/// of its own connections.
+/// batch, if any, starts the next drain. Only completions whose id decodes and names another
+/// replica of the cluster come out (a fabric returning a foreign id is ignored); each plane
+/// checks the epoch of its own connections.
 pub(crate) struct Inbox {
     completions: [Completion; COMPLETION_BATCH],
     /// Completions in the buffer, and the next one to hand out.
@@ -80,10 +78,8 @@ impl Inbox {
                 (self.len, self.next, self.batches, self.last) = (0, 0, 0, false);
                 return None;
             }
-            self.len = fabric.poll(&mut self.completions).min(COMPLETION_BATCH);
-            self.next = 0;
-            self.batches += 1;
-            self.last = self.len < COMPLETION_BATCH || self.batches == COMPLETION_BATCHES_MAX;
+            let len = fabric.poll(&mut self.completions);
+            self.took_batch(len);
         }
     }
 
@@ -97,13 +93,21 @@ impl Inbox {
             return false;
         }
         debug_assert!(self.len == 0 && self.next == 0 && !self.last);
-        let len = fabric.poll(&mut self.completions).min(COMPLETION_BATCH);
+        let len = fabric.poll(&mut self.completions);
         if len == 0 {
-            return true;
+            return true; // Nothing taken: the inbox stays ready for the next drain.
         }
-        (self.len, self.batches) = (len, 1);
-        self.last = len < COMPLETION_BATCH; // Not the drain's last batch of all (see below).
+        self.took_batch(len);
         false
+    }
+
+    /// The fabric just polled `len` completions into the buffer: the drain's next batch.
+    #[inline(always)]
+    fn took_batch(&mut self, len: usize) {
+        self.len = len.min(COMPLETION_BATCH);
+        self.next = 0;
+        self.batches += 1;
+        self.last = self.len < COMPLETION_BATCH || self.batches == COMPLETION_BATCHES_MAX;
     }
 }
 
