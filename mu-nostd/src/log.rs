@@ -596,6 +596,32 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
         self.applied_chain = chain;
     }
 
+    /// Applies at `applied` the one-slot command `sequence` that this replica proposed as
+    /// leader, taking its bytes from the queue it proposed them from: the own log holds the
+    /// same bytes (the leader wrote them there, and nobody else writes there while it leads), so
+    /// they are not loaded and parsed again. `chain` is the chain its slot yields. False, having
+    /// applied nothing, when the command is no longer waiting (decided at an earlier position
+    /// as another tenure's value): its slot is then applied from the log.
+    pub(crate) fn apply_proposed<S: StateMachine>(
+        &mut self,
+        sequence: u64,
+        chain: u64,
+        sm: &mut S,
+    ) -> bool {
+        let Some(index) = self.queue.undecided(sequence) else {
+            return false;
+        };
+        let position = self.applied;
+        self.assembly.active = false; // As any one-slot command does (`apply_slot`).
+        let command = self.queue.payload_at(index);
+        let len = sm.apply(position, command, &mut self.response);
+        sm.committed(sequence, position, &self.response[..len.min(ENTRY)]);
+        self.queue.decide_at(index);
+        self.applied += 1;
+        self.applied_chain = chain;
+        true
+    }
+
     /// Adds a fragment; true when it completed its command. Fragments out of sequence (a
     /// command cut short by a leader change) are dropped the same way on every replica, because
     /// every replica applies the same decided slots.

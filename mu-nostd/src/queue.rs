@@ -144,17 +144,50 @@ impl<const BYTES: usize> RequestQueue<BYTES> {
         self.proposed = 0;
     }
 
+    /// Where the command `sequence` is queued, decided or not.
+    #[inline]
+    fn find(&self, sequence: u64) -> Option<usize> {
+        // The head's sequence numbers the rest: no search.
+        let offset = sequence.checked_sub(self.entries[self.head].sequence)?;
+        if offset >= self.count as u64 {
+            return None;
+        }
+        let index = self.index(offset as usize);
+        assert_eq!(self.entries[index].sequence, sequence);
+        Some(index)
+    }
+
+    /// Where the undecided command `sequence` waits (an index for `payload_at` and
+    /// `decide_at`); `None` when it is not queued (any more) or was decided.
+    #[inline]
+    pub fn undecided(&self, sequence: u64) -> Option<usize> {
+        self.find(sequence)
+            .filter(|&index| !self.entries[index].decided)
+    }
+
+    /// The payload of the entry at `index` (from `undecided`).
+    #[inline]
+    pub fn payload_at(&self, index: usize) -> &[u8] {
+        let entry = self.entries[index];
+        &self.bytes[entry.start as usize..][..entry.len as usize]
+    }
+
+    /// Decides the entry at `index` (from `undecided`) and removes decided ones from the head.
+    #[inline]
+    pub fn decide_at(&mut self, index: usize) {
+        assert!(!self.entries[index].decided, "a command is decided once");
+        self.entries[index].decided = true;
+        self.pop_decided();
+    }
+
     /// The command `sequence` was decided; returns false when it is not queued (anymore).
     pub fn mark_decided(&mut self, sequence: u64) -> bool {
-        for offset in 0..self.count {
-            let index = self.index(offset);
-            if self.entries[index].sequence == sequence {
-                assert!(!self.entries[index].decided, "a command is decided once");
-                self.entries[index].decided = true;
-                return true;
-            }
-        }
-        false
+        let Some(index) = self.find(sequence) else {
+            return false;
+        };
+        assert!(!self.entries[index].decided, "a command is decided once");
+        self.entries[index].decided = true;
+        true
     }
 
     /// Removes decided commands from the head.
@@ -222,6 +255,28 @@ mod tests {
         });
         assert_eq!(&dropped[..n], &[c, d]);
         assert!(!q.mark_decided(c));
+    }
+
+    #[test]
+    fn an_undecided_command_is_found_by_its_sequence_and_decided_in_place() {
+        let mut q = RequestQueue::<64>::new();
+        q.start_sequences_at(10);
+        let a = q.push(&[1; 8]).unwrap();
+        let b = q.push(&[2; 8]).unwrap();
+        assert_eq!((a, b), (10, 11));
+        assert_eq!(q.undecided(9), None, "before the head");
+        assert_eq!(q.undecided(12), None, "past the tail");
+        let at_b = q.undecided(b).unwrap();
+        assert_eq!(q.payload_at(at_b), &[2; 8]);
+        q.decide_at(at_b);
+        assert_eq!(q.undecided(b), None, "decided");
+        assert_eq!(q.len(), 2, "b waits behind a");
+        let at_a = q.undecided(a).unwrap();
+        assert_eq!(q.payload_at(at_a), &[1; 8]);
+        q.decide_at(at_a);
+        assert_eq!(q.len(), 0, "both left from the head");
+        assert_eq!(q.undecided(a), None);
+        assert!(!q.mark_decided(b), "no longer queued");
     }
 
     #[test]

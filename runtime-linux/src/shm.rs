@@ -1008,37 +1008,49 @@ impl ShmFabric {
     /// owner runs the incarnation this connection was made to; a peer that restarted (a new
     /// file) is mapped anew once the connection was reconnected (rule 10: nothing posted on a
     /// connection to an earlier life lands in the new one).
+    // Inlined with the check of a mapping still current, the common case on every post; the
+    // rest is out of line (see `mu-bench instructions`).
+    #[inline]
     fn live_mapping(&mut self, peer: ReplicaId) -> Option<(&Mapping, u64, bool)> {
         let state = &self.peers[peer as usize];
         let replaced = state
             .mapping
             .as_ref()
             .is_none_or(|m| m.word(C_INCARNATION).load(SeqCst) != state.incarnation);
-        if replaced && state.bound {
-            return None;
-        }
         if replaced {
-            let outcome = self.connect(peer);
-            let state = &mut self.peers[peer as usize];
-            state.bound = outcome.is_ok();
-            match outcome {
-                Ok(()) if state.header_only => {}
-                Ok(()) => state.refusal = None,
-                Err(reason) => {
-                    if state.refusal.as_deref() != Some(&reason) && !reason.contains("No such file")
-                    {
-                        eprintln!("replica {}: cannot reach replica {peer}: {reason}", self.me);
-                    }
-                    state.refusal = Some(reason);
-                    return None;
-                }
-            }
+            self.remap(peer)?;
         }
         let state = &self.peers[peer as usize];
         let mapping = state.mapping.as_deref()?;
         owner_alive(mapping).then_some((mapping, state.incarnation, state.header_only))
     }
 
+    /// `live_mapping` for a peer whose mapping is gone or of another life: maps its current
+    /// life unless the connection is bound to the earlier one. `None` when it cannot be reached.
+    #[inline(never)]
+    fn remap(&mut self, peer: ReplicaId) -> Option<()> {
+        if self.peers[peer as usize].bound {
+            return None;
+        }
+        let outcome = self.connect(peer);
+        let state = &mut self.peers[peer as usize];
+        state.bound = outcome.is_ok();
+        match outcome {
+            Ok(()) if state.header_only => {}
+            Ok(()) => state.refusal = None,
+            Err(reason) => {
+                if state.refusal.as_deref() != Some(&reason) && !reason.contains("No such file") {
+                    eprintln!("replica {}: cannot reach replica {peer}: {reason}", self.me);
+                }
+                state.refusal = Some(reason);
+                return None;
+            }
+        }
+        Some(())
+    }
+
+    // Inlined into every post (see `mu-bench instructions`).
+    #[inline]
     fn complete(&mut self, peer: ReplicaId, wr_id: u64, status: Status) {
         let state = &mut self.peers[peer as usize];
         if status != Status::Ok {

@@ -2,7 +2,10 @@
 //! of everything not yet sent; a position is decided when a majority (leader included) holds
 //! it, and applied in order. Rewrites of positions below `fresh_from` go in two steps (decided
 //! marks, then slots), so no write cut short leaves a member's only copy of a decided value
-//! without an intact ballot.
+//! without an intact ballot. A decided one-slot command of this tenure is applied from the
+//! queue it was proposed from, with the chain `propose` computed (no load of the own slot, no
+//! hash); a fragment, a rewrite, or a command decided meanwhile at another position as an
+//! earlier tenure's value is applied from the own log.
 //!
 //! # Invariants
 //! - A position is proposed only while a quorum of members takes writes whose acks count, and
@@ -11,7 +14,7 @@
 //!   there (`fenced`).
 //! - A position is applied only when a quorum holds it, the leader among them.
 
-use super::{count, ring_pieces, Leading, MemberState, ACK_WINDOW, MARKED_REWRITES};
+use super::{count, ring_pieces, Leading, MemberState, Proposal, ACK_WINDOW, MARKED_REWRITES};
 use crate::fabric::{Fabric, ReplicaId};
 use crate::layout::{COMMIT_RECORD_BYTES, RECORD_BYTES};
 use crate::log::encode_commit;
@@ -78,7 +81,12 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 let offset = self.log.layout.slot(position);
                 fabric.store(offset, &sealed);
                 fabric.store(offset + SLOT_HEADER_BYTES, chunk);
-                leader.acks[(position % ACK_WINDOW as u64) as usize] = 1 << me;
+                let window = (position % ACK_WINDOW as u64) as usize;
+                leader.acks[window] = 1 << me;
+                leader.proposals[window] = Proposal {
+                    sequence: if frag_count == 1 { sequence } else { 0 },
+                    chain: leader.next_chain,
+                };
                 leader.next += 1;
             }
             assert!(((leader.next - applied) as usize) < ACK_WINDOW);
@@ -251,15 +259,34 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 return;
             }
             let position = self.log.applied;
-            let (header, chain) = self
-                .log
-                .open_own(fabric, position)
-                .expect("the own log holds what the leader wrote");
-            assert_eq!(
-                header.chain_prev, self.log.applied_chain,
-                "the own log chains"
+            let proposal = leader.proposals[(position % ACK_WINDOW as u64) as usize];
+            debug_assert!(
+                position < leader.fresh_from()
+                    || self
+                        .log
+                        .open_own(fabric, position)
+                        .is_some_and(|(header, chain)| {
+                            let own = header.origin == origin(self.log.me, proposal.sequence);
+                            chain == proposal.chain && (own || proposal.sequence == 0)
+                        }),
+                "the leader applies from its queue what it wrote to its log"
             );
-            self.log.apply_slot(header, chain, sm);
+            let queued = position >= leader.fresh_from()
+                && proposal.sequence != 0
+                && self
+                    .log
+                    .apply_proposed(proposal.sequence, proposal.chain, sm);
+            if !queued {
+                let (header, chain) = self
+                    .log
+                    .open_own(fabric, position)
+                    .expect("the own log holds what the leader wrote");
+                assert_eq!(
+                    header.chain_prev, self.log.applied_chain,
+                    "the own log chains"
+                );
+                self.log.apply_slot(header, chain, sm);
+            }
             self.t.progress_at = now;
         }
     }

@@ -37,7 +37,9 @@
 //!   and late voters; a reset connection clears the member's bits in all three (what it
 //!   answered may come from an earlier life).
 //! - `applied <= next`, `next - applied < ACK_WINDOW`; `acks[p % ACK_WINDOW]` describes `p` only
-//!   for `applied <= p < next`, and always includes the leader itself.
+//!   for `applied <= p < next`, and always includes the leader itself; so does
+//!   `proposals[p % ACK_WINDOW]` for such `p >= fresh_from`, which `propose` wrote, and whose
+//!   chain is the one the own log's slot of `p` yields (debug builds check it at the apply).
 //! - A position is written with this tenure's ballot only after that ballot was written to a
 //!   majority's min-proposal records (unless the tenure adopted nothing and went straight to the
 //!   fast path with the ballot it prepared).
@@ -303,6 +305,9 @@ pub struct Tenure {
     next: u64,
     next_chain: u64,
     acks: [u8; ACK_WINDOW],
+    /// What `propose` wrote at each position from `fresh_from` on, by position modulo
+    /// `ACK_WINDOW` (for `applied <= p < next`): the leader applies it from its queue.
+    proposals: [Proposal; ACK_WINDOW],
     applied_of: [u64; REPLICAS_MAX as usize],
     /// When each peer's applied position was last seen to rise.
     applied_moved_at: [u64; REPLICAS_MAX as usize],
@@ -334,6 +339,15 @@ pub struct Tenure {
     /// the fast path, and it overwrites the oldest positions only: `next - slot_count` bounds
     /// the rest.
     held_from: Option<u64>,
+}
+
+/// A position that `propose` wrote: the command's sequence when it took the slot alone
+/// (0 for a fragment of a larger one, which is applied from the own log), and the chain the
+/// slot yields.
+#[derive(Clone, Copy, Debug)]
+struct Proposal {
+    sequence: u64,
+    chain: u64,
 }
 
 /// A recount of the voters' promises for a recovering member that joined after the prepare.
@@ -481,6 +495,10 @@ impl Tenure {
             next: applied,
             next_chain: chain,
             acks: [0; ACK_WINDOW],
+            proposals: [Proposal {
+                sequence: 0,
+                chain: 0,
+            }; ACK_WINDOW],
             applied_of: [0; REPLICAS_MAX as usize],
             // No sign of life before one is seen: a peer this tenure cannot read (crashed) must
             // not hold the log back for `op_timeout_ticks` after every fail-over.
@@ -645,6 +663,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 
     /// Takes the completions of this tenure's operations (those of anything else are dropped).
     fn drain<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        if self.inbox.empty(fabric) {
+            return; // Most polls: one look at the fabric, no drain to set up.
+        }
         let (replicas, me) = (self.log.config.replica_count, self.log.me);
         while let Some((id, status)) = self.inbox.next(fabric, replicas, me) {
             let Some(pending) = self.links.take(id, status) else {
