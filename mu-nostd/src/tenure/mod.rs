@@ -54,6 +54,7 @@
 pub mod admission;
 pub mod fast_path;
 pub mod prepare;
+pub mod quiet;
 pub mod recycling;
 pub mod survey;
 
@@ -200,7 +201,7 @@ impl core::fmt::Display for TenurePhase {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Member {
     state: MemberState,
     /// Behind by more than a lap (this log no longer holds what it needs). It gets no log
@@ -290,7 +291,9 @@ enum Phase {
 /// - [`fast_path`]: proposing queued commands, the per-member log writes (fresh positions and
 ///   rewrites), decisions and the commit record;
 /// - [`recycling`]: reading the replicas' applied positions, holding the log back for the
-///   slowest live one, lap notices and repairs of members that lost a slot.
+///   slowest live one, lap notices and repairs of members that lost a slot;
+/// - [`quiet`]: the gate that lets an idle leader's polls skip the work they would not do.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Tenure {
     tenure: u32,
     phase: Phase,
@@ -339,19 +342,23 @@ pub struct Tenure {
     /// the fast path, and it overwrites the oldest positions only: `next - slot_count` bounds
     /// the rest.
     held_from: Option<u64>,
+    /// Polls before this time find nothing to do while the leader's view (`quiet_confirmed`
+    /// granted) and the state stay as the last full poll left them (see `quiet`); 0: no gate.
+    quiet_until: u64,
+    quiet_confirmed: u8,
 }
 
 /// A position that `propose` wrote: the command's sequence when it took the slot alone
 /// (0 for a fragment of a larger one, which is applied from the own log), and the chain the
 /// slot yields.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Proposal {
     sequence: u64,
     chain: u64,
 }
 
 /// A recount of the voters' promises for a recovering member that joined after the prepare.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Recount {
     member: ReplicaId,
     answered: u8,
@@ -516,6 +523,8 @@ impl Tenure {
             streaming_from: None,
             recount: None,
             held_from: None,
+            quiet_until: 0,
+            quiet_confirmed: 0,
         }
     }
 
@@ -601,6 +610,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 
     fn lead<F: Fabric, S: StateMachine>(&mut self, now: u64, fabric: &mut F, sm: &mut S) {
         let applied_before = self.log.applied;
+        let posts_before = self.links.posts();
+        self.t.quiet_until = 0;
         self.discount_own_pause(now);
         self.drain(now, fabric);
         let posts = self.links.posts();
@@ -640,6 +651,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
         self.post_commit_record(now, fabric, self.log.applied != applied_before);
         self.tend_members(now, fabric);
+        if self.links.posts() == posts_before && self.log.applied == applied_before {
+            self.arm_quiet(); // A poll that did nothing: the next ones may not need to.
+        }
     }
 
     /// A leader that was not polled for a while (descheduled, stopped) watched nothing
