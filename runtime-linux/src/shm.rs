@@ -1010,7 +1010,7 @@ impl ShmFabric {
     /// connection to an earlier life lands in the new one).
     // Inlined with the check of a mapping still current, the common case on every post; the
     // rest is out of line (see `mu-bench instructions`).
-    #[inline]
+    #[inline(always)]
     fn live_mapping(&mut self, peer: ReplicaId) -> Option<(&Mapping, u64, bool)> {
         let state = &self.peers[peer as usize];
         let replaced = state
