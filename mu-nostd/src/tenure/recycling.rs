@@ -2,8 +2,9 @@
 //!
 //! The leader writes position `p` only when every replica showing a sign of life (a
 //! moving heartbeat, or a rising applied position) has applied `p - slot_count` (it reads their
-//! published applied positions every `recycle_period_ticks`); a failed replica does not hold the
-//! log back. A replica that comes back more than a lap behind gets no log writes (writing older
+//! published applied positions every `recycle_period_ticks`, and at every poll while this holds
+//! a queued command back, so that the command waits for their progress, not for a period); a
+//! failed replica does not hold the log back. A replica that comes back more than a lap behind gets no log writes (writing older
 //! positions over its slots could destroy values a newer leader decided there) but a lap notice
 //! in its log header (under its grant, so a deposed leader cannot halt it), and halts (it needs
 //! a state transfer); it does not hold the log back either.
@@ -136,9 +137,10 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
     }
 
-    /// Every `recycle_period_ticks` (off the fast path's polls in between): reads the applied
-    /// positions, admits recovered members (their applied positions change only through these
-    /// reads) and recounts members that joined recovering.
+    /// Every `recycle_period_ticks` (off the fast path's polls in between), and at the end of a
+    /// poll whose `propose` recycling held back: reads the applied positions, admits recovered
+    /// members (their applied positions change only through these reads) and recounts members
+    /// that joined recovering.
     pub(super) fn tend_members<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let period = self.log.config.recycle_period_ticks as u64;
         if now < self.t.recycle_at {
