@@ -514,6 +514,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
     /// there, leaving its payload to the apply: the position word tells a poll with nothing new
     /// at once. A later lap is believed only of a header its acceptance record vouches for.
     fn open_new<F: Fabric>(&mut self, fabric: &mut F, position: u64) -> Result<Opened, SlotError> {
+        if self.unwritten(fabric, position) {
+            return Err(SlotError::Empty); // The end of a walk, seen in one word.
+        }
         let head = &mut self.slot[..SLOT_HEADER_BYTES as usize];
         fabric.load(self.layout.slot(position), head);
         if slot::probe(head, position) == Err(SlotError::Empty) {
