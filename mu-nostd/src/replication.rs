@@ -258,7 +258,9 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     }
 
     /// Debug builds, after a leader's poll that its gate let skip: runs the full poll all the
-    /// same, and asserts that it posted nothing and changed nothing that the skip did not.
+    /// same, and asserts that it posted nothing and changed nothing that the skip did not. A
+    /// runtime's background plane runs on another thread: if it changed the leader's view
+    /// meanwhile, the full poll saw another state than the gate did, and nothing is asserted.
     #[inline(never)]
     fn check_quiet_leader<F: Fabric, S: StateMachine>(
         &mut self,
@@ -266,13 +268,16 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         fabric: &mut F,
         sm: &mut S,
     ) {
+        let view = self.tenure.as_ref().map(Tenure::quiet_view);
         let before = (self.tenure.clone(), self.links.posts(), self.log.applied);
         self.work(now, fabric, sm);
         let after = (self.tenure.clone(), self.links.posts(), self.log.applied);
-        assert!(
-            before == after,
-            "a leader's poll skipped as quiet would have done work"
-        );
+        if self.shared.lead() == view {
+            assert!(
+                before == after,
+                "a leader's poll skipped as quiet would have done work"
+            );
+        }
     }
 
     /// The poll's work, out of line so that a quiet poll saves no registers for it.

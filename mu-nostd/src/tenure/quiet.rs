@@ -21,20 +21,29 @@
 //! - Every full poll disarms it first; only a full poll that posted and applied nothing
 //!   arms it again.
 //! - A gated poll changes the tenure exactly as the full poll would: debug builds run the full
-//!   poll instead and assert that it changed nothing else and posted nothing
-//!   (`ReplicationPlane::poll`).
+//!   poll after it and assert that it changed nothing else and posted nothing, unless the
+//!   background plane (another thread in a runtime) changed the view in between
+//!   (`ReplicationPlane::check_quiet_leader`).
 
 use super::{Leading, MemberState, Tenure};
 use crate::shared::Lead;
 
 impl Tenure {
+    /// The background plane's view under which the gate was armed: this tenure, granted by
+    /// `quiet_confirmed`.
+    pub(crate) fn quiet_view(&self) -> Lead {
+        Lead {
+            tenure: self.tenure,
+            confirmed: self.quiet_confirmed,
+        }
+    }
+
     /// True when a poll at `now` finds nothing to do, given the background plane's view `lead`
     /// and what else the plane checked (no completion, nothing queued); the poll's only effect,
     /// noting the time, is done.
     #[inline(always)]
     pub(crate) fn quiet_poll(&mut self, now: u64, lead: Option<Lead>, read_period: u64) -> bool {
-        let view =
-            lead.is_some_and(|l| l.tenure == self.tenure && l.confirmed == self.quiet_confirmed);
+        let view = lead == Some(self.quiet_view());
         if now >= self.quiet_until || !view || now.saturating_sub(self.polled_at) > read_period {
             return false;
         }
