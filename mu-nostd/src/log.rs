@@ -359,10 +359,13 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
     /// position from which this replica needs a snapshot instead, when the log was recycled
     /// past it.
     ///
-    /// A lapped follower is sent nothing but lap notices, so its replays find nothing new: only
+    /// A lapped follower is sent nothing but lap notices, so its replays apply nothing: only
     /// such a replay reads the lap notice, at most once every `recycle_period_ticks` (the
     /// period at which a leader writes it), which keeps it off the polls of a follower that
-    /// keeps up.
+    /// keeps up. "Applies nothing", not "finds nothing new": a slot whose header is intact but
+    /// whose payload was damaged is walked again at every replay and refused at its apply, and
+    /// a lapped leader never rewrites it (simulator seed 6032, with a leader that tends its
+    /// members less often).
     pub(crate) fn replay<F: Fabric, S: StateMachine>(
         &mut self,
         now: u64,
@@ -382,13 +385,6 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
                 Err(floor) => return Some(floor),
             }
         };
-        if !walked.advanced && now >= self.lap_check_at {
-            self.lap_check_at = now + self.config.recycle_period_ticks as u64;
-            if let Some(floor) = self.lapped_by_notice(fabric) {
-                self.refusals.lap_notices = self.refusals.lap_notices.wrapping_add(1);
-                return Some(floor);
-            }
-        }
         let mut stopped = walked.stopped;
         let applied_before = self.applied;
         let decided_end = self.commit_known.min(walked.end);
@@ -411,12 +407,21 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
             self.forget_walk();
             break;
         }
-        // A replay that neither found nor applied anything walks from `applied` again next
-        // time, so that commit points the leader rewrote into walked slots (a repair, a new
-        // tenure's rewrite) are seen. An idle follower has nothing between `applied` and the
-        // end to read again.
-        if !walked.advanced && self.applied == applied_before {
-            self.forget_walk();
+        if self.applied == applied_before {
+            // A replay that neither found nor applied anything walks from `applied` again
+            // next time, so that commit points the leader rewrote into walked slots (a repair,
+            // a new tenure's rewrite) are seen. An idle follower has nothing between `applied`
+            // and the end to read again.
+            if !walked.advanced {
+                self.forget_walk();
+            }
+            if now >= self.lap_check_at {
+                self.lap_check_at = now + self.config.recycle_period_ticks as u64;
+                if let Some(floor) = self.lapped_by_notice(fabric) {
+                    self.refusals.lap_notices = self.refusals.lap_notices.wrapping_add(1);
+                    return Some(floor);
+                }
+            }
         }
         self.note_stop(stopped);
         None

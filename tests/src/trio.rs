@@ -67,6 +67,16 @@ impl<'s> Trio<'s> {
     /// Like [`Trio::run`], but the background planes of the replicas in `starved` (bit per id)
     /// are not polled, as on a host that keeps their threads from a core.
     pub fn run_starving(&mut self, ticks: u64, starved: u8) {
+        self.run_polling(ticks, starved, 0);
+    }
+
+    /// Like [`Trio::run`], but the replicas in `paused` (bit per id) are not polled at all, as
+    /// for a stopped process: the others still read and write their regions.
+    pub fn run_pausing(&mut self, ticks: u64, paused: u8) {
+        self.run_polling(ticks, 0, paused);
+    }
+
+    fn run_polling(&mut self, ticks: u64, starved: u8, paused: u8) {
         for _ in 0..ticks {
             self.tick += 1;
             self.world.advance(self.tick);
@@ -74,6 +84,9 @@ impl<'s> Trio<'s> {
                 let Some(r) = self.replicas[i as usize].as_mut() else {
                     continue;
                 };
+                if paused & (1 << i) != 0 {
+                    continue;
+                }
                 if starved & (1 << i) == 0 {
                     r.background
                         .poll(self.tick, &mut self.world.fabric(i, Plane::Background));

@@ -5,6 +5,7 @@
 //! yet, a byte of its value there is flipped (the follower hashes a value when it applies it). Follower 2's status must then name the
 //! position and the reason (`Blocked::Torn`), count the slot once however many polls stop
 //! there, and, once the leader's repair rewrote the slot, go on applying with the block gone.
+//! A follower blocked so after the leader lapped it gets no repair: it must take the lap notice.
 
 use mu_nostd::slot::SLOT_HEADER_BYTES;
 use mu_nostd::{Blocked, Layout};
@@ -70,4 +71,65 @@ fn a_damaged_slot_is_named_counted_once_and_repaired() {
         trio.replica(0).replication.status().applied_chain,
         "2 applied the same log"
     );
+}
+
+/// A lapped follower stopped at a damaged slot still reads its lap notice (simulator seed 6032,
+/// with a leader that tended its members less often than this one: the follower walked the
+/// slot's intact header at every poll, found its value damaged when it came to apply it, and
+/// only a poll that walked nothing new read the notice, so it waited forever).
+///
+/// Follower 2 stops (is not polled) after applying everything; the leader writes it a lap of
+/// positions, then, once 2 shows no sign of life, decides on past it and marks it lapped. The
+/// value at 2's applied position is then damaged in 2's log, with its header intact, and 2
+/// resumes: nobody rewrites a lapped member's slots, so only the lap notice gets it going, by
+/// a state transfer. (The recorder these tests apply to keeps no snapshot, so the transfer
+/// itself does not finish here; `transfer.rs` and the simulator install them.)
+#[test]
+fn a_lapped_follower_blocked_at_a_damaged_slot_takes_the_lap_notice() {
+    const FOLLOWER: u8 = 2;
+    let shared = Trio::shared(0);
+    let config = Trio::config();
+    let layout = Layout::new(&config);
+    let mut trio = Trio::new(config, Faults::gentle(), &shared);
+    trio.formed();
+    trio.commit(0, FOLLOWER, b"before the pause");
+    let position = trio.replica(FOLLOWER).replication.status().applied;
+    assert_eq!(position, trio.replica(0).replication.status().applied);
+    let member_lapped = |t: &Trio| {
+        t.replica(0)
+            .replication
+            .leader_status()
+            .is_some_and(|s| s.members[FOLLOWER as usize].lapped)
+    };
+    let mut submitted = 0;
+    while !member_lapped(&trio) {
+        assert!(submitted < 100 * config.slot_count, "0 never lapped 2");
+        if trio.replica(0).replication.status().queued == 0 {
+            let command = format!("while 2 is stopped {submitted}");
+            trio.replica_mut(0)
+                .replication
+                .submit(command.as_bytes())
+                .expect("the leader takes it");
+            submitted += 1;
+        }
+        trio.run_pausing(1, 1 << FOLLOWER);
+    }
+    let slot = layout.slot(position) as usize;
+    let size = config.slot_size as usize;
+    let region = trio.world.region_mut(FOLLOWER);
+    assert!(
+        mu_nostd::slot::open(&region[slot..slot + size], position).is_ok(),
+        "0 wrote 2 the position it stopped at before lapping it"
+    );
+    region[slot + SLOT_HEADER_BYTES as usize] ^= 0x5A;
+    let asked = trio.run_until(20 * config.op_timeout_ticks as u64, |t| {
+        t.replica(FOLLOWER).replication.status().transfers > 0
+    });
+    let status = trio.replica(FOLLOWER).replication.status();
+    assert!(
+        asked.is_some(),
+        "2 stays blocked at {position}, never taking the lap notice: {status:?}"
+    );
+    assert_eq!(status.refusals.lap_notices, 1, "2 took the lap notice once");
+    assert!(status.catching_up, "2 installs a snapshot: {status:?}");
 }
