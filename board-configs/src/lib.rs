@@ -22,7 +22,7 @@
 //! entry_slots_max = 8        # most slots one command may span
 //! pipeline_depth = 16        # most written-but-undecided slots in flight
 //! op_timeout_ticks = 2000    # a replication operation outstanding this long aborts
-//! permission_retry_ticks = 1000  # a permission request or ack unanswered this long is resent
+//! permission_retry_ticks = 1000  # a permission request or ack unanswered this long is resent (at most op_timeout_ticks)
 //! recycle_period_ticks = 100 # how often the leader reads applied positions to recycle the log
 //! transfer_chunk_bytes = 65536 # optional (default 1024): bytes of a state-transfer chunk
 //! transfer_window = 8        # optional (default 2): chunks a donor keeps ready ahead

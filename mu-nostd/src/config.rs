@@ -65,7 +65,8 @@ pub struct Config {
     pub pipeline_depth: u16,
     /// A replication-plane operation outstanding longer than this aborts what waited for it.
     pub op_timeout_ticks: u32,
-    /// How long a permission request or an ack waits before it is posted again.
+    /// How long a permission request or an ack waits before it is posted again, and a member a
+    /// tenure lost before it is asked again; at most `op_timeout_ticks`.
     pub permission_retry_ticks: u32,
     /// How often the leader reads the replicas' applied positions to recycle the log.
     pub recycle_period_ticks: u32,
@@ -255,6 +256,17 @@ impl Config {
             "permission_retry_ticks",
             "must be > 0",
         )?;
+        // A tenure's set-up deadlines are `op_timeout_ticks`, doubled to 4 times at most after
+        // set-ups that failed: a member lost during one (a read failed on a pairing the
+        // tenure's own grant closed, routinely on verbs) must be asked again well within it.
+        // With 5 times `op_timeout_ticks` the simulator saw every tenure end in its survey
+        // (`sim --wide-timing`, seed 25 of 271c718's generator: 300 against 60).
+        check(
+            self.permission_retry_ticks <= self.op_timeout_ticks,
+            "permission_retry_ticks",
+            "must be at most op_timeout_ticks (a member lost while a tenure sets up is asked \
+             again after it; longer, and no set-up deadline leaves room for that)",
+        )?;
         check(
             self.recycle_period_ticks > 0,
             "recycle_period_ticks",
@@ -376,6 +388,11 @@ mod tests {
         c.slot_count = 512;
         c.entry_slots_max = 129;
         assert_eq!(c.validate().unwrap_err().field, "entry_slots_max");
+        let mut c = Config::new(3);
+        c.permission_retry_ticks = c.op_timeout_ticks + 1;
+        assert_eq!(c.validate().unwrap_err().field, "permission_retry_ticks");
+        c.permission_retry_ticks = c.op_timeout_ticks;
+        assert!(c.validate().is_ok(), "a retry as long as the timeout");
         let mut c = Config::new(3);
         c.detector.score_max = 255;
         c.detector.recover_above = 254;
