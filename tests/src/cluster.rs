@@ -167,6 +167,38 @@ impl Scenario {
         scenario
     }
 
+    /// The scenario of `seed` with its timing drawn from wider ranges than `generate`'s one
+    /// setting (operation timeout 120 ticks, permission retry 60, recycle period 10; the
+    /// detector reads every 10): operation timeout 40 to 400 ticks, permission retry 10 to 300,
+    /// recycle period 1 to 100. The rest of the scenario is `generate(seed)`'s. A diagnostic
+    /// (`sim --wide-timing`), not part of the suite: some of these settings still fail on
+    /// liveness (see `sim.rs`).
+    pub fn generate_wide(seed: u64) -> Scenario {
+        let mut scenario = Scenario::generate(seed);
+        let mut rng = Rng::new(seed ^ 0x7131_4E60);
+        let mut pick = |choices: &[u32]| choices[rng.below(choices.len() as u64) as usize];
+        let config = &mut scenario.config;
+        config.op_timeout_ticks = pick(&[40, 60, 120, 240, 400]);
+        // At most the operation timeout: `Config::validate` refuses more.
+        config.permission_retry_ticks = pick(&[10, 30, 60, 150, 300]).min(config.op_timeout_ticks);
+        config.recycle_period_ticks = pick(&[1, 3, 10, 30, 100]);
+        assert!(config.validate().is_ok(), "{config:?}");
+        // The simulated fabric pairs within an operation timeout (as the fabric contract
+        // describes verbs): a pairing drawn for the default timeout may be too long now.
+        let timeout = config.op_timeout_ticks as u64;
+        if scenario.faults.pairing_ticks >= timeout {
+            scenario.faults.pairing_ticks = rng.range(1, timeout);
+        }
+        // Deadlines up to four times longer than the default ones need longer phases to heal
+        // and settle in.
+        let longest = timeout.max(2 * config.permission_retry_ticks as u64);
+        let stretch = longest.div_ceil(120).max(1);
+        scenario.settle_ticks *= stretch;
+        scenario.live_ticks *= stretch;
+        scenario.drain_ticks *= stretch;
+        scenario
+    }
+
     /// A quiet scenario: `n` replicas, no random faults, gentle world; tests add what they need.
     pub fn quiet(n: u8, slot_count: u32) -> Scenario {
         let mut config = Config::new(n);
@@ -334,6 +366,11 @@ pub fn run(seed: u64, trace: bool) -> (Report, Option<String>) {
     run_scenario(seed, Scenario::generate(seed), trace)
 }
 
+/// Runs seed `seed` with its timing drawn wide (`Scenario::generate_wide`).
+pub fn run_wide(seed: u64, trace: bool) -> (Report, Option<String>) {
+    run_scenario(seed, Scenario::generate_wide(seed), trace)
+}
+
 /// Runs `scenario` with the randomness of `seed`.
 pub fn run_scenario(seed: u64, scenario: Scenario, trace: bool) -> (Report, Option<String>) {
     let n = scenario.config.replica_count;
@@ -431,7 +468,7 @@ impl<'s> Sim<'s> {
         }
         let s = sim.scenario.clone();
         sim.note(format_args!(
-            "seed {seed}: {} replicas, slots {} x {} B, entry <= {} slots, pipeline {}, faulty {:?}, {} clients, fault phase {} ticks, corruption {}/1000, garbage start {}, {:?}",
+            "seed {seed}: {} replicas, slots {} x {} B, entry <= {} slots, pipeline {}, faulty {:?}, {} clients, fault phase {} ticks, corruption {}/1000, garbage start {}, {:?}, op timeout {} ticks, permission retry {} ticks, recycle period {} ticks",
             config.replica_count,
             config.slot_count,
             config.slot_size,
@@ -443,6 +480,9 @@ impl<'s> Sim<'s> {
             s.corrupt_per_mille,
             s.garbage_start,
             s.faults,
+            config.op_timeout_ticks,
+            config.permission_retry_ticks,
+            config.recycle_period_ticks,
         ));
         sim
     }
@@ -863,12 +903,12 @@ impl<'s> Sim<'s> {
                         .filter(|&m| m != id)
                         .map(|m| {
                             let s = status.members[m];
-                            let state = if s.lapped {
-                                "lapped"
-                            } else if s.active {
-                                "active"
-                            } else {
-                                "-"
+                            // Where it stands when not active: lost, being surveyed...
+                            let state = match (s.lapped, s.active) {
+                                (true, true) => "lapped".to_string(),
+                                (true, false) => format!("lapped {:?}", s.state),
+                                (false, true) => "active".to_string(),
+                                (false, false) => format!("{:?}", s.state),
                             };
                             let role = if s.voter { "voter" } else { "recovering" };
                             format!("{m}:{state} {role} sent {} applied {}", s.sent, s.applied)
