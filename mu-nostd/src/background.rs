@@ -1464,7 +1464,6 @@ impl<'s> BackgroundPlane<'s> {
     // ---- delivery of requests and acks -------------------------------------------------------
 
     fn send_outgoing<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
-        let retry = self.config.permission_retry_ticks as u64;
         for peer in self.others() {
             let state = &self.peers[peer as usize];
             if !state.request.pending() && !state.ack.pending() {
@@ -1477,7 +1476,9 @@ impl<'s> BackgroundPlane<'s> {
                 };
                 let due = match outgoing.send {
                     Send::Due => true,
-                    Send::InFlight { posted_at } if now.saturating_sub(posted_at) > retry => {
+                    Send::InFlight { posted_at }
+                        if now.saturating_sub(posted_at) > self.write_patience() =>
+                    {
                         self.reconnect(peer, fabric);
                         true
                     }
@@ -1488,6 +1489,16 @@ impl<'s> BackgroundPlane<'s> {
                 }
             }
         }
+    }
+
+    /// How long a request or ack write may stay in flight before it is given up, with its
+    /// connection. No shorter than a heartbeat read's timeout: a permission retry below that
+    /// reconnected writes that were merely slow, each reconnect counted the peer's heartbeat
+    /// read as a miss and paired anew (reads failing meanwhile), and detectors flapped until no
+    /// tenure lasted (`sim --wide-timing`, seeds 186, 280 and 18 more of 2,000, retry 10 ticks).
+    fn write_patience(&self) -> u64 {
+        (self.config.permission_retry_ticks as u64)
+            .max(self.config.detector.read_timeout_ticks as u64)
     }
 
     /// Writes the replication plane's latest transfer request into its donor's background area,

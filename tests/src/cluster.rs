@@ -170,9 +170,8 @@ impl Scenario {
     /// The scenario of `seed` with its timing drawn from wider ranges than `generate`'s one
     /// setting (operation timeout 120 ticks, permission retry 60, recycle period 10; the
     /// detector reads every 10): operation timeout 40 to 400 ticks, permission retry 10 to 300,
-    /// recycle period 1 to 100. The rest of the scenario is `generate(seed)`'s. A diagnostic
-    /// (`sim --wide-timing`), not part of the suite: some of these settings still fail on
-    /// liveness (see `sim.rs`).
+    /// recycle period 1 to 100. The rest of the scenario is `generate(seed)`'s (`sim
+    /// --wide-timing`; the CI runs as many seeds of it as of `generate`).
     pub fn generate_wide(seed: u64) -> Scenario {
         let mut scenario = Scenario::generate(seed);
         let mut rng = Rng::new(seed ^ 0x7131_4E60);
@@ -189,9 +188,12 @@ impl Scenario {
         if scenario.faults.pairing_ticks >= timeout {
             scenario.faults.pairing_ticks = rng.range(1, timeout);
         }
-        // Deadlines up to four times longer than the default ones need longer phases to heal
-        // and settle in.
-        let longest = timeout.max(2 * config.permission_retry_ticks as u64);
+        // Deadlines and periods up to four times longer than the default ones need longer
+        // phases to heal and settle in (a replica that catches up by snapshots waits for the
+        // leader's periodic reads of its progress).
+        let longest = timeout
+            .max(2 * config.permission_retry_ticks as u64)
+            .max(2 * config.recycle_period_ticks as u64);
         let stretch = longest.div_ceil(120).max(1);
         scenario.settle_ticks *= stretch;
         scenario.live_ticks *= stretch;

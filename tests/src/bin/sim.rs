@@ -4,25 +4,17 @@
 //! sim --seeds N [--start S]        run seeds S..S+N on every core; exit 1 on a violation
 //! sim --seed S [--trace]           run one seed; print its report (and its trace)
 //! sim ... --expect-violation       for planted defects: exit 0 only if some seed is caught
-//! sim ... --wide-timing            each seed's scenario with its timing drawn wide
+//! sim ... --wide-timing            each seed's scenario with its timings drawn wide
 //! ```
 //!
-//! `--wide-timing` (`Scenario::generate_wide`) is a diagnostic, not part of the test suite:
-//! with some timings the cluster still stops making progress (liveness; no safety violation was
-//! seen). Of seeds 0..2,000 of this generator, 20 fail (the first: 186, 280, 288, 347, 466),
-//! every one with a permission retry of 10 ticks (one detector read period) and pairings of 54
-//! to 118 ticks. Seed 186 (5 replicas, all recovering after the fault phase, operation timeout
-//! 60, pairings of 56 ticks), traced with `MU_SIM_TRACE_EVERY=1`: tenure after tenure ends in
-//! its survey. The one member surveyed goes from Surveying to Lost every 13 ticks or so (each
-//! read, posted while its pairing is under way, fails at once, and it is asked again at every
-//! retry) until it pairs; the others never confirm the permission request; and the leader's
-//! detector rates peers failed within the tenure (alive 0011111, then 0001111, then 0000111),
-//! which ends it. Not traced further. Retries of a lost member that back off (doubling up to
-//! the operation timeout) were tried, with an earlier draft of this generator: two failing
-//! seeds then passed, a third still failed (one follower never confirmed; tenures ended every
-//! 200 to 250 ticks), and the default scenario's seed 5637 ended with a replica never admitted.
-//! (A permission retry longer than the operation timeout, which made every tenure end in its
-//! survey, is refused by `Config::validate`.)
+//! `--wide-timing` (`Scenario::generate_wide`) draws the operation timeout, permission retry
+//! and recycle period per seed instead of using the one setting of the default scenarios. It
+//! found two liveness defects of timings no default seed has: a permission retry longer than
+//! the operation timeout made every tenure end in its survey (now refused by
+//! `Config::validate`), and a permission retry shorter than a heartbeat read's timeout made the
+//! background plane reconnect permission writes that were merely slow, so that detectors
+//! flapped and no tenure lasted (seeds 186, 280, 288, 347, 466 and 15 more of 0..2,000; now a
+//! write in flight is given up no sooner than a heartbeat read).
 //!
 //! With `--trace`, the environment variable `MU_SIM_TRACE_EVERY=N` prints each leader's member
 //! table every N ticks (default 100).
