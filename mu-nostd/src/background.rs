@@ -1491,18 +1491,23 @@ impl<'s> BackgroundPlane<'s> {
         }
     }
 
-    /// How long a request or ack write may stay in flight before it is given up, with its
-    /// connection. No shorter than a heartbeat read's timeout: a permission retry below that
-    /// reconnected writes that were merely slow, each reconnect counted the peer's heartbeat
-    /// read as a miss and paired anew (reads failing meanwhile), and detectors flapped until no
-    /// tenure lasted (`sim --wide-timing`, seeds 186, 280 and 18 more of 2,000, retry 10 ticks).
+    /// How long a permission request, ack or transfer request write may stay in flight before
+    /// it is given up, with its connection: `permission_retry_ticks`, but no less than two
+    /// heartbeat read periods. A retry of one read period reconnected writes that were merely
+    /// slow; each reconnect counted the peer's heartbeat read as a miss and paired anew (reads
+    /// failing meanwhile), detectors flapped until no tenure lasted (`sim --wide-timing`, seeds
+    /// 186, 280 and 18 more of 2,000, retry 10 ticks), and a transfer started over and over
+    /// (seed 15605). A floor of a heartbeat read's timeout (four periods) also fixed those,
+    /// but it would have changed `mu demo`'s and `mu failover`'s timing (2 ms retries, reads
+    /// every 1 ms), and the verbs guest's only run with it took 13.3 ms at p50 to switch
+    /// permissions, against 4.2 and 6.3 ms in the two runs before (3 fail-overs each).
     fn write_patience(&self) -> u64 {
         (self.config.permission_retry_ticks as u64)
-            .max(self.config.detector.read_timeout_ticks as u64)
+            .max(2 * self.config.detector.read_period_ticks as u64)
     }
 
     /// Writes the replication plane's latest transfer request into its donor's background area,
-    /// one write at a time, again after a failure or `permission_retry_ticks` without an answer.
+    /// one write at a time, again after a failure or `write_patience` without an answer.
     fn send_transfer_request<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let landed = self.transfer_request.landed;
         let Some((seq, donor, value)) = self.shared.transfer_request(landed) else {
@@ -1512,7 +1517,7 @@ impl<'s> BackgroundPlane<'s> {
             return;
         }
         if let Some((_, posted_to, posted_at)) = self.transfer_request.in_flight {
-            let late = now.saturating_sub(posted_at) > self.config.permission_retry_ticks as u64;
+            let late = now.saturating_sub(posted_at) > self.write_patience();
             if !late && posted_to == donor {
                 return; // The newer value follows once this one is answered.
             }

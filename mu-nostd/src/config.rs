@@ -66,7 +66,7 @@ pub struct Config {
     /// A replication-plane operation outstanding longer than this aborts what waited for it.
     pub op_timeout_ticks: u32,
     /// How long a permission request or an ack waits before it is posted again (one whose write
-    /// is still in flight, at least `detector.read_timeout_ticks`), and a member a tenure lost
+    /// is still in flight, at least two detector read periods), and a member a tenure lost
     /// before it is asked again; at most `op_timeout_ticks`.
     pub permission_retry_ticks: u32,
     /// How often the leader reads the replicas' applied positions to recycle the log.

@@ -11,10 +11,11 @@
 //! and recycle period per seed instead of using the one setting of the default scenarios. It
 //! found two liveness defects of timings no default seed has: a permission retry longer than
 //! the operation timeout made every tenure end in its survey (now refused by
-//! `Config::validate`), and a permission retry shorter than a heartbeat read's timeout made the
-//! background plane reconnect permission writes that were merely slow, so that detectors
-//! flapped and no tenure lasted (seeds 186, 280, 288, 347, 466 and 15 more of 0..2,000; now a
-//! write in flight is given up no sooner than a heartbeat read).
+//! `Config::validate`), and a permission retry of one heartbeat read period made the background
+//! plane reconnect permission and transfer-request writes that were merely slow, so that
+//! detectors flapped and no tenure lasted (seeds 186, 280, 288, 347, 466 and 15 more of
+//! 0..2,000) or a transfer started over and over (seed 15605); now such a write is given up no
+//! sooner than two read periods.
 //!
 //! With `--trace`, the environment variable `MU_SIM_TRACE_EVERY=N` prints each leader's member
 //! table every N ticks (default 100).
