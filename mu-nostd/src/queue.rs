@@ -175,9 +175,14 @@ impl<const BYTES: usize> RequestQueue<BYTES> {
     /// Decides the entry at `index` (from `undecided`) and removes decided ones from the head.
     #[inline]
     pub fn decide_at(&mut self, index: usize) {
+        self.set_decided(index);
+        self.pop_decided();
+    }
+
+    #[inline]
+    fn set_decided(&mut self, index: usize) {
         assert!(!self.entries[index].decided, "a command is decided once");
         self.entries[index].decided = true;
-        self.pop_decided();
     }
 
     /// The command `sequence` was decided; returns false when it is not queued (anymore).
@@ -185,8 +190,7 @@ impl<const BYTES: usize> RequestQueue<BYTES> {
         let Some(index) = self.find(sequence) else {
             return false;
         };
-        assert!(!self.entries[index].decided, "a command is decided once");
-        self.entries[index].decided = true;
+        self.set_decided(index);
         true
     }
 

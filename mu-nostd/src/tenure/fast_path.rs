@@ -298,6 +298,14 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
     }
 
+    /// When `peer`'s commit record, though current, is written again (`post_commit_record`): a
+    /// write into its log is how the leader learns that its grant was revoked meanwhile.
+    #[inline]
+    pub(super) fn commit_probe_at(&self, peer: ReplicaId) -> u64 {
+        let sent_at = self.t.members[peer as usize].commit_sent_at;
+        sent_at.saturating_add(self.log.config.permission_retry_ticks as u64)
+    }
+
     /// When the leader is idle, followers learn the last commit point from the commit record
     /// (otherwise they would lag one command behind until the next one); it is written from the
     /// poll after the one that decided the last position (`just_decided`), since a command
@@ -327,13 +335,12 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
         let applied = self.log.applied;
         let offset = self.log.layout.commit_record();
-        let probe_period = self.log.config.permission_retry_ticks as u64;
         let mut staged = false;
         for peer in self.log.others() {
+            let probe_due = now >= self.commit_probe_at(peer);
             let leader = &mut *self.t;
             let member = leader.members[peer as usize];
             let in_flight = leader.commit_inflight & (1 << peer) != 0;
-            let probe_due = now.saturating_sub(member.commit_sent_at) >= probe_period;
             if member.state != MemberState::Active
                 || member.sent < applied
                 || (member.commit_sent >= applied && !probe_due)

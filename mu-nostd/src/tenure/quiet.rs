@@ -74,8 +74,6 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             return None;
         }
         let slot_count = self.log.config.slot_count as u64;
-        let probe_period = self.log.config.permission_retry_ticks as u64;
-        let patience = self.log.config.op_timeout_ticks as u64;
         let mut until = leader.recycle_at;
         for peer in self.log.others() {
             if self.links.front(peer).is_some() {
@@ -95,11 +93,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                     if member.commit_sent < applied {
                         return None; // Its commit record, to post.
                     }
-                    until = until.min(member.commit_sent_at.saturating_add(probe_period));
+                    until = until.min(self.commit_probe_at(peer));
                     if peer_applied < applied {
-                        // Repaired once it did not apply what it holds for `patience` ticks.
-                        let since = leader.applied_moved_at[p].max(leader.started_at);
-                        until = until.min(since.saturating_add(patience + 1));
+                        until = until.min(self.repair_due_at(peer));
                     }
                 }
                 _ => return None,

@@ -1,13 +1,13 @@
 //! Recycling: how far the fast path may write, and what a replica left a lap behind gets.
 //!
-//! The leader writes position `p` only when every replica showing a sign of life (a
-//! moving heartbeat, or a rising applied position) has applied `p - slot_count` (it reads their
+//! The leader writes position `p` only when every replica showing a sign of life (a moving
+//! heartbeat, or a rising applied position) has applied `p - slot_count` (it reads their
 //! published applied positions every `recycle_period_ticks`, and at every poll while this holds
 //! a queued command back, so that the command waits for their progress, not for a period); a
-//! failed replica does not hold the log back. A replica that comes back more than a lap behind gets no log writes (writing older
-//! positions over its slots could destroy values a newer leader decided there) but a lap notice
-//! in its log header (under its grant, so a deposed leader cannot halt it), and halts (it needs
-//! a state transfer); it does not hold the log back either.
+//! failed replica does not hold the log back. A replica that comes back more than a lap behind
+//! gets no log writes (writing older positions over its slots could destroy values a newer
+//! leader decided there) but a lap notice in its log header (under its grant, so a deposed
+//! leader cannot write one), and installs a snapshot; it does not hold the log back either.
 //!
 //! # Invariants
 //! - No position is written over one that a replica showing a sign of life has not applied.
@@ -104,16 +104,24 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         floor
     }
 
+    /// When `peer`, if it holds what it was sent without applying it, is taken for stuck
+    /// (`resync_if_stuck`): `op_timeout_ticks` after its applied position last rose, or after
+    /// the tenure started.
+    #[inline]
+    pub(super) fn repair_due_at(&self, peer: ReplicaId) -> u64 {
+        let leader = &*self.t;
+        let since = leader.applied_moved_at[peer as usize].max(leader.started_at);
+        since.saturating_add(self.log.config.op_timeout_ticks as u64 + 1)
+    }
+
     /// A member that holds what it was sent but does not apply it for `op_timeout_ticks` lost a
     /// slot (damaged, or a write dropped by a reset): send everything from its applied position
     /// again, if this log still holds it.
     pub(super) fn resync_if_stuck<F: Fabric>(&mut self, now: u64, peer: ReplicaId, fabric: &mut F) {
-        let patience = self.log.config.op_timeout_ticks as u64;
+        let stuck = now >= self.repair_due_at(peer);
         let leader = &*self.t;
         let p = peer as usize;
         let (applied, member, next) = (leader.applied_of[p], leader.members[p], leader.next);
-        let since = leader.applied_moved_at[p].max(leader.started_at);
-        let stuck = now.saturating_sub(since) > patience;
         // It cannot apply past what is decided: a member waiting for a decision lost nothing
         // (and a repair of it, counted as progress, would hide a tenure that decides nothing;
         // simulator seed 17601).
