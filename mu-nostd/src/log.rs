@@ -553,8 +553,16 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
 
     /// The commit record vouches for positions below its commit point when this replica's
     /// chain through `commit - 1` is the one it carries.
+    ///
+    /// Only a record whose commit point is `scanned_end` can tell anything, so its commit word
+    /// is looked at first: a streaming follower learns commit points from the slots and, while
+    /// its leader is busy, finds the record behind them (it is written only when the leader is
+    /// idle), which one word tells without loading and checking the whole record.
     fn read_commit_record<F: Fabric>(&mut self, fabric: &mut F, scanned_end: u64, chain: u64) {
         let offset = self.layout.commit_record();
+        if fabric.load_word(offset) != scanned_end {
+            return;
+        }
         let mut bytes = [0u8; COMMIT_RECORD_BYTES as usize];
         fabric.load(offset, &mut bytes);
         if let Some((commit, commit_chain)) = decode_commit(offset, &bytes) {
