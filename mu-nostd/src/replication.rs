@@ -155,7 +155,10 @@ pub struct ReplicationPlane<'s, const SLOT: usize, const ENTRY: usize, const QUE
     /// Cached once true: a standing is never withdrawn within a life.
     voter: bool,
     published_applied: Option<u64>,
+    /// When the published applied position is refreshed even if unchanged.
     publish_at: u64,
+    /// While leading, a changed applied position waits until then (see `publish_applied`).
+    publish_held_until: u64,
     /// This replica's life, and its transfer attempts: a transfer's nonce is unique to both.
     pub(crate) incarnation: u32,
     pub(crate) attempts: u32,
@@ -185,6 +188,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             voter: false,
             published_applied: None,
             publish_at: 0,
+            publish_held_until: 0,
             incarnation: 0,
             attempts: 0,
             transfer: None,
@@ -494,14 +498,24 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         self.shared.halt(reason);
     }
 
-    /// True when the published applied position is current and need not be refreshed yet.
+    /// True when the applied position need not be published now: the published one is
+    /// current and not due for a refresh, or a leader's publication is held back.
     #[inline(always)]
     fn applied_published(&self, now: u64) -> bool {
-        self.published_applied == Some(self.log.applied) && now < self.publish_at
+        let current = self.published_applied == Some(self.log.applied) && now < self.publish_at;
+        current || (self.tenure.is_some() && now < self.publish_held_until)
     }
 
     /// Publishes the applied position when it changes, and every `recycle_period_ticks` anyway
     /// (a damaged record heals).
+    ///
+    /// A leader publishes a change at most every half of the shorter of the detector's read
+    /// period and the recycle period, not at every commit. Every reader of the record takes a
+    /// position that lags as one it read a little earlier: peers' detectors see it move within
+    /// each read period (a starved background thread's leader still shows progress), and a
+    /// later leader's recycling only holds back more. Followers publish every change: a leader
+    /// that recycling holds back waits for exactly that.
+    #[inline(always)]
     fn publish_applied<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         if self.applied_published(now) {
             return;
@@ -510,7 +524,13 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         let offset = self.log.layout.applied();
         fabric.store(offset, &record::encode(offset, applied));
         self.published_applied = Some(applied);
-        self.publish_at = now + self.log.config.recycle_period_ticks as u64;
+        let config = &self.log.config;
+        self.publish_at = now + config.recycle_period_ticks as u64;
+        let hold = config
+            .recycle_period_ticks
+            .min(config.detector.read_period_ticks)
+            / 2;
+        self.publish_held_until = now + hold as u64;
     }
 
     // ---- a follower's connections (state transfer) -------------------------------------------
