@@ -185,13 +185,29 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         voters
     }
 
-    /// Waits for a quorum of voters (this replica among them) to answer the promise read; with
-    /// too few voters, for every replica (rule 4 of "Recovery").
+    /// The members of `members` that can take this tenure's writes. A lapped member gets none
+    /// (lap notices only) until it installed a snapshot, and then not what the prepare planned
+    /// for it (`resend_from`): a prepare that counted it towards its quorum could adopt a value
+    /// that no quorum can then take, and wait out its deadline (simulator seed 13397: the
+    /// ballot went to one member and two lapped ones while two others joined, unplanned).
+    fn writable(&self, members: u8) -> u8 {
+        let leader = &*self.t;
+        let mut lapped = 0u8;
+        for peer in self.log.others() {
+            if leader.members[peer as usize].lapped {
+                lapped |= 1 << peer;
+            }
+        }
+        members & !lapped
+    }
+
+    /// Waits for a quorum of voters (this replica among them) that can take its writes to
+    /// answer the promise read; with too few voters, for every replica (rule 4 of "Recovery").
     pub(super) fn step_promises<F: Fabric>(&mut self, now: u64, late: bool, fabric: &mut F) {
         let voters = self.voter_replies();
         let everyone = self.everyone_else();
         let leader = &*self.t;
-        if leader.voter && self.quorum_with(voters) {
+        if leader.voter && self.quorum_with(self.writable(voters)) {
             self.write_min_proposal(now, voters, fabric);
         } else if leader.replies == everyone {
             info!(
@@ -206,12 +222,13 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     }
 
     /// True when the answers of `members` (plus this replica) suffice for a prepare step: a
-    /// quorum, or every replica in a `full` prepare.
+    /// quorum of members that can take this tenure's writes (`writable`), or every replica in
+    /// a `full` prepare.
     pub(super) fn promised(&self, members: u8) -> bool {
         if self.t.full {
             return members == self.everyone_else();
         }
-        self.quorum_with(members)
+        self.quorum_with(self.writable(members))
     }
 
     /// A ballot above `floor`, above every ballot this replica promised, unique to this replica.
