@@ -12,14 +12,17 @@
 //!    configuration hash, check). A replica trusts nothing of a peer before that peer's header
 //!    matched its own configuration.
 //! 2. **Posted, never blocking.** `write` and `read` return at once and complete later through
-//!    `poll`, carrying the caller's `wr_id`. A write takes its bytes from the writer's own region at
+//!    `poll`, carrying the caller's `wr_id` (or, for a write a fabric did whole within its post,
+//!    through the answer of `write_done`, under rule 3). A write takes its bytes from the writer's own region at
 //!    `local_offset`, at any moment until it completes (DMA reads late): the core does not change
 //!    those bytes meanwhile, and when it does anyway (a new tenure rewrites a slot), checksums reject
 //!    the mixture. A read lands in the reader's own region at `local_offset`; its bytes mean
 //!    something only after a successful completion. A successful write completion means the bytes
 //!    are in the peer's region.
 //! 3. **Per-peer completion order.** Operations of one plane to one peer complete in the order
-//!    posted. Nothing is ordered across peers or planes. The core does *not* rely on the order in
+//!    posted. Nothing is ordered across peers or planes. A write that `write_done` answers is
+//!    the connection's next completion: a fabric answers so only when it has nothing of that
+//!    connection left to report through `poll`. The core does *not* rely on the order in
 //!    which the bytes of different writes become visible: the slot chain (below) makes a follower
 //!    wait for the slot it needs whatever order they land in.
 //! 4. **Torn bytes.** The bytes of one write may land in any order and a read may see a write half
@@ -258,6 +261,27 @@ pub trait Fabric {
         len: u32,
         wr_id: u64,
     ) -> Result<(), PostError>;
+
+    /// Posts a write as [`Fabric::write`] does; a fabric that did the whole write within the
+    /// post may answer how it ended, `Ok(Some(status))`, instead of reporting it through `poll`
+    /// (which then never reports it; a `Denied` or `Failed` broke the connection, rule 6). It
+    /// answers so only when it has nothing of the same connection left to report through
+    /// `poll`, so that the answer is the connection's next completion (rule 3). Provided: a
+    /// `write`, whose completion comes through `poll` (`Ok(None)`).
+    ///
+    /// Why: on shared memory a write is the writer's own copy, done before `write` returns;
+    /// queuing its completion and polling it back cost more than copying a small command.
+    fn write_done(
+        &mut self,
+        peer: ReplicaId,
+        local_offset: u32,
+        remote_offset: u32,
+        len: u32,
+        wr_id: u64,
+    ) -> Result<Option<Status>, PostError> {
+        self.write(peer, local_offset, remote_offset, len, wr_id)
+            .map(|()| None)
+    }
 
     /// Posts a read of `len` bytes of `peer`'s region at `remote_offset` into this replica's
     /// region at `local_offset`.

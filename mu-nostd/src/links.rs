@@ -11,6 +11,12 @@
 //!   refused, never queued.
 //! - A broken connection takes no new posts until it is reset (`drop`), which happens only once
 //!   what was outstanding on it drained, or when it is dropped on purpose.
+//! - A write the fabric did within its post (`Fabric::write_done`) waits in the done list, in
+//!   the order posted, until a drain takes it; a broken connection with such a write waiting is
+//!   `Draining`, since it may be the `Denied` that ends a tenure. Such a write is posted only on
+//!   a connection with nothing pending and outside a drain, and a drain takes the done list (to
+//!   empty) before the fabric's completions: a connection's completions are still taken in the
+//!   order posted.
 
 use crate::config::REPLICAS_MAX;
 use crate::fabric::{Completion, Fabric, PostError, ReplicaId, Status};
@@ -22,6 +28,8 @@ const PENDING_MAX: usize = 96;
 const COMPLETION_BATCH: usize = 16;
 /// Batches one drain takes at most: bounded work per poll.
 const COMPLETION_BATCHES_MAX: usize = 8;
+/// Writes done within their post that wait for a drain; more are posted as plain writes.
+const DONE_MAX: usize = 16;
 
 /// A plane's completion drain (both planes have one): hands out the completions of one
 /// bounded drain, polled from the fabric a batch at a time into a buffer kept between drains.
@@ -101,6 +109,13 @@ impl Inbox {
         false
     }
 
+    /// True when no drain is under way and nothing was polled ahead of one: a write done
+    /// within its post now cannot overtake a completion of its connection that waits here.
+    #[inline(always)]
+    pub(crate) fn idle(&self) -> bool {
+        self.batches == 0
+    }
+
     /// The fabric just polled `len` completions into the buffer: the drain's next batch.
     #[inline(always)]
     fn took_batch(&mut self, len: usize) {
@@ -135,6 +150,25 @@ impl Pending {
     };
 }
 
+/// A write the fabric did within its post, waiting for a drain to take its completion.
+#[derive(Clone, Copy, Debug)]
+struct Done {
+    peer: ReplicaId,
+    /// The connection's epoch when it was posted: a reset since drops it.
+    epoch: u16,
+    pending: Pending,
+    status: Status,
+}
+
+impl Done {
+    const NONE: Done = Done {
+        peer: 0,
+        epoch: 0,
+        pending: Pending::NONE,
+        status: Status::Failed,
+    };
+}
+
 /// One operation to post: what it is for and the bytes it moves.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Work {
@@ -158,6 +192,8 @@ struct Connection {
     pending: [Pending; PENDING_MAX],
     head: usize,
     len: usize,
+    /// Its writes in the done list.
+    done: u8,
 }
 
 impl Connection {
@@ -167,6 +203,7 @@ impl Connection {
         pending: [Pending::NONE; PENDING_MAX],
         head: 0,
         len: 0,
+        done: 0,
     };
 
     // Inlined on the commit path (callgrind counted the call: `mu-bench instructions`).
@@ -209,12 +246,19 @@ pub(crate) struct Links {
     connections: [Connection; REPLICAS_MAX as usize],
     /// Operations posted so far (wrapping): a poll that posted nothing has nothing to drain.
     posts: u32,
+    /// Writes done within their post, oldest first from `done_head`.
+    done: [Done; DONE_MAX],
+    done_head: usize,
+    done_len: usize,
 }
 
 impl Links {
     pub(crate) const NEW: Links = Links {
         connections: [Connection::NEW; REPLICAS_MAX as usize],
         posts: 0,
+        done: [Done::NONE; DONE_MAX],
+        done_head: 0,
+        done_len: 0,
     };
 
     /// Operations posted so far, wrapping: compare two readings to tell whether any was.
@@ -224,7 +268,7 @@ impl Links {
 
     pub(crate) fn readiness(&self, peer: ReplicaId) -> Readiness {
         let connection = &self.connections[peer as usize];
-        match (connection.broken, connection.len) {
+        match (connection.broken, connection.len + connection.done as usize) {
             (false, _) => Readiness::Open,
             (true, 0) => Readiness::Broken,
             (true, _) => Readiness::Draining,
@@ -233,6 +277,8 @@ impl Links {
 
     /// Posts `work` to `peer` for `tenure` (0: a state transfer) on an open connection; false
     /// when it could not be posted now (full, busy, or the connection broke: see `readiness`).
+    /// With `done_ok`, a write may be done within its post (see the module's invariants); the
+    /// caller passes it only outside a drain (`Inbox::idle`).
     // Inlined on the commit path (callgrind counted the call: `mu-bench instructions`).
     #[inline]
     pub(crate) fn post<F: Fabric>(
@@ -242,6 +288,7 @@ impl Links {
         peer: ReplicaId,
         tenure: u32,
         work: Work,
+        done_ok: bool,
     ) -> bool {
         let connection = &mut self.connections[peer as usize];
         if connection.broken || connection.len == PENDING_MAX {
@@ -254,23 +301,42 @@ impl Links {
             tag: work.tag,
         }
         .encode();
-        let posted = if work.kind.is_write() {
-            fabric.write(peer, work.local, work.remote, work.len, id)
-        } else {
+        let (start, end) = work.range;
+        let pending = Pending {
+            kind: work.kind,
+            tenure,
+            tag: work.tag,
+            start,
+            end,
+            posted_at: now,
+        };
+        let posted = if !work.kind.is_write() {
             fabric.read(peer, work.remote, work.local, work.len, id)
+        } else if done_ok && connection.len == 0 && self.done_len < DONE_MAX {
+            match fabric.write_done(peer, work.local, work.remote, work.len, id) {
+                Ok(Some(status)) => {
+                    connection.done += 1;
+                    let epoch = connection.epoch;
+                    self.posts = self.posts.wrapping_add(1);
+                    self.done[(self.done_head + self.done_len) % DONE_MAX] = Done {
+                        peer,
+                        epoch,
+                        pending,
+                        status,
+                    };
+                    self.done_len += 1;
+                    return true;
+                }
+                Ok(None) => Ok(()),
+                Err(error) => Err(error),
+            }
+        } else {
+            fabric.write(peer, work.local, work.remote, work.len, id)
         };
         match posted {
             Ok(()) => {
                 self.posts = self.posts.wrapping_add(1);
-                let (start, end) = work.range;
-                connection.push(Pending {
-                    kind: work.kind,
-                    tenure,
-                    tag: work.tag,
-                    start,
-                    end,
-                    posted_at: now,
-                });
+                connection.push(pending);
                 true
             }
             Err(PostError::Broken) => {
@@ -279,6 +345,40 @@ impl Links {
             }
             Err(_) => false,
         }
+    }
+
+    /// The oldest write done within its post that a drain has not taken, with its peer and
+    /// how it ended, as `take` would hand out its completion; writes of a connection reset
+    /// since are skipped.
+    #[inline(always)]
+    pub(crate) fn take_done(&mut self) -> Option<(ReplicaId, Pending, Status)> {
+        while self.done_len > 0 {
+            let done = self.done[self.done_head];
+            self.done_head = (self.done_head + 1) % DONE_MAX;
+            self.done_len -= 1;
+            let connection = &mut self.connections[done.peer as usize];
+            if done.epoch != connection.epoch {
+                continue; // Its connection was reset, which dropped it.
+            }
+            assert!(connection.done > 0);
+            connection.done -= 1;
+            if done.status != Status::Ok {
+                connection.broken = true;
+            }
+            return Some((done.peer, done.pending, done.status));
+        }
+        None
+    }
+
+    /// True when writes done within their post wait for a drain.
+    pub(crate) fn any_done(&self) -> bool {
+        self.done_len > 0
+    }
+
+    /// Forgets the writes done within their post (their tenure ended): a failed one still
+    /// breaks its connection, as its completion would have.
+    pub(crate) fn forget_done(&mut self) {
+        while self.take_done().is_some() {}
     }
 
     /// What a completion of `id` finished: the front of its connection, unless it comes from
@@ -326,6 +426,7 @@ impl Links {
         connection.epoch = connection.epoch.wrapping_add(1);
         connection.head = 0;
         connection.len = 0;
+        connection.done = 0;
         connection.broken = false;
         // Only fails for a peer outside the cluster, which no caller names.
         let reconnected = fabric.reconnect(peer);

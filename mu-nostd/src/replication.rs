@@ -474,6 +474,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// peer's log later (a peer that grants this replica again would let it in), and no read
     /// lands in the own log after the background plane may have granted it to a peer.
     fn fence_tenure<F: Fabric>(&mut self, fabric: &mut F) {
+        self.links.forget_done(); // Landed already: nothing to fence.
         for peer in self.log.others() {
             if self.links.front(peer).is_some() {
                 self.links.drop(peer, fabric);
@@ -585,7 +586,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             remote,
             len,
         };
-        self.links.post(now, fabric, peer, 0, work)
+        self.links.post(now, fabric, peer, 0, work, false)
     }
 
     /// Drops what a state transfer has outstanding to `peer`: none of it lands any more.

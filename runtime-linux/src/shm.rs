@@ -1134,6 +1134,29 @@ impl Fabric for ShmFabric {
         Ok(())
     }
 
+    /// The copy is done within every post; its completion is answered at once unless one
+    /// of an earlier post to `peer` waits to be polled (the order of rule 3).
+    fn write_done(
+        &mut self,
+        peer: ReplicaId,
+        local_offset: u32,
+        remote_offset: u32,
+        len: u32,
+        wr_id: u64,
+    ) -> Result<Option<Status>, PostError> {
+        self.check_post(Op::Write, peer, (local_offset, remote_offset, len))?;
+        let status = self.copy_to_peer(peer, local_offset, remote_offset, len);
+        let state = &mut self.peers[peer as usize];
+        if state.waiting > 0 {
+            self.complete(peer, wr_id, status);
+            return Ok(None);
+        }
+        if status != Status::Ok {
+            state.broken = true;
+        }
+        Ok(Some(status))
+    }
+
     fn read(
         &mut self,
         peer: ReplicaId,

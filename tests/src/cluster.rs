@@ -164,6 +164,11 @@ impl Scenario {
         if rng.chance(1, 4) {
             scenario.faults.pairing_ticks = rng.range(1, config.op_timeout_ticks as u64);
         }
+        // Drawn after that, for the same reason: half the seeds have writes done within their
+        // post (`Fabric::write_done`), as on shared memory, at random among those that may be.
+        if rng.chance(1, 2) {
+            scenario.faults.done_writes_per_mille = [250, 500, 1000][rng.below(3) as usize];
+        }
         scenario
     }
 
@@ -273,6 +278,8 @@ pub struct Report {
     pub halts: u32,
     /// The highest applied position of any replica at the end (how far the log went).
     pub max_applied: u64,
+    /// Writes the fabric did within their post (`Fabric::write_done`).
+    pub done_writes: u64,
     /// The first broken invariant, if any.
     pub violation: Option<Violation>,
 }
@@ -1162,6 +1169,7 @@ impl<'s> Sim<'s> {
             .map(|n| n.replica.replication.status().applied)
             .max()
             .unwrap_or(0);
+        self.report.done_writes = self.world.stats().done_writes;
         let majority_runs = running.len() as u8 >= self.scenario.config.quorum();
         if majority_runs || !self.scenario.pairwise_cuts {
             self.check_liveness_and_convergence(&running);

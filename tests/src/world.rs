@@ -55,6 +55,10 @@ pub struct Faults {
     /// verbs handshake does, and the owner models verbs' permissions: a grant to a writer it
     /// revoked while that writer could write closes the writer's pairing, which pairs anew.
     pub pairing_ticks: u64,
+    /// Chance per thousand that a write which may be done within its post
+    /// (`Fabric::write_done`: nothing of its connection outstanding or waiting to be polled,
+    /// no pairing, no cut aimed at it) is, as shared memory does every write.
+    pub done_writes_per_mille: u32,
 }
 
 impl Default for Faults {
@@ -67,6 +71,7 @@ impl Default for Faults {
             notice_delay_max: 400,
             notice_lost_per_mille: 250,
             pairing_ticks: 0,
+            done_writes_per_mille: 0,
         }
     }
 }
@@ -100,8 +105,10 @@ pub struct Stats {
     pub failed: u64,
     /// Ops that landed fully but whose completion was lost.
     pub lost_completions: u64,
-    /// Completions delivered to a completion queue.
+    /// Completions delivered to a completion queue, or answered by `Fabric::write_done`.
     pub completions: u64,
+    /// Writes that `Fabric::write_done` answered (done within their post).
+    pub done_writes: u64,
 }
 
 /// Identifies an op in the slab; the generation makes ids of freed ops stale.
@@ -614,6 +621,52 @@ impl World {
         Ok(conn)
     }
 
+    /// A write that `Fabric::write_done` may answer at once, if the draw says so: when nothing of
+    /// its connection is outstanding or waits to be polled (nothing of its plane, to keep it
+    /// simple), the connection is not being paired and no cut is aimed at it, the write comes
+    /// due whole at once, with every check of a piece that comes due. If it completes then, the
+    /// completion is the answer; if not (it went silent, is stuck behind a partition, or lost
+    /// its completion), it stays posted, as any other write.
+    fn post_done(
+        &mut self,
+        me: u8,
+        plane: Plane,
+        request: Request,
+    ) -> Result<Option<Status>, PostError> {
+        let per_mille = self.faults.done_writes_per_mille;
+        let conn = self.conn_index(me, request.peer, plane);
+        let quiet = per_mille > 0
+            && self.conns[conn].queue.is_empty()
+            && self.ready[me as usize * 2 + plane_index(plane)].is_empty()
+            && !self.pairing(conn)
+            && self
+                .cut
+                .is_none_or(|c| (c.poster, c.peer) != (me, request.peer))
+            && self.check_post(me, plane, &request).is_ok();
+        if !quiet || !self.rng.chance(per_mille, 1000) {
+            return self.post(me, plane, request).map(|()| None);
+        }
+        let len = request.len;
+        let id = self.accept(me, plane, conn, request);
+        if self.faults.pairing_ticks > 0 {
+            self.conns[conn].used = true;
+        }
+        self.ops.get_mut(id).expect("just accepted").pieces_left = 1;
+        self.piece_due(Piece {
+            op: id,
+            start: 0,
+            len,
+        });
+        let Some(Fate::Done(status)) = self.ops.get(id).map(|op| op.fate) else {
+            return Ok(None);
+        };
+        assert_eq!(self.conns[conn].queue.pop_front(), Some(id), "the only op");
+        self.ops.remove(id);
+        self.stats.completions += 1;
+        self.stats.done_writes += 1;
+        Ok(Some(status))
+    }
+
     /// Accepts an op and schedules its pieces, or refuses it at post time.
     fn post(&mut self, me: u8, plane: Plane, request: Request) -> Result<(), PostError> {
         let conn = match self.check_post(me, plane, &request) {
@@ -623,37 +676,13 @@ impl World {
                 return Err(error);
             }
         };
-        let Request {
-            kind,
-            peer,
-            local,
-            remote,
-            len,
-            wr_id,
-        } = request;
-        let op = Op {
-            kind,
-            poster: me,
-            peer,
-            conn,
-            local,
-            remote,
-            wr_id,
-            pieces_left: 0,
-            // Remembered so that a revoke after this post fences the op even if a grant follows.
-            revokes: self.revokes[peer as usize * self.n as usize + me as usize],
-            fate: Fate::Running,
-            due: 0,
-            cut: false,
-        };
+        let (kind, peer, remote, len) = (request.kind, request.peer, request.remote, request.len);
         let cut = self.cut.filter(|c| {
             kind == Kind::Write
                 && (c.poster, c.peer) == (me, peer)
                 && (remote..remote.saturating_add(len)).contains(&c.at)
         });
-        let id = self.ops.insert(op);
-        self.conns[conn].queue.push_back(id);
-        self.stats.ops_posted += 1;
+        let id = self.accept(me, plane, conn, request);
         if self.pairing(conn) {
             // Accepted and failed at once, as the verbs fabric does for a requester being
             // paired (the connection does not break).
@@ -678,6 +707,38 @@ impl World {
             self.schedule(tick, Event::Piece(Piece { op: id, start, len }));
         }
         Ok(())
+    }
+
+    /// Queues an op that passed the post checks on its connection, with no piece yet.
+    fn accept(&mut self, me: u8, plane: Plane, conn: usize, request: Request) -> OpId {
+        debug_assert_eq!(conn, self.conn_index(me, request.peer, plane));
+        let Request {
+            kind,
+            peer,
+            local,
+            remote,
+            wr_id,
+            ..
+        } = request;
+        let op = Op {
+            kind,
+            poster: me,
+            peer,
+            conn,
+            local,
+            remote,
+            wr_id,
+            pieces_left: 0,
+            // Remembered so that a revoke after this post fences the op even if a grant follows.
+            revokes: self.revokes[peer as usize * self.n as usize + me as usize],
+            fate: Fate::Running,
+            due: 0,
+            cut: false,
+        };
+        let id = self.ops.insert(op);
+        self.conns[conn].queue.push_back(id);
+        self.stats.ops_posted += 1;
+        id
     }
 
     /// True while `conn` is being paired or was closed by its owner (only with `pairing_ticks`).
@@ -1055,6 +1116,25 @@ impl SimFabric<'_> {
 }
 
 impl Fabric for SimFabric<'_> {
+    fn write_done(
+        &mut self,
+        peer: ReplicaId,
+        local_offset: u32,
+        remote_offset: u32,
+        len: u32,
+        wr_id: u64,
+    ) -> Result<Option<Status>, PostError> {
+        let request = Request {
+            kind: Kind::Write,
+            peer,
+            local: local_offset,
+            remote: remote_offset,
+            len,
+            wr_id,
+        };
+        self.world.post_done(self.me, self.plane, request)
+    }
+
     fn write(
         &mut self,
         peer: ReplicaId,

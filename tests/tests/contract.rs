@@ -24,6 +24,7 @@ impl Sim {
     fn with(test: &'static str, index: u16, config: Config, faults: Faults) -> Sim {
         let faults = Faults {
             lost_completion_per_mille: 0,
+            done_writes_per_mille: 500,
             ..faults
         };
         let layout = Layout::new(&config);

@@ -675,8 +675,21 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         leader.progress_at = (leader.progress_at + gap).min(now);
     }
 
-    /// Takes the completions of this tenure's operations (those of anything else are dropped).
+    /// Takes the completions of this tenure's operations (those of anything else are dropped):
+    /// first of the writes done within their post, to the last (those posted meanwhile
+    /// included), then the fabric's.
     fn drain<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+        while let Some((peer, pending, status)) = self.links.take_done() {
+            if pending.tenure != self.t.tenure {
+                continue;
+            }
+            // The fast path's log write, without the call (`complete` does the same with it).
+            if pending.kind == Kind::WriteLog && status == Status::Ok {
+                self.ack_range(peer, pending.start, pending.end);
+            } else {
+                self.complete(now, peer, pending, status, fabric);
+            }
+        }
         if self.inbox.empty(fabric) {
             return; // Most polls: one look at the fabric, no drain to set up.
         }
@@ -783,7 +796,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             remote,
             len,
         };
-        self.links.post(now, fabric, peer, self.t.tenure, work)
+        let done_ok = self.inbox.idle();
+        self.links
+            .post(now, fabric, peer, self.t.tenure, work, done_ok)
     }
 
     /// An operation past its deadline resets its connection; a member that had work of this

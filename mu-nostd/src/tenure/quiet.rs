@@ -70,7 +70,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         let leader = &*self.t;
         let applied = self.log.applied;
         let idle = leader.fast_path() && applied == leader.next && self.log.queue.len() == 0;
-        if !idle || leader.doomed || leader.recount.is_some() {
+        if !idle || leader.doomed || leader.recount.is_some() || self.links.any_done() {
             return None;
         }
         let slot_count = self.log.config.slot_count as u64;

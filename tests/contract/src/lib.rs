@@ -121,6 +121,18 @@ impl<F: Fabric + ?Sized> Fabric for Lend<'_, F> {
         self.0.write(peer, local_offset, remote_offset, len, wr_id)
     }
 
+    fn write_done(
+        &mut self,
+        peer: ReplicaId,
+        local_offset: u32,
+        remote_offset: u32,
+        len: u32,
+        wr_id: u64,
+    ) -> Result<Option<Status>, PostError> {
+        self.0
+            .write_done(peer, local_offset, remote_offset, len, wr_id)
+    }
+
     fn read(
         &mut self,
         peer: ReplicaId,
@@ -195,6 +207,7 @@ macro_rules! suite {
             grant_and_revoke_of_no_other_replica_do_nothing
             each_plane_polls_only_its_own_completions
             a_live_peer_has_no_ended_life
+            writes_done_within_their_post_keep_the_order
         );
     };
     (@each $harness:ty, $attrs:tt, ) => {};
@@ -260,6 +273,19 @@ impl<H: Harness> Cluster<H> {
         self.h
             .fabric(r, plane)
             .write(peer, local, remote, len, wr_id)
+    }
+
+    fn write_done(
+        &mut self,
+        r: ReplicaId,
+        plane: Plane,
+        peer: ReplicaId,
+        (local, remote, len): (u32, u32, u32),
+        wr_id: u64,
+    ) -> Result<Option<Status>, PostError> {
+        self.h
+            .fabric(r, plane)
+            .write_done(peer, local, remote, len, wr_id)
     }
 
     fn read(
@@ -1326,6 +1352,63 @@ pub mod rules {
             }
         }
         c.assert_quiet("after both planes' work");
+    }
+
+    /// Rules 2, 3 and 6 for `write_done`: a write it answers landed whole by the answer and is
+    /// never reported by `poll`; a write posted behind one not yet reported is not answered,
+    /// and comes through `poll` after it; a refused write is `Denied` either way and breaks
+    /// the connection.
+    pub fn writes_done_within_their_post_keep_the_order<H: Harness>() {
+        let mut c = Cluster::<H>::start("writes_done_within_their_post_keep_the_order", 14);
+        let l = c.l;
+        let bytes = pattern(512, 7);
+        c.store(0, l.scratch, &bytes);
+        c.post_write(0, BG, 1, (l.scratch, l.background, 16), 1);
+        let behind = c.write_done(0, BG, 1, (l.scratch + 16, l.background + 16, 16), 2);
+        assert_eq!(
+            behind,
+            Ok(None),
+            "{}: answered behind a write not polled",
+            c.at()
+        );
+        let done = c.complete(0, BG, 2);
+        assert_eq!(ids(&done), [1, 2], "{}: in posting order", c.at());
+        assert!(all_ok(&done), "{}: {done:?}", c.at());
+        c.assert_bytes(1, l.background, &bytes[..32], "both landed");
+        for i in 2..10u32 {
+            let at = 16 * i;
+            let range = (l.scratch + at, l.background + at, 16);
+            let wr_id = u64::from(i) + 1;
+            match c.write_done(0, BG, 1, range, wr_id) {
+                Ok(Some(status)) => assert_eq!(status, Status::Ok, "{}", c.at()),
+                Ok(None) => {
+                    let done = c.one(0, BG);
+                    assert_eq!((done.wr_id, done.status), (wr_id, Status::Ok), "{}", c.at());
+                }
+                Err(error) => panic!("{}: write {wr_id} refused: {error:?}", c.at()),
+            }
+            let what = format!("write {wr_id} landed by its completion");
+            c.assert_bytes(1, l.background + at, &bytes[at as usize..][..16], &what);
+        }
+        c.assert_quiet("after writes answered or polled once each");
+        let slot = c.load(1, l.slot(0), 64);
+        let refused = (l.scratch, l.slot(0), 64);
+        let status = match c.write_done(0, REP, 1, refused, 20) {
+            Ok(Some(status)) => status,
+            Ok(None) => c.one(0, REP).status,
+            Err(error) => panic!("{}: the log write refused at post: {error:?}", c.at()),
+        };
+        assert_eq!(
+            status,
+            Status::Denied,
+            "{}: a log write nobody granted",
+            c.at()
+        );
+        c.assert_bytes(1, l.slot(0), &slot, "the refused write landed nothing");
+        let after = c.write(0, REP, 1, (l.scratch, l.heartbeat(), 16), 21);
+        assert_eq!(after, Err(PostError::Broken), "{}: after Denied", c.at());
+        c.reconnect(0, REP, 1);
+        c.assert_quiet("after the refused write");
     }
 
     /// Rule 12: a live peer is never reported ended, by either plane of any replica, before

@@ -151,7 +151,7 @@ fn run_many(start: u64, count: u64, expect: bool, wide: bool) -> ExitCode {
     let done = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let first: Mutex<Option<Report>> = Mutex::new(None);
-    let totals = Mutex::new((0usize, 0u32, 0u32, 0u32));
+    let totals = Mutex::new((0usize, 0u32, 0u32, 0u32, 0u64));
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -170,6 +170,7 @@ fn run_many(start: u64, count: u64, expect: bool, wide: bool) -> ExitCode {
                     t.1 += report.tenures;
                     t.2 += report.crashes;
                     t.3 += report.restarts;
+                    t.4 += report.done_writes;
                 }
                 if report.violation.is_some() {
                     let mut f = first.lock().unwrap();
@@ -188,9 +189,9 @@ fn run_many(start: u64, count: u64, expect: bool, wide: bool) -> ExitCode {
     });
     let finished = done.load(Ordering::Relaxed);
     let elapsed = began.elapsed().as_secs_f64();
-    let (committed, tenures, crashes, restarts) = *totals.lock().unwrap();
+    let (committed, tenures, crashes, restarts, done_writes) = *totals.lock().unwrap();
     println!(
-        "{finished} seeds in {elapsed:.1} s ({:.1} seeds/s, {threads} threads): {committed} commands committed, {tenures} tenures, {crashes} crashes, {restarts} restarts",
+        "{finished} seeds in {elapsed:.1} s ({:.1} seeds/s, {threads} threads): {committed} commands committed, {tenures} tenures, {crashes} crashes, {restarts} restarts, {done_writes} writes done within their post",
         finished as f64 / elapsed
     );
     let first = first.lock().unwrap().take();
