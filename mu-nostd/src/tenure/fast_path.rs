@@ -314,6 +314,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// learns that its grant was revoked meanwhile (another replica led for a while and the
     /// others then chose this one again: they wait for its new request, which it makes only once
     /// a write is refused).
+    // Inlined into its one caller, `lead`: its check runs at every leader poll (see
+    // `mu-bench instructions`).
+    #[inline(always)]
     pub(super) fn post_commit_record<F: Fabric>(
         &mut self,
         now: u64,

@@ -149,6 +149,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// poll whose `propose` recycling held back: reads the applied positions, admits recovered
     /// members (their applied positions change only through these reads) and recounts members
     /// that joined recovering.
+    // Inlined into its one caller, `lead`: its check runs at every leader poll (see
+    // `mu-bench instructions`).
+    #[inline(always)]
     pub(super) fn tend_members<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let period = self.log.config.recycle_period_ticks as u64;
         if now < self.t.recycle_at {

@@ -27,6 +27,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     Leading<'_, '_, SLOT, ENTRY, QUEUE>
 {
     /// Confirmed followers (and lost ones, after a pause) are asked for their applied position.
+    // Inlined into its one caller, `lead`: its check runs at every leader poll (see
+    // `mu-bench instructions`).
+    #[inline(always)]
     pub(super) fn admit_members<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         // To survey, or surveyed and waiting to be activated below.
         let waiting = |state: &MemberState| {
