@@ -21,9 +21,10 @@
 //! - A probe fails (exit 1) rather than count a call that did not do its operation: every
 //!   measured leader call commits exactly its one command, which fills its slot; every measured
 //!   follower call applies exactly one slot; every background round polls twice at a new read
-//!   period; and every idle poll finds no completion waiting, leaves none behind (nothing
-//!   posted) and changes nothing its plane's status, its tenure's status or its application
-//!   shows.
+//!   period; and every idle poll finds no completion waiting, leaves none behind, posts
+//!   nothing (its plane's count of posts, since a write answered within its post leaves no
+//!   completion) and changes nothing its plane's status, its tenure's status or its
+//!   application shows.
 
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -361,8 +362,8 @@ fn commit_one<const N: usize>(
 }
 
 /// What an idle replication poll leaves as it found: everything its plane's status and its
-/// tenure's status show (applied position, queue, blocked slot, members' positions, next
-/// position), and what its application applied and heard committed.
+/// tenure's status show (applied position, queue, blocked slot, operations posted, members'
+/// positions, next position), and what its application applied and heard committed.
 #[derive(Debug, PartialEq)]
 struct Seen {
     status: ReplicationStatus,
@@ -384,8 +385,10 @@ impl Seen {
 
 /// True when an operation's completion waits on `fabric`, which then loses it: call it only
 /// where that ends the probe. The shared-memory fabric completes an operation when it is
-/// posted, so an empty queue after a poll means the poll left nothing in flight, and an empty
-/// queue before it means the poll had no completion to take.
+/// posted, so an empty queue after a poll means the poll left nothing in flight (not that it
+/// posted nothing: a write answered within its post leaves no completion, which the plane's
+/// count of posts tells), and an empty queue before it means the poll had no completion to
+/// take.
 fn completion_waiting<F: Fabric>(fabric: &mut F) -> bool {
     fabric.poll(&mut [Completion::EMPTY]) > 0
 }

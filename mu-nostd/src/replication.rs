@@ -128,6 +128,9 @@ pub struct ReplicationStatus {
     pub refusals: Refusals,
     /// State transfers it started (each attempt counts).
     pub transfers: u32,
+    /// Operations it posted so far, wrapping: two readings tell whether it posted any in
+    /// between (a write answered within its post leaves no completion to see).
+    pub posted: u32,
 }
 
 /// Most doublings of the prepare's deadlines after tenures that ended before the fast path: a
@@ -363,6 +366,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             blocked: self.log.blocked,
             refusals: self.log.refusals,
             transfers: self.attempts,
+            posted: self.links.posts(),
         }
     }
 
