@@ -203,12 +203,19 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 
     /// Waits for a quorum of voters (this replica among them) that can take its writes to
     /// answer the promise read; with too few voters, for every replica (rule 4 of "Recovery").
+    /// A quorum of voters that only lapped ones complete waits until they installed a snapshot
+    /// (or more voters answer); it never turns into a prepare with every replica, which is for
+    /// too few voters.
     pub(super) fn step_promises<F: Fabric>(&mut self, now: u64, late: bool, fabric: &mut F) {
         let voters = self.voter_replies();
         let everyone = self.everyone_else();
         let leader = &*self.t;
-        if leader.voter && self.quorum_with(self.writable(voters)) {
-            self.write_min_proposal(now, voters, fabric);
+        if leader.voter && self.quorum_with(voters) {
+            if self.quorum_with(self.writable(voters)) {
+                self.write_min_proposal(now, voters, fabric);
+            } else if late {
+                self.doom();
+            }
         } else if leader.replies == everyone {
             info!(
                 "tenure {}: too few voters, preparing with every replica",
