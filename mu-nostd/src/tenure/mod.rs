@@ -689,27 +689,38 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
 
     fn drain_now<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         while let Some((peer, pending, status)) = self.links.take_done() {
-            if pending.tenure != self.t.tenure {
-                continue;
-            }
-            // The fast path's log write, without the call (`complete` does the same with it).
-            if pending.kind == Kind::WriteLog && status == Status::Ok {
-                self.ack_range(peer, pending.start, pending.end);
-            } else {
-                self.complete(now, peer, pending, status, fabric);
-            }
+            self.completed(now, peer, pending, status, fabric);
         }
         if self.inbox.empty(fabric) {
             return; // Most polls: one look at the fabric, no drain to set up.
         }
         let (replicas, me) = (self.log.config.replica_count, self.log.me);
         while let Some((id, status)) = self.inbox.next(fabric, replicas, me) {
-            let Some(pending) = self.links.take(id, status) else {
-                continue;
-            };
-            if pending.tenure == self.t.tenure {
-                self.complete(now, id.peer, pending, status, fabric);
+            if let Some(pending) = self.links.take(id, status) {
+                self.completed(now, id.peer, pending, status, fabric);
             }
+        }
+    }
+
+    /// An operation `pending` to `peer` ended with `status`: `complete` it if this tenure
+    /// posted it. The fast path's log write is acknowledged here, without the call (the
+    /// `WriteLog` arm of `complete` does the same).
+    #[inline(always)]
+    fn completed<F: Fabric>(
+        &mut self,
+        now: u64,
+        peer: ReplicaId,
+        pending: Pending,
+        status: Status,
+        fabric: &mut F,
+    ) {
+        if pending.tenure != self.t.tenure {
+            return;
+        }
+        if pending.kind == Kind::WriteLog && status == Status::Ok {
+            self.ack_range(peer, pending.start, pending.end);
+        } else {
+            self.complete(now, peer, pending, status, fabric);
         }
     }
 
