@@ -17,6 +17,9 @@
 //!   a connection with nothing pending and outside a drain, and a drain takes the done list (to
 //!   empty) before the fabric's completions: a connection's completions are still taken in the
 //!   order posted.
+//! - A successful write done within its post skips the done list (`Posted::Done`) only when the
+//!   caller asked to settle it (`Answers::Settle`) and nothing of its connection waits there:
+//!   the caller takes it as completed then, which is still in the order posted.
 
 use crate::config::REPLICAS_MAX;
 use crate::fabric::{Completion, Fabric, PostError, ReplicaId, Status};
@@ -241,6 +244,39 @@ pub(crate) enum Readiness {
     Broken,
 }
 
+/// What a caller of `Links::post` lets the fabric answer within the post.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Answers {
+    /// Nothing: a drain is under way, or the caller takes every completion from a drain.
+    Never,
+    /// A write done within its post waits in the done list for the next drain.
+    List,
+    /// As `List`, but a successful one with nothing of its connection waiting is the
+    /// caller's to settle at once (`Posted::Done`).
+    Settle,
+}
+
+/// How `Links::post` went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub(crate) enum Posted {
+    /// Not posted now: the connection is full, the fabric busy, or the connection broke (see
+    /// `readiness`).
+    Refused,
+    /// Posted: a drain takes its completion.
+    Pending,
+    /// Done within its post, successfully, with nothing of its connection before it: no
+    /// completion follows, and the caller takes it as completed now.
+    Done,
+}
+
+impl Posted {
+    /// True unless it was refused.
+    pub(crate) fn posted(self) -> bool {
+        self != Posted::Refused
+    }
+}
+
 /// The replication plane's connections, one per peer.
 pub(crate) struct Links {
     connections: [Connection; REPLICAS_MAX as usize],
@@ -275,10 +311,9 @@ impl Links {
         }
     }
 
-    /// Posts `work` to `peer` for `tenure` (0: a state transfer) on an open connection; false
-    /// when it could not be posted now (full, busy, or the connection broke: see `readiness`).
-    /// With `done_ok`, a write may be done within its post (see the module's invariants); the
-    /// caller passes it only outside a drain (`Inbox::idle`).
+    /// Posts `work` to `peer` for `tenure` (0: a state transfer) on an open connection. Unless
+    /// `answers` is `Never`, a write may be done within its post (see the module's invariants);
+    /// the caller allows that only outside a drain (`Inbox::idle`).
     // Inlined on the commit path (callgrind counted the call: `mu-bench instructions`).
     #[inline]
     pub(crate) fn post<F: Fabric>(
@@ -288,11 +323,11 @@ impl Links {
         peer: ReplicaId,
         tenure: u32,
         work: Work,
-        done_ok: bool,
-    ) -> bool {
+        answers: Answers,
+    ) -> Posted {
         let connection = &mut self.connections[peer as usize];
         if connection.broken || connection.len == PENDING_MAX {
-            return false;
+            return Posted::Refused;
         }
         let id = WrId {
             kind: work.kind,
@@ -312,12 +347,16 @@ impl Links {
         };
         let posted = if !work.kind.is_write() {
             fabric.read(peer, work.remote, work.local, work.len, id)
-        } else if done_ok && connection.len == 0 && self.done_len < DONE_MAX {
+        } else if answers != Answers::Never && connection.len == 0 && self.done_len < DONE_MAX {
             match fabric.write_done(peer, work.local, work.remote, work.len, id) {
                 Ok(Some(status)) => {
+                    self.posts = self.posts.wrapping_add(1);
+                    let settle = answers == Answers::Settle && connection.done == 0;
+                    if settle && status == Status::Ok {
+                        return Posted::Done;
+                    }
                     connection.done += 1;
                     let epoch = connection.epoch;
-                    self.posts = self.posts.wrapping_add(1);
                     self.done[(self.done_head + self.done_len) % DONE_MAX] = Done {
                         peer,
                         epoch,
@@ -325,7 +364,7 @@ impl Links {
                         status,
                     };
                     self.done_len += 1;
-                    return true;
+                    return Posted::Pending;
                 }
                 Ok(None) => Ok(()),
                 Err(error) => Err(error),
@@ -337,13 +376,13 @@ impl Links {
             Ok(()) => {
                 self.posts = self.posts.wrapping_add(1);
                 connection.push(pending);
-                true
+                Posted::Pending
             }
             Err(PostError::Broken) => {
                 connection.broken = true;
-                false
+                Posted::Refused
             }
-            Err(_) => false,
+            Err(_) => Posted::Refused,
         }
     }
 

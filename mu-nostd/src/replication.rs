@@ -22,7 +22,7 @@
 
 use crate::config::REPLICAS_MAX;
 use crate::fabric::{Fabric, ReplicaId};
-use crate::links::{Inbox, Links, Readiness, Work};
+use crate::links::{Answers, Inbox, Links, Readiness, Work};
 use crate::log::{Blocked, Log, Refusals};
 use crate::record;
 use crate::shared::Shared;
@@ -590,7 +590,9 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             remote,
             len,
         };
-        self.links.post(now, fabric, peer, 0, work, false)
+        self.links
+            .post(now, fabric, peer, 0, work, Answers::Never)
+            .posted()
     }
 
     /// Drops what a state transfer has outstanding to `peer`: none of it lands any more.

@@ -60,7 +60,7 @@ pub mod survey;
 
 use crate::config::REPLICAS_MAX;
 use crate::fabric::{Fabric, ReplicaId, Status};
-use crate::links::{Inbox, Links, Pending, Readiness, Work};
+use crate::links::{Answers, Inbox, Links, Pending, Posted, Readiness, Work};
 use crate::log::Log;
 use crate::shared::Shared;
 use crate::state_machine::StateMachine;
@@ -781,7 +781,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         }
     }
 
-    /// Posts an operation for this tenure; false when it could not be posted now.
+    /// Posts an operation for this tenure; false when it could not be posted now. A log write
+    /// the fabric did successfully within its post is acknowledged at once; any other answer
+    /// waits in the done list for the drain.
     #[allow(clippy::too_many_arguments)]
     fn post<F: Fabric>(
         &mut self,
@@ -816,9 +818,23 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             remote,
             len,
         };
-        let done_ok = self.inbox.idle();
-        self.links
-            .post(now, fabric, peer, self.t.tenure, work, done_ok)
+        let answers = match (self.inbox.idle(), kind) {
+            (false, _) => Answers::Never,
+            // Its completion is an ack and nothing else (`completed`): taken now, as in a drain.
+            (true, Kind::WriteLog) => Answers::Settle,
+            (true, _) => Answers::List,
+        };
+        match self
+            .links
+            .post(now, fabric, peer, self.t.tenure, work, answers)
+        {
+            Posted::Refused => false,
+            Posted::Pending => true,
+            Posted::Done => {
+                self.ack_range(peer, range.0, range.1);
+                true
+            }
+        }
     }
 
     /// An operation past its deadline resets its connection; a member that had work of this
