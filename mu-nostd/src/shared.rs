@@ -144,6 +144,7 @@ impl Shared {
     }
 
     /// Replicas the failure detector considers alive (bit per id).
+    #[inline]
     pub fn alive(&self) -> u8 {
         self.alive.load(SeqCst) as u8
     }
@@ -151,6 +152,7 @@ impl Shared {
     /// Replicas whose heartbeat or applied position was seen moving within the detector's read
     /// timeout (bit per id):
     /// a sign of life that does not wait for the hysteresis.
+    #[inline]
     pub fn lively(&self) -> u8 {
         self.lively.load(SeqCst) as u8
     }

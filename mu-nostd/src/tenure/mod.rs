@@ -427,6 +427,7 @@ impl Tenure {
     }
 
     /// True once the prepare is done and it replicates on the fast path.
+    #[inline]
     pub fn fast_path(&self) -> bool {
         self.phase == Phase::Streaming
     }
