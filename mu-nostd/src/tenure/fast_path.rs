@@ -32,19 +32,10 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         if self.log.queue.next_to_propose().is_none() {
             return; // The common idle poll: nothing to work out.
         }
-        let leader = &*self.t;
-        let mut takers = 0u8;
-        for peer in self.log.others() {
-            let member = leader.members[peer as usize];
-            let counted = leader.counted & (1 << peer) != 0;
-            if member.state == MemberState::Active && counted && !member.lapped {
-                takers |= 1 << peer;
-            }
-        }
+        let (takers, limit) = self.takers_and_limit(now);
         if !self.quorum_with(takers) {
             return;
         }
-        let limit = self.recycle_limit(now);
         debug_assert_eq!(self.t.polled_at, now, "`lead` noted the poll's time first");
         let capacity = self.log.config.slot_payload_bytes() as usize;
         let depth = self.log.config.pipeline_depth as u64;

@@ -13,7 +13,7 @@
 //! - No position is written over one that a replica showing a sign of life has not applied.
 //! - A lapped member gets no slot writes, only lap notices in its log header, under its grant.
 
-use super::{Leading, TAG_RECYCLE};
+use super::{Leading, MemberState, TAG_RECYCLE};
 use crate::fabric::{Fabric, ReplicaId};
 use crate::layout::RECORD_BYTES;
 use crate::record;
@@ -22,24 +22,36 @@ use crate::wrid::Kind;
 impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     Leading<'_, '_, SLOT, ENTRY, QUEUE>
 {
-    /// The first position that may not be written yet: one lap past the least applied position
-    /// among this replica and every replica that shows a sign of life: considered alive, a
-    /// heartbeat seen moving within the read timeout (a leader back from a partition still
-    /// rates everyone low), or an applied position that rose within `op_timeout_ticks`. A lapped
-    /// replica never holds the log back.
-    pub(super) fn recycle_limit(&self, now: u64) -> u64 {
+    /// What `propose` needs to know of the members, in one walk of them: which take writes
+    /// whose acks count (active, counted and not lapped; bit per id), and the recycling limit.
+    ///
+    /// The limit is the first position that may not be written yet: one lap past the least
+    /// applied position among this replica and every replica that shows a sign of life:
+    /// considered alive, a heartbeat seen moving within the read timeout (a leader back from a
+    /// partition still rates everyone low), or an applied position that rose within
+    /// `op_timeout_ticks`. A lapped replica never holds the log back.
+    pub(super) fn takers_and_limit(&self, now: u64) -> (u8, u64) {
         let leader = &*self.t;
         let alive = self.shared.alive() | self.shared.lively();
         let recent = self.log.config.op_timeout_ticks as u64;
         let mut least = self.log.applied;
+        let mut takers = 0u8;
         for peer in self.log.others() {
-            let p = peer as usize;
+            let (p, bit) = (peer as usize, 1 << peer);
+            let member = &leader.members[p];
+            if member.lapped {
+                continue;
+            }
+            if member.state == MemberState::Active && leader.counted & bit != 0 {
+                takers |= bit;
+            }
             let applying = now.saturating_sub(leader.applied_moved_at[p]) <= recent;
-            if (alive & (1 << peer) != 0 || applying) && !leader.members[p].lapped {
+            if alive & bit != 0 || applying {
                 least = least.min(leader.applied_of[p]);
             }
         }
-        least.saturating_add(self.log.config.slot_count as u64)
+        let limit = least.saturating_add(self.log.config.slot_count as u64);
+        (takers, limit)
     }
 
     /// Tells a lapped member, in its log header (never its slots), the lowest position
