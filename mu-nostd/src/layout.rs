@@ -253,15 +253,16 @@ impl Layout {
         LOG_HEADER_BYTES + self.slot_count * (self.slot_size + 2 * RECORD_BYTES)
     }
 
-    /// True when `[offset, offset + len)` lies inside the log area.
+    /// True when `[offset, offset + len)` lies inside the log area (which ends where the
+    /// transfer area starts, as `new` asserts: no multiplication on a fabric's every post).
     pub const fn in_log_area(&self, offset: u32, len: u32) -> bool {
-        offset >= self.log && (offset as u64 + len as u64) <= (self.log + self.log_bytes()) as u64
+        offset >= self.log && (offset as u64 + len as u64) <= self.transfer as u64
     }
 
     /// True when `[offset, offset + len)` overlaps the log area.
     #[inline]
     pub const fn touches_log_area(&self, offset: u32, len: u32) -> bool {
-        (offset as u64 + len as u64) > self.log as u64 && offset < self.log + self.log_bytes()
+        (offset as u64 + len as u64) > self.log as u64 && offset < self.transfer
     }
 
     /// My heartbeat: a counter, my leader view and my voter flag (see `background`).
