@@ -304,10 +304,12 @@ impl Links {
 
     pub(crate) fn readiness(&self, peer: ReplicaId) -> Readiness {
         let connection = &self.connections[peer as usize];
-        match (connection.broken, connection.len + connection.done as usize) {
-            (false, _) => Readiness::Open,
-            (true, 0) => Readiness::Broken,
-            (true, _) => Readiness::Draining,
+        if !connection.broken {
+            return Readiness::Open; // Every post asks: one load for the common answer.
+        }
+        match connection.len + connection.done as usize {
+            0 => Readiness::Broken,
+            _ => Readiness::Draining,
         }
     }
 
