@@ -548,28 +548,8 @@ pub fn count(
     iterations: u64,
     dir: &Path,
 ) -> Result<Count, String> {
-    if iterations == 0 {
-        return Err("at least one measured iteration".into());
-    }
     let out = dir.join(format!("callgrind.{}.out", scenario.name()));
-    let status = Command::new("valgrind")
-        .args([
-            "--tool=callgrind",
-            "--toggle-collect=*measured_*",
-            "--quiet",
-        ])
-        .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(probe_exe)
-        .args(["probe", scenario.name(), "--iterations"])
-        .arg(iterations.to_string())
-        .status()
-        .map_err(|e| format!("cannot run valgrind ({e}); install it (apt-get install valgrind)"))?;
-    if !status.success() {
-        return Err(format!(
-            "the {} probe under callgrind failed ({status})",
-            scenario.name()
-        ));
-    }
+    callgrind(probe_exe, scenario, iterations, &out, &[])?;
     let total = totals(&out)?;
     let per = |ir: u64| ir as f64 / iterations as f64;
     let entries = self_costs(&out)?;
@@ -663,6 +643,41 @@ impl SelfCost {
             Part::Core
         }
     }
+}
+
+/// Runs `scenario`'s probe (`probe_exe probe`, this crate's `mu-bench`) under callgrind,
+/// counting only inside its `iterations` measured calls, with callgrind's `extra` options; the
+/// output goes to `out`.
+pub fn callgrind(
+    probe_exe: &Path,
+    scenario: Scenario,
+    iterations: u64,
+    out: &Path,
+    extra: &[&str],
+) -> Result<(), String> {
+    if iterations == 0 {
+        return Err("at least one measured iteration".into());
+    }
+    let status = Command::new("valgrind")
+        .args([
+            "--tool=callgrind",
+            "--toggle-collect=*measured_*",
+            "--quiet",
+        ])
+        .args(extra)
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(probe_exe)
+        .args(["probe", scenario.name(), "--iterations"])
+        .arg(iterations.to_string())
+        .status()
+        .map_err(|e| format!("cannot run valgrind ({e}); install it (apt-get install valgrind)"))?;
+    if !status.success() {
+        return Err(format!(
+            "the {} probe under callgrind failed ({status})",
+            scenario.name()
+        ));
+    }
+    Ok(())
 }
 
 /// `callgrind_annotate`'s self costs, which are disjoint and add up to the total.

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use clap::Parser;
-use mu_benches::instructions::Scenario;
+use mu_benches::instructions::{self, Scenario};
 
 #[derive(Parser)]
 #[command(
@@ -84,13 +84,6 @@ fn run(cli: &Cli) -> Result<String, String> {
             Scenario::ALL.map(Scenario::name).join(", ")
         )
     })?;
-    if cli.iterations == 0 || cli.iterations > scenario.iterations_max() {
-        return Err(format!(
-            "--iterations must be 1..={} for {}",
-            scenario.iterations_max(),
-            scenario.name()
-        ));
-    }
     let probe_exe = match &cli.probe {
         Some(path) => path.clone(),
         None => std::env::current_exe()
@@ -104,14 +97,7 @@ fn run(cli: &Cli) -> Result<String, String> {
         ));
     }
     std::fs::create_dir_all(&cli.work).map_err(|e| format!("{}: {e}", cli.work.display()))?;
-    annotate(&Request {
-        probe_exe: &probe_exe,
-        scenario,
-        iterations: cli.iterations,
-        function: cli.function.as_deref(),
-        top: cli.top,
-        work: &cli.work,
-    })
+    annotate(cli, scenario, &probe_exe)
 }
 
 /// One function's own instruction counts, per instruction address.
@@ -291,69 +277,37 @@ fn annotate_function(
     Ok(text)
 }
 
-/// What to annotate.
-#[derive(Clone, Debug)]
-struct Request<'a> {
-    /// The executable with the probe (`mu-bench`).
-    probe_exe: &'a Path,
-    scenario: Scenario,
-    iterations: u64,
-    /// Functions whose name contains this; `None`: the `top` with the most of their own.
-    function: Option<&'a str>,
-    top: usize,
-    /// Where the callgrind output goes.
-    work: &'a Path,
-}
-
-/// Runs `request.scenario`'s probe under callgrind and annotates its functions' instructions.
-fn annotate(request: &Request<'_>) -> Result<String, String> {
-    let out = request
+/// Runs `scenario`'s probe in `probe_exe` under callgrind and annotates the instructions of
+/// the functions `cli` asks for.
+fn annotate(cli: &Cli, scenario: Scenario, probe_exe: &Path) -> Result<String, String> {
+    let out = cli
         .work
-        .join(format!("callgrind.{}.instr.out", request.scenario.name()));
-    let status = Command::new("valgrind")
-        .args([
-            "--tool=callgrind",
-            "--toggle-collect=*measured_*",
-            "--dump-instr=yes",
-            "--quiet",
-        ])
-        .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(request.probe_exe)
-        .args(["probe", request.scenario.name(), "--iterations"])
-        .arg(request.iterations.to_string())
-        .status()
-        .map_err(|e| format!("cannot run valgrind ({e}); install it (apt-get install valgrind)"))?;
-    if !status.success() {
-        return Err(format!(
-            "the {} probe under callgrind failed ({status})",
-            request.scenario.name()
-        ));
-    }
+        .join(format!("callgrind.{}.instr.out", scenario.name()));
+    instructions::callgrind(
+        probe_exe,
+        scenario,
+        cli.iterations,
+        &out,
+        &["--dump-instr=yes"],
+    )?;
     let text = std::fs::read_to_string(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut functions = parse(&text)?;
     functions.retain(|f| f.total() > 0);
     if functions.is_empty() {
         return Err(format!(
             "callgrind counted nothing inside the probe's measured calls: is {} mu-bench?",
-            request.probe_exe.display()
+            probe_exe.display()
         ));
     }
     functions.sort_by_key(|f| std::cmp::Reverse(f.total()));
     let total: u64 = functions.iter().map(FunctionCosts::total).sum();
-    let chosen: Vec<&FunctionCosts> = match request.function {
+    let chosen: Vec<&FunctionCosts> = match cli.function.as_deref() {
         Some(pattern) => functions
             .iter()
             .filter(|f| f.name.contains(pattern))
             .collect(),
-        None => functions.iter().take(request.top).collect(),
+        None => functions.iter().take(cli.top).collect(),
     };
-    let per_op = |ir: u64| ir as f64 / request.iterations as f64;
-    let mut report = format!(
-        "{}: {:.1} instructions per operation; per function, its own, per instruction executed \
-         (per operation, address, instruction):\n",
-        request.scenario.name(),
-        per_op(total)
-    );
     if chosen.is_empty() {
         let names: Vec<&str> = functions.iter().map(|f| f.name.as_str()).collect();
         return Err(format!(
@@ -361,8 +315,15 @@ fn annotate(request: &Request<'_>) -> Result<String, String> {
             names.join("; ")
         ));
     }
+    let per_op = |ir: u64| ir as f64 / cli.iterations as f64;
+    let mut report = format!(
+        "{}: {:.1} instructions per operation; per function, its own, per instruction executed \
+         (per operation, address, instruction):\n",
+        scenario.name(),
+        per_op(total)
+    );
     for function in chosen {
-        let body = annotate_function(request.probe_exe, function, request.iterations)?;
+        let body = annotate_function(probe_exe, function, cli.iterations)?;
         write!(
             report,
             "\n{}: {:.1}\n{body}",
