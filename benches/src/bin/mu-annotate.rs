@@ -27,7 +27,8 @@
 //! - Every cost counted is a cost line's own, in the function current at that line.
 //! - A function is shown only when its costed addresses are instructions of the disassembly:
 //!   addresses that fall inside instructions mean the two disagree on where the code is, and
-//!   that is reported, not printed as if it matched.
+//!   that is reported, not printed as if it matched. A function in another object (the C
+//!   library) is listed with its cost and its object, never disassembled from the probe's.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -105,6 +106,8 @@ fn run(cli: &Cli) -> Result<String, String> {
 struct FunctionCosts {
     /// The function's name as callgrind gives it (demangled).
     name: String,
+    /// The binary or library the function's code is in, as callgrind names it.
+    object: String,
     /// Instructions executed at each address, over the whole run.
     at: BTreeMap<u64, u64>,
 }
@@ -120,6 +123,8 @@ impl FunctionCosts {
 /// per instruction address, functions in order of first appearance.
 fn parse(text: &str) -> Result<Vec<FunctionCosts>, String> {
     let mut names: BTreeMap<String, String> = BTreeMap::new();
+    let mut objects: BTreeMap<String, String> = BTreeMap::new();
+    let mut object = String::new();
     let mut functions: Vec<FunctionCosts> = Vec::new();
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
     let mut current: Option<usize> = None;
@@ -131,6 +136,14 @@ fn parse(text: &str) -> Result<Vec<FunctionCosts>, String> {
             instr_positions = positions.split_whitespace().next() == Some("instr");
             continue;
         }
+        if let Some(spec) = line.strip_prefix("ob=") {
+            object = function_name(spec, &mut objects);
+            continue;
+        }
+        if let Some(spec) = line.strip_prefix("cob=") {
+            function_name(spec, &mut objects); // Objects may be defined where they are called.
+            continue;
+        }
         if let Some(spec) = line.strip_prefix("fn=") {
             let name = function_name(spec, &mut names);
             let next = index.len();
@@ -138,6 +151,7 @@ fn parse(text: &str) -> Result<Vec<FunctionCosts>, String> {
             if slot == functions.len() {
                 functions.push(FunctionCosts {
                     name,
+                    object: object.clone(),
                     at: BTreeMap::new(),
                 });
             }
@@ -180,7 +194,7 @@ fn parse(text: &str) -> Result<Vec<FunctionCosts>, String> {
     Ok(functions)
 }
 
-/// The name a `fn=` or `cfn=` specification names: `(id) name` defines `id`, `(id)` refers to
+/// The name a `fn=`, `cfn=`, `ob=` or `cob=` specification names: `(id) name` defines `id`, `(id)` refers to
 /// it, and a bare name is itself (uncompressed output).
 fn function_name(spec: &str, names: &mut BTreeMap<String, String>) -> String {
     let Some(rest) = spec.strip_prefix('(') else {
@@ -241,12 +255,16 @@ fn disassemble(exe: &Path, start: u64, end: u64) -> Result<Vec<(u64, String)>, S
         .collect())
 }
 
-/// Each costed instruction of `function` in `exe`, as `per op  address  instruction` lines.
+/// Each costed instruction of `function` in `exe`, as `per op  address  instruction` lines;
+/// for a function in another object (the C library's `memcpy`), a line saying so.
 fn annotate_function(
     exe: &Path,
     function: &FunctionCosts,
     iterations: u64,
 ) -> Result<String, String> {
+    if !same_file(Path::new(&function.object), exe) {
+        return Ok(format!("   (in {}: not disassembled)\n", function.object));
+    }
     let (Some((&start, _)), Some((&last, _))) =
         (function.at.first_key_value(), function.at.last_key_value())
     else {
@@ -275,6 +293,14 @@ fn annotate_function(
         }
     }
     Ok(text)
+}
+
+/// Whether `a` and `b` name the same file (callgrind names objects by absolute path).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// Runs `scenario`'s probe in `probe_exe` under callgrind and annotates the instructions of
@@ -367,14 +393,20 @@ fn=(2)
 
 fn=(1)
 0x1000 10 1
-totals: 205
+
+ob=(2) /lib/libc.so
+fn=(3) memcpy
+0x9000 1 4
+totals: 209
 ";
 
     #[test]
     fn costs_add_up_per_function_and_address_without_callees() {
         let functions = parse(OUT).expect("parses");
         let names: Vec<&str> = functions.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(names, ["caller", "callee"]);
+        assert_eq!(names, ["caller", "callee", "memcpy"]);
+        let objects: Vec<&str> = functions.iter().map(|f| f.object.as_str()).collect();
+        assert_eq!(objects, ["/bin/probe", "/bin/probe", "/lib/libc.so"]);
         let caller = &functions[0];
         // 0x1000 twice (two blocks), 0x1002, 0x1005; the call at 0x1009 is the callee's cost;
         // the line after it is relative to the call's address.
