@@ -154,6 +154,9 @@ pub struct ReplicationPlane<'s, const SLOT: usize, const ENTRY: usize, const QUE
     /// Tenures in a row (at most [`DEADLINE_DOUBLINGS_MAX`]) that ended before the fast path: each
     /// doubles the next tenure's phase and operation deadlines (see `phase_timeout`).
     deadline_doublings: u8,
+    /// The member that ended the last tenure by having applied more than this replica: the
+    /// next tenure's survey waits for it (see `tenure::survey`).
+    survey_awaits: Option<ReplicaId>,
     halted: Option<Halt>,
     /// Cached once true: a standing is never withdrawn within a life.
     voter: bool,
@@ -187,6 +190,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             tenure: None,
             spent_tenure: 0,
             deadline_doublings: 0,
+            survey_awaits: None,
             halted: None,
             voter: false,
             published_applied: None,
@@ -420,7 +424,8 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         let voter = self.refresh_voter(fabric);
         let timeout = self.phase_timeout();
         let from = (self.log.applied, self.log.applied_chain);
-        self.tenure = Some(Tenure::new(lead.tenure, now, from, voter, timeout));
+        let awaited = self.survey_awaits.take();
+        self.tenure = Some(Tenure::new(lead.tenure, now, from, voter, timeout, awaited));
     }
 
     /// One round of leader work; ends the tenure when it must end.
@@ -468,6 +473,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         if !tenure.fast_path() {
             self.deadline_doublings = (self.deadline_doublings + 1).min(DEADLINE_DOUBLINGS_MAX);
         }
+        self.survey_awaits = tenure.ended_by_member_ahead();
         self.fence_tenure(fabric);
         self.shared.stop_acting();
         Some(tenure.number())

@@ -6,7 +6,8 @@
 //! so that set-up slower than a deadline cannot end tenure after tenure forever; the fast path's
 //! stall deadline counts from the moment it starts):
 //!
-//! 1. `Survey`: read the applied position of every confirmed follower; wait for a majority.
+//! 1. `Survey`: read the applied position of every confirmed follower; wait for a majority,
+//!    and for the member that ended the previous tenure by being ahead, if one did.
 //! 2. `CatchUpSelf`: if a follower is ahead, read the decided slots this replica lacks from the
 //!    most advanced one (bulk, at most two reads), check that they chain, apply them.
 //! 3. Followers become active members: each gets, in at most two writes, every slot from its
@@ -346,6 +347,12 @@ pub struct Tenure {
     /// granted) and the state stay as the last full poll left them (see `quiet`); 0: no gate.
     quiet_until: u64,
     quiet_confirmed: u8,
+    /// A member that applied positions this replica had not when it ended the last tenure
+    /// (`survey`): this tenure's survey waits for its answer, until the survey's deadline.
+    awaited: Option<ReplicaId>,
+    /// This tenure ends because of that: a surveyed member had applied more than this replica,
+    /// too late to catch up from it.
+    ahead: Option<ReplicaId>,
 }
 
 /// A position that `propose` wrote: the command's sequence when it took the slot alone
@@ -482,13 +489,15 @@ impl Tenure {
         }
     }
 
-    /// A tenure starting at `now`, whose survey must be answered within `timeout` ticks.
+    /// A tenure starting at `now`, whose survey must be answered within `timeout` ticks, and
+    /// waits for `awaited` (the member that ended the last tenure by being ahead, if one did).
     pub(crate) fn new(
         tenure: u32,
         now: u64,
         (applied, chain): (u64, u64),
         voter: bool,
         timeout: u64,
+        awaited: Option<ReplicaId>,
     ) -> Tenure {
         Tenure {
             tenure,
@@ -526,7 +535,15 @@ impl Tenure {
             held_from: None,
             quiet_until: 0,
             quiet_confirmed: 0,
+            awaited,
+            ahead: None,
         }
+    }
+
+    /// The member that ended this tenure by having applied more than this replica, too late
+    /// for its survey (see `survey`).
+    pub(crate) fn ended_by_member_ahead(&self) -> Option<ReplicaId> {
+        self.ahead
     }
 
     /// True once members may be sent log writes (this replica's log is up to date).

@@ -103,7 +103,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 // another leader holds the grants; while preparing, this tenure would rewrite
                 // (adopt) positions a member already applied, and a revoke tearing such a rewrite
                 // destroys a copy that a lagging replica may need. Either way: a new tenure, whose
-                // survey catches up from this member.
+                // survey waits for this member and catches up from it.
+                self.t.ahead = Some(peer);
                 self.doom();
                 return;
             }
@@ -209,6 +210,13 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 self.doom();
             }
             return;
+        }
+        // The member that ended the last tenure by being ahead answers before the survey goes
+        // on, or it would end this one the same way, and every later one that it answers late.
+        if let Some(peer) = leader.awaited {
+            if surveyed & (1 << peer) == 0 && !late {
+                return;
+            }
         }
         match best {
             Some((upto, source)) if upto > self.log.applied => {
