@@ -160,10 +160,16 @@ pub struct ReplicationPlane<'s, const SLOT: usize, const ENTRY: usize, const QUE
     halted: Option<Halt>,
     /// Cached once true: a standing is never withdrawn within a life.
     voter: bool,
-    published_applied: Option<u64>,
-    /// When the published applied position is refreshed even if unchanged.
-    publish_at: u64,
-    /// While leading, a changed applied position waits until then (see `publish_applied`).
+    /// The applied position last published; meaningless while `publish_due` is 0.
+    published_applied: u64,
+    /// The applied position from which a change is published at once: a quarter lap past
+    /// `published_applied`.
+    publish_stride_at: u64,
+    /// From when the applied position is to be published (again): at the end of `work`, no
+    /// later than `recycle_period_ticks` after the last publication, nor than the end of its
+    /// hold once the position moved (see `publish_applied`).
+    publish_due: u64,
+    /// A change of the applied position is held back until then (see `publish_applied`).
     publish_held_until: u64,
     /// This replica's life, and its transfer attempts: a transfer's nonce is unique to both.
     pub(crate) incarnation: u32,
@@ -193,8 +199,9 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             survey_awaits: None,
             halted: None,
             voter: false,
-            published_applied: None,
-            publish_at: 0,
+            published_applied: 0,
+            publish_stride_at: 0,
+            publish_due: 0,
             publish_held_until: 0,
             incarnation: 0,
             attempts: 0,
@@ -244,7 +251,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             && self.halted.is_none()
             && self.voter
             && self.donor.idle(now)
-            && self.applied_published(now)
+            && now < self.publish_due
             && self.log.queue.len() == 0
             && self.shared.lead().is_none()
             && self.log.quiet(now, fabric)
@@ -260,7 +267,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         self.transfer.is_none()
             && self.halted.is_none()
             && self.donor.idle(now)
-            && self.applied_published(now)
+            && now < self.publish_due
             && self.inbox.empty(fabric)
             && self
                 .tenure
@@ -379,7 +386,7 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     pub(crate) fn install_position(&mut self, position: u64, chain: u64) {
         assert!(self.tenure.is_none(), "a leader never installs a snapshot");
         self.log.install_position(position, chain);
-        self.published_applied = None;
+        self.publish_due = 0;
     }
 
     /// True when this life of the replica is a voter; reads the standing record until it is.
@@ -509,34 +516,39 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         self.shared.halt(reason);
     }
 
-    /// True when the applied position need not be published now: the published one is
-    /// current and not due for a refresh, or a leader's publication is held back.
-    #[inline(always)]
-    fn applied_published(&self, now: u64) -> bool {
-        let current = self.published_applied == Some(self.log.applied) && now < self.publish_at;
-        current || (self.tenure.is_some() && now < self.publish_held_until)
-    }
-
     /// Publishes the applied position when it changes, and every `recycle_period_ticks` anyway
     /// (a damaged record heals).
     ///
-    /// A leader publishes a change at most every half of the shorter of the detector's read
-    /// period and the recycle period, not at every commit. Every reader of the record takes a
-    /// position that lags as one it read a little earlier: peers' detectors see it move within
-    /// each read period (a starved background thread's leader still shows progress), and a
-    /// later leader's recycling only holds back more. Followers publish every change: a leader
-    /// that recycling holds back waits for exactly that.
+    /// A change is published at most every half of the shorter of the detector's read period
+    /// and the recycle period, not at every apply, unless it is a quarter lap (`slot_count / 4`
+    /// positions) or more. Every reader of the record takes a position that lags as one it read
+    /// a little earlier: peers' detectors see it move within each read period (a starved
+    /// background thread's leader still shows progress), a later leader surveying a member
+    /// resends a few decided positions more, and a leader's recycling only holds back more. That
+    /// hold never stalls it: it writes up to a lap past the least applied position it read, and
+    /// a published position lags its replica's by less than a quarter lap, so a leader waits on
+    /// a follower's record only when that follower is three quarters of a lap behind, and then
+    /// gets each quarter lap as soon as the follower applied it.
+    ///
+    /// The applied position moves only within `work`, which ends here: so `publish_due` tells a
+    /// quiet poll, in one comparison, that nothing is to be published.
     #[inline(always)]
     fn publish_applied<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
-        if self.applied_published(now) {
+        let applied = self.log.applied;
+        if applied >= self.publish_stride_at {
+            self.publish_due = 0;
+        } else if applied != self.published_applied {
+            self.publish_due = self.publish_due.min(self.publish_held_until);
+        }
+        if now < self.publish_due {
             return;
         }
-        let applied = self.log.applied;
         let offset = self.log.layout.applied();
         fabric.store(offset, &record::encode(offset, applied));
-        self.published_applied = Some(applied);
         let config = &self.log.config;
-        self.publish_at = now + config.recycle_period_ticks as u64;
+        self.published_applied = applied;
+        self.publish_stride_at = applied + (config.slot_count / 4).max(1) as u64;
+        self.publish_due = now + config.recycle_period_ticks as u64;
         let hold = config
             .recycle_period_ticks
             .min(config.detector.read_period_ticks)
