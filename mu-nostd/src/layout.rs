@@ -118,6 +118,8 @@ pub struct Layout {
     landing_transfer: u32,
     /// Total bytes.
     pub region_bytes: u32,
+    /// `slot_count - 1` when `slot_count` is a power of two, else 0 (see [`ring_index`]).
+    ring_mask: u32,
 }
 
 /// The region header of a peer is not what this replica expects.
@@ -181,6 +183,11 @@ impl Layout {
             landing,
             landing_transfer,
             region_bytes: landing_transfer + transfer_bytes,
+            ring_mask: if config.slot_count.is_power_of_two() {
+                config.slot_count - 1
+            } else {
+                0
+            },
         };
         // The areas follow each other in this order, the log and its slots on 64-byte
         // boundaries (with slot sizes a multiple of 64, a slot never straddles a cache line
@@ -307,15 +314,24 @@ impl Layout {
     /// The slot that holds `position`.
     #[inline]
     pub const fn slot(&self, position: u64) -> u32 {
-        self.slots + self.ring_index(position) * self.slot_size
+        // Cannot wrap: `new` placed every slot below `rewrites`, a `u32`.
+        self.slots
+            .wrapping_add(self.ring_index(position).wrapping_mul(self.slot_size))
     }
     /// The adoption record of the slot that holds `position` (see `slot`).
     #[inline]
     pub const fn adoption_record(&self, position: u64) -> u32 {
         self.rewrites + self.ring_index(position) * RECORD_BYTES
     }
+    /// `ring_index(position, slot_count)`, with the mask worked out once: the fast path asks
+    /// for every slot it touches.
+    #[inline(always)]
     const fn ring_index(&self, position: u64) -> u32 {
-        ring_index(position, self.slot_count as u64) as u32
+        if self.ring_mask != 0 {
+            position as u32 & self.ring_mask
+        } else {
+            (position % self.slot_count as u64) as u32
+        }
     }
     /// The decided mark of the slot that holds `position` (see `slot`).
     #[inline]
