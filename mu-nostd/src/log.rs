@@ -10,17 +10,21 @@
 //! *later* lap at the next position, or a lap notice, means the leader recycled past this
 //! replica: it needs a snapshot of another replica instead (`transfer`).
 //!
-//! A follower hashes a value once, when it applies it. Its scan reads headers only: each new
-//! slot's chain is a hash of its header words, the body digest among them (`slot`), and the
-//! scan records it. A commit point is trusted only from a slot whose chain links header by
-//! header back to the applied prefix; a header torn between two writers yields a chain nobody
-//! wrote, which neither the next slot's `chain_prev` nor any acceptance record matches. The
-//! walk is kept between replays while they find new slots or apply, so a streaming follower
-//! reads each header once in its scan; a slot that no longer chains to the walk (the leader
-//! rewrote walked slots) restarts it from `applied`, and so does a replay that found and
-//! applied nothing. The apply loads the whole slot and takes it only if its header yields the
-//! chain the walk recorded and its payload matches the body digest (`slot::reopen`): the bytes
-//! may have been rewritten since, or be torn as a write lands.
+//! A follower hashes a value once. Its scan reads headers: each new slot's chain is a hash of
+//! its header words, the body digest among them (`slot`), and the scan records it. A commit
+//! point is trusted only from a slot whose chain links header by header back to the applied
+//! prefix; a header torn between two writers yields a chain nobody wrote, which neither the next
+//! slot's `chain_prev` nor any acceptance record matches. The walk is kept between replays while
+//! they find new slots or apply, so a streaming follower reads each header once in its scan; a
+//! slot that no longer chains to the walk (the leader rewrote walked slots) restarts it from
+//! `applied`, and so does a replay that found and applied nothing. The next two positions to
+//! apply are loaded whole by the walk, and staged when their payload matches the body digest:
+//! a streaming follower walks a slot in one poll and applies it in the next, from the staged
+//! bytes, which hold the value whose chain the walk linked, as it was then (what the slot holds
+//! now does not matter: that value is the one decided). Any other slot is loaded whole at its
+//! apply and taken only if its header yields the chain the walk recorded and its payload
+//! matches the body digest (`slot::reopen`): the bytes may have been rewritten since, or be
+//! torn as a write lands.
 //!
 //! # Invariants
 //! - `applied` only grows, except when a snapshot is installed (`install_position`, never while
@@ -34,8 +38,11 @@
 //!   kept, and `walked` holds the linked chain of every position in `[applied, walk.end)`; the
 //!   walk is forgotten when this replica starts leading (its proposals rewrite its own log) or
 //!   installs a snapshot.
-//! - A position is applied only if its slot opens now with the chain the walk linked there, below
-//!   a commit point the same walk learned (`commit_known == applied` whenever no walk is kept).
+//! - A position is applied only if its slot opened whole with the chain the walk linked there
+//!   (at the apply, or when the walk staged it), below a commit point the same walk learned
+//!   (`commit_known == applied` whenever no walk is kept).
+//! - A staged slot's bytes are exactly what one load of it returned, its payload matching its
+//!   body digest and its header yielding the chain it is staged with; only the walk writes them.
 
 use crate::config::{Config, ENTRY_SLOTS_MAX, PIPELINE_DEPTH_MAX};
 use crate::fabric::{Fabric, ReplicaId};
@@ -59,6 +66,51 @@ pub(crate) struct Assembly {
     entry_len: u32,
     next_frag: u16,
     filled: u32,
+}
+
+impl Assembly {
+    /// Adds `fragment`, of the slot whose header is `header`, to `entry`, a command that `fits`
+    /// it; `chain` is the chain before the slot. True when it completed its command. Fragments
+    /// out of sequence (a command cut short by a leader change) are dropped the same way on
+    /// every replica, because every replica applies the same decided slots.
+    fn add<const ENTRY: usize>(
+        &mut self,
+        header: SlotHeader,
+        fits: bool,
+        chain: u64,
+        fragment: &[u8],
+        entry: &mut [u8; ENTRY],
+    ) -> bool {
+        if header.frag_index == 0 {
+            *self = Assembly {
+                active: fits,
+                start: header.position,
+                start_chain: chain,
+                origin: header.origin,
+                entry_len: header.entry_len,
+                next_frag: 0,
+                filled: 0,
+            };
+        }
+        let in_sequence = self.active
+            && self.origin == header.origin
+            && self.entry_len == header.entry_len
+            && self.next_frag == header.frag_index;
+        if !in_sequence {
+            self.active = false;
+            return false;
+        }
+        let from = self.filled as usize;
+        entry[from..from + fragment.len()].copy_from_slice(fragment);
+        self.filled += fragment.len() as u32;
+        self.next_frag += 1;
+        if self.next_frag < header.frag_count {
+            return false;
+        }
+        assert_eq!(self.filled, header.entry_len);
+        self.active = false;
+        true
+    }
 }
 
 const COMMIT_DOMAIN: u64 = 0x434F_4D4D_4954;
@@ -119,6 +171,25 @@ struct Walked {
     stopped: Option<(u64, Blocked)>,
 }
 
+/// A slot the follower's walk loaded whole and found whole: its apply takes it from here,
+/// without loading and opening it again. The walk stages the next two positions to apply, each
+/// in the buffer of its parity: a streaming follower walks a slot in one poll and applies it in
+/// the next, when the walk of the one after it has been staged in the other buffer.
+struct Staged<const SLOT: usize> {
+    /// The header and chain of the value `bytes` hold, whole; `None`: nothing.
+    held: Option<(SlotHeader, u64)>,
+    bytes: [u8; SLOT],
+}
+
+/// Where the bytes of a slot to apply are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The scratch slot (`Log::slot`).
+    Scratch,
+    /// The walk's staged slot of this parity.
+    Staged(usize),
+}
+
 /// The own log of one replica, as both roles of its replication plane use it.
 pub(crate) struct Log<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> {
     pub(crate) config: Config,
@@ -140,6 +211,8 @@ pub(crate) struct Log<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     entry: [u8; ENTRY],
     /// Scratch for one slot: the one being opened, applied or adopted.
     pub(crate) slot: [u8; SLOT],
+    /// The next two positions to apply, as the walk loaded them (see [`Staged`]).
+    staged: [Staged<SLOT>; 2],
     response: [u8; ENTRY],
     /// The commands this replica submitted, until decided (or dropped).
     pub(crate) queue: RequestQueue<QUEUE>,
@@ -224,6 +297,12 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
             assembly: Assembly::default(),
             entry: [0; ENTRY],
             slot: [0; SLOT],
+            staged: [const {
+                Staged {
+                    held: None,
+                    bytes: [0; SLOT],
+                }
+            }; 2],
             response: [0; ENTRY],
             queue: RequestQueue::new(),
             blocked: None,
@@ -391,11 +470,30 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
         let size = self.config.slot_size as usize;
         while self.applied < decided_end {
             let walked_chain = self.walked[(self.applied % WALK_MAX as u64) as usize];
-            fabric.load(self.layout.slot(self.applied), &mut self.slot[..size]);
-            let why = match slot::reopen(&self.slot[..size], walked_chain) {
+            let parity = (self.applied % 2) as usize;
+            let (reopened, source) = match self.staged[parity].held {
+                // Loaded whole by the walk that linked it: that value, as it was then.
+                Some((header, chain))
+                    if header.position == self.applied && chain == walked_chain =>
+                {
+                    debug_assert_eq!(
+                        slot::reopen(&self.staged[parity].bytes[..size], chain),
+                        Reopened::Same(header)
+                    );
+                    (Reopened::Same(header), Source::Staged(parity))
+                }
+                _ => {
+                    fabric.load(self.layout.slot(self.applied), &mut self.slot[..size]);
+                    (
+                        slot::reopen(&self.slot[..size], walked_chain),
+                        Source::Scratch,
+                    )
+                }
+            };
+            let why = match reopened {
                 Reopened::Same(header) if header.chain_prev == self.applied_chain => {
                     debug_assert_eq!(header.position, self.applied);
-                    self.apply_slot(header, walked_chain, sm);
+                    self.apply_slot(header, walked_chain, source, sm);
                     continue;
                 }
                 // Not the value the walk linked: rewritten since (the walk restarts).
@@ -449,7 +547,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
         let mut may_restart = walk != from_applied;
         while walk.end < limit {
             match self.open_new(fabric, walk.end) {
-                Ok(opened) if opened.header.chain_prev != walk.chain => {
+                Ok(link) if link.chain_prev != walk.chain => {
                     if may_restart {
                         may_restart = false;
                         walk = from_applied; // Rewritten since it was walked.
@@ -459,14 +557,14 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
                     stopped = Some((walk.end, Blocked::Unchained));
                     break;
                 }
-                Ok(opened) => {
+                Ok(link) => {
                     // A writer's commit point never exceeds the position it wrote; a torn
                     // acceptance record (a rewrite cut short) just carries none.
-                    if let Some(accepted) = opened.accepted {
-                        self.commit_known = self.commit_known.max(accepted.commit.min(walk.end));
+                    if let Some(commit) = link.commit {
+                        self.commit_known = self.commit_known.max(commit.min(walk.end));
                     }
-                    self.walked[(walk.end % WALK_MAX as u64) as usize] = opened.chain;
-                    walk.chain = opened.chain;
+                    self.walked[(walk.end % WALK_MAX as u64) as usize] = link.chain;
+                    walk.chain = link.chain;
                     walk.end += 1;
                 }
                 Err(SlotError::Stale { found }) if found > walk.end => {
@@ -516,18 +614,35 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
     }
 
     /// Opens the header of the slot of `position` in the own log if anything of this lap is
-    /// there, leaving its payload to the apply: the position word tells a poll with nothing new
-    /// at once. A later lap is believed only of a header its acceptance record vouches for.
-    fn open_new<F: Fabric>(&mut self, fabric: &mut F, position: u64) -> Result<Opened, SlotError> {
+    /// there: the position word tells a poll with nothing new at once. A later lap is believed
+    /// only of a header its acceptance record vouches for. One of the next two positions to
+    /// apply is loaded whole and its payload checked, here rather than at its apply (staged);
+    /// one staged already has its header read again, as any walk does.
+    fn open_new<F: Fabric>(&mut self, fabric: &mut F, position: u64) -> Result<Link, SlotError> {
         if self.unwritten(fabric, position) {
             return Err(SlotError::Empty); // The end of a walk, seen in one word.
         }
-        let head = &mut self.slot[..SLOT_HEADER_BYTES as usize];
-        fabric.load(self.layout.slot(position), head);
-        if slot::probe(head, position) == Err(SlotError::Empty) {
-            return Err(SlotError::Empty);
+        let offset = self.layout.slot(position);
+        let capacity = self.config.slot_payload_bytes();
+        let staged = &mut self.staged[(position % 2) as usize];
+        let restaged = staged.held.is_some_and(|(h, _)| h.position == position);
+        if position > self.applied + 1 || restaged {
+            let mut head = [0u8; SLOT_HEADER_BYTES as usize];
+            fabric.load(offset, &mut head);
+            let link = open_head(&head, capacity, position).map(|o| Link::of(&o));
+            if restaged && link.map(|l| l.chain) != Ok(staged.held.map_or(0, |(_, c)| c)) {
+                staged.held = None; // Rewritten since: its apply loads it again.
+            }
+            return link;
         }
-        slot::open_header(head, self.config.slot_payload_bytes(), position)
+        let size = self.config.slot_size as usize;
+        staged.held = None;
+        fabric.load(offset, &mut staged.bytes[..size]);
+        let opened = open_head(&staged.bytes, capacity, position)?;
+        if slot::check_body(&staged.bytes[..size], &opened).is_ok() {
+            staged.held = Some((opened.header, opened.chain));
+        }
+        Ok(Link::of(&opened))
     }
 
     /// Counts a replay's stop at a slot it could not take, once per slot and reason.
@@ -572,28 +687,36 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
         }
     }
 
-    /// Applies the slot in the scratch buffer (already opened and chained) at `applied`.
+    /// Applies the slot in `source` (already opened and chained) at `applied`.
     pub(crate) fn apply_slot<S: StateMachine>(
         &mut self,
         header: SlotHeader,
         chain: u64,
+        source: Source,
         sm: &mut S,
     ) {
         assert_eq!(header.position, self.applied);
         assert_eq!(header.chain_prev, self.applied_chain);
         let capacity = self.config.slot_payload_bytes();
         let frag_len = header.frag_len(capacity) as usize;
-        let start = SLOT_HEADER_BYTES as usize;
+        let bytes = match source {
+            Source::Scratch => &self.slot,
+            Source::Staged(parity) => &self.staged[parity].bytes,
+        };
+        let fragment = &bytes[SLOT_HEADER_BYTES as usize..][..frag_len];
         let single = header.frag_count == 1;
         let complete = if single {
             self.assembly.active = false;
             true
         } else {
-            self.assemble(header, frag_len)
+            let fits = header.entry_len as usize <= ENTRY
+                && header.frag_count <= self.config.entry_slots_max;
+            self.assembly
+                .add(header, fits, self.applied_chain, fragment, &mut self.entry)
         };
         if complete {
             let command = if single {
-                &self.slot[start..start + frag_len]
+                fragment
             } else {
                 &self.entry[..header.entry_len as usize]
             };
@@ -637,45 +760,38 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
         self.applied_chain = chain;
         true
     }
+}
 
-    /// Adds a fragment; true when it completed its command. Fragments out of sequence (a
-    /// command cut short by a leader change) are dropped the same way on every replica, because
-    /// every replica applies the same decided slots.
-    fn assemble(&mut self, header: SlotHeader, frag_len: usize) -> bool {
-        let fits =
-            header.entry_len as usize <= ENTRY && header.frag_count <= self.config.entry_slots_max;
-        if header.frag_index == 0 {
-            self.assembly = Assembly {
-                active: fits,
-                start: header.position,
-                start_chain: self.applied_chain,
-                origin: header.origin,
-                entry_len: header.entry_len,
-                next_frag: 0,
-                filled: 0,
-            };
+/// What the walk takes of a slot it opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Link {
+    /// The chain it links to.
+    chain_prev: u64,
+    /// Its own chain.
+    chain: u64,
+    /// The commit point its acceptance record carries, unless that is torn.
+    commit: Option<u64>,
+}
+
+impl Link {
+    #[inline(always)]
+    fn of(opened: &Opened) -> Link {
+        Link {
+            chain_prev: opened.header.chain_prev,
+            chain: opened.chain,
+            commit: opened.accepted.map(|a| a.commit),
         }
-        let a = &mut self.assembly;
-        let in_sequence = a.active
-            && a.origin == header.origin
-            && a.entry_len == header.entry_len
-            && a.next_frag == header.frag_index;
-        if !in_sequence {
-            a.active = false;
-            return false;
-        }
-        let from = a.filled as usize;
-        let start = SLOT_HEADER_BYTES as usize;
-        self.entry[from..from + frag_len].copy_from_slice(&self.slot[start..start + frag_len]);
-        a.filled += frag_len as u32;
-        a.next_frag += 1;
-        if a.next_frag < header.frag_count {
-            return false;
-        }
-        assert_eq!(a.filled, header.entry_len);
-        a.active = false;
-        true
     }
+}
+
+/// Opens the header in `head` (at least [`SLOT_HEADER_BYTES`]) of a slot of `capacity` payload
+/// bytes that should hold `position`, if anything of this lap is there.
+#[inline(always)]
+fn open_head(head: &[u8], capacity: u32, position: u64) -> Result<Opened, SlotError> {
+    if slot::probe(head, position) == Err(SlotError::Empty) {
+        return Err(SlotError::Empty);
+    }
+    slot::open_header(head, capacity, position)
 }
 
 /// Applies a complete command and, when this replica submitted it, reports its ticket.

@@ -25,7 +25,8 @@
 //! # Each payload byte is hashed once per replica
 //!
 //! The leader hashes a payload once, when it seals it ([`body_digest`]); a follower hashes it
-//! once, when it applies it ([`open`]). Everything else reads headers ([`open_header`]): the
+//! once, when its walk loads the slot whole or else when it applies it ([`check_body`],
+//! [`reopen`]). Everything else reads headers ([`open_header`]): the
 //! chain is a hash of five header words. A header torn between two writers yields a chain no
 //! writer computed, so no acceptance record, adoption record or decided mark verifies against
 //! it and no slot's `chain_prev` names it: it counts as nothing accepted and links to nothing,
@@ -410,6 +411,7 @@ pub fn open_header(head: &[u8], capacity: u32, position: u64) -> Result<Opened, 
 
 /// Checks that the payload of `slot` (the whole slot, its header opened as `opened`) is the one
 /// its header's body digest names: [`SlotError::Torn`] if not.
+#[inline]
 pub fn check_body(slot: &[u8], opened: &Opened) -> Result<(), SlotError> {
     if body_matches(slot, &opened.header, opened.body) {
         Ok(())
@@ -419,6 +421,7 @@ pub fn check_body(slot: &[u8], opened: &Opened) -> Result<(), SlotError> {
 }
 
 /// True when the payload of the whole `slot`, as long as `header` says, hashes to `body`.
+#[inline]
 fn body_matches(slot: &[u8], header: &SlotHeader, body: u64) -> bool {
     let capacity = slot.len() as u32 - SLOT_HEADER_BYTES;
     let payload = &slot[SLOT_HEADER_BYTES as usize..][..header.frag_len(capacity) as usize];

@@ -1,8 +1,9 @@
 //! A follower whose unapplied slot is damaged says so (issue 16: such a follower used to stall
 //! for up to most of a lap while nothing anywhere said why).
 //!
-//! Replica 0 leads; as soon as a slot landed whole in follower 2's log and 2 has not applied it
-//! yet, a byte of its value there is flipped (the follower hashes a value when it applies it). Follower 2's status must then name the
+//! Replica 0 leads; as soon as a slot landed whole in follower 2's log (2 paused meanwhile) and 2
+//! has not applied it yet, a byte of its value there is flipped (the follower hashes a value
+//! when its walk loads it whole, or when it applies it). Follower 2's status must then name the
 //! position and the reason (`Blocked::Torn`), count the slot once however many polls stop
 //! there, and, once the leader's repair rewrote the slot, go on applying with the block gone.
 //! A follower blocked so after the leader lapped it gets no repair: it must take the lap notice.
@@ -28,13 +29,19 @@ fn a_damaged_slot_is_named_counted_once_and_repaired() {
             .submit(command.as_bytes())
             .expect("the leader takes it");
         // Wait until the value landed whole in 2's log (a write still in flight would land
-        // over the damage), then damage it if 2 has not applied it yet.
+        // over the damage), then damage it if 2 has not applied it yet. 2 is paused meanwhile:
+        // its walk loads the next slots to apply whole and checks them then, so damage after
+        // that walk is damage after the check, which no apply would see.
         let slot = layout.slot(before) as usize;
         let size = config.slot_size as usize;
-        let landed = trio.run_until(1_000, |t| {
-            mu_nostd::slot::open(&t.world.region(2)[slot..slot + size], before).is_ok()
-        });
-        assert!(landed.is_some(), "command {attempt} reaches follower 2");
+        let whole =
+            |t: &Trio| mu_nostd::slot::open(&t.world.region(2)[slot..slot + size], before).is_ok();
+        let mut ticks = 0;
+        while !whole(&trio) {
+            assert!(ticks < 1_000, "command {attempt} reaches follower 2");
+            trio.run_pausing(1, 1 << 2);
+            ticks += 1;
+        }
         // Not the tenure's first position: there the same value landed again two ticks after
         // the damage (the leader's view of the member did not change; not traced further) and
         // repaired it before the follower looked, which it does when it applies.

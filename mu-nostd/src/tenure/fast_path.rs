@@ -17,7 +17,7 @@
 use super::{count, ring_pieces, Leading, MemberState, Proposal, ACK_WINDOW, MARKED_REWRITES};
 use crate::fabric::{Fabric, ReplicaId};
 use crate::layout::{COMMIT_RECORD_BYTES, RECORD_BYTES};
-use crate::log::encode_commit;
+use crate::log::{encode_commit, Source};
 use crate::slot::{self, origin, Acceptance, SlotHeader, SLOT_HEADER_BYTES};
 use crate::state_machine::StateMachine;
 use crate::wrid::Kind;
@@ -283,7 +283,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                     header.chain_prev, self.log.applied_chain,
                     "the own log chains"
                 );
-                self.log.apply_slot(header, chain, sm);
+                self.log.apply_slot(header, chain, Source::Scratch, sm);
             }
             self.t.progress_at = now;
         }

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::fabric::{Fabric, ReplicaId};
 use crate::layout::{PROMISE_BYTES, RECORD_BYTES};
+use crate::log::Source;
 use crate::record;
 use crate::slot::{self, SlotError};
 use crate::state_machine::StateMachine;
@@ -308,7 +309,8 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             // another's, and such a header's chain is nobody's.
             match self.log.open_vouched(fabric, self.log.applied) {
                 Ok(opened) if opened.header.chain_prev == self.log.applied_chain => {
-                    self.log.apply_slot(opened.header, opened.chain, sm);
+                    self.log
+                        .apply_slot(opened.header, opened.chain, Source::Scratch, sm);
                 }
                 Err(SlotError::Torn) => {
                     // The source changed under the read. Try again later.
