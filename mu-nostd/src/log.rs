@@ -741,6 +741,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
     /// they are not loaded and parsed again. `chain` is the chain its slot yields. False, having
     /// applied nothing, when the command is no longer waiting (decided at an earlier position
     /// as another tenure's value): its slot is then applied from the log.
+    #[inline]
     pub(crate) fn apply_proposed<S: StateMachine>(
         &mut self,
         sequence: u64,

@@ -183,6 +183,7 @@ pub const fn origin(proposer: u8, sequence: u64) -> u64 {
 
 impl SlotHeader {
     /// Bytes of payload this fragment carries, given the slot's payload capacity.
+    #[inline]
     pub fn frag_len(&self, capacity: u32) -> u32 {
         let before = self.frag_index as u64 * capacity as u64;
         (self.entry_len as u64)
@@ -220,12 +221,14 @@ impl SlotHeader {
 
     /// Writes the whole slot header for `payload`: the value's header and the acceptance
     /// record. Returns the chain digest.
+    #[inline]
     pub fn seal(&self, payload: &[u8], acceptance: Acceptance, out: &mut [u8]) -> u64 {
         self.seal_body(body_digest(payload), acceptance, out)
     }
 
     /// [`SlotHeader::seal`] for the payload whose digest is `body` (a value read and checked
     /// before, sealed again under another `chain_prev` or acceptance).
+    #[inline]
     pub fn seal_body(&self, body: u64, acceptance: Acceptance, out: &mut [u8]) -> u64 {
         assert!(out.len() >= SLOT_HEADER_BYTES as usize);
         assert!(self.frag_index < self.frag_count);
