@@ -247,14 +247,15 @@ impl<'s, const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             // A command waiting: the leader's commit path, which should not pay for a call.
             return self.log.queue.len() == 0 && self.quiet_leader(now, fabric);
         }
-        self.transfer.is_none()
+        // The log first: a streaming follower keeps a walk, and learns it in one load.
+        self.log.quiet(now, fabric)
+            && self.transfer.is_none()
             && self.halted.is_none()
             && self.voter
             && self.donor.idle(now)
             && now < self.publish_due
             && self.log.queue.len() == 0
             && self.shared.lead().is_none()
-            && self.log.quiet(now, fabric)
             && self.inbox.empty(fabric)
     }
 
