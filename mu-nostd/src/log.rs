@@ -624,13 +624,17 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
         }
         let offset = self.layout.slot(position);
         let capacity = self.config.slot_payload_bytes();
+        let mut head = [0u8; SLOT_HEADER_BYTES as usize];
+        if position > self.applied + 1 {
+            // A follower behind its walk: the header only, as the apply will load it anyway.
+            fabric.load(offset, &mut head);
+            return open_head(&head, capacity, position).map(|o| Link::of(&o));
+        }
         let staged = &mut self.staged[(position % 2) as usize];
-        let restaged = staged.held.is_some_and(|(h, _)| h.position == position);
-        if position > self.applied + 1 || restaged {
-            let mut head = [0u8; SLOT_HEADER_BYTES as usize];
+        if let Some((_, chain)) = staged.held.filter(|(h, _)| h.position == position) {
             fabric.load(offset, &mut head);
             let link = open_head(&head, capacity, position).map(|o| Link::of(&o));
-            if restaged && link.map(|l| l.chain) != Ok(staged.held.map_or(0, |(_, c)| c)) {
+            if link.map(|l| l.chain) != Ok(chain) {
                 staged.held = None; // Rewritten since: its apply loads it again.
             }
             return link;
