@@ -76,7 +76,18 @@ impl<'s> Trio<'s> {
         self.run_polling(ticks, 0, paused);
     }
 
+    /// Like [`Trio::run`], but the replication planes of the replicas in `stopped` (bit per id)
+    /// are not polled: they apply nothing and publish no applied position, while their background
+    /// planes grant and ack, and the others write and read their regions.
+    pub fn run_replication_stopped(&mut self, ticks: u64, stopped: u8) {
+        self.run_planes(ticks, 0, 0, stopped);
+    }
+
     fn run_polling(&mut self, ticks: u64, starved: u8, paused: u8) {
+        self.run_planes(ticks, starved, paused, 0);
+    }
+
+    fn run_planes(&mut self, ticks: u64, starved: u8, paused: u8, stopped: u8) {
         for _ in 0..ticks {
             self.tick += 1;
             self.world.advance(self.tick);
@@ -90,6 +101,9 @@ impl<'s> Trio<'s> {
                 if starved & (1 << i) == 0 {
                     r.background
                         .poll(self.tick, &mut self.world.fabric(i, Plane::Background));
+                }
+                if stopped & (1 << i) != 0 {
+                    continue;
                 }
                 r.replication.poll(
                     self.tick,
