@@ -624,17 +624,19 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
         }
         let offset = self.layout.slot(position);
         let capacity = self.config.slot_payload_bytes();
-        let mut head = [0u8; SLOT_HEADER_BYTES as usize];
-        if position > self.applied + 1 {
-            // A follower behind its walk: the header only, as the apply will load it anyway.
-            fabric.load(offset, &mut head);
-            return open_head(&head, capacity, position).map(|o| Link::of(&o));
-        }
         let staged = &mut self.staged[(position % 2) as usize];
-        if let Some((_, chain)) = staged.held.filter(|(h, _)| h.position == position) {
+        // A follower behind its walk takes the header only (the apply loads the slot anyway),
+        // and so does a walk over a slot staged before, which it checks is still that one.
+        let behind = position > self.applied + 1;
+        let held = match behind {
+            true => None,
+            false => staged.held.filter(|(h, _)| h.position == position),
+        };
+        if behind || held.is_some() {
+            let mut head = [0u8; SLOT_HEADER_BYTES as usize];
             fabric.load(offset, &mut head);
             let link = open_head(&head, capacity, position).map(|o| Link::of(&o));
-            if link.map(|l| l.chain) != Ok(chain) {
+            if held.is_some_and(|(_, chain)| link.map(|l| l.chain) != Ok(chain)) {
                 staged.held = None; // Rewritten since: its apply loads it again.
             }
             return link;
