@@ -1,21 +1,26 @@
 //! Memory that other processes change under our feet: a mapped shared-memory file, and byte
 //! copies in and out of it.
 //!
-//! Every access to mapped bytes goes through relaxed atomics, never through Rust references to
-//! plain bytes, because other processes write them at any time (a plain `memcpy` over them would
-//! be a data race). Relaxed is enough: the core checks every slot and record it reads, and the
-//! fabric orders what it must with `SeqCst` accesses to its control words.
+//! Every access to mapped bytes is atomic, never through Rust references to plain bytes,
+//! because other processes write them at any time (a plain `memcpy` over them would be a data
+//! race). Relaxed is enough: the core checks every slot and record it reads, and the fabric
+//! orders what it must with `SeqCst` accesses to its control words.
 //!
-//! Copies move 8-byte words on the 8-byte grid of addresses, eight words a loop step ([`copy`]),
-//! and single bytes only at unaligned edges: two instructions a word plus a little per step,
-//! the least relaxed 64-bit atomics allow (they are never merged into wider accesses).
+//! Copies move 8-byte words on the 8-byte grid of addresses, eight words a loop step, and single
+//! bytes only at unaligned edges: two instructions a word plus a little per step, the least
+//! relaxed 64-bit atomics allow (LLVM never merges them into wider accesses). A copy of 256
+//! bytes or more moves its middle in 16-byte moves instead, where the CPU documents those as
+//! single-copy atomic (x86-64 with AVX, Intel or AMD): in inline assembly, whose every access
+//! is, to any other, the atomic move of the two words it covers ([`Move::lines`]). Such a copy
+//! into mapped memory also warms the bytes after it for the next write (a log's next slot).
 //!
 //! # Invariants
 //! - A `Mapping` is valid for `len` bytes from `base` until it is dropped; `len` is a multiple of
 //!   the page size; a mapping of at least a huge page starts on a huge-page boundary.
 //! - Copies stay inside the bounds the caller checked; the `unsafe` here is confined to pointer
 //!   arithmetic inside those bounds, to plain accesses of the caller's own buffer in `copy_in`
-//!   and `copy_out`, and to `mmap`/`munmap`.
+//!   and `copy_out`, to 16-byte moves only at 16-aligned mapped addresses and only where
+//!   [`atomic_16_byte_moves`], to prefetches (which access nothing), and to `mmap`/`munmap`.
 
 use std::fs::File;
 use std::io;
@@ -258,11 +263,44 @@ pub unsafe fn copy_out(src: *const u8, dst: &mut [u8]) {
     unsafe { bulk::<MappedToPlain>(src, dst.as_mut_ptr(), dst.len(), src as usize) };
 }
 
+/// Copies into mapped memory at least this long warm what follows them ([`wide`]): a shorter
+/// one is a stream the CPU's own prefetcher follows within a page, a longer one crosses pages,
+/// where it loses the stream and each line of the next write misses in turn.
+const WARM_MIN_BYTES: usize = 1024;
+
+/// Asks the CPU to fetch the `len` bytes from `start` (rounded up to four lines) for writing
+/// (`PREFETCHW`), without waiting.
+///
+/// A hint, not an access: it reads and writes nothing, faults on no address (past the end of a
+/// mapping too), and is dropped where the CPU has no such prefetch.
+#[inline(always)]
+fn prefetch_for_writes(start: *const u8, len: usize) {
+    // Four lines a step: a step costs its prefetches and one add, compare and branch.
+    #[cfg(target_arch = "x86_64")]
+    for at in (0..len.div_ceil(256)).map(|step| start.wrapping_add(step * 256)) {
+        // SAFETY: PREFETCHW touches no memory in the abstract machine's sense (no load or
+        // store, no fault even on an unmapped address), so any address is sound.
+        unsafe {
+            std::arch::asm!(
+                "prefetchw byte ptr [{at}]",
+                "prefetchw byte ptr [{at} + 64]",
+                "prefetchw byte ptr [{at} + 128]",
+                "prefetchw byte ptr [{at} + 192]",
+                at = in(reg) at,
+                options(nostack, readonly, preserves_flags),
+            );
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (start, len);
+}
+
 /// How a copy moves one word and one byte, by which side is mapped memory (accessed only
 /// atomically) and which a buffer of this thread's (accessed plainly, at any alignment).
 ///
 /// # Safety
-/// An implementation must access a mapped side only through relaxed atomics.
+/// An implementation must access a mapped side only through relaxed atomics, or in
+/// [`Move::lines`] through 16-byte moves at 16-aligned addresses that the CPU makes atomic.
 unsafe trait Move {
     /// Moves the word at `src` to `dst`.
     ///
@@ -277,6 +315,64 @@ unsafe trait Move {
     /// # Safety
     /// As for [`Move::word`], for one byte.
     unsafe fn byte(src: *const u8, dst: *mut u8);
+
+    /// Whether the copy writes mapped memory, whose next bytes a long copy warms ([`wide`]).
+    const WARMS: bool;
+
+    /// The address of the two that [`Move::lines`] needs 16-aligned (a mapped side, whose
+    /// accesses must be atomic), or `None` when both are mapped and cannot be 16-aligned at once.
+    fn wide_anchor(src: usize, dst: usize) -> Option<usize>;
+
+    /// Moves `len` bytes, a nonzero multiple of [`LINE_BYTES`], in 16-byte moves: on a mapped
+    /// side each move is a `MOVDQA`, atomic where [`atomic_16_byte_moves`] says so, and so, to
+    /// every other access, the relaxed atomic moves of the two words it covers.
+    ///
+    /// # Safety
+    /// [`Move::word`]'s contract for each of the `len / 8` words; each mapped side 16-aligned,
+    /// and [`atomic_16_byte_moves`] true.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn lines(src: *const u8, dst: *mut u8, len: usize);
+}
+
+/// The body of [`Move::lines`] with the given load and store instructions (`movdqa` on a
+/// mapped side, `movdqu` on a plain one): four 16-byte loads and four stores a step, one index
+/// counting up to zero for both sides.
+///
+/// The assembly's memory accesses are what Rust asks of an `asm!` block: expressible as Rust
+/// operations, here the relaxed atomic word moves of [`Move::word`] (see [`Move::lines`]); and
+/// the block, which may touch any memory, orders with the surrounding code as a call would.
+#[cfg(target_arch = "x86_64")]
+macro_rules! move_lines {
+    ($load:literal, $store:literal, $src:expr, $dst:expr, $len:expr) => {{
+        let len: usize = $len;
+        assert!(len > 0 && len % LINE_BYTES == 0);
+        // SAFETY: the caller's promise: `len` bytes from both sides, mapped ones 16-aligned and
+        // atomic in 16-byte moves; the loop reads `src + len - k` and writes `dst + len - k` for
+        // `k` from `len` down to 16, and ends when the index reaches zero.
+        unsafe {
+            std::arch::asm!(
+                "2:",
+                concat!($load, " {a}, xmmword ptr [{s} + {i}]"),
+                concat!($load, " {b}, xmmword ptr [{s} + {i} + 16]"),
+                concat!($load, " {c}, xmmword ptr [{s} + {i} + 32]"),
+                concat!($load, " {e}, xmmword ptr [{s} + {i} + 48]"),
+                concat!($store, " xmmword ptr [{d} + {i}], {a}"),
+                concat!($store, " xmmword ptr [{d} + {i} + 16], {b}"),
+                concat!($store, " xmmword ptr [{d} + {i} + 32], {c}"),
+                concat!($store, " xmmword ptr [{d} + {i} + 48], {e}"),
+                "add {i}, 64",
+                "jnz 2b",
+                s = in(reg) $src.add(len),
+                d = in(reg) $dst.add(len),
+                i = inout(reg) len.wrapping_neg() => _,
+                a = out(xmm_reg) _,
+                b = out(xmm_reg) _,
+                c = out(xmm_reg) _,
+                e = out(xmm_reg) _,
+                options(nostack),
+            );
+        }
+    }};
 }
 
 /// Mapped memory on both sides: [`copy`].
@@ -288,6 +384,8 @@ struct MappedToPlain;
 
 // SAFETY: both sides are mapped, and both accessed only through relaxed atomics.
 unsafe impl Move for MappedToMapped {
+    const WARMS: bool = true;
+
     #[inline(always)]
     unsafe fn word(src: *const u64, dst: *mut u64) {
         // SAFETY: the caller's promise: both words aligned, valid for reads and writes, accessed
@@ -307,10 +405,23 @@ unsafe impl Move for MappedToMapped {
         let (s, d) = unsafe { (AtomicU8::from_ptr(src.cast_mut()), AtomicU8::from_ptr(dst)) };
         d.store(s.load(Ordering::Relaxed), Ordering::Relaxed);
     }
+
+    #[inline(always)]
+    fn wide_anchor(src: usize, dst: usize) -> Option<usize> {
+        ((src ^ dst) % 16 == 0).then_some(src)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn lines(src: *const u8, dst: *mut u8, len: usize) {
+        move_lines!("movdqa", "movdqa", src, dst, len)
+    }
 }
 
 // SAFETY: the mapped side, `dst`, is only stored to atomically.
 unsafe impl Move for PlainToMapped {
+    const WARMS: bool = true;
+
     #[inline(always)]
     unsafe fn word(src: *const u64, dst: *mut u64) {
         // SAFETY: `src` is readable (the caller's promise), at any alignment; `dst` is aligned,
@@ -323,10 +434,23 @@ unsafe impl Move for PlainToMapped {
         // SAFETY: as for `word`; a byte is always aligned.
         unsafe { AtomicU8::from_ptr(dst).store(src.read(), Ordering::Relaxed) };
     }
+
+    #[inline(always)]
+    fn wide_anchor(_: usize, dst: usize) -> Option<usize> {
+        Some(dst)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn lines(src: *const u8, dst: *mut u8, len: usize) {
+        move_lines!("movdqu", "movdqa", src, dst, len)
+    }
 }
 
 // SAFETY: the mapped side, `src`, is only loaded from atomically.
 unsafe impl Move for MappedToPlain {
+    const WARMS: bool = false;
+
     #[inline(always)]
     unsafe fn word(src: *const u64, dst: *mut u64) {
         // SAFETY: `src` is aligned, valid for reads and writes and accessed by others only
@@ -342,6 +466,17 @@ unsafe impl Move for MappedToPlain {
         // SAFETY: as for `word`; a byte is always aligned.
         unsafe { dst.write(AtomicU8::from_ptr(src.cast_mut()).load(Ordering::Relaxed)) };
     }
+
+    #[inline(always)]
+    fn wide_anchor(src: usize, _: usize) -> Option<usize> {
+        Some(src)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn lines(src: *const u8, dst: *mut u8, len: usize) {
+        move_lines!("movdqa", "movdqu", src, dst, len)
+    }
 }
 
 /// Words a copy moves per step of its word loop.
@@ -350,20 +485,36 @@ unsafe impl Move for MappedToPlain {
 /// vectorises them, and leaves a loop over them rolled, so a word at a time costs a load, a
 /// store and the loop's own count, check and branch (about nine instructions a word under
 /// `mu-bench instructions`). Eight words a step keep the two moves per word and spread the
-/// loop's cost over 64 bytes. Wider single accesses would need 128-bit or vector atomics, which
-/// stable Rust does not have (inline assembly would step outside the memory model the module's
-/// rule relies on).
+/// loop's cost over 64 bytes. Wider accesses need vector moves that the CPU makes atomic, for
+/// which stable Rust has no atomic type: [`Move::lines`], in inline assembly, for long copies.
 const UNROLL: usize = 8;
 
-/// Moves `len` bytes from `src` to `dst` with `M`: bytes up to the first 8-aligned address of
-/// `aligned` (the address of whichever of the two sides must be aligned for words: a mapped
-/// one), words from there, [`UNROLL`] a step, bytes after the last whole word.
+/// Moves `len` bytes from `src` to `dst` with `M`: a long copy in 64-byte lines of 16-byte
+/// moves where those are atomic ([`wide`]), any other in words ([`words`]).
 ///
 /// # Safety
 /// `M`'s contract for every byte and word of the two ranges of `len` bytes; `aligned` is `src`
 /// or `dst`, and when both are mapped they are equally aligned.
 #[inline(always)]
 unsafe fn bulk<M: Move>(src: *const u8, dst: *mut u8, len: usize, aligned: usize) {
+    // SAFETY: the caller's promise, passed on.
+    unsafe {
+        if len >= WIDE_MIN_BYTES {
+            wide::<M>(src, dst, len, aligned);
+        } else {
+            words::<M>(src, dst, len, aligned);
+        }
+    }
+}
+
+/// Moves `len` bytes from `src` to `dst` with `M`: bytes up to the first 8-aligned address of
+/// `aligned` (the address of whichever of the two sides must be aligned for words: a mapped
+/// one), words from there, [`UNROLL`] a step, bytes after the last whole word.
+///
+/// # Safety
+/// As for [`bulk`].
+#[inline(always)]
+unsafe fn words<M: Move>(src: *const u8, dst: *mut u8, len: usize, aligned: usize) {
     let head = (aligned.wrapping_neg() % 8).min(len);
     // Both remainders computed as such, so that LLVM knows the edges hold fewer than 8 bytes
     // and moves them without a loop.
@@ -396,6 +547,107 @@ unsafe fn bulk<M: Move>(src: *const u8, dst: *mut u8, len: usize, aligned: usize
         bytes::<M>(src.add(end), dst.add(end), tail);
     }
 }
+
+/// Moves `len` bytes from `src` to `dst` with `M`, the whole 64-byte lines between the first
+/// and last 16-aligned addresses of the mapped side(s) in 16-byte moves ([`Move::lines`]),
+/// where the CPU makes such a move single-copy atomic ([`atomic_16_byte_moves`]) and the mapped
+/// sides are 16-aligned together; the rest, and all of it elsewhere, in [`words`].
+///
+/// A copy into mapped memory of at least [`WARM_MIN_BYTES`] then warms the next `len` bytes
+/// there for writing: a log is written in order, so its next slot's lines are owned by the time
+/// it is written. Without it, each of the 64 lines of a 4 KiB slot missed in turn on the
+/// leader, in its own log and in each follower's (p50 of a 4 KiB command about 1.5 times as
+/// long under `mu-bench latency`).
+///
+/// Out of line, so that the short copies, inlined, keep their few registers.
+///
+/// # Safety
+/// As for [`bulk`].
+#[inline(never)]
+unsafe fn wide<M: Move>(src: *const u8, dst: *mut u8, len: usize, aligned: usize) {
+    // SAFETY: the caller's promise, passed on.
+    unsafe { wide_copy::<M>(src, dst, len, aligned) };
+    if M::WARMS && len >= WARM_MIN_BYTES {
+        prefetch_for_writes(dst.wrapping_add(len), len);
+    }
+}
+
+/// [`wide`]'s copy.
+///
+/// # Safety
+/// As for [`bulk`].
+#[inline(always)]
+unsafe fn wide_copy<M: Move>(src: *const u8, dst: *mut u8, len: usize, aligned: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(anchor) = M::wide_anchor(src as usize, dst as usize) {
+        let before = anchor.wrapping_neg() % 16;
+        let lines = len.saturating_sub(before) / LINE_BYTES * LINE_BYTES;
+        if lines > 0 && atomic_16_byte_moves() {
+            let after = before + lines;
+            // SAFETY: `before`, `lines` and the rest partition the caller's ranges; after
+            // `before` bytes each mapped side is 16-aligned (`wide_anchor`), where the CPU makes
+            // 16-byte moves atomic (checked just above).
+            unsafe {
+                words::<M>(src, dst, before, aligned);
+                M::lines(src.add(before), dst.add(before), lines);
+                let rest = aligned.wrapping_add(after);
+                words::<M>(src.add(after), dst.add(after), len - after, rest);
+            }
+            return;
+        }
+    }
+    // SAFETY: the caller's promise, passed on.
+    unsafe { words::<M>(src, dst, len, aligned) };
+}
+
+/// The shortest copy that [`bulk`] moves in lines: below it the checks cost more than the lines
+/// save (a 64 B command's slot is two 64-byte copies into the own log and one of 128 bytes to
+/// each follower, under `mu-bench instructions`).
+const WIDE_MIN_BYTES: usize = 256;
+
+/// Bytes a step of [`Move::lines`] moves: four 16-byte moves.
+#[cfg(target_arch = "x86_64")]
+const LINE_BYTES: usize = 64;
+
+/// Whether a 16-byte SSE move (`MOVDQA`) at a 16-aligned address of cacheable memory is
+/// single-copy atomic on this CPU: on Intel and AMD processors that have AVX, by their manuals
+/// (Intel SDM vol. 3A, "Guaranteed Atomic Operations"; AMD64 APM vol. 2, "Access Atomicity").
+/// Checked once; other vendors, and CPUs without AVX, copy in words.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn atomic_16_byte_moves() -> bool {
+    use std::sync::atomic::AtomicU8;
+    const UNKNOWN: u8 = 0;
+    const ATOMIC: u8 = 1;
+    const NOT_ATOMIC: u8 = 2;
+    static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
+    match STATE.load(Ordering::Relaxed) {
+        ATOMIC => true,
+        NOT_ATOMIC => false,
+        _ => {
+            let atomic =
+                vendor_documents_16_byte_atomicity() && std::arch::is_x86_feature_detected!("avx");
+            STATE.store(if atomic { ATOMIC } else { NOT_ATOMIC }, Ordering::Relaxed);
+            atomic
+        }
+    }
+}
+
+/// Whether the CPU's vendor is one whose manual gives aligned 16-byte moves atomicity with AVX.
+#[cfg(target_arch = "x86_64")]
+#[cold]
+fn vendor_documents_16_byte_atomicity() -> bool {
+    // CPUID leaf 0 names the vendor in EBX, EDX, ECX.
+    #[allow(unused_unsafe)] // `__cpuid` is safe to call from Rust 1.87 on, unsafe before.
+    // SAFETY: CPUID leaf 0 exists on every x86-64 CPU and only reads identification registers.
+    let leaf = unsafe { std::arch::x86_64::__cpuid(0) };
+    let mut vendor = [0u8; 12];
+    vendor[..4].copy_from_slice(&leaf.ebx.to_le_bytes());
+    vendor[4..8].copy_from_slice(&leaf.edx.to_le_bytes());
+    vendor[8..].copy_from_slice(&leaf.ecx.to_le_bytes());
+    &vendor == b"GenuineIntel" || &vendor == b"AuthenticAMD"
+}
+
 const _: () = assert!(
     UNROLL == 8,
     "`bulk` moves the words left in pieces of 4, 2 and 1"
@@ -430,18 +682,19 @@ mod tests {
     use super::*;
 
     /// Around the edges of a word, of a whole step of the word loops (`BLOCK_BYTES`) and of two.
-    const LENGTHS: [usize; 16] = [
-        0, 1, 7, 8, 9, 15, 16, 63, 64, 65, 71, 72, 127, 128, 129, 200,
+    /// With the lines of [`wide`] too: one, and several with words and bytes after them.
+    const LENGTHS: [usize; 19] = [
+        0, 1, 7, 8, 9, 15, 16, 63, 64, 65, 71, 72, 127, 128, 129, 200, 263, 264, 328,
     ];
-    const BUFFER: usize = 9 + 200;
+    const BUFFER: usize = 17 + 328;
 
     /// Runs `f(from, to, len, src, dst)` for every alignment of both ends and every length, and
     /// checks that exactly `dst[to..to + len]` became `src[from..from + len]`.
     fn every_alignment_and_length(mut f: impl FnMut(usize, usize, usize, &mut [u8], &mut [u8])) {
         // Never 0xEE, and not periodic in words: a byte missed or misplaced shows.
         let mut src: Vec<u8> = (0..BUFFER).map(|i| (i % 199) as u8).collect();
-        for from in 0..9 {
-            for to in 0..9 {
+        for from in 0..17 {
+            for to in 0..17 {
                 for len in LENGTHS {
                     let mut dst = vec![0xEEu8; BUFFER];
                     f(from, to, len, &mut src, &mut dst);
@@ -456,10 +709,40 @@ mod tests {
     #[test]
     fn copies_every_alignment_and_length() {
         every_alignment_and_length(|from, to, len, src, dst| {
-            // SAFETY: both ranges are inside the local buffers (from, to < 9, len <= 200, of
+            // SAFETY: both ranges are inside the local buffers (from, to < 17, len <= 328, of
             // `BUFFER` bytes), borrowed mutably for the call, so nothing else touches them.
             unsafe { copy(src.as_mut_ptr().add(from), dst.as_mut_ptr().add(to), len) };
         });
+    }
+
+    /// `lines` moves exactly its bytes, in each direction, wherever `wide` would use it.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn lines_move_exactly_their_bytes() {
+        if !atomic_16_byte_moves() {
+            return; // `wide` never calls it here; `copies_every_alignment_and_length` copies.
+        }
+        #[repr(align(16))]
+        struct Bytes([u8; 320]);
+        let src = Bytes(core::array::from_fn(|i| (i % 251) as u8 + 1));
+        for len in [64, 128, 256] {
+            let moves: [unsafe fn(*const u8, *mut u8, usize); 3] = [
+                MappedToMapped::lines,
+                PlainToMapped::lines,
+                MappedToPlain::lines,
+            ];
+            for lines in moves {
+                let mut dst = Bytes([0; 320]);
+                // SAFETY: `16 + len <= 320` bytes of both buffers, owned here and 16-aligned
+                // at offset 16.
+                unsafe { lines(src.0[16..].as_ptr(), dst.0[16..].as_mut_ptr(), len) };
+                assert_eq!(dst.0[16..16 + len], src.0[16..16 + len]);
+                assert!(dst.0[..16]
+                    .iter()
+                    .chain(&dst.0[16 + len..])
+                    .all(|&b| b == 0));
+            }
+        }
     }
 
     #[test]
