@@ -11,7 +11,7 @@
 //! relaxed 64-bit atomics allow (LLVM never merges them into wider accesses). A copy of 256
 //! bytes or more moves its middle in 16-byte moves instead, where the CPU documents those as
 //! single-copy atomic (x86-64 with AVX, Intel or AMD): in inline assembly, whose every access
-//! is, to any other, the atomic move of the two words it covers ([`Move::lines`]). Such a copy
+//! is, to any other, the atomic move of the two words it covers (`Move::lines`). Such a copy
 //! into mapped memory also warms the bytes after it for the next write (a log's next slot).
 //!
 //! # Invariants
@@ -19,8 +19,9 @@
 //!   the page size; a mapping of at least a huge page starts on a huge-page boundary.
 //! - Copies stay inside the bounds the caller checked; the `unsafe` here is confined to pointer
 //!   arithmetic inside those bounds, to plain accesses of the caller's own buffer in `copy_in`
-//!   and `copy_out`, to 16-byte moves only at 16-aligned mapped addresses and only where
-//!   [`atomic_16_byte_moves`], to prefetches (which access nothing), and to `mmap`/`munmap`.
+//!   and `copy_out`, to 16-byte moves at 16-aligned mapped addresses only on CPUs that make
+//!   those atomic (`atomic_16_byte_moves`), to prefetches (which access nothing), and to
+//!   `mmap`/`munmap`.
 
 use std::fs::File;
 use std::io;
