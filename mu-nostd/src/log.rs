@@ -155,6 +155,24 @@ fn decode_commit(offset: u32, bytes: &[u8; COMMIT_RECORD_BYTES as usize]) -> Opt
 /// command the configuration allows).
 const WALK_MAX: usize = PIPELINE_DEPTH_MAX as usize + ENTRY_SLOTS_MAX as usize + 2;
 
+/// Entries of `walked`, a power of two at least [`WALK_MAX`]: a position's entry is a mask away,
+/// where a modulo by `WALK_MAX` cost a multiply and a few more instructions at each walked and
+/// each applied position.
+const WALK_RING: usize = WALK_MAX.next_power_of_two();
+
+/// The entry of `walked` that holds `position`'s chain.
+#[inline(always)]
+const fn walk_entry(position: u64) -> usize {
+    (position & (WALK_RING as u64 - 1)) as usize
+}
+
+/// True when the slot at `offset` holds nothing of `position`'s lap, by its position word alone
+/// (at position 0 that word cannot tell).
+#[inline(always)]
+fn unwritten_at<F: Fabric>(fabric: &F, offset: u32, position: u64) -> bool {
+    fabric.load_word(offset + slot::POSITION_AT) < position
+}
+
 /// How far a follower's scan walked the log: the headers of `[applied, end)` opened and
 /// chained, each to its predecessor, and `chain` is the last one's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,8 +219,8 @@ pub(crate) struct Log<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// What the follower's scans walked so far, kept between replays.
     walk: Option<Walk>,
     /// The chain of each walked position in `[applied, walk.end)`, by position modulo
-    /// `WALK_MAX`: the value the walk linked, which the apply must find again.
-    walked: [u64; WALK_MAX],
+    /// `WALK_RING`: the value the walk linked, which the apply must find again.
+    walked: [u64; WALK_RING],
     /// When a replay that finds nothing new reads the lap notice next.
     lap_check_at: u64,
     /// The last replay found valid slots up to its scan bound: more may follow.
@@ -291,7 +309,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
             applied_chain: CHAIN_GENESIS,
             commit_known: 0,
             walk: None,
-            walked: [0; WALK_MAX],
+            walked: [0; WALK_RING],
             lap_check_at: 0,
             backlog: false,
             assembly: Assembly::default(),
@@ -469,7 +487,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
         let decided_end = self.commit_known.min(walked.end);
         let size = self.config.slot_size as usize;
         while self.applied < decided_end {
-            let walked_chain = self.walked[(self.applied % WALK_MAX as u64) as usize];
+            let walked_chain = self.walked[walk_entry(self.applied)];
             let parity = (self.applied % 2) as usize;
             let (reopened, source) = match self.staged[parity].held {
                 // Loaded whole by the walk that linked it: that value, as it was then.
@@ -563,7 +581,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
                     if let Some(commit) = link.commit {
                         self.commit_known = self.commit_known.max(commit.min(walk.end));
                     }
-                    self.walked[(walk.end % WALK_MAX as u64) as usize] = link.chain;
+                    self.walked[walk_entry(walk.end)] = link.chain;
                     walk.chain = link.chain;
                     walk.end += 1;
                 }
@@ -598,7 +616,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
     /// position word alone (at position 0 that word cannot tell).
     #[inline(always)]
     fn unwritten<F: Fabric>(&self, fabric: &F, position: u64) -> bool {
-        fabric.load_word(self.layout.slot(position) + slot::POSITION_AT) < position
+        unwritten_at(fabric, self.layout.slot(position), position)
     }
 
     /// True when a replay now would change nothing and find nothing: no walk or stop to
@@ -619,10 +637,10 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize> Log<SLOT, ENTRY,
     /// apply is loaded whole and its payload checked, here rather than at its apply (staged);
     /// one staged already has its header read again, as any walk does.
     fn open_new<F: Fabric>(&mut self, fabric: &mut F, position: u64) -> Result<Link, SlotError> {
-        if self.unwritten(fabric, position) {
+        let offset = self.layout.slot(position);
+        if unwritten_at(fabric, offset, position) {
             return Err(SlotError::Empty); // The end of a walk, seen in one word.
         }
-        let offset = self.layout.slot(position);
         let capacity = self.config.slot_payload_bytes();
         let staged = &mut self.staged[(position % 2) as usize];
         // A follower behind its walk takes the header only (the apply loads the slot anyway),
