@@ -29,6 +29,7 @@
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub mod app;
+mod barrier;
 pub mod bell;
 pub mod book;
 pub mod clock;

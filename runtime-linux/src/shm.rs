@@ -52,7 +52,13 @@
 //! that reads it acquires the copy before it (release-acquire), and a `SeqCst` load that comes
 //! after a write's marker store in the single order of `SeqCst` operations cannot read an
 //! earlier clear, only that store or this write's own clear. On x86 this spares a locked
-//! instruction per write. A marker left by a writer that died (or by an earlier incarnation) is
+//! instruction per write. Where the kernel lets it, the marker's store needs no fence either:
+//! the owner advertises in its control page that it issues a barrier (`membarrier(2)`, see
+//! `barrier.rs`) between closing a gate and reading markers, and a writer registered for
+//! that barrier then sets its marker with a plain store kept in order by the compiler alone.
+//! The fence that the barrier stands in for cost each write the wait for its earlier stores,
+//! the last write's lines included, which the follower's core was polling. A marker left by a
+//! writer that died (or by an earlier incarnation) is
 //! cleared, so a killed writer never blocks a revoke. A writer that is *stopped* (SIGSTOP, a
 //! debugger) in the middle of a copy would finish that copy whenever it is resumed, possibly long
 //! after the revoke; the only way to fence it in shared memory is to kill it, which `revoke`
@@ -73,6 +79,9 @@
 //!   writer line of each peer's control page.
 //! - A write that touches a peer's log area copies only while its marker is set and after it saw
 //!   the gate open; `revoke` returns only when the marker is clear.
+//! - A write sets its marker without a fence only where its process is registered for the
+//!   barrier and the owner's control page says the owner issues it; an owner that says so
+//!   issues it in every `revoke`, and so does a process retiring that owner's file.
 //! - Work is executed when posted: nothing is outstanding after `reconnect`, completions come
 //!   back in the order posted, at most `OUTSTANDING_MAX` per peer wait to be polled.
 
@@ -83,7 +92,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{
-    AtomicU32, AtomicU64,
+    compiler_fence, AtomicU32, AtomicU64,
     Ordering::{Relaxed, Release, SeqCst},
 };
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -93,6 +102,7 @@ use mu_nostd::config::REPLICAS_MAX;
 use mu_nostd::layout::HEADER_BYTES;
 use mu_nostd::{Completion, Config, Fabric, Layout, Op, PostError, ReplicaId, Status};
 
+use crate::barrier;
 use crate::bell::{Bell, FutexWaitv};
 use crate::mem::{copy, copy_in, copy_out, page_size, Mapping};
 use crate::procfs::{self, Liveness};
@@ -117,6 +127,11 @@ const C_OWNER_PID: usize = 40;
 const C_OWNER_START: usize = 48;
 /// Where a clean exit keeps the incarnation when it retires the file.
 const C_LAST_INCARNATION: usize = 56;
+/// 1 when the owner fences writers with a barrier before it waits on their markers
+/// ([`crate::barrier`]), so that a registered writer may set its marker without a fence; 0 when
+/// every writer must fence.
+const C_BARRIER: usize = 1024;
+const _: () = assert!(64 * (1 + REPLICAS_MAX as usize) <= C_BARRIER && C_BARRIER < C_OWNER_MUTEX);
 
 /// The background plane's doorbell: a ring counter and a sleeper count (32-bit words). (The
 /// replication plane's is in the client port, which clients ring.)
@@ -395,6 +410,9 @@ pub struct OwnRegion {
     mapping: Mapping,
     region_bytes: u32,
     incarnation: u64,
+    /// This process takes part in owners' barriers: its writes may set their markers without a
+    /// fence where the owner issues one ([`C_BARRIER`]).
+    light_markers: bool,
     previous: Previous,
     keeper: Option<OwnerKeeper>,
     _lock: File,
@@ -444,6 +462,9 @@ impl OwnRegion {
             .word(C_OWNER_START)
             .store(procfs::own_start_time(), SeqCst);
         mapping.word(C_INCARNATION).store(incarnation, SeqCst);
+        mapping
+            .word(C_BARRIER)
+            .store(barrier::issues() as u64, SeqCst);
         for lane in [Plane::Replication, Plane::Background] {
             init_robust_mutex(&mapping, life_mutex(lane))
                 .map_err(io_error(&staging, "initialise a life mutex"))?;
@@ -463,6 +484,7 @@ impl OwnRegion {
             mapping,
             region_bytes: Layout::new(config).region_bytes,
             incarnation,
+            light_markers: barrier::registered(),
             previous,
             keeper: Some(keeper),
             _lock: lock,
@@ -522,6 +544,9 @@ impl OwnRegion {
     /// Closes the log area to `writer` and waits until no copy of it is under way.
     pub fn revoke(&self, writer: ReplicaId) {
         self.gate(writer).store(GATE_CLOSED, SeqCst);
+        if self.mapping.word(C_BARRIER).load(SeqCst) == 1 {
+            barrier::fence_everyone();
+        }
         fence_writer(&self.mapping, writer, self.id, Plane::Replication);
         fence_writer(&self.mapping, writer, self.id, Plane::Background);
     }
@@ -766,10 +791,22 @@ fn retire(path: &Path, id: ReplicaId) -> Result<(Previous, u64), ShmError> {
     };
     for writer in 0..REPLICAS_MAX {
         old.word(line(writer, L_GATE)).store(GATE_CLOSED, SeqCst);
-        if writer != id {
-            fence_writer(&old, writer, id, Plane::Replication);
-            fence_writer(&old, writer, id, Plane::Background);
+    }
+    if old.word(C_BARRIER).load(SeqCst) == 1 {
+        // Its writers count on a barrier, which this process must be able to issue.
+        if !barrier::issues() {
+            return Err(ShmError::Io {
+                path: path.to_path_buf(),
+                action: "fence the writers of the earlier process's file (its writers set \
+                         their markers without a fence; membarrier is refused here)",
+                error: io::Error::from(io::ErrorKind::Unsupported),
+            });
         }
+        barrier::fence_everyone();
+    }
+    for writer in (0..REPLICAS_MAX).filter(|&writer| writer != id) {
+        fence_writer(&old, writer, id, Plane::Replication);
+        fence_writer(&old, writer, id, Plane::Background);
     }
     let pid = old.word(C_OWNER_PID).load(SeqCst) as u32;
     Ok((Previous::Reclaimed { pid, incarnation }, incarnation))
@@ -859,6 +896,9 @@ struct Peer {
     /// file) is reached only after a `reconnect`, and a post meanwhile fails and breaks the
     /// connection (contract rule 10).
     bound: bool,
+    /// Writes set their marker without a fence: this process is registered for the owner's
+    /// barrier, and the owner issues it ([`C_BARRIER`]).
+    light_markers: bool,
     broken: bool,
     waiting: usize,
     refusal: Option<String>,
@@ -871,6 +911,7 @@ impl Peer {
             incarnation: 0,
             header_only: false,
             bound: false,
+            light_markers: false,
             broken: false,
             waiting: 0,
             refusal: None,
@@ -984,6 +1025,7 @@ impl ShmFabric {
         if held.is_none() && (incarnation == RETIRED || !owner_alive(&control)) {
             return Err(format!("replica {peer} is not running"));
         }
+        let light_markers = self.own.light_markers && control.word(C_BARRIER).load(SeqCst) == 1;
         drop(control);
         let mapping = map_whole(held)?;
         // Tell the owner who writes through this line, for its fencing.
@@ -1001,6 +1043,7 @@ impl ShmFabric {
         state.mapping = Some(mapping);
         state.incarnation = incarnation;
         state.header_only = false;
+        state.light_markers = light_markers;
         Ok(())
     }
 
@@ -1068,6 +1111,7 @@ impl ShmFabric {
     fn copy_to_peer(&mut self, peer: ReplicaId, local: u32, remote: u32, len: u32) -> Status {
         let gated = self.layout.touches_log_area(remote, len);
         let (me, incarnation, lane) = (self.me, self.own.incarnation, self.lane);
+        let light = self.peers[peer as usize].light_markers;
         let src = self.own.region(local);
         let Some((mapping, expected, header_only)) = self.live_mapping(peer) else {
             return Status::Failed;
@@ -1081,7 +1125,14 @@ impl ShmFabric {
             copier.store(tid, SeqCst);
         }
         let inflight = mapping.word(inflight(me, lane));
-        inflight.store(incarnation, SeqCst);
+        if light {
+            // The owner's barrier orders this store before the loads below (`barrier`); the
+            // compiler must keep them in that order too.
+            inflight.store(incarnation, Relaxed);
+            compiler_fence(SeqCst);
+        } else {
+            inflight.store(incarnation, SeqCst);
+        }
         let status = if mapping.word(C_INCARNATION).load(SeqCst) != expected {
             Status::Failed // Retired while we looked: the peer restarted.
         } else if gated && mapping.word(line(me, L_GATE)).load(SeqCst) != GATE_OPEN {
