@@ -1047,14 +1047,15 @@ impl ShmFabric {
         Ok(())
     }
 
-    /// The peer's mapping, its incarnation and whether only its header may be read, if its
-    /// owner runs the incarnation this connection was made to; a peer that restarted (a new
+    /// The peer's mapping and its connection (the incarnation, whether only its header may be
+    /// read, how writes mark themselves), if its owner runs the incarnation this connection was
+    /// made to; a peer that restarted (a new
     /// file) is mapped anew once the connection was reconnected (rule 10: nothing posted on a
     /// connection to an earlier life lands in the new one).
     // Inlined with the check of a mapping still current, the common case on every post; the
     // rest is out of line (see `mu-bench instructions`).
     #[inline(always)]
-    fn live_mapping(&mut self, peer: ReplicaId) -> Option<(&Mapping, u64, bool)> {
+    fn live_mapping(&mut self, peer: ReplicaId) -> Option<(&Mapping, &Peer)> {
         let state = &self.peers[peer as usize];
         let replaced = state
             .mapping
@@ -1065,7 +1066,7 @@ impl ShmFabric {
         }
         let state = &self.peers[peer as usize];
         let mapping = state.mapping.as_deref()?;
-        owner_alive(mapping).then_some((mapping, state.incarnation, state.header_only))
+        owner_alive(mapping).then_some((mapping, state))
     }
 
     /// `live_mapping` for a peer whose mapping is gone or of another life: maps its current
@@ -1111,14 +1112,15 @@ impl ShmFabric {
     fn copy_to_peer(&mut self, peer: ReplicaId, local: u32, remote: u32, len: u32) -> Status {
         let gated = self.layout.touches_log_area(remote, len);
         let (me, incarnation, lane) = (self.me, self.own.incarnation, self.lane);
-        let light = self.peers[peer as usize].light_markers;
         let src = self.own.region(local);
-        let Some((mapping, expected, header_only)) = self.live_mapping(peer) else {
+        // The connection as `live_mapping` left it: a remap there may reach another life.
+        let Some((mapping, state)) = self.live_mapping(peer) else {
             return Status::Failed;
         };
-        if header_only {
+        if state.header_only {
             return Status::Failed; // Another cluster's region: never written.
         }
+        let (expected, light) = (state.incarnation, state.light_markers);
         let copier = mapping.word(copier(me, lane));
         let tid = current_tid();
         if copier.load(Relaxed) != tid {
@@ -1220,10 +1222,12 @@ impl Fabric for ShmFabric {
         self.check_post(Op::Read, peer, (local_offset, remote_offset, len))?;
         let dst = self.own.region(local_offset);
         let status = match self.live_mapping(peer) {
-            Some((_, _, true)) if remote_offset as u64 + len as u64 > HEADER_BYTES as u64 => {
+            Some((_, state))
+                if state.header_only && remote_offset as u64 + len as u64 > HEADER_BYTES as u64 =>
+            {
                 Status::Failed
             }
-            Some((mapping, _, _)) => {
+            Some((mapping, _)) => {
                 let src = mapping.at(CONTROL_BYTES + remote_offset as usize);
                 // SAFETY: `local_offset..+len` and `remote_offset..+len` were checked against
                 // the region size above; a full mapping of the peer holds a whole region
