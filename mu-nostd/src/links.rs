@@ -317,7 +317,7 @@ impl Links {
     /// `answers` is `Never`, a write may be done within its post (see the module's invariants);
     /// the caller allows that only outside a drain (`Inbox::idle`).
     // Inlined on the commit path (callgrind counted the call: `mu-bench instructions`).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn post<F: Fabric>(
         &mut self,
         now: u64,

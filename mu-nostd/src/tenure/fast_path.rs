@@ -14,13 +14,71 @@
 //!   there (`fenced`).
 //! - A position is applied only when a quorum holds it, the leader among them.
 
-use super::{count, ring_pieces, Leading, MemberState, Proposal, ACK_WINDOW, MARKED_REWRITES};
+use super::{
+    count, ring_pieces, Leading, MemberState, Proposal, Tenure, ACK_WINDOW, MARKED_REWRITES,
+};
 use crate::fabric::{Fabric, ReplicaId};
-use crate::layout::{COMMIT_RECORD_BYTES, RECORD_BYTES};
+use crate::layout::{Layout, COMMIT_RECORD_BYTES, RECORD_BYTES};
+use crate::links::{Readiness, Work};
 use crate::log::{encode_commit, Source};
 use crate::slot::{self, origin, Acceptance, SlotHeader, SLOT_HEADER_BYTES};
 use crate::state_machine::StateMachine;
 use crate::wrid::Kind;
+
+/// What the slots of one proposed command share, and which of them one is.
+#[derive(Clone, Copy)]
+struct Fragment {
+    origin: u64,
+    entry_len: u32,
+    index: u16,
+    count: u16,
+    /// The acceptance every slot of this tenure's proposals carries: its ballot, and the
+    /// commit point when it was proposed.
+    ballot: u64,
+    commit: u64,
+}
+
+impl Tenure {
+    /// Seals `fragment`'s slot, holding `chunk`, at the next position of the own log, and
+    /// counts the leader's own vote for it; `proposal` is what `advance_commit` applies it
+    /// from (its chain is filled in here).
+    #[inline(always)]
+    fn write_fragment<F: Fabric>(
+        &mut self,
+        layout: &Layout,
+        me: ReplicaId,
+        fragment: Fragment,
+        chunk: &[u8],
+        proposal: Proposal,
+        fabric: &mut F,
+    ) {
+        let position = self.next;
+        let header = SlotHeader {
+            position,
+            chain_prev: self.next_chain,
+            origin: fragment.origin,
+            entry_len: fragment.entry_len,
+            frag_index: fragment.index,
+            frag_count: fragment.count,
+        };
+        let acceptance = Acceptance {
+            ballot: fragment.ballot,
+            commit: fragment.commit,
+        };
+        let mut sealed = [0u8; SLOT_HEADER_BYTES as usize];
+        self.next_chain = header.seal(chunk, acceptance, &mut sealed);
+        let offset = layout.slot(position);
+        fabric.store(offset, &sealed);
+        fabric.store(offset + SLOT_HEADER_BYTES, chunk);
+        let window = (position % ACK_WINDOW as u64) as usize;
+        self.acks[window] = 1 << me;
+        self.proposals[window] = Proposal {
+            chain: self.next_chain,
+            ..proposal
+        };
+        self.next += 1;
+    }
+}
 
 impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     Leading<'_, '_, SLOT, ENTRY, QUEUE>
@@ -60,32 +118,30 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 leader.recycle_at = leader.polled_at;
                 break;
             }
-            for (index, chunk) in command.chunks(capacity).enumerate() {
-                let position = leader.next;
-                let header = SlotHeader {
-                    position,
-                    chain_prev: leader.next_chain,
-                    origin: origin(me, sequence),
-                    entry_len: command.len() as u32,
-                    frag_index: index as u16,
-                    frag_count: frag_count as u16,
+            let fragment = Fragment {
+                origin: origin(me, sequence),
+                entry_len: command.len() as u32,
+                index: 0,
+                count: frag_count as u16,
+                ballot: leader.ballot,
+                commit: applied,
+            };
+            if frag_count == 1 {
+                // Most commands: no chunking to set up.
+                let proposal = Proposal { sequence, chain: 0 };
+                leader.write_fragment(&self.log.layout, me, fragment, command, proposal, fabric);
+            } else {
+                let proposal = Proposal {
+                    sequence: 0,
+                    chain: 0,
                 };
-                let acceptance = Acceptance {
-                    ballot: leader.ballot,
-                    commit: applied,
-                };
-                let mut sealed = [0u8; SLOT_HEADER_BYTES as usize];
-                leader.next_chain = header.seal(chunk, acceptance, &mut sealed);
-                let offset = self.log.layout.slot(position);
-                fabric.store(offset, &sealed);
-                fabric.store(offset + SLOT_HEADER_BYTES, chunk);
-                let window = (position % ACK_WINDOW as u64) as usize;
-                leader.acks[window] = 1 << me;
-                leader.proposals[window] = Proposal {
-                    sequence: if frag_count == 1 { sequence } else { 0 },
-                    chain: leader.next_chain,
-                };
-                leader.next += 1;
+                for (index, chunk) in command.chunks(capacity).enumerate() {
+                    let fragment = Fragment {
+                        index: index as u16,
+                        ..fragment
+                    };
+                    leader.write_fragment(&self.log.layout, me, fragment, chunk, proposal, fabric);
+                }
             }
             assert!(((leader.next - applied) as usize) < ACK_WINDOW);
             self.log.queue.mark_proposed(sequence);
@@ -99,12 +155,17 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// their decided marks first, and their slots only once those completed, so that a slot
     /// write cut anywhere leaves the copy marked decided (see `slot`). The value being adopted
     /// goes only to members whose copy the prepare read (`post_adoption`). Fresh positions go
-    /// in one write.
+    /// in one write. A member in step (`post_in_step`: owed fresh positions only, nothing to
+    /// repair or fence) is served first, without the general path's checks, which would decide
+    /// the same for it.
     pub(super) fn post_log_writes<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let slot_count = self.log.config.slot_count as u64;
         let leader = &mut *self.t;
         let (next, fresh_from) = (leader.next, leader.fresh_from());
         for peer in self.log.others() {
+            if self.post_in_step(now, fabric, peer, next, fresh_from, slot_count) {
+                continue;
+            }
             if !self.is_active(peer) {
                 continue;
             }
@@ -170,6 +231,55 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 self.t.members[peer as usize].sent = end;
             }
         }
+    }
+
+    /// The common case of `post_log_writes`, for one member: an active member that is owed
+    /// only fresh positions of the lap it holds, and needs no repair, on a connection that
+    /// takes posts. Posts them in one write and returns true; false, having done nothing, for
+    /// anything else (the general path then decides).
+    #[inline(always)]
+    fn post_in_step<F: Fabric>(
+        &mut self,
+        now: u64,
+        fabric: &mut F,
+        peer: ReplicaId,
+        next: u64,
+        fresh_from: u64,
+        slot_count: u64,
+    ) -> bool {
+        let repair_due = now >= self.repair_due_at(peer);
+        let leader = &*self.t;
+        let p = peer as usize;
+        let (member, applied) = (&leader.members[p], leader.applied_of[p]);
+        let sent = member.sent;
+        let in_step = matches!(member.state, MemberState::Active)
+            && !member.lapped
+            && sent >= fresh_from
+            && sent < next
+            && next <= applied.saturating_add(slot_count)
+            && !(repair_due && applied < sent.min(self.log.applied))
+            && crate::layout::ring_index(sent, slot_count) + (next - sent) <= slot_count
+            && self.links.readiness(peer) == Readiness::Open;
+        if !in_step {
+            return false;
+        }
+        let member = &mut self.t.members[p];
+        if member.fenced < sent {
+            member.fence_from(sent);
+        }
+        let offset = self.log.layout.slot(sent);
+        let work = Work {
+            kind: Kind::WriteLog,
+            tag: sent as u32,
+            range: (sent, next),
+            local: offset,
+            remote: offset,
+            len: (next - sent) as u32 * self.log.config.slot_size,
+        };
+        if self.post_open(now, fabric, peer, work) {
+            self.t.members[p].sent = next;
+        }
+        true
     }
 
     /// Phase one of the decided rewrites of `[sent, decided_end)` to `peer`: marks the own

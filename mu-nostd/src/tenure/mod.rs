@@ -836,7 +836,20 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             remote,
             len,
         };
-        let answers = match (self.inbox.idle(), kind) {
+        self.post_open(now, fabric, peer, work)
+    }
+
+    /// `post` on a connection that takes posts (`Readiness::Open`).
+    #[inline(always)]
+    fn post_open<F: Fabric>(
+        &mut self,
+        now: u64,
+        fabric: &mut F,
+        peer: ReplicaId,
+        work: Work,
+    ) -> bool {
+        debug_assert_eq!(self.links.readiness(peer), Readiness::Open);
+        let answers = match (self.inbox.idle(), work.kind) {
             (false, _) => Answers::Never,
             // Its completion is an ack and nothing else (`completed`): taken now, as in a drain.
             (true, Kind::WriteLog) => Answers::Settle,
@@ -849,7 +862,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             Posted::Refused => false,
             Posted::Pending => true,
             Posted::Done => {
-                self.ack_range(peer, range.0, range.1);
+                self.ack_range(peer, work.range.0, work.range.1);
                 true
             }
         }
