@@ -583,20 +583,8 @@ pub(crate) struct Leading<'a, 's, const SLOT: usize, const ENTRY: usize, const Q
     timeout: u64,
 }
 
-/// Replicas in `mask`: a table lookup, since neither the x86-64 baseline nor the firmware
-/// targets have a population count instruction (`count_ones` is a shift-and-mask sequence
-/// there, and every command counts its votes twice).
 fn count(mask: u8) -> u8 {
-    const COUNTS: [u8; 256] = {
-        let mut counts = [0u8; 256];
-        let mut mask = 0;
-        while mask < 256 {
-            counts[mask] = (mask as u8).count_ones() as u8;
-            mask += 1;
-        }
-        counts
-    };
-    COUNTS[mask as usize]
+    mask.count_ones() as u8
 }
 
 impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
