@@ -155,9 +155,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// their decided marks first, and their slots only once those completed, so that a slot
     /// write cut anywhere leaves the copy marked decided (see `slot`). The value being adopted
     /// goes only to members whose copy the prepare read (`post_adoption`). Fresh positions go
-    /// in one write. A member in step (`post_in_step`: owed fresh positions only, nothing to
-    /// repair or fence) is served first, without the general path's checks, which would decide
-    /// the same for it.
+    /// in one write. A member in step (`post_in_step`: owed fresh positions of one lap only,
+    /// nothing to repair, no decided marks to post) is served first, without the general path's
+    /// checks, which would decide the same for it.
     pub(super) fn post_log_writes<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
         let slot_count = self.log.config.slot_count as u64;
         let leader = &mut *self.t;
