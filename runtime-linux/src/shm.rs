@@ -426,18 +426,7 @@ impl OwnRegion {
         assert!(config.validate().is_ok() && config.contains(id));
         let lock_path = dir.lock_path(id);
         let lock = open_private(&lock_path, true)?;
-        // SAFETY: flock takes a descriptor and flags, no memory; `lock` is a file we hold open
-        // across the call.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let error = io::Error::last_os_error();
-            if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(ShmError::AlreadyRunning {
-                    id,
-                    lock: lock_path,
-                });
-            }
-            return Err(io_error(&lock_path, "lock")(error));
-        }
+        take_lock(&lock, &lock_path, id)?;
         let path = dir.region_path(id);
         let (previous, last_incarnation) = retire(&path, id)?;
         let incarnation = next_incarnation(last_incarnation);
@@ -749,6 +738,39 @@ fn open_private(path: &Path, create: bool) -> Result<File, ShmError> {
     let meta = file.metadata().map_err(io_error(path, "stat"))?;
     check_owner(path, &meta, 0o600)?;
     Ok(file)
+}
+
+/// How long [`OwnRegion::create`] waits for the lock of a replica that seems to run before it
+/// says so. A lock can outlive the region that took it for an instant: a child that any thread of
+/// the holder's process forked meanwhile holds a copy of the lock's descriptor until it execs
+/// (close-on-exec closes it then), and the lock belongs to the open file that copy shares
+/// (`restart_waits_out_a_child_being_spawned` reproduces it: without the wait, an in-process
+/// restart is refused while another thread spawns a child, as a test was in CI). A second process
+/// of a running replica is refused this much later.
+const LOCK_PATIENCE: Duration = Duration::from_millis(200);
+
+/// Takes replica `id`'s lock on `lock` (the file at `path`), waiting up to [`LOCK_PATIENCE`]
+/// while another open of the file holds it.
+fn take_lock(lock: &File, path: &Path, id: ReplicaId) -> Result<(), ShmError> {
+    let deadline = Instant::now() + LOCK_PATIENCE;
+    loop {
+        // SAFETY: flock takes a descriptor and flags, no memory; `lock` is a file we hold open
+        // across the call.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io_error(path, "lock")(error));
+        }
+        if Instant::now() >= deadline {
+            return Err(ShmError::AlreadyRunning {
+                id,
+                lock: path.to_path_buf(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Retires the region file an earlier process of this replica left, if any: marks it retired,

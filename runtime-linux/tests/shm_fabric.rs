@@ -1433,6 +1433,52 @@ fn restart_reclaims_and_peers_reconnect() {
     drop((owner1, owner2));
 }
 
+/// A restart in a process that forks meanwhile: a child that another thread forked while the
+/// earlier region was alive holds a copy of its lock's descriptor until it execs (here 100 ms
+/// after the fork), which keeps the lock taken after the region was dropped. The new region waits
+/// for it instead of taking the replica for running (`AlreadyRunning`), as another test's thread
+/// spawning a child could make `restart_under_a_granted_writer_starts_closed` do in CI.
+#[test]
+fn restart_waits_out_a_child_being_spawned() {
+    use std::os::unix::process::CommandExt;
+    let tmp = TestDir::new("spawnlock");
+    let dir = tmp.open();
+    let config = Config::new(3);
+    let (owner1, r1) = OwnerThread::create(&dir, 1, config);
+    let r1 = r1.unwrap();
+    // `spawn` returns once the child has exec'd: the fork happens on another thread.
+    let spawner = thread::spawn(|| {
+        let mut command = Command::new("true");
+        // SAFETY: the closure runs in the forked child before exec and only sleeps (`usleep` is
+        // async-signal-safe); it touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                libc::usleep(100_000);
+                Ok(())
+            });
+        }
+        command
+            .spawn()
+            .expect("spawn a child")
+            .wait()
+            .expect("reap the child")
+    });
+    thread::sleep(Duration::from_millis(20));
+    drop(r1);
+    drop(owner1);
+    let started = Instant::now();
+    let (owner2, r1) = within("restart", move || {
+        let (owner, r1) = OwnerThread::create(&dir, 1, config);
+        (owner, r1)
+    });
+    match r1 {
+        Ok(region) => drop(region),
+        Err(e) => panic!("the restart was refused after {:?}: {e}", started.elapsed()),
+    }
+    assert!(spawner.join().expect("the spawning thread").success());
+    drop(owner2);
+}
+
 /// Module doc ("a new process never reuses a region file ... fencing its writers") and contract
 /// rule 5: replica 1 restarts while a granted writer process keeps copying 8 MiB into its log.
 /// The writer follows to the new file, whose log area is closed until the new incarnation
