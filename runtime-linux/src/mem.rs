@@ -651,7 +651,7 @@ fn vendor_documents_16_byte_atomicity() -> bool {
 
 const _: () = assert!(
     UNROLL == 8,
-    "`bulk` moves the words left in pieces of 4, 2 and 1"
+    "`words` moves the words left in pieces of 4, 2 and 1"
 );
 
 /// Moves `N` consecutive words with `M`, in straight-line code.
@@ -682,7 +682,7 @@ unsafe fn bytes<M: Move>(src: *const u8, dst: *mut u8, len: usize) {
 mod tests {
     use super::*;
 
-    /// Around the edges of a word, of a whole step of the word loops (`BLOCK_BYTES`) and of two.
+    /// Around the edges of a word, of a whole step of the word loops ([`UNROLL`] words) and of two.
     /// With the lines of [`wide`] too: one, and several with words and bytes after them.
     const LENGTHS: [usize; 19] = [
         0, 1, 7, 8, 9, 15, 16, 63, 64, 65, 71, 72, 127, 128, 129, 200, 263, 264, 328,

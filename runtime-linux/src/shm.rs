@@ -533,9 +533,11 @@ impl OwnRegion {
     /// Closes the log area to `writer` and waits until no copy of it is under way.
     pub fn revoke(&self, writer: ReplicaId) {
         self.gate(writer).store(GATE_CLOSED, SeqCst);
-        if self.mapping.word(C_BARRIER).load(SeqCst) == 1 {
-            barrier::fence_everyone();
-        }
+        let fenced = barrier_if_advertised(&self.mapping);
+        assert!(
+            fenced,
+            "an owner advertises the barrier only where it issues it"
+        );
         fence_writer(&self.mapping, writer, self.id, Plane::Replication);
         fence_writer(&self.mapping, writer, self.id, Plane::Background);
     }
@@ -740,6 +742,21 @@ fn open_private(path: &Path, create: bool) -> Result<File, ShmError> {
     Ok(file)
 }
 
+/// Between closing gates in `mapping` and reading its writers' markers: issues the barrier where
+/// the file's owner advertised it ([`C_BARRIER`]), so that a writer that set its marker without a
+/// fence either saw a gate closed or has its marker visible now. False, having issued nothing,
+/// when the file asks for the barrier and this process cannot issue it.
+fn barrier_if_advertised(mapping: &Mapping) -> bool {
+    if mapping.word(C_BARRIER).load(SeqCst) != 1 {
+        return true;
+    }
+    if !barrier::issues() {
+        return false;
+    }
+    barrier::fence_everyone();
+    true
+}
+
 /// How long [`OwnRegion::create`] waits for the lock of a replica that seems to run before it
 /// says so. A lock can outlive the region that took it for an instant: a child that any thread of
 /// the holder's process forked meanwhile holds a copy of the lock's descriptor until it execs
@@ -814,17 +831,13 @@ fn retire(path: &Path, id: ReplicaId) -> Result<(Previous, u64), ShmError> {
     for writer in 0..REPLICAS_MAX {
         old.word(line(writer, L_GATE)).store(GATE_CLOSED, SeqCst);
     }
-    if old.word(C_BARRIER).load(SeqCst) == 1 {
-        // Its writers count on a barrier, which this process must be able to issue.
-        if !barrier::issues() {
-            return Err(ShmError::Io {
-                path: path.to_path_buf(),
-                action: "fence the writers of the earlier process's file (its writers set \
-                         their markers without a fence; membarrier is refused here)",
-                error: io::Error::from(io::ErrorKind::Unsupported),
-            });
-        }
-        barrier::fence_everyone();
+    if !barrier_if_advertised(&old) {
+        return Err(ShmError::Io {
+            path: path.to_path_buf(),
+            action: "fence the writers of the earlier process's file (its writers set \
+                     their markers without a fence; membarrier is refused here)",
+            error: io::Error::from(io::ErrorKind::Unsupported),
+        });
     }
     for writer in (0..REPLICAS_MAX).filter(|&writer| writer != id) {
         fence_writer(&old, writer, id, Plane::Replication);

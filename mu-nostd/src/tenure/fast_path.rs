@@ -32,7 +32,7 @@ struct Fragment {
     entry_len: u32,
     index: u16,
     count: u16,
-    /// The acceptance every slot of this tenure's proposals carries: its ballot, and the
+    /// The acceptance its slots carry: the tenure's ballot (read once per command) and the
     /// commit point when it was proposed.
     ballot: u64,
     commit: u64,
@@ -40,8 +40,9 @@ struct Fragment {
 
 impl Tenure {
     /// Seals `fragment`'s slot, holding `chunk`, at the next position of the own log, and
-    /// counts the leader's own vote for it; `proposal` is what `advance_commit` applies it
-    /// from (its chain is filled in here).
+    /// counts the leader's own vote for it; `queued` is the sequence of the queued command
+    /// `advance_commit` applies it from (0 for a fragment of a larger one, which is applied
+    /// from the own log).
     #[inline(always)]
     fn write_fragment<F: Fabric>(
         &mut self,
@@ -49,7 +50,7 @@ impl Tenure {
         me: ReplicaId,
         fragment: Fragment,
         chunk: &[u8],
-        proposal: Proposal,
+        queued: u64,
         fabric: &mut F,
     ) {
         let position = self.next;
@@ -73,8 +74,8 @@ impl Tenure {
         let window = (position % ACK_WINDOW as u64) as usize;
         self.acks[window] = 1 << me;
         self.proposals[window] = Proposal {
+            sequence: queued,
             chain: self.next_chain,
-            ..proposal
         };
         self.next += 1;
     }
@@ -128,19 +129,14 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             };
             if frag_count == 1 {
                 // Most commands: no chunking to set up.
-                let proposal = Proposal { sequence, chain: 0 };
-                leader.write_fragment(&self.log.layout, me, fragment, command, proposal, fabric);
+                leader.write_fragment(&self.log.layout, me, fragment, command, sequence, fabric);
             } else {
-                let proposal = Proposal {
-                    sequence: 0,
-                    chain: 0,
-                };
                 for (index, chunk) in command.chunks(capacity).enumerate() {
                     let fragment = Fragment {
                         index: index as u16,
                         ..fragment
                     };
-                    leader.write_fragment(&self.log.layout, me, fragment, chunk, proposal, fabric);
+                    leader.write_fragment(&self.log.layout, me, fragment, chunk, 0, fabric);
                 }
             }
             assert!(((leader.next - applied) as usize) < ACK_WINDOW);
