@@ -5,7 +5,9 @@
 //! without an intact ballot. A decided one-slot command of this tenure is applied from the
 //! queue it was proposed from, with the chain `propose` computed (no load of the own slot, no
 //! hash); a fragment, a rewrite, or a command decided meanwhile at another position as an
-//! earlier tenure's value is applied from the own log.
+//! earlier tenure's value is applied from the own log. Where the fabric does writes within
+//! their post (shared memory), the members beyond a majority are written after that decision
+//! and its apply, in the same poll: a command's commit waits for a majority's copies only.
 //!
 //! # Invariants
 //! - A position is proposed only while a quorum of members takes writes whose acks count, and
@@ -24,6 +26,15 @@ use crate::log::{encode_commit, Source};
 use crate::slot::{self, origin, Acceptance, SlotHeader, SLOT_HEADER_BYTES};
 use crate::state_machine::StateMachine;
 use crate::wrid::Kind;
+
+/// Which members one call of `post_log_writes` serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Serve {
+    /// Those it reaches before a majority holds the last position proposed.
+    UntilDecidable,
+    /// All of them.
+    All,
+}
 
 /// What the slots of one proposed command share, and which of them one is.
 #[derive(Clone, Copy)]
@@ -154,12 +165,38 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
     /// in one write. A member in step (`post_in_step`: owed fresh positions of one lap only,
     /// nothing to repair, no decided marks to post) is served first, without the general path's
     /// checks, which would decide the same for it.
-    pub(super) fn post_log_writes<F: Fabric>(&mut self, now: u64, fabric: &mut F) {
+    ///
+    /// Members from `from` on are served. With `Serve::UntilDecidable` the walk stops after a
+    /// member in step once a majority holds the last position proposed, and returns the next
+    /// member to serve; `lead` serves the rest in the same poll, after deciding and applying.
+    /// On a fabric that does a write within its post (shared memory, where the leader's CPU
+    /// makes every copy), a commit then waits for a majority's copies, not for every member's.
+    /// On a fabric whose writes complete later (verbs), nothing this poll posted is acknowledged
+    /// before a drain: the walk stops early only where earlier acknowledgements already make a
+    /// majority (a member in step that is behind), and that member's post then follows the
+    /// apply.
+    pub(super) fn post_log_writes<F: Fabric>(
+        &mut self,
+        now: u64,
+        fabric: &mut F,
+        from: ReplicaId,
+        serve: Serve,
+    ) -> Option<ReplicaId> {
         let slot_count = self.log.config.slot_count as u64;
         let leader = &mut *self.t;
         let (next, fresh_from) = (leader.next, leader.fresh_from());
-        for peer in self.log.others() {
+        let (me, replicas) = (self.log.me, self.log.config.replica_count);
+        for peer in from..replicas {
+            if peer == me {
+                continue;
+            }
             if self.post_in_step(now, fabric, peer, next, fresh_from, slot_count) {
+                if serve == Serve::UntilDecidable && self.decidable_through(next) {
+                    // `None` when nobody but this replica is left.
+                    let rest = peer + 1;
+                    return (rest < replicas && !(rest == me && me + 1 == replicas))
+                        .then_some(rest);
+                }
                 continue;
             }
             if !self.is_active(peer) {
@@ -227,6 +264,17 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
                 self.t.members[peer as usize].sent = end;
             }
         }
+        None
+    }
+
+    /// True when something is undecided and a majority holds the last position proposed
+    /// (`next - 1`): posting may pause for `advance_commit`, which checks every position itself.
+    #[inline(always)]
+    fn decidable_through(&self, next: u64) -> bool {
+        let leader = &*self.t;
+        next > self.log.applied
+            && count(leader.acks[((next - 1) % ACK_WINDOW as u64) as usize])
+                >= self.log.config.quorum()
     }
 
     /// The common case of `post_log_writes`, for one member: an active member that is owed

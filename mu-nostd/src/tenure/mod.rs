@@ -66,6 +66,7 @@ use crate::log::Log;
 use crate::shared::Shared;
 use crate::state_machine::StateMachine;
 use crate::wrid::Kind;
+use fast_path::Serve;
 use prepare::{Adoption, Promises};
 
 /// Positions the leader may have written but not yet decided, plus one.
@@ -648,7 +649,7 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
         if self.t.fast_path() {
             self.propose(now, fabric);
         }
-        self.post_log_writes(now, fabric);
+        let deferred = self.post_log_writes(now, fabric, 0, Serve::UntilDecidable);
         // A fabric that completes writes within microseconds (shared memory, a NIC next door)
         // often has them done already: taking their completions now decides the positions in
         // this poll rather than the next. A poll that posted nothing has nothing new to take.
@@ -659,6 +660,10 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             return;
         }
         self.advance_commit(now, fabric, sm);
+        if let Some(from) = deferred {
+            // Members beyond the majority that decided: their writes wait only for the apply.
+            self.post_log_writes(now, fabric, from, Serve::All);
+        }
         if self.stalled(now) {
             // No majority took a position in time: the grants may be gone without a write
             // having been refused yet. Ask again.
