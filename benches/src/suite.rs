@@ -1280,7 +1280,10 @@ fn render_analysis(w: &mut String, results: &Results) {
              executes {:.0} instructions under callgrind ({:.0} the core's, {:.0} the \
              shared-memory fabric's, {:.0} the benchmark's) and took {cycles:.0} TSC cycles at \
              p50 in the latency run: {rate:.1} instructions per TSC cycle (TSC cycles, not core \
-             cycles; callgrind ran the same path on a virtual clock). 100 ns is {budget:.0} TSC \
+             cycles; callgrind ran the same path on a virtual clock). The count includes the \
+             write to the follower beyond the majority, which the leader makes after the \
+             commit callback that ends a latency sample, so the rate overstates what the \
+             timed part ran at. 100 ns is {budget:.0} TSC \
              cycles here, so at this rate (an inference, not a measurement) {fit}. The \
              fabric's share is, per write, an in-flight marker set (a relaxed store where the \
              owner fences writers with `membarrier(2)`, a `SeqCst` one elsewhere) and cleared \
