@@ -192,10 +192,9 @@ impl<const SLOT: usize, const ENTRY: usize, const QUEUE: usize>
             }
             if self.post_in_step(now, fabric, peer, next, fresh_from, slot_count) {
                 if serve == Serve::UntilDecidable && self.decidable_through(next) {
-                    // `None` when nobody but this replica is left.
-                    let rest = peer + 1;
-                    return (rest < replicas && !(rest == me && me + 1 == replicas))
-                        .then_some(rest);
+                    // The member after `peer`, if there is one.
+                    let rest = if peer + 1 == me { me + 1 } else { peer + 1 };
+                    return (rest < replicas).then_some(rest);
                 }
                 continue;
             }
